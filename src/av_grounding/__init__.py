@@ -1,0 +1,3 @@
+"""3D vehicle grounding: curation, training and evaluation of vision-language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Curation stages: extract frames and labels, transform to camera boxes, filter, validate."""

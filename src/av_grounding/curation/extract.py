@@ -1,0 +1,155 @@
+"""The `extract` stage (SPEC section 4): exact frames from RDS-HQ videos plus one record each.
+
+Work is split per (clip, camera). Each item writes its JPEGs, then its records file last, so a
+records file marks a finished item: a rerun after a crash skips finished items and redoes the rest.
+
+Output layout under the output folder:
+  images/<clip_id>/<camera>/<frame:06d>.jpg
+  records/<clip_id>/<camera>.json     list of frame records (see ``frame_record``)
+  failures.json                       items that failed, with the file and the problem
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .. import rdshq
+from ..executors import run_items
+from ..geometry.cameras import PinholeCamera
+from ..params import ExtractParams
+from ..storage import atomic_write_bytes, filesystem, is_local, write_json
+from ..video import DecodedFrame, index_video, read_frames, sample_indices
+from .interpolate import objects_at
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    clip_id: str
+    camera: str
+    frames_written: int
+    video_frames: int
+    decoded_frames: int
+    strategy: str
+    frames_without_labels: int
+    skipped_existing: bool = False
+
+
+def records_path(output: Path, clip_id: str, camera: str) -> Path:
+    return output / "records" / clip_id / f"{camera}.json"
+
+
+def image_relpath(clip_id: str, camera: str, frame: int) -> str:
+    return f"images/{clip_id}/{camera}/{frame:06d}.jpg"
+
+
+def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int) -> list[float]:
+    """Intrinsics matching the decoded image size (videos may be stored below native size)."""
+    if model == "pinhole":
+        return PinholeCamera.from_array(values).resized(width, height).to_array().tolist()
+    native_w, native_h = values[2], values[3]
+    if (native_w, native_h) != (width, height):
+        raise ValueError(f"f-theta intrinsics are for {native_w:.0f}x{native_h:.0f} but the video "
+                         f"is {width}x{height}; rescaling f-theta polynomials is not supported")
+    return values.tolist()
+
+
+def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str,
+                 frame: DecodedFrame) -> tuple[dict[str, Any], bool]:
+    """One frame's record; the flag tells whether the frame had labels around it."""
+    height, width = frame.bgr.shape[:2]
+    clip = rdshq.ClipId.parse(labels.clip_id)
+    objects = objects_at(labels.objects, frame.index)
+    pose = labels.camera_poses[camera].get(frame.index)
+    vehicle = labels.vehicle_poses.get(frame.index)
+    if pose is None or vehicle is None:
+        raise rdshq.LayoutError(f"clip {labels.clip_id}: no camera or vehicle pose for frame {frame.index}")
+    record = {
+        "clip_id": labels.clip_id,
+        "camera": camera,
+        "camera_model": params.camera_model,
+        "frame_index": frame.index,
+        "timestamp_s": round(frame.time_s, 6),
+        "timestamp_us": clip.start_us + int(round(frame.time_s * 1e6)),
+        "image": image_relpath(labels.clip_id, camera, frame.index),
+        "width": width,
+        "height": height,
+        "intrinsics": intrinsics_for_image(params.camera_model, labels.intrinsics[camera], width, height),
+        "camera_to_world": np.asarray(pose, float).tolist(),
+        "vehicle_to_world": np.asarray(vehicle, float).tolist(),
+        "objects": [{"track_id": track, **info} for track, info in sorted((objects or {}).items())],
+    }
+    return record, objects is not None
+
+
+def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path) -> ItemResult:
+    """Extract every ``skip_frames``-th frame of one clip's camera video."""
+    done = records_path(output, clip_id, camera)
+    if done.exists():
+        return ItemResult(clip_id, camera, 0, 0, 0, "none", 0, skipped_existing=True)
+    fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
+    labels = rdshq.read_clip_labels(fs, root, clip_id, (camera,), params.camera_model)
+    path = rdshq.video_path(root, params.camera_model, camera, clip_id)
+    name = rdshq.video_path(params.input_root.rstrip("/"), params.camera_model, camera, clip_id)
+    if not fs.exists(path):
+        raise rdshq.LayoutError(f"{name}: missing")
+    source: str | bytes = path if is_local(fs) else fs.cat_file(path)
+    index = index_video(source, name)
+    targets = sample_indices(index.frame_count, params.skip_frames)
+    frames, strategy, decoded = read_frames(source, targets, params.strategy, name, index)
+    records, unlabelled = [], 0
+    for frame in frames:
+        record, labelled = frame_record(labels, params, camera, frame)
+        unlabelled += not labelled
+        ok, jpeg = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
+        if not ok:
+            raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
+        atomic_write_bytes(output / record["image"], jpeg.tobytes())
+        records.append(record)
+    write_json(done, records)
+    return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled)
+
+
+def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
+    fs, file_path = filesystem(path, params.s3_endpoint_url, params.s3_profile)
+    text = fs.cat_file(file_path).decode()
+    ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    for clip_id in ids:
+        rdshq.ClipId.parse(clip_id)  # raises with the bad id
+    return ids
+
+
+def extract(params: ExtractParams, output: Path, metrics_path: Path | None = None) -> dict[str, Any]:
+    """The `extract` stage over every (clip, camera); failures are counted, the rest completes."""
+    if params.camera_model not in rdshq.CAMERA_MODELS:
+        raise ValueError(f"camera_model must be one of {rdshq.CAMERA_MODELS}, got {params.camera_model!r}")
+    fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
+    clip_ids = (read_sequence_ids(params.sequence_ids_file, params) if params.sequence_ids_file
+                else rdshq.list_clip_ids(fs, root))
+    items = [(params, clip_id, camera, output) for clip_id in clip_ids for camera in params.cameras]
+    labels = [f"{clip_id}/{camera}" for _, clip_id, camera, _ in items]
+    outcome = run_items(extract_item, items, params.workers, "extract", labels)
+    results: list[ItemResult] = outcome.results
+    strategies: dict[str, int] = {}
+    for result in results:
+        if not result.skipped_existing:
+            strategies[result.strategy] = strategies.get(result.strategy, 0) + 1
+    metrics = {
+        "clips": len(clip_ids),
+        "items": len(items),
+        "items_failed": len(outcome.failures),
+        "items_resumed": sum(r.skipped_existing for r in results),
+        "frames_written": sum(r.frames_written for r in results),
+        "frames_without_labels": sum(r.frames_without_labels for r in results),
+        "video_frames": sum(r.video_frames for r in results),
+        "decoded_frames": sum(r.decoded_frames for r in results),
+        "strategy": strategies,
+    }
+    write_json(output / "failures.json", [{"item": f.item, "error": f.error} for f in outcome.failures])
+    if metrics_path:
+        write_json(metrics_path, metrics)
+    return {**metrics, "failures": outcome.failures}

@@ -1,0 +1,1 @@
+"""Rigid transforms, camera models and 3D boxes, shared by every stage that projects anything."""

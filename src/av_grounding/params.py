@@ -1,0 +1,133 @@
+"""Typed parameters for every stage, loaded from ``params.yaml`` with command-line overrides.
+
+All defaults live here; ``params.yaml`` repeats them so that DVC can track each key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_CAMERAS: tuple[str, ...] = (
+    "camera_front_wide_120fov",
+    "camera_cross_left_120fov",
+    "camera_cross_right_120fov",
+    "camera_rear_left_70fov",
+    "camera_rear_right_70fov",
+)
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is malformed; the message names the file and key."""
+
+
+def param(default: Any, help: str) -> Any:
+    """A parameter with its help text (shown by ``--help``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesizeParams:
+    """Synthetic RDS-HQ clips: scene content, rendering size and video encoding."""
+
+    seed: int = param(0, "seed of every random choice; same seed, same bytes")
+    num_clips: int = param(8, "number of clips")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render")
+    duration_s: float = param(3.0, "clip length in seconds")
+    fps: int = param(30, "video frame rate; labels are written at 10 Hz")
+    width: int = param(640, "video width in pixels (native RDS-HQ: 1920)")
+    height: int = param(360, "video height in pixels (native RDS-HQ: 1080)")
+    keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides")
+    crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)")
+    preset: str = param("veryfast", "x264 preset")
+    num_vehicles: int = param(18, "vehicles drawn at random, beside the fixed occluder/hidden pair")
+    num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)")
+    stamp_frame_index: bool = param(True, "stamp the frame index into the pixels (for tests)")
+    workers: int = param(2, "parallel processes over clips")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractParams:
+    """Frame extraction from an RDS-HQ root, local or ``s3://``."""
+
+    input_root: str = param("data/synthetic", "RDS-HQ root: local folder or s3://bucket/prefix")
+    sequence_ids_file: str | None = param(None, "file with one clip id per line; null: every clip")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract")
+    camera_model: str = param("pinhole", "video folder prefix and intrinsics: pinhole or ftheta")
+    skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)")
+    strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
+    jpeg_quality: int = param(95, "JPEG quality of the written frames")
+    workers: int = param(2, "parallel processes over (clip, camera) items")
+    s3_endpoint_url: str | None = param(None, "S3-compatible endpoint; null: AWS default")
+    s3_profile: str | None = param(None, "AWS profile name for s3:// inputs")
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """Check ``value`` against the declared type of ``cls.name``; lists become tuples."""
+    hint = _field_type(cls, name)
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ParamsError(f"{source}: '{name}' may not be null")
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{source}: '{name}' must be a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{source}: '{name}' must be true or false, got {value!r}")
+        return value
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, base) or isinstance(value, bool) and base is not bool:
+        raise ParamsError(f"{source}: '{name}' must be {base.__name__}, got {value!r}")
+    return value
+
+
+def checked(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Type-check a mapping against ``cls``, refusing unknown keys so that typos do not pass."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParamsError(f"{source}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    return {k: coerce(cls, k, v, source) for k, v in values.items()}
+
+
+def load(cls: type, section: str, path: str | Path = "params.yaml",
+         overrides: dict[str, Any] | None = None) -> Any:
+    """Read ``section`` of the params file (missing file or section: defaults), then apply overrides."""
+    path = Path(path)
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            document = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ParamsError(f"{path}: top level must be a mapping of stage sections")
+        section_values = document.get(section) or {}
+        if not isinstance(section_values, dict):
+            raise ParamsError(f"{path}: section '{section}' must be a mapping")
+        values.update(section_values)
+    values.update(overrides or {})
+    return cls(**checked(cls, values, f"{path}:{section} (with command-line overrides)"))
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    """Plain, YAML/JSON-friendly view (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}

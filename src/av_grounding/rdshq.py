@@ -1,0 +1,193 @@
+"""The RDS-HQ clip layout (SPEC section 2): one WebDataset-style tar per attribute and clip.
+
+``<root>/<attribute>/<clip_id>.tar`` holds members ``<clip_id>.<key>``; ``.npy`` members are
+``np.save`` arrays and ``.json`` members JSON objects. Videos live in
+``<root>/<camera_model>_<camera>/<clip_id>.mp4``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from .storage import atomic_write_bytes
+
+CAMERAS: tuple[str, ...] = (
+    "camera_front_wide_120fov",
+    "camera_cross_right_120fov",
+    "camera_rear_right_70fov",
+    "camera_rear_tele_30fov",
+    "camera_rear_left_70fov",
+    "camera_cross_left_120fov",
+    "camera_front_tele_30fov",
+)
+CAMERA_MODELS: tuple[str, ...] = ("pinhole", "ftheta")
+# Written by `synthesize` beside the standard attributes: what the renderer knows per frame.
+RENDER_TRUTH = "render_truth"
+
+_CLIP_ID = re.compile(r"^(?P<session>[0-9A-Za-z-]+)_(?P<start>\d+)_(?P<end>\d+)$")
+
+
+class LayoutError(ValueError):
+    """A clip file is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ClipId:
+    session: str
+    start_us: int
+    end_us: int
+
+    @classmethod
+    def parse(cls, text: str) -> "ClipId":
+        match = _CLIP_ID.match(text)
+        if not match:
+            raise LayoutError(f"clip id {text!r} is not '<session_uuid>_<start_us>_<end_us>'")
+        return cls(match["session"], int(match["start"]), int(match["end"]))
+
+    def __str__(self) -> str:
+        return f"{self.session}_{self.start_us}_{self.end_us}"
+
+
+def tar_path(root: str, attribute: str, clip_id: str) -> str:
+    return f"{root}/{attribute}/{clip_id}.tar"
+
+
+def video_path(root: str, camera_model: str, camera: str, clip_id: str) -> str:
+    return f"{root}/{camera_model}_{camera}/{clip_id}.mp4"
+
+
+def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
+    """A deterministic tar (sorted members, zero mtimes and owners) of ``.npy`` / ``.json`` members."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for key in sorted(members):
+            value = members[key]
+            if key.endswith(".npy"):
+                payload = io.BytesIO()
+                np.save(payload, np.asarray(value), allow_pickle=False)
+                data = payload.getvalue()
+            elif key.endswith(".json"):
+                data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+            else:
+                raise LayoutError(f"member key {key!r} must end in .npy or .json")
+            info = tarfile.TarInfo(f"{clip_id}.{key}")
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def decode_tar(data: bytes, clip_id: str, source: str) -> dict[str, Any]:
+    """Members of one clip tar keyed without the ``<clip_id>.`` prefix."""
+    members: dict[str, Any] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            for info in archive:
+                if not info.isfile():
+                    continue
+                prefix, _, key = info.name.partition(".")
+                if prefix != clip_id:
+                    raise LayoutError(f"{source}: member {info.name!r} does not belong to clip {clip_id}")
+                payload = archive.extractfile(info).read()
+                if key.endswith(".npy"):
+                    members[key] = np.load(io.BytesIO(payload), allow_pickle=False)
+                elif key.endswith(".json"):
+                    members[key] = json.loads(payload)
+    except (tarfile.TarError, ValueError, OSError) as exc:
+        if isinstance(exc, LayoutError):
+            raise
+        raise LayoutError(f"{source}: unreadable clip tar: {exc}") from exc
+    return members
+
+
+def write_tar(root: str | Path, attribute: str, clip_id: str, members: dict[str, Any]) -> None:
+    atomic_write_bytes(tar_path(str(root), attribute, clip_id), encode_tar(clip_id, members))
+
+
+def read_tar(fs: fsspec.AbstractFileSystem, root: str, attribute: str, clip_id: str) -> dict[str, Any]:
+    path = tar_path(root, attribute, clip_id)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise LayoutError(f"{path}: missing") from exc
+    return decode_tar(data, clip_id, path)
+
+
+def _frame_key(frame: int, name: str, suffix: str) -> str:
+    return f"{frame:06d}.{name}{suffix}"
+
+
+@dataclass
+class ClipLabels:
+    """Everything of one clip but its pixels: poses per video frame, intrinsics, 10 Hz objects."""
+
+    clip_id: str
+    camera_poses: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # cam -> frame -> 4x4
+    vehicle_poses: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> 4x4 rig-to-world
+    intrinsics: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> model's array
+    objects: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # label frame -> tracks
+
+
+def write_clip_labels(root: str | Path, labels: ClipLabels, camera_model: str = "pinhole") -> None:
+    cid = labels.clip_id
+    write_tar(root, "pose", cid, {
+        _frame_key(f, "pose", f".{cam}.npy"): pose
+        for cam, poses in labels.camera_poses.items() for f, pose in poses.items()})
+    write_tar(root, "vehicle_pose", cid, {
+        _frame_key(f, "vehicle_pose", ".npy"): pose for f, pose in labels.vehicle_poses.items()})
+    write_tar(root, f"{camera_model}_intrinsic", cid, {
+        f"{camera_model}_intrinsic.{cam}.npy": k for cam, k in labels.intrinsics.items()})
+    write_tar(root, "all_object_info", cid, {
+        _frame_key(f, "all_object_info", ".json"): objs for f, objs in labels.objects.items()})
+
+
+def _frames_of(members: dict[str, Any], name: str, source: str) -> dict[int, Any]:
+    out = {}
+    for key, value in members.items():
+        head, _, rest = key.partition(".")
+        if rest.startswith(name) and head.isdigit():
+            out[int(head)] = value
+    if not out:
+        raise LayoutError(f"{source}: no '{name}' members")
+    return out
+
+
+def read_clip_labels(fs: fsspec.AbstractFileSystem, root: str, clip_id: str,
+                     cameras: tuple[str, ...], camera_model: str = "pinhole") -> ClipLabels:
+    """Read poses, intrinsics and objects of ``clip_id`` for ``cameras``; errors name the file."""
+    if camera_model not in CAMERA_MODELS:
+        raise LayoutError(f"camera model {camera_model!r} is not one of {CAMERA_MODELS}")
+    labels = ClipLabels(clip_id)
+    poses = read_tar(fs, root, "pose", clip_id)
+    intrinsic_name = f"{camera_model}_intrinsic"
+    intrinsics = read_tar(fs, root, intrinsic_name, clip_id)
+    for cam in cameras:
+        source = f"{tar_path(root, 'pose', clip_id)} (camera {cam})"
+        labels.camera_poses[cam] = _frames_of(poses, f"pose.{cam}.npy", source)
+        key = f"{intrinsic_name}.{cam}.npy"
+        if key not in intrinsics:
+            raise LayoutError(f"{tar_path(root, intrinsic_name, clip_id)}: no member {clip_id}.{key}")
+        labels.intrinsics[cam] = np.asarray(intrinsics[key], dtype=np.float64)
+    vehicle = read_tar(fs, root, "vehicle_pose", clip_id)
+    labels.vehicle_poses = _frames_of(vehicle, "vehicle_pose.npy", tar_path(root, "vehicle_pose", clip_id))
+    objects = read_tar(fs, root, "all_object_info", clip_id)
+    labels.objects = _frames_of(objects, "all_object_info.json", tar_path(root, "all_object_info", clip_id))
+    return labels
+
+
+def list_clip_ids(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Clip ids present under ``root`` (those with an ``all_object_info`` tar), sorted."""
+    folder = f"{root}/all_object_info"
+    try:
+        names = fs.ls(folder, detail=False)
+    except FileNotFoundError as exc:
+        raise LayoutError(f"{folder}: missing; is {root!r} an RDS-HQ root?") from exc
+    return sorted(Path(n).name[: -len(".tar")] for n in names if n.endswith(".tar"))

@@ -1,0 +1,60 @@
+"""Local and ``s3://`` access through fsspec, and atomic writes for every output file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+
+def filesystem(url: str, s3_endpoint_url: str | None = None,
+               s3_profile: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem serving ``url`` and the path inside it (no protocol prefix)."""
+    options: dict[str, Any] = {}
+    if url.startswith("s3://"):
+        if s3_endpoint_url:
+            options["endpoint_url"] = s3_endpoint_url
+        if s3_profile:
+            options["profile"] = s3_profile
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path.rstrip("/")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable JSON text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, dumps_json(obj).encode())
+
+
+def temporary_sibling(path: str | Path) -> Path:
+    """A unique temporary path next to ``path``, for writers that need a file name (video muxers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)

@@ -1,0 +1,221 @@
+"""H.264 video through PyAV: encoding for the synthetic clips and exact frame sampling for extract.
+
+A frame's index comes from its presentation timestamp, ``round((pts - start) * time_base * fps)``,
+never from a decode counter. Three sampling strategies return the same frames at different cost:
+
+- ``decode_all``: decode from the start and keep the targets;
+- ``seek``: jump to the keyframe at or before a target when that skips decoding work;
+- ``keyframes``: decode keyframes only (the decoder skips the rest), valid only when every
+  target is a keyframe.
+
+``auto`` demuxes the packets once (cheap: no decoding) to learn where keyframes are, then picks
+the strategy that decodes the fewest frames.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+from .storage import temporary_sibling
+
+STRATEGIES = ("auto", "decode_all", "seek", "keyframes")
+# A seek flushes the decoder and re-reads from a keyframe; count it as this many decoded frames.
+SEEK_COST_FRAMES = 2
+
+
+class VideoError(RuntimeError):
+    """A video cannot be decoded or lacks a requested frame; the message names the file."""
+
+
+def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: int = 23,
+                 preset: str = "veryfast", keyframe_interval: int | None = None) -> None:
+    """Write RGB uint8 frames as H.264 (yuv420p) mp4, atomically.
+
+    ``keyframe_interval`` forces a keyframe every N frames exactly (no scene-cut keyframes);
+    ``None`` leaves the choice to x264.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.pix_fmt = "yuv420p"
+            options = {"crf": str(crf), "preset": preset}
+            if keyframe_interval:
+                options.update(g=str(keyframe_interval), keyint_min=str(keyframe_interval),
+                               sc_threshold="0")
+            stream.options = options
+            time_base = Fraction(1, fps)
+            for index, rgb in enumerate(frames):
+                if index == 0:
+                    stream.height, stream.width = rgb.shape[:2]
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts, frame.time_base = index, time_base
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+Source = str | Path | bytes
+
+
+def _open(source: Source, name: str) -> av.container.InputContainer:
+    try:
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), mode="r")
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoError(f"{name}: cannot open video: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """What demuxing alone tells about a video stream."""
+
+    fps: Fraction
+    time_base: Fraction
+    start_pts: int
+    frame_count: int
+    keyframes: tuple[int, ...]  # frame indices of keyframe packets, ascending
+
+    def index_of(self, pts: int) -> int:
+        return round((pts - self.start_pts) * self.time_base * self.fps)
+
+    def pts_of(self, index: int) -> int:
+        return self.start_pts + round(Fraction(index) / (self.fps * self.time_base))
+
+
+def index_video(source: Source, name: str = "video") -> VideoIndex:
+    """Demux every packet of the first video stream (no decoding) to find frames and keyframes."""
+    with _open(source, name) as container:
+        if not container.streams.video:
+            raise VideoError(f"{name}: no video stream")
+        stream = container.streams.video[0]
+        fps = stream.average_rate or stream.guessed_rate
+        if not fps:
+            raise VideoError(f"{name}: frame rate unknown")
+        pts_values, key_pts = [], []
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                pts_values.append(packet.pts)
+                if packet.is_keyframe:
+                    key_pts.append(packet.pts)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{name}: corrupt stream while demuxing: {exc}") from exc
+        if not pts_values:
+            raise VideoError(f"{name}: no frames")
+        start = stream.start_time if stream.start_time is not None else min(pts_values)
+        index = VideoIndex(Fraction(fps), Fraction(stream.time_base), start, len(pts_values), ())
+        keyframes = tuple(sorted(index.index_of(p) for p in key_pts))
+        return VideoIndex(index.fps, index.time_base, start, len(pts_values), keyframes)
+
+
+def sample_indices(frame_count: int, skip_frames: int) -> list[int]:
+    """Every ``skip_frames``-th frame index from 0."""
+    if skip_frames < 1:
+        raise ValueError(f"skip_frames must be >= 1, got {skip_frames}")
+    return list(range(0, frame_count, skip_frames))
+
+
+def decode_cost(index: VideoIndex, targets: list[int], strategy: str) -> float:
+    """Frames the decoder must produce to deliver ``targets``; ``inf`` where the strategy is wrong."""
+    if not targets:
+        return 0.0
+    if strategy == "decode_all":
+        return float(max(targets) + 1)
+    if strategy == "keyframes":
+        keys = set(index.keyframes)
+        return float(sum(1 for k in index.keyframes if k <= max(targets))) \
+            if all(t in keys for t in targets) else float("inf")
+    if strategy == "seek":
+        cost, position = 0.0, 0
+        for target in sorted(targets):
+            keyframe = max((k for k in index.keyframes if k <= target), default=0)
+            if keyframe > position + SEEK_COST_FRAMES:
+                cost += SEEK_COST_FRAMES + target - keyframe + 1
+            else:
+                cost += target - position + 1
+            position = target + 1
+        return cost
+    raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+def choose_strategy(index: VideoIndex, targets: list[int]) -> str:
+    """The concrete strategy with the lowest decode cost (ties go to the simpler one)."""
+    return min(("decode_all", "seek", "keyframes"), key=lambda s: decode_cost(index, targets, s))
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    index: int
+    time_s: float
+    bgr: np.ndarray
+
+
+def read_frames(source: Source, targets: list[int], strategy: str = "auto", name: str = "video",
+                index: VideoIndex | None = None) -> tuple[list[DecodedFrame], str, int]:
+    """Decode exactly the frames ``targets``; returns them in order, the strategy used and the
+    number of frames the decoder produced. Raises ``VideoError`` naming ``name`` if a target is
+    missing from the video."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    index = index or index_video(source, name)
+    wanted = sorted(set(targets))
+    beyond = [t for t in wanted if t >= index.frame_count or t < 0]
+    if beyond:
+        raise VideoError(f"{name}: frames {beyond} requested but the video has {index.frame_count}")
+    if strategy == "auto":
+        strategy = choose_strategy(index, wanted)
+    elif decode_cost(index, wanted, strategy) == float("inf"):
+        raise VideoError(f"{name}: strategy {strategy!r} cannot deliver frames {wanted} "
+                         f"(keyframes at {list(index.keyframes)[:10]}...)")
+    found: dict[int, DecodedFrame] = {}
+    with _open(source, name) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if strategy == "keyframes":
+            stream.codec_context.skip_frame = "NONKEY"
+        try:
+            decoded = _decode(container, stream, index, wanted, found, seek=strategy == "seek")
+        except av.FFmpegError as exc:
+            raise VideoError(f"{name}: corrupt stream while decoding: {exc}") from exc
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        raise VideoError(f"{name}: frames {missing} not found by strategy {strategy!r}")
+    return [found[t] for t in wanted], strategy, decoded
+
+
+def _decode(container, stream, index: VideoIndex, wanted: list[int],
+            found: dict[int, "DecodedFrame"], seek: bool) -> int:
+    """Walk the decoder forward through the targets, jumping to keyframes where ``seek`` pays."""
+    wanted_set, decoded, position = set(wanted), 0, 0
+    frames = container.decode(stream)
+    for target in wanted:
+        if target in found:
+            continue
+        if seek:
+            keyframe = max((k for k in index.keyframes if k <= target), default=0)
+            if keyframe > position + SEEK_COST_FRAMES:
+                container.seek(index.pts_of(keyframe), stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+        for frame in frames:
+            decoded += 1
+            if frame.pts is None:
+                raise VideoError("decoded frame without a presentation timestamp")
+            idx = index.index_of(frame.pts)
+            if idx in wanted_set and idx not in found:
+                found[idx] = DecodedFrame(idx, float(frame.time), frame.to_ndarray(format="bgr24"))
+            if idx >= target:
+                break
+        position = target + 1
+    return decoded

@@ -1,0 +1,31 @@
+"""Shared fixtures: a small synthetic RDS-HQ root built once per test session."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from av_grounding.params import SynthesizeParams
+from av_grounding.synth.clips import synthesize
+
+SMALL = SynthesizeParams(num_clips=2, cameras=("camera_front_wide_120fov", "camera_cross_left_120fov"),
+                         duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,
+                         workers=1)
+
+
+@pytest.fixture(scope="session")
+def small_params() -> SynthesizeParams:
+    return SMALL
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    synthesize(SMALL, root)
+    return root
+
+
+def with_changes(params, **changes):
+    return dataclasses.replace(params, **changes)
