@@ -6,6 +6,9 @@ records file marks a finished item: a rerun after a crash skips finished items a
 Output layout under the output folder:
   images/<clip_id>/<camera>/<frame:06d>.jpg
   records/<clip_id>/<camera>.json     list of frame records (see ``frame_record``)
+
+Frames after the last (or before the first) label frame are not written, since their objects are
+unknown; they are counted as ``frames_without_labels``.
   failures.json                       items that failed, with the file and the problem
 """
 
@@ -59,11 +62,13 @@ def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int
 
 
 def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str,
-                 frame: DecodedFrame) -> tuple[dict[str, Any], bool]:
-    """One frame's record; the flag tells whether the frame had labels around it."""
+                 frame: DecodedFrame) -> dict[str, Any] | None:
+    """One frame's record; ``None`` for a frame outside the labelled span (its objects unknown)."""
     height, width = frame.bgr.shape[:2]
     clip = rdshq.ClipId.parse(labels.clip_id)
     objects = objects_at(labels.objects, frame.index)
+    if objects is None:
+        return None
     pose = labels.camera_poses[camera].get(frame.index)
     vehicle = labels.vehicle_poses.get(frame.index)
     if pose is None or vehicle is None:
@@ -81,9 +86,9 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str,
         "intrinsics": intrinsics_for_image(params.camera_model, labels.intrinsics[camera], width, height),
         "camera_to_world": np.asarray(pose, float).tolist(),
         "vehicle_to_world": np.asarray(vehicle, float).tolist(),
-        "objects": [{"track_id": track, **info} for track, info in sorted((objects or {}).items())],
+        "objects": [{"track_id": track, **info} for track, info in sorted(objects.items())],
     }
-    return record, objects is not None
+    return record
 
 
 def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path) -> ItemResult:
@@ -103,8 +108,10 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     frames, strategy, decoded = read_frames(source, targets, params.strategy, name, index)
     records, unlabelled = [], 0
     for frame in frames:
-        record, labelled = frame_record(labels, params, camera, frame)
-        unlabelled += not labelled
+        record = frame_record(labels, params, camera, frame)
+        if record is None:
+            unlabelled += 1
+            continue
         ok, jpeg = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
         if not ok:
             raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")

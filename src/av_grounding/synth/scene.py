@@ -157,7 +157,7 @@ def sample_scene(rng: np.random.Generator, num_vehicles: int, num_pedestrians: i
                 change = (neighbours[0] - lane) if neighbours else 0.0
             track = Track(str(len(tracks)), cls.raw_type, lwh, _jittered_colour(rng, cls), x0, lane,
                           float(lane_speed[lane]), change, float(rng.uniform(0.0, duration_s / 2)),
-                          float(rng.uniform(1.0, 2.5)))
+                          float(rng.uniform(3.0, 5.0)))
         add(track)
 
     for _ in range(num_pedestrians):
