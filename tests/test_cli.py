@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_stage_script_has_help(stage):
     result = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--help"],
                             capture_output=True, text=True, cwd=REPO, check=True)
-    assert "--output" in result.stdout and "--params" in result.stdout
+    assert "--params" in result.stdout
+    assert all(f"--{key}" in result.stdout for key in STAGES[stage].paths)
 
 
 def test_params_yaml_matches_the_built_in_defaults():

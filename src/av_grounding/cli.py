@@ -13,30 +13,45 @@ import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from . import params as params_module
-from .params import ExtractParams, ParamsError, SynthesizeParams
+from .curation.validate import ValidationError
+from .params import ExtractParams, FilterParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
 
 
 @dataclass(frozen=True)
 class StageSpec:
     params_cls: type
-    entry: str  # "module:function" taking (params, output, metrics_path)
-    output: str
-    metrics: str
+    entry: str  # "module:function" taking (params, **paths)
+    paths: dict[str, str]  # keyword -> default path, each an option --<keyword>
     summary: str
 
 
 STAGES: dict[str, StageSpec] = {
-    "synthesize": StageSpec(SynthesizeParams, "av_grounding.synth.clips:synthesize", "data/synthetic",
-                            "metrics/synthesize.json",
-                            "Write synthetic clips in the RDS-HQ layout (videos, poses, labels, render truth)."),
-    "extract": StageSpec(ExtractParams, "av_grounding.curation.extract:extract", "data/extracted",
-                         "metrics/extract.json",
-                         "Decode every skip_frames-th frame by exact index and write JPEGs plus frame records."),
+    "synthesize": StageSpec(
+        SynthesizeParams, "av_grounding.synth.clips:synthesize",
+        {"output": "data/synthetic", "metrics": "metrics/synthesize.json"},
+        "Write synthetic clips in the RDS-HQ layout (videos, poses, labels, render truth)."),
+    "extract": StageSpec(
+        ExtractParams, "av_grounding.curation.extract:extract",
+        {"output": "data/extracted", "metrics": "metrics/extract.json"},
+        "Decode every skip_frames-th frame by exact index and write JPEGs plus frame records."),
+    "transform": StageSpec(
+        TransformParams, "av_grounding.curation.transform:transform",
+        {"input": "data/extracted", "output": "data/transformed"},
+        "Turn world-frame labels into camera-frame boxes (FLU -> RDF) with the chosen box codec."),
+    "filter": StageSpec(
+        FilterParams, "av_grounding.curation.filters:filter_boxes",
+        {"input": "data/transformed", "output": "data/filtered", "metrics": "metrics/curation.json"},
+        "Drop boxes by distance, field of view, occlusion and depth; count each reason."),
+    "validate": StageSpec(
+        ValidateParams, "av_grounding.curation.validate:validate",
+        {"input": "data/filtered", "images": "data/extracted", "plots": "plots/validation",
+         "metrics": "metrics/validation.json"},
+        "Draw kept boxes on sample frames and check their re-projection residual in pixels."),
 }
 
 
@@ -51,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in STAGES.items():
         sub = commands.add_parser(name, help=spec.summary, description=spec.summary)
         sub.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
-        sub.add_argument("--output", default=spec.output, help="output folder (default: %(default)s)")
-        sub.add_argument("--metrics", default=spec.metrics, help="metrics JSON file (default: %(default)s)")
+        for keyword, default in spec.paths.items():
+            sub.add_argument(_flag(keyword), dest=f"path_{keyword}", default=default,
+                             help=f"{keyword} path (default: %(default)s)")
         group = sub.add_argument_group(f"parameters (section '{name}' of the params file)")
         for field in dataclasses.fields(spec.params_cls):
-            default = field.default
-            shown = ",".join(default) if isinstance(default, tuple) else default
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            shown = ",".join(default) if isinstance(default, tuple) else (
+                dict(default) if isinstance(default, Mapping) else default)
             group.add_argument(_flag(field.name), dest=f"param_{field.name}", metavar="VALUE",
                                help=f"{field.metadata.get('help', '')} (built-in default: {shown})")
     return parser
@@ -76,13 +93,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     stage_params = params_module.load(spec.params_cls, args.stage, args.params, _overrides(args))
     module, function = spec.entry.split(":")
     entry = getattr(importlib.import_module(module), function)
-    return entry(stage_params, Path(args.output), Path(args.metrics))
+    paths = {key: Path(getattr(args, f"path_{key}")) for key in spec.paths}
+    return entry(stage_params, **paths)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         result = run(argv)
-    except (ParamsError, FileNotFoundError, ValueError) as exc:
+    except (ParamsError, FileNotFoundError, ValueError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = result.pop("failures", [])

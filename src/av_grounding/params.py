@@ -5,11 +5,13 @@ All defaults live here; ``params.yaml`` repeats them so that DVC can track each 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import yaml
 
@@ -22,12 +24,24 @@ RECIPE_CAMERAS: tuple[str, ...] = (
 )
 
 
+# Raw RDS-HQ object types -> output labels; types not listed (pedestrians, cyclists, ...) are dropped.
+DEFAULT_LABEL_MAP = MappingProxyType({
+    "Car": "car", "Automobile": "car", "Vehicle": "car", "Other_vehicle": "car",
+    "Truck": "truck", "Heavy_truck": "truck",
+    "Bus": "bus", "Trolley_bus": "bus",
+    "Trailer": "trailer",
+    "Train_or_tram_car": "train",
+})
+
+
 class ParamsError(ValueError):
     """A parameter file or override is malformed; the message names the file and key."""
 
 
 def param(default: Any, help: str) -> Any:
     """A parameter with its help text (shown by ``--help``)."""
+    if isinstance(default, Mapping):
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
 
 
@@ -67,6 +81,36 @@ class ExtractParams:
     s3_profile: str | None = param(None, "AWS profile name for s3:// inputs")
 
 
+@dataclasses.dataclass(frozen=True)
+class TransformParams:
+    """World-frame labels to camera-frame boxes."""
+
+    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl")
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterParams:
+    """Which boxes stay in the training set (each removal counted per reason)."""
+
+    label_map: Mapping[str, str] = param(DEFAULT_LABEL_MAP, "raw object type -> output label; other types are dropped")
+    max_distance_m: float = param(100.0, "drop boxes whose centre is farther from the camera")
+    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image (0: any overlap)")
+    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' 2D boxes")
+    depth_min_visible: float = param(0.1, "drop boxes with fewer lines of sight reaching them before a closer 3D box")
+    depth_rays_per_side: int = param(12, "lines of sight per box: a grid of N x N over its 2D box")
+    truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible")
+    truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateParams:
+    """Overlay drawings and the numeric re-projection check."""
+
+    sample_count: int = param(12, "frames drawn into plots/validation/")
+    seed: int = param(0, "seed of the frame sample")
+    max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference")
+
+
 def _field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
@@ -82,6 +126,11 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
         raise ParamsError(f"{source}: '{name}' may not be null")
     base = next(a for a in args if a is not type(None)) if optional else hint
     origin = typing.get_origin(base)
+    if origin in (collections.abc.Mapping, dict):
+        if not isinstance(value, typing.Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ParamsError(f"{source}: '{name}' must map names to names, got {value!r}")
+        return MappingProxyType(dict(sorted(value.items())))
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
@@ -130,4 +179,11 @@ def load(cls: type, section: str, path: str | Path = "params.yaml",
 
 def as_dict(params: Any) -> dict[str, Any]:
     """Plain, YAML/JSON-friendly view (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, typing.Mapping):
+            return dict(value)
+        return value
+
+    return {f.name: plain(getattr(params, f.name)) for f in dataclasses.fields(params)}

@@ -28,6 +28,7 @@ from ..params import ExtractParams
 from ..storage import atomic_write_bytes, filesystem, is_local, write_json
 from ..video import DecodedFrame, index_video, read_frames, sample_indices
 from .interpolate import objects_at
+from .records import records_path, write_records
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,6 @@ class ItemResult:
     strategy: str
     frames_without_labels: int
     skipped_existing: bool = False
-
-
-def records_path(output: Path, clip_id: str, camera: str) -> Path:
-    return output / "records" / clip_id / f"{camera}.json"
 
 
 def image_relpath(clip_id: str, camera: str, frame: int) -> str:
@@ -61,9 +58,12 @@ def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int
     return values.tolist()
 
 
-def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str,
-                 frame: DecodedFrame) -> dict[str, Any] | None:
-    """One frame's record; ``None`` for a frame outside the labelled span (its objects unknown)."""
+def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, frame: DecodedFrame,
+                 render_truth: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """One frame's record; ``None`` for a frame outside the labelled span (its objects unknown).
+
+    Where the clip carries a renderer's truth (synthetic clips), each object gets its entry for
+    this frame and camera under ``render_truth`` (``None``: not in view)."""
     height, width = frame.bgr.shape[:2]
     clip = rdshq.ClipId.parse(labels.clip_id)
     objects = objects_at(labels.objects, frame.index)
@@ -88,6 +88,10 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str,
         "vehicle_to_world": np.asarray(vehicle, float).tolist(),
         "objects": [{"track_id": track, **info} for track, info in sorted(objects.items())],
     }
+    if render_truth is not None:
+        in_view = render_truth.get(f"{frame.index:06d}.{rdshq.RENDER_TRUTH}.json", {}).get(camera, {})
+        for obj in record["objects"]:
+            obj["render_truth"] = in_view.get(obj["track_id"])
     return record
 
 
@@ -106,9 +110,11 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     index = index_video(source, name)
     targets = sample_indices(index.frame_count, params.skip_frames)
     frames, strategy, decoded = read_frames(source, targets, params.strategy, name, index)
+    truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
+    render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
     records, unlabelled = [], 0
     for frame in frames:
-        record = frame_record(labels, params, camera, frame)
+        record = frame_record(labels, params, camera, frame, render_truth)
         if record is None:
             unlabelled += 1
             continue
@@ -117,7 +123,7 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
             raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
         atomic_write_bytes(output / record["image"], jpeg.tobytes())
         records.append(record)
-    write_json(done, records)
+    write_records(output, clip_id, camera, records)
     return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled)
 
 
@@ -130,7 +136,7 @@ def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
     return ids
 
 
-def extract(params: ExtractParams, output: Path, metrics_path: Path | None = None) -> dict[str, Any]:
+def extract(params: ExtractParams, output: Path, metrics: Path | None = None) -> dict[str, Any]:
     """The `extract` stage over every (clip, camera); failures are counted, the rest completes."""
     if params.camera_model not in rdshq.CAMERA_MODELS:
         raise ValueError(f"camera_model must be one of {rdshq.CAMERA_MODELS}, got {params.camera_model!r}")
@@ -145,7 +151,7 @@ def extract(params: ExtractParams, output: Path, metrics_path: Path | None = Non
     for result in results:
         if not result.skipped_existing:
             strategies[result.strategy] = strategies.get(result.strategy, 0) + 1
-    metrics = {
+    summary = {
         "clips": len(clip_ids),
         "items": len(items),
         "items_failed": len(outcome.failures),
@@ -157,6 +163,6 @@ def extract(params: ExtractParams, output: Path, metrics_path: Path | None = Non
         "strategy": strategies,
     }
     write_json(output / "failures.json", [{"item": f.item, "error": f.error} for f in outcome.failures])
-    if metrics_path:
-        write_json(metrics_path, metrics)
-    return {**metrics, "failures": outcome.failures}
+    if metrics:
+        write_json(metrics, summary)
+    return {**summary, "failures": outcome.failures}

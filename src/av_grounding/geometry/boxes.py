@@ -6,8 +6,11 @@ Corners in the object frame are ``(+-l/2, +-w/2, +-h/2)`` ordered top face first
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .cameras import NEAR_M, Camera
 from .transforms import apply
 
 CORNER_SIGNS = np.array([
@@ -35,3 +38,74 @@ def body_corners(lwh: np.ndarray) -> np.ndarray:
 def corners(object_to_frame: np.ndarray, lwh: np.ndarray) -> np.ndarray:
     """(8, 3) corners of a box placed by a 4x4 object pose in some frame."""
     return apply(object_to_frame, body_corners(lwh))
+
+
+@dataclass(frozen=True)
+class Box3D:
+    """A physical box in camera RDF: centre, rotation (object FLU body -> camera RDF), size."""
+
+    center: np.ndarray
+    rotation: np.ndarray
+    lwh: np.ndarray
+
+    @classmethod
+    def from_pose(cls, object_to_camera: np.ndarray, lwh) -> "Box3D":
+        return cls(object_to_camera[:3, 3].copy(), object_to_camera[:3, :3].copy(), np.asarray(lwh, float))
+
+    def corners(self) -> np.ndarray:
+        return self.center + body_corners(self.lwh) @ self.rotation.T
+
+
+def edge_segments(camera_model: str) -> int:
+    """Pieces per edge so that projected edges follow the model's curvature (pinhole: straight)."""
+    return 1 if camera_model == "pinhole" else 16
+
+
+def clipped_edges(box_corners: np.ndarray, segments: int = 1) -> list[np.ndarray]:
+    """The 12 edges as 3D segments, each split into ``segments`` pieces (f-theta edges bend in
+    the image) and cut at the near plane z = NEAR_M."""
+    steps = np.linspace(0.0, 1.0, segments + 1)
+    polylines = []
+    for a, b in EDGES:
+        points = box_corners[a] + steps[:, None] * (box_corners[b] - box_corners[a])
+        for start in range(segments):
+            piece = _clip_segment(points[start], points[start + 1])
+            if piece is not None:
+                polylines.append(piece)
+    return polylines
+
+
+def _clip_segment(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """The part of segment a-b in front of the near plane (z >= NEAR_M)."""
+    za, zb = a[2] - NEAR_M, b[2] - NEAR_M
+    if za < 0 and zb < 0:
+        return None
+    if za < 0:
+        a = a + (za / (za - zb)) * (b - a)
+    elif zb < 0:
+        b = a + (za / (za - zb)) * (b - a)
+    return np.stack([a, b])
+
+
+def project_edges(box_corners: np.ndarray, camera: Camera, segments: int = 1) -> list[np.ndarray]:
+    """Pixel polylines of the box's visible-side-of-near-plane edges."""
+    return [camera.project(piece) for piece in clipped_edges(box_corners, segments)]
+
+
+def projected_rectangle(box_corners: np.ndarray, camera: Camera, segments: int = 1) -> np.ndarray | None:
+    """Axis-aligned ``[x0, y0, x1, y1]`` around the projection (not clipped to the image);
+    ``None`` when the box lies wholly behind the camera."""
+    edges = project_edges(box_corners, camera, segments)
+    if not edges:
+        return None
+    points = np.concatenate(edges)
+    return np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()])
+
+
+def clip_rectangle(rect: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.array([np.clip(rect[0], 0, width), np.clip(rect[1], 0, height),
+                     np.clip(rect[2], 0, width), np.clip(rect[3], 0, height)])
+
+
+def rectangle_area(rect: np.ndarray) -> float:
+    return float(max(rect[2] - rect[0], 0.0) * max(rect[3] - rect[1], 0.0))

@@ -96,7 +96,7 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
     return {"clip_id": clip_id, "frames": frame_count, "tracks": len(scene.tracks)}
 
 
-def synthesize(params: SynthesizeParams, output: Path, metrics_path: Path | None = None) -> dict:
+def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
     """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips."""
     unknown = [c for c in params.cameras if c not in RIG]
     if unknown:
@@ -107,9 +107,9 @@ def synthesize(params: SynthesizeParams, output: Path, metrics_path: Path | None
     if outcome.failures:
         raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
     summaries = outcome.results
-    metrics = {"clips": len(summaries), "cameras": len(params.cameras),
+    summary = {"clips": len(summaries), "cameras": len(params.cameras),
                "video_frames": sum(s["frames"] for s in summaries) * len(params.cameras),
                "tracks": sum(s["tracks"] for s in summaries)}
-    if metrics_path:
-        write_json(metrics_path, metrics)
-    return metrics
+    if metrics:
+        write_json(metrics, summary)
+    return summary

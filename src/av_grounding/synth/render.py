@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..geometry.boxes import FACES, corners
-from ..geometry.cameras import PinholeCamera
+from ..geometry.cameras import NEAR_M, PinholeCamera
 from ..geometry.transforms import RDF_TO_FLU, apply, invert_pose, make_pose, rot_z
 from .raster import rasterize_polygon
 from .scene import CENTRE_LINE, DASHED_LINES, ROAD_EDGES, SIDEWALK_WIDTH, Scene
 
-NEAR_M = 0.1
 SUN = np.array([0.4, 0.3, 0.85]) / np.linalg.norm([0.4, 0.3, 0.85])
 SKY_HORIZON, SKY_ZENITH = np.array([0.78, 0.85, 0.92]), np.array([0.35, 0.55, 0.85])
 FOG_COLOUR, FOG_DISTANCE_M = np.array([0.78, 0.82, 0.86]), 350.0

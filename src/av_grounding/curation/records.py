@@ -1,0 +1,45 @@
+"""Frame records on disk: ``<root>/records/<clip_id>/<camera>.json``, one JSON list per
+(clip, camera), written atomically. Extract, transform and filter all use this layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..storage import write_json
+
+
+class RecordsError(ValueError):
+    """A records file is missing or malformed; the message names the file."""
+
+
+def records_path(root: Path, clip_id: str, camera: str) -> Path:
+    return Path(root) / "records" / clip_id / f"{camera}.json"
+
+
+def record_files(root: Path) -> list[tuple[str, str, Path]]:
+    """(clip_id, camera, path) of every records file under ``root``, sorted."""
+    folder = Path(root) / "records"
+    if not folder.is_dir():
+        raise RecordsError(f"{folder}: missing; run the previous stage first")
+    return [(p.parent.name, p.stem, p) for p in sorted(folder.glob("*/*.json"))]
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    try:
+        records = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RecordsError(f"{path}: unreadable records: {exc}") from exc
+    if not isinstance(records, list):
+        raise RecordsError(f"{path}: expected a JSON list of frame records")
+    return records
+
+
+def write_records(root: Path, clip_id: str, camera: str, records: list[dict[str, Any]]) -> None:
+    write_json(records_path(root, clip_id, camera), records)
+
+
+def iter_records(root: Path) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    for clip_id, camera, path in record_files(root):
+        yield clip_id, camera, read_records(path)

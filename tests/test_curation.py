@@ -1,0 +1,156 @@
+"""Transform, filter and validate stages: unit cases and an end-to-end run on synthetic clips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from av_grounding.curation.extract import extract
+from av_grounding.curation.filters import covered_fraction, decide, filter_boxes, ray_box_entry
+from av_grounding.curation.records import read_records, write_records
+from av_grounding.curation.transform import transform, transform_record
+from av_grounding.curation.validate import ValidationError, validate
+from av_grounding.geometry.boxes import Box3D
+from av_grounding.geometry.codecs import CODECS
+from av_grounding.geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, make_pose, rot_z
+from av_grounding.params import ExtractParams, FilterParams, TransformParams, ValidateParams
+
+CAMERA_HEIGHT = 1.5
+INTRINSICS = [300.0, 300.0, 320.0, 180.0, 640, 360]
+
+
+def frame(objects, camera_yaw=0.0):
+    """A frame record from a front camera at the world origin (1.5 m up), looking along +x."""
+    camera_to_world = make_pose(rot_z(camera_yaw) @ RDF_TO_FLU, np.array([0.0, 0.0, CAMERA_HEIGHT]))
+    return {"clip_id": "s_0_1", "camera": "camera_front_wide_120fov", "camera_model": "pinhole", "frame_index": 0,
+            "image": "images/x.jpg", "width": 640, "height": 360, "intrinsics": INTRINSICS,
+            "camera_to_world": camera_to_world.tolist(), "vehicle_to_world": np.eye(4).tolist(),
+            "objects": [{"track_id": str(i), "object_type": kind, "object_is_moving": True,
+                         "object_to_world": make_pose(rot_z(yaw), np.array([x, y, lwh[2] / 2])).tolist(),
+                         "object_lwh": list(lwh)} for i, (kind, x, y, yaw, lwh) in enumerate(objects)]}
+
+
+CAR = (4.5, 1.9, 1.6)
+TRUCK = (8.0, 2.5, 3.2)
+
+
+def test_transform_puts_a_car_ahead_on_the_optical_axis():
+    record = transform_record(frame([("Car", 20.0, 0.0, 0.0, CAR)]), "cosmos")
+    obj = record["objects"][0]
+    # Car centre at z = 0.8 m, camera at 1.5 m: 0.7 m below the axis, i.e. +0.7 in RDF y.
+    np.testing.assert_allclose(obj["center"], [0.0, 0.7, 20.0], atol=1e-12)
+    np.testing.assert_allclose(obj["rotation"], FLU_TO_RDF, atol=1e-12)
+    np.testing.assert_allclose(obj["bbox_3d"], [0.0, 0.7, 20.0, *CAR, 0.0, 0.0, 0.0], atol=1e-12)
+    assert obj["distance_m"] == pytest.approx(np.hypot(20.0, 0.7))
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_transform_bbox_decodes_to_the_physical_box(codec):
+    record = transform_record(frame([("Car", 12.0, -3.0, 0.7, CAR)], camera_yaw=-0.3), codec)
+    obj = record["objects"][0]
+    box = Box3D(np.array(obj["center"]), np.array(obj["rotation"]), np.array(obj["object_lwh"]))
+    np.testing.assert_allclose(CODECS[codec].decode(obj["bbox_3d"]).corners(), box.corners(), atol=1e-9)
+    assert record["box_codec"] == codec
+
+
+def test_covered_fraction_known_cases():
+    target = np.array([0.0, 0.0, 10.0, 10.0])
+    assert covered_fraction(target, []) == 0.0
+    assert covered_fraction(target, [np.array([-5.0, -5.0, 20.0, 20.0])]) == 1.0
+    assert covered_fraction(target, [np.array([0.0, 0.0, 5.0, 10.0])]) == pytest.approx(0.5)
+    # Two overlapping halves count their union once.
+    assert covered_fraction(target, [np.array([0.0, 0.0, 6.0, 10.0]), np.array([4.0, 0.0, 10.0, 5.0])]) == pytest.approx(0.8)
+
+
+def test_covered_fraction_matches_monte_carlo():
+    rng = np.random.default_rng(3)
+    target = np.array([10.0, 20.0, 110.0, 80.0])
+    others = [np.sort(rng.uniform(0, 130, 4).reshape(2, 2), axis=0).T.ravel()[[0, 2, 1, 3]] for _ in range(6)]
+    points = rng.uniform(target[:2], target[2:], size=(200_000, 2))
+    inside = np.zeros(len(points), dtype=bool)
+    for o in others:
+        inside |= (points[:, 0] >= o[0]) & (points[:, 0] <= o[2]) & (points[:, 1] >= o[1]) & (points[:, 1] <= o[3])
+    assert covered_fraction(target, others) == pytest.approx(inside.mean(), abs=0.005)
+
+
+def test_ray_box_entry():
+    box = Box3D(np.array([0.0, 0.0, 10.0]), np.eye(3), np.array([2.0, 2.0, 2.0]))
+    rays = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.05, 0.0, 1.0] / np.linalg.norm([0.05, 0.0, 1.0])])
+    entry = ray_box_entry(rays, box)
+    assert entry[0] == pytest.approx(9.0) and np.isinf(entry[1])
+    assert entry[2] == pytest.approx(9.0 / rays[2, 2])
+    inside = Box3D(np.zeros(3), np.eye(3), np.array([2.0, 2.0, 2.0]))
+    assert ray_box_entry(rays[:1], inside)[0] == 0.0
+
+
+def test_each_filter_has_its_reason():
+    params = FilterParams()
+    record = transform_record(frame([
+        ("Car", 20.0, 0.0, 0.0, CAR),          # 0 kept
+        ("Pedestrian", 15.0, 5.0, 0.0, (0.6, 0.6, 1.7)),  # 1 category
+        ("Car", 150.0, 0.0, 0.0, CAR),          # 2 distance
+        ("Car", -20.0, 0.0, 0.0, CAR),          # 3 behind the camera: fov
+        ("Truck", 30.0, 12.0, 0.0, TRUCK),      # 4 kept, ahead on the left
+        ("Car", 60.0, 24.0, 0.0, CAR),          # 5 on the same bearing, behind the truck: occlusion
+    ]), "cosmos")
+    reasons = [d.reason for d in decide(record, params)]
+    assert reasons == [None, "category", "distance", "fov", None, "occlusion"]
+
+
+def test_depth_filter_sees_through_gaps_that_2d_boxes_cover():
+    """Two trucks side by side leave a gap; a car seen through it is covered by their 2D boxes'
+    union only in part, but its lines of sight tell whether it is hidden."""
+    params = FilterParams(occlusion_max_covered=1.01)  # isolate the depth filter
+    hidden = transform_record(frame([("Truck", 15.0, 0.0, 0.0, TRUCK), ("Car", 40.0, 0.0, 0.0, CAR)]), "cosmos")
+    assert [d.reason for d in decide(hidden, params)] == [None, "depth"]
+    beside = transform_record(frame([("Truck", 15.0, 0.0, 0.0, TRUCK), ("Car", 40.0, 6.0, 0.0, CAR)]), "cosmos")
+    assert [d.reason for d in decide(beside, params)] == [None, None]
+
+
+@pytest.fixture(scope="module")
+def curated(synthetic_root, small_params, tmp_path_factory):
+    work = tmp_path_factory.mktemp("curated")
+    extract(ExtractParams(input_root=str(synthetic_root), cameras=small_params.cameras, skip_frames=3, workers=1),
+            work / "extracted")
+    transform(TransformParams(), work / "extracted", work / "transformed")
+    curation = filter_boxes(FilterParams(), work / "transformed", work / "filtered", work / "curation.json")
+    return work, curation
+
+
+def test_filter_counts_and_truth_scores(curated):
+    work, curation = curated
+    saved = json.loads((work / "curation.json").read_text())
+    assert saved == curation
+    assert curation["boxes_in"] == curation["boxes_kept"] + sum(curation["removed"].values())
+    assert curation["removed"]["category"] > 0 and curation["removed"]["fov"] > 0
+    scores = curation["against_render_truth"]
+    assert scores["occlusion_and_depth"]["precision"] > scores["keep_all"]["precision"]
+    assert scores["depth"]["recall"] > 0.9 and scores["depth"]["precision"] > 0.9
+    kept = [o for path in (work / "filtered" / "records").rglob("*.json") for r in read_records(path)
+            for o in r["objects"]]
+    assert kept and all(o["label"] in {"car", "truck", "bus", "trailer"} for o in kept)
+
+
+def test_validate_residual_and_overlays(curated):
+    work, _ = curated
+    summary = validate(ValidateParams(sample_count=3), work / "filtered", work / "extracted", work / "plots",
+                       work / "validation.json")
+    assert summary["boxes_checked"] > 0 and summary["max_residual_px"] < 0.5
+    assert summary["by_reference"]["render_truth"]["boxes"] > 0
+    assert len(list((work / "plots").glob("*.jpg"))) == 3
+
+
+def test_validate_fails_on_a_misplaced_box(curated, tmp_path):
+    work, _ = curated
+    broken = tmp_path / "filtered"
+    for path in sorted((work / "filtered" / "records").rglob("*.json")):
+        records = read_records(path)
+        for record in records:
+            for obj in record["objects"]:
+                obj["bbox_3d"][0] += 0.5  # half a metre sideways
+        write_records(broken, path.parent.name, path.stem, records)
+    with pytest.raises(ValidationError, match="max_residual_px"):
+        validate(ValidateParams(sample_count=1), broken, work / "extracted", tmp_path / "plots", tmp_path / "v.json")
+    assert json.loads((tmp_path / "v.json").read_text())["max_residual_px"] > 0.5
