@@ -19,7 +19,7 @@ import yaml
 
 from . import params as params_module
 from .curation.validate import ValidationError
-from .params import ExtractParams, FilterParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
+from .params import ExtractParams, FilterParams, FormatParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ STAGES: dict[str, StageSpec] = {
         {"input": "data/filtered", "images": "data/extracted", "plots": "plots/validation",
          "metrics": "metrics/validation.json"},
         "Draw kept boxes on sample frames and check their re-projection residual in pixels."),
+    "format": StageSpec(
+        FormatParams, "av_grounding.dataset.build:format_dataset",
+        {"input": "data/filtered", "images": "data/extracted", "output": "data/dataset",
+         "metrics": "metrics/dataset.json", "plots": "plots/dataset"},
+        "Write train/eval datasets (Cosmos-RL and Qwen-VL layouts) with a measured token budget."),
 }
 
 

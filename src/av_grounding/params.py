@@ -111,6 +111,27 @@ class ValidateParams:
     max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference")
 
 
+@dataclasses.dataclass(frozen=True)
+class FormatParams:
+    """Training sets: prompts, answer text, split, image size and token budget."""
+
+    prompts: str = param("prompts/av_grounding.yaml", "YAML file with system_prompt and user_prompt")
+    decimals: int | None = param(2, "decimals of every number in the answers (null: full precision)")
+    size_decimals: int | None = param(None, "decimals of the three sizes (null: same as decimals)")
+    trim_zeros: bool = param(True, "write 18 and 5.3, not 18.00 and 5.30")
+    compact_json: bool = param(True, "no spaces after , and : in the answers")
+    box_order: str = param("nearest", "order of boxes in an answer: nearest, left_to_right or track")
+    max_boxes: int | None = param(50, "keep at most this many (nearest-first order keeps the nearest); null: all")
+    keep_empty_frames: bool = param(True, "keep frames without vehicles (answer: [])")
+    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed)")
+    eval_clip_ids: tuple[str, ...] = param((), "explicit held-out clip ids (wins over eval_clips)")
+    split_seed: int = param(0, "seed of the held-out clip choice")
+    model_family: str = param("qwen2_5_vl", "qwen2_5_vl (28 px per image token) or qwen3_vl (32 px)")
+    min_pixels: int = param(3136, "smallest image area after resizing, in pixels (training and inference)")
+    max_pixels: int = param(40960, "largest image area after resizing, in pixels (training and inference)")
+    model_max_length: int = param(4096, "samples longer than this (prompt + image + answer tokens) are dropped")
+
+
 def _field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 

@@ -27,8 +27,9 @@ import numpy as np
 from .storage import temporary_sibling
 
 STRATEGIES = ("auto", "decode_all", "seek", "keyframes")
-# A seek flushes the decoder and re-reads from a keyframe; count it as this many decoded frames.
-SEEK_COST_FRAMES = 2
+# A seek flushes the decoder and re-reads from a keyframe; count it as this many decoded frames
+# (at 1080p a seek that saved only 1-2 frames was slower than decoding on: benchmarks/results).
+SEEK_COST_FRAMES = 5
 
 
 # x264 CPU flags and the /proc/cpuinfo names that grant them, AVX-512 deliberately left out.

@@ -1,0 +1,190 @@
+"""The `format` stage: curated frames -> train/eval datasets in both layouts, with token budgets.
+
+Output under the dataset folder:
+  split.json                    which clips went where (evaluation reads it)
+  train/ and eval/, each with   meta.json, text/, images/      (Cosmos-RL)
+                                annotations.json               (Qwen-VL fine-tune)
+A sample whose prompt + image + answer tokens exceed ``model_max_length`` is dropped and
+counted, never truncated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..curation.records import iter_records
+from ..params import FormatParams
+from ..storage import atomic_write_bytes, write_json
+from . import tokens
+from .answers import AnswerStyle, format_answer, order_boxes, rounded
+from .formats import Sample, conversation, write_cosmos, write_qwen
+from .prompts import load_prompts
+from .split import split_clips
+
+# The recipe's own sample box (seed, "Annotation Format"), for comparable token figures.
+RECIPE_SAMPLE_BOX = [{"bbox_3d": [-8.962420703794697, -0.15224466668225012, 18.004403863124224, 5.301581382751465,
+                                  2.187917470932007, 2.0336594581604004, 0.005443232293758353, 0.6511561857044312,
+                                  -0.009069517922754287], "label": "car"}]
+# Answer styles whose token cost the metrics compare (the configured one is added as "configured").
+STYLE_VARIANTS = {
+    "full_precision_spaced": AnswerStyle(None, None, False, False),
+    "2_decimals_spaced": AnswerStyle(2, None, False, False),
+    "2_decimals_compact": AnswerStyle(2, None, False, True),
+    "2_decimals_compact_trimmed": AnswerStyle(2, None, True, True),
+    "2_decimals_sizes_1_compact_trimmed": AnswerStyle(2, 1, True, True),
+    "1_decimal_compact_trimmed": AnswerStyle(1, None, True, True),
+}
+
+
+def answer_style(params: FormatParams) -> AnswerStyle:
+    return AnswerStyle(params.decimals, params.size_decimals, params.trim_zeros, params.compact_json)
+
+
+def sample_id(record: dict[str, Any]) -> str:
+    return f"{record['clip_id']}_{record['camera']}_{record['frame_index']:06d}"
+
+
+def annotation_record(record: dict[str, Any], boxes: list[dict[str, Any]]) -> dict[str, Any]:
+    intrinsics = record["intrinsics"]
+    camera_params = ({"fx": intrinsics[0], "fy": intrinsics[1], "cx": intrinsics[2], "cy": intrinsics[3]}
+                     if record["camera_model"] == "pinhole" else {"cx": intrinsics[0], "cy": intrinsics[1]})
+    return {"frame_id": record["frame_index"], "clip_id": record["clip_id"], "camera": record["camera"],
+            "camera_model": record["camera_model"], "camera_params": camera_params, "intrinsics": intrinsics,
+            "width": record["width"], "height": record["height"], "box_codec": record["box_codec"],
+            "annotations": boxes}
+
+
+def tokens_per_box(answers: list[list[dict[str, Any]]], style: AnswerStyle) -> float:
+    """Answer tokens spent per box: (tokens of each answer - tokens of an empty answer) / boxes."""
+    with_boxes = [a for a in answers if a]
+    boxes = sum(len(a) for a in with_boxes)
+    if not boxes:
+        return 0.0
+    empty = tokens.count_qwen("[]")
+    return sum(tokens.count_qwen(format_answer(a, style)) - empty for a in with_boxes) / boxes
+
+
+def distribution(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+    array = np.asarray(values, dtype=float)
+    return {"mean": round(float(array.mean()), 2), "p50": float(np.percentile(array, 50)),
+            "p95": round(float(np.percentile(array, 95)), 2), "max": float(array.max())}
+
+
+@dataclass
+class Counts:
+    frames_in: int = 0
+    empty_frames_skipped: int = 0
+    boxes_over_max_boxes: int = 0
+    samples_over_max_length: int = 0
+
+
+def format_dataset(params: FormatParams, input: Path, images: Path, output: Path, metrics: Path | None = None,
+                   plots: Path | None = None) -> dict[str, Any]:
+    prompts = load_prompts(params.prompts)
+    style = answer_style(params)
+    frames = [record for _, _, records in iter_records(input) for record in records]
+    train_clips, eval_clips = split_clips([r["clip_id"] for r in frames], params.eval_clips, params.eval_clip_ids,
+                                          params.split_seed)
+    split_of = {**{c: "train" for c in train_clips}, **{c: "eval" for c in eval_clips}}
+    fixed_prompt_tokens = tokens.prompt_tokens(prompts.system, prompts.user)
+    counts = Counts()
+    per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
+    answer_token_counts, image_token_counts, all_answers = [], {f: [] for f in tokens.MERGE_FACTOR}, []
+    for record in sorted(frames, key=sample_id):
+        counts.frames_in += 1
+        objects = order_boxes(record["objects"], params.box_order)
+        if params.max_boxes is not None and len(objects) > params.max_boxes:
+            counts.boxes_over_max_boxes += len(objects) - params.max_boxes
+            objects = objects[: params.max_boxes]
+        if not objects and not params.keep_empty_frames:
+            counts.empty_frames_skipped += 1
+            continue
+        exact = [{"bbox_3d": o["bbox_3d"], "label": o["label"]} for o in objects]
+        answer = format_answer(exact, style)
+        for family in tokens.MERGE_FACTOR:
+            image_token_counts[family].append(tokens.image_tokens(record["width"], record["height"], family,
+                                                                  params.min_pixels, params.max_pixels))
+        answer_count = tokens.answer_tokens(answer)
+        total = fixed_prompt_tokens + image_token_counts[params.model_family][-1] + answer_count
+        if total > params.model_max_length:
+            counts.samples_over_max_length += 1
+            continue
+        answer_token_counts.append(answer_count)
+        all_answers.append(exact)
+        sid = sample_id(record)
+        boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
+        sample = Sample(sid, images / record["image"], prompts.system, prompts.user, answer)
+        per_split[split_of[record["clip_id"]]].append((sample, annotation_record(record, boxes),
+                                                      conversation(sid, prompts.system, prompts.user, answer)))
+    for split, entries in per_split.items():
+        folder = output / split
+        for sample, _, _ in entries:
+            try:
+                atomic_write_bytes(folder / "images" / f"{sample.id}.jpg", sample.image.read_bytes())
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{sample.image}: image of sample {sample.id} is missing") from exc
+        write_cosmos(folder, [(s.id, record, messages) for s, record, messages in entries])
+        write_qwen(folder, [s for s, _, _ in entries])
+    write_json(output / "split.json", {"train": train_clips, "eval": eval_clips,
+                                       "samples": {k: len(v) for k, v in per_split.items()}})
+    configured = {"configured": style}
+    summary = {
+        "samples": {k: len(v) for k, v in per_split.items()},
+        "clips": {"train": len(train_clips), "eval": len(eval_clips)},
+        "boxes": sum(len(a) for a in all_answers),
+        "frames_in": counts.frames_in,
+        "empty_frames_skipped": counts.empty_frames_skipped,
+        "boxes_over_max_boxes": counts.boxes_over_max_boxes,
+        "samples_over_max_length": counts.samples_over_max_length,
+        "share_over_max_length": round(counts.samples_over_max_length / max(counts.frames_in, 1), 4),
+        "tokens": {
+            "vocabulary": "qwen2 (qwen.tiktoken, 151643 ranks)",
+            "answer_per_frame": distribution(answer_token_counts),
+            "answer_per_box": {name: round(tokens_per_box(all_answers, s), 2)
+                               for name, s in {**configured, **STYLE_VARIANTS}.items()},
+            "recipe_sample_box": {name: tokens.count_qwen(format_answer(RECIPE_SAMPLE_BOX, s))
+                                  for name, s in {**configured, **STYLE_VARIANTS}.items()},
+            "prompt_per_sample": fixed_prompt_tokens,
+            "image_per_frame": {family: distribution(values) for family, values in image_token_counts.items()},
+            "model_max_length": params.model_max_length,
+        },
+    }
+    if metrics:
+        write_json(metrics, summary)
+    if plots:
+        plot_answer_tokens(answer_token_counts, plots)
+    return summary
+
+
+def plot_answer_tokens(counts: list[int], folder: Path) -> None:
+    """Histogram of answer tokens per frame: PNG for people, CSV for `dvc plots`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.arange(0, max(counts, default=0) + 50, 25)
+    hist, _ = np.histogram(counts, bins=edges)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["answer_tokens", "frames"])
+    writer.writerows(zip(edges[:-1].tolist(), hist.tolist()))
+    atomic_write_bytes(folder / "answer_tokens.csv", buffer.getvalue().encode())
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.bar(edges[:-1], hist, width=24, align="edge", color="#4477aa")
+    axis.set_xlabel("answer tokens per frame (Qwen vocabulary)")
+    axis.set_ylabel("frames")
+    axis.set_title("Answer length")
+    figure.tight_layout()
+    png = io.BytesIO()
+    figure.savefig(png, format="png", metadata={"Software": None})
+    plt.close(figure)
+    atomic_write_bytes(folder / "answer_tokens.png", png.getvalue())

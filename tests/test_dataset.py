@@ -1,0 +1,164 @@
+"""The format stage: answers, split, both layouts and their readers, token budgets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from av_grounding.curation.extract import extract
+from av_grounding.curation.filters import filter_boxes
+from av_grounding.curation.transform import transform
+from av_grounding.dataset.answers import AnswerStyle, format_answer, format_number, rounded
+from av_grounding.dataset.build import RECIPE_SAMPLE_BOX, format_dataset
+from av_grounding.dataset.formats import DatasetError, Sample, conversation, read_cosmos, read_qwen, write_cosmos, write_qwen
+from av_grounding.dataset.split import split_clips
+from av_grounding.dataset.tokens import count_qwen, image_tokens
+from av_grounding.params import ExtractParams, FilterParams, FormatParams, TransformParams
+
+REPO_PROMPTS = "prompts/av_grounding.yaml"
+
+
+def test_number_format():
+    assert format_number(18.004, 2, True) == "18"
+    assert format_number(5.301, 2, True) == "5.3"
+    assert format_number(5.301, 2, False) == "5.30"
+    assert format_number(-0.001, 2, True) == "0" and format_number(-0.001, 2, False) == "0.00"
+    assert format_number(-8.9624, 2, True) == "-8.96"
+    assert format_number(0.1 + 0.2, None, True) == repr(0.1 + 0.2)
+
+
+@given(st.lists(st.floats(-200, 200, allow_nan=False), min_size=9, max_size=9), st.integers(0, 4),
+       st.booleans(), st.booleans())
+def test_answer_parses_back_to_the_rounded_numbers_within_the_decimals(values, decimals, trim, compact):
+    style = AnswerStyle(decimals, None, trim, compact)
+    answer = format_answer([{"bbox_3d": values, "label": "car"}], style)
+    parsed = json.loads(answer)[0]["bbox_3d"]
+    assert parsed == pytest.approx(rounded(values, style), abs=1e-12)
+    assert np.abs(np.array(parsed) - values).max() <= 0.5 * 10.0**-decimals + 1e-9
+
+
+def test_size_decimals_apply_to_sizes_only():
+    style = AnswerStyle(2, 1, True, True)
+    answer = format_answer([{"bbox_3d": [1.234] * 9, "label": "bus"}], style)
+    assert answer == '[{"bbox_3d":[1.23,1.23,1.23,1.2,1.2,1.2,1.23,1.23,1.23],"label":"bus"}]'
+
+
+def test_recipe_sample_box_token_counts_with_the_real_vocabulary():
+    # SPEC section 3: 196 tokens at full precision with the recipe's spacing.
+    assert count_qwen(format_answer(RECIPE_SAMPLE_BOX, AnswerStyle(None, None, False, False))) == 196
+    assert count_qwen(format_answer(RECIPE_SAMPLE_BOX, AnswerStyle())) <= 55  # the defaults
+
+
+def test_image_tokens():
+    assert image_tokens(640, 360, "qwen2_5_vl", 3136, 40960) == 45  # ~45 at the recipe's 40960 pixels
+    full = image_tokens(1920, 1080, "qwen2_5_vl", 3136, 1920 * 1080)
+    assert 0.8 * 1920 * 1080 <= full * 28**2 <= 1920 * 1080  # scaled to fit, aspect ratio kept
+    assert image_tokens(28, 28, "qwen2_5_vl", 3136, 40960) == 4  # small images are scaled up to min_pixels
+    assert image_tokens(1920, 1080, "qwen3_vl", 3136, 40960) <= 40960 // 32**2
+
+
+def test_split_by_clip():
+    ids = [f"c{i}_1_2" for i in range(10)]
+    train, held = split_clips(ids * 3, 3, seed=1)
+    assert len(held) == 3 and not set(train) & set(held) and sorted(train + held) == sorted(ids)
+    assert split_clips(ids, 3, seed=1) == (train, held)
+    assert split_clips(ids, 3, ("c4_1_2",))[1] == ["c4_1_2"]
+    with pytest.raises(ValueError, match="not among"):
+        split_clips(ids, 0, ("nope_1_2",))
+    with pytest.raises(ValueError, match="at least one"):
+        split_clips(ids, 10)
+
+
+def make_samples(folder, count=3):
+    samples = []
+    for i in range(count):
+        sid = f"s{i}"
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "images" / f"{sid}.jpg").write_bytes(b"jpeg")
+        samples.append(Sample(sid, folder / "images" / f"{sid}.jpg", "system text", "user text", f'[{{"n":{i}}}]'))
+    write_cosmos(folder, [(s.id, {"frame_id": i}, conversation(s.id, s.system, s.user, s.answer))
+                          for i, s in enumerate(samples)])
+    write_qwen(folder, samples)
+    return samples
+
+
+def test_both_layouts_round_trip(tmp_path):
+    samples = make_samples(tmp_path)
+    resolved = [Sample(s.id, s.image.resolve(), s.system, s.user, s.answer) for s in samples]
+    assert read_cosmos(tmp_path) == resolved
+    assert read_qwen(tmp_path) == resolved
+
+
+def test_readers_refuse_bad_entries(tmp_path):
+    make_samples(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path.parent / "outside.jpg").write_bytes(b"x")
+    meta[1]["media"] = "../outside.jpg"
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="escapes the dataset folder"):
+        read_cosmos(tmp_path)
+    meta[1]["media"] = "images/absent.jpg"
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="entry 1: 'images/absent.jpg' does not exist"):
+        read_cosmos(tmp_path)
+    (tmp_path / "text" / "s0.json").write_text("{not json")
+    meta[1]["media"] = "images/s1.jpg"
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="s0.json: malformed JSON"):
+        read_cosmos(tmp_path)
+    annotations = json.loads((tmp_path / "annotations.json").read_text())
+    annotations[0]["image"] = "/etc/passwd"
+    (tmp_path / "annotations.json").write_text(json.dumps(annotations))
+    with pytest.raises(DatasetError, match="escapes"):
+        read_qwen(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def filtered(synthetic_root, small_params, tmp_path_factory):
+    work = tmp_path_factory.mktemp("format")
+    extract(ExtractParams(input_root=str(synthetic_root), cameras=small_params.cameras, skip_frames=6, workers=1),
+            work / "extracted")
+    transform(TransformParams(), work / "extracted", work / "transformed")
+    filter_boxes(FilterParams(), work / "transformed", work / "filtered")
+    return work
+
+
+def test_format_stage_writes_split_datasets(filtered):
+    out = filtered / "dataset"
+    summary = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1), filtered / "filtered",
+                             filtered / "extracted", out, filtered / "dataset.json", filtered / "plots")
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["eval"]) == 1 and not set(split["train"]) & set(split["eval"])
+    for name in ("train", "eval"):
+        cosmos, qwen = read_cosmos(out / name), read_qwen(out / name)
+        assert [s.id for s in cosmos] == [s.id for s in qwen] and len(cosmos) == summary["samples"][name]
+        assert all(s.id.startswith(tuple(split[name])) for s in cosmos)
+        assert {s.answer for s in cosmos} == {s.answer for s in qwen}
+    text = json.loads(next((out / "train" / "text").glob("*.json")).read_text())
+    assert text["conversations"][0][1]["content"][0] == {"type": "image", "image": f"images/{text['clip_id']}_{text['camera']}_{text['frame_id']:06d}.jpg"}
+    answer = json.loads(text["conversations"][0][2]["content"][0]["text"])
+    assert [a["bbox_3d"] for a in answer] == [a["bbox_3d"] for a in text["annotations"]]
+    assert summary["tokens"]["answer_per_box"]["configured"] < summary["tokens"]["answer_per_box"]["full_precision_spaced"]
+    assert (filtered / "plots" / "answer_tokens.png").exists()
+
+
+def test_more_decimals_cost_more_tokens(filtered):
+    two = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1), filtered / "filtered",
+                         filtered / "extracted", filtered / "d2")
+    three = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, decimals=3), filtered / "filtered",
+                           filtered / "extracted", filtered / "d3")
+    assert three["tokens"]["answer_per_box"]["configured"] > two["tokens"]["answer_per_box"]["configured"]
+
+
+def test_over_long_samples_are_dropped_and_counted(filtered):
+    summary = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, model_max_length=230),
+                             filtered / "filtered", filtered / "extracted", filtered / "short")
+    assert summary["samples_over_max_length"] > 0
+    assert sum(summary["samples"].values()) + summary["samples_over_max_length"] == summary["frames_in"]
+    for name in ("train", "eval"):
+        for sample in read_cosmos(filtered / "short" / name):
+            assert count_qwen(sample.answer + "<|im_end|>") + 138 + 45 <= 230
