@@ -19,7 +19,7 @@ import yaml
 
 from . import params as params_module
 from .curation.validate import ValidationError
-from .params import ExtractParams, FilterParams, FormatParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
+from .params import ExtractParams, FilterParams, FormatParams, TrainParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class StageSpec:
     entry: str  # "module:function" taking (params, **paths)
     paths: dict[str, str]  # keyword -> default path, each an option --<keyword>
     summary: str
+    sections: dict[str, tuple[str, type]] = dataclasses.field(default_factory=dict)  # keyword -> other params read
 
 
 STAGES: dict[str, StageSpec] = {
@@ -57,6 +58,11 @@ STAGES: dict[str, StageSpec] = {
         {"input": "data/filtered", "images": "data/extracted", "output": "data/dataset",
          "metrics": "metrics/dataset.json", "plots": "plots/dataset"},
         "Write train/eval datasets (Cosmos-RL and Qwen-VL layouts) with a measured token budget."),
+    "train": StageSpec(
+        TrainParams, "av_grounding.training.train:train",
+        {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train"},
+        "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
+        {"fmt": ("format", FormatParams)}),
 }
 
 
@@ -99,7 +105,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     module, function = spec.entry.split(":")
     entry = getattr(importlib.import_module(module), function)
     paths = {key: Path(getattr(args, f"path_{key}")) for key in spec.paths}
-    return entry(stage_params, **paths)
+    others = {key: params_module.load(cls, section, args.params) for key, (section, cls) in spec.sections.items()}
+    return entry(stage_params, **others, **paths)
 
 
 def main(argv: list[str] | None = None) -> int:

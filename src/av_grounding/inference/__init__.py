@@ -1,0 +1,1 @@
+"""Inference: batched greedy generation with per-box scores, answer parsing."""

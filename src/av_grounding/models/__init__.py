@@ -1,0 +1,1 @@
+"""Models: the built-in tiny Cosmos Reason architectures, and loading real ones."""

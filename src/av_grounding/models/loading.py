@@ -1,0 +1,34 @@
+"""Load a model folder (tiny, local copy or Hugging Face id) with its tokenizer and image processor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+
+
+def load_image_processor(source: str | Path):
+    """The PIL image processor of a Qwen-VL model folder or id (no torchvision needed)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil.from_pretrained(str(source))
+
+
+def load_model(source: str | Path, dtype: str = "float32", device: str = "cpu",
+               attn_implementation: str | None = "sdpa") -> LoadedModel:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    return LoadedModel(model, tokenizer, load_image_processor(source))

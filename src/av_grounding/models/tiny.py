@@ -1,0 +1,152 @@
+"""Tiny offline models of the real Cosmos Reason architectures (SPEC section 6).
+
+``tiny-qwen2_5_vl`` (Cosmos Reason 1) and ``tiny-qwen3_vl`` (Cosmos Reason 2) are the real
+``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` classes at a small
+size, randomly initialised from a seed, with:
+  - a byte-level BPE tokenizer trained with ``tokenizers`` on the task's own text (prompts and
+    answers in the configured style), Qwen's special tokens at their usual ids;
+  - a chat template with ``{% generation %}`` markers, so assistant-only loss masks come from
+    ``apply_chat_template(..., return_assistant_tokens_mask=True)``;
+  - the PIL image processor (no torchvision needed).
+All saved with ``save_pretrained``; model and tokenizer load back with the Auto classes, the
+image processor with its PIL class (``AutoImageProcessor`` insists on torchvision).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TINY_MODELS = ("tiny-qwen2_5_vl", "tiny-qwen3_vl")
+SPECIAL_TOKENS = {  # Qwen2 vocabulary ids
+    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+    "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
+}
+VOCAB_SIZE = 151936  # as the real models: room for every special id
+BPE_SIZE = 1024
+
+# Newlines are written as expressions: transformers renders templates with trim_blocks.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def task_corpus(system: str, user: str, seed: int, answers: int = 400) -> list[str]:
+    """Text the tokenizer learns from: the prompts and answers shaped like the task's."""
+    from ..dataset.answers import AnswerStyle, format_answer
+
+    rng = np.random.default_rng(seed)
+    texts = [system, user]
+    labels = ["car", "truck", "bus", "trailer", "train"]
+    for _ in range(answers):
+        boxes = [{"bbox_3d": [*rng.uniform(-40, 40, 2), rng.uniform(1, 100), *rng.uniform(0.5, 15, 3),
+                              *rng.uniform(-3.2, 3.2, 3)], "label": str(rng.choice(labels))}
+                 for _ in range(int(rng.integers(0, 5)))]
+        texts.append(format_answer(boxes, AnswerStyle(int(rng.integers(1, 4)), None, bool(rng.integers(2)),
+                                                      bool(rng.integers(2)))))
+    return texts
+
+
+def build_tokenizer(corpus: list[str]):
+    """A byte-level BPE of BPE_SIZE tokens, padded to VOCAB_SIZE, special tokens at Qwen's ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    trainer_tokenizer = Tokenizer(models.BPE())
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=BPE_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    trainer_tokenizer.train_from_iterator(corpus, trainer)
+    trained = trainer_tokenizer.model
+    vocab = trainer_tokenizer.get_vocab()
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in _merges_of(trainer_tokenizer)]
+    # Unreachable filler entries keep the special tokens at their real ids.
+    taken = set(vocab.values())
+    for index in range(VOCAB_SIZE):
+        if index not in taken and index not in SPECIAL_TOKENS.values():
+            vocab[f"<|unused_{index}|>"] = index
+    vocab.update(SPECIAL_TOKENS)
+    del trained
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=list(SPECIAL_TOKENS), chat_template=CHAT_TEMPLATE,
+                                   model_max_length=32768, padding_side="right")
+    return fast
+
+
+def _merges_of(tokenizer) -> list:
+    import json
+
+    return json.loads(tokenizer.to_str())["model"]["merges"]
+
+
+def tiny_config(name: str):
+    """The real architecture's config at hidden 64, 2 layers, vision depth 2."""
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
+
+    text = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                bos_token_id=SPECIAL_TOKENS["<|endoftext|>"], eos_token_id=SPECIAL_TOKENS["<|im_end|>"],
+                pad_token_id=SPECIAL_TOKENS["<|endoftext|>"])
+    special = dict(image_token_id=SPECIAL_TOKENS["<|image_pad|>"], video_token_id=SPECIAL_TOKENS["<|video_pad|>"],
+                   vision_start_token_id=SPECIAL_TOKENS["<|vision_start|>"],
+                   vision_end_token_id=SPECIAL_TOKENS["<|vision_end|>"])
+    if name == "tiny-qwen2_5_vl":
+        return Qwen2_5_VLConfig(
+            text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                                     "mrope_section": [2, 3, 3]}},
+            vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
+                               fullatt_block_indexes=[1], window_size=112),
+            tie_word_embeddings=True, **special)
+    if name == "tiny-qwen3_vl":
+        return Qwen3VLConfig(
+            text_config={**text, "head_dim": 16, "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
+                                                                     "mrope_section": [2, 3, 3],
+                                                                     "mrope_interleaved": True}},
+            vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
+                               deepstack_visual_indexes=[1], num_position_embeddings=256),
+            tie_word_embeddings=True, **special)
+    raise ValueError(f"unknown tiny model {name!r}; choose from {TINY_MODELS}")
+
+
+def image_processor_for(name: str, min_pixels: int, max_pixels: int):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    patch = 14 if name == "tiny-qwen2_5_vl" else 16
+    return Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
+                                    min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def build_tiny(name: str, folder: Path, seed: int, system: str, user: str, min_pixels: int, max_pixels: int) -> Path:
+    """Create and save a tiny model (weights, tokenizer, image processor) under ``folder``."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(tiny_config(name))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    build_tokenizer(task_corpus(system, user, seed)).save_pretrained(folder)
+    image_processor_for(name, min_pixels, max_pixels).save_pretrained(folder)
+    return folder

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: batches with assistant-only labels, the hf backend, the cosmos-rl backend."""

@@ -1,0 +1,114 @@
+"""Samples -> model inputs. One place builds the prompt, so training and inference agree on it.
+
+The conversation goes through the tokenizer's chat template; the single ``<|image_pad|>`` is
+expanded to one token per merged image patch, as many as the image processor's grid gives at
+the configured ``min_pixels`` / ``max_pixels``. Labels cover the assistant's answer and its
+``<|im_end|>`` only (what ``{% generation %}`` marks); everything else is -100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..dataset.formats import Sample
+
+IMAGE_PAD = "<|image_pad|>"
+IGNORE = -100
+
+
+class BudgetError(ValueError):
+    """A sample does not fit ``model_max_length``."""
+
+
+def messages_of(sample: Sample, with_answer: bool) -> list[dict[str, Any]]:
+    messages = [{"role": "system", "content": [{"type": "text", "text": sample.system}]},
+                {"role": "user", "content": [{"type": "image", "image": str(sample.image)},
+                                             {"type": "text", "text": sample.user}]}]
+    if with_answer:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": sample.answer}]})
+    return messages
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+
+
+class Encoder:
+    def __init__(self, tokenizer, image_processor, min_pixels: int, max_pixels: int, max_length: int):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.min_pixels, self.max_pixels, self.max_length = min_pixels, max_pixels, max_length
+        self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.image_pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+
+    def vision(self, path) -> tuple[torch.Tensor, torch.Tensor, int]:
+        with Image.open(path) as image:
+            features = self.image_processor(images=[image.convert("RGB")], min_pixels=self.min_pixels,
+                                            max_pixels=self.max_pixels, return_tensors="pt")
+        grid = features["image_grid_thw"]
+        tokens = int(grid.prod()) // self.image_processor.merge_size ** 2
+        return features["pixel_values"], grid, tokens
+
+    def _ids(self, messages, image_tokens: int, generation_prompt: bool) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        if text.count(IMAGE_PAD) != 1:
+            raise ValueError(f"chat template produced {text.count(IMAGE_PAD)} image placeholders, expected 1")
+        return self.tokenizer(text.replace(IMAGE_PAD, IMAGE_PAD * image_tokens), add_special_tokens=False)["input_ids"]
+
+    def encode(self, sample: Sample, with_answer: bool = True) -> Encoded:
+        pixel_values, grid, image_tokens = self.vision(sample.image)
+        prompt = self._ids(messages_of(sample, False), image_tokens, True)
+        if not with_answer:
+            ids, labels = prompt, [IGNORE] * len(prompt)
+        else:
+            ids = self._ids(messages_of(sample, True), image_tokens, False)
+            if ids[: len(prompt)] != prompt:
+                raise ValueError(f"sample {sample.id}: the chat template's prompt is not a prefix of the full text")
+            end = len(ids) - 1 - ids[::-1].index(self.im_end)  # the assistant's closing <|im_end|>
+            labels = [IGNORE] * len(prompt) + ids[len(prompt): end + 1] + [IGNORE] * (len(ids) - end - 1)
+        if len(ids) > self.max_length:
+            raise BudgetError(f"sample {sample.id}: {len(ids)} tokens ({image_tokens} image) > model_max_length "
+                              f"{self.max_length}")
+        return Encoded(ids, labels, pixel_values, grid)
+
+
+def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the labelled (assistant) tokens, and their count.
+
+    Logits are computed only at positions where some row has a label: with a vocabulary of
+    152k entries the full logits tensor dominates time and memory, and prompts (system, user,
+    image tokens) make up most of every sequence."""
+    targets = inputs["labels"][:, 1:]
+    positions = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**forward, logits_to_keep=positions).logits
+    chosen = targets[:, positions]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), chosen.flatten(), ignore_index=IGNORE)
+    return loss, int((chosen != IGNORE).sum())
+
+
+def collate(batch: list[Encoded], pad_id: int, image_pad_id: int, left_pad: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest sample (right for training, left for generation).
+
+    ``mm_token_type_ids`` (1 on image tokens) is what lets the model compute its multimodal
+    rotary positions; without it Qwen2.5-VL silently falls back to text-only positions."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    labels = np.full((len(batch), width), IGNORE, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, e in enumerate(batch):
+        span = slice(width - len(e.input_ids), width) if left_pad else slice(0, len(e.input_ids))
+        ids[row, span], labels[row, span], mask[row, span] = e.input_ids, e.labels, 1
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "mm_token_type_ids": torch.from_numpy((ids == image_pad_id).astype(np.int64)),
+            "labels": torch.from_numpy(labels), "pixel_values": torch.cat([e.pixel_values for e in batch]),
+            "image_grid_thw": torch.cat([e.image_grid_thw for e in batch])}

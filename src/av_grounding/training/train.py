@@ -1,0 +1,41 @@
+"""The `train` stage: resolve the base model, run a backend, place the result where `infer` looks.
+
+Outputs under the training folder:
+  base/         the model before fine-tuning (built here for tiny-*; absent for a hub id or path)
+  checkpoints/  step_NNNNNN/ Hugging Face folders written during training
+  model/        the fine-tuned model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..dataset.prompts import load_prompts
+from ..models.tiny import TINY_MODELS, build_tiny
+from ..params import FormatParams, TrainParams, with_preset
+from ..storage import write_json
+
+
+def base_model(params: TrainParams, fmt: FormatParams, output: Path) -> Path | str:
+    """The folder or hub id fine-tuning starts from."""
+    if params.model in TINY_MODELS:
+        prompts = load_prompts(fmt.prompts)
+        return build_tiny(params.model, output / "base", params.seed, prompts.system, prompts.user,
+                          fmt.min_pixels, fmt.max_pixels)
+    return params.model
+
+
+def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
+          live: Path = Path("dvclive/train")) -> dict[str, Any]:
+    params = with_preset(params)
+    base = base_model(params, fmt, output)
+    if params.backend != "hf":
+        raise ValueError(f"train.backend {params.backend!r} is not available; this version has 'hf' only")
+    from .hf import train_hf
+
+    summary = train_hf(params, fmt, base, dataset, output, live)
+    summary["model"] = params.model
+    if metrics:
+        write_json(metrics, summary)
+    return summary

@@ -1,0 +1,141 @@
+"""Tiny models, batches, and the hf backend: overfitting proves labels, masks, multimodal
+positions and generation agree; a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from av_grounding.curation.extract import extract
+from av_grounding.curation.filters import filter_boxes
+from av_grounding.curation.transform import transform
+from av_grounding.dataset.build import format_dataset
+from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
+from av_grounding.dataset.prompts import load_prompts
+from av_grounding.inference.generate import generate
+from av_grounding.models.loading import load_model
+from av_grounding.models.tiny import SPECIAL_TOKENS, TINY_MODELS, build_tiny
+from av_grounding.params import ExtractParams, FilterParams, FormatParams, TrainParams, TransformParams
+from av_grounding.training.collate import IGNORE, Encoder, collate
+from av_grounding.training.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_root, small_params, tmp_path_factory):
+    work = tmp_path_factory.mktemp("training")
+    extract(ExtractParams(input_root=str(synthetic_root), cameras=small_params.cameras, skip_frames=6, workers=1),
+            work / "extracted")
+    transform(TransformParams(), work / "extracted", work / "transformed")
+    filter_boxes(FilterParams(), work / "transformed", work / "filtered")
+    format_dataset(FORMAT, work / "filtered", work / "extracted", work / "dataset")
+    return work / "dataset"
+
+
+@pytest.fixture(scope="module")
+def few(dataset, tmp_path_factory):
+    """Three training samples: the two shortest answers with vehicles, one without."""
+    samples = read_cosmos(dataset / "train")
+    with_vehicles = sorted((s for s in samples if s.answer != "[]"), key=lambda s: (len(s.answer), s.id))
+    chosen = with_vehicles[:2] + [s for s in samples if s.answer == "[]"][:1]
+    folder = tmp_path_factory.mktemp("few") / "train"
+    (folder / "images").mkdir(parents=True)
+    for s in chosen:
+        shutil.copy(s.image, folder / "images" / f"{s.id}.jpg")
+    write_cosmos(folder, [(s.id, {}, conversation(s.id, s.system, s.user, s.answer)) for s in chosen])
+    return folder.parent
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def tiny(request, tmp_path_factory):
+    prompts = load_prompts(FORMAT.prompts)
+    folder = tmp_path_factory.mktemp(request.param)
+    return build_tiny(request.param, folder, 0, prompts.system, prompts.user, FORMAT.min_pixels, FORMAT.max_pixels)
+
+
+def test_tiny_model_loads_through_auto_classes_with_qwen_special_ids(tiny):
+    loaded = load_model(tiny)
+    assert type(loaded.model).__name__ in ("Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration")
+    for token, index in SPECIAL_TOKENS.items():
+        assert loaded.tokenizer.convert_tokens_to_ids(token) == index
+    assert loaded.model.config.image_token_id == SPECIAL_TOKENS["<|image_pad|>"]
+
+
+def test_labels_are_exactly_the_chat_templates_assistant_mask(tiny, few):
+    loaded = load_model(tiny)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    for sample in read_cosmos(few / "train"):
+        encoded = encoder.encode(sample)
+        from av_grounding.training.collate import messages_of
+
+        templated = loaded.tokenizer.apply_chat_template(messages_of(sample, True), tokenize=True, return_dict=True,
+                                                         return_assistant_tokens_mask=True)
+        mask = templated["assistant_masks"]
+        # The template holds one image placeholder; the encoder expands it to the image's tokens.
+        image_tokens = encoded.input_ids.count(encoder.image_pad)
+        expanded = [m for i, m in zip(templated["input_ids"], mask) for _ in range(image_tokens if i == encoder.image_pad else 1)]
+        assert [label != IGNORE for label in encoded.labels] == [bool(m) for m in expanded]
+        assert image_tokens == int(encoded.image_grid_thw.prod()) // 4
+
+
+def test_left_padding_for_generation(tiny, few):
+    loaded = load_model(tiny)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    encoded = [encoder.encode(s, with_answer=False) for s in read_cosmos(few / "train")]
+    batch = collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad, left_pad=True)
+    assert (batch["attention_mask"][:, -1] == 1).all()
+    assert int(batch["mm_token_type_ids"].sum()) == sum(e.input_ids.count(encoder.image_pad) for e in encoded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, steps, lr", [("tiny-qwen2_5_vl", 250, 5e-3), ("tiny-qwen3_vl", 150, 5e-3)])
+def test_overfit_until_greedy_generation_reproduces_the_targets(model, steps, lr, few, tmp_path):
+    params = TrainParams(model=model, max_steps=steps, batch_size=3, lr=lr, schedule="constant", warmup_ratio=0.0,
+                         save_every=0)
+    train(params, FORMAT, few, tmp_path / "out", None, tmp_path / "live")
+    loaded = load_model(tmp_path / "out" / "model")
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    samples = read_cosmos(few / "train")
+    generated = generate(loaded.model, encoder, samples, max_new_tokens=300)
+    assert [g.text for g in generated] == [s.answer for s in samples]
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+
+
+def final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
+    command = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
+               "--dataset", str(few), "--max-steps", "16", "--save-every", "3", "--batch-size", "1",
+               "--metrics", str(tmp_path / "m.json")]
+    subprocess.run(command + ["--output", str(tmp_path / "straight"), "--live", str(tmp_path / "live1")],
+                   check=True, capture_output=True)
+    run = subprocess.Popen(command + ["--output", str(tmp_path / "killed"), "--live", str(tmp_path / "live2")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "killed" / "checkpoints").glob("step_*/trainer_state.pt")):
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+    run.kill()
+    run.wait()
+    assert not (tmp_path / "killed" / "model").exists(), "the run finished before it could be killed"
+    subprocess.run(command + ["--output", str(tmp_path / "killed"), "--live", str(tmp_path / "live2")],
+                   check=True, capture_output=True)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
