@@ -159,7 +159,7 @@ class TrainParams:
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
     attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
-    save_every: int = param(10, "checkpoint every N steps (0: only the final model)")
+    save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -146,6 +146,11 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
             save_folder(_merged(model), tokenizer, loaded.image_processor, checkpoints / f"step_{step:06d}",
                         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "torch_rng": torch.get_rng_state()})
+            # Only the newest checkpoint needs the optimizer state (to resume); older ones stay
+            # as models for evaluation against training steps.
+            for older in checkpoints.glob("step_*"):
+                if older.name != f"step_{step:06d}":
+                    (older / STATE_FILE).unlink(missing_ok=True)
     live.end()
     save_folder(_merged(model), tokenizer, loaded.image_processor, output / "model")
     return {"steps": total, "samples": len(examples), "samples_over_max_length": len(over_budget),
