@@ -1,0 +1,139 @@
+"""Average precision. ``coco_ap`` follows COCOeval (pycocotools) step by step, so AP2D equals
+pycocotools' to rounding on the same inputs, and serves AP3D with another overlap; ``distance_ap``
+is nuScenes' centre-distance AP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+@dataclass
+class ImageBoxes:
+    """One image's boxes of every class; ``overlap[d, g]`` between detection d and truth g."""
+
+    gt_labels: list[str]
+    dt_labels: list[str]
+    dt_scores: list[float]
+    overlap: np.ndarray  # (detections, truths)
+    gt_ignore: np.ndarray | None = None  # truths outside the evaluated range (e.g. a depth bin)
+    dt_outside: np.ndarray | None = None  # detections outside that range
+
+
+@dataclass
+class APResult:
+    ap: float  # mean over thresholds and classes with truth; -1 when no class has truth
+    per_threshold: dict[float, float] = field(default_factory=dict)
+    per_class: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (recall, precision) at the first threshold
+
+
+def _match_image(image: ImageBoxes, label: str, thresholds: list[float], max_dets: int):
+    g = [i for i, l in enumerate(image.gt_labels) if l == label]
+    d = [i for i, l in enumerate(image.dt_labels) if l == label]
+    gt_ignore = image.gt_ignore[g] if image.gt_ignore is not None else np.zeros(len(g), dtype=bool)
+    g = [g[i] for i in np.argsort(gt_ignore, kind="mergesort")]
+    gt_ignore = np.sort(gt_ignore, kind="mergesort")
+    d = [d[i] for i in np.argsort([-image.dt_scores[i] for i in d], kind="mergesort")][:max_dets]
+    overlap = image.overlap[np.ix_(d, g)] if d and g else np.zeros((len(d), len(g)))
+    matched_dt = np.zeros((len(thresholds), len(d)))
+    dt_ignore = np.zeros((len(thresholds), len(d)), dtype=bool)
+    for t, threshold in enumerate(thresholds):
+        gt_taken = np.zeros(len(g), dtype=bool)
+        for di in range(len(d)):
+            best, m = min(threshold, 1 - 1e-10), -1
+            for gi in range(len(g)):
+                if gt_taken[gi]:
+                    continue
+                if m > -1 and not gt_ignore[m] and gt_ignore[gi]:
+                    break
+                if overlap[di, gi] < best:
+                    continue
+                best, m = overlap[di, gi], gi
+            if m == -1:
+                continue
+            dt_ignore[t, di] = gt_ignore[m]
+            matched_dt[t, di], gt_taken[m] = 1, True
+    outside = image.dt_outside[d] if image.dt_outside is not None else np.zeros(len(d), dtype=bool)
+    dt_ignore |= (matched_dt == 0) & outside[None, :]
+    return [image.dt_scores[i] for i in d], matched_dt, dt_ignore, int((~gt_ignore).sum())
+
+
+def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float], max_dets: int = 100) -> APResult:
+    table = np.full((len(thresholds), len(labels)), -1.0)
+    result = APResult(-1.0)
+    for k, label in enumerate(labels):
+        per_image = [_match_image(image, label, thresholds, max_dets) for image in images]
+        positives = sum(p[3] for p in per_image)
+        if positives == 0:
+            continue
+        scores = np.concatenate([np.asarray(p[0], dtype=float) for p in per_image]) if per_image else np.zeros(0)
+        order = np.argsort(-scores, kind="mergesort")
+        matched = np.concatenate([p[1] for p in per_image], axis=1)[:, order]
+        ignored = np.concatenate([p[2] for p in per_image], axis=1)[:, order]
+        tps = np.cumsum((matched != 0) & ~ignored, axis=1).astype(float)
+        fps = np.cumsum((matched == 0) & ~ignored, axis=1).astype(float)
+        for t in range(len(thresholds)):
+            recall = tps[t] / positives
+            precision = tps[t] / (fps[t] + tps[t] + np.spacing(1))
+            precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+            sampled = np.zeros(len(RECALL_POINTS))
+            positions = np.searchsorted(recall, RECALL_POINTS, side="left")
+            valid = positions < len(precision)
+            sampled[valid] = precision[positions[valid]]
+            table[t, k] = sampled.mean()
+            if t == 0:
+                result.curves[label] = (recall, precision)
+    valid = table > -1
+    if valid.any():
+        result.ap = float(table[valid].mean())
+        result.per_threshold = {th: float(table[t][valid[t]].mean()) if valid[t].any() else -1.0
+                                for t, th in enumerate(thresholds)}
+        result.per_class = {label: float(table[:, k].mean()) for k, label in enumerate(labels) if valid[:, k].any()}
+    return result
+
+
+@dataclass
+class DistanceImage:
+    gt_labels: list[str]
+    gt_centres: np.ndarray  # (n, 2) ground-plane coordinates
+    dt_labels: list[str]
+    dt_scores: list[float]
+    dt_centres: np.ndarray
+
+
+def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_recall: float = 0.1,
+                min_precision: float = 0.1) -> tuple[float, list[tuple[int, int, int]]]:
+    """nuScenes' AP for one class and distance threshold, and the true-positive (image, dt, gt)
+    triples. Detections are matched in score order to the nearest free truth within the threshold."""
+    entries = [(score, i, d) for i, image in enumerate(images) for d, (l, score) in
+               enumerate(zip(image.dt_labels, image.dt_scores)) if l == label]
+    positives = sum(l == label for image in images for l in image.gt_labels)
+    if positives == 0:
+        return -1.0, []
+    entries.sort(key=lambda e: -e[0])
+    taken = [np.zeros(len(image.gt_labels), dtype=bool) for image in images]
+    hits, matches = [], []
+    for _, i, d in entries:
+        image = images[i]
+        candidates = [g for g, l in enumerate(image.gt_labels) if l == label and not taken[i][g]]
+        if candidates:
+            distances = np.linalg.norm(image.gt_centres[candidates] - image.dt_centres[d], axis=1)
+            best = int(np.argmin(distances))
+            if distances[best] < threshold:
+                taken[i][candidates[best]] = True
+                hits.append(1)
+                matches.append((i, d, candidates[best]))
+                continue
+        hits.append(0)
+    if not hits:
+        return 0.0, []
+    tp = np.cumsum(hits)
+    fp = np.cumsum(1 - np.asarray(hits))
+    recall, precision = tp / positives, tp / (tp + fp)
+    sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
+    kept = sampled[int(round(100 * min_recall)) + 1:] - min_precision
+    return float(np.clip(kept, 0, None).mean() / (1.0 - min_precision)), matches
