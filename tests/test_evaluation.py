@@ -62,12 +62,15 @@ def test_ap2d_equals_pycocotools(seed):
         # Detections: jittered truths plus random ones, some tied scores.
         d = np.concatenate([g[: n_dt // 2] + rng.normal(0, 4, (min(n_gt, n_dt // 2), 4)), random_rects(rng, n_dt - min(n_gt, n_dt // 2))])
         d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 1)
-        images.append((g, list(rng.choice(LABELS, n_gt)), d, list(rng.choice(LABELS, len(d))),
-                       list(np.round(rng.uniform(0, 1, len(d)), 1))))
+        g_labels = list(rng.choice(LABELS, n_gt))
+        matched = min(n_gt, n_dt // 2)  # jittered truths keep their label, the rest is random
+        d_labels = g_labels[:matched] + list(rng.choice(LABELS, len(d) - matched))
+        images.append((g, g_labels, d, d_labels, list(np.round(rng.uniform(0, 1, len(d)), 1))))
     ours = coco_ap([ImageBoxes(gl, dl, ds, np.array([[iou_2d(a, b) for b in g] for a in d]).reshape(len(d), len(g)))
                     for g, gl, d, dl, ds in images], LABELS, list(np.linspace(0.5, 0.95, 10)))
     reference, (ap50, ap75) = coco_reference(images)
     assert ours.ap == pytest.approx(reference, abs=1e-6)
+    assert reference == -1 or ap50 > 0.05  # the inputs exercise real matches
     if reference > -1:
         assert ours.per_threshold[0.5] == pytest.approx(ap50, abs=1e-6)
         assert ours.per_threshold[list(ours.per_threshold)[5]] == pytest.approx(ap75, abs=1e-6)

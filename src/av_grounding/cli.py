@@ -19,7 +19,8 @@ import yaml
 
 from . import params as params_module
 from .curation.validate import ValidationError
-from .params import ExtractParams, FilterParams, FormatParams, TrainParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
+from .dataset.formats import DatasetError
+from .params import EvaluateParams, ExtractParams, FilterParams, FormatParams, InferParams, TrainParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,17 @@ STAGES: dict[str, StageSpec] = {
         {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train"},
         "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
         {"fmt": ("format", FormatParams)}),
+    "infer": StageSpec(
+        InferParams, "av_grounding.inference.infer:infer",
+        {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json"},
+        "Answer the evaluation split with the base model, every checkpoint and the final model.",
+        {"fmt": ("format", FormatParams)}),
+    "evaluate": StageSpec(
+        EvaluateParams, "av_grounding.evaluation.stage:evaluate",
+        {"dataset": "data/dataset", "predictions": "data/predictions", "metrics": "metrics/eval.json",
+         "plots": "plots/eval", "gt": None, "pred": None, "out": None},
+        "Score predictions (COCO AP2D, oriented AP3D, centre-distance mAP, recipe metrics); "
+        "standalone: --gt DIR --pred DIR --out FILE."),
 }
 
 
@@ -83,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = sub.add_argument_group(f"parameters (section '{name}' of the params file)")
         for field in dataclasses.fields(spec.params_cls):
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            shown = ",".join(default) if isinstance(default, tuple) else (
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else (
                 dict(default) if isinstance(default, Mapping) else default)
             group.add_argument(_flag(field.name), dest=f"param_{field.name}", metavar="VALUE",
                                help=f"{field.metadata.get('help', '')} (built-in default: {shown})")
@@ -104,7 +116,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     stage_params = params_module.load(spec.params_cls, args.stage, args.params, _overrides(args))
     module, function = spec.entry.split(":")
     entry = getattr(importlib.import_module(module), function)
-    paths = {key: Path(getattr(args, f"path_{key}")) for key in spec.paths}
+    paths = {key: Path(value) if (value := getattr(args, f"path_{key}")) else None for key in spec.paths}
     others = {key: params_module.load(cls, section, args.params) for key, (section, cls) in spec.sections.items()}
     return entry(stage_params, **others, **paths)
 
@@ -112,7 +124,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     try:
         result = run(argv)
-    except (ParamsError, FileNotFoundError, ValueError, ValidationError) as exc:
+    except (ParamsError, FileNotFoundError, ValueError, ValidationError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = result.pop("failures", [])

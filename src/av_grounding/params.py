@@ -179,6 +179,26 @@ def with_preset(params: "TrainParams") -> "TrainParams":
     return dataclasses.replace(params, **PRESETS[params.preset])
 
 
+@dataclasses.dataclass(frozen=True)
+class InferParams:
+    """Generation on the evaluation split."""
+
+    max_new_tokens: int = param(512, "generation budget per frame")
+    batch_size: int = param(8, "frames per generate() call (left-padded)")
+    zero_shot: bool = param(True, "also run the model before fine-tuning")
+    checkpoints: bool = param(True, "also run every intermediate training checkpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """Scoring (SPEC section 7)."""
+
+    codec: str = param("cosmos", "box convention of files that do not name one (box_codec key)")
+    depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")
+    match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
+    overlays: int = param(6, "evaluation frames drawn with truth and predictions")
+
+
 def _field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
@@ -204,7 +224,11 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"{source}: '{name}' must be a list, got {value!r}")
-        return tuple(str(v) for v in value)
+        element = typing.get_args(base)[0]
+        try:
+            return tuple(float(v) if element is float else str(v) for v in value)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"{source}: '{name}' must be a list of {element.__name__}, got {value!r}") from exc
     if base is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{source}: '{name}' must be true or false, got {value!r}")

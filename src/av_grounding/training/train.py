@@ -4,6 +4,7 @@ Outputs under the training folder:
   base/         the model before fine-tuning (built here for tiny-*; absent for a hub id or path)
   checkpoints/  step_NNNNNN/ Hugging Face folders written during training
   model/        the fine-tuned model
+  run.json      where fine-tuning started (base folder or hub id) and how many steps it took
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
 
     summary = train_hf(params, fmt, base, dataset, output, live)
     summary["model"] = params.model
+    write_json(output / "run.json", {"base": str(base), "steps": summary["steps"]})
     if metrics:
         write_json(metrics, summary)
     return summary
