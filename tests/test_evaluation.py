@@ -146,3 +146,75 @@ def test_box_scores_from_token_logprobs_and_fallback():
     scores = box_scores(parsed, text, ends, [np.log(0.9), np.log(0.2)])
     assert scores == pytest.approx([0.9, 0.2])
     assert box_scores(parsed, text, None, None) == [1.0, 0.5]
+
+
+# --- whole evaluations on recipe-format files -------------------------------------------------
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from av_grounding.evaluation.evaluate import evaluate_frames, load_frames
+from av_grounding.params import EvaluateParams
+
+REPO = Path(__file__).resolve().parents[1]
+CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}
+CARS = [[-3.0, 0.7, 15.0, 4.5, 1.9, 1.6, 0.0, 0.2, 0.0], [2.5, 0.7, 22.0, 4.6, 1.9, 1.5, 0.0, -0.1, 0.0],
+        [6.0, 0.5, 40.0, 12.0, 2.6, 3.2, 0.0, 0.0, 0.0]]
+
+
+def write_frames(folder: Path, frames: dict[str, list], pred: bool = False):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in frames.items():
+        if pred:
+            document = content if isinstance(content, dict) else {"annotations": content}
+        else:
+            document = {"frame_id": 0, "camera": "camera_front_wide_120fov", "camera_params": CAMERA, "annotations": content}
+        (folder / f"{name}.json").write_text(json.dumps(document))
+
+
+def boxes(values, labels):
+    return [{"label": l, "bbox_3d": v} for v, l in zip(values, labels)]
+
+
+def test_perfect_predictions_score_one(tmp_path):
+    truth = {"a": boxes(CARS, ["car", "car", "bus"]), "b": boxes(CARS[:1], ["car"])}
+    write_frames(tmp_path / "gt", truth)
+    write_frames(tmp_path / "pred", truth, pred=True)
+    metrics, _ = evaluate_frames(load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos"), EvaluateParams())
+    assert metrics["ap2d"]["ap"] == pytest.approx(1.0) and metrics["ap3d"]["ap"] == pytest.approx(1.0)
+    assert metrics["center_distance"]["map"] == pytest.approx(1.0)
+    assert metrics["recipe"]["mean_iou"] == pytest.approx(1.0) and metrics["recipe"]["iou_accuracy_pct"] == pytest.approx(100.0)
+    assert metrics["matching"]["recall"] == 1.0 and metrics["matching"]["position_error_m"] == pytest.approx(0.0)
+
+
+def test_recipe_bug_case_one_of_three_correct_is_a_third(tmp_path):
+    write_frames(tmp_path / "gt", {"a": boxes(CARS, ["car", "car", "bus"])})
+    shifted = [CARS[0], [v + (5.0 if i == 0 else 0.0) for i, v in enumerate(CARS[1])],
+               [v + (9.0 if i == 0 else 0.0) for i, v in enumerate(CARS[2])]]
+    write_frames(tmp_path / "pred", {"a": boxes(shifted, ["car", "car", "bus"])}, pred=True)
+    metrics, _ = evaluate_frames(load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos"), EvaluateParams())
+    # The recipe rebuilt counts as int(33.33 / 100 * 3) = 0 and reported 0 %.
+    assert metrics["recipe"]["iou_accuracy_pct"] == pytest.approx(100 / 3)
+
+
+def test_unparsable_and_missing_answers_count_as_misses(tmp_path):
+    truth = {"a": boxes(CARS[:1], ["car"]), "b": boxes(CARS[1:2], ["car"]), "c": boxes(CARS[2:], ["bus"])}
+    write_frames(tmp_path / "gt", truth)
+    write_frames(tmp_path / "pred", {"a": truth["a"], "b": {"raw_text": "I see a car [{\"bbox_3d\": [1,2"}}, pred=True)
+    metrics, _ = evaluate_frames(load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos"), EvaluateParams())
+    assert metrics["frames"] == 3 and metrics["parse_failure_rate"] == pytest.approx(2 / 3)
+    assert metrics["matching"]["recall"] == pytest.approx(1 / 3)
+    assert metrics["recipe"]["mean_iou"] == pytest.approx(1 / 3)
+
+
+def test_standalone_command(tmp_path):
+    write_frames(tmp_path / "gt", {"a": boxes(CARS, ["car", "car", "bus"])})
+    write_frames(tmp_path / "pred", {"a": boxes(CARS[:2], ["car", "truck"])}, pred=True)
+    subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--gt", str(tmp_path / "gt"),
+                    "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "scores.json")], check=True, cwd=tmp_path)
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["gt_boxes"] == 3 and scores["pred_boxes"] == 2
+    assert scores["matching"]["label_accuracy"] == pytest.approx(0.5)
+    assert 0 < scores["ap3d"]["ap"] < 1

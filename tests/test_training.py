@@ -139,3 +139,24 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
+    from av_grounding.evaluation.stage import evaluate
+    from av_grounding.inference.infer import infer
+    from av_grounding.params import EvaluateParams, InferParams
+
+    train(TrainParams(max_steps=4, save_every=2, batch_size=2), FORMAT, dataset, tmp_path / "train", None, tmp_path / "live")
+    summary = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
+                    tmp_path / "predictions", tmp_path / "infer.json")
+    assert list(summary) == ["zero_shot", "step_000002", "final"]
+    again = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
+                  tmp_path / "predictions")
+    assert again == {}  # every frame answered already: a rerun resumes, it does not redo
+    results = evaluate(EvaluateParams(overlays=2), dataset, tmp_path / "predictions", tmp_path / "eval.json", tmp_path / "plots")
+    assert list(results) == ["zero_shot", "step_000002", "final"]
+    assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))
+    for name in ("precision_recall.png", "metrics_vs_steps.json", "error_vs_distance.png"):
+        assert (tmp_path / "plots" / name).exists()
+    assert len(list((tmp_path / "plots" / "overlays").glob("*.jpg"))) == 2

@@ -183,7 +183,7 @@ def with_preset(params: "TrainParams") -> "TrainParams":
 class InferParams:
     """Generation on the evaluation split."""
 
-    max_new_tokens: int = param(512, "generation budget per frame")
+    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)")
     batch_size: int = param(8, "frames per generate() call (left-padded)")
     zero_shot: bool = param(True, "also run the model before fine-tuning")
     checkpoints: bool = param(True, "also run every intermediate training checkpoint")

@@ -19,8 +19,10 @@ from .render import plot_against_steps, plot_error_against_distance, plot_pr_cur
 def _rounded(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, float):
-        return round(value, 6)
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
     return value
 
 
