@@ -154,6 +154,8 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
     again = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
                   tmp_path / "predictions")
     assert again == {}  # every frame answered already: a rerun resumes, it does not redo
+    with pytest.raises(ValueError, match="no checkpoint for step"):
+        infer(InferParams(checkpoints="3"), FORMAT, dataset, tmp_path / "train", tmp_path / "other")
     results = evaluate(EvaluateParams(overlays=2), dataset, tmp_path / "predictions", tmp_path / "eval.json", tmp_path / "plots")
     assert list(results) == ["zero_shot", "step_000002", "final"]
     assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))

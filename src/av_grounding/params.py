@@ -144,7 +144,7 @@ class TrainParams:
     max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch")
     batch_size: int = param(4, "samples per micro-batch")
     grad_accum: int = param(1, "micro-batches per optimizer step")
-    lr: float = param(2e-3, "peak learning rate (AdamW)")
+    lr: float = param(5e-3, "peak learning rate (AdamW)")
     weight_decay: float = param(0.0, "AdamW weight decay")
     warmup_ratio: float = param(0.05, "share of steps with linear warmup")
     schedule: str = param("cosine", "cosine or constant after warmup")
@@ -186,7 +186,7 @@ class InferParams:
     max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)")
     batch_size: int = param(8, "frames per generate() call (left-padded)")
     zero_shot: bool = param(True, "also run the model before fine-tuning")
-    checkpoints: bool = param(True, "also run every intermediate training checkpoint")
+    checkpoints: str = param("all", "intermediate training checkpoints to run: all, none, or steps such as 40,80")
 
 
 @dataclasses.dataclass(frozen=True)

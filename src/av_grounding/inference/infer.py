@@ -32,8 +32,20 @@ def columns(train: Path, params: InferParams) -> list[tuple[str, str, int]]:
     """(column, model folder or hub id, training step) in step order."""
     run = json.loads((train / "run.json").read_text())
     chosen = [("zero_shot", run["base"], 0)] if params.zero_shot else []
-    if params.checkpoints:
-        chosen += [(p.name, str(p), int(p.name.split("_")[1])) for p in sorted(train.glob("checkpoints/step_*"))]
+    available = {int(p.name.split("_")[1]): p for p in sorted(train.glob("checkpoints/step_*"))}
+    if params.checkpoints == "all":
+        wanted = sorted(available)
+    elif params.checkpoints == "none":
+        wanted = []
+    else:
+        try:
+            wanted = [int(step) for step in params.checkpoints.split(",")]
+        except ValueError:
+            raise ValueError(f"infer.checkpoints must be all, none or steps like 40,80; got {params.checkpoints!r}") from None
+        missing = sorted(set(wanted) - set(available))
+        if missing:
+            raise ValueError(f"{train / 'checkpoints'}: no checkpoint for step(s) {missing}; have {sorted(available)}")
+    chosen += [(available[s].name, str(available[s]), s) for s in wanted]
     return chosen + [("final", str(train / "model"), int(run["steps"]))]
 
 
