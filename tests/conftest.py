@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from av_grounding.params import SynthesizeParams
+from av_grounding.curation.extract import extract
+from av_grounding.curation.filters import filter_boxes
+from av_grounding.curation.transform import transform
+from av_grounding.params import ExtractParams, FilterParams, SynthesizeParams, TransformParams
 from av_grounding.synth.clips import synthesize
 
 SMALL = SynthesizeParams(num_clips=2, cameras=("camera_front_wide_120fov", "camera_cross_left_120fov"),
@@ -26,3 +29,15 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+
+
+@pytest.fixture(scope="session")
+def curated(synthetic_root, tmp_path_factory) -> tuple[Path, dict]:
+    """Extract (every 3rd frame), transform and filter the small synthetic root once:
+    (work folder with extracted/, transformed/, filtered/, curation.json; curation metrics)."""
+    work = tmp_path_factory.mktemp("curated")
+    extract(ExtractParams(input_root=str(synthetic_root), cameras=SMALL.cameras, skip_frames=3, workers=1),
+            work / "extracted")
+    transform(TransformParams(), work / "extracted", work / "transformed")
+    curation = filter_boxes(FilterParams(), work / "transformed", work / "filtered", work / "curation.json")
+    return work, curation

@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from av_grounding.curation.extract import extract
-from av_grounding.curation.filters import covered_fraction, decide, filter_boxes, ray_box_entry
+from av_grounding.curation.filters import covered_fraction, decide, ray_box_entry
 from av_grounding.curation.records import read_records, write_records
-from av_grounding.curation.transform import transform, transform_record
+from av_grounding.curation.transform import transform_record
 from av_grounding.curation.validate import ValidationError, validate
 from av_grounding.geometry.boxes import Box3D
 from av_grounding.geometry.codecs import CODECS
 from av_grounding.geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, make_pose, rot_z
-from av_grounding.params import ExtractParams, FilterParams, TransformParams, ValidateParams
+from av_grounding.params import FilterParams, ValidateParams
 
 CAMERA_HEIGHT = 1.5
 INTRINSICS = [300.0, 300.0, 320.0, 180.0, 640, 360]
@@ -107,16 +106,6 @@ def test_depth_filter_sees_through_gaps_that_2d_boxes_cover():
     assert [d.reason for d in decide(hidden, params)] == [None, "depth"]
     beside = transform_record(frame([("Truck", 15.0, 0.0, 0.0, TRUCK), ("Car", 40.0, 6.0, 0.0, CAR)]), "cosmos")
     assert [d.reason for d in decide(beside, params)] == [None, None]
-
-
-@pytest.fixture(scope="module")
-def curated(synthetic_root, small_params, tmp_path_factory):
-    work = tmp_path_factory.mktemp("curated")
-    extract(ExtractParams(input_root=str(synthetic_root), cameras=small_params.cameras, skip_frames=3, workers=1),
-            work / "extracted")
-    transform(TransformParams(), work / "extracted", work / "transformed")
-    curation = filter_boxes(FilterParams(), work / "transformed", work / "filtered", work / "curation.json")
-    return work, curation
 
 
 def test_filter_counts_and_truth_scores(curated):

@@ -9,15 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from av_grounding.curation.extract import extract
-from av_grounding.curation.filters import filter_boxes
-from av_grounding.curation.transform import transform
 from av_grounding.dataset.answers import AnswerStyle, format_answer, format_number, rounded
 from av_grounding.dataset.build import RECIPE_SAMPLE_BOX, format_dataset
 from av_grounding.dataset.formats import DatasetError, Sample, conversation, read_cosmos, read_qwen, write_cosmos, write_qwen
 from av_grounding.dataset.split import split_clips
 from av_grounding.dataset.tokens import count_qwen, image_tokens
-from av_grounding.params import ExtractParams, FilterParams, FormatParams, TransformParams
+from av_grounding.params import FormatParams
 
 REPO_PROMPTS = "prompts/av_grounding.yaml"
 
@@ -118,12 +115,11 @@ def test_readers_refuse_bad_entries(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def filtered(synthetic_root, small_params, tmp_path_factory):
+def filtered(curated, tmp_path_factory):
+    """A work folder with the curated data (extracted/, filtered/) and room for datasets."""
     work = tmp_path_factory.mktemp("format")
-    extract(ExtractParams(input_root=str(synthetic_root), cameras=small_params.cameras, skip_frames=6, workers=1),
-            work / "extracted")
-    transform(TransformParams(), work / "extracted", work / "transformed")
-    filter_boxes(FilterParams(), work / "transformed", work / "filtered")
+    for name in ("extracted", "filtered"):
+        (work / name).symlink_to(curated[0] / name)
     return work
 
 

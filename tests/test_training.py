@@ -12,16 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from av_grounding.curation.extract import extract
-from av_grounding.curation.filters import filter_boxes
-from av_grounding.curation.transform import transform
 from av_grounding.dataset.build import format_dataset
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.inference.generate import generate
 from av_grounding.models.loading import load_model
 from av_grounding.models.tiny import SPECIAL_TOKENS, TINY_MODELS, build_tiny
-from av_grounding.params import ExtractParams, FilterParams, FormatParams, TrainParams, TransformParams
+from av_grounding.params import FormatParams, TrainParams
 from av_grounding.training.collate import IGNORE, Encoder, collate
 from av_grounding.training.train import train
 
@@ -30,14 +27,10 @@ FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clip
 
 
 @pytest.fixture(scope="module")
-def dataset(synthetic_root, small_params, tmp_path_factory):
-    work = tmp_path_factory.mktemp("training")
-    extract(ExtractParams(input_root=str(synthetic_root), cameras=small_params.cameras, skip_frames=6, workers=1),
-            work / "extracted")
-    transform(TransformParams(), work / "extracted", work / "transformed")
-    filter_boxes(FilterParams(), work / "transformed", work / "filtered")
-    format_dataset(FORMAT, work / "filtered", work / "extracted", work / "dataset")
-    return work / "dataset"
+def dataset(curated, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("training") / "dataset"
+    format_dataset(FORMAT, curated[0] / "filtered", curated[0] / "extracted", folder)
+    return folder
 
 
 @pytest.fixture(scope="module")

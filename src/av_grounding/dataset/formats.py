@@ -88,15 +88,18 @@ def _text_of(content: Any) -> str:
     raise DatasetError(f"message content {content!r} is neither text nor a list of parts")
 
 
+def _entries(path: Path) -> list[tuple[str, Any]]:
+    """(source description, entry) of an index file that must hold a JSON list."""
+    entries = _load_json(path)
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: expected a list of entries")
+    return [(f"{path} entry {index}", entry) for index, entry in enumerate(entries)]
+
+
 def read_cosmos(folder: Path) -> list[Sample]:
     folder = Path(folder)
-    meta_path = folder / "meta.json"
-    meta = _load_json(meta_path)
-    if not isinstance(meta, list):
-        raise DatasetError(f"{meta_path}: expected a list of entries")
     samples = []
-    for index, entry in enumerate(meta):
-        source = f"{meta_path} entry {index}"
+    for source, entry in _entries(folder / "meta.json"):
         if not isinstance(entry, dict) or "id" not in entry or "media" not in entry:
             raise DatasetError(f"{source}: needs 'id' and 'media'")
         image = _inside(folder, entry["media"], source)
@@ -115,13 +118,8 @@ def read_cosmos(folder: Path) -> list[Sample]:
 
 def read_qwen(folder: Path) -> list[Sample]:
     folder = Path(folder)
-    path = folder / "annotations.json"
-    entries = _load_json(path)
-    if not isinstance(entries, list):
-        raise DatasetError(f"{path}: expected a list of entries")
     samples = []
-    for index, entry in enumerate(entries):
-        source = f"{path} entry {index}"
+    for source, entry in _entries(folder / "annotations.json"):
         if not isinstance(entry, dict) or not isinstance(entry.get("conversations"), list):
             raise DatasetError(f"{source}: needs 'image' and 'conversations'")
         image = _inside(folder, entry.get("image"), source)
