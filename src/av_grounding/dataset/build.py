@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..curation.records import iter_records
+from ..models.tiny import tiny_tokenizer
 from ..params import FormatParams
 from ..storage import atomic_write_bytes, write_json
 from . import tokens
@@ -60,14 +61,14 @@ def annotation_record(record: dict[str, Any], boxes: list[dict[str, Any]]) -> di
             "annotations": boxes}
 
 
-def tokens_per_box(answers: list[list[dict[str, Any]]], style: AnswerStyle) -> float:
+def tokens_per_box(answers: list[list[dict[str, Any]]], style: AnswerStyle, count=tokens.count_qwen) -> float:
     """Answer tokens spent per box: (tokens of each answer - tokens of an empty answer) / boxes."""
     with_boxes = [a for a in answers if a]
     boxes = sum(len(a) for a in with_boxes)
     if not boxes:
         return 0.0
-    empty = tokens.count_qwen("[]")
-    return sum(tokens.count_qwen(format_answer(a, style)) - empty for a in with_boxes) / boxes
+    empty = count("[]")
+    return sum(count(format_answer(a, style)) - empty for a in with_boxes) / boxes
 
 
 def distribution(values: list[int]) -> dict[str, float]:
@@ -136,6 +137,11 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     write_json(output / "split.json", {"train": train_clips, "eval": eval_clips,
                                        "samples": {k: len(v) for k, v in per_split.items()}})
     configured = {"configured": style}
+    tiny = tiny_tokenizer(prompts.system, prompts.user)
+
+    def tiny_count(text: str) -> int:
+        return len(tiny(text, add_special_tokens=False)["input_ids"])
+
     summary = {
         "samples": {k: len(v) for k, v in per_split.items()},
         "clips": {"train": len(train_clips), "eval": len(eval_clips)},
@@ -155,6 +161,11 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             "prompt_per_sample": fixed_prompt_tokens,
             "image_per_frame": {family: distribution(values) for family, values in image_token_counts.items()},
             "model_max_length": params.model_max_length,
+            "tiny_tokenizer": {
+                "answer_per_frame": distribution([tiny_count(format_answer(a, style)) + 1 for a in all_answers]),
+                "answer_per_box": {name: round(tokens_per_box(all_answers, s, tiny_count), 2)
+                                   for name, s in {**configured, **STYLE_VARIANTS}.items()},
+            },
         },
     }
     if metrics:

@@ -3,8 +3,8 @@
 ``tiny-qwen2_5_vl`` (Cosmos Reason 1) and ``tiny-qwen3_vl`` (Cosmos Reason 2) are the real
 ``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` classes at a small
 size, randomly initialised from a seed, with:
-  - a byte-level BPE tokenizer trained with ``tokenizers`` on the task's own text (prompts and
-    answers in the configured style), Qwen's special tokens at their usual ids;
+  - a byte-level BPE tokenizer trained with ``tokenizers`` on the task's own text (the prompts and
+    answers shaped like the task's, from a fixed seed), Qwen's special tokens at their usual ids;
   - a chat template with ``{% generation %}`` markers, so assistant-only loss masks come from
     ``apply_chat_template(..., return_assistant_tokens_mask=True)``;
   - the PIL image processor (no torchvision needed).
@@ -14,6 +14,7 @@ image processor with its PIL class (``AutoImageProcessor`` insists on torchvisio
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ SPECIAL_TOKENS = {  # Qwen2 vocabulary ids
 }
 VOCAB_SIZE = 151936  # as the real models: room for every special id
 BPE_SIZE = 1024
+CORPUS_SEED = 0  # the tokenizer depends on the prompts only, so `format` can measure with it
 
 # Newlines are written as expressions: transformers renders templates with trim_blocks.
 CHAT_TEMPLATE = (
@@ -49,11 +51,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def task_corpus(system: str, user: str, seed: int, answers: int = 400) -> list[str]:
+def task_corpus(system: str, user: str, answers: int = 400) -> list[str]:
     """Text the tokenizer learns from: the prompts and answers shaped like the task's."""
     from ..dataset.answers import AnswerStyle, format_answer
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(CORPUS_SEED)
     texts = [system, user]
     labels = ["car", "truck", "bus", "trailer", "train"]
     for _ in range(answers):
@@ -93,6 +95,12 @@ def build_tokenizer(corpus: list[str]):
                                    additional_special_tokens=list(SPECIAL_TOKENS), chat_template=CHAT_TEMPLATE,
                                    model_max_length=32768, padding_side="right")
     return fast
+
+
+@functools.cache
+def tiny_tokenizer(system: str, user: str):
+    """The tiny models' tokenizer for these prompts (deterministic)."""
+    return build_tokenizer(task_corpus(system, user))
 
 
 def _merges_of(tokenizer) -> list:
@@ -147,6 +155,6 @@ def build_tiny(name: str, folder: Path, seed: int, system: str, user: str, min_p
     model = AutoModelForImageTextToText.from_config(tiny_config(name))
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    build_tokenizer(task_corpus(system, user, seed)).save_pretrained(folder)
+    tiny_tokenizer(system, user).save_pretrained(folder)
     image_processor_for(name, min_pixels, max_pixels).save_pretrained(folder)
     return folder
