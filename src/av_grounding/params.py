@@ -267,15 +267,3 @@ def load(cls: type, section: str, path: str | Path = "params.yaml",
         values.update(section_values)
     values.update(overrides or {})
     return cls(**checked(cls, values, f"{path}:{section} (with command-line overrides)"))
-
-
-def as_dict(params: Any) -> dict[str, Any]:
-    """Plain, YAML/JSON-friendly view (tuples as lists)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple):
-            return list(value)
-        if isinstance(value, typing.Mapping):
-            return dict(value)
-        return value
-
-    return {f.name: plain(getattr(params, f.name)) for f in dataclasses.fields(params)}

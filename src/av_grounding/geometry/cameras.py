@@ -133,11 +133,6 @@ class FThetaCamera:
         return cls(float(cx), float(cy), int(round(width)), int(round(height)), tuple(forward),
                    tuple(backward), tuple(float(a) for a in affine), max_radius, is_backward)
 
-    def to_array(self) -> np.ndarray:
-        poly = self.backward if self.stored_backward else self.forward
-        return np.array([self.cx, self.cy, self.width, self.height, *poly, float(self.stored_backward),
-                         *self.affine])
-
     @property
     def _matrix(self) -> np.ndarray:
         c, d, e = self.affine
