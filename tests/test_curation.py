@@ -143,3 +143,19 @@ def test_validate_fails_on_a_misplaced_box(curated, tmp_path):
     with pytest.raises(ValidationError, match="max_residual_px"):
         validate(ValidateParams(sample_count=1), broken, work / "extracted", tmp_path / "plots", tmp_path / "v.json")
     assert json.loads((tmp_path / "v.json").read_text())["max_residual_px"] > 0.5
+
+
+def test_malformed_records_name_the_file(tmp_path):
+    from av_grounding.curation.records import RecordsError
+    from av_grounding.curation.transform import transform
+    from av_grounding.params import TransformParams
+
+    good = frame([("Car", 20.0, 0.0, 0.0, CAR)])
+    broken = json.loads(json.dumps(good))
+    del broken["objects"][0]["object_lwh"]
+    write_records(tmp_path / "in", "s_0_1", "camera_front_wide_120fov", [good, broken])
+    with pytest.raises(RecordsError, match=r"camera_front_wide_120fov.json: record 1 \(frame 0\), object 0 lacks \['object_lwh'\]"):
+        transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    (tmp_path / "in" / "records" / "s_0_1" / "camera_front_wide_120fov.json").write_text("[{\"clip_id\": 1}")
+    with pytest.raises(RecordsError, match="unreadable records"):
+        transform(TransformParams(), tmp_path / "in", tmp_path / "out")

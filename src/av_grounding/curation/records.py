@@ -14,6 +14,12 @@ class RecordsError(ValueError):
     """A records file is missing or malformed; the message names the file."""
 
 
+# What every stage after extract relies on; stages add keys, none removes these.
+FRAME_KEYS = ("clip_id", "camera", "camera_model", "frame_index", "image", "width", "height", "intrinsics",
+              "camera_to_world", "objects")
+OBJECT_KEYS = ("track_id", "object_type", "object_to_world", "object_lwh")
+
+
 def records_path(root: Path, clip_id: str, camera: str) -> Path:
     return Path(root) / "records" / clip_id / f"{camera}.json"
 
@@ -33,6 +39,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         raise RecordsError(f"{path}: unreadable records: {exc}") from exc
     if not isinstance(records, list):
         raise RecordsError(f"{path}: expected a JSON list of frame records")
+    for index, record in enumerate(records):
+        missing = [k for k in FRAME_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise RecordsError(f"{path}: record {index} lacks {missing}")
+        for position, obj in enumerate(record["objects"]):
+            absent = [k for k in OBJECT_KEYS if not isinstance(obj, dict) or k not in obj]
+            if absent:
+                raise RecordsError(f"{path}: record {index} (frame {record['frame_index']}), object {position} "
+                                   f"lacks {absent}")
     return records
 
 
