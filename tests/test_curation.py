@@ -24,7 +24,8 @@ def frame(objects, camera_yaw=0.0):
     """A frame record from a front camera at the world origin (1.5 m up), looking along +x."""
     camera_to_world = make_pose(rot_z(camera_yaw) @ RDF_TO_FLU, np.array([0.0, 0.0, CAMERA_HEIGHT]))
     return {"clip_id": "s_0_1", "camera": "camera_front_wide_120fov", "camera_model": "pinhole", "frame_index": 0,
-            "image": "images/x.jpg", "width": 640, "height": 360, "intrinsics": INTRINSICS,
+            "image_shard": "images/s_0_1/camera_front_wide_120fov.tar",
+            "image_member": "000000.jpg", "width": 640, "height": 360, "intrinsics": INTRINSICS,
             "camera_to_world": camera_to_world.tolist(), "vehicle_to_world": np.eye(4).tolist(),
             "objects": [{"track_id": str(i), "object_type": kind, "object_is_moving": True,
                          "object_to_world": make_pose(rot_z(yaw), np.array([x, y, lwh[2] / 2])).tolist(),

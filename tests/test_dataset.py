@@ -15,6 +15,7 @@ from av_grounding.dataset.formats import DatasetError, Sample, conversation, rea
 from av_grounding.dataset.split import split_clips
 from av_grounding.dataset.tokens import count_qwen, image_tokens
 from av_grounding.params import FormatParams
+from av_grounding.shards import ShardError, ShardReader
 
 REPO_PROMPTS = "prompts/av_grounding.yaml"
 
@@ -140,6 +141,19 @@ def test_format_stage_writes_split_datasets(filtered):
     assert [a["bbox_3d"] for a in answer] == [a["bbox_3d"] for a in text["annotations"]]
     assert summary["tokens"]["answer_per_box"]["configured"] < summary["tokens"]["answer_per_box"]["full_precision_spaced"]
     assert (filtered / "plots" / "answer_tokens.png").exists()
+
+
+def test_format_copies_the_exact_jpeg_of_each_frame_and_names_a_missing_shard(filtered, tmp_path):
+    params = FormatParams(prompts=REPO_PROMPTS, eval_clips=1)
+    format_dataset(params, filtered / "filtered", filtered / "extracted", tmp_path / "dataset")
+    shards = ShardReader(filtered / "extracted")
+    for name in ("train", "eval"):
+        for sample in read_cosmos(tmp_path / "dataset" / name):
+            text = json.loads((tmp_path / "dataset" / name / "text" / f"{sample.id}.json").read_text())
+            stored = shards.read(f"images/{text['clip_id']}/{text['camera']}.tar", f"{text['frame_id']:06d}.jpg")
+            assert sample.image.read_bytes() == stored
+    with pytest.raises(ShardError, match=r"no-images/images/.+\.tar: missing shard"):
+        format_dataset(params, filtered / "filtered", tmp_path / "no-images", tmp_path / "out")
 
 
 def test_more_decimals_cost_more_tokens(filtered):

@@ -14,6 +14,7 @@ import pytest
 from av_grounding import rdshq
 from av_grounding.curation.extract import extract
 from av_grounding.params import ExtractParams
+from av_grounding.shards import ShardReader, partial_path, write_shard
 from av_grounding.synth.clips import clip_id_for, clip_rng
 from av_grounding.synth.scene import sample_scene
 from av_grounding.synth.stamp import read_index
@@ -46,7 +47,9 @@ def test_every_item_writes_the_exact_frames(extracted, small_params):
         records = json.loads(records_file.read_text())
         assert [r["frame_index"] for r in records] == [0, 7, 14, 21]
         for record in records:
-            image = cv2.imread(str(out / record["image"]))
+            assert record["image_shard"] == f"images/{records_file.parent.name}/{records_file.stem}.tar"
+            jpeg = ShardReader(out).read(record["image_shard"], record["image_member"])
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             assert image.shape == (small_params.height, small_params.width, 3)
             assert read_index(image) == record["frame_index"]
             assert record["timestamp_s"] == pytest.approx(record["frame_index"] / 30, abs=1e-6)
@@ -101,12 +104,14 @@ def test_rerun_after_a_crash_continues_and_matches_a_clean_run(extracted, synthe
     clean, _ = extracted
     out = tmp_path / "out"
     shutil.copytree(clean, out)
-    # Simulate a crash inside one item: some images written, its records file not yet.
+    # Simulate a run killed inside one item: its records file not written yet, a half-written
+    # shard left beside the one an earlier run (with other frames) had finished.
     victim = next((out / "records").rglob("*.json"))
     victim.unlink()
-    images = out / "images" / victim.parent.name / victim.stem
-    for image in sorted(images.glob("*.jpg"))[2:]:
-        image.unlink()
+    shard = out / "images" / victim.parent.name / f"{victim.stem}.tar"
+    with write_shard(shard) as older:
+        older.add("000003.jpg", b"not this run's frame")
+    partial_path(shard).write_bytes(shard.read_bytes()[:700])
     metrics = extract(params_for(synthetic_root, small_params), out)
     assert metrics["items_resumed"] == 3
     assert tree_digest(out) == tree_digest(clean)

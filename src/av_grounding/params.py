@@ -136,7 +136,12 @@ class FormatParams:
 class TrainParams:
     """Supervised fine-tuning. Image size and token budget come from the format section."""
 
-    backend: str = param("hf", "hf (transformers/PyTorch, CPU or GPU); cosmos-rl is not built yet")
+    backend: str = param("hf", "hf (transformers/PyTorch, CPU or GPU) or cosmos-rl (GPU, its own environment)")
+    cosmos_rl_executable: str = param("cosmos-rl", "launcher of a cosmos-rl install in its own environment "
+                                      "(it needs transformers<5, av<19)")
+    cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
+                                     "instead of its native model (needs flash-attn)")
+    gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)")
     model: str = param("tiny-qwen2_5_vl", "tiny-qwen2_5_vl, tiny-qwen3_vl, a Hugging Face id or a local folder")
     preset: str | None = param(None, "cr1 or cr2: the recipe's settings, replacing the keys they name")
     seed: int = param(0, "seed of initialisation (tiny models) and data order")
@@ -160,6 +165,8 @@ class TrainParams:
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
     attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
+    deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
+                                  "to shard the model over the GPUs of a torchrun launch")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,11 +1,16 @@
 """The `extract` stage (SPEC section 4): exact frames from RDS-HQ videos plus one record each.
 
-Work is split per (clip, camera). Each item writes its JPEGs, then its records file last, so a
-records file marks a finished item: a rerun after a crash skips finished items and redoes the rest.
+Work is split per (clip, camera). Each item writes its image shard, then its records file last,
+so a records file marks a finished item: a rerun after a crash skips finished items and redoes the
+rest.
 
 Output layout under the output folder:
-  images/<clip_id>/<camera>/<frame:06d>.jpg
-  records/<clip_id>/<camera>.json     list of frame records (see ``frame_record``)
+  images/<clip_id>/<camera>.tar       the item's JPEGs, members <frame:06d>.jpg (see ``shards``:
+                                      one file per item instead of one per frame keeps DVC
+                                      push/pull fast)
+  records/<clip_id>/<camera>.json     list of frame records (see ``frame_record``); each names its
+                                      image by ``image_shard`` (path under the output folder) and
+                                      ``image_member``
 
 Frames after the last (or before the first) label frame are not written, since their objects are
 unknown; they are counted as ``frames_without_labels``.
@@ -25,7 +30,8 @@ from .. import rdshq
 from ..executors import run_items
 from ..geometry.cameras import PinholeCamera
 from ..params import ExtractParams
-from ..storage import atomic_write_bytes, filesystem, is_local, write_json
+from ..shards import write_shard
+from ..storage import filesystem, is_local, write_json
 from ..video import DecodedFrame, index_video, read_frames, sample_indices
 from .interpolate import objects_at
 from .records import records_path, write_records
@@ -43,8 +49,12 @@ class ItemResult:
     skipped_existing: bool = False
 
 
-def image_relpath(clip_id: str, camera: str, frame: int) -> str:
-    return f"images/{clip_id}/{camera}/{frame:06d}.jpg"
+def image_shard(clip_id: str, camera: str) -> str:
+    return f"images/{clip_id}/{camera}.tar"
+
+
+def image_member(frame: int) -> str:
+    return f"{frame:06d}.jpg"
 
 
 def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int) -> list[float]:
@@ -80,7 +90,8 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
         "frame_index": frame.index,
         "timestamp_s": round(frame.time_s, 6),
         "timestamp_us": clip.start_us + int(round(frame.time_s * 1e6)),
-        "image": image_relpath(labels.clip_id, camera, frame.index),
+        "image_shard": image_shard(labels.clip_id, camera),
+        "image_member": image_member(frame.index),
         "width": width,
         "height": height,
         "intrinsics": intrinsics_for_image(params.camera_model, labels.intrinsics[camera], width, height),
@@ -113,16 +124,17 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
     render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
     records, unlabelled = [], 0
-    for frame in frames:
-        record = frame_record(labels, params, camera, frame, render_truth)
-        if record is None:
-            unlabelled += 1
-            continue
-        ok, jpeg = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
-        if not ok:
-            raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
-        atomic_write_bytes(output / record["image"], jpeg.tobytes())
-        records.append(record)
+    with write_shard(output / image_shard(clip_id, camera)) as shard:
+        for frame in frames:
+            record = frame_record(labels, params, camera, frame, render_truth)
+            if record is None:
+                unlabelled += 1
+                continue
+            ok, jpeg = cv2.imencode(".jpg", frame.bgr, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
+            if not ok:
+                raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
+            shard.add(record["image_member"], jpeg.tobytes())
+            records.append(record)
     write_records(output, clip_id, camera, records)
     return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled)
 

@@ -15,8 +15,8 @@ class RecordsError(ValueError):
 
 
 # What every stage after extract relies on; stages add keys, none removes these.
-FRAME_KEYS = ("clip_id", "camera", "camera_model", "frame_index", "image", "width", "height", "intrinsics",
-              "camera_to_world", "objects")
+FRAME_KEYS = ("clip_id", "camera", "camera_model", "frame_index", "image_shard", "image_member", "width", "height",
+              "intrinsics", "camera_to_world", "objects")
 OBJECT_KEYS = ("track_id", "object_type", "object_to_world", "object_lwh")
 
 

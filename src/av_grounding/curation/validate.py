@@ -20,6 +20,7 @@ from ..geometry.cameras import Camera, camera_from_record
 from ..geometry.codecs import get_codec
 from ..geometry.transforms import apply, invert_pose
 from ..params import ValidateParams
+from ..shards import ShardReader
 from ..storage import atomic_write_bytes, write_json
 from .records import iter_records
 
@@ -28,7 +29,7 @@ COLOURS = {"Car": (60, 220, 60), "Automobile": (60, 220, 60), "Truck": (40, 160,
            "Bus": (255, 200, 40), "Trailer": (200, 80, 255), "Other_vehicle": (255, 255, 80)}
 
 
-class ValidationError(RuntimeError):
+class ValidationError(ValueError):
     """Boxes re-project too far from where they should."""
 
 
@@ -85,12 +86,13 @@ def validate(params: ValidateParams, input: Path, images: Path, plots: Path, met
     plots.mkdir(parents=True, exist_ok=True)
     for stale in plots.glob("*.jpg"):
         stale.unlink()
+    shards = ShardReader(images)
     for index in chosen:
         record = drawable[index]
-        path = images / record["image"]
-        image = cv2.imread(str(path))
+        stored = shards.read(record["image_shard"], record["image_member"])
+        image = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise FileNotFoundError(f"{path}: missing or unreadable image")
+            raise ValueError(f"{images / record['image_shard']}: member {record['image_member']} is not an image")
         ok, jpeg = cv2.imencode(".jpg", draw_boxes(image, record), [cv2.IMWRITE_JPEG_QUALITY, 90])
         atomic_write_bytes(plots / f"{record['clip_id'][:8]}_{record['camera']}_{record['frame_index']:06d}.jpg", jpeg.tobytes())
     every = residuals["render_truth"] + residuals["raw_labels"]

@@ -5,7 +5,9 @@ Output under the dataset folder:
   train/ and eval/, each with   meta.json, text/, images/      (Cosmos-RL)
                                 annotations.json               (Qwen-VL fine-tune)
 A sample whose prompt + image + answer tokens exceed ``model_max_length`` is dropped and
-counted, never truncated.
+counted, never truncated. Images are copied out of extract's shards into ``images/<id>.jpg``,
+the layout every reader expects; dvc.yaml keeps this folder off the DVC remote (``push: false``):
+`dvc repro` rebuilds it from the pulled shards faster than DVC moves one object per sample.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from ..curation.records import iter_records
 from ..models.tiny import tiny_tokenizer
 from ..params import FormatParams
+from ..shards import ShardReader
 from ..storage import atomic_write_bytes, write_json
 from . import tokens
 from .answers import AnswerStyle, format_answer, order_boxes, rounded
@@ -98,6 +101,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     fixed_prompt_tokens = tokens.prompt_tokens(prompts.system, prompts.user)
     counts = Counts()
     per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
+    image_sources: dict[str, tuple[str, str]] = {}  # sample id -> (shard, member) under ``images``
     answer_token_counts, image_token_counts, all_answers = [], {f: [] for f in tokens.MERGE_FACTOR}, []
     for record in sorted(frames, key=sample_id):
         counts.frames_in += 1
@@ -122,16 +126,16 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         all_answers.append(exact)
         sid = sample_id(record)
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
-        sample = Sample(sid, images / record["image"], prompts.system, prompts.user, answer)
-        per_split[split_of[record["clip_id"]]].append((sample, annotation_record(record, boxes),
-                                                      conversation(sid, prompts.system, prompts.user, answer)))
+        split = split_of[record["clip_id"]]
+        sample = Sample(sid, output / split / "images" / f"{sid}.jpg", prompts.system, prompts.user, answer)
+        per_split[split].append((sample, annotation_record(record, boxes),
+                                 conversation(sid, prompts.system, prompts.user, answer)))
+        image_sources[sid] = (record["image_shard"], record["image_member"])
+    shards = ShardReader(images)
     for split, entries in per_split.items():
         folder = output / split
         for sample, _, _ in entries:
-            try:
-                atomic_write_bytes(folder / "images" / f"{sample.id}.jpg", sample.image.read_bytes())
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(f"{sample.image}: image of sample {sample.id} is missing") from exc
+            atomic_write_bytes(sample.image, shards.read(*image_sources[sample.id]))
         write_cosmos(folder, [(s.id, record, messages) for s, record, messages in entries])
         write_qwen(folder, [s for s, _, _ in entries])
     write_json(output / "split.json", {"train": train_clips, "eval": eval_clips,

@@ -21,14 +21,22 @@ def load_image_processor(source: str | Path):
     return Qwen2VLImageProcessorPil.from_pretrained(str(source))
 
 
-def load_model(source: str | Path, dtype: str = "float32", device: str = "cpu",
+def load_tokenizer(source: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(source))
+
+
+def load_model(source: str | Path, dtype: str = "float32", device: str | None = "cpu",
                attn_implementation: str | None = "sdpa") -> LoadedModel:
+    """``device=None`` leaves the weights where loading put them (sharded under DeepSpeed ZeRO-3)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoModelForImageTextToText
 
     kwargs = {"dtype": getattr(torch, dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    return LoadedModel(model, tokenizer, load_image_processor(source))
+    model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
+    if device is not None:
+        model = model.to(device)
+    return LoadedModel(model, load_tokenizer(source), load_image_processor(source))

@@ -18,8 +18,11 @@ from ..params import FormatParams, TrainParams, with_preset
 from ..storage import write_json
 
 
-def base_model(params: TrainParams, fmt: FormatParams, output: Path) -> Path | str:
-    """The folder or hub id fine-tuning starts from."""
+def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool = True) -> Path | str:
+    """The folder or hub id fine-tuning starts from (a tiny model is built there unless ``build``
+    is false: other processes of a distributed launch wait for the first one to build it)."""
+    if params.model in TINY_MODELS and not build:
+        return output / "base"
     if params.model in TINY_MODELS:
         prompts = load_prompts(fmt.prompts)
         return build_tiny(params.model, output / "base", params.seed, prompts.system, prompts.user,
@@ -30,14 +33,28 @@ def base_model(params: TrainParams, fmt: FormatParams, output: Path) -> Path | s
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train")) -> dict[str, Any]:
     params = with_preset(params)
-    base = base_model(params, fmt, output)
-    if params.backend != "hf":
-        raise ValueError(f"train.backend {params.backend!r} is not available; this version has 'hf' only")
-    from .hf import train_hf
+    rank = 0
+    if params.backend == "hf" and params.deepspeed is not None:
+        from . import zero3
 
-    summary = train_hf(params, fmt, base, dataset, output, live)
+        rank, _, _ = zero3.distributed_context()
+        base = base_model(params, fmt, output, build=rank == 0)
+        zero3.barrier()
+    else:
+        base = base_model(params, fmt, output)
+    if params.backend == "hf":
+        from .hf import train_hf
+
+        summary = train_hf(params, fmt, base, dataset, output, live)
+    elif params.backend == "cosmos-rl":
+        from .cosmos_rl import train_cosmos_rl
+
+        summary = train_cosmos_rl(params, fmt, base, dataset, output, live)
+    else:
+        raise ValueError(f"train.backend must be 'hf' or 'cosmos-rl', got {params.backend!r}")
     summary["model"] = params.model
-    write_json(output / "run.json", {"base": str(base), "steps": summary["steps"]})
-    if metrics:
-        write_json(metrics, summary)
+    if rank == 0:
+        write_json(output / "run.json", {"base": str(base), "steps": summary["steps"]})
+        if metrics:
+            write_json(metrics, summary)
     return summary

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The hf backend with DeepSpeed ZeRO-3 (configs/deepspeed_zero3.json) over 2 GPUs of one host,
+# through the `train` stage under torchrun:
+#   1. tiny-qwen2_5_vl, 20 steps with a checkpoint at 10, then `infer` on the gathered model;
+#   2. a random-init Qwen2.5-VL-3B shape (3.75B parameters, benchmarks/train_throughput.py), 6 steps,
+#      gradient checkpointing, against the same steps on one GPU without ZeRO: peak memory per GPU.
+# Needs .whl/project/ (benchmarks/device_project_wheels.txt, with deepspeed built by
+# `pip wheel --no-deps --no-build-isolation deepspeed`) and data/dataset. Usage (device machine):
+#   OUT=<folder> benchmarks/zero3_sft.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=src:/tmp/proj
+OUT=${OUT:-benchmarks/results/zero3_sft}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/proj .whl/project/*.whl 2>/dev/null || exit 1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+run() { local name=$1; shift; timeout 400 "$@" > "$OUT/$name.log" 2>&1; echo "$name exit $?"; }
+
+run zero3-tiny-train torchrun --standalone --nproc_per_node 2 stages/train.py --dataset data/dataset \
+  --output /tmp/z3-tiny --metrics "$OUT/zero3-tiny-train.json" --live /tmp/z3-tiny-live \
+  --deepspeed configs/deepspeed_zero3.json --max-steps 20 --save-every 10 --lr 0.002
+run zero3-tiny-infer python3 stages/infer.py --dataset data/dataset --train /tmp/z3-tiny --output /tmp/z3-tiny-pred \
+  --metrics "$OUT/zero3-tiny-infer.json" --checkpoints all --zero-shot false
+cp /tmp/z3-tiny-live/plots/metrics/train/loss.tsv "$OUT/zero3-tiny-loss.tsv" 2>/dev/null
+
+python3 - <<'PY' > "$OUT/model-3b.log" 2>&1
+import sys
+from pathlib import Path
+import torch
+sys.path.insert(0, "benchmarks")
+from train_throughput import config_3b
+from transformers import AutoModelForImageTextToText
+from av_grounding.dataset.prompts import load_prompts
+from av_grounding.models.tiny import build_tiny
+prompts = load_prompts("prompts/av_grounding.yaml")
+build_tiny("tiny-qwen2_5_vl", Path("/tmp/m3b"), 0, prompts.system, prompts.user, 3136, 40960)  # tokenizer, processor
+with torch.device("cuda"):
+    model = AutoModelForImageTextToText.from_config(config_3b(), dtype=torch.bfloat16)
+Path("/tmp/m3b/model.safetensors").unlink()  # the tiny weights
+model.save_pretrained("/tmp/m3b")
+print(sum(p.numel() for p in model.parameters()))
+PY
+common="--dataset data/dataset --model /tmp/m3b --max-steps 6 --save-every 0 --batch-size 2 --gradient-checkpointing true"
+run zero3-3b-train torchrun --standalone --nproc_per_node 2 stages/train.py $common --output /tmp/z3-3b \
+  --metrics "$OUT/zero3-3b-train.json" --live /tmp/z3-3b-live --deepspeed configs/deepspeed_zero3.json
+run single-3b-train python3 stages/train.py $common --output /tmp/single-3b --metrics "$OUT/single-3b-train.json" \
+  --live /tmp/single-3b-live

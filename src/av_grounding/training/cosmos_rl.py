@@ -1,0 +1,259 @@
+"""The `cosmos-rl` backend: supervised fine-tuning through NVIDIA's cosmos-rl (SPEC section 6).
+
+cosmos-rl needs ``transformers<5`` and ``av<19``, so it runs in its own environment as a
+subprocess (``train.cosmos_rl_executable``). The stage prepares a run folder,
+
+  <output>/cosmos-rl/run.toml              the config, every trap of SPEC section 6 set explicitly
+  <output>/cosmos-rl/cosmos_rl_dataset.py  a self-contained dataset script (imports nothing of ours)
+  <output>/cosmos-rl/conversations.jsonl   samples that passed the token budget, image paths relative
+  <output>/cosmos-rl/cosmos-rl.log         everything cosmos-rl printed
+
+runs ``cosmos-rl --config run.toml cosmos_rl_dataset.py`` inside it, then checks the exported
+safetensors (its exit code does not show a crashed worker), logs the loss curve it printed to
+DVCLive like the `hf` backend does, and places the exports where the `hf`
+backend puts its models: the last export in ``model/``, earlier ones in ``checkpoints/step_N/``,
+each completed with the tokenizer and image processor of the base model, so `infer` does not
+care which backend trained. All paths in the run folder are relative: same params, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..dataset.formats import read_cosmos
+from ..params import FormatParams, TrainParams
+from ..storage import atomic_write_bytes
+from .collate import BudgetError, Encoder
+
+RUN_FOLDER = "cosmos-rl"
+# With an explicit timestamp cosmos-rl writes straight into output_dir (<output_dir>/safetensors/
+# step_N, <output_dir>/checkpoints); left empty it would add a clock-named folder to output_dir.
+TIMESTAMP = "run"
+OUTPUTS = "outputs"
+SCRIPT = "cosmos_rl_dataset.py"
+CONVERSATIONS = "conversations.jsonl"
+LOG = "cosmos-rl.log"
+# Parameter-name patterns of the parts that the train_* switches freeze. They hold for every naming
+# cosmos-rl uses: its native Qwen2.5-VL (``visual.*``, ``model.layers.*``) and its wrapper of the
+# Hugging Face classes (``model.model.visual.*``, ``model.model.language_model.*``, ``model.lm_head``).
+FREEZE_PATTERNS = {
+    "train_vision": r"(^|\.)visual\.(?!merger|deepstack_merger)",
+    "train_projector": r"(^|\.)visual\.(merger|deepstack_merger)",
+    "train_llm": r"^(?!(.*\.)?visual\.)",  # everything outside the vision tower and projector
+}
+
+
+class CosmosRLError(RuntimeError):
+    """cosmos-rl did not produce a model; the message names the log and quotes its end."""
+
+
+def relative(path: Path, start: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+
+
+def model_reference(base: Path | str, run: Path) -> str:
+    """A local base model relative to the run folder (cosmos-rl runs there); a hub id as it is."""
+    return relative(Path(base), run) if Path(base).exists() else str(base)
+
+
+def write_conversations(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
+                        run: Path) -> dict[str, Any]:
+    """Check each sample's token budget with the base model's tokenizer (cosmos-rl's packer
+    crashes on over-long samples), write the ones that fit as cosmos-rl conversations."""
+    from ..models.loading import load_image_processor, load_tokenizer
+
+    encoder = Encoder(load_tokenizer(base), load_image_processor(base), fmt.min_pixels, fmt.max_pixels,
+                      fmt.model_max_length)
+    lines, over_budget = [], []
+    for sample in read_cosmos(dataset / "train"):
+        try:
+            encoder.encode(sample)
+        except BudgetError as exc:
+            over_budget.append(str(exc))
+            continue
+        lines.append(json.dumps([
+            {"role": "system", "content": sample.system},
+            {"role": "user", "content": [
+                {"type": "image", "image": relative(sample.image, run), "min_pixels": fmt.min_pixels,
+                 "max_pixels": fmt.max_pixels},
+                {"type": "text", "text": sample.user}]},
+            {"role": "assistant", "content": sample.answer},
+        ], sort_keys=True))
+    if not lines:
+        raise ValueError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
+    atomic_write_bytes(run / CONVERSATIONS, ("\n".join(lines) + "\n").encode())
+    return {"samples": len(lines), "samples_over_max_length": len(over_budget), "over_budget": over_budget}
+
+
+def cosmos_config(params: TrainParams, fmt: FormatParams, base: Path | str, run: Path, samples: int,
+                  resume: bool = False) -> dict[str, Any]:
+    """The cosmos-rl TOML as a dict. Keys whose cosmos-rl default is a trap are always written."""
+    per_step = params.batch_size * params.grad_accum * params.gpus
+    freeze = [pattern for switch, pattern in FREEZE_PATTERNS.items() if not getattr(params, switch)]
+    if params.lora:  # adapters on the language model; the LLM weights themselves stay frozen
+        freeze = [p for p in freeze if p != FREEZE_PATTERNS["train_llm"]]
+    train: dict[str, Any] = {
+        "epoch": params.epochs,
+        "output_dir": OUTPUTS,
+        "timestamp": TIMESTAMP,
+        "resume": resume,
+        "compile": False,  # default true: minutes of compilation, and it fails on some tiny shapes
+        # cosmos-rl's native Qwen2.5-VL needs flash-attn; its Hugging Face wrapper runs on sdpa.
+        "force_use_hf": params.cosmos_rl_hf_model,
+        "seed": params.seed,
+        "optm_name": "AdamW",
+        "optm_lr": params.lr,
+        "optm_weight_decay": params.weight_decay,
+        "optm_warmup_steps": params.warmup_ratio,  # a float in [0, 1] is a share of all steps
+        "optm_decay_type": "cosine" if params.schedule == "cosine" else "none",
+        "optm_grad_norm_clip": params.grad_clip,
+        "train_batch_per_replica": per_step,
+        "param_dtype": "bfloat16" if params.bf16 else "float32",
+        "master_dtype": "float32",
+        "ckpt": {
+            "enable_checkpoint": True,  # default false, and then nothing is exported
+            "export_safetensors": True,
+            "save_freq": params.save_every or max(1, samples * params.epochs // per_step),
+            "save_mode": "sync",
+            "max_keep": 2,  # resumable state; the exported safetensors are kept apart from this
+        },
+        "train_policy": {
+            "type": "sft",
+            "trainer_type": "sft",
+            "mini_batch": params.batch_size,
+            "dataset": {"name": "av_grounding"},
+            "conversation_column_name": "conversations",
+            "dataloader_shuffle": True,
+            "dataloader_seed": params.seed,
+            "dataloader_drop_last": True,
+        },
+    }
+    if params.max_steps is not None:
+        train["max_num_steps"] = params.max_steps
+    policy: dict[str, Any] = {
+        "model_name_or_path": model_reference(base, run),
+        "model_max_length": fmt.model_max_length,
+        "model_gradient_checkpointing": params.gradient_checkpointing,
+        "parallelism": {"tp_size": 1, "cp_size": 1, "pp_size": 1, "dp_shard_size": params.gpus,
+                        "dp_replicate_size": 1, "n_init_replicas": 1},  # tp_size defaults to 2
+    }
+    if freeze:
+        policy["freeze_pattern"] = freeze
+    if params.lora:
+        policy["lora"] = {"r": params.lora_rank, "lora_alpha": float(params.lora_alpha),
+                          "lora_dropout": params.lora_dropout, "target_modules": "all-linear"}
+    return {
+        "train": train,
+        "policy": policy,
+        "logging": {"logger": ["console"], "project_name": "av_grounding", "experiment_name": "sft"},
+        "validation": {"enable": False},
+    }
+
+
+def exported_steps(run: Path) -> dict[int, Path]:
+    """Folders ``<output_dir>/safetensors/step_N`` holding weights, by step."""
+    found = {}
+    for folder in (run / OUTPUTS / "safetensors").glob("step_*"):
+        match = re.fullmatch(r"step_(\d+)", folder.name)
+        if match and any(folder.glob("*.safetensors")):
+            found[int(match.group(1))] = folder
+    return dict(sorted(found.items()))
+
+
+def place_export(export: Path, base: Path | str, destination: Path) -> None:
+    """An exported folder completed with what infer loads besides weights (tokenizer, processor,
+    configs), written atomically."""
+    tmp = destination.with_name(f".{destination.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(export, tmp)
+    if Path(base).is_dir():
+        for extra in Path(base).iterdir():
+            if extra.is_file() and not extra.name.endswith(".safetensors") and not (tmp / extra.name).exists():
+                shutil.copy2(extra, tmp / extra.name)
+    shutil.rmtree(destination, ignore_errors=True)
+    tmp.rename(destination)
+
+
+STEP_LINE = re.compile(r"Step: (?P<step>\d+)/\d+, Loss: (?P<loss>\S+), Grad norm: (?P<grad_norm>\S+), "
+                       r"Iteration time: (?P<seconds>\S+)s, optimizer/lr_[^:]*: (?P<lr>[^,\s]+)")
+
+
+def training_curve(log: Path) -> dict[int, dict[str, float]]:
+    """Per optimizer step what cosmos-rl printed (the last print of a step wins after a resume)."""
+    curve = {}
+    for match in STEP_LINE.finditer(log.read_text(errors="replace")):
+        curve[int(match["step"])] = {k: float(match[k]) for k in ("loss", "grad_norm", "seconds", "lr")}
+    return dict(sorted(curve.items()))
+
+
+def log_curve(curve: dict[int, dict[str, float]], samples_per_step: int, live_dir: Path) -> None:
+    from dvclive import Live
+
+    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        for step, values in curve.items():
+            live.step = step
+            live.log_metric("train/loss", values["loss"])
+            live.log_metric("train/lr", values["lr"])
+            live.log_metric("train/grad_norm", values["grad_norm"])
+            live.log_metric("train/samples_per_s", samples_per_step / max(values["seconds"], 1e-9))
+
+
+def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
+    """Run cosmos-rl in the run folder, its output teed to the log; returns exit code and seconds."""
+    if shutil.which(executable) is None:
+        raise CosmosRLError(f"train.cosmos_rl_executable {executable!r} not found: install cosmos-rl in its own "
+                            "environment (it needs transformers<5 and av<19) and point the param at its launcher")
+    started = time.perf_counter()
+    with open(run / LOG, "a") as log:  # a resumed run adds to the log of the crashed one
+        process = subprocess.Popen([executable, "--config", "run.toml", SCRIPT], cwd=run, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        for line in process.stdout:
+            log.write(line)
+            print(line, end="", flush=True)
+        code = process.wait()
+    return code, time.perf_counter() - started
+
+
+def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
+                output: Path) -> tuple[Path, dict[str, Any]]:
+    """Write the run folder (conversations, TOML, dataset script); returns it with the budget counts."""
+    import tomli_w
+
+    run = output / RUN_FOLDER
+    run.mkdir(parents=True, exist_ok=True)
+    budget = write_conversations(params, fmt, base, dataset, run)
+    resume = (run / OUTPUTS / "checkpoints").is_dir()  # a crashed run continues
+    config = cosmos_config(params, fmt, base, run, budget["samples"], resume)
+    atomic_write_bytes(run / "run.toml", tomli_w.dumps(config).encode())
+    atomic_write_bytes(run / SCRIPT, resources.files(__package__).joinpath(SCRIPT).read_bytes())
+    return run, budget
+
+
+def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
+                    output: Path, live_dir: Path) -> dict[str, Any]:
+    run, budget = prepare_run(params, fmt, base, dataset, output)
+    code, seconds = run_cosmos_rl(params.cosmos_rl_executable, run)
+    exports = exported_steps(run)
+    if not exports:
+        tail = (run / LOG).read_text(errors="replace").splitlines()[-25:]
+        raise CosmosRLError(f"{run / LOG}: cosmos-rl exited with code {code} and exported no safetensors under "
+                            f"{run / OUTPUTS / 'safetensors'}; its last lines:\n" + "\n".join(tail))
+    curve = training_curve(run / LOG)
+    log_curve(curve, params.batch_size * params.grad_accum * params.gpus, live_dir)
+    *earlier, last = exports
+    for step in earlier:
+        place_export(exports[step], base, output / "checkpoints" / f"step_{step:06d}")
+    place_export(exports[last], base, output / "model")
+    # The resumable state (optimizer, full precision weights) is only needed by a crashed run.
+    shutil.rmtree(run / OUTPUTS, ignore_errors=True)
+    return {"steps": last, "samples": budget["samples"], "samples_over_max_length": budget["samples_over_max_length"],
+            "backend": "cosmos-rl", "exit_code": code, "wall_s": round(seconds, 1),
+            "final_loss": curve[max(curve)]["loss"] if curve else None}

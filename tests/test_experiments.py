@@ -1,0 +1,131 @@
+"""DVC experiments on the shrunk pipeline: one run with `-S`, a queued sweep, `exp show` and
+`metrics diff` between experiments. Earlier stages come from the DVC cache, so each experiment
+reruns only train, infer and evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dvc_workspace import DATA_STAGES, CommandFailed, commit_all, dvc, environment, make_workspace
+
+pytestmark = pytest.mark.slow
+
+FOREGROUND = "lr-high"
+QUEUED = ("lr-low", "lr-mid")
+LEARNING_RATES = {"lr-high": 0.02, "lr-low": 0.0005, "lr-mid": 0.002}
+RERUN_STAGES = ("train", "infer")  # evaluate may come from the run cache when predictions repeat
+QUEUE_TIMEOUT_S = 240
+
+
+def wait_for_queue(workspace: Path, names: tuple[str, ...]) -> None:
+    """Poll `dvc queue status` until every named experiment has finished; fail with its logs
+    when one failed or the queue ran over QUEUE_TIMEOUT_S."""
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while True:
+        status = dvc(workspace, "queue", "status")
+        rows = [line.split() for line in status.splitlines()]  # Task  Name  Created  Status
+        states = {row[1]: row[-1] for row in rows if len(row) >= 4 and row[1] in names}
+        if all(states.get(name) in ("Success", "Failed") for name in names):
+            break
+        if time.monotonic() > deadline:
+            raise CommandFailed(f"queue not done after {QUEUE_TIMEOUT_S} s:\n{status}")
+        time.sleep(2)
+    failed = [name for name in names if states[name] != "Success"]
+    if failed:
+        logs = "\n".join(f"--- dvc queue logs {name}\n{dvc(workspace, 'queue', 'logs', name)}" for name in failed)
+        raise CommandFailed(f"queued experiments {failed} failed:\n{status}\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory) -> dict:
+    """A baseline with the data stages run and committed, one experiment run in the workspace and
+    two run through the queue."""
+    workspace = make_workspace(tmp_path_factory.mktemp("experiments") / "repo")
+    dvc(workspace, "repro", *DATA_STAGES)
+    commit_all(workspace, "Baseline data")
+    logs = {FOREGROUND: dvc(workspace, "exp", "run", "--name", FOREGROUND, "-S", f"train.lr={LEARNING_RATES[FOREGROUND]}")}
+    for name in QUEUED:
+        dvc(workspace, "exp", "run", "--queue", "--name", name, "-S", f"train.lr={LEARNING_RATES[name]}")
+    # The worker outlives `queue start` and keeps its output streams: give it a file, not a pipe.
+    with open(workspace.parent / "queue-worker.log", "w") as worker_log:
+        started = subprocess.run([sys.executable, "-m", "dvc", "queue", "start"], cwd=workspace,
+                                 env=environment(workspace), stdout=worker_log, stderr=subprocess.STDOUT, timeout=120)
+    assert started.returncode == 0, (workspace.parent / "queue-worker.log").read_text()
+    try:
+        wait_for_queue(workspace, QUEUED)
+        logs.update({name: dvc(workspace, "queue", "logs", name) for name in QUEUED})
+        shown = json.loads(dvc(workspace, "exp", "show", "--json"))
+        yield {"workspace": workspace, "logs": logs, "shown": shown}
+    finally:
+        dvc(workspace, "queue", "stop")
+
+
+def _baseline(shown: list) -> dict:
+    (baseline,) = [entry for entry in shown if entry["rev"] != "workspace"]
+    return baseline
+
+
+def _experiment_data(shown: list) -> dict[str, dict]:
+    return {run["revs"][0]["name"]: run["revs"][0]["data"] for run in _baseline(shown)["experiments"]}
+
+
+def _params(data: dict) -> dict:
+    return data["params"]["params.yaml"]["data"]
+
+
+def _metric(data: dict, path: str) -> dict:
+    return data["metrics"][path]["data"]
+
+
+def test_each_experiment_reruns_only_the_stages_after_its_change(experiments):
+    for name, log in experiments["logs"].items():
+        for stage in DATA_STAGES:
+            assert f"Stage '{stage}' didn't change, skipping" in log, f"{name} reran {stage}:\n{log}"
+        for stage in RERUN_STAGES:
+            assert f"Running stage '{stage}'" in log, f"{name} did not rerun {stage}:\n{log}"
+
+
+def test_exp_show_lists_every_experiment_with_its_params_and_metrics(experiments):
+    shown = experiments["shown"]
+    runs = _experiment_data(shown)
+    assert sorted(runs) == sorted(LEARNING_RATES), json.dumps(shown)[:2000]
+    baseline = _baseline(shown)["data"]
+    for name, data in runs.items():
+        assert _params(data)["train"]["lr"] == LEARNING_RATES[name]
+        assert _metric(data, "metrics/eval.json")["final"]["frames"] == _metric(data, "metrics/infer.json")["final"]["frames"] > 0
+        assert data["outs"]["data/dataset"]["hash"] == baseline["outs"]["data/dataset"]["hash"], name
+    losses = {name: _metric(data, "dvclive/train/metrics.json")["train"]["loss"] for name, data in runs.items()}
+    assert len(set(losses.values())) == len(losses), f"learning rates gave equal final losses: {losses}"
+    trained = {data["outs"]["data/train"]["hash"] for data in runs.values()}
+    assert len(trained) == len(runs), "experiments with different learning rates saved the same model"
+
+
+def _numeric_leaves(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys += _numeric_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def test_metrics_diff_shows_eval_metrics_of_two_experiments_side_by_side(experiments):
+    workspace = experiments["workspace"]
+    first, second = QUEUED
+    table = dvc(workspace, "metrics", "diff", first, second, "--all", "--md")
+    header = table.splitlines()[0]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["Path", "Metric", first, second, "Change"], table
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|"))[:2] for line in table.splitlines()[2:]}
+    eval_metrics = _numeric_leaves(_metric(_experiment_data(experiments["shown"])[first], "metrics/eval.json"))
+    assert {"final.ap2d.ap", "final.ap3d.ap", "final.center_distance.map", "final.recipe.mean_iou"} <= set(eval_metrics)
+    missing = [key for key in eval_metrics if ("metrics/eval.json", key) not in rows]
+    assert not missing, f"dvc metrics diff {first} {second} lacks eval metrics {missing}:\n{table}"
+    changed = dvc(workspace, "metrics", "diff", first, second, "--md")
+    assert "| dvclive/train/metrics.json | train.loss" in changed, changed
