@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -113,7 +112,7 @@ def main() -> None:
     report = {"command": command.strip(), "machine": machine(), "videos": videos, "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "extract_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Extract throughput at 1080p\n", f"Command: `{report['command']}`  ",
+    lines = ["# Extract throughput at 1080p\n", f"Command: `{report['command']}`  ",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
              f"{report['machine']['python']}, PyAV {report['machine']['pyav']}\n",
              "Videos: " + "; ".join(f"{k}: {v['frames']} frames, {v['keyframes']} keyframes, {v['megabytes']} MiB"

@@ -9,12 +9,17 @@ import pytest
 from av_grounding.curation.extract import extract
 from av_grounding.curation.filters import filter_boxes
 from av_grounding.curation.transform import transform
-from av_grounding.params import ExtractParams, FilterParams, SynthesizeParams, TransformParams
+from av_grounding.dataset.build import format_dataset
+from av_grounding.params import ExtractParams, FilterParams, FormatParams, SynthesizeParams, TransformParams
 from av_grounding.synth.clips import synthesize
+
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL = SynthesizeParams(num_clips=2, cameras=("camera_front_wide_120fov", "camera_cross_left_120fov"),
                          duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,
                          workers=1)
+# How the training, inference and cosmos-rl tests format the curated frames (one eval clip).
+TRAINING_FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +46,11 @@ def curated(synthetic_root, tmp_path_factory) -> tuple[Path, dict]:
     transform(TransformParams(), work / "extracted", work / "transformed")
     curation = filter_boxes(FilterParams(), work / "transformed", work / "filtered", work / "curation.json")
     return work, curation
+
+
+@pytest.fixture(scope="session")
+def dataset(curated, tmp_path_factory) -> Path:
+    """The curated frames in both training layouts, formatted with TRAINING_FORMAT."""
+    folder = tmp_path_factory.mktemp("training") / "dataset"
+    format_dataset(TRAINING_FORMAT, curated[0] / "filtered", curated[0] / "extracted", folder)
+    return folder

@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import TRAINING_FORMAT
 
-from av_grounding.dataset.build import format_dataset
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.models.loading import load_model
@@ -24,14 +24,7 @@ from av_grounding.params import FormatParams, TrainParams
 from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, prepare_run, train_cosmos_rl
 
 REPO = Path(__file__).resolve().parents[1]
-FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
-
-
-@pytest.fixture(scope="module")
-def dataset(curated, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cosmos") / "dataset"
-    format_dataset(FORMAT, curated[0] / "filtered", curated[0] / "extracted", folder)
-    return folder
+FORMAT = TRAINING_FORMAT
 
 
 @pytest.fixture(scope="module")

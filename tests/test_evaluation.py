@@ -13,7 +13,7 @@ from av_grounding.evaluation.ap import ImageBoxes, coco_ap
 from av_grounding.evaluation.iou import iou_2d, iou_3d, iou_aligned
 from av_grounding.evaluation.parse import box_scores, parse_answer
 from av_grounding.geometry.boxes import Box3D
-from av_grounding.geometry.transforms import FLU_TO_RDF, rot_x, rot_z
+from av_grounding.geometry.transforms import rot_x, rot_z
 
 LABELS = ["car", "truck", "bus"]
 

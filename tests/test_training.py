@@ -10,27 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TRAINING_FORMAT
 import torch
 
-from av_grounding.dataset.build import format_dataset
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.inference.generate import generate
 from av_grounding.models.loading import load_model
 from av_grounding.models.tiny import SPECIAL_TOKENS, TINY_MODELS, build_tiny
-from av_grounding.params import FormatParams, TrainParams
+from av_grounding.params import TrainParams
 from av_grounding.training.collate import IGNORE, Encoder, collate
 from av_grounding.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
-
-
-@pytest.fixture(scope="module")
-def dataset(curated, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("training") / "dataset"
-    format_dataset(FORMAT, curated[0] / "filtered", curated[0] / "extracted", folder)
-    return folder
+FORMAT = TRAINING_FORMAT
 
 
 @pytest.fixture(scope="module")
