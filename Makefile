@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test clean npm-install plots plots-diff remote
+.PHONY: install repro test test-tools clean npm-install plots plots-diff remote
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,18 @@ install: $(INSTALLED)
 repro: $(INSTALLED)
 	dvc repro
 
-test: $(INSTALLED)
+test: $(INSTALLED) test-tools
 	pytest
+
+# tests/test_offline_plots.py needs npm (for `npm ci`) and headless Chromium: Debian's packages,
+# installed with apt (as root) when missing.
+test-tools:
+	@missing=""; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 # Offline plots: vega, vega-lite and vega-embed from npm (package-lock.json) replace DVC's CDN
 # scripts in the page (plots/templates/offline.html, set in .dvc/config); DVC prints its path.
