@@ -168,6 +168,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
         step += 1
         elapsed = time.perf_counter() - started
         if live is not None:
+            live.step = step - 1  # numbered by optimizer step after a resume too (redone steps log twice)
             live.log_metric("train/loss", float(np.mean(losses)))
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
             live.log_metric("train/grad_norm", float(grad_norm))
