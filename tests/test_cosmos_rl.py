@@ -145,6 +145,19 @@ def test_a_run_that_exports_nothing_is_an_error_naming_the_log(dataset, base, tm
         train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", tmp_path / "live")
 
 
+def test_exports_left_by_a_crashed_attempt_do_not_count_as_success(dataset, base, tmp_path):
+    """A rerun whose cosmos-rl fails (here at once, exit 1) must not place the older exports."""
+    output = tmp_path / "train"
+    stale = output / "cosmos-rl" / "outputs" / "safetensors" / "step_20"
+    stale.mkdir(parents=True)
+    (stale / "00000.safetensors").write_bytes(b"weights of an interrupted run")
+    failing = _executable(tmp_path, "import sys\nprint('Process exited as soon as launched')\nsys.exit(1)\n")
+    params = TrainParams(backend="cosmos-rl", cosmos_rl_executable=failing)
+    with pytest.raises(CosmosRLError, match=r"(?s)exited with code 1.*before this run: 20, after: 20.*as soon as"):
+        train_cosmos_rl(params, FORMAT, base, dataset, output, tmp_path / "live")
+    assert not (output / "model").exists()
+
+
 def test_missing_executable_is_a_clear_error(dataset, base, tmp_path):
     params = TrainParams(backend="cosmos-rl", cosmos_rl_executable=str(tmp_path / "nowhere" / "cosmos-rl"))
     with pytest.raises(CosmosRLError, match="cosmos_rl_executable.*not found"):

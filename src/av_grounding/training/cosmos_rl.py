@@ -240,12 +240,14 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
 def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
                     output: Path, live_dir: Path) -> dict[str, Any]:
     run, budget = prepare_run(params, fmt, base, dataset, output)
+    before = max(exported_steps(run), default=0)  # exports of a crashed earlier attempt
     code, seconds = run_cosmos_rl(params.cosmos_rl_executable, run)
     exports = exported_steps(run)
-    if not exports:
+    if code != 0 or max(exports, default=0) <= before:
         tail = (run / LOG).read_text(errors="replace").splitlines()[-25:]
-        raise CosmosRLError(f"{run / LOG}: cosmos-rl exited with code {code} and exported no safetensors under "
-                            f"{run / OUTPUTS / 'safetensors'}; its last lines:\n" + "\n".join(tail))
+        raise CosmosRLError(f"{run / LOG}: cosmos-rl exited with code {code} and exported no new safetensors under "
+                            f"{run / OUTPUTS / 'safetensors'} (newest step before this run: {before}, after: "
+                            f"{max(exports, default=0)}); its last lines:\n" + "\n".join(tail))
     curve = training_curve(run / LOG)
     log_curve(curve, params.batch_size * params.grad_accum * params.gpus, live_dir)
     *earlier, last = exports
