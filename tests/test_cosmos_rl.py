@@ -226,3 +226,13 @@ def test_tiny_models_are_the_same_model_under_cosmos_rls_transformers_4(model, t
     assert (new["version"][0], old["version"]) == ("5", "4.57.6")
     assert old["architectures"] == new["architectures"] and old["ids"] == new["ids"] and old["top"] == new["top"]
     assert old["logits"] == pytest.approx(new["logits"], abs=1e-5)
+
+
+def test_dataset_script_names_the_file_and_item_of_a_malformed_conversation(dataset, base, tmp_path):
+    run, _ = prepare_run(TrainParams(backend="cosmos-rl"), FORMAT, base, dataset, tmp_path)
+    lines = (run / "conversations.jsonl").read_text().splitlines()
+    (run / "conversations.jsonl").write_text("\n".join([lines[0], '{"role": "user"', *lines[2:]]) + "\n")
+    shown = subprocess.run([sys.executable, "-I", str(run / "cosmos_rl_dataset.py"), "--preview", "3"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode != 0 and len(shown.stdout.splitlines()) == 1
+    assert f"{run / 'conversations.jsonl'}: conversation 1" in shown.stderr

@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from .shards import tar_member
 from .storage import atomic_write_bytes
 
 CAMERAS: tuple[str, ...] = (
@@ -79,9 +80,7 @@ def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
                 data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
             else:
                 raise LayoutError(f"member key {key!r} must end in .npy or .json")
-            info = tarfile.TarInfo(f"{clip_id}.{key}")
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
+            archive.addfile(tar_member(f"{clip_id}.{key}", len(data)), io.BytesIO(data))
     return buffer.getvalue()
 
 

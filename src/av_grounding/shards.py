@@ -24,6 +24,13 @@ class ShardError(ValueError):
     """A shard is missing or malformed, or lacks a member; the message names the file."""
 
 
+def tar_member(name: str, size: int) -> tarfile.TarInfo:
+    """A tar header that depends on name and size only (zero mtime, owner and group; mode 0644)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    return info
+
+
 class ShardWriter:
     """Adds members to an open shard; names must increase so the bytes depend on content only."""
 
@@ -36,9 +43,7 @@ class ShardWriter:
         if name <= self._last:
             raise ValueError(f"{self._path}: member {name!r} added after {self._last!r}; add members in increasing "
                              "name order")
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = len(data), 0o644, 0
-        self._archive.addfile(info, BytesIO(data))
+        self._archive.addfile(tar_member(name, len(data)), BytesIO(data))
         self._last = name
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
 
@@ -46,6 +48,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def dumps_json(obj: Any) -> str:
     """Stable JSON text: sorted keys, two-space indent, trailing newline."""
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Fill a temporary sibling folder, then put it in place of ``folder``: readers see the old
+    folder or the complete new one. The sibling's name is fixed, so a rerun after a crash clears
+    the leftover instead of adding one."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    yield tmp
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -175,16 +175,18 @@ def image_processor_for(name: str, min_pixels: int, max_pixels: int):
 
 
 def build_tiny(name: str, folder: Path, seed: int, system: str, user: str, min_pixels: int, max_pixels: int) -> Path:
-    """Create and save a tiny model (weights, tokenizer, image processor) under ``folder``."""
+    """Create and save a tiny model (weights, tokenizer, image processor) under ``folder``, atomically."""
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from ..storage import atomic_folder
+
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(tiny_config(name))
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    _portable_model_config(folder / "config.json")
-    tiny_tokenizer(system, user).save_pretrained(folder)
-    _portable_tokenizer_config(folder / "tokenizer_config.json")
-    image_processor_for(name, min_pixels, max_pixels).save_pretrained(folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        _portable_model_config(tmp / "config.json")
+        tiny_tokenizer(system, user).save_pretrained(tmp)
+        _portable_tokenizer_config(tmp / "tokenizer_config.json")
+        image_processor_for(name, min_pixels, max_pixels).save_pretrained(tmp)
     return folder

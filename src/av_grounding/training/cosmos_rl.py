@@ -30,7 +30,7 @@ from typing import Any
 
 from ..dataset.formats import read_cosmos
 from ..params import FormatParams, TrainParams
-from ..storage import atomic_write_bytes
+from ..storage import atomic_folder, atomic_write_bytes
 from .collate import BudgetError, Encoder
 
 RUN_FOLDER = "cosmos-rl"
@@ -171,15 +171,12 @@ def exported_steps(run: Path) -> dict[int, Path]:
 def place_export(export: Path, base: Path | str, destination: Path) -> None:
     """An exported folder completed with what infer loads besides weights (tokenizer, processor,
     configs), written atomically."""
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(export, tmp)
-    if Path(base).is_dir():
-        for extra in Path(base).iterdir():
-            if extra.is_file() and not extra.name.endswith(".safetensors") and not (tmp / extra.name).exists():
-                shutil.copy2(extra, tmp / extra.name)
-    shutil.rmtree(destination, ignore_errors=True)
-    tmp.rename(destination)
+    with atomic_folder(destination) as tmp:
+        shutil.copytree(export, tmp)
+        if Path(base).is_dir():
+            for extra in Path(base).iterdir():
+                if extra.is_file() and not extra.name.endswith(".safetensors") and not (tmp / extra.name).exists():
+                    shutil.copy2(extra, tmp / extra.name)
 
 
 STEP_LINE = re.compile(r"Step: (?P<step>\d+)/\d+, Loss: (?P<loss>\S+), Grad norm: (?P<grad_norm>\S+), "

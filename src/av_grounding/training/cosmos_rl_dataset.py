@@ -42,7 +42,13 @@ class GroundingSFTDataset:
     def __getitem__(self, index):
         with open(self.path, "rb") as f:
             f.seek(self.offsets[index])
-            item = json.loads(f.readline())
+            line = f.readline()
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: conversation {index} (byte {self.offsets[index]}) is not JSON: {exc}") from None
+        if not isinstance(item, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in item):
+            raise ValueError(f"{self.path}: conversation {index} is not a list of role/content messages")
         for message in item:
             if isinstance(message["content"], list):
                 for part in message["content"]:

@@ -11,6 +11,7 @@ loss, learning rate, gradient norm, samples/s and tokens/s per optimizer step.
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 import time
@@ -23,6 +24,7 @@ import torch
 from ..dataset.formats import read_cosmos
 from ..models.loading import load_model
 from ..params import FormatParams, TrainParams
+from ..storage import atomic_folder, atomic_write_bytes
 from .collate import BudgetError, Encoder, answer_loss, collate
 
 STATE_FILE = "trainer_state.pt"
@@ -70,16 +72,13 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str, Any] | None = None,
                 state_dict: dict[str, Any] | None = None) -> None:
-    """A Hugging Face folder written atomically (temporary sibling, then rename)."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    if extra is not None:
-        torch.save(extra, tmp / STATE_FILE)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    """A Hugging Face folder written atomically, with ``extra`` as the training state to resume from."""
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        if extra is not None:
+            torch.save(extra, tmp / STATE_FILE)
 
 
 def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path) -> dict[str, Any]:
@@ -205,17 +204,19 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
 
 
 def _save_zero3(engine, loaded, folder: Path, step: int, rank: int) -> None:
-    """Every rank writes its shard of the training state; rank 0 also the gathered Hugging Face
-    model. The state file goes last: it marks the checkpoint complete for a resume."""
+    """Rank 0 writes the gathered Hugging Face model, then every rank its shard of the training
+    state; the state file goes last, written atomically: it marks the checkpoint complete."""
     from . import zero3 as ds
 
-    engine.save_checkpoint(str(folder / "deepspeed"), client_state={"step": step})
-    state = ds.full_state_dict(engine)
+    state = ds.full_state_dict(engine)  # collective: every rank takes part
     if rank == 0:
-        loaded.model.save_pretrained(folder, state_dict=state)
-        loaded.tokenizer.save_pretrained(folder)
-        loaded.image_processor.save_pretrained(folder)
-        torch.save({"step": step}, folder / STATE_FILE)
+        save_folder(loaded.model, loaded.tokenizer, loaded.image_processor, folder, state_dict=state)
+    ds.barrier()
+    engine.save_checkpoint(str(folder / "deepspeed"), client_state={"step": step})
+    if rank == 0:
+        marker = io.BytesIO()
+        torch.save({"step": step}, marker)
+        atomic_write_bytes(folder / STATE_FILE, marker.getvalue())
 
 
 def _merged(model):
