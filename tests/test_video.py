@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -93,3 +97,17 @@ def test_requesting_frames_beyond_the_end_fails(video):
     path, _ = video
     with pytest.raises(VideoError, match="has 95"):
         read_frames(path, [0, 200], "auto", "clip.mp4")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to compare with one")
+def test_encoded_bytes_do_not_depend_on_the_number_of_cores(tmp_path):
+    """x264 picks its thread count from the cores it may use; the bytes must not follow."""
+    digests = []
+    for cores in ({min(os.sched_getaffinity(0))}, os.sched_getaffinity(0)):
+        path = tmp_path / f"{len(cores)}.mp4"
+        code = ("import sys; from test_video import stamped_frames; from av_grounding.video import encode_video; "
+                f"encode_video({str(path)!r}, stamped_frames(30, 640, 360), fps=30, keyframe_interval=30)")
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(__file__),
+                       preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores), timeout=120)
+        digests.append(path.read_bytes())
+    assert digests[0] == digests[1]

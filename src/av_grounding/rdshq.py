@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 
 from .shards import tar_member
-from .storage import atomic_write_bytes
+from .storage import atomic_write_bytes, canonical, dumps_json
 
 CAMERAS: tuple[str, ...] = (
     "camera_front_wide_120fov",
@@ -67,17 +67,18 @@ def video_path(root: str, camera_model: str, camera: str, clip_id: str) -> str:
 
 
 def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
-    """A deterministic tar (sorted members, zero mtimes and owners) of ``.npy`` / ``.json`` members."""
+    """A deterministic tar (sorted members, zero mtimes and owners) of ``.npy`` / ``.json`` members,
+    their floats stored as ``storage.canonical`` rounds them."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for key in sorted(members):
             value = members[key]
             if key.endswith(".npy"):
                 payload = io.BytesIO()
-                np.save(payload, np.asarray(value), allow_pickle=False)
+                np.save(payload, canonical(np.asarray(value)), allow_pickle=False)
                 data = payload.getvalue()
             elif key.endswith(".json"):
-                data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+                data = dumps_json(value, compact=True).encode()
             else:
                 raise LayoutError(f"member key {key!r} must end in .npy or .json")
             archive.addfile(tar_member(f"{clip_id}.{key}", len(data)), io.BytesIO(data))

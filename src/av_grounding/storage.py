@@ -1,4 +1,5 @@
-"""Local and ``s3://`` access through fsspec, and atomic writes for every output file."""
+"""Local and ``s3://`` access through fsspec, atomic writes for every output file, and the one
+rule for how floats are stored (``canonical``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+import numpy as np
+
+# Every float the project stores is rounded to this many decimals: 1e-6 m, 1e-6 rad, 1e-6 px,
+# 1e-6 s, far below what any label or camera measures (lidar boxes: ~1e-2 m, poses: ~1e-3 m,
+# calibration: ~1e-2 px) and far above the last-digit noise of float64 arithmetic (~1e-14 for
+# values up to 100). That noise depends on the machine: BLAS kernels (OPENBLAS_CORETYPE: FMA or
+# not, blocking) and numpy's SIMD paths for sin, cos and exp give different last digits for
+# the same inputs. Rounded, the bytes agree on every machine unless a value lies within that
+# noise of a rounding boundary (about 1e-8 per value).
+STORED_DECIMALS = 6
 
 
 def filesystem(url: str, s3_endpoint_url: str | None = None,
@@ -45,9 +56,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def dumps_json(obj: Any) -> str:
-    """Stable JSON text: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
+    """``value`` as it is stored: every float (Python, numpy scalar or float array) rounded to
+    ``decimals`` and ``-0.0`` made ``0.0``, inside dicts, lists and tuples (tuples become lists).
+    Other values are returned unchanged. Rounding is exact decimal rounding (``round``) for
+    scalars and ``np.round`` for arrays; both give the same result for the same input on every
+    machine."""
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+        return np.round(value, decimals) + value.dtype.type(0.0)
+    if isinstance(value, dict):
+        return {key: canonical(item, decimals) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item, decimals) for item in value]
+    return value
+
+
+def dumps_json(obj: Any, compact: bool = False) -> str:
+    """Stable JSON text of ``canonical(obj)``: sorted keys; two-space indent and a trailing
+    newline, or ``compact`` (no spaces, no newline) for members inside tar files."""
+    if compact:
+        return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+    return json.dumps(canonical(obj), indent=2, sort_keys=True) + "\n"
 
 
 @contextmanager

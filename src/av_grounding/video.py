@@ -74,6 +74,10 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: 
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.pix_fmt = "yuv420p"
+            # x264's bytes depend on its thread count, which defaults to the machine's core count
+            # (measured: 1 and 2 cores gave different files); one thread everywhere, since
+            # synthesize runs clips in parallel instead.
+            stream.codec_context.thread_count = 1
             options = {"crf": str(crf), "preset": preset}
             if x264_cpu_flags():
                 options["x264-params"] = f"asm={x264_cpu_flags()}"

@@ -7,6 +7,7 @@ rotation, size) and the nine numbers of the chosen box codec.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def transform_record(record: dict[str, Any], codec_name: str) -> dict[str, Any]:
             "object_lwh": obj["object_lwh"],
             "center": box.center.tolist(),
             "rotation": box.rotation.tolist(),
-            "distance_m": float(np.linalg.norm(box.center)),
+            "distance_m": math.hypot(*box.center),  # not np.linalg.norm: its BLAS dot varies by CPU
             "bbox_3d": codec.encode(box).tolist(),
             "render_truth": obj.get("render_truth"),
         })
