@@ -6,15 +6,30 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-tools clean npm-install plots plots-diff remote
+.PHONY: install lock repro test test-tools clean npm-install plots plots-diff remote
 
-$(INSTALLED): pyproject.toml
+LOCK := requirements.lock
+
+# Exact versions of every package (requirements.lock: the same bytes from every fresh clone),
+# then the project itself, editable, without resolving anything again.
+$(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build of torch first: without the pin pip would fetch a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e '.[test,ray]'
 	touch $@
+
+# `make lock` re-resolves requirements.lock after a change of pyproject.toml's dependencies (the
+# main ones and the test and ray extras); versions pinned there stay unless the change moves
+# them, and requirements-pins.txt holds torch at 2.13.0. The CPU build's local label (+cpu) is
+# dropped: torch==2.13.0 matches the CPU file where one lies on disk, and PyPI's build elsewhere.
+PIP_TOOLS := pip-tools==7.6.2
+
+lock: $(INSTALLED)
+	$(BIN)/pip install --quiet $(PIP_TOOLS)
+	$(BIN)/pip-compile --quiet --extra test --extra ray --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --constraint requirements-pins.txt --output-file $(LOCK) pyproject.toml
+	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' $(LOCK)
 
 install: $(INSTALLED)
 

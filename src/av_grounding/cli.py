@@ -37,7 +37,7 @@ STAGES: dict[str, StageSpec] = {
         "Write synthetic clips in the RDS-HQ layout (videos, poses, labels, render truth)."),
     "extract": StageSpec(
         ExtractParams, "av_grounding.curation.extract:extract",
-        {"output": "data/extracted", "metrics": "metrics/extract.json"},
+        {"output": "data/extracted", "metrics": "metrics/extract.json", "rate": "metrics/extract_rate.json"},
         "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records."),
     "transform": StageSpec(
         TransformParams, "av_grounding.curation.transform:transform",

@@ -1,14 +1,39 @@
 """Run independent items (clips, videos) in parallel with a progress bar; failures are collected
-per item instead of stopping the whole stage."""
+per item instead of stopping the whole stage.
+
+Two executors give the same results:
+- ``local``: a process pool on this machine (``workers`` processes; 1: in this process). Pool
+  workers exit when the main process dies, even by SIGKILL, instead of running on as orphans.
+- ``ray``: one Ray task per item on a Ray cluster (``ray.init(address)``; no address: the
+  ``RAY_ADDRESS`` environment variable, else a new Ray instance on this machine). Each task runs
+  in the driver's working folder, so relative input and output paths mean what they mean here;
+  on a cluster of several machines they must name storage every node sees (a shared file
+  system, or ``s3://`` inputs). Ray retries a task whose worker process died (the items write
+  their outputs atomically, so a retry is safe); an exception raised by an item is not retried
+  and is reported like a local one.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
+
+EXECUTORS = ("local", "ray")
+PARENT_POLL_S = 0.5  # how often a pool worker checks that the main process is still alive
+
+# (item index, result, exception): one settled item, in the order items finish.
+Settled = tuple[int, Any, "BaseException | None"]
+
+
+class ExecutorError(ValueError):
+    """The executor cannot run: an unknown name, or Ray is not installed."""
 
 
 @dataclass(frozen=True)
@@ -24,37 +49,117 @@ class Failure:
 class Outcome:
     results: list[Any] = field(default_factory=list)  # successful results, in item order
     failures: list[Failure] = field(default_factory=list)
+    cores: int = 1  # processes (local) or cluster CPUs (ray) that ran the items
+    wall_s: float = 0.0  # seconds from the first submission to the last item settled
 
 
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    return text if str(exc) else text + " " + traceback.format_exc(limit=2).strip().splitlines()[-1]
+    return text if str(exc) else text + " " + "".join(traceback.format_exception(exc, limit=2)).strip().splitlines()[-1]
 
 
 def run_items(fn: Callable[..., Any], items: Sequence[tuple], workers: int, desc: str,
-              labels: Sequence[str] | None = None) -> Outcome:
-    """Call ``fn(*item)`` for every item, in ``workers`` processes (1: in this process)."""
+              labels: Sequence[str] | None = None, executor: str = "local",
+              address: str | None = None) -> Outcome:
+    """Call ``fn(*item)`` for every item with ``executor`` (``local``: in ``workers`` processes,
+    1: in this process; ``ray``: one task per item on the cluster at ``address``). ``fn`` must
+    be a module-level function and the items picklable. Raises ``ExecutorError`` for an unknown
+    executor or a missing Ray before running anything."""
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     labels = list(labels) if labels is not None else [str(i) for i in range(len(items))]
     slots: list[Any] = [None] * len(items)
     failed: dict[int, Failure] = {}
-    progress = tqdm(total=len(items), desc=desc, unit="item", dynamic_ncols=True)
-    if workers <= 1 or len(items) <= 1:
-        for i, item in enumerate(items):
-            try:
-                slots[i] = fn(*item)
-            except Exception as exc:  # noqa: BLE001 - reported per item
-                failed[i] = Failure(labels[i], _describe(exc))
-            progress.update()
+    started = time.perf_counter()
+    if executor == "ray":
+        cores, settled = _ray_tasks(fn, items, address)
+    elif workers <= 1 or len(items) <= 1:
+        cores, settled = 1, _in_process(fn, items)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(fn, *item): i for i, item in enumerate(items)}
-            for future in as_completed(futures):
-                i = futures[future]
+        cores, settled = min(workers, len(items)), _process_pool(fn, items, workers)
+    with tqdm(total=len(items), desc=desc, unit="item", dynamic_ncols=True) as progress:
+        for index, result, exc in settled:
+            if exc is None:
+                slots[index] = result
+            else:
+                failed[index] = Failure(labels[index], _describe(exc))
+            progress.update()
+    return Outcome([s for i, s in enumerate(slots) if i not in failed], [failed[i] for i in sorted(failed)],
+                   cores, time.perf_counter() - started)
+
+
+def _in_process(fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Settled]:
+    for index, item in enumerate(items):
+        try:
+            yield index, fn(*item), None
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            yield index, None, exc
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: a daemon thread ends this worker once ``parent`` is gone (its
+    parent process id changes when the parent dies, SIGKILL included)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _process_pool(fn: Callable[..., Any], items: Sequence[tuple], workers: int) -> Iterator[Settled]:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(fn, *item): index for index, item in enumerate(items)}
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result(), None
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                yield futures[future], None, exc
+
+
+def _in_folder(folder: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """A Ray task: ``fn(*args)`` in the driver's working folder."""
+    os.chdir(folder)
+    return fn(*args)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorError("executor 'ray' needs Ray: pip install 'av-grounding[ray]'") from exc
+    return ray
+
+
+def _ray_tasks(fn: Callable[..., Any], items: Sequence[tuple], address: str | None) -> tuple[int, Iterator[Settled]]:
+    """Join (or start) Ray, submit one task per item; the cluster's CPUs and the settled items.
+    A Ray instance started here is shut down when the last item settles."""
+    ray = _import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING")
+    cores = int(ray.cluster_resources().get("CPU", 1))
+
+    def settle() -> Iterator[Settled]:
+        try:
+            task = ray.remote(num_cpus=1)(_in_folder)
+            folder = os.getcwd()
+            pending = {task.remote(folder, fn, *item): index for index, item in enumerate(items)}
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ref)
                 try:
-                    slots[i] = future.result()
-                except Exception as exc:  # noqa: BLE001 - reported per item
-                    failed[i] = Failure(labels[i], _describe(exc))
-                progress.update()
-    progress.close()
-    return Outcome([s for i, s in enumerate(slots) if i not in failed],
-                   [failed[i] for i in sorted(failed)])
+                    yield index, ray.get(ref), None
+                except ray.exceptions.RayTaskError as exc:  # the item raised: report its own exception
+                    yield index, None, exc.cause if exc.cause is not None else exc
+                except ray.exceptions.RayError as exc:  # the task could not run (worker or node lost)
+                    yield index, None, exc
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    return cores, settle()

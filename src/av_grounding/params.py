@@ -34,6 +34,11 @@ DEFAULT_LABEL_MAP = MappingProxyType({
 })
 
 
+EXECUTOR_HELP = "local (a process pool of `workers` processes) or ray (one task per item on a Ray cluster)"
+RAY_ADDRESS_HELP = ("executor ray: the cluster to join (the address `ray start --head` prints, or auto); "
+                    "null: RAY_ADDRESS, else a new Ray instance on this machine")
+
+
 class ParamsError(ValueError):
     """A parameter file or override is malformed; the message names the file and key."""
 
@@ -63,6 +68,8 @@ class SynthesizeParams:
     num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)")
     stamp_frame_index: bool = param(True, "stamp the frame index into the pixels (for tests)")
     workers: int = param(2, "parallel processes over clips")
+    executor: str = param("local", EXECUTOR_HELP)
+    ray_address: str | None = param(None, RAY_ADDRESS_HELP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,8 @@ class ExtractParams:
     strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
     jpeg_quality: int = param(95, "JPEG quality of the written frames")
     workers: int = param(2, "parallel processes over (clip, camera) items")
+    executor: str = param("local", EXECUTOR_HELP)
+    ray_address: str | None = param(None, RAY_ADDRESS_HELP)
     s3_endpoint_url: str | None = param(None, "S3-compatible endpoint; null: AWS default")
     s3_profile: str | None = param(None, "AWS profile name for s3:// inputs")
 

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from .. import rdshq
-from ..executors import run_items
+from ..executors import Outcome, run_items
 from ..geometry.cameras import PinholeCamera
 from ..params import ExtractParams
 from ..shards import write_shard
@@ -148,8 +148,25 @@ def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
     return ids
 
 
-def extract(params: ExtractParams, output: Path, metrics: Path | None = None) -> dict[str, Any]:
-    """The `extract` stage over every (clip, camera); failures are counted, the rest completes."""
+def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
+    """How fast this run curated: frames written per second of wall time, overall and per core
+    (``cores``: pool processes or cluster CPUs). Resumed and failed items add no frames."""
+    frames = sum(r.frames_written for r in outcome.results)
+    core_seconds = outcome.wall_s * outcome.cores
+    return {"executor": executor, "cores": outcome.cores,
+            "items_run": sum(not r.skipped_existing for r in outcome.results),
+            "frames_written": frames, "wall_s": round(outcome.wall_s, 2),
+            "frames_per_s": round(frames / outcome.wall_s, 3) if outcome.wall_s else None,
+            "frames_per_core_s": round(frames / core_seconds, 3) if core_seconds else None}
+
+
+def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
+            rate: Path | None = None) -> dict[str, Any]:
+    """The `extract` stage over every (clip, camera); failures are counted, the rest completes.
+
+    ``metrics`` gets the counts (the same on every run); ``rate`` the run's timing
+    (``curation_rate``), kept apart so that a rerun leaves the stage's recorded outputs as
+    they were."""
     if params.camera_model not in rdshq.CAMERA_MODELS:
         raise ValueError(f"camera_model must be one of {rdshq.CAMERA_MODELS}, got {params.camera_model!r}")
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
@@ -157,7 +174,7 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None) ->
                 else rdshq.list_clip_ids(fs, root))
     items = [(params, clip_id, camera, output) for clip_id in clip_ids for camera in params.cameras]
     labels = [f"{clip_id}/{camera}" for _, clip_id, camera, _ in items]
-    outcome = run_items(extract_item, items, params.workers, "extract", labels)
+    outcome = run_items(extract_item, items, params.workers, "extract", labels, params.executor, params.ray_address)
     results: list[ItemResult] = outcome.results
     strategies: dict[str, int] = {}
     for result in results:
@@ -177,4 +194,6 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None) ->
     write_json(output / "failures.json", [{"item": f.item, "error": f.error} for f in outcome.failures])
     if metrics:
         write_json(metrics, summary)
+    if rate:
+        write_json(rate, curation_rate(outcome, params.executor))
     return {**summary, "failures": outcome.failures}

@@ -103,7 +103,7 @@ def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = No
         raise ValueError(f"unknown camera(s) {unknown}; known: {sorted(RIG)}")
     output.mkdir(parents=True, exist_ok=True)
     outcome = run_items(write_clip, [(params, i, output) for i in range(params.num_clips)],
-                        params.workers, "synthesize clips")
+                        params.workers, "synthesize clips", executor=params.executor, address=params.ray_address)
     if outcome.failures:
         raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
     summaries = outcome.results

@@ -1,0 +1,130 @@
+"""Executors: the local process pool leaves no orphans, and a Ray cluster gives the local bytes.
+
+The Ray tests share one local Ray instance with 2 CPUs (the session fixture ``ray_cluster``):
+synthesize runs in this process on it, extract runs as a separate command that joins it by
+address, as a user's run joins a cluster started with ``ray start --head``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from av_grounding import rdshq
+from av_grounding.executors import ExecutorError, run_items
+from av_grounding.synth.clips import synthesize
+
+from test_extract import params_for, tree_digest
+
+REPO = Path(__file__).resolve().parents[1]
+SETTLE_S = 60  # longest wait for processes to appear or to go
+
+
+def children(pid: int) -> list[int]:
+    """Living child processes of ``pid`` (zombies count as gone), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, parent = fields[0], int(fields[1])
+        if parent == pid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + SETTLE_S
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting {SETTLE_S} s for {what}"
+        time.sleep(0.2)
+    return value
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_pool_workers_exit_when_the_main_process_is_killed():
+    script = textwrap.dedent("""
+        import time
+        from av_grounding.executors import run_items
+
+        def wait(seconds):
+            time.sleep(seconds)
+
+        run_items(wait, [(600,)] * 4, workers=2, desc="wait")
+    """)
+    main = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        workers = wait_for(lambda: len(found := children(main.pid)) >= 2 and found, "two pool workers")
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=SETTLE_S)
+        wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to exit after their parent")
+    finally:
+        main.kill()
+        for pid in filter(alive, workers):  # a failed run leaves them: end them here
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_unknown_executor_fails_before_any_work():
+    with pytest.raises(ExecutorError, match="executor must be one of"):
+        run_items(print, [("never",)], 1, "none", executor="slurm")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance with 2 CPUs, started once (Ray takes seconds to start): its address."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_ray_synthesize_gives_the_local_bytes(ray_cluster, synthetic_root, small_params, tmp_path):
+    import dataclasses
+
+    summary = synthesize(dataclasses.replace(small_params, executor="ray"), tmp_path / "synthetic")
+    assert summary["clips"] == small_params.num_clips
+    assert tree_digest(tmp_path / "synthetic") == tree_digest(synthetic_root)
+
+
+def test_ray_extract_joins_the_cluster_gives_the_local_bytes_and_reports_failures(
+        ray_cluster, synthetic_root, small_params, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    clip_ids = sorted(p.stem for p in (root / "all_object_info").glob("*.tar"))
+    broken = Path(rdshq.video_path(str(root), "pinhole", "camera_front_wide_120fov", clip_ids[0]))
+    broken.write_bytes(broken.read_bytes()[:2000])
+    from av_grounding.curation.extract import extract
+
+    local = extract(params_for(root, small_params, workers=2), tmp_path / "local", tmp_path / "local.json")
+    command = [sys.executable, str(REPO / "stages" / "extract.py"), "--params", str(tmp_path / "none.yaml"),
+               "--input-root", str(root), "--cameras", ",".join(small_params.cameras), "--skip-frames", "7",
+               "--executor", "ray", "--ray-address", ray_cluster, "--output", str(tmp_path / "ray"),
+               "--metrics", str(tmp_path / "ray.json"), "--rate", str(tmp_path / "rate.json")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert local["items_failed"] == 1 and local["frames_written"] == 3 * 4
+    failure = f"FAILED {clip_ids[0]}/camera_front_wide_120fov: VideoError: {broken}"
+    assert failure in run.stderr, run.stderr
+    assert tree_digest(tmp_path / "ray") == tree_digest(tmp_path / "local")
+    assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "local.json").read_bytes()
+    rate = json.loads((tmp_path / "rate.json").read_text())
+    assert rate["executor"] == "ray" and rate["cores"] == 2 and rate["items_run"] == 3
+    assert rate["frames_written"] == 12 and rate["frames_per_core_s"] > 0
