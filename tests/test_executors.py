@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 
 from av_grounding import rdshq
+from av_grounding.curation.extract import extract
 from av_grounding.executors import ExecutorError, run_items
 from av_grounding.synth.clips import synthesize
 
-from test_extract import params_for, tree_digest
+from test_extract import extracted, params_for, tree_digest  # noqa: F401 - fixtures
+from test_s3 import aws_env, s3_endpoint, upload  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 SETTLE_S = 60  # longest wait for processes to appear or to go
@@ -88,10 +90,14 @@ def test_an_unknown_executor_fails_before_any_work():
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray instance with 2 CPUs, started once (Ray takes seconds to start): its address."""
+    """A local Ray instance with 2 CPUs, started once (Ray takes seconds to start): its address.
+    This process's tasks get the fake credentials the local S3 server accepts (``aws_env``), as
+    the nodes of a real cluster get theirs from their environment."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False, logging_level="WARNING")
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": credentials})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -111,8 +117,6 @@ def test_ray_extract_joins_the_cluster_gives_the_local_bytes_and_reports_failure
     clip_ids = sorted(p.stem for p in (root / "all_object_info").glob("*.tar"))
     broken = Path(rdshq.video_path(str(root), "pinhole", "camera_front_wide_120fov", clip_ids[0]))
     broken.write_bytes(broken.read_bytes()[:2000])
-    from av_grounding.curation.extract import extract
-
     local = extract(params_for(root, small_params, workers=2), tmp_path / "local", tmp_path / "local.json")
     command = [sys.executable, str(REPO / "stages" / "extract.py"), "--params", str(tmp_path / "none.yaml"),
                "--input-root", str(root), "--cameras", ",".join(small_params.cameras), "--skip-frames", "7",
@@ -128,3 +132,13 @@ def test_ray_extract_joins_the_cluster_gives_the_local_bytes_and_reports_failure
     rate = json.loads((tmp_path / "rate.json").read_text())
     assert rate["executor"] == "ray" and rate["cores"] == 2 and rate["items_run"] == 3
     assert rate["frames_written"] == 12 and rate["frames_per_core_s"] > 0
+
+
+def test_ray_workers_read_s3_inputs(ray_cluster, extracted, synthetic_root, small_params, s3_endpoint, aws_env,
+                                    tmp_path):
+    upload(synthetic_root, s3_endpoint, "cluster", "clips")
+    params = params_for(synthetic_root, small_params, input_root="s3://cluster/clips", s3_endpoint_url=s3_endpoint,
+                        executor="ray")
+    summary = extract(params, tmp_path / "ray", tmp_path / "ray" / "metrics.json")  # as the local run
+    assert summary["items_failed"] == 0 and summary["frames_written"] == extracted[1]["frames_written"] > 0
+    assert tree_digest(tmp_path / "ray") == tree_digest(extracted[0])
