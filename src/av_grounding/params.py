@@ -67,7 +67,7 @@ class SynthesizeParams:
     num_vehicles: int = param(18, "vehicles drawn at random, beside the fixed occluder/hidden pair")
     num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)")
     stamp_frame_index: bool = param(True, "stamp the frame index into the pixels (for tests)")
-    workers: int = param(2, "parallel processes over clips")
+    workers: int = param(2, "parallel processes over clips (executor local)")
     executor: str = param("local", EXECUTOR_HELP)
     ray_address: str | None = param(None, RAY_ADDRESS_HELP)
 
@@ -83,7 +83,7 @@ class ExtractParams:
     skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)")
     strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
     jpeg_quality: int = param(95, "JPEG quality of the written frames")
-    workers: int = param(2, "parallel processes over (clip, camera) items")
+    workers: int = param(2, "parallel processes over (clip, camera) items (executor local)")
     executor: str = param("local", EXECUTOR_HELP)
     ray_address: str | None = param(None, RAY_ADDRESS_HELP)
     s3_endpoint_url: str | None = param(None, "S3-compatible endpoint; null: AWS default")
