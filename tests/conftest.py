@@ -10,6 +10,7 @@ from av_grounding.curation.extract import extract
 from av_grounding.curation.filters import filter_boxes
 from av_grounding.curation.transform import transform
 from av_grounding.dataset.build import format_dataset
+from av_grounding.models.builtin import BUILTIN_MODELS
 from av_grounding.params import ExtractParams, FilterParams, FormatParams, SynthesizeParams, TransformParams
 from av_grounding.synth.clips import synthesize
 
@@ -18,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = SynthesizeParams(num_clips=2, cameras=("camera_front_wide_120fov", "camera_cross_left_120fov"),
                          duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,
                          workers=1)
+# The built-in models that train in tens of milliseconds a step on a CPU.
+TINY = tuple(name for name in BUILTIN_MODELS if name.startswith("tiny-"))
 # How the training, inference and cosmos-rl tests format the curated frames (one eval clip).
 TRAINING_FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
 

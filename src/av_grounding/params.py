@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -32,6 +33,9 @@ DEFAULT_LABEL_MAP = MappingProxyType({
     "Trailer": "trailer",
     "Train_or_tram_car": "train",
 })
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ParamsError(ValueError):
@@ -142,14 +146,17 @@ class TrainParams:
     cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
                                      "instead of its native model (needs flash-attn)")
     gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)")
-    model: str = param("tiny-qwen2_5_vl", "tiny-qwen2_5_vl, tiny-qwen3_vl, a Hugging Face id or a local folder")
+    model: str = param("tiny-qwen2_5_vl", "a built-in model, <size>-<architecture> with size tiny (CPU tests), small "
+                       "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
+                       "Reason 2), randomly initialised; or a Hugging Face id or a local folder")
     preset: str | None = param(None, "cr1 or cr2: the recipe's settings, replacing the keys they name")
-    seed: int = param(0, "seed of initialisation (tiny models) and data order")
+    seed: int = param(0, "seed of initialisation (built-in models) and data order")
     epochs: int = param(8, "passes over the training set (ignored when max_steps is set)")
     max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch")
     batch_size: int = param(4, "samples per micro-batch")
     grad_accum: int = param(1, "micro-batches per optimizer step")
-    lr: float = param(5e-3, "peak learning rate (AdamW)")
+    lr: float | None = param(None, "peak learning rate (AdamW); null: the built-in model size's (tiny 5e-3, "
+                             "small 3e-4, base 1e-4), 1e-5 for other models")
     weight_decay: float = param(0.0, "AdamW weight decay")
     warmup_ratio: float = param(0.05, "share of steps with linear warmup")
     schedule: str = param("cosine", "cosine or constant after warmup")
@@ -163,8 +170,15 @@ class TrainParams:
     lora_dropout: float = param(0.05, "LoRA dropout")
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
+    vision_attention: str = param("packed", "packed: one attention call per vision layer over all windows/images; "
+                                  "per_segment: transformers' one call per window (same result, many more kernel "
+                                  "launches)")
     attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
+    max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
+                                     "counted) before the run stops with an error; ZeRO-3 stops at the first")
+    loader_workers: int | None = param(None, "data-loader processes that decode images during training; null: "
+                                       "up to 8 on a GPU, 0 (in the training process) on a CPU")
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
@@ -194,6 +208,7 @@ class InferParams:
     batch_size: int = param(8, "frames per generate() call (left-padded)")
     zero_shot: bool = param(True, "also run the model before fine-tuning")
     checkpoints: str = param("all", "intermediate training checkpoints to run: all, none, or steps such as 40,80")
+    vision_attention: str = param("packed", "packed or per_segment, as train.vision_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +257,8 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
         return value
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-5 as a string; YAML 1.2 and DVC's -S as a number
     if not isinstance(value, base) or isinstance(value, bool) and base is not bool:
         raise ParamsError(f"{source}: '{name}' must be {base.__name__}, got {value!r}")
     return value
