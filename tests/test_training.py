@@ -155,19 +155,22 @@ def test_a_diverging_run_stops_with_an_error_naming_the_step(few, tmp_path):
     stage exits with an error naming that step and the last good checkpoint, which still loads."""
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
-    command = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file), "--dataset", str(few),
-               "--output", str(tmp_path / "out"), "--live", str(tmp_path / "live"), "--metrics", str(tmp_path / "m.json"),
-               "--max-steps", "6", "--save-every", "1", "--batch-size", "3", "--lr", "1e30", "--warmup-ratio", "0"]
-    run = subprocess.run(command, capture_output=True, text=True)
+
+    def command(name: str, *extra: str) -> list[str]:
+        return [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file), "--dataset", str(few),
+                "--output", str(tmp_path / name), "--live", str(tmp_path / f"{name}-live"),
+                "--metrics", str(tmp_path / f"{name}.json"), "--max-steps", "6", "--save-every", "1",
+                "--batch-size", "3", "--lr", "1e30", "--warmup-ratio", "0", *extra]
+
+    run = subprocess.run(command("out"), capture_output=True, text=True)
     assert run.returncode != 0
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: step 2: loss ") and "non-finite" in last_line, run.stderr[-2000:]
     assert "step_000001" in last_line
-    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out.json").exists()
     assert not (tmp_path / "out" / "checkpoints" / "step_000002").exists()
     load_model(tmp_path / "out" / "checkpoints" / "step_000001")
-    skipping = subprocess.run(command[:8] + ["--output", str(tmp_path / "skip"), "--max-nonfinite-steps", "2"]
-                              + command[12:], capture_output=True, text=True)
+    skipping = subprocess.run(command("skip", "--max-nonfinite-steps", "2"), capture_output=True, text=True)
     assert "error: step 4: loss " in skipping.stderr and "3 such step(s)" in skipping.stderr, skipping.stderr[-2000:]
 
 
