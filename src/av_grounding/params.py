@@ -85,7 +85,8 @@ class ExtractParams:
 class TransformParams:
     """World-frame labels to camera-frame boxes."""
 
-    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl")
+    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl "
+                        "(docs/conventions.md#box-codecs)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,14 +164,16 @@ class TrainParams:
     lora_dropout: float = param(0.05, "LoRA dropout")
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
+    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
+                                     "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Recipe, Cosmos Reason 1 (SPEC section 6): cosmos-rl defaults, batch 32 per replica in mini batches of 4.
+    # Recipe, Cosmos Reason 1 (docs/recipe.md#training-settings): cosmos-rl defaults, batch 32 per replica
+    # in mini batches of 4.
     "cr1": {"lr": 1e-6, "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True},
     # Recipe, Cosmos Reason 2: lr 2e-7 cosine, warmup 3 %, 2 epochs, batch 16, weight decay 0.01, clip 1.0.
     "cr2": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "epochs": 2, "batch_size": 2, "grad_accum": 8,
@@ -198,7 +201,7 @@ class InferParams:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
-    """Scoring (SPEC section 7)."""
+    """Scoring; the metric definitions are in docs/metrics.md."""
 
     codec: str = param("cosmos", "box convention of files that do not name one (box_codec key)")
     depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")

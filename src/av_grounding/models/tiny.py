@@ -1,4 +1,4 @@
-"""Tiny offline models of the real Cosmos Reason architectures (SPEC section 6).
+"""Tiny offline models of the real Cosmos Reason architectures.
 
 ``tiny-qwen2_5_vl`` (Cosmos Reason 1) and ``tiny-qwen3_vl`` (Cosmos Reason 2) are the real
 ``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` classes at a small
