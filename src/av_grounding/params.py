@@ -89,7 +89,8 @@ class ExtractParams:
 class TransformParams:
     """World-frame labels to camera-frame boxes."""
 
-    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl")
+    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl "
+                        "(docs/conventions.md#box-codecs)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +174,8 @@ class TrainParams:
     vision_attention: str = param("packed", "packed: one attention call per vision layer over all windows/images; "
                                   "per_segment: transformers' one call per window (same result, many more kernel "
                                   "launches)")
-    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
+    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
+                                     "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
     max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
                                      "counted) before the run stops with an error; ZeRO-3 stops at the first")
@@ -184,7 +186,8 @@ class TrainParams:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Recipe, Cosmos Reason 1 (SPEC section 6): cosmos-rl defaults, batch 32 per replica in mini batches of 4.
+    # Recipe, Cosmos Reason 1 (docs/recipe.md#training-settings): cosmos-rl defaults, batch 32 per replica
+    # in mini batches of 4.
     "cr1": {"lr": 1e-6, "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True},
     # Recipe, Cosmos Reason 2: lr 2e-7 cosine, warmup 3 %, 2 epochs, batch 16, weight decay 0.01, clip 1.0.
     "cr2": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "epochs": 2, "batch_size": 2, "grad_accum": 8,
@@ -213,7 +216,7 @@ class InferParams:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
-    """Scoring (SPEC section 7)."""
+    """Scoring; the metric definitions are in docs/metrics.md."""
 
     codec: str = param("cosmos", "box convention of files that do not name one (box_codec key)")
     depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")

@@ -1,4 +1,4 @@
-"""The RDS-HQ clip layout (SPEC section 2): one WebDataset-style tar per attribute and clip.
+"""The RDS-HQ clip layout (docs/formats.md#rds-hq-input): one WebDataset-style tar per attribute and clip.
 
 ``<root>/<attribute>/<clip_id>.tar`` holds members ``<clip_id>.<key>``; ``.npy`` members are
 ``np.save`` arrays and ``.json`` members JSON objects. Videos live in

@@ -1,4 +1,4 @@
-"""The `extract` stage (SPEC section 4): exact frames from RDS-HQ videos plus one record each.
+"""The `extract` stage (docs/formats.md#extract): exact frames from RDS-HQ videos plus one record each.
 
 Work is split per (clip, camera). Each item writes its image shard, then its records file last,
 so a records file marks a finished item: a rerun after a crash skips finished items and redoes the

@@ -1,4 +1,4 @@
-"""The `filter` stage (SPEC section 4): drop boxes a model cannot or should not see.
+"""The `filter` stage (docs/formats.md#filter): drop boxes a model cannot or should not see.
 
 Each box is dropped by the first filter that rejects it, and counted under that reason:
   category  its raw type is not in ``label_map`` (pedestrians, cyclists, ...); kept boxes get

@@ -1,4 +1,4 @@
-"""3D boxes: the one corner order used everywhere (SPEC section 2).
+"""3D boxes: the one corner order used everywhere (docs/conventions.md#corner-order).
 
 Corners in the object frame are ``(+-l/2, +-w/2, +-h/2)`` ordered top face first:
 0: +l+w+h, 1: +l-w+h, 2: -l-w+h, 3: -l+w+h, then 4..7 the same at -h. The heading face is 0, 1, 5, 4.

@@ -1,4 +1,4 @@
-"""Camera models (SPEC section 2). Points are in the camera's RDF (OpenCV) frame.
+"""Camera models (docs/conventions.md#camera-models). Points are in the camera's RDF (OpenCV) frame.
 
 Both models share one interface: ``project`` (points -> pixels), ``unproject`` (pixels -> unit
 rays), ``valid`` (which points the model can image), ``width`` / ``height``.

@@ -42,7 +42,7 @@ class CameraMount:
         return PinholeCamera(self.focal, self.focal, self.cx, self.cy, 1920, 1080).resized(width, height)
 
 
-# Intrinsics are those of a public RDS-HQ clip (SPEC section 2); mounts are plausible guesses.
+# Intrinsics are those of a public RDS-HQ clip (docs/formats.md#cameras); mounts are plausible guesses.
 RIG = {
     "camera_front_wide_120fov": CameraMount(0.0, (1.8, 0.0, 1.55), 945.5, 954.2, 757.2),
     "camera_cross_left_120fov": CameraMount(0.95, (1.6, 0.9, 1.5), 938.5, 964.9, 744.4),

@@ -1,9 +1,10 @@
-"""The `cosmos-rl` backend: supervised fine-tuning through NVIDIA's cosmos-rl (SPEC section 6).
+"""The `cosmos-rl` backend: supervised fine-tuning through NVIDIA's cosmos-rl
+(docs/recipe.md#cosmos-rl-settings).
 
 cosmos-rl needs ``transformers<5`` and ``av<19``, so it runs in its own environment as a
 subprocess (``train.cosmos_rl_executable``). The stage prepares a run folder,
 
-  <output>/cosmos-rl/run.toml              the config, every trap of SPEC section 6 set explicitly
+  <output>/cosmos-rl/run.toml              the config, every harmful cosmos-rl default overridden
   <output>/cosmos-rl/cosmos_rl_dataset.py  a self-contained dataset script (imports nothing of ours)
   <output>/cosmos-rl/conversations.jsonl   samples that passed the token budget, image paths relative
   <output>/cosmos-rl/cosmos-rl.log         everything cosmos-rl printed
