@@ -14,18 +14,14 @@ import pytest
 
 from av_grounding import rdshq
 from av_grounding.cli import run
-from av_grounding.curation.extract import extract
-from av_grounding.curation.filters import filter_boxes
-from av_grounding.curation.transform import transform
-from av_grounding.curation.validate import validate
 from av_grounding.dataset.build import format_dataset
 from av_grounding.geometry.boxes import Box3D, clipped_edges, edge_segments, project_edges, projected_rectangle
 from av_grounding.geometry.cameras import FThetaCamera
 from av_grounding.geometry.transforms import FLU_TO_RDF, rot_z
-from av_grounding.params import ExtractParams, FilterParams, SynthesizeParams, TransformParams, ValidateParams
+from av_grounding.params import ExtractParams, SynthesizeParams
 from av_grounding.synth.clips import synthesize
 from av_grounding.synth.render import RIG
-from conftest import TRAINING_FORMAT
+from conftest import TRAINING_FORMAT, curate, validated
 
 FTHETA = SynthesizeParams(camera_model="ftheta", cameras=("camera_front_wide_120fov", "camera_rear_left_70fov"),
                           num_clips=2, duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,
@@ -36,11 +32,8 @@ FTHETA = SynthesizeParams(camera_model="ftheta", cameras=("camera_front_wide_120
 def ftheta_curated(tmp_path_factory):
     work = tmp_path_factory.mktemp("ftheta")
     synthesize(FTHETA, work / "synthetic")
-    params = ExtractParams(input_root=str(work / "synthetic"), cameras=FTHETA.cameras, camera_model="ftheta",
-                           skip_frames=3, workers=1)
-    metrics = extract(params, work / "extracted")
-    transform(TransformParams(), work / "extracted", work / "transformed")
-    filter_boxes(FilterParams(), work / "transformed", work / "filtered")
+    metrics, _ = curate(ExtractParams(input_root=str(work / "synthetic"), cameras=FTHETA.cameras,
+                                      camera_model="ftheta", skip_frames=3, workers=1), work)
     return work, metrics
 
 
@@ -63,8 +56,7 @@ def test_ftheta_videos_below_native_size_read_with_rescaled_intrinsics(ftheta_cu
 
 def test_ftheta_validates_against_the_renderer_with_bent_edges(ftheta_curated, tmp_path):
     work, _ = ftheta_curated
-    summary = validate(ValidateParams(sample_count=4), work / "filtered", work / "extracted", tmp_path / "plots",
-                       tmp_path / "validation.json")
+    summary = validated(work, tmp_path, sample_count=4)
     assert summary["by_reference"]["render_truth"]["boxes"] >= 30
     assert summary["max_residual_px"] < 0.5
     assert len(list((tmp_path / "plots").glob("*.jpg"))) == 4

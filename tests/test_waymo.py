@@ -14,14 +14,12 @@ import pytest
 
 from av_grounding import rdshq
 from av_grounding.curation.extract import extract
-from av_grounding.curation.filters import filter_boxes
-from av_grounding.curation.transform import transform
-from av_grounding.curation.validate import validate
-from av_grounding.params import ExtractParams, FilterParams, SynthesizeParams, TransformParams, ValidateParams
+from av_grounding.params import ExtractParams, SynthesizeParams
 from av_grounding.shards import ShardReader
 from av_grounding.synth.clips import synthesize
 from av_grounding.synth.stamp import read_index
 from av_grounding.video import index_video
+from conftest import curate, validated
 
 WAYMO = SynthesizeParams(layout="waymo", fps=10, cameras=("front", "side_left"), num_clips=1, duration_s=1.5,
                          width=320, height=180, num_vehicles=8, num_pedestrians=2, workers=1)
@@ -38,11 +36,8 @@ def waymo_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def waymo_curated(waymo_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("waymo_curated")
-    params = ExtractParams(input_root=str(waymo_root), cameras=WAYMO.cameras, camera_names=CAMERA_NAMES,
-                           skip_frames=1, workers=1)
-    metrics = extract(params, work / "extracted", work / "extract.json")
-    transform(TransformParams(), work / "extracted", work / "transformed")
-    filter_boxes(FilterParams(), work / "transformed", work / "filtered")
+    metrics, _ = curate(ExtractParams(input_root=str(waymo_root), cameras=WAYMO.cameras, camera_names=CAMERA_NAMES,
+                                      skip_frames=1, workers=1), work)
     return work, metrics
 
 
@@ -87,9 +82,7 @@ def test_video_frame_k_is_pose_and_label_frame_3k(waymo_root, waymo_curated):
 
 
 def test_waymo_clips_validate_against_the_renderer(waymo_curated, tmp_path):
-    work, _ = waymo_curated
-    summary = validate(ValidateParams(sample_count=2), work / "filtered", work / "extracted", tmp_path / "plots",
-                       tmp_path / "validation.json")
+    summary = validated(waymo_curated[0], tmp_path, sample_count=2)
     assert summary["by_reference"]["render_truth"]["boxes"] >= 20
     assert summary["max_residual_px"] < 0.5
 
