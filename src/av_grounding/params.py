@@ -6,13 +6,14 @@ All defaults live here; ``params.yaml`` repeats them so that DVC can track each 
 from __future__ import annotations
 
 import collections.abc
+import copyreg
 import dataclasses
 import re
 import types
 import typing
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
@@ -38,6 +39,15 @@ DEFAULT_LABEL_MAP = MappingProxyType({
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+def read_only(mapping: Mapping[str, str]) -> MappingProxyType:
+    """A read-only copy of ``mapping``, the form of every mapping parameter."""
+    return MappingProxyType(dict(mapping))
+
+
+# Mapping parameters travel to worker processes like the rest of their stage's parameters.
+copyreg.pickle(MappingProxyType, lambda mapping: (read_only, (dict(mapping),)))
+
+
 class ParamsError(ValueError):
     """A parameter file or override is malformed; the message names the file and key."""
 
@@ -55,11 +65,17 @@ class SynthesizeParams:
 
     seed: int = param(0, "seed of every random choice; same seed, same bytes")
     num_clips: int = param(8, "number of clips")
-    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render")
+    layout: Literal["rdshq", "waymo"] = param(
+        "rdshq", "rdshq: native RDS-HQ clips; waymo: as NVIDIA's toolkit converts Waymo Open segments "
+        "(their clip ids and camera names front, front_left, front_right, side_left, side_right, a global "
+        "world frame, every vehicle 'Car', pinhole only; set fps 10 as there)")
+    camera_model: Literal["pinhole", "ftheta"] = param(
+        "pinhole", "lens the videos are rendered through; videos go to <camera_model>_<camera>/")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render (names of the layout)")
     duration_s: float = param(3.0, "clip length in seconds")
-    fps: int = param(30, "video frame rate; labels are written at 10 Hz")
-    width: int = param(640, "video width in pixels (native RDS-HQ: 1920)")
-    height: int = param(360, "video height in pixels (native RDS-HQ: 1080)")
+    fps: int = param(30, "video frame rate; poses are written at 30 Hz and labels at 10 Hz whatever it is")
+    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike)")
+    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike)")
     keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides")
     crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)")
     preset: str = param("veryfast", "x264 preset")
@@ -75,9 +91,12 @@ class ExtractParams:
 
     input_root: str = param("data/synthetic", "RDS-HQ root: local folder or s3://bucket/prefix")
     sequence_ids_file: str | None = param(None, "file with one clip id per line; null: every clip")
-    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract, named as the clip's files name them")
+    camera_names: Mapping[str, str] = param(
+        MappingProxyType({}), "camera name in the clip's files -> name in the records and outputs "
+        "(e.g. front: camera_front_wide_120fov for Waymo conversions); unlisted cameras keep their names")
     camera_model: str = param("pinhole", "video folder prefix and intrinsics: pinhole or ftheta")
-    skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)")
+    skip_frames: int = param(30, "keep video frames 0, N, 2N, ... (30 = 1 per second at 30 fps, 10 at 10 fps)")
     strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
     jpeg_quality: int = param(95, "JPEG quality of the written frames")
     workers: int = param(2, "parallel processes over (clip, camera) items")
@@ -254,6 +273,10 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
             return tuple(float(v) if element is float else str(v) for v in value)
         except (TypeError, ValueError) as exc:
             raise ParamsError(f"{source}: '{name}' must be a list of {element.__name__}, got {value!r}") from exc
+    if origin is typing.Literal:
+        if value not in typing.get_args(base):
+            raise ParamsError(f"{source}: '{name}' must be one of {list(typing.get_args(base))}, got {value!r}")
+        return value
     if base is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{source}: '{name}' must be true or false, got {value!r}")
