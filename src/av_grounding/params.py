@@ -190,9 +190,9 @@ class TrainParams:
     lora_dropout: float = param(0.05, "LoRA dropout")
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    vision_attention: str = param("packed", "packed: one attention call per vision layer over all windows/images; "
-                                  "per_segment: transformers' one call per window (same result, many more kernel "
-                                  "launches)")
+    vision_attention: Literal["packed", "per_segment"] = param(
+        "packed", "packed: one attention call per vision layer over all windows/images; per_segment: transformers' "
+        "one call per window (same result, many more kernel launches)")
     attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
                                      "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
@@ -230,7 +230,7 @@ class InferParams:
     batch_size: int = param(8, "frames per generate() call (left-padded)")
     zero_shot: bool = param(True, "also run the model before fine-tuning")
     checkpoints: str = param("all", "intermediate training checkpoints to run: all, none, or steps such as 40,80")
-    vision_attention: str = param("packed", "packed or per_segment, as train.vision_attention")
+    vision_attention: Literal["packed", "per_segment"] = param("packed", "as train.vision_attention")
 
 
 @dataclasses.dataclass(frozen=True)
