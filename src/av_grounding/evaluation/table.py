@@ -65,7 +65,8 @@ def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
     frame = results_frame(results, steps)
     any_column = next(iter(results.values()))
     heading = (f"# Results by training step\n\n{any_column['frames']} evaluation frames, "
-               f"{any_column['gt_boxes']} true boxes. Rows named \"recipe\" follow the recipe's "
+               f"{any_column['gt_boxes']} true boxes ({any_column['gt_boxes'] / any_column['frames']:.2f} per frame). "
+               "Rows named \"recipe\" follow the recipe's "
                "definitions with two bugs removed; the last rows are signals that move early in training "
                "(`AP3D near`: vehicles closer than the first depth limit). A dash: nothing to measure.\n\n")
     cells = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None only
