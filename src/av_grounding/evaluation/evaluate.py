@@ -142,7 +142,7 @@ def answer_accounting(frames: list[Frame]) -> AnswerAccounting:
         dropped.update(frame.dropped)
     return AnswerAccounting(len(frames), sum(f.valid_json for f in frames), dict(Counter(f.status for f in frames)),
                             sum(f.emitted for f in frames), sum(len(f.pred) for f in frames), dict(dropped),
-                            dict(Counter(f.score_source for f in frames if f.score_source)))
+                            dict(Counter(f.score_source for f in frames if len(f.pred))))
 
 
 def evaluate_frames(frames: list[Frame], config: EvaluationConfig) -> tuple[ColumnResult, PlotData]:

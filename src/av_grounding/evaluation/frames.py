@@ -88,6 +88,7 @@ def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int]:
 
 
 def pinhole_parameters(record: dict[str, Any]) -> dict[str, float] | None:
+    """``fx, fy, cx, cy`` of a record's ``camera_params`` when all four are numbers, else None."""
     params = record.get("camera_params")
     if isinstance(params, dict) and all(isinstance(params.get(k), (int, float)) for k in ("fx", "fy", "cx", "cy")):
         return {k: float(params[k]) for k in ("fx", "fy", "cx", "cy")}

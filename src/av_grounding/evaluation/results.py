@@ -44,7 +44,7 @@ class AnswerAccounting:
     """How the answers of a column parsed. Counts over frames: ``valid_json`` (the answer's JSON
     was valid as emitted), ``statuses`` (ok / repaired / failed / missing); over boxes:
     ``boxes_emitted`` (items found, including dropped ones), ``boxes_kept``, ``dropped`` (reason
-    -> count); ``scores_from``: frames whose scores came from each source."""
+    -> count); ``scores_from``: frames with boxes, by where their scores came from."""
 
     frames: int
     valid_json: int
