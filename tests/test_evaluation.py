@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from shapely.geometry import Polygon
 
 from av_grounding.evaluation.ap import ImageBoxes, coco_ap
 from av_grounding.evaluation.config import ConfigError, EvaluationConfig
-from av_grounding.evaluation.evaluate import evaluate_frames
 from av_grounding.evaluation.frames import EvaluationError, load_frames
 from av_grounding.evaluation.iou import iou_2d_matrix, iou_3d, iou_3d_matrix
 from av_grounding.evaluation.matching import match_centres
