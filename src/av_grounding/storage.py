@@ -45,9 +45,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def dumps_json(obj: Any) -> str:
-    """Stable JSON text: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+def dumps_json(obj: Any, allow_nan: bool = True) -> str:
+    """Stable JSON text: sorted keys, two-space indent, trailing newline. ``allow_nan=False``:
+    strict JSON, ValueError for NaN or infinity (which browsers, Node and DVC's tools reject)."""
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=allow_nan) + "\n"
 
 
 @contextmanager
@@ -64,8 +65,8 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     tmp.rename(folder)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, dumps_json(obj).encode())
+def write_json(path: str | Path, obj: Any, allow_nan: bool = True) -> None:
+    atomic_write_bytes(path, dumps_json(obj, allow_nan).encode())
 
 
 def temporary_sibling(path: str | Path) -> Path:
