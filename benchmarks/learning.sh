@@ -13,6 +13,7 @@
 # Usage, on a GPU machine, from the repository root (a git checkout):
 #   ARCH=qwen2_5_vl OUT=/tmp/out benchmarks/learning.sh     # Cosmos Reason 1 architecture
 #   ARCH=qwen3_vl   OUT=/tmp/out benchmarks/learning.sh     # Cosmos Reason 2 architecture
+# SIZE (small), STEPS (1500) and EXTRA (more -S overrides) change the run.
 # It runs in a copy of the checkout (WORK, default /tmp/learning) so that nothing edits the
 # experiment's files while it runs; a rerun continues from DVC's cache and the train stage's
 # checkpoints. Results (metrics, curves, predictions) are copied to $OUT.
@@ -50,6 +51,7 @@ params=(
   -S "train.model=$SIZE-$ARCH" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S train.save_every=300
   -S train.warmup_ratio=0.05
   -S infer.batch_size=300 -S infer.max_new_tokens=512
+  ${EXTRA:-}  # more -S overrides, word-split
 )
 start=$(date +%s)
 python3 -m dvc exp run -n "learning-$SIZE-$ARCH" "${params[@]}" 2>&1 | tee "$OUT/dvc-exp-run.log"
