@@ -6,12 +6,14 @@ All defaults live here; ``params.yaml`` repeats them so that DVC can track each 
 from __future__ import annotations
 
 import collections.abc
+import copyreg
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
@@ -32,6 +34,18 @@ DEFAULT_LABEL_MAP = MappingProxyType({
     "Trailer": "trailer",
     "Train_or_tram_car": "train",
 })
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def read_only(mapping: Mapping[str, str]) -> MappingProxyType:
+    """A read-only copy of ``mapping``, the form of every mapping parameter."""
+    return MappingProxyType(dict(mapping))
+
+
+# Mapping parameters travel to worker processes like the rest of their stage's parameters.
+copyreg.pickle(MappingProxyType, lambda mapping: (read_only, (dict(mapping),)))
 
 
 EXECUTOR_HELP = "local (a process pool of `workers` processes) or ray (one task per item on a Ray cluster)"
@@ -56,11 +70,17 @@ class SynthesizeParams:
 
     seed: int = param(0, "seed of every random choice; same seed, same bytes")
     num_clips: int = param(8, "number of clips")
-    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render")
+    layout: Literal["rdshq", "waymo"] = param(
+        "rdshq", "rdshq: native RDS-HQ clips; waymo: as NVIDIA's toolkit converts Waymo Open segments "
+        "(their clip ids and camera names front, front_left, front_right, side_left, side_right, a global "
+        "world frame, every vehicle 'Car', pinhole only; set fps 10 as there)")
+    camera_model: Literal["pinhole", "ftheta"] = param(
+        "pinhole", "lens the videos are rendered through; videos go to <camera_model>_<camera>/")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render (names of the layout)")
     duration_s: float = param(3.0, "clip length in seconds")
-    fps: int = param(30, "video frame rate; labels are written at 10 Hz")
-    width: int = param(640, "video width in pixels (native RDS-HQ: 1920)")
-    height: int = param(360, "video height in pixels (native RDS-HQ: 1080)")
+    fps: int = param(30, "video frame rate; poses are written at 30 Hz and labels at 10 Hz whatever it is")
+    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike)")
+    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike)")
     keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides")
     crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)")
     preset: str = param("veryfast", "x264 preset")
@@ -78,9 +98,12 @@ class ExtractParams:
 
     input_root: str = param("data/synthetic", "RDS-HQ root: local folder or s3://bucket/prefix")
     sequence_ids_file: str | None = param(None, "file with one clip id per line; null: every clip")
-    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract, named as the clip's files name them")
+    camera_names: Mapping[str, str] = param(
+        MappingProxyType({}), "camera name in the clip's files -> name in the records and outputs "
+        "(e.g. front: camera_front_wide_120fov for Waymo conversions); unlisted cameras keep their names")
     camera_model: str = param("pinhole", "video folder prefix and intrinsics: pinhole or ftheta")
-    skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)")
+    skip_frames: int = param(30, "keep video frames 0, N, 2N, ... (30 = 1 per second at 30 fps, 10 at 10 fps)")
     strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
     jpeg_quality: int = param(95, "JPEG quality of the written frames")
     workers: int = param(2, "parallel processes over (clip, camera) items (executor local)")
@@ -94,7 +117,8 @@ class ExtractParams:
 class TransformParams:
     """World-frame labels to camera-frame boxes."""
 
-    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl")
+    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl "
+                        "(docs/conventions.md#box-codecs)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,14 +175,17 @@ class TrainParams:
     cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
                                      "instead of its native model (needs flash-attn)")
     gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)")
-    model: str = param("tiny-qwen2_5_vl", "tiny-qwen2_5_vl, tiny-qwen3_vl, a Hugging Face id or a local folder")
+    model: str = param("tiny-qwen2_5_vl", "a built-in model, <size>-<architecture> with size tiny (CPU tests), small "
+                       "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
+                       "Reason 2), randomly initialised; or a Hugging Face id or a local folder")
     preset: str | None = param(None, "cr1 or cr2: the recipe's settings, replacing the keys they name")
-    seed: int = param(0, "seed of initialisation (tiny models) and data order")
+    seed: int = param(0, "seed of initialisation (built-in models) and data order")
     epochs: int = param(8, "passes over the training set (ignored when max_steps is set)")
     max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch")
     batch_size: int = param(4, "samples per micro-batch")
     grad_accum: int = param(1, "micro-batches per optimizer step")
-    lr: float = param(5e-3, "peak learning rate (AdamW)")
+    lr: float | None = param(None, "peak learning rate (AdamW); null: the built-in model size's (tiny 5e-3, "
+                             "small 3e-4, base 1e-4), 1e-5 for other models")
     weight_decay: float = param(0.0, "AdamW weight decay")
     warmup_ratio: float = param(0.05, "share of steps with linear warmup")
     schedule: str = param("cosine", "cosine or constant after warmup")
@@ -172,14 +199,23 @@ class TrainParams:
     lora_dropout: float = param(0.05, "LoRA dropout")
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
+    vision_attention: Literal["packed", "per_segment"] = param(
+        "packed", "packed: one attention call per vision layer over all windows/images; per_segment: transformers' "
+        "one call per window (same result, many more kernel launches)")
+    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
+                                     "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
+    max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
+                                     "counted) before the run stops with an error; ZeRO-3 stops at the first")
+    loader_workers: int | None = param(None, "data-loader processes that decode images during training; null: "
+                                       "up to 8 on a GPU, 0 (in the training process) on a CPU")
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Recipe, Cosmos Reason 1 (SPEC section 6): cosmos-rl defaults, batch 32 per replica in mini batches of 4.
+    # Recipe, Cosmos Reason 1 (docs/recipe.md#training-settings): cosmos-rl defaults, batch 32 per replica
+    # in mini batches of 4.
     "cr1": {"lr": 1e-6, "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True},
     # Recipe, Cosmos Reason 2: lr 2e-7 cosine, warmup 3 %, 2 epochs, batch 16, weight decay 0.01, clip 1.0.
     "cr2": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "epochs": 2, "batch_size": 2, "grad_accum": 8,
@@ -203,14 +239,20 @@ class InferParams:
     batch_size: int = param(8, "frames per generate() call (left-padded)")
     zero_shot: bool = param(True, "also run the model before fine-tuning")
     checkpoints: str = param("all", "intermediate training checkpoints to run: all, none, or steps such as 40,80")
+    vision_attention: Literal["packed", "per_segment"] = param("packed", "as train.vision_attention")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
-    """Scoring (SPEC section 7)."""
+    """Scoring: thresholds and bins of the metrics (docs/metrics.md), checked together by
+    ``av_grounding.evaluation.config.EvaluationConfig``."""
 
     codec: str = param("cosmos", "box convention of files that do not name one (box_codec key)")
-    depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")
+    depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits of AP3D by depth, in metres")
+    distance_thresholds_m: tuple[float, ...] = param((0.5, 1.0, 2.0, 4.0),
+                                                     "ground-plane centre distances of the centre-distance mAP (nuScenes)")
+    tp_distance_m: float = param(2.0, "distance threshold whose true positives give the TP errors; "
+                                      "one of distance_thresholds_m")
     match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
     overlays: int = param(6, "evaluation frames drawn with truth and predictions")
 
@@ -245,12 +287,18 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
             return tuple(float(v) if element is float else str(v) for v in value)
         except (TypeError, ValueError) as exc:
             raise ParamsError(f"{source}: '{name}' must be a list of {element.__name__}, got {value!r}") from exc
+    if origin is typing.Literal:
+        if value not in typing.get_args(base):
+            raise ParamsError(f"{source}: '{name}' must be one of {list(typing.get_args(base))}, got {value!r}")
+        return value
     if base is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{source}: '{name}' must be true or false, got {value!r}")
         return value
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-5 as a string; YAML 1.2 and DVC's -S as a number
     if not isinstance(value, base) or isinstance(value, bool) and base is not bool:
         raise ParamsError(f"{source}: '{name}' must be {base.__name__}, got {value!r}")
     return value

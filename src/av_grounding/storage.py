@@ -73,12 +73,14 @@ def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
     return value
 
 
-def dumps_json(obj: Any, compact: bool = False) -> str:
+def dumps_json(obj: Any, allow_nan: bool = True, compact: bool = False) -> str:
     """Stable JSON text of ``canonical(obj)``: sorted keys; two-space indent and a trailing
-    newline, or ``compact`` (no spaces, no newline) for members inside tar files."""
+    newline, or ``compact`` (no spaces, no newline) for members inside tar files.
+    ``allow_nan=False``: strict JSON, ValueError for NaN or infinity (which browsers, Node and
+    DVC's tools reject)."""
     if compact:
-        return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
-    return json.dumps(canonical(obj), indent=2, sort_keys=True) + "\n"
+        return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"), allow_nan=allow_nan)
+    return json.dumps(canonical(obj), indent=2, sort_keys=True, allow_nan=allow_nan) + "\n"
 
 
 @contextmanager
@@ -95,8 +97,8 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     tmp.rename(folder)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, dumps_json(obj).encode())
+def write_json(path: str | Path, obj: Any, allow_nan: bool = True) -> None:
+    atomic_write_bytes(path, dumps_json(obj, allow_nan).encode())
 
 
 def temporary_sibling(path: str | Path) -> Path:

@@ -1,4 +1,10 @@
-"""The `extract` stage (SPEC section 4): exact frames from RDS-HQ videos plus one record each.
+"""The `extract` stage (docs/formats.md#extract): exact frames from RDS-HQ videos plus one record each.
+
+A frame's index comes from its presentation timestamp on the video's nominal rate, counting only
+frames a player shows (see ``video``); targets the video lacks (dropped frames) are reported per
+item, never replaced by a neighbour. A frame's poses and objects are those of the 30 Hz pose
+frame at the frame's time (``pose_frame_index``): the same number for 30 fps videos, three times
+the video index for the 10 fps videos of Waymo conversions.
 
 Work is split per (clip, camera). Each item writes its image shard, then its records file last,
 so a records file marks a finished item: a rerun after a crash skips finished items and redoes the
@@ -12,9 +18,12 @@ Output layout under the output folder:
                                       image by ``image_shard`` (path under the output folder) and
                                       ``image_member``
 
+  failures.json                       items that failed, with the file and the problem, and
+                                      items with missing frames (``missing_frames``)
+
 Frames after the last (or before the first) label frame are not written, since their objects are
-unknown; they are counted as ``frames_without_labels``.
-  failures.json                       items that failed, with the file and the problem
+unknown; they are counted as ``frames_without_labels``. Camera names in the outputs follow
+``camera_names`` (names in the clip's files -> output names).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import numpy as np
 
 from .. import rdshq
 from ..executors import Outcome, run_items
-from ..geometry.cameras import PinholeCamera
+from ..geometry.cameras import camera_from_record
 from ..params import ExtractParams
 from ..shards import write_shard
 from ..storage import filesystem, is_local, write_json
@@ -47,6 +56,7 @@ class ItemResult:
     strategy: str
     frames_without_labels: int
     skipped_existing: bool = False
+    missing_frames: tuple[int, ...] = ()  # sampled indices the video lacks
 
 
 def image_shard(clip_id: str, camera: str) -> str:
@@ -58,14 +68,14 @@ def image_member(frame: int) -> str:
 
 
 def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int) -> list[float]:
-    """Intrinsics matching the decoded image size (videos may be stored below native size)."""
-    if model == "pinhole":
-        return PinholeCamera.from_array(values).resized(width, height).to_array().tolist()
-    native_w, native_h = values[2], values[3]
-    if (native_w, native_h) != (width, height):
-        raise ValueError(f"f-theta intrinsics are for {native_w:.0f}x{native_h:.0f} but the video "
-                         f"is {width}x{height}; rescaling f-theta polynomials is not supported")
-    return values.tolist()
+    """Intrinsics matching the decoded image size: videos may be stored below the native size the
+    intrinsics are written for (the image is taken as scaled, not cropped)."""
+    return camera_from_record(model, values).resized(width, height).to_array().tolist()
+
+
+def output_camera(params: ExtractParams, camera: str) -> str:
+    """The name a camera of the clip's files gets in the records and outputs."""
+    return params.camera_names.get(camera, camera)
 
 
 def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, frame: DecodedFrame,
@@ -76,21 +86,25 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
     this frame and camera under ``render_truth`` (``None``: not in view)."""
     height, width = frame.bgr.shape[:2]
     clip = rdshq.ClipId.parse(labels.clip_id)
-    objects = objects_at(labels.objects, frame.index)
+    pose_frame = round(frame.time * rdshq.POSE_RATE_HZ)
+    objects = objects_at(labels.objects, pose_frame)
     if objects is None:
         return None
-    pose = labels.camera_poses[camera].get(frame.index)
-    vehicle = labels.vehicle_poses.get(frame.index)
+    pose = labels.camera_poses[camera].get(pose_frame)
+    vehicle = labels.vehicle_poses.get(pose_frame)
     if pose is None or vehicle is None:
-        raise rdshq.LayoutError(f"clip {labels.clip_id}: no camera or vehicle pose for frame {frame.index}")
+        raise rdshq.LayoutError(f"clip {labels.clip_id}: no camera or vehicle pose for pose frame {pose_frame} "
+                                f"(video frame {frame.index} at {frame.time_s:.6f} s)")
+    name = output_camera(params, camera)
     record = {
         "clip_id": labels.clip_id,
-        "camera": camera,
+        "camera": name,
         "camera_model": params.camera_model,
         "frame_index": frame.index,
+        "pose_frame_index": pose_frame,
         "timestamp_s": round(frame.time_s, 6),
-        "timestamp_us": clip.start_us + int(round(frame.time_s * 1e6)),
-        "image_shard": image_shard(labels.clip_id, camera),
+        "timestamp_us": None if clip.start_us is None else clip.start_us + int(round(frame.time * 1_000_000)),
+        "image_shard": image_shard(labels.clip_id, name),
         "image_member": image_member(frame.index),
         "width": width,
         "height": height,
@@ -100,15 +114,16 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
         "objects": [{"track_id": track, **info} for track, info in sorted(objects.items())],
     }
     if render_truth is not None:
-        in_view = render_truth.get(f"{frame.index:06d}.{rdshq.RENDER_TRUTH}.json", {}).get(camera, {})
+        in_view = render_truth.get(f"{pose_frame:06d}.{rdshq.RENDER_TRUTH}.json", {}).get(camera, {})
         for obj in record["objects"]:
             obj["render_truth"] = in_view.get(obj["track_id"])
     return record
 
 
 def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path) -> ItemResult:
-    """Extract every ``skip_frames``-th frame of one clip's camera video."""
-    done = records_path(output, clip_id, camera)
+    """Extract every ``skip_frames``-th frame of one clip's camera video (``camera`` as the clip's
+    files name it)."""
+    done = records_path(output, clip_id, output_camera(params, camera))
     if done.exists():
         return ItemResult(clip_id, camera, 0, 0, 0, "none", 0, skipped_existing=True)
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
@@ -119,12 +134,14 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
         raise rdshq.LayoutError(f"{name}: missing")
     source: str | bytes = path if is_local(fs) else fs.cat_file(path)
     index = index_video(source, name)
-    targets = sample_indices(index.frame_count, params.skip_frames)
-    frames, strategy, decoded = read_frames(source, targets, params.strategy, name, index)
+    targets = sample_indices(index.span, params.skip_frames)
+    missing = index.missing(targets)
+    present = [t for t in targets if t not in missing]
+    frames, strategy, decoded = read_frames(source, present, params.strategy, name, index)
     truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
     render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
     records, unlabelled = [], 0
-    with write_shard(output / image_shard(clip_id, camera)) as shard:
+    with write_shard(output / image_shard(clip_id, output_camera(params, camera))) as shard:
         for frame in frames:
             record = frame_record(labels, params, camera, frame, render_truth)
             if record is None:
@@ -135,8 +152,9 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
                 raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
             shard.add(record["image_member"], jpeg.tobytes())
             records.append(record)
-    write_records(output, clip_id, camera, records)
-    return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled)
+    write_records(output, clip_id, output_camera(params, camera), records)
+    return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled,
+                      missing_frames=tuple(missing))
 
 
 def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
@@ -172,6 +190,9 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
     clip_ids = (read_sequence_ids(params.sequence_ids_file, params) if params.sequence_ids_file
                 else rdshq.list_clip_ids(fs, root))
+    names = [output_camera(params, camera) for camera in params.cameras]
+    if len(set(names)) < len(names):
+        raise ValueError(f"extract.camera_names maps several of {list(params.cameras)} to one name: {names}")
     items = [(params, clip_id, camera, output) for clip_id in clip_ids for camera in params.cameras]
     labels = [f"{clip_id}/{camera}" for _, clip_id, camera, _ in items]
     outcome = run_items(extract_item, items, params.workers, "extract", labels, params.executor, params.ray_address)
@@ -188,10 +209,14 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
         "frames_written": sum(r.frames_written for r in results),
         "frames_without_labels": sum(r.frames_without_labels for r in results),
         "video_frames": sum(r.video_frames for r in results),
+        "frames_missing": sum(len(r.missing_frames) for r in results),
         "decoded_frames": sum(r.decoded_frames for r in results),
         "strategy": strategies,
     }
-    write_json(output / "failures.json", [{"item": f.item, "error": f.error} for f in outcome.failures])
+    gaps = [{"item": f"{r.clip_id}/{r.camera}", "missing_frames": list(r.missing_frames),
+             "error": f"frames {list(r.missing_frames)} are not in the video (its timestamps skip them); not written"}
+            for r in results if r.missing_frames]
+    write_json(output / "failures.json", [{"item": f.item, "error": f.error} for f in outcome.failures] + gaps)
     if metrics:
         write_json(metrics, summary)
     if rate:

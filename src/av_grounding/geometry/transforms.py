@@ -1,4 +1,4 @@
-"""Rigid transforms and the FLU <-> RDF axis map (SPEC section 3)."""
+"""Rigid transforms and the FLU <-> RDF axis map (docs/conventions.md#flu-to-rdf)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
 def apply(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Transform (..., 3) points by a 4x4 pose."""
     return points @ pose[:3, :3].T + pose[:3, 3]
+
+
+def wrap_angle(angle):
+    """An angle (radians, scalar or array) brought into [-pi, pi); ``abs(wrap_angle(a - b))`` is
+    the smallest rotation between two headings, in [0, pi]."""
+    wrapped = (np.asarray(angle, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
+    return float(wrapped) if wrapped.ndim == 0 else wrapped
 
 
 def rot_z(angle: float) -> np.ndarray:

@@ -25,6 +25,7 @@ from ..models.loading import load_model
 from ..params import FormatParams, InferParams
 from ..storage import write_json
 from ..training.collate import Encoder
+from ..training.loop import step_folders
 from .generate import generate
 
 
@@ -32,7 +33,7 @@ def columns(train: Path, params: InferParams) -> list[tuple[str, str, int]]:
     """(column, model folder or hub id, training step) in step order."""
     run = json.loads((train / "run.json").read_text())
     chosen = [("zero_shot", run["base"], 0)] if params.zero_shot else []
-    available = {int(p.name.split("_")[1]): p for p in sorted(train.glob("checkpoints/step_*"))}
+    available = step_folders(train / "checkpoints")
     if params.checkpoints == "all":
         wanted = sorted(available)
     elif params.checkpoints == "none":
@@ -68,7 +69,8 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
         pending = [s for s in samples if not (folder / f"{s.id}.json").exists()]
         if not pending:
             continue
-        loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device)
+        loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device,
+                            vision_attention=params.vision_attention)
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
         started, tokens = time.perf_counter(), 0
         for begin in tqdm(range(0, len(pending), params.batch_size), desc=f"infer {column}", unit="batch"):
