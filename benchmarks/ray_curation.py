@@ -119,10 +119,14 @@ def main() -> None:
              "extract with skip_frames 30 (frames 0, 30, 60, ...: keyframes only). Every run wrote the same bytes.\n",
              "`load before`: the machine's 1-minute load average as the run started (other users' "
              "processes share the cores: above 0 the rates are low by that share).\n",
-             "| executor | cores | frames written | wall s | frames/s | frames per core-second | load before |",
-             "|---|---|---|---|---|---|---|"]
+             "`per core-second`: frames / (wall s x cores); `per CPU-second`: frames / CPU seconds the "
+             "items' processes used (all their threads), which other users' load lowers much less.\n",
+             "| executor | cores | frames written | wall s | frames/s | per core-second | CPU s | per CPU-second "
+             "| load before |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['executor']} | {r['cores']} | {r['frames_written']} | {r['wall_s']} | {r['frames_per_s']} | "
-              f"{r['frames_per_core_s']} | {r['load_before']} |" for r in rows]
+              f"{r['frames_per_core_s']} | {r['cpu_s']} | {r['frames_per_cpu_s']} | {r['load_before']} |"
+              for r in rows]
     (RESULTS / "ray_curation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -131,7 +131,7 @@ def test_ray_extract_joins_the_cluster_gives_the_local_bytes_and_reports_failure
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "local.json").read_bytes()
     rate = json.loads((tmp_path / "rate.json").read_text())
     assert rate["executor"] == "ray" and rate["cores"] == 2 and rate["items_run"] == 3
-    assert rate["frames_written"] == 12 and rate["frames_per_core_s"] > 0
+    assert rate["frames_written"] == 12 and rate["frames_per_core_s"] > 0 and rate["frames_per_cpu_s"] > 0
 
 
 def test_ray_workers_read_s3_inputs(ray_cluster, extracted, synthetic_root, small_params, s3_endpoint, aws_env,

@@ -4,11 +4,13 @@ change of dependencies `make lock` brings it up to date."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+tomllib = pytest.importorskip("tomllib", reason="the lock is resolved for Python 3.11, which has tomllib")
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLED_EXTRAS = ("test", "ray")  # what the Makefile installs

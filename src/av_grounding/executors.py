@@ -28,8 +28,8 @@ from tqdm import tqdm
 EXECUTORS = ("local", "ray")
 PARENT_POLL_S = 0.5  # how often a pool worker checks that the main process is still alive
 
-# (item index, result, exception): one settled item, in the order items finish.
-Settled = tuple[int, Any, "BaseException | None"]
+# (item index, (result, CPU seconds) or None, exception): one settled item, in the order items finish.
+Settled = tuple[int, "tuple[Any, float] | None", "BaseException | None"]
 
 
 class ExecutorError(ValueError):
@@ -51,6 +51,7 @@ class Outcome:
     failures: list[Failure] = field(default_factory=list)
     cores: int = 1  # processes (local) or cluster CPUs (ray) that ran the items
     wall_s: float = 0.0  # seconds from the first submission to the last item settled
+    cpu_s: float = 0.0  # CPU seconds of the successful items, all threads of the processes running them
 
 
 def _describe(exc: BaseException) -> str:
@@ -70,6 +71,7 @@ def run_items(fn: Callable[..., Any], items: Sequence[tuple], workers: int, desc
     labels = list(labels) if labels is not None else [str(i) for i in range(len(items))]
     slots: list[Any] = [None] * len(items)
     failed: dict[int, Failure] = {}
+    cpu_s = 0.0
     started = time.perf_counter()
     if executor == "ray":
         cores, settled = _ray_tasks(fn, items, address)
@@ -78,20 +80,31 @@ def run_items(fn: Callable[..., Any], items: Sequence[tuple], workers: int, desc
     else:
         cores, settled = min(workers, len(items)), _process_pool(fn, items, workers)
     with tqdm(total=len(items), desc=desc, unit="item", dynamic_ncols=True) as progress:
-        for index, result, exc in settled:
+        for index, measured, exc in settled:
             if exc is None:
-                slots[index] = result
+                slots[index], cpu = measured
+                cpu_s += cpu
             else:
                 failed[index] = Failure(labels[index], _describe(exc))
             progress.update()
     return Outcome([s for i, s in enumerate(slots) if i not in failed], [failed[i] for i in sorted(failed)],
-                   cores, time.perf_counter() - started)
+                   cores, time.perf_counter() - started, cpu_s)
+
+
+def _measured(folder: str | None, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and the CPU seconds this process spent on it (all its threads: a video
+    decoder may run several). ``folder``: change to it first (Ray tasks run in the driver's
+    working folder)."""
+    if folder is not None:
+        os.chdir(folder)
+    start = time.process_time()
+    return fn(*args), time.process_time() - start
 
 
 def _in_process(fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Settled]:
     for index, item in enumerate(items):
         try:
-            yield index, fn(*item), None
+            yield index, _measured(None, fn, *item), None
         except Exception as exc:  # noqa: BLE001 - reported per item
             yield index, None, exc
 
@@ -110,18 +123,12 @@ def _exit_with_parent(parent: int) -> None:
 def _process_pool(fn: Callable[..., Any], items: Sequence[tuple], workers: int) -> Iterator[Settled]:
     with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(fn, *item): index for index, item in enumerate(items)}
+        futures = {pool.submit(_measured, None, fn, *item): index for index, item in enumerate(items)}
         for future in as_completed(futures):
             try:
                 yield futures[future], future.result(), None
             except Exception as exc:  # noqa: BLE001 - reported per item
                 yield futures[future], None, exc
-
-
-def _in_folder(folder: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """A Ray task: ``fn(*args)`` in the driver's working folder."""
-    os.chdir(folder)
-    return fn(*args)
 
 
 def _import_ray():
@@ -146,7 +153,7 @@ def _ray_tasks(fn: Callable[..., Any], items: Sequence[tuple], address: str | No
 
     def settle() -> Iterator[Settled]:
         try:
-            task = ray.remote(num_cpus=1)(_in_folder)
+            task = ray.remote(num_cpus=1)(_measured)
             folder = os.getcwd()
             pending = {task.remote(folder, fn, *item): index for index, item in enumerate(items)}
             while pending:

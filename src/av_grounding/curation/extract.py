@@ -168,14 +168,20 @@ def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
 
 def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
     """How fast this run curated: frames written per second of wall time, overall and per core
-    (``cores``: pool processes or cluster CPUs). Resumed and failed items add no frames."""
+    (``cores``: pool processes or cluster CPUs; on a machine shared with other work this is
+    low by their share), and per CPU-second the items used (not slowed by other work; above
+    the per-core rate when cores idle). Resumed and failed items add no frames."""
     frames = sum(r.frames_written for r in outcome.results)
     core_seconds = outcome.wall_s * outcome.cores
+
+    def per(seconds: float) -> float | None:
+        return round(frames / seconds, 3) if seconds else None
+
     return {"executor": executor, "cores": outcome.cores,
             "items_run": sum(not r.skipped_existing for r in outcome.results),
-            "frames_written": frames, "wall_s": round(outcome.wall_s, 2),
-            "frames_per_s": round(frames / outcome.wall_s, 3) if outcome.wall_s else None,
-            "frames_per_core_s": round(frames / core_seconds, 3) if core_seconds else None}
+            "frames_written": frames, "wall_s": round(outcome.wall_s, 2), "cpu_s": round(outcome.cpu_s, 2),
+            "frames_per_s": per(outcome.wall_s), "frames_per_core_s": per(core_seconds),
+            "frames_per_cpu_s": per(outcome.cpu_s)}
 
 
 def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
