@@ -32,8 +32,11 @@ mkdir -p "$OUT"
 
 if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
-  mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python
-  export PYTHONPATH=/tmp/proj PATH=/tmp/bin:$PATH
+  export PYTHONPATH=/tmp/proj
+fi
+if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
+  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
+  export PATH=/tmp/bin:$PATH
 fi
 if [ ! -d "$WORK" ]; then
   cp -a . "$WORK" && rm -rf "$WORK/.whl"
