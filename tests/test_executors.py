@@ -142,3 +142,27 @@ def test_ray_workers_read_s3_inputs(ray_cluster, extracted, synthetic_root, smal
     summary = extract(params, tmp_path / "ray", tmp_path / "ray" / "metrics.json")  # as the local run
     assert summary["items_failed"] == 0 and summary["frames_written"] == extracted[1]["frames_written"] > 0
     assert tree_digest(tmp_path / "ray") == tree_digest(extracted[0])
+
+
+def test_extract_workers_exit_when_the_stage_is_killed(synthetic_root, small_params, tmp_path):
+    """The extract stage itself, its two workers stuck opening videos (named pipes that no one
+    writes), killed with SIGKILL: the workers go too."""
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    for video in root.glob("pinhole_*/*.mp4"):
+        video.unlink()
+        os.mkfifo(video)
+    command = [sys.executable, str(REPO / "stages" / "extract.py"), "--params", str(tmp_path / "none.yaml"),
+               "--input-root", str(root), "--cameras", ",".join(small_params.cameras), "--workers", "2",
+               "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "extract.json")]
+    main = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        workers = wait_for(lambda: len(found := children(main.pid)) >= 2 and found, "two extract workers")
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=SETTLE_S)
+        wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to exit after their parent")
+    finally:
+        main.kill()
+        for pid in filter(alive, workers):
+            os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,8 @@ per item instead of stopping the whole stage.
 Two executors give the same results:
 - ``local``: a process pool on this machine (``workers`` processes; 1: in this process). Pool
   workers exit when the main process dies, even by SIGKILL, instead of running on as orphans.
+  (The pool is created in the calling thread, which outlives it: Linux ties the workers to
+  that thread.)
 - ``ray``: one Ray task per item on a Ray cluster (``ray.init(address)``; no address: the
   ``RAY_ADDRESS`` environment variable, else a new Ray instance on this machine). Each task runs
   in the driver's working folder, so relative input and output paths mean what they mean here;
@@ -15,7 +17,10 @@ Two executors give the same results:
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -26,7 +31,8 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm import tqdm
 
 EXECUTORS = ("local", "ray")
-PARENT_POLL_S = 0.5  # how often a pool worker checks that the main process is still alive
+PARENT_POLL_S = 0.5  # where prctl is missing: how often a pool worker checks that its parent lives
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # (item index, (result, CPU seconds) or None, exception): one settled item, in the order items finish.
 Settled = tuple[int, "tuple[Any, float] | None", "BaseException | None"]
@@ -110,8 +116,16 @@ def _in_process(fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Sett
 
 
 def _exit_with_parent(parent: int) -> None:
-    """Pool worker initializer: a daemon thread ends this worker once ``parent`` is gone (its
-    parent process id changes when the parent dies, SIGKILL included)."""
+    """Pool worker initializer: end this worker when ``parent`` dies, SIGKILL included. On Linux
+    the kernel sends it SIGKILL then (``prctl(PR_SET_PDEATHSIG)``), even while it is blocked in
+    C code; elsewhere a daemon thread watches for its parent process id to change."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
+            return
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
