@@ -59,6 +59,21 @@ def wait_for(condition, what: str):
     return value
 
 
+def assert_workers_die_with_their_parent(command: list[str]) -> None:
+    """Start ``command``, wait until it has two worker processes, SIGKILL it: both must exit."""
+    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        workers = wait_for(lambda: len(found := children(main.pid)) >= 2 and found, "two worker processes")
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=SETTLE_S)
+        wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to exit after their parent")
+    finally:
+        main.kill()
+        for pid in filter(alive, workers):  # a failed run leaves them: end them here
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_pool_workers_exit_when_the_main_process_is_killed():
     script = textwrap.dedent("""
@@ -70,17 +85,7 @@ def test_pool_workers_exit_when_the_main_process_is_killed():
 
         run_items(wait, [(600,)] * 4, workers=2, desc="wait")
     """)
-    main = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
-    workers: list[int] = []
-    try:
-        workers = wait_for(lambda: len(found := children(main.pid)) >= 2 and found, "two pool workers")
-        main.send_signal(signal.SIGKILL)
-        main.wait(timeout=SETTLE_S)
-        wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to exit after their parent")
-    finally:
-        main.kill()
-        for pid in filter(alive, workers):  # a failed run leaves them: end them here
-            os.kill(pid, signal.SIGKILL)
+    assert_workers_die_with_their_parent([sys.executable, "-c", script])
 
 
 def test_an_unknown_executor_fails_before_any_work():
@@ -144,6 +149,7 @@ def test_ray_workers_read_s3_inputs(ray_cluster, extracted, synthetic_root, smal
     assert tree_digest(tmp_path / "ray") == tree_digest(extracted[0])
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_extract_workers_exit_when_the_stage_is_killed(synthetic_root, small_params, tmp_path):
     """The extract stage itself, its two workers stuck opening videos (named pipes that no one
     writes), killed with SIGKILL: the workers go too."""
@@ -155,14 +161,4 @@ def test_extract_workers_exit_when_the_stage_is_killed(synthetic_root, small_par
     command = [sys.executable, str(REPO / "stages" / "extract.py"), "--params", str(tmp_path / "none.yaml"),
                "--input-root", str(root), "--cameras", ",".join(small_params.cameras), "--workers", "2",
                "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "extract.json")]
-    main = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    workers: list[int] = []
-    try:
-        workers = wait_for(lambda: len(found := children(main.pid)) >= 2 and found, "two extract workers")
-        main.send_signal(signal.SIGKILL)
-        main.wait(timeout=SETTLE_S)
-        wait_for(lambda: not any(alive(pid) for pid in workers), f"workers {workers} to exit after their parent")
-    finally:
-        main.kill()
-        for pid in filter(alive, workers):
-            os.kill(pid, signal.SIGKILL)
+    assert_workers_die_with_their_parent(command)
