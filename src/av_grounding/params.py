@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
+
+from .errors import PipelineError
 
 RECIPE_CAMERAS: tuple[str, ...] = (
     "camera_front_wide_120fov",
@@ -34,137 +37,180 @@ DEFAULT_LABEL_MAP = MappingProxyType({
 })
 
 
-class ParamsError(ValueError):
+# The fixed choices of parameters: checked when the parameters load, listed by ``--help``.
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                     "veryslow", "placebo"]
+CameraModel = Literal["pinhole", "ftheta"]
+Strategy = Literal["auto", "decode_all", "seek", "keyframes"]
+CodecName = Literal["cosmos", "qwen3vl"]
+BoxOrder = Literal["nearest", "left_to_right", "track"]
+ModelFamily = Literal["qwen2_5_vl", "qwen3_vl"]
+Backend = Literal["hf", "cosmos-rl"]
+TrainPreset = Literal["cr1", "cr2"]
+Schedule = Literal["cosine", "constant"]
+Attention = Literal["sdpa", "eager"]
+CheckpointChoice = Literal["all", "none"]
+
+
+class ParamsError(PipelineError, ValueError):
     """A parameter file or override is malformed; the message names the file and key."""
 
 
-def param(default: Any, help: str) -> Any:
-    """A parameter with its help text (shown by ``--help``)."""
+def param(default: Any, help: str, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A parameter with its help text (shown by ``--help``) and, for numbers, the inclusive
+    range its values must lie in (checked when parameters load)."""
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum}
     if isinstance(default, Mapping):
-        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class Checked:
+    """Base of the parameter classes: every field is checked (type, fixed choices, range) when an
+    instance is made, from the params file or in code; lists become tuples."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = coerce(type(self), field.name, getattr(self, field.name), type(self).__name__)
+            object.__setattr__(self, field.name, value)
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthesizeParams:
+class SynthesizeParams(Checked):
     """Synthetic RDS-HQ clips: scene content, rendering size and video encoding."""
 
     seed: int = param(0, "seed of every random choice; same seed, same bytes")
-    num_clips: int = param(8, "number of clips")
+    num_clips: int = param(8, "number of clips", minimum=1)
     cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render")
-    duration_s: float = param(3.0, "clip length in seconds")
-    fps: int = param(30, "video frame rate; labels are written at 10 Hz")
-    width: int = param(640, "video width in pixels (native RDS-HQ: 1920)")
-    height: int = param(360, "video height in pixels (native RDS-HQ: 1080)")
-    keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides")
-    crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)")
-    preset: str = param("veryfast", "x264 preset")
-    num_vehicles: int = param(18, "vehicles drawn at random, beside the fixed occluder/hidden pair")
-    num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)")
+    duration_s: float = param(3.0, "clip length in seconds", minimum=0.1)
+    fps: int = param(30, "video frame rate; labels are written at 10 Hz", minimum=10)
+    width: int = param(640, "video width in pixels (native RDS-HQ: 1920)", minimum=16)
+    height: int = param(360, "video height in pixels (native RDS-HQ: 1080)", minimum=16)
+    keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides", minimum=1)
+    crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)", minimum=0, maximum=51)
+    preset: X264Preset = param("veryfast", "x264 preset (speed against file size)")
+    num_vehicles: int = param(18, "vehicles drawn at random, beside the fixed occluder/hidden pair", minimum=0)
+    num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)", minimum=0)
     stamp_frame_index: bool = param(True, "stamp the frame index into the pixels (for tests)")
-    workers: int = param(2, "parallel processes over clips")
+    workers: int = param(2, "parallel processes over clips", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class ExtractParams:
+class ExtractParams(Checked):
     """Frame extraction from an RDS-HQ root, local or ``s3://``."""
 
     input_root: str = param("data/synthetic", "RDS-HQ root: local folder or s3://bucket/prefix")
     sequence_ids_file: str | None = param(None, "file with one clip id per line; null: every clip")
     cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract")
-    camera_model: str = param("pinhole", "video folder prefix and intrinsics: pinhole or ftheta")
-    skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)")
-    strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
-    jpeg_quality: int = param(95, "JPEG quality of the written frames")
-    workers: int = param(2, "parallel processes over (clip, camera) items")
+    camera_model: CameraModel = param("pinhole", "video folder prefix and intrinsics")
+    skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)", minimum=1)
+    strategy: Strategy = param("auto", "how frames are decoded (auto: fewest decoded frames)")
+    jpeg_quality: int = param(95, "JPEG quality of the written frames", minimum=1, maximum=100)
+    workers: int = param(2, "parallel processes over (clip, camera) items", minimum=1)
+    max_failed_fraction: float = param(0.05, "fail the stage when more of its items fail (always when all do)",
+                                       minimum=0.0, maximum=1.0)
     s3_endpoint_url: str | None = param(None, "S3-compatible endpoint; null: AWS default")
     s3_profile: str | None = param(None, "AWS profile name for s3:// inputs")
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformParams:
+class TransformParams(Checked):
     """World-frame labels to camera-frame boxes."""
 
-    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl")
+    codec: CodecName = param("cosmos", "box convention of the nine numbers")
 
 
 @dataclasses.dataclass(frozen=True)
-class FilterParams:
+class FilterParams(Checked):
     """Which boxes stay in the training set (each removal counted per reason)."""
 
     label_map: Mapping[str, str] = param(DEFAULT_LABEL_MAP, "raw object type -> output label; other types are dropped")
-    max_distance_m: float = param(100.0, "drop boxes whose centre is farther from the camera")
-    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image (0: any overlap)")
-    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' 2D boxes")
-    depth_min_visible: float = param(0.1, "drop boxes with fewer lines of sight reaching them before a closer 3D box")
-    depth_rays_per_side: int = param(12, "lines of sight per box: a grid of N x N over its 2D box")
-    truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible")
-    truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible")
+    max_distance_m: float = param(100.0, "drop boxes whose centre is farther from the camera", minimum=0.0)
+    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image (0: any overlap)",
+                                         minimum=0.0, maximum=1.0)
+    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' 2D boxes "
+                                         "(above 1: never)", minimum=0.0)
+    depth_min_visible: float = param(0.1, "drop boxes with fewer lines of sight reaching them before a closer 3D box",
+                                     minimum=0.0, maximum=1.0)
+    depth_rays_per_side: int = param(12, "lines of sight per box: a grid of N x N over its 2D box", minimum=1)
+    truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible",
+                                              minimum=0.0, maximum=1.0)
+    truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible", minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidateParams:
+class ValidateParams(Checked):
     """Overlay drawings and the numeric re-projection check."""
 
-    sample_count: int = param(12, "frames drawn into plots/validation/")
+    sample_count: int = param(12, "frames drawn into plots/validation/", minimum=0)
     seed: int = param(0, "seed of the frame sample")
-    max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference")
+    max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference",
+                                  minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class FormatParams:
+class FormatParams(Checked):
     """Training sets: prompts, answer text, split, image size and token budget."""
 
     prompts: str = param("prompts/av_grounding.yaml", "YAML file with system_prompt and user_prompt")
-    decimals: int | None = param(2, "decimals of every number in the answers (null: full precision)")
-    size_decimals: int | None = param(None, "decimals of the three sizes (null: same as decimals)")
+    decimals: int | None = param(2, "decimals of every number in the answers (null: full precision)", minimum=0)
+    size_decimals: int | None = param(None, "decimals of the three sizes (null: same as decimals)", minimum=0)
     trim_zeros: bool = param(True, "write 18 and 5.3, not 18.00 and 5.30")
     compact_json: bool = param(True, "no spaces after , and : in the answers")
-    box_order: str = param("nearest", "order of boxes in an answer: nearest, left_to_right or track")
-    max_boxes: int | None = param(50, "keep at most this many (nearest-first order keeps the nearest); null: all")
+    box_order: BoxOrder = param("nearest", "order of boxes in an answer (nearest first, by bearing, by track id)")
+    max_boxes: int | None = param(50, "keep at most this many (nearest-first order keeps the nearest); null: all",
+                                  minimum=0)
     keep_empty_frames: bool = param(True, "keep frames without vehicles (answer: [])")
-    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed)")
+    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed)", minimum=0)
     eval_clip_ids: tuple[str, ...] = param((), "explicit held-out clip ids (wins over eval_clips)")
     split_seed: int = param(0, "seed of the held-out clip choice")
-    model_family: str = param("qwen2_5_vl", "qwen2_5_vl (28 px per image token) or qwen3_vl (32 px)")
-    min_pixels: int = param(3136, "smallest image area after resizing, in pixels (training and inference)")
-    max_pixels: int = param(40960, "largest image area after resizing, in pixels (training and inference)")
-    model_max_length: int = param(4096, "samples longer than this (prompt + image + answer tokens) are dropped")
+    model_family: ModelFamily = param("qwen2_5_vl", "qwen2_5_vl (28 px per image token) or qwen3_vl (32 px)")
+    min_pixels: int = param(3136, "smallest image area after resizing, in pixels (training and inference)",
+                            minimum=1)
+    max_pixels: int = param(40960, "largest image area after resizing, in pixels (training and inference)",
+                            minimum=1)
+    model_max_length: int = param(4096, "samples longer than this (prompt + image + answer tokens) are dropped",
+                                  minimum=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_pixels > self.max_pixels:
+            raise ParamsError(f"format.min_pixels ({self.min_pixels}) exceeds format.max_pixels ({self.max_pixels})")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Checked):
     """Supervised fine-tuning. Image size and token budget come from the format section."""
 
-    backend: str = param("hf", "hf (transformers/PyTorch, CPU or GPU) or cosmos-rl (GPU, its own environment)")
+    backend: Backend = param("hf", "hf (transformers/PyTorch, CPU or GPU) or cosmos-rl (GPU, its own environment)")
     cosmos_rl_executable: str = param("cosmos-rl", "launcher of a cosmos-rl install in its own environment "
                                       "(it needs transformers<5, av<19)")
     cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
                                      "instead of its native model (needs flash-attn)")
-    gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)")
+    gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)", minimum=1)
     model: str = param("tiny-qwen2_5_vl", "tiny-qwen2_5_vl, tiny-qwen3_vl, a Hugging Face id or a local folder")
-    preset: str | None = param(None, "cr1 or cr2: the recipe's settings, replacing the keys they name")
+    preset: TrainPreset | None = param(None, "the recipe's settings (Cosmos Reason 1 or 2), replacing the keys they name")
     seed: int = param(0, "seed of initialisation (tiny models) and data order")
-    epochs: int = param(8, "passes over the training set (ignored when max_steps is set)")
-    max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch")
-    batch_size: int = param(4, "samples per micro-batch")
-    grad_accum: int = param(1, "micro-batches per optimizer step")
-    lr: float = param(5e-3, "peak learning rate (AdamW)")
-    weight_decay: float = param(0.0, "AdamW weight decay")
-    warmup_ratio: float = param(0.05, "share of steps with linear warmup")
-    schedule: str = param("cosine", "cosine or constant after warmup")
-    grad_clip: float = param(1.0, "clip the gradient norm to this")
+    epochs: int = param(8, "passes over the training set (ignored when max_steps is set)", minimum=1)
+    max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch", minimum=1)
+    batch_size: int = param(4, "samples per micro-batch", minimum=1)
+    grad_accum: int = param(1, "micro-batches per optimizer step", minimum=1)
+    lr: float = param(5e-3, "peak learning rate (AdamW)", minimum=0.0)
+    weight_decay: float = param(0.0, "AdamW weight decay", minimum=0.0)
+    warmup_ratio: float = param(0.05, "share of steps with linear warmup", minimum=0.0, maximum=1.0)
+    schedule: Schedule = param("cosine", "learning rate after warmup: cosine decay or constant")
+    grad_clip: float = param(1.0, "clip the gradient norm to this", minimum=0.0)
     train_vision: bool = param(True, "train the vision tower")
     train_projector: bool = param(True, "train the vision-language projector (merger)")
     train_llm: bool = param(True, "train the language model (ignored with lora)")
     lora: bool = param(False, "LoRA adapters on the language model instead of full fine-tuning")
-    lora_rank: int = param(16, "LoRA rank")
+    lora_rank: int = param(16, "LoRA rank", minimum=1)
     lora_alpha: int = param(32, "LoRA alpha")
-    lora_dropout: float = param(0.05, "LoRA dropout")
+    lora_dropout: float = param(0.05, "LoRA dropout", minimum=0.0, maximum=1.0)
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
-    save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
+    attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
+    save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
@@ -179,72 +225,134 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def with_preset(params: "TrainParams") -> "TrainParams":
+    """``params`` with the keys of its preset replaced by the recipe's values."""
     if params.preset is None:
         return params
-    if params.preset not in PRESETS:
-        raise ParamsError(f"unknown preset {params.preset!r}; choose from {sorted(PRESETS)}")
     return dataclasses.replace(params, **PRESETS[params.preset])
 
 
 @dataclasses.dataclass(frozen=True)
-class InferParams:
+class InferParams(Checked):
     """Generation on the evaluation split."""
 
-    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)")
-    batch_size: int = param(8, "frames per generate() call (left-padded)")
+    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)",
+                                minimum=1)
+    batch_size: int = param(8, "frames per generate() call (left-padded)", minimum=1)
     zero_shot: bool = param(True, "also run the model before fine-tuning")
-    checkpoints: str = param("all", "intermediate training checkpoints to run: all, none, or steps such as 40,80")
+    checkpoints: CheckpointChoice | tuple[int, ...] = param(
+        "all", "intermediate training checkpoints to run: all, none, or a list of steps such as 40,80")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Checked):
     """Scoring (SPEC section 7)."""
 
-    codec: str = param("cosmos", "box convention of files that do not name one (box_codec key)")
+    codec: CodecName = param("cosmos", "box convention of files that do not name one (box_codec key)")
     depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")
-    match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
-    overlays: int = param(6, "evaluation frames drawn with truth and predictions")
+    match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary", minimum=0.0)
+    overlays: int = param(6, "evaluation frames drawn with truth and predictions", minimum=0)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return _type_hints(cls)[name]
 
 
-def coerce(cls: type, name: str, value: Any, source: str) -> Any:
-    """Check ``value`` against the declared type of ``cls.name``; lists become tuples."""
-    hint = _field_type(cls, name)
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ParamsError(f"{source}: '{name}' may not be null")
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    origin = typing.get_origin(base)
+def choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` type (also inside ``Optional``); None for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    literal = [a for a in typing.get_args(hint) if typing.get_origin(a) is Literal]
+    return typing.get_args(literal[0]) if literal else None
+
+
+def _element(element: type, value: Any) -> Any:
+    """One list element as ``element`` (int, float or str); ints must be written as integers."""
+    if element is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+            raise ValueError(f"{value!r} is not an integer")
+        return int(value)
+    return float(value) if element is float else str(value)
+
+
+class _Mismatch(Exception):
+    """A value does not fit one type; ``args[0]`` says what the type expects."""
+
+
+def _coerce_scalar(hint: Any, value: Any) -> Any:
+    """``value`` as the non-optional type ``hint``; ``_Mismatch`` saying what was expected."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise _Mismatch(f"one of {list(typing.get_args(hint))}")
+        return value
     if origin in (collections.abc.Mapping, dict):
         if not isinstance(value, typing.Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ParamsError(f"{source}: '{name}' must map names to names, got {value!r}")
+            raise _Mismatch("a mapping of names to names")
         return MappingProxyType(dict(sorted(value.items())))
     if origin is tuple:
+        element = typing.get_args(hint)[0]
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{source}: '{name}' must be a list, got {value!r}")
-        element = typing.get_args(base)[0]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and element is not str:
+            value = [value]
         try:
-            return tuple(float(v) if element is float else str(v) for v in value)
-        except (TypeError, ValueError) as exc:
-            raise ParamsError(f"{source}: '{name}' must be a list of {element.__name__}, got {value!r}") from exc
-    if base is bool:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
+            return tuple(_element(element, v) for v in value)
+        except (TypeError, ValueError):
+            raise _Mismatch(f"a list of {element.__name__}") from None
+    if hint is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{source}: '{name}' must be true or false, got {value!r}")
+            raise _Mismatch("true or false")
         return value
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, base) or isinstance(value, bool) and base is not bool:
-        raise ParamsError(f"{source}: '{name}' must be {base.__name__}, got {value!r}")
+    if not isinstance(value, hint) or isinstance(value, bool):
+        raise _Mismatch(hint.__name__)
     return value
+
+
+def _check_range(cls: type, name: str, value: Any, source: str) -> None:
+    """``ParamsError`` unless every number of ``value`` lies in the field's [minimum, maximum]."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    low, high = field.metadata.get("minimum"), field.metadata.get("maximum")
+    for number in value if isinstance(value, tuple) else (value,):
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        if number != number or (low is not None and number < low) or (high is not None and number > high):
+            bounds = " and ".join(text for text in (f">= {low}" if low is not None else "",
+                                                     f"<= {high}" if high is not None else "") if text)
+            raise ParamsError(f"{source}: '{name}' must be {bounds or 'a number'}, got {value!r}")
+
+
+def coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """Check ``value`` against the declared type and range of ``cls.name``; lists become tuples.
+
+    Fixed choices (``Literal``) must be one of their values; a union (``Literal[...] | tuple``)
+    takes the first alternative that fits. Errors (``ParamsError``) name ``source`` and the key."""
+    hint = _field_type(cls, name)
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    alternatives = [a for a in typing.get_args(hint) if a is not type(None)] if is_union else [hint]
+    if value is None:
+        if is_union and type(None) in typing.get_args(hint):
+            return None
+        raise ParamsError(f"{source}: '{name}' may not be null")
+    expected = []
+    for alternative in alternatives:
+        try:
+            result = _coerce_scalar(alternative, value)
+        except _Mismatch as mismatch:
+            expected.append(mismatch.args[0])
+            continue
+        _check_range(cls, name, result, source)
+        return result
+    raise ParamsError(f"{source}: '{name}' must be {' or '.join(expected)}, got {value!r}")
 
 
 def checked(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:

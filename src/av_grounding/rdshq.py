@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from .errors import PipelineError
 from .shards import tar_member
 from .storage import atomic_write_bytes
 
@@ -37,7 +38,7 @@ RENDER_TRUTH = "render_truth"
 _CLIP_ID = re.compile(r"^(?P<session>[0-9A-Za-z-]+)_(?P<start>\d+)_(?P<end>\d+)$")
 
 
-class LayoutError(ValueError):
+class LayoutError(PipelineError, ValueError):
     """A clip file is missing or malformed; the message names the file."""
 
 

@@ -13,10 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import PipelineError
+
 DVC_TIMEOUT_S = 300
 
 
-class ReportError(RuntimeError):
+class ReportError(PipelineError, RuntimeError):
     """DVC could not compare against the base revision; the message holds DVC's own output."""
 
 

@@ -24,6 +24,7 @@ from typing import Iterable
 import av
 import numpy as np
 
+from .errors import PipelineError
 from .storage import temporary_sibling
 
 STRATEGIES = ("auto", "decode_all", "seek", "keyframes")
@@ -57,7 +58,7 @@ def x264_cpu_flags() -> str | None:
     return ",".join(name for name, cpu in _X264_CPU_FLAGS if cpu in present or name == "MMX2" and "sse" in present)
 
 
-class VideoError(RuntimeError):
+class VideoError(PipelineError, RuntimeError):
     """A video cannot be decoded or lacks a requested frame; the message names the file."""
 
 

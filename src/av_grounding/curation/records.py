@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import PipelineError
 from ..storage import write_json
 
 
-class RecordsError(ValueError):
+class RecordsError(PipelineError, ValueError):
     """A records file is missing or malformed; the message names the file."""
 
 

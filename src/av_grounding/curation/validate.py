@@ -15,12 +15,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..errors import PipelineError
 from ..geometry.boxes import corners, edge_segments, project_edges
 from ..geometry.cameras import Camera, camera_from_record
 from ..geometry.codecs import get_codec
 from ..geometry.transforms import apply, invert_pose
 from ..params import ValidateParams
-from ..shards import ShardReader
+from ..shards import ShardError, ShardReader
 from ..storage import atomic_write_bytes, write_json
 from .records import iter_records
 
@@ -29,7 +30,7 @@ COLOURS = {"Car": (60, 220, 60), "Automobile": (60, 220, 60), "Truck": (40, 160,
            "Bus": (255, 200, 40), "Trailer": (200, 80, 255), "Other_vehicle": (255, 255, 80)}
 
 
-class ValidationError(ValueError):
+class ValidationError(PipelineError, ValueError):
     """Boxes re-project too far from where they should."""
 
 
@@ -92,7 +93,7 @@ def validate(params: ValidateParams, input: Path, images: Path, plots: Path, met
         stored = shards.read(record["image_shard"], record["image_member"])
         image = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError(f"{images / record['image_shard']}: member {record['image_member']} is not an image")
+            raise ShardError(f"{images / record['image_shard']}: member {record['image_member']} is not an image")
         ok, jpeg = cv2.imencode(".jpg", draw_boxes(image, record), [cv2.IMWRITE_JPEG_QUALITY, 90])
         atomic_write_bytes(plots / f"{record['clip_id'][:8]}_{record['camera']}_{record['frame_index']:06d}.jpg", jpeg.tobytes())
     every = residuals["render_truth"] + residuals["raw_labels"]

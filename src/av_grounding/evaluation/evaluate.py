@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
 from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
 from ..geometry.codecs import get_codec
+from ..errors import PipelineError
 from ..params import EvaluateParams
 from .ap import DistanceImage, ImageBoxes, coco_ap, distance_ap
 from .iou import iou_2d, iou_3d, iou_aligned
@@ -29,7 +30,7 @@ AP3D_THRESHOLDS = [round(t, 2) for t in np.linspace(0.05, 0.5, 10)]
 DISTANCE_THRESHOLDS = [0.5, 1.0, 2.0, 4.0]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PipelineError, ValueError):
     """Ground truth is missing or malformed; the message names the file."""
 
 

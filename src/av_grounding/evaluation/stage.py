@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..params import EvaluateParams
+from ..params import EvaluateParams, ParamsError
 from ..storage import write_json
-from .evaluate import evaluate_frames, load_frames
+from .evaluate import EvaluationError, evaluate_frames, load_frames
 from .render import plot_against_steps, plot_error_against_distance, plot_pr_curves, write_overlays
 
 def _rounded(value: Any) -> Any:
@@ -44,13 +44,13 @@ def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: P
              pred: Path | None = None, out: Path | None = None) -> dict[str, Any]:
     if gt or pred or out:
         if not (gt and pred and out):
-            raise ValueError("standalone use needs all of --gt, --pred and --out")
+            raise ParamsError("standalone use needs all of --gt, --pred and --out")
         result, _ = evaluate_frames(load_frames(gt, pred, params.codec), params)
         write_json(out, _rounded(result))
         return _rounded(result)
     listing = predictions / "columns.json"
     if not listing.exists():
-        raise ValueError(f"{listing}: missing; run infer first")
+        raise EvaluationError(f"{listing}: missing; run infer first")
     steps = json.loads(listing.read_text())
     names = sorted(steps, key=lambda n: steps[n])
     results, curves, final_frames = {}, {}, None

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..dataset.formats import read_cosmos
+from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..models.loading import load_model
-from ..params import FormatParams, InferParams
+from ..params import FormatParams, InferParams, ParamsError
 from ..storage import write_json
 from ..training.collate import Encoder
 from .generate import generate
@@ -30,7 +30,10 @@ from .generate import generate
 
 def columns(train: Path, params: InferParams) -> list[tuple[str, str, int]]:
     """(column, model folder or hub id, training step) in step order."""
-    run = json.loads((train / "run.json").read_text())
+    try:
+        run = json.loads((train / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{train / 'run.json'}: unreadable ({exc}); run train first") from exc
     chosen = [("zero_shot", run["base"], 0)] if params.zero_shot else []
     available = {int(p.name.split("_")[1]): p for p in sorted(train.glob("checkpoints/step_*"))}
     if params.checkpoints == "all":
@@ -38,13 +41,11 @@ def columns(train: Path, params: InferParams) -> list[tuple[str, str, int]]:
     elif params.checkpoints == "none":
         wanted = []
     else:
-        try:
-            wanted = [int(step) for step in params.checkpoints.split(",")]
-        except ValueError:
-            raise ValueError(f"infer.checkpoints must be all, none or steps like 40,80; got {params.checkpoints!r}") from None
+        wanted = list(params.checkpoints)
         missing = sorted(set(wanted) - set(available))
         if missing:
-            raise ValueError(f"{train / 'checkpoints'}: no checkpoint for step(s) {missing}; have {sorted(available)}")
+            raise ParamsError(f"infer.checkpoints: no checkpoint for step(s) {missing} under {train / 'checkpoints'}; "
+                              f"have {sorted(available)}")
     chosen += [(available[s].name, str(available[s]), s) for s in wanted]
     return chosen + [("final", str(train / "model"), int(run["steps"]))]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import rdshq
 from ..executors import run_items
-from ..params import SynthesizeParams
+from ..params import ParamsError, SynthesizeParams
 from ..storage import write_json
 from ..video import encode_video
 from .render import RIG, View, finish_truth, render_view
@@ -100,7 +100,7 @@ def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = No
     """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips."""
     unknown = [c for c in params.cameras if c not in RIG]
     if unknown:
-        raise ValueError(f"unknown camera(s) {unknown}; known: {sorted(RIG)}")
+        raise ParamsError(f"synthesize.cameras: unknown camera(s) {unknown}; known: {sorted(RIG)}")
     output.mkdir(parents=True, exist_ok=True)
     outcome = run_items(write_clip, [(params, i, output) for i in range(params.num_clips)],
                         params.workers, "synthesize clips")

@@ -23,7 +23,7 @@ import torch
 
 from ..dataset.formats import read_cosmos
 from ..models.loading import load_model
-from ..params import FormatParams, TrainParams
+from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_folder, atomic_write_bytes
 from .collate import BudgetError, Encoder, answer_loss, collate
 
@@ -89,7 +89,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
         from . import zero3 as ds
 
         if params.lora:
-            raise ValueError("train.lora with train.deepspeed is not supported: LoRA models fit one GPU")
+            raise ParamsError("train.lora with train.deepspeed is not supported: LoRA models fit one GPU")
         rank, world, local_rank = ds.distributed_context()
         device = f"cuda:{local_rank}"
         ds_config = ds.load_config(params.deepspeed, params, world)
@@ -112,7 +112,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
         except BudgetError as exc:
             over_budget.append(str(exc))
     if not examples:
-        raise ValueError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
+        raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model = trainable_parameters(model, params)

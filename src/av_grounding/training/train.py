@@ -46,12 +46,10 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
         from .hf import train_hf
 
         summary = train_hf(params, fmt, base, dataset, output, live)
-    elif params.backend == "cosmos-rl":
+    else:
         from .cosmos_rl import train_cosmos_rl
 
         summary = train_cosmos_rl(params, fmt, base, dataset, output, live)
-    else:
-        raise ValueError(f"train.backend must be 'hf' or 'cosmos-rl', got {params.backend!r}")
     summary["model"] = params.model
     if rank == 0:
         write_json(output / "run.json", {"base": str(base), "steps": summary["steps"]})
