@@ -1,8 +1,14 @@
-"""Local and ``s3://`` access through fsspec, and atomic writes for every output file."""
+"""Local and ``s3://`` access through fsspec, and atomic writes for every output file.
+
+Every file or folder being written sits beside its final path under a hidden name ending in
+``.tmp`` or ``.partial`` until it is complete; ``remove_partials`` clears what a killed run
+left, so no half-written file stays visible under an output path.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -11,6 +17,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+
+from .errors import PipelineError
+
+PARTIAL_SUFFIXES = (".tmp", ".partial")
+
+
+class StorageError(PipelineError):
+    """An input cannot be read (access denied, missing bucket) or an output value cannot be
+    stored; the message names the URL or file."""
 
 
 def filesystem(url: str, s3_endpoint_url: str | None = None,
@@ -30,6 +45,17 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in fs.protocol or "local" in fs.protocol
 
 
+@contextmanager
+def reading(url: str) -> Iterator[None]:
+    """Report an access error of the filesystem while reading ``url`` as a ``StorageError``
+    naming it (an S3 server answers wrong credentials with 403, a missing bucket with 404)."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise StorageError(f"{url}: access denied ({exc}); check the credentials (AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY, or the s3_profile parameter) and the endpoint") from exc
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
@@ -45,9 +71,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def non_finite_at(obj: Any, where: str = "") -> str | None:
+    """JSON path (``[3].objects[0].object_lwh[1]``) of the first NaN or infinity in ``obj``."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where or "the top level"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite_at(value, f"{where}[{key}]" if not isinstance(key, str) else f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
+
+
 def dumps_json(obj: Any) -> str:
-    """Stable JSON text: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    """Stable, strict JSON text: sorted keys, two-space indent, trailing newline. NaN and
+    infinity are refused (they are not JSON): ``StorageError`` naming where the value sits."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as exc:
+        where = non_finite_at(obj)
+        if where is None:
+            raise
+        raise StorageError(f"NaN or infinity at {where}: strict JSON has no such value") from exc
 
 
 @contextmanager
@@ -65,13 +110,38 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, dumps_json(obj).encode())
+    """``obj`` as strict JSON in ``path``, atomically; ``StorageError`` naming the file and the
+    place of a NaN or infinity, which leaves any earlier file in place."""
+    try:
+        text = dumps_json(obj)
+    except StorageError as exc:
+        raise StorageError(f"{path}: not written: {exc}") from exc
+    atomic_write_bytes(path, text.encode())
 
 
 def temporary_sibling(path: str | Path) -> Path:
     """A unique temporary path next to ``path``, for writers that need a file name (video muxers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def is_partial(path: Path) -> bool:
+    """A file or folder that a writer of this module had not finished."""
+    return path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIXES)
+
+
+def remove_partials(folder: str | Path) -> list[Path]:
+    """Delete what killed writers left under ``folder`` (see ``is_partial``); returns the paths
+    removed. Resumable stages call it before they look at their earlier output."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*")) if Path(folder).is_dir() else []:
+        if is_partial(path) and (path.exists() or path.is_symlink()):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
