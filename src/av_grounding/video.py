@@ -145,6 +145,9 @@ def index_video(source: Source, name: str = "video") -> VideoIndex:
             raise VideoError(f"{name}: corrupt stream while demuxing: {exc}") from exc
         if not pts_values:
             raise VideoError(f"{name}: no frames")
+        if stream.frames and len(pts_values) < stream.frames:  # the index (moov) lists more than the file holds
+            raise VideoError(f"{name}: truncated: its index lists {stream.frames} frames but the file holds "
+                             f"only {len(pts_values)}")
         start = stream.start_time if stream.start_time is not None else min(pts_values)
         index = VideoIndex(Fraction(fps), Fraction(stream.time_base), start, len(pts_values), ())
         keyframes = tuple(sorted(index.index_of(p) for p in key_pts))

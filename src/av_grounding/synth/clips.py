@@ -10,7 +10,7 @@ import numpy as np
 from .. import rdshq
 from ..executors import run_items
 from ..params import ParamsError, SynthesizeParams
-from ..storage import write_json
+from ..storage import atomic_folder, write_json
 from ..video import encode_video
 from .render import RIG, View, finish_truth, render_view
 from .scene import LABEL_RANGE_M, Scene, sample_scene
@@ -97,15 +97,16 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
 
 
 def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
-    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips."""
+    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips; the
+    folder is replaced only once every clip is written."""
     unknown = [c for c in params.cameras if c not in RIG]
     if unknown:
         raise ParamsError(f"synthesize.cameras: unknown camera(s) {unknown}; known: {sorted(RIG)}")
-    output.mkdir(parents=True, exist_ok=True)
-    outcome = run_items(write_clip, [(params, i, output) for i in range(params.num_clips)],
-                        params.workers, "synthesize clips")
-    if outcome.failures:
-        raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
+    with atomic_folder(output) as folder:  # a killed run leaves the previous output whole
+        outcome = run_items(write_clip, [(params, i, folder) for i in range(params.num_clips)],
+                            params.workers, "synthesize clips")
+        if outcome.failures:  # the generator's own inputs: a failure is a bug, not bad data
+            raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
     summaries = outcome.results
     summary = {"clips": len(summaries), "cameras": len(params.cameras),
                "video_frames": sum(s["frames"] for s in summaries) * len(params.cameras),
