@@ -18,7 +18,8 @@ from av_grounding.dataset.prompts import load_prompts
 from av_grounding.inference.generate import generate
 from av_grounding.models.loading import load_model
 from av_grounding.models.tiny import SPECIAL_TOKENS, TINY_MODELS, build_tiny
-from av_grounding.params import TrainParams
+from av_grounding.params import ParamsError, TrainParams
+from test_extract import tree_digest
 from av_grounding.training.collate import IGNORE, Encoder, collate
 from av_grounding.training.train import train
 
@@ -137,11 +138,24 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
     summary = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
                     tmp_path / "predictions", tmp_path / "infer.json")
     assert list(summary) == ["zero_shot", "step_000002", "final"]
+    answers = {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))}
     again = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
                   tmp_path / "predictions")
-    assert again == {}  # every frame answered already: a rerun resumes, it does not redo
-    with pytest.raises(ValueError, match="no checkpoint for step"):
+    # Every frame answered already from the same inputs: a rerun redoes nothing, and its metrics
+    # still describe every column's whole output.
+    assert {c: (v["frames"], v["frames_resumed"], v["images_per_s"]) for c, v in again.items()} == {
+        c: (v["frames"], v["frames"], None) for c, v in summary.items()}
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))} == answers
+    with pytest.raises(ParamsError, match=r"infer.checkpoints: no checkpoint for step\(s\) \[3\]"):
         infer(InferParams(checkpoints="3"), FORMAT, dataset, tmp_path / "train", tmp_path / "other")
+    # Other generation parameters: nothing is reused; fewer columns: the others leave the output.
+    other = infer(InferParams(max_new_tokens=8, batch_size=4, checkpoints="none"), FORMAT, dataset,
+                  tmp_path / "train", tmp_path / "changed")
+    shutil.copytree(tmp_path / "predictions", tmp_path / "rerun")
+    rerun = infer(InferParams(max_new_tokens=8, batch_size=4, checkpoints="none"), FORMAT, dataset,
+                  tmp_path / "train", tmp_path / "rerun")
+    assert all(v["frames_resumed"] == 0 for v in rerun.values()) and list(rerun) == ["zero_shot", "final"]
+    assert tree_digest(tmp_path / "rerun") == tree_digest(tmp_path / "changed") and list(other) == list(rerun)
     results = evaluate(EvaluateParams(overlays=2), dataset, tmp_path / "predictions", tmp_path / "eval.json", tmp_path / "plots")
     assert list(results) == ["zero_shot", "step_000002", "final"]
     assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))

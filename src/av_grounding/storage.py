@@ -7,6 +7,7 @@ left, so no half-written file stays visible under an output path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,26 @@ def filesystem(url: str, s3_endpoint_url: str | None = None,
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in fs.protocol or "local" in fs.protocol
+
+
+def file_digest(fs: fsspec.AbstractFileSystem, path: str, data: bytes | None = None) -> str:
+    """sha256 (hex) of a file, local or remote; of ``data`` when its bytes were read already."""
+    if data is not None:
+        return hashlib.sha256(data).hexdigest()
+    with fs.open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 (hex) of a local folder's content: every file's path under it and bytes, in
+    path order (names and content, not times or owners)."""
+    folder = Path(folder)
+    total = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(path, "rb") as handle:
+            total.update(f"{path.relative_to(folder).as_posix()}\0{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
+                         .encode())
+    return total.hexdigest()
 
 
 @contextmanager

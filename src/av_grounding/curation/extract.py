@@ -25,7 +25,6 @@ counted as ``frames_without_labels``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from ..executors import Failure, run_items
 from ..geometry.cameras import PinholeCamera
 from ..params import ExtractParams, ParamsError
 from ..shards import write_shard
-from ..storage import filesystem, is_local, reading, remove_partials, write_json
+from ..storage import file_digest, filesystem, is_local, reading, remove_partials, write_json
 from ..video import DecodedFrame, index_video, read_frames, sample_indices
 from .interpolate import objects_at
 from .records import records_path, write_records
@@ -178,14 +177,6 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
         for obj in record["objects"]:
             obj["render_truth"] = in_view.get(obj["track_id"])
     return record
-
-
-def file_digest(fs: fsspec.AbstractFileSystem, path: str, data: bytes | None = None) -> str:
-    """sha256 of a file (of ``data`` when its bytes were read already)."""
-    if data is not None:
-        return hashlib.sha256(data).hexdigest()
-    with fs.open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def item_inputs(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams, clip_id: str, camera: str,

@@ -4,18 +4,31 @@ Outputs under the training folder:
   base/         the model before fine-tuning (built here for tiny-*; absent for a hub id or path)
   checkpoints/  step_NNNNNN/ Hugging Face folders written during training
   model/        the fine-tuned model
-  run.json      where fine-tuning started (base folder or hub id) and how many steps it took
+  run.json      where fine-tuning started (base folder or hub id), how many steps it took, and
+                the sha256 of inputs.json (what `infer` compares to know its answers are current)
+  inputs.json   what the run was made from: every train parameter, the format parameters the
+                encoder reads, the sha256 of the prompts and of the training split. A rerun
+                resumes from the newest checkpoint only when these match; otherwise it clears the
+                earlier run's checkpoints and state and starts from the base model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..dataset.prompts import load_prompts
 from ..models.tiny import TINY_MODELS, build_tiny
 from ..params import FormatParams, TrainParams, with_preset
-from ..storage import write_json
+from ..storage import dumps_json, folder_digest, remove_partials, write_json
+from .cosmos_rl import RUN_FOLDER
+
+INPUTS = "inputs.json"
 
 
 def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool = True) -> Path | str:
@@ -30,10 +43,36 @@ def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool
     return params.model
 
 
+def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> dict[str, Any]:
+    """What a training run is made of (see ``inputs.json`` above): equal inputs, equal run."""
+    prompts = load_prompts(fmt.prompts)
+    return {"train": dataclasses.asdict(params),
+            "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
+            "prompts_sha256": hashlib.sha256(f"{prompts.system}\0{prompts.user}".encode()).hexdigest(),
+            "train_split_sha256": folder_digest(dataset / "train")}
+
+
+def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
+    """Keep an earlier run's checkpoints only when it was made from ``inputs``; clear them (and
+    the backends' resumable state) otherwise. Leftovers of killed writers go either way."""
+    remove_partials(output)
+    try:
+        same = json.loads((output / INPUTS).read_text()) == json.loads(dumps_json(inputs))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for stale in ("checkpoints", "model", RUN_FOLDER):
+            shutil.rmtree(output / stale, ignore_errors=True)
+        write_json(output / INPUTS, inputs)
+
+
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train")) -> dict[str, Any]:
     params = with_preset(params)
     rank = 0
+    inputs = training_inputs(params, fmt, dataset)
+    if int(os.environ.get("RANK", "0")) == 0:
+        start_or_resume(inputs, output)
     if params.backend == "hf" and params.deepspeed is not None:
         from . import zero3
 
@@ -52,7 +91,8 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
         summary = train_cosmos_rl(params, fmt, base, dataset, output, live)
     summary["model"] = params.model
     if rank == 0:
-        write_json(output / "run.json", {"base": str(base), "steps": summary["steps"]})
+        write_json(output / "run.json", {"base": str(base), "steps": summary["steps"],
+                                         "inputs_sha256": hashlib.sha256(dumps_json(inputs).encode()).hexdigest()})
         if metrics:
             write_json(metrics, summary)
     return summary
