@@ -3,6 +3,7 @@ positions and generation agree; a killed run resumes to the same weights."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRAINING_FORMAT
 import torch
+from conftest import TRAINING_FORMAT
+from test_extract import tree_digest
 
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
@@ -19,8 +21,9 @@ from av_grounding.inference.generate import generate
 from av_grounding.models.loading import load_model
 from av_grounding.models.tiny import SPECIAL_TOKENS, TINY_MODELS, build_tiny
 from av_grounding.params import ParamsError, TrainParams
-from test_extract import tree_digest
+from av_grounding.storage import is_partial
 from av_grounding.training.collate import IGNORE, Encoder, collate
+from av_grounding.training.hf import STATE_FILE
 from av_grounding.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +129,34 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
+    assert not [p for p in (tmp_path / "killed").rglob(".*") if is_partial(p)]
+    # Every other file the same bytes; run.json names its own base folder; the optimizer state
+    # the same content (torch.save writes a random serialization id and pickles shared strings
+    # by identity, so its bytes differ from save to save).
+    resumed_files, straight_files = tree_digest(tmp_path / "killed"), tree_digest(tmp_path / "straight")
+    state = next(name for name in straight_files if name.endswith(STATE_FILE))
+    volatile = {"run.json", state}
+    assert {k: v for k, v in resumed_files.items() if k not in volatile} == {
+        k: v for k, v in straight_files.items() if k not in volatile}
+    runs = [json.loads((tmp_path / folder / "run.json").read_text()) for folder in ("killed", "straight")]
+    assert [{**run, "base": Path(run["base"]).name} for run in runs] == [{**runs[1], "base": "base"}] * 2
+    states = [torch.load(tmp_path / folder / state, weights_only=False) for folder in ("killed", "straight")]
+    assert states[0]["step"] == states[1]["step"] and states[0]["scheduler"] == states[1]["scheduler"]
+    assert torch.equal(states[0]["torch_rng"], states[1]["torch_rng"])
+    for a, b in zip(states[0]["optimizer"]["state"].values(), states[1]["optimizer"]["state"].values()):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_parameters_starts_over_instead_of_resuming(few, tmp_path):
+    common = dict(max_steps=4, save_every=2, batch_size=1)
+    train(TrainParams(lr=1e-3, **common), FORMAT, few, tmp_path / "fresh", None, tmp_path / "live1")
+    train(TrainParams(lr=5e-3, **common), FORMAT, few, tmp_path / "out", None, tmp_path / "live2")
+    shutil.rmtree(tmp_path / "out" / "model")  # as if killed after its checkpoint at step 2
+    train(TrainParams(lr=1e-3, **common), FORMAT, few, tmp_path / "out", None, tmp_path / "live3")
+    fresh, rerun = final_weights(tmp_path / "fresh"), final_weights(tmp_path / "out")
+    assert all(torch.equal(rerun[name], fresh[name]) for name in fresh)
+    assert json.loads((tmp_path / "out" / "inputs.json").read_text())["train"]["lr"] == 1e-3
 
 
 @pytest.mark.slow
