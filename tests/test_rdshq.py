@@ -19,6 +19,17 @@ def test_clip_id_parse_round_trip():
     assert str(clip) == text
     with pytest.raises(rdshq.LayoutError, match="not '<session_uuid>"):
         rdshq.ClipId.parse("a.b_1_2")
+    with pytest.raises(rdshq.LayoutError, match="end time 1 us is not after start time 2 us"):
+        rdshq.ClipId.parse("abc_2_1")
+
+
+def test_members_of_a_clip_id_with_a_dot_keep_their_keys():
+    """A member belongs to a clip by the ``<clip_id>.`` prefix, not by the text before the first dot."""
+    members = {"000000.pose.camera_front_wide_120fov.npy": np.eye(4)}
+    decoded = rdshq.decode_tar(rdshq.encode_tar("v1.2_1_2", members), "v1.2_1_2", "pose/v1.2_1_2.tar")
+    assert list(decoded) == list(members)
+    with pytest.raises(rdshq.LayoutError, match=r"member 'v1.2_1_2.000000.pose.*' does not belong to clip v1_1_2"):
+        rdshq.decode_tar(rdshq.encode_tar("v1.2_1_2", members), "v1_1_2", "pose/v1_1_2.tar")
 
 
 def test_tar_members_are_named_clip_dot_key_and_round_trip():
