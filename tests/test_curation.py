@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from av_grounding.curation.filters import covered_fraction, decide, ray_box_entry
-from av_grounding.curation.records import read_records, write_records
+from av_grounding.curation.records import RecordsError, read_records, write_records
 from av_grounding.curation.transform import transform_record
 from av_grounding.curation.validate import ValidationError, validate
 from av_grounding.geometry.boxes import Box3D
@@ -175,7 +175,7 @@ def test_validate_passes_real_data_against_the_raw_labels(curated, tmp_path):
     ("scaled_pose", r"camera_to_world not rigid \(rotation not orthonormal"),
     ("mirrored", r"object_to_world not rigid \(rotation determinant -1"),
     ("duplicate", "duplicate track in this frame"),
-])
+], ids=["negative_size", "scaled_pose", "mirrored", "duplicate"])
 def test_validate_on_real_data_names_the_frame_and_box_of_a_bad_label(curated, tmp_path, breakage, problem):
     """Real data (no renderer truth): a negative size re-projects with residual 0 (both paths use
     it), so the sizes, finiteness and duplicates are checked on their own."""
@@ -227,3 +227,22 @@ def test_malformed_records_name_the_file(tmp_path):
     with pytest.raises(RecordsError, match=r"camera_front_wide_120fov.json: NaN or infinity at \[0\].objects\[0\]"
                                            r".object_lwh\[2\]; strict JSON"):
         transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+
+
+def test_whole_output_stages_keep_no_stale_records(tmp_path):
+    """transform (like filter and format) replaces its output folder whole: records of clips that
+    left the input leave the output, and a failed run leaves the earlier output in place."""
+    from av_grounding.curation.transform import transform
+    from av_grounding.params import TransformParams
+
+    record = frame([("Car", 20.0, 0.0, 0.0, CAR)])
+    write_records(tmp_path / "in", "s_0_1", "camera_front_wide_120fov", [record])
+    write_records(tmp_path / "in", "t_0_1", "camera_front_wide_120fov", [{**record, "clip_id": "t_0_1"}])
+    transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    (tmp_path / "in" / "records" / "t_0_1" / "camera_front_wide_120fov.json").unlink()
+    transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    assert [p.parent.name for p in (tmp_path / "out" / "records").rglob("*.json")] == ["s_0_1"]
+    (tmp_path / "in" / "records" / "s_0_1" / "camera_front_wide_120fov.json").write_text("[")
+    with pytest.raises(RecordsError):
+        transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    assert [p.parent.name for p in (tmp_path / "out" / "records").rglob("*.json")] == ["s_0_1"]

@@ -235,10 +235,6 @@ def extract_frames(params: ExtractParams, fs: fsspec.AbstractFileSystem, root: s
     index = index_video(source, name)
     targets = sample_indices(index.frame_count, params.skip_frames)
     frames, strategy, decoded = read_frames(source, targets, params.strategy, name, index)
-    for before, after in zip(frames, frames[1:]):
-        if after.time_s <= before.time_s:
-            raise rdshq.LayoutError(f"{name}: timestamps do not increase: frame {after.index} at {after.time_s} s, "
-                                    f"frame {before.index} at {before.time_s} s")
     truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
     render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
     records, unlabelled, failed = [], 0, []
