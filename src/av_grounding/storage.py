@@ -130,6 +130,19 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     tmp.rename(folder)
 
 
+def stored_json(path: str | Path) -> Any | None:
+    """What ``path`` holds as JSON; None when it is absent or unreadable (manifests of earlier runs)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def as_stored(obj: Any) -> Any:
+    """``obj`` as ``write_json`` then ``stored_json`` give it back (tuples become lists)."""
+    return json.loads(dumps_json(obj))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as strict JSON in ``path``, atomically; ``StorageError`` naming the file and the
     place of a NaN or infinity, which leaves any earlier file in place."""

@@ -25,7 +25,6 @@ counted as ``frames_without_labels``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from ..executors import Failure, run_items
 from ..geometry.cameras import PinholeCamera
 from ..params import ExtractParams, ParamsError
 from ..shards import write_shard
-from ..storage import file_digest, filesystem, is_local, reading, remove_partials, write_json
+from ..storage import as_stored, file_digest, filesystem, is_local, reading, remove_partials, stored_json, write_json
 from ..video import DecodedFrame, index_video, read_frames, sample_indices
 from .interpolate import objects_at
 from .records import records_path, write_records
@@ -194,15 +193,14 @@ def item_inputs(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams,
 
 def reusable(output: Path, clip_id: str, camera: str, expected: dict[str, Any]) -> ItemResult | None:
     """The stored result of an item whose manifest matches ``expected`` and whose files exist."""
-    path = manifest_path(output, clip_id, camera)
+    stored = stored_json(manifest_path(output, clip_id, camera))
+    complete = records_path(output, clip_id, camera).is_file() and (output / image_shard(clip_id, camera)).is_file()
+    if not complete or not isinstance(stored, dict) or {key: stored.get(key) for key in expected} != as_stored(expected):
+        return None
     try:
-        stored = json.loads(path.read_text())
-        complete = records_path(output, clip_id, camera).is_file() and (output / image_shard(clip_id, camera)).is_file()
-        if complete and all(stored.get(key) == value for key, value in expected.items()):
-            return ItemResult.from_json(stored["result"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # absent or unreadable: redo the item
-    return None
+        return ItemResult.from_json(stored["result"])
+    except (KeyError, TypeError):
+        return None  # a manifest of another version: redo the item
 
 
 def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path) -> ItemResult:

@@ -26,7 +26,7 @@ from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..models.loading import load_model
 from ..params import FormatParams, InferParams, ParamsError
-from ..storage import dumps_json, folder_digest, remove_partials, write_json
+from ..storage import as_stored, folder_digest, remove_partials, stored_json, write_json
 from ..training.collate import Encoder
 from .generate import generate
 
@@ -95,11 +95,7 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
     same batches after a resume, so resumed answers equal uninterrupted ones); a batch whose
     every answer exists from a run with the same inputs (``expected``) is not redone."""
     manifest = folder.parent / MANIFESTS / f"{folder.name}.json"
-    try:
-        same = json.loads(manifest.read_text()) == json.loads(dumps_json(expected))
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    if stored_json(manifest) != as_stored(expected):
         shutil.rmtree(folder, ignore_errors=True)
         write_json(manifest, expected)
     batches = [samples[begin: begin + params.batch_size] for begin in range(0, len(samples), params.batch_size)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from ..dataset.prompts import load_prompts
 from ..models.tiny import TINY_MODELS, build_tiny
 from ..params import FormatParams, TrainParams, with_preset
-from ..storage import dumps_json, folder_digest, remove_partials, write_json
+from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
 from .cosmos_rl import RUN_FOLDER
 
 INPUTS = "inputs.json"
@@ -56,11 +55,7 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
     """Keep an earlier run's checkpoints only when it was made from ``inputs``; clear them (and
     the backends' resumable state) otherwise. Leftovers of killed writers go either way."""
     remove_partials(output)
-    try:
-        same = json.loads((output / INPUTS).read_text()) == json.loads(dumps_json(inputs))
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    if stored_json(output / INPUTS) != as_stored(inputs):
         for stale in ("checkpoints", "model", RUN_FOLDER):
             shutil.rmtree(output / stale, ignore_errors=True)
         write_json(output / INPUTS, inputs)
