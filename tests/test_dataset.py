@@ -46,7 +46,7 @@ def test_size_decimals_apply_to_sizes_only():
 
 
 def test_recipe_sample_box_token_counts_with_the_real_vocabulary():
-    # SPEC section 3: 196 tokens at full precision with the recipe's spacing.
+    # docs/conventions.md#rounding-of-targets: 196 tokens at full precision with the recipe's spacing.
     assert count_qwen(format_answer(RECIPE_SAMPLE_BOX, AnswerStyle(None, None, False, False))) == 196
     assert count_qwen(format_answer(RECIPE_SAMPLE_BOX, AnswerStyle())) <= 55  # the defaults
 

@@ -165,7 +165,7 @@ def test_params_the_stage_reads_exist_and_are_tracked(stage):
 
 
 def test_the_import_walk_finds_lazy_relative_and_package_imports():
-    """The checker itself: train reaches hf.py through an import inside a function, models/tiny.py
+    """The checker itself: train reaches hf.py through an import inside a function, models/builtin.py
     reaches dataset/answers.py the same way, and every package's __init__ counts."""
     train = modules_used_by("train")
     assert {"av_grounding.training.hf", "av_grounding.dataset.answers", "av_grounding.training",

@@ -8,17 +8,20 @@ import shutil
 from pathlib import Path
 
 import cv2
+import fsspec
 import numpy as np
 import pytest
 
 from av_grounding import rdshq
 from av_grounding.curation.extract import extract
+from av_grounding.curation.records import records_path
 from av_grounding.errors import StageFailed
-from av_grounding.params import ExtractParams, ParamsError
+from av_grounding.params import ExtractParams, ParamsError, SynthesizeParams
 from av_grounding.shards import ShardReader, partial_path, write_shard
-from av_grounding.synth.clips import clip_id_for, clip_rng
+from av_grounding.synth.clips import clip_id_for, clip_rng, synthesize
 from av_grounding.synth.scene import sample_scene
 from av_grounding.synth.stamp import read_index
+from test_video import decoded_rgb, encode_timed, remux_shifted
 
 
 def params_for(root: Path, small_params, **changes) -> ExtractParams:
@@ -59,8 +62,6 @@ def test_every_item_writes_the_exact_frames(extracted, small_params):
 def test_records_carry_poses_intrinsics_and_interpolated_objects(extracted, synthetic_root, small_params):
     out, _ = extracted
     fs_root = str(synthetic_root)
-    import fsspec
-
     for clip_index in range(small_params.num_clips):
         rng = clip_rng(small_params, clip_index)
         clip_id = clip_id_for(rng, clip_index, small_params.duration_s)
@@ -71,7 +72,8 @@ def test_records_carry_poses_intrinsics_and_interpolated_objects(extracted, synt
             for record in records:
                 frame = record["frame_index"]
                 np.testing.assert_array_equal(record["camera_to_world"], labels.camera_poses[camera][frame])
-                np.testing.assert_array_equal(record["intrinsics"], labels.intrinsics[camera])
+                # Intrinsics are stored at the native 1920x1080 and rescaled to the video's size.
+                np.testing.assert_allclose(record["intrinsics"], labels.intrinsics[camera] / 6, rtol=1e-12)
                 assert record["objects"], "every synthetic frame has labelled objects"
                 tracks = {t.track_id: t for t in scene.tracks}
                 for obj in record["objects"]:
@@ -296,3 +298,68 @@ def test_a_rerun_reuses_only_items_made_from_the_same_inputs_and_parameters(synt
     extract(params_for(root, small_params, skip_frames=5, cameras=(FRONT,)), out)
     assert sorted(p.name for p in (out / "records").rglob("*.json")) == [f"{FRONT}.json"] * 2
     assert sorted(p.name for p in (out / "images").rglob("*")) == sorted([*clip_ids, f"{FRONT}.tar", f"{FRONT}.tar"])
+
+
+LONG = SynthesizeParams(num_clips=1, cameras=("camera_front_wide_120fov",), duration_s=3.0, width=160, height=90,
+                        num_vehicles=4, num_pedestrians=0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def long_root(tmp_path_factory):
+    """One clip of one camera, 3 s (90 frames), small pictures."""
+    root = tmp_path_factory.mktemp("long")
+    synthesize(LONG, root)
+    return root
+
+
+def rewritten(root: Path, folder: Path, rewrite) -> tuple[Path, str]:
+    """A copy of ``root`` whose video went through ``rewrite(source, destination)``."""
+    copy = folder / "root"
+    shutil.copytree(root, copy)
+    clip_id = rdshq.list_clip_ids(fsspec.filesystem("file"), str(copy))[0]
+    video = Path(rdshq.video_path(str(copy), "pinhole", LONG.cameras[0], clip_id))
+    original = folder / "original.mp4"
+    video.rename(original)
+    rewrite(original, video)
+    return copy, clip_id
+
+
+def extracted_frames(out: Path, clip_id: str) -> list[tuple[dict, int]]:
+    """(record, stamped index of its picture) of every written frame."""
+    records = json.loads(records_path(out, clip_id, LONG.cameras[0]).read_text())
+    reader = ShardReader(out)
+    return [(r, read_index(cv2.imdecode(np.frombuffer(reader.read(r["image_shard"], r["image_member"]), np.uint8),
+                                        cv2.IMREAD_COLOR))) for r in records]
+
+
+def test_an_edit_list_hiding_lead_in_packets_is_read_as_a_player_shows_it(long_root, tmp_path):
+    root, clip_id = rewritten(long_root, tmp_path, lambda src, dst: remux_shifted(src, dst, 3))
+    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=29, workers=1)
+    metrics = extract(params, tmp_path / "out")
+    assert (metrics["items_failed"], metrics["video_frames"], metrics["frames_missing"]) == (0, 87, 0)
+    frames = extracted_frames(tmp_path / "out", clip_id)
+    assert [(r["frame_index"], stamp) for r, stamp in frames] == [(0, 3), (29, 32), (58, 61)]
+    assert [r["timestamp_s"] for r, _ in frames] == [0.0, pytest.approx(29 / 30, abs=1e-6), pytest.approx(58 / 30, abs=1e-6)]
+
+
+def drop_frames_40_to_44(source: Path, destination: Path) -> None:
+    encode_timed(destination, [(i, rgb) for i, rgb in enumerate(decoded_rgb(source)) if not 40 <= i <= 44])
+
+
+@pytest.mark.parametrize("skip, missing", [(6, [42]), (10, [40])])
+def test_dropped_frames_are_reported_and_never_filled_with_a_neighbour(long_root, tmp_path, skip, missing):
+    root, clip_id = rewritten(long_root, tmp_path, drop_frames_40_to_44)
+    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=skip, workers=1)
+    metrics = extract(params, tmp_path / "out", tmp_path / "metrics.json")
+    assert (metrics["items_failed"], metrics["video_frames"], metrics["frames_missing"]) == (0, 85, 1)
+    assert json.loads((tmp_path / "metrics.json").read_text())["frames_missing"] == 1
+    frames = extracted_frames(tmp_path / "out", clip_id)
+    expected = [i for i in range(0, 88, skip) if i not in missing]  # labels end at frame 87
+    assert [r["frame_index"] for r, _ in frames] == expected
+    for record, stamp in frames:  # index, picture, timestamp and pose all agree
+        assert stamp == record["frame_index"] == record["pose_frame_index"]
+        assert record["image_member"] == f"{stamp:06d}.jpg"
+        assert record["timestamp_s"] == pytest.approx(stamp / 30, abs=1e-6)
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert failures == [{"item": f"{clip_id}/{LONG.cameras[0]}", "missing_frames": missing,
+                         "error": f"frames {missing} are not in the video (its timestamps skip them); not written"}]

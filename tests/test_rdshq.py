@@ -17,19 +17,49 @@ def test_clip_id_parse_round_trip():
     clip = rdshq.ClipId.parse(text)
     assert (clip.start_us, clip.end_us) == (1700000000000000, 1700000003000000)
     assert str(clip) == text
-    with pytest.raises(rdshq.LayoutError, match="not '<session_uuid>"):
-        rdshq.ClipId.parse("a.b_1_2")
+    waymo = rdshq.ClipId.parse("10247954040621004675_2180_000_2200_000")  # a converted Waymo segment
+    assert (waymo.session, waymo.start_us, str(waymo)) == ("10247954040621004675", None,
+                                                            "10247954040621004675_2180_000_2200_000")
+    with pytest.raises(rdshq.LayoutError, match="neither '<session_uuid>_<start_us>_<end_us>'"):
+        rdshq.ClipId.parse("session_with_underscores_1_2")
     with pytest.raises(rdshq.LayoutError, match="end time 1 us is not after start time 2 us"):
         rdshq.ClipId.parse("abc_2_1")
 
 
-def test_members_of_a_clip_id_with_a_dot_keep_their_keys():
-    """A member belongs to a clip by the ``<clip_id>.`` prefix, not by the text before the first dot."""
-    members = {"000000.pose.camera_front_wide_120fov.npy": np.eye(4)}
-    decoded = rdshq.decode_tar(rdshq.encode_tar("v1.2_1_2", members), "v1.2_1_2", "pose/v1.2_1_2.tar")
-    assert list(decoded) == list(members)
-    with pytest.raises(rdshq.LayoutError, match=r"member 'v1.2_1_2.000000.pose.*' does not belong to clip v1_1_2"):
-        rdshq.decode_tar(rdshq.encode_tar("v1.2_1_2", members), "v1_1_2", "pose/v1_1_2.tar")
+def tar_of(names: list[str]) -> bytes:
+    """A tar whose members (an identity pose each) carry exactly these names."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in names:
+            payload = io.BytesIO()
+            np.save(payload, np.eye(4))
+            info = tarfile.TarInfo(name)
+            info.size = len(payload.getvalue())
+            tar.addfile(info, io.BytesIO(payload.getvalue()))
+    return buffer.getvalue()
+
+
+def test_a_dotted_clip_id_is_refused_for_its_dot():
+    with pytest.raises(rdshq.LayoutError, match=r"clip id 'a\.b_1_2' contains a '\.'"):
+        rdshq.ClipId.parse("a.b_1_2")
+    # The reader names the file and the dot, not a member that "does not belong" to its own clip.
+    with pytest.raises(rdshq.LayoutError, match=r"vehicle_pose/a\.b_1_2\.tar: clip id 'a\.b_1_2' contains a '\.'"):
+        rdshq.decode_tar(tar_of(["a.b_1_2.000000.vehicle_pose.npy"]), "a.b_1_2", "vehicle_pose/a.b_1_2.tar")
+
+
+def test_members_with_a_leading_dot_slash_are_read():
+    data = tar_of(["./s_1_2.000000.vehicle_pose.npy", "./s_1_2.000001.vehicle_pose.npy"])
+    members = rdshq.decode_tar(data, "s_1_2", "vehicle_pose/s_1_2.tar")
+    assert sorted(members) == ["000000.vehicle_pose.npy", "000001.vehicle_pose.npy"]
+
+
+def test_a_member_of_another_clip_is_named_with_its_clip():
+    data = tar_of(["s_1_2.000000.vehicle_pose.npy", "./other_1_2.000001.vehicle_pose.npy"])
+    with pytest.raises(rdshq.LayoutError, match=r"vehicle_pose/s_1_2.tar: member './other_1_2.000001.vehicle_pose.npy' "
+                                                r"belongs to clip 'other_1_2', not to this tar's clip 's_1_2'"):
+        rdshq.decode_tar(data, "s_1_2", "vehicle_pose/s_1_2.tar")
+    with pytest.raises(rdshq.LayoutError, match="member 'README' is not named '<clip_id>.<key>'"):
+        rdshq.decode_tar(tar_of(["README"]), "s_1_2", "vehicle_pose/s_1_2.tar")
 
 
 def test_tar_members_are_named_clip_dot_key_and_round_trip():
@@ -82,5 +112,5 @@ def test_errors_name_the_file(tmp_path):
         rdshq.read_tar(fs, str(tmp_path), "pose", "s_1_2")
     rdshq.write_tar(tmp_path, "vehicle_pose", "other_1_2", {"000000.vehicle_pose.npy": np.eye(4)})
     (tmp_path / "vehicle_pose" / "other_1_2.tar").rename(tmp_path / "vehicle_pose" / "s_1_2.tar")
-    with pytest.raises(rdshq.LayoutError, match="does not belong to clip s_1_2"):
+    with pytest.raises(rdshq.LayoutError, match="belongs to clip 'other_1_2', not to this tar's clip 's_1_2'"):
         rdshq.read_tar(fs, str(tmp_path), "vehicle_pose", "s_1_2")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from av_grounding import rdshq
-from av_grounding.geometry.boxes import corners
+from av_grounding.geometry.boxes import FACES, Box3D, corners
 from av_grounding.geometry.transforms import apply, invert_pose
 from av_grounding.params import SynthesizeParams
 from av_grounding.synth.clips import clip_rng, render_frame, synthesize
+from av_grounding.synth.raster import rasterize_polygon, raycast_box
 from av_grounding.synth.render import RIG
 from av_grounding.synth.scene import sample_scene
 from av_grounding.video import index_video
@@ -90,3 +91,33 @@ def test_render_truth_is_written_per_frame_and_camera(synthetic_root, small_para
     assert entries and all(0.0 <= e["visible_fraction"] <= 1.0 and e["visible_pixels"] <= e["unoccluded_pixels"]
                            for e in entries)
     assert any(e["corners_px"] is not None and len(e["corners_px"]) == 8 for e in entries)
+
+
+def test_ray_casting_agrees_with_the_polygon_rasteriser_under_a_pinhole(front_view, small_params):
+    """The f-theta renderer's ray caster, run with pinhole rays, covers the pixels the pinhole
+    rasteriser covers, at the same depth, with the same face."""
+    scene, camera, _, _ = front_view
+    world_to_camera = invert_pose(RIG["camera_front_wide_120fov"].camera_to_rig())
+    rays = camera.rays()
+    compared = 0
+    for track in scene.tracks:
+        object_to_camera = world_to_camera @ track.pose(0.0)
+        box = apply(object_to_camera, corners(np.eye(4), np.array(track.lwh)))
+        if (box[:, 2] < 1.0).any():
+            continue
+        raster_depth = np.full(rays.shape[:2], np.inf)
+        raster_face = np.full(rays.shape[:2], -1)
+        for index, face in enumerate(FACES):
+            won = rasterize_polygon(box[face], camera, raster_depth, (0, 0))
+            if won is not None:
+                raster_face[won] = index
+        cast_depth, cast_face = raycast_box(Box3D.from_pose(object_to_camera, track.lwh), rays)
+        both = np.isfinite(raster_depth) & np.isfinite(cast_depth)
+        differing = np.isfinite(raster_depth) != np.isfinite(cast_depth)
+        if not both.any():
+            continue
+        compared += 1
+        assert differing.sum() <= max(2, 0.02 * both.sum())  # only pixel centres on an outline differ
+        np.testing.assert_allclose(cast_depth[both], raster_depth[both], rtol=1e-9)
+        assert (cast_face[both] == raster_face[both]).mean() > 0.98
+    assert compared >= 3

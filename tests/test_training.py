@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRAINING_FORMAT
+from conftest import TINY, TRAINING_FORMAT
 from test_extract import tree_digest
 
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.inference.generate import generate
 from av_grounding.models.loading import load_model
-from av_grounding.models.tiny import SPECIAL_TOKENS, TINY_MODELS, build_tiny
+from av_grounding.models.builtin import BUILTIN_MODELS, SPECIAL_TOKENS, build_builtin, split_name
 from av_grounding.params import ParamsError, TrainParams
 from av_grounding.storage import is_partial
 from av_grounding.training.collate import IGNORE, Encoder, collate
-from av_grounding.training.hf import STATE_FILE
+from av_grounding.training.loop import STATE_FILE
 from av_grounding.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +44,11 @@ def few(dataset, tmp_path_factory):
     return folder.parent
 
 
-@pytest.fixture(scope="module", params=TINY_MODELS)
+@pytest.fixture(scope="module", params=TINY)
 def tiny(request, tmp_path_factory):
     prompts = load_prompts(FORMAT.prompts)
     folder = tmp_path_factory.mktemp(request.param)
-    return build_tiny(request.param, folder, 0, prompts.system, prompts.user, FORMAT.min_pixels, FORMAT.max_pixels)
+    return build_builtin(request.param, folder, 0, prompts.system, prompts.user, FORMAT.min_pixels, FORMAT.max_pixels)
 
 
 def test_tiny_model_loads_through_auto_classes_with_qwen_special_ids(tiny):
@@ -193,3 +193,47 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
     for name in ("precision_recall.png", "metrics_vs_steps.json", "error_vs_distance.png"):
         assert (tmp_path / "plots" / name).exists()
     assert len(list((tmp_path / "plots" / "overlays").glob("*.jpg"))) == 2
+
+
+def test_a_diverging_run_stops_with_an_error_naming_the_step(few, tmp_path):
+    """lr 1e30: the first update blows the weights up, the second step's loss is not finite. The
+    stage exits with an error naming that step and the last good checkpoint, which still loads."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
+
+    def command(name: str, *extra: str) -> list[str]:
+        return [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file), "--dataset", str(few),
+                "--output", str(tmp_path / name), "--live", str(tmp_path / f"{name}-live"),
+                "--metrics", str(tmp_path / f"{name}.json"), "--max-steps", "6", "--save-every", "1",
+                "--batch-size", "3", "--lr", "1e30", "--warmup-ratio", "0", *extra]
+
+    run = subprocess.run(command("out"), capture_output=True, text=True)
+    assert run.returncode != 0
+    last_line = run.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: step 2: loss ") and "non-finite" in last_line, run.stderr[-2000:]
+    assert "step_000001" in last_line
+    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "out" / "checkpoints" / "step_000002").exists()
+    load_model(tmp_path / "out" / "checkpoints" / "step_000001")
+    skipping = subprocess.run(command("skip", "--max-nonfinite-steps", "2"), capture_output=True, text=True)
+    assert "error: step 4: loss " in skipping.stderr and "3 such step(s)" in skipping.stderr, skipping.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", BUILTIN_MODELS)
+def test_every_builtin_size_trains_saves_reloads_and_generates(model, few, tmp_path):
+    train(TrainParams(model=model, max_steps=1, batch_size=1, save_every=0), FORMAT, few, tmp_path / "out", None,
+          tmp_path / "live")
+    size, architecture = split_name(model)
+    loaded = load_model(tmp_path / "out" / "model")
+    config = loaded.model.config
+    assert (config.text_config.hidden_size, config.text_config.num_hidden_layers) == (size.hidden, size.layers)
+    assert (config.vision_config.depth, config.vision_config.out_hidden_size) == (size.vision_depth, size.hidden)
+    assert type(loaded.model).__name__ == {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                                           "qwen3_vl": "Qwen3VLForConditionalGeneration"}[architecture]
+    base = load_model(tmp_path / "out" / "base").model.state_dict()
+    changed = [name for name, value in loaded.model.state_dict().items() if not torch.equal(value, base[name])]
+    assert changed, "one training step changed no weight"
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    generated = generate(loaded.model, encoder, read_cosmos(few / "train")[:2], max_new_tokens=4)
+    assert all(0 < len(g.token_ids) <= 4 for g in generated)

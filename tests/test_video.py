@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
 import numpy as np
 import pytest
 
@@ -91,7 +94,7 @@ def test_corrupt_and_truncated_videos_name_the_file(tmp_path, video):
 
 def test_requesting_frames_beyond_the_end_fails(video):
     path, _ = video
-    with pytest.raises(VideoError, match="has 95"):
+    with pytest.raises(VideoError, match=r"frames \[200\] requested but the video shows 95 frames"):
         read_frames(path, [0, 200], "auto", "clip.mp4")
 
 
@@ -117,3 +120,109 @@ def test_a_truncated_mp4_with_its_index_at_the_front_says_truncated(tmp_path, vi
     with pytest.raises(VideoError, match=rf"cut.mp4: truncated: its index lists {FRAMES} frames but the file holds "
                                          r"only \d+"):
         index_video(data[: len(data) // 2], "cut.mp4")
+
+
+# Videos as real files come: built here from stamped frames with PyAV, each frame's stamp being
+# its index in the source, so the pixels tell which frame a reader really returned.
+
+def remux_shifted(source, destination, shift_frames: int) -> None:
+    """Stream copy with every timestamp ``shift_frames`` frames earlier: the mp4 muxer writes an
+    edit list whose presentation starts at the old frame ``shift_frames``, hiding the lead-in
+    packets (still stored, since later frames are predicted from them)."""
+    with av.open(str(source)) as inp, av.open(str(destination), "w", format="mp4") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        step = round(1 / (stream.base_rate * stream.time_base))
+        for packet in inp.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift_frames * step
+            packet.dts -= shift_frames * step
+            packet.stream = copy
+            out.mux(packet)
+
+
+def encode_timed(destination, frames, bframes: int = 0, keyframe_interval: int = 30) -> None:
+    """H.264 mp4 of ``(pts, rgb)`` pairs on a 30 fps clock (the timestamps may skip or start late)."""
+    with av.open(str(destination), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast", "g": str(keyframe_interval),
+                          "x264-params": f"bframes={bframes}:b-adapt=0"}
+        for count, (pts, rgb) in enumerate(frames):
+            if count == 0:
+                stream.height, stream.width = rgb.shape[:2]
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def decoded_rgb(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def odd_videos(tmp_path_factory):
+    """90 stamped frames (3 s at 30 fps) written four ways real files come."""
+    folder = tmp_path_factory.mktemp("odd")
+    source = folder / "source.mp4"
+    encode_video(source, stamped_frames(90), fps=30, keyframe_interval=30)
+    remux_shifted(source, folder / "edit_list.mp4", 3)
+    frames = list(enumerate(stamped_frames(90)))
+    encode_timed(folder / "gap.mp4", [(i, rgb) for i, rgb in frames if not 40 <= i <= 44])
+    encode_timed(folder / "bframes.mp4", frames, bframes=3)
+    encode_timed(folder / "late_start.mp4", [(i + 250, rgb) for i, rgb in frames], bframes=2)
+    return folder
+
+
+def test_an_edit_list_hides_lead_in_packets(odd_videos):
+    """A player shows 87 frames, numbered from the first shown one (source frame 3)."""
+    path = odd_videos / "edit_list.mp4"
+    with av.open(str(path)) as container:
+        assert sum(1 for p in container.demux(video=0) if p.pts is not None) == 90  # all still stored
+    index = index_video(path)
+    assert (index.frame_count, index.span, index.frames[0]) == (87, 87, 0)
+    assert len(decoded_rgb(path)) == 87
+    for strategy in ("auto", "decode_all", "seek"):
+        frames, _, _ = read_frames(path, sample_indices(index.span, 29), strategy, "edit_list.mp4")
+        assert [f.index for f in frames] == [0, 29, 58]
+        assert [read_index(f.bgr) for f in frames] == [3, 32, 61]
+        assert [f.time * 30 for f in frames] == [0, 29, 58]
+
+
+def test_dropped_frames_leave_gaps_on_the_nominal_clock(odd_videos):
+    path = odd_videos / "gap.mp4"
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == Fraction(85, 3)  # what the index must not use
+    index = index_video(path)
+    assert index.fps == 30 and (index.frame_count, index.span) == (85, 90)
+    targets = sample_indices(index.span, 6)
+    assert index.missing(targets) == [42]
+    present = [t for t in targets if t != 42]
+    for strategy in ("auto", "decode_all", "seek"):
+        frames, _, _ = read_frames(path, present, strategy, "gap.mp4")
+        assert [read_index(f.bgr) for f in frames] == [f.index for f in frames] == present
+        assert [f.time * 30 for f in frames] == present
+    with pytest.raises(VideoError, match=r"gap.mp4: frames \[40\] requested but the video shows 85 frames "
+                                         r"with indices 0..89 \(with gaps\)"):
+        read_frames(path, [30, 40], "auto", "gap.mp4")
+
+
+@pytest.mark.parametrize("name", ["bframes.mp4", "late_start.mp4"])
+def test_b_frames_and_a_late_first_timestamp(odd_videos, name):
+    path = odd_videos / name
+    with av.open(str(path)) as container:
+        packets = [p.pts for p in container.demux(video=0) if p.pts is not None]
+        start = container.streams.video[0].start_time
+    assert packets != sorted(packets)  # B-frames: stored out of presentation order
+    assert (start != 0) == (name == "late_start.mp4")
+    index = index_video(path)
+    assert index.frames == tuple(range(90)) and index.start_pts == start
+    for strategy in ("auto", "decode_all", "seek", "keyframes"):
+        targets = sample_indices(90, 30 if strategy == "keyframes" else 7)
+        frames, _, _ = read_frames(path, targets, strategy, name)
+        assert [read_index(f.bgr) for f in frames] == [f.index for f in frames] == targets
+        assert [f.time * 30 for f in frames] == targets

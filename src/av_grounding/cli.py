@@ -3,6 +3,7 @@
 Each stage takes its parameters from its section of ``params.yaml``; any of them can be
 overridden with ``--<name> VALUE`` (VALUE is read as YAML: ``7``, ``null``, ``[a, b]`` or ``a,b``).
 Input and output paths are explicit options with the defaults that ``dvc.yaml`` uses.
+Conventions, file formats and metric definitions: docs/README.md.
 """
 
 from __future__ import annotations

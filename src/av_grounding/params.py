@@ -6,8 +6,10 @@ All defaults live here; ``params.yaml`` repeats them so that DVC can track each 
 from __future__ import annotations
 
 import collections.abc
+import copyreg
 import dataclasses
 import functools
+import re
 import types
 import typing
 from pathlib import Path
@@ -37,6 +39,18 @@ DEFAULT_LABEL_MAP = MappingProxyType({
 })
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def read_only(mapping: Mapping[str, str]) -> MappingProxyType:
+    """A read-only copy of ``mapping``, the form of every mapping parameter."""
+    return MappingProxyType(dict(mapping))
+
+
+# Mapping parameters travel to worker processes like the rest of their stage's parameters.
+copyreg.pickle(MappingProxyType, lambda mapping: (read_only, (dict(mapping),)))
+
+
 # The fixed choices of parameters: checked when the parameters load, listed by ``--help``.
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                      "veryslow", "placebo"]
@@ -49,6 +63,8 @@ Backend = Literal["hf", "cosmos-rl"]
 TrainPreset = Literal["cr1", "cr2"]
 Schedule = Literal["cosine", "constant"]
 Attention = Literal["sdpa", "eager"]
+VisionAttention = Literal["packed", "per_segment"]
+Layout = Literal["rdshq", "waymo"]
 CheckpointChoice = Literal["all", "none"]
 
 
@@ -81,11 +97,17 @@ class SynthesizeParams(Checked):
 
     seed: int = param(0, "seed of every random choice; same seed, same bytes")
     num_clips: int = param(8, "number of clips", minimum=1)
-    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render")
+    layout: Layout = param(
+        "rdshq", "rdshq: native RDS-HQ clips; waymo: as NVIDIA's toolkit converts Waymo Open segments "
+        "(their clip ids and camera names front, front_left, front_right, side_left, side_right, a global "
+        "world frame, every vehicle 'Car', pinhole only; set fps 10 as there)")
+    camera_model: CameraModel = param(
+        "pinhole", "lens the videos are rendered through; videos go to <camera_model>_<camera>/")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render (names of the layout)")
     duration_s: float = param(3.0, "clip length in seconds", minimum=0.1)
-    fps: int = param(30, "video frame rate; labels are written at 10 Hz", minimum=10)
-    width: int = param(640, "video width in pixels (native RDS-HQ: 1920)", minimum=16)
-    height: int = param(360, "video height in pixels (native RDS-HQ: 1080)", minimum=16)
+    fps: int = param(30, "video frame rate; poses are written at 30 Hz and labels at 10 Hz whatever it is", minimum=1)
+    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike)", minimum=16)
+    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike)", minimum=16)
     keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides", minimum=1)
     crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)", minimum=0, maximum=51)
     preset: X264Preset = param("veryfast", "x264 preset (speed against file size)")
@@ -101,9 +123,13 @@ class ExtractParams(Checked):
 
     input_root: str = param("data/synthetic", "RDS-HQ root: local folder or s3://bucket/prefix")
     sequence_ids_file: str | None = param(None, "file with one clip id per line; null: every clip")
-    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract")
+    cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to extract, named as the clip's files name them")
+    camera_names: Mapping[str, str] = param(
+        MappingProxyType({}), "camera name in the clip's files -> name in the records and outputs "
+        "(e.g. front: camera_front_wide_120fov for Waymo conversions); unlisted cameras keep their names")
     camera_model: CameraModel = param("pinhole", "video folder prefix and intrinsics")
-    skip_frames: int = param(30, "keep frames 0, N, 2N, ... (30 = 1 per second at 30 fps)", minimum=1)
+    skip_frames: int = param(30, "keep video frames 0, N, 2N, ... (30 = 1 per second at 30 fps, 10 at 10 fps)",
+                             minimum=1)
     strategy: Strategy = param("auto", "how frames are decoded (auto: fewest decoded frames)")
     jpeg_quality: int = param(95, "JPEG quality of the written frames", minimum=1, maximum=100)
     workers: int = param(2, "parallel processes over (clip, camera) items", minimum=1)
@@ -117,7 +143,7 @@ class ExtractParams(Checked):
 class TransformParams(Checked):
     """World-frame labels to camera-frame boxes."""
 
-    codec: CodecName = param("cosmos", "box convention of the nine numbers")
+    codec: CodecName = param("cosmos", "box convention of the nine numbers (docs/conventions.md#box-codecs)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,14 +214,17 @@ class TrainParams(Checked):
     cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
                                      "instead of its native model (needs flash-attn)")
     gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)", minimum=1)
-    model: str = param("tiny-qwen2_5_vl", "tiny-qwen2_5_vl, tiny-qwen3_vl, a Hugging Face id or a local folder")
+    model: str = param("tiny-qwen2_5_vl", "a built-in model, <size>-<architecture> with size tiny (CPU tests), small "
+                       "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
+                       "Reason 2), randomly initialised; or a Hugging Face id or a local folder")
     preset: TrainPreset | None = param(None, "the recipe's settings (Cosmos Reason 1 or 2), replacing the keys they name")
-    seed: int = param(0, "seed of initialisation (tiny models) and data order")
+    seed: int = param(0, "seed of initialisation (built-in models) and data order")
     epochs: int = param(8, "passes over the training set (ignored when max_steps is set)", minimum=1)
     max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch", minimum=1)
     batch_size: int = param(4, "samples per micro-batch", minimum=1)
     grad_accum: int = param(1, "micro-batches per optimizer step", minimum=1)
-    lr: float = param(5e-3, "peak learning rate (AdamW)", minimum=0.0)
+    lr: float | None = param(None, "peak learning rate (AdamW); null: the built-in model size's (tiny 5e-3, "
+                             "small 3e-4, base 1e-4), 1e-5 for other models", minimum=0.0)
     weight_decay: float = param(0.0, "AdamW weight decay", minimum=0.0)
     warmup_ratio: float = param(0.05, "share of steps with linear warmup", minimum=0.0, maximum=1.0)
     schedule: Schedule = param("cosine", "learning rate after warmup: cosine decay or constant")
@@ -209,14 +238,24 @@ class TrainParams(Checked):
     lora_dropout: float = param(0.05, "LoRA dropout", minimum=0.0, maximum=1.0)
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: SPEC section 8)")
+    vision_attention: VisionAttention = param(
+        "packed", "packed: one attention call per vision layer over all windows/images; per_segment: "
+        "transformers' one call per window (same result, many more kernel launches)")
+    attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
+                                           "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)
+    max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
+                                     "counted) before the run stops with an error; ZeRO-3 stops at the first",
+                                     minimum=0)
+    loader_workers: int | None = param(None, "data-loader processes that decode images during training; null: "
+                                       "up to 8 on a GPU, 0 (in the training process) on a CPU", minimum=0)
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Recipe, Cosmos Reason 1 (SPEC section 6): cosmos-rl defaults, batch 32 per replica in mini batches of 4.
+    # Recipe, Cosmos Reason 1 (docs/recipe.md#training-settings): cosmos-rl defaults, batch 32 per replica
+    # in mini batches of 4.
     "cr1": {"lr": 1e-6, "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True},
     # Recipe, Cosmos Reason 2: lr 2e-7 cosine, warmup 3 %, 2 epochs, batch 16, weight decay 0.01, clip 1.0.
     "cr2": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "epochs": 2, "batch_size": 2, "grad_accum": 8,
@@ -241,11 +280,12 @@ class InferParams(Checked):
     zero_shot: bool = param(True, "also run the model before fine-tuning")
     checkpoints: CheckpointChoice | tuple[int, ...] = param(
         "all", "intermediate training checkpoints to run: all, none, or a list of steps such as 40,80")
+    vision_attention: VisionAttention = param("packed", "packed or per_segment, as train.vision_attention")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams(Checked):
-    """Scoring (SPEC section 7)."""
+    """Scoring; the metric definitions are in docs/metrics.md."""
 
     codec: CodecName = param("cosmos", "box convention of files that do not name one (box_codec key)")
     depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")
@@ -294,7 +334,7 @@ def _coerce_scalar(hint: Any, value: Any) -> Any:
         if not isinstance(value, typing.Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise _Mismatch("a mapping of names to names")
-        return MappingProxyType(dict(sorted(value.items())))
+        return read_only(dict(sorted(value.items())))
     if origin is tuple:
         element = typing.get_args(hint)[0]
         if isinstance(value, str):
@@ -313,6 +353,8 @@ def _coerce_scalar(hint: Any, value: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-5 as a string; YAML 1.2 and DVC's -S as a number
     if not isinstance(value, hint) or isinstance(value, bool):
         raise _Mismatch(hint.__name__)
     return value

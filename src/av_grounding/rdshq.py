@@ -1,8 +1,13 @@
-"""The RDS-HQ clip layout (SPEC section 2): one WebDataset-style tar per attribute and clip.
+"""The RDS-HQ clip layout (docs/formats.md#rds-hq-input): one WebDataset-style tar per attribute and clip.
 
-``<root>/<attribute>/<clip_id>.tar`` holds members ``<clip_id>.<key>``; ``.npy`` members are
-``np.save`` arrays and ``.json`` members JSON objects. Videos live in
+``<root>/<attribute>/<clip_id>.tar`` holds members ``<clip_id>.<key>`` (a leading ``./`` is
+accepted); ``.npy`` members are ``np.save`` arrays and ``.json`` members JSON objects; members of
+other types (``.txt`` timestamps of Waymo conversions) are skipped. Videos live in
 ``<root>/<camera_model>_<camera>/<clip_id>.mp4``.
+
+Poses are keyed by frame numbers on a 30 Hz clock (``POSE_RATE_HZ``) and object labels by the
+same numbers every third frame (10 Hz), whatever the video's own rate: NVIDIA's toolkit converts
+Waymo Open segments into this layout with 10 fps videos, so video frame k is pose frame 3k there.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ CAMERAS: tuple[str, ...] = (
 CAMERA_MODELS: tuple[str, ...] = ("pinhole", "ftheta")
 # Written by `synthesize` beside the standard attributes: what the renderer knows per frame.
 RENDER_TRUTH = "render_truth"
+POSE_RATE_HZ = 30  # the clock of pose and label frame numbers
 
-_CLIP_ID = re.compile(r"^(?P<session>[0-9A-Za-z-]+)_(?P<start>\d+)_(?P<end>\d+)$")
+_RDSHQ_ID = re.compile(r"^(?P<session>[0-9A-Za-z-]+)_(?P<start>\d+)_(?P<end>\d+)$")
+_WAYMO_ID = re.compile(r"^(?P<session>\d+)_(?P<start>\d+_\d{3})_(?P<end>\d+_\d{3})$")
 
 
 class LayoutError(PipelineError, ValueError):
@@ -45,21 +52,41 @@ class LayoutError(PipelineError, ValueError):
 
 @dataclass(frozen=True)
 class ClipId:
+    """A clip id in one of the two forms real clips come in:
+
+    - RDS-HQ: ``<session_uuid>_<start_us>_<end_us>``, e.g.
+      ``2d23a1f4-c269-46aa-8e7d-1bb595d1e421_2445376400000_2445396400000``;
+    - Waymo Open segments converted by NVIDIA's toolkit: the segment's context name
+      ``<run>_<start>_<ms>_<end>_<ms>``, e.g. ``10247954040621004675_2180_000_2200_000``; it
+      carries no start time in microseconds (``start_us`` and ``end_us`` are None).
+
+    Neither may contain a dot: tar members are named ``<clip_id>.<key>`` and readers split the
+    name at its first dot.
+    """
+
+    text: str
     session: str
-    start_us: int
-    end_us: int
+    start_us: int | None = None
+    end_us: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ClipId":
-        match = _CLIP_ID.match(text)
-        if not match:
-            raise LayoutError(f"clip id {text!r} is not '<session_uuid>_<start_us>_<end_us>'")
-        if int(match["end"]) <= int(match["start"]):
-            raise LayoutError(f"clip id {text!r}: end time {match['end']} us is not after start time {match['start']} us")
-        return cls(match["session"], int(match["start"]), int(match["end"]))
+        """Raises ``LayoutError`` saying what is wrong with ``text``."""
+        if "." in text:
+            raise LayoutError(f"clip id {text!r} contains a '.': tar members are named '<clip_id>.<key>' "
+                              f"and split at the first '.', so a clip id cannot hold one; rename the clip")
+        if match := _RDSHQ_ID.match(text):
+            if int(match["end"]) <= int(match["start"]):
+                raise LayoutError(f"clip id {text!r}: end time {match['end']} us is not after start time "
+                                  f"{match['start']} us")
+            return cls(text, match["session"], int(match["start"]), int(match["end"]))
+        if match := _WAYMO_ID.match(text):
+            return cls(text, match["session"])
+        raise LayoutError(f"clip id {text!r} is neither '<session_uuid>_<start_us>_<end_us>' (RDS-HQ) nor "
+                          f"'<run>_<start>_<ms>_<end>_<ms>' (a Waymo segment converted by NVIDIA's toolkit)")
 
     def __str__(self) -> str:
-        return f"{self.session}_{self.start_us}_{self.end_us}"
+        return self.text
 
 
 def tar_path(root: str, attribute: str, clip_id: str) -> str:
@@ -72,6 +99,7 @@ def video_path(root: str, camera_model: str, camera: str, clip_id: str) -> str:
 
 def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
     """A deterministic tar (sorted members, zero mtimes and owners) of ``.npy`` / ``.json`` members."""
+    ClipId.parse(clip_id)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for key in sorted(members):
@@ -89,16 +117,18 @@ def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
 
 
 def decode_tar(data: bytes, clip_id: str, source: str) -> dict[str, Any]:
-    """Members of one clip tar keyed without the ``<clip_id>.`` prefix."""
+    """Members of one clip tar keyed without the ``<clip_id>.`` prefix (or ``./<clip_id>.``)."""
+    try:
+        ClipId.parse(clip_id)
+    except LayoutError as exc:
+        raise LayoutError(f"{source}: {exc}") from None
     members: dict[str, Any] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             for info in archive:
                 if not info.isfile():
                     continue
-                if not info.name.startswith(f"{clip_id}."):
-                    raise LayoutError(f"{source}: member {info.name!r} does not belong to clip {clip_id}")
-                key = info.name[len(clip_id) + 1:]
+                key = _member_key(info.name, clip_id, source)
                 payload = archive.extractfile(info).read()
                 if key.endswith(".npy"):
                     members[key] = np.load(io.BytesIO(payload), allow_pickle=False)
@@ -109,6 +139,16 @@ def decode_tar(data: bytes, clip_id: str, source: str) -> dict[str, Any]:
             raise
         raise LayoutError(f"{source}: unreadable clip tar: {exc}") from exc
     return members
+
+
+def _member_key(name: str, clip_id: str, source: str) -> str:
+    """``<key>`` of a member named ``[./]<clip_id>.<key>``; errors say whose member it is."""
+    prefix, dot, key = name.removeprefix("./").partition(".")
+    if not dot or not key:
+        raise LayoutError(f"{source}: member {name!r} is not named '<clip_id>.<key>'")
+    if prefix != clip_id:
+        raise LayoutError(f"{source}: member {name!r} belongs to clip {prefix!r}, not to this tar's clip {clip_id!r}")
+    return key
 
 
 def write_tar(root: str | Path, attribute: str, clip_id: str, members: dict[str, Any]) -> None:

@@ -1,7 +1,14 @@
 """H.264 video through PyAV: encoding for the synthetic clips and exact frame sampling for extract.
 
 A frame's index comes from its presentation timestamp, ``round((pts - start) * time_base * fps)``,
-never from a decode counter. Three sampling strategies return the same frames at different cost:
+never from a decode counter, where ``fps`` is the stream's nominal rate (FFmpeg's
+``r_frame_rate``: the rate every timestamp is a multiple of), not its average rate (frames over
+duration, which dropped frames lower). Only frames a player shows count: packets an mp4 edit list
+hides (flagged discard by the demuxer, or timed before the stream's start) are decoded where later
+frames need them but get no index. Where timestamps skip an index (dropped frames), that index is
+missing: it is reported, never filled with a neighbour.
+
+Three sampling strategies return the same frames at different cost:
 
 - ``decode_all``: decode from the start and keep the targets;
 - ``seek``: jump to the keyframe at or before a target when that skips decoding work;
@@ -109,56 +116,85 @@ def _open(source: Source, name: str) -> av.container.InputContainer:
 
 @dataclass(frozen=True)
 class VideoIndex:
-    """What demuxing alone tells about a video stream."""
+    """What demuxing alone tells about a video stream: its nominal rate, the indices of the
+    frames a player shows (ascending; gaps where frames were dropped) and which are keyframes."""
 
-    fps: Fraction
+    fps: Fraction  # nominal frame rate
     time_base: Fraction
-    start_pts: int
-    frame_count: int
-    keyframes: tuple[int, ...]  # frame indices of keyframe packets, ascending
+    start_pts: int  # presentation timestamp of frame 0
+    frames: tuple[int, ...]  # indices of the shown frames, ascending
+    keyframes: tuple[int, ...]  # indices of the shown keyframes, ascending
+
+    @property
+    def frame_count(self) -> int:
+        """Frames a player shows."""
+        return len(self.frames)
+
+    @property
+    def span(self) -> int:
+        """One past the last shown index: frames the video would have without gaps."""
+        return self.frames[-1] + 1 if self.frames else 0
+
+    def missing(self, targets: Iterable[int]) -> list[int]:
+        """The ``targets`` no shown frame has (inside the span: dropped; beyond it: past the end)."""
+        shown = set(self.frames)
+        return [t for t in targets if t not in shown]
 
     def index_of(self, pts: int) -> int:
-        return round((pts - self.start_pts) * self.time_base * self.fps)
+        return round(self.time_of(pts) * self.fps)
+
+    def time_of(self, pts: int) -> Fraction:
+        """Seconds since frame 0, exactly."""
+        return (pts - self.start_pts) * self.time_base
 
     def pts_of(self, index: int) -> int:
         return self.start_pts + round(Fraction(index) / (self.fps * self.time_base))
 
 
+def nominal_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The stream's declared frame rate: FFmpeg's ``r_frame_rate`` (the base rate its timestamps
+    are multiples of), else FFmpeg's guess; never ``average_rate``, which dropped frames lower."""
+    rate = stream.base_rate or stream.guessed_rate
+    return Fraction(rate) if rate else None
+
+
 def index_video(source: Source, name: str = "video") -> VideoIndex:
-    """Demux every packet of the first video stream (no decoding) to find frames and keyframes."""
+    """Demux every packet of the first video stream (no decoding) to find the shown frames and
+    keyframes. Raises ``VideoError`` naming ``name`` for an unreadable, empty or rateless stream."""
     with _open(source, name) as container:
         if not container.streams.video:
             raise VideoError(f"{name}: no video stream")
         stream = container.streams.video[0]
-        fps = stream.average_rate or stream.guessed_rate
+        fps = nominal_rate(stream)
         if not fps:
             raise VideoError(f"{name}: frame rate unknown")
-        pts_values, key_pts = [], []
+        shown: list[tuple[int, bool]] = []
+        demuxed = 0  # packets with data, shown or not (an edit list hides lead-in ones)
         try:
             for packet in container.demux(stream):
-                if packet.pts is None:
-                    continue
-                pts_values.append(packet.pts)
-                if packet.is_keyframe:
-                    key_pts.append(packet.pts)
+                demuxed += packet.size > 0
+                if packet.pts is not None and not packet.is_discard:
+                    shown.append((packet.pts, packet.is_keyframe))
         except av.FFmpegError as exc:
             raise VideoError(f"{name}: corrupt stream while demuxing: {exc}") from exc
-        if not pts_values:
+        if not shown:
             raise VideoError(f"{name}: no frames")
-        if stream.frames and len(pts_values) < stream.frames:  # the index (moov) lists more than the file holds
+        if stream.frames and demuxed < stream.frames:  # the index (moov) lists more than the file holds
             raise VideoError(f"{name}: truncated: its index lists {stream.frames} frames but the file holds "
-                             f"only {len(pts_values)}")
-        start = stream.start_time if stream.start_time is not None else min(pts_values)
-        index = VideoIndex(Fraction(fps), Fraction(stream.time_base), start, len(pts_values), ())
-        keyframes = tuple(sorted(index.index_of(p) for p in key_pts))
-        return VideoIndex(index.fps, index.time_base, start, len(pts_values), keyframes)
+                             f"only {demuxed}")
+        start = stream.start_time if stream.start_time is not None else min(p for p, _ in shown)
+        index = VideoIndex(fps, Fraction(stream.time_base), start, (), ())
+        indexed = [(index.index_of(pts), key) for pts, key in shown if pts >= start]
+        frames = tuple(sorted({i for i, _ in indexed}))
+        keyframes = tuple(sorted({i for i, key in indexed if key}))
+        return VideoIndex(fps, index.time_base, start, frames, keyframes)
 
 
-def sample_indices(frame_count: int, skip_frames: int) -> list[int]:
-    """Every ``skip_frames``-th frame index from 0."""
+def sample_indices(span: int, skip_frames: int) -> list[int]:
+    """Every ``skip_frames``-th frame index from 0 below ``span``."""
     if skip_frames < 1:
         raise ValueError(f"skip_frames must be >= 1, got {skip_frames}")
-    return list(range(0, frame_count, skip_frames))
+    return list(range(0, span, skip_frames))
 
 
 def decode_cost(index: VideoIndex, targets: list[int], strategy: str) -> float:
@@ -191,23 +227,30 @@ def choose_strategy(index: VideoIndex, targets: list[int]) -> str:
 
 @dataclass(frozen=True)
 class DecodedFrame:
+    """A shown frame: its index, its presentation time since frame 0 (exact) and its pixels."""
+
     index: int
-    time_s: float
+    time: Fraction
     bgr: np.ndarray
+
+    @property
+    def time_s(self) -> float:
+        return float(self.time)
 
 
 def read_frames(source: Source, targets: list[int], strategy: str = "auto", name: str = "video",
                 index: VideoIndex | None = None) -> tuple[list[DecodedFrame], str, int]:
     """Decode exactly the frames ``targets``; returns them in order, the strategy used and the
     number of frames the decoder produced. Raises ``VideoError`` naming ``name`` if a target is
-    missing from the video."""
+    not a shown frame of the video (see ``VideoIndex.missing``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     index = index or index_video(source, name)
     wanted = sorted(set(targets))
-    beyond = [t for t in wanted if t >= index.frame_count or t < 0]
-    if beyond:
-        raise VideoError(f"{name}: frames {beyond} requested but the video has {index.frame_count}")
+    absent = index.missing(wanted)
+    if absent:
+        raise VideoError(f"{name}: frames {absent} requested but the video shows {index.frame_count} frames "
+                         f"with indices 0..{index.span - 1}{' (with gaps)' if index.frame_count < index.span else ''}")
     if strategy == "auto":
         strategy = choose_strategy(index, wanted)
     elif decode_cost(index, wanted, strategy) == float("inf"):
@@ -248,7 +291,7 @@ def _decode(container, stream, index: VideoIndex, wanted: list[int],
                 raise VideoError("decoded frame without a presentation timestamp")
             idx = index.index_of(frame.pts)
             if idx in wanted_set and idx not in found:
-                found[idx] = DecodedFrame(idx, float(frame.time), frame.to_ndarray(format="bgr24"))
+                found[idx] = DecodedFrame(idx, index.time_of(frame.pts), frame.to_ndarray(format="bgr24"))
             if idx >= target:
                 break
         position = target + 1

@@ -1,4 +1,10 @@
-"""The `extract` stage (SPEC section 4): exact frames from RDS-HQ videos plus one record each.
+"""The `extract` stage (docs/formats.md#extract): exact frames from RDS-HQ videos plus one record each.
+
+A frame's index comes from its presentation timestamp on the video's nominal rate, counting only
+frames a player shows (see ``video``); targets the video lacks (dropped frames) are reported per
+item, never replaced by a neighbour. A frame's poses and objects are those of the 30 Hz pose
+frame at the frame's time (``pose_frame_index``): the same number for 30 fps videos, three times
+the video index for the 10 fps videos of Waymo conversions.
 
 Work is split per (clip, camera). Output layout under the output folder:
   images/<clip_id>/<camera>.tar       the item's JPEGs, members <frame:06d>.jpg (see ``shards``:
@@ -9,7 +15,8 @@ Work is split per (clip, camera). Output layout under the output folder:
                                       ``image_member``
   manifests/<clip_id>/<camera>.json   written last: the sha256 of every input file the item read,
                                       the parameters that shape its output, and its counts
-  failures.json                       items and frames that failed, objects dropped (first few)
+  failures.json                       items and frames that failed, frames the videos lack,
+                                      objects dropped (first few)
 
 A rerun reuses an item only when its manifest matches this run's inputs and parameters, and
 redoes it otherwise; items no longer selected are removed, so the output and the metrics always
@@ -19,7 +26,8 @@ Labels are checked where they enter: intrinsics of the documented length (else t
 camera and vehicle poses finite and rigid (else that frame fails), objects with a rigid pose and
 finite positive sizes (else the object is dropped and counted by reason). Frames after the last
 (or before the first) label frame are not written, since their objects are unknown; they are
-counted as ``frames_without_labels``.
+counted as ``frames_without_labels``. Camera names in the outputs follow ``camera_names`` (names
+in the clip's files -> output names).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from .. import rdshq
 from ..checks import object_problem, pose_problem
 from ..errors import check_failed_fraction
 from ..executors import Failure, run_items
-from ..geometry.cameras import PinholeCamera
+from ..geometry.cameras import camera_from_record
 from ..params import ExtractParams, ParamsError
 from ..shards import write_shard
 from ..storage import as_stored, file_digest, filesystem, is_local, reading, remove_partials, stored_json, write_json
@@ -65,6 +73,7 @@ class ItemResult:
     decoded_frames: int
     strategy: str
     frames_without_labels: int
+    missing_frames: tuple[int, ...] = ()  # sampled indices the video lacks
     frame_failures: tuple[tuple[int, str], ...] = ()  # (frame index, error)
     dropped: tuple[tuple[str, str, str], ...] = ()  # (tar and member, track id, problem) per dropped object
     resumed: bool = False
@@ -77,6 +86,7 @@ class ItemResult:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "ItemResult":
         nested = {key: tuple(tuple(entry) for entry in values[key]) for key in ("frame_failures", "dropped")}
+        nested["missing_frames"] = tuple(values["missing_frames"])
         return cls(**{**values, **nested, "resumed": True})
 
 
@@ -93,14 +103,14 @@ def manifest_path(root: Path, clip_id: str, camera: str) -> Path:
 
 
 def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int) -> list[float]:
-    """Intrinsics matching the decoded image size (videos may be stored below native size)."""
-    if model == "pinhole":
-        return PinholeCamera.from_array(values).resized(width, height).to_array().tolist()
-    native_w, native_h = values[2], values[3]
-    if (native_w, native_h) != (width, height):
-        raise rdshq.LayoutError(f"f-theta intrinsics are for {native_w:.0f}x{native_h:.0f} but the video "
-                                f"is {width}x{height}; rescaling f-theta polynomials is not supported")
-    return values.tolist()
+    """Intrinsics matching the decoded image size: videos may be stored below the native size the
+    intrinsics are written for (the image is taken as scaled, not cropped)."""
+    return camera_from_record(model, values).resized(width, height).to_array().tolist()
+
+
+def output_camera(params: ExtractParams, camera: str) -> str:
+    """The name a camera of the clip's files gets in the records and outputs."""
+    return params.camera_names.get(camera, camera)
 
 
 def checked_objects(objects: dict[int, dict[str, Any]], clip_id: str, url: str
@@ -127,12 +137,15 @@ def checked_objects(objects: dict[int, dict[str, Any]], clip_id: str, url: str
     return clean, dropped
 
 
-def checked_pose(pose: Any, url: str, attribute: str, clip_id: str, key: str, frame: int) -> np.ndarray:
+def checked_pose(pose: Any, url: str, attribute: str, clip_id: str, key: str, frame: DecodedFrame,
+                 pose_frame: int) -> np.ndarray:
     """``pose`` as a 4x4 array, or ``FrameError`` naming the tar, member and frame."""
+    at = f"frame {pose_frame}" if pose_frame == frame.index else \
+        f"pose frame {pose_frame}, video frame {frame.index} at {frame.time_s:.6f} s"
     if pose is None:
-        raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: no member {clip_id}.{key} for frame {frame}")
+        raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: no member {clip_id}.{key} ({at})")
     if (problem := pose_problem(pose)) is not None:
-        raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: member {clip_id}.{key} (frame {frame}): "
+        raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: member {clip_id}.{key} ({at}): "
                          f"{attribute} {problem}")
     return np.asarray(pose, dtype=np.float64)
 
@@ -148,21 +161,24 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
     url = url if url is not None else params.input_root.rstrip("/")
     height, width = frame.bgr.shape[:2]
     clip = rdshq.ClipId.parse(labels.clip_id)
-    objects = objects_at(labels.objects, frame.index)
+    pose_frame = round(frame.time * rdshq.POSE_RATE_HZ)
+    objects = objects_at(labels.objects, pose_frame)
     if objects is None:
         return None
-    pose = checked_pose(labels.camera_poses[camera].get(frame.index), url, "pose", labels.clip_id,
-                        rdshq.frame_key(frame.index, "pose", f".{camera}.npy"), frame.index)
-    vehicle = checked_pose(labels.vehicle_poses.get(frame.index), url, "vehicle_pose", labels.clip_id,
-                           rdshq.frame_key(frame.index, "vehicle_pose", ".npy"), frame.index)
+    pose = checked_pose(labels.camera_poses[camera].get(pose_frame), url, "pose", labels.clip_id,
+                        rdshq.frame_key(pose_frame, "pose", f".{camera}.npy"), frame, pose_frame)
+    vehicle = checked_pose(labels.vehicle_poses.get(pose_frame), url, "vehicle_pose", labels.clip_id,
+                           rdshq.frame_key(pose_frame, "vehicle_pose", ".npy"), frame, pose_frame)
+    name = output_camera(params, camera)
     record = {
         "clip_id": labels.clip_id,
-        "camera": camera,
+        "camera": name,
         "camera_model": params.camera_model,
         "frame_index": frame.index,
+        "pose_frame_index": pose_frame,
         "timestamp_s": round(frame.time_s, 6),
-        "timestamp_us": clip.start_us + int(round(frame.time_s * 1e6)),
-        "image_shard": image_shard(labels.clip_id, camera),
+        "timestamp_us": None if clip.start_us is None else clip.start_us + int(round(frame.time * 1_000_000)),
+        "image_shard": image_shard(labels.clip_id, name),
         "image_member": image_member(frame.index),
         "width": width,
         "height": height,
@@ -172,7 +188,7 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
         "objects": [{"track_id": track, **info} for track, info in sorted(objects.items())],
     }
     if render_truth is not None:
-        in_view = render_truth.get(f"{frame.index:06d}.{rdshq.RENDER_TRUTH}.json", {}).get(camera, {})
+        in_view = render_truth.get(f"{pose_frame:06d}.{rdshq.RENDER_TRUTH}.json", {}).get(camera, {})
         for obj in record["objects"]:
             obj["render_truth"] = in_view.get(obj["track_id"])
     return record
@@ -204,8 +220,9 @@ def reusable(output: Path, clip_id: str, camera: str, expected: dict[str, Any]) 
 
 
 def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path) -> ItemResult:
-    """Extract every ``skip_frames``-th frame of one clip's camera video, or reuse the item's
-    earlier output when its manifest matches this run's inputs and parameters."""
+    """Extract every ``skip_frames``-th frame of one clip's camera video (``camera`` as the clip's
+    files name it), or reuse the item's earlier output when its manifest matches this run's inputs
+    and parameters."""
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
     url = params.input_root.rstrip("/")
     video = rdshq.video_path(root, params.camera_model, camera, clip_id)
@@ -215,13 +232,14 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     source: str | bytes = video if is_local(fs) else fs.cat_file(video)
     expected = {"inputs": item_inputs(fs, root, params, clip_id, camera, video, source),
                 "params": {key: getattr(params, key) for key in MANIFEST_PARAMS}}
-    previous = reusable(output, clip_id, camera, expected)
+    named = output_camera(params, camera)
+    previous = reusable(output, clip_id, named, expected)
     if previous is not None:
         return previous
-    manifest_path(output, clip_id, camera).unlink(missing_ok=True)  # the old output no longer matches
-    records_path(output, clip_id, camera).unlink(missing_ok=True)
+    manifest_path(output, clip_id, named).unlink(missing_ok=True)  # the old output no longer matches
+    records_path(output, clip_id, named).unlink(missing_ok=True)
     result = extract_frames(params, fs, root, url, clip_id, camera, source, name, output)
-    write_json(manifest_path(output, clip_id, camera), {**expected, "result": result.to_json()})
+    write_json(manifest_path(output, clip_id, named), {**expected, "result": result.to_json()})
     return result
 
 
@@ -231,12 +249,15 @@ def extract_frames(params: ExtractParams, fs: fsspec.AbstractFileSystem, root: s
     labels = rdshq.read_clip_labels(fs, root, clip_id, (camera,), params.camera_model)
     labels.objects, dropped = checked_objects(labels.objects, clip_id, url)
     index = index_video(source, name)
-    targets = sample_indices(index.frame_count, params.skip_frames)
-    frames, strategy, decoded = read_frames(source, targets, params.strategy, name, index)
+    targets = sample_indices(index.span, params.skip_frames)
+    missing = index.missing(targets)
+    present = [t for t in targets if t not in missing]
+    frames, strategy, decoded = read_frames(source, present, params.strategy, name, index)
     truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
     render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
     records, unlabelled, failed = [], 0, []
-    with write_shard(output / image_shard(clip_id, camera)) as shard:
+    named = output_camera(params, camera)
+    with write_shard(output / image_shard(clip_id, named)) as shard:
         for frame in frames:
             try:
                 record = frame_record(labels, params, camera, frame, render_truth, url)
@@ -251,9 +272,9 @@ def extract_frames(params: ExtractParams, fs: fsspec.AbstractFileSystem, root: s
                 raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
             shard.add(record["image_member"], jpeg.tobytes())
             records.append(record)
-    write_records(output, clip_id, camera, records)
+    write_records(output, clip_id, named, records)
     return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled,
-                      tuple(failed), tuple(dropped))
+                      tuple(missing), tuple(failed), tuple(dropped))
 
 
 def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
@@ -302,7 +323,11 @@ def select_clips(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams
 
 
 def check_cameras(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams) -> None:
-    """``ParamsError`` naming ``extract.cameras`` when a camera has no video folder."""
+    """``ParamsError`` naming ``extract.cameras`` when a camera has no video folder, or
+    ``extract.camera_names`` when two cameras would get one output name."""
+    names = [output_camera(params, camera) for camera in params.cameras]
+    if len(set(names)) < len(names):
+        raise ParamsError(f"extract.camera_names maps several of {list(params.cameras)} to one name: {names}")
     url = params.input_root.rstrip("/")
     missing = [camera for camera in params.cameras if not fs.isdir(f"{root}/{params.camera_model}_{camera}")]
     if missing:
@@ -326,8 +351,8 @@ def remove_unselected(output: Path, kept: set[tuple[str, str]]) -> None:
 
 
 def failure_report(skipped: list[Failure], failed: list[Failure], results: list[ItemResult]) -> dict[str, Any]:
-    """What failures.json holds: failed items and frames, dropped objects (counted by reason,
-    the first ``SHOWN_DROPPED`` named)."""
+    """What failures.json holds: failed items and frames, frames the videos lack, dropped objects
+    (counted by reason, the first ``SHOWN_DROPPED`` named)."""
     dropped = sorted({entry for result in results for entry in result.dropped})  # each clip's labels once
     by_reason: dict[str, int] = {}
     for _, _, problem in dropped:
@@ -337,6 +362,9 @@ def failure_report(skipped: list[Failure], failed: list[Failure], results: list[
         "items": [{"item": f.item, "error": f.error} for f in [*skipped, *failed]],
         "frames": [{"item": f"{r.clip_id}/{r.camera}", "frame": frame, "error": error}
                    for r in results for frame, error in r.frame_failures],
+        "missing_frames": [{"item": f"{r.clip_id}/{r.camera}", "missing_frames": list(r.missing_frames),
+                            "error": f"frames {list(r.missing_frames)} are not in the video (its timestamps skip "
+                                     "them); not written"} for r in results if r.missing_frames],
         "objects_dropped": dict(sorted(by_reason.items())),
         "objects_dropped_first": [{"where": where, "track_id": track, "problem": problem}
                                   for where, track, problem in dropped[:SHOWN_DROPPED]],
@@ -356,7 +384,7 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None) ->
     labels = [f"{clip_id}/{camera}" for _, clip_id, camera, _ in items]
     outcome = run_items(extract_item, items, params.workers, "extract", labels)
     results: list[ItemResult] = outcome.results
-    remove_unselected(output, {(r.clip_id, r.camera) for r in results})
+    remove_unselected(output, {(r.clip_id, output_camera(params, r.camera)) for r in results})
     report = failure_report(skipped, outcome.failures, results)
     strategies: dict[str, int] = {}
     for result in results:
@@ -371,6 +399,7 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None) ->
         "frames_without_labels": sum(r.frames_without_labels for r in results),
         "objects_dropped": report["objects_dropped"],
         "video_frames": sum(r.video_frames for r in results),
+        "frames_missing": sum(len(r.missing_frames) for r in results),
         "decoded_frames": sum(r.decoded_frames for r in results),
         "strategy": dict(sorted(strategies.items())),
     }

@@ -1,4 +1,4 @@
-"""The `filter` stage (SPEC section 4): drop boxes a model cannot or should not see.
+"""The `filter` stage (docs/formats.md#filter): drop boxes a model cannot or should not see.
 
 Each box is dropped by the first filter that rejects it, and counted under that reason:
   category  its raw type is not in ``label_map`` (pedestrians, cyclists, ...; each such type is
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle, rectangle_area
+from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle, ray_box_entry, rectangle_area
 from ..geometry.cameras import Camera, camera_from_record
 from ..params import FilterParams
 from ..storage import atomic_folder, write_json
@@ -49,23 +49,6 @@ def covered_fraction(target: np.ndarray, others: list[np.ndarray]) -> float:
         covered[np.searchsorted(ys, c[1]):np.searchsorted(ys, c[3]), np.searchsorted(xs, c[0]):np.searchsorted(xs, c[2])] = True
     cell_areas = np.outer(np.diff(ys), np.diff(xs))
     return float((cell_areas * covered).sum() / area)
-
-
-def ray_box_entry(rays: np.ndarray, box: Box3D) -> np.ndarray:
-    """Distance along each unit ray from the camera centre to where it enters ``box``
-    (0 if the camera is inside it), ``inf`` where it misses (slab test in the box frame)."""
-    local = rays @ box.rotation  # ray directions in the box frame
-    start = -box.rotation.T @ box.center  # camera centre in the box frame
-    half = box.lwh / 2.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1 = (-half - start) / local
-        t2 = (half - start) / local
-    t1 = np.where(np.isnan(t1), -np.inf, t1)
-    t2 = np.where(np.isnan(t2), np.inf, t2)
-    near = np.minimum(t1, t2).max(axis=1)
-    far = np.maximum(t1, t2).min(axis=1)
-    hit = (far >= np.maximum(near, 0.0))
-    return np.where(hit, np.maximum(near, 0.0), np.inf)
 
 
 def visible_fraction(index: int, boxes: list[Box3D], rect: np.ndarray, camera: Camera, samples: int) -> float:

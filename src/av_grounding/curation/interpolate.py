@@ -1,4 +1,4 @@
-"""Object labels between the 10 Hz label frames (SPEC section 2).
+"""Object labels between the 10 Hz label frames (docs/formats.md#pose-and-label-rates).
 
 Translation and size are interpolated linearly, rotation by slerp; only tracks present in both
 neighbouring label frames survive.

@@ -1,4 +1,4 @@
-"""The `transform` stage (SPEC section 3): world-frame labels -> boxes in camera RDF.
+"""The `transform` stage (docs/conventions.md#world-to-camera): world-frame labels -> boxes in camera RDF.
 
 Two explicit steps, as the recipe describes them: world -> camera FLU (``P = R * P_world + t``),
 then FLU -> RDF (``x = -y, y = -z, z = x``). Each object keeps its physical box (centre,

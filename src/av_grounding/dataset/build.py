@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..curation.records import iter_records
-from ..models.tiny import tiny_tokenizer
+from ..models.builtin import task_tokenizer
 from ..params import FormatParams
 from ..shards import ShardReader
 from ..storage import atomic_folder, atomic_write_bytes, write_json
@@ -141,7 +141,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         write_json(staging / "split.json", {"train": train_clips, "eval": eval_clips,
                                             "samples": {k: len(v) for k, v in per_split.items()}})
     configured = {"configured": style}
-    tiny = tiny_tokenizer(prompts.system, prompts.user)
+    tiny = task_tokenizer(prompts.system, prompts.user)
 
     def tiny_count(text: str) -> int:
         return len(tiny(text, add_special_tokens=False)["input_ids"])
@@ -165,7 +165,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             "prompt_per_sample": fixed_prompt_tokens,
             "image_per_frame": {family: distribution(values) for family, values in image_token_counts.items()},
             "model_max_length": params.model_max_length,
-            "tiny_tokenizer": {
+            "task_tokenizer": {
                 "answer_per_frame": distribution([tiny_count(format_answer(a, style)) + 1 for a in all_answers]),
                 "answer_per_box": {name: round(tokens_per_box(all_answers, s, tiny_count), 2)
                                    for name, s in {**configured, **STYLE_VARIANTS}.items()},

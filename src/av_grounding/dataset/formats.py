@@ -1,4 +1,4 @@
-"""The two dataset layouts written by `format` (SPEC section 5), and their readers.
+"""The two dataset layouts written by `format` (docs/formats.md#datasets), and their readers.
 
 Cosmos-RL: ``meta.json`` = list of ``{"id", "media": "images/<id>.jpg", "conversations":
 "text/<id>.json"}``; ``text/<id>.json`` = the annotation record plus ``conversations`` (a list

@@ -1,4 +1,4 @@
-"""Score one folder of predictions against ground truth (SPEC section 7).
+"""Score one folder of predictions against ground truth (definitions: docs/metrics.md).
 
 Ground truth: recipe-format annotation files (``text/<id>.json`` of a dataset, or any folder of
 ``{"annotations": [{"label", "bbox_3d"}], "camera_params" | "intrinsics", ...}``). Predictions:

@@ -1,4 +1,4 @@
-"""3D boxes: the one corner order used everywhere (SPEC section 2).
+"""3D boxes: the one corner order used everywhere (docs/conventions.md#corner-order).
 
 Corners in the object frame are ``(+-l/2, +-w/2, +-h/2)`` ordered top face first:
 0: +l+w+h, 1: +l-w+h, 2: -l-w+h, 3: -l+w+h, then 4..7 the same at -h. The heading face is 0, 1, 5, 4.
@@ -56,6 +56,33 @@ class Box3D:
         return self.center + body_corners(self.lwh) @ self.rotation.T
 
 
+def ray_box_entry(rays: np.ndarray, box: Box3D, min_distance: float | np.ndarray = 0.0) -> np.ndarray:
+    """Distance along each of the (n, 3) rays from the camera centre to where it enters ``box``,
+    at least ``min_distance`` (a scalar or one per ray: the camera inside the box, or a ray cut by
+    the near plane, meets it at that distance); ``inf`` where it misses. Distances are in units
+    of the ray's length (slab test in the box frame)."""
+    local = rays @ box.rotation  # ray directions in the box frame
+    start = -box.rotation.T @ box.center  # camera centre in the box frame
+    half = box.lwh / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = (-half - start) / local
+        t2 = (half - start) / local
+    t1 = np.where(np.isnan(t1), -np.inf, t1)
+    t2 = np.where(np.isnan(t2), np.inf, t2)
+    near = np.maximum(np.minimum(t1, t2).max(axis=1), min_distance)
+    far = np.maximum(t1, t2).min(axis=1)
+    return np.where(far >= near, near, np.inf)
+
+
+def box_face_at(points: np.ndarray, box: Box3D) -> np.ndarray:
+    """Index into ``FACES`` of the face nearest to each of the (n, 3) points on ``box``'s surface."""
+    local = (points - box.center) @ box.rotation / (box.lwh / 2.0)
+    axis = np.abs(local).argmax(axis=1)
+    positive = np.take_along_axis(local, axis[:, None], axis=1)[:, 0] > 0
+    # FACES order: top (+z), bottom (-z), front (+x), back (-x), left (+y), right (-y).
+    return np.array([[3, 2], [5, 4], [1, 0]])[axis, positive.astype(int)]
+
+
 def edge_segments(camera_model: str) -> int:
     """Pieces per edge so that projected edges follow the model's curvature (pinhole: straight)."""
     return 1 if camera_model == "pinhole" else 16
@@ -89,7 +116,8 @@ def _clip_segment(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
 
 def project_edges(box_corners: np.ndarray, camera: Camera, segments: int = 1) -> list[np.ndarray]:
     """Pixel polylines of the box's visible-side-of-near-plane edges."""
-    return [camera.project(piece) for piece in clipped_edges(box_corners, segments)]
+    pieces = clipped_edges(box_corners, segments)
+    return list(camera.project(np.stack(pieces))) if pieces else []
 
 
 def projected_rectangle(box_corners: np.ndarray, camera: Camera, segments: int = 1) -> np.ndarray | None:

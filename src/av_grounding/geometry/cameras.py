@@ -1,12 +1,14 @@
-"""Camera models (SPEC section 2). Points are in the camera's RDF (OpenCV) frame.
+"""Camera models (docs/conventions.md#camera-models). Points are in the camera's RDF (OpenCV) frame.
 
-Both models share one interface: ``project`` (points -> pixels), ``unproject`` (pixels -> unit
-rays), ``valid`` (which points the model can image), ``width`` / ``height``.
+Both models share one interface: ``project`` (points -> pixels), ``unproject`` (pixels -> rays),
+``valid`` (which points the model can image), ``rays`` (one ray per pixel centre), ``resized``
+(the same camera for a scaled image), ``to_array`` (the RDS-HQ intrinsics array), ``width`` /
+``height``. Pixel coordinates are continuous with pixel ``(i, j)`` covering ``[i, i+1) x [j, j+1)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -23,6 +25,18 @@ class Camera(Protocol):
     def unproject(self, pixels: np.ndarray) -> np.ndarray: ...
 
     def valid(self, points: np.ndarray) -> np.ndarray: ...
+
+    def rays(self) -> np.ndarray: ...
+
+    def resized(self, width: int, height: int) -> "Camera": ...
+
+    def to_array(self) -> np.ndarray: ...
+
+
+def _pixel_centres(width: int, height: int) -> np.ndarray:
+    """(h, w, 2) pixel-centre coordinates ``(i + 0.5, j + 0.5)``."""
+    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    return np.stack([u, v], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -64,11 +78,11 @@ class PinholeCamera:
         return points[..., 2] >= NEAR_M
 
     def rays(self) -> np.ndarray:
-        """(h, w, 3) ray directions with z = 1 through every pixel centre."""
-        u = np.arange(self.width) + 0.5
-        v = np.arange(self.height) + 0.5
-        uu, vv = np.meshgrid(u, v)
-        return np.stack([(uu - self.cx) / self.fx, (vv - self.cy) / self.fy, np.ones_like(uu)], axis=-1)
+        """(h, w, 3) ray directions with z = 1 through every pixel centre (a distance along such a
+        ray is the depth z)."""
+        pixels = _pixel_centres(self.width, self.height)
+        return np.stack([(pixels[..., 0] - self.cx) / self.fx, (pixels[..., 1] - self.cy) / self.fy,
+                         np.ones(pixels.shape[:2])], axis=-1)
 
 
 def _poly(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -103,6 +117,14 @@ class FThetaCamera:
     RDS-HQ stores ``[cx, cy, w, h, p0..p5, is_bw_poly, (c, d, e)]``; a backward polynomial maps
     radius to angle. The missing direction is fitted (degree 5, no constant term) over the valid
     radius and refined by Newton steps, so ``project`` and ``unproject`` invert each other exactly.
+
+    The polynomials are calibrated only up to ``max_theta``, the largest ray angle of the four
+    corner pixels ``(0, 0), (w-1, 0), (0, h-1), (w-1, h-1)``. Beyond it the forward mapping is
+    extended linearly, ``r = r(max_theta) + (theta - max_theta) * r'(max_theta)``, as NVIDIA's
+    Cosmos-Drive-Dreams toolkit (``utils/camera/ftheta.py``) projects: evaluating a degree-5
+    polynomial past its calibrated range bends it anywhere (a 30-degree camera's forward polynomial
+    turns back within a few degrees), which puts boxes straddling the edge of the field of view
+    hundreds of pixels away from the toolkit's rectangles.
     """
 
     cx: float
@@ -112,17 +134,22 @@ class FThetaCamera:
     forward: tuple[float, ...]  # r(theta)
     backward: tuple[float, ...]  # theta(r)
     affine: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    max_radius: float = 0.0
+    max_radius: float = 0.0  # farthest image corner from the principal point: the fitted range
     stored_backward: bool = True
+    max_theta: float = np.pi  # calibrated angle (see the class docstring)
+    edge_radius: float = np.inf  # r(max_theta)
+    edge_slope: float = 1.0  # dr/dtheta at max_theta, in pixels per radian
 
     @classmethod
     def from_array(cls, values: np.ndarray) -> "FThetaCamera":
+        """Build from the RDS-HQ array; raises ``ValueError`` for a wrong length or a mapping that
+        does not increase up to the image corners."""
         values = np.asarray(values, dtype=np.float64)
         if len(values) not in (11, 14):
             raise ValueError(f"f-theta intrinsics need 11 or 14 values, got {len(values)}")
         cx, cy, width, height = values[:4]
         poly, is_backward = values[4:10], bool(values[10])
-        affine = tuple(values[11:14]) if len(values) == 14 else (1.0, 0.0, 0.0)
+        affine = tuple(float(a) for a in values[11:14]) if len(values) == 14 else (1.0, 0.0, 0.0)
         corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], dtype=float)
         max_radius = float(np.linalg.norm(corners - [cx, cy], axis=1).max())
         if is_backward:
@@ -130,31 +157,64 @@ class FThetaCamera:
         else:
             theta_max = float(_newton_inverse(poly, np.array(max_radius), np.array(np.pi / 2)))
             forward, backward = poly, _fit_inverse(poly, theta_max)
-        return cls(float(cx), float(cy), int(round(width)), int(round(height)), tuple(forward),
-                   tuple(backward), tuple(float(a) for a in affine), max_radius, is_backward)
+        camera = cls(float(cx), float(cy), int(round(width)), int(round(height)), tuple(forward),
+                     tuple(backward), affine, max_radius, is_backward)
+        return camera._with_edge()
+
+    def _with_edge(self) -> "FThetaCamera":
+        """This camera with ``max_theta``, ``edge_radius`` and ``edge_slope`` set (toolkit rule)."""
+        w, h = self.width - 1, self.height - 1
+        pixels = np.array([[0, 0], [w, 0], [0, h], [w, h]], dtype=float)
+        offsets = (pixels - [self.cx, self.cy]) @ np.linalg.inv(self._matrix).T
+        edge_radius = float(np.linalg.norm(offsets, axis=1).max())
+        max_theta = float(self._poly_theta(np.array(edge_radius)))
+        if self.stored_backward:
+            slope = 1.0 / float(_poly(np.polynomial.polynomial.polyder(np.array(self.backward)), edge_radius))
+        else:
+            slope = float(_poly(np.polynomial.polynomial.polyder(np.array(self.forward)), max_theta))
+        if not slope > 0:
+            raise ValueError(f"f-theta polynomial does not increase at the image corner "
+                             f"(radius {edge_radius:.1f} px): not a valid calibration")
+        return replace(self, max_theta=max_theta, edge_radius=edge_radius, edge_slope=slope)
 
     @property
     def _matrix(self) -> np.ndarray:
         c, d, e = self.affine
         return np.array([[c, d], [e, 1.0]])
 
-    def radius_of(self, theta: np.ndarray) -> np.ndarray:
+    @property
+    def stored_polynomial(self) -> tuple[float, ...]:
+        return self.backward if self.stored_backward else self.forward
+
+    def _poly_radius(self, theta: np.ndarray) -> np.ndarray:
         guess = _poly(np.array(self.forward), theta)
         if not self.stored_backward:
             return guess
         return _newton_inverse(np.array(self.backward), theta, guess)
 
-    def theta_of(self, radius: np.ndarray) -> np.ndarray:
+    def _poly_theta(self, radius: np.ndarray) -> np.ndarray:
         guess = _poly(np.array(self.backward), radius)
         if self.stored_backward:
             return guess
         return _newton_inverse(np.array(self.forward), radius, guess)
 
-    @property
-    def max_theta(self) -> float:
-        return float(self.theta_of(np.array(self.max_radius)))
+    def radius_of(self, theta: np.ndarray) -> np.ndarray:
+        """Pixels from the principal point (before the affine) at ray angle ``theta`` (radians);
+        linear beyond ``max_theta``."""
+        theta = np.asarray(theta, dtype=np.float64)
+        inside = self._poly_radius(np.minimum(theta, self.max_theta))
+        return np.where(theta <= self.max_theta, inside,
+                        self.edge_radius + (theta - self.max_theta) * self.edge_slope)
+
+    def theta_of(self, radius: np.ndarray) -> np.ndarray:
+        """Inverse of ``radius_of``."""
+        radius = np.asarray(radius, dtype=np.float64)
+        inside = self._poly_theta(np.minimum(radius, self.edge_radius))
+        return np.where(radius <= self.edge_radius, inside,
+                        self.max_theta + (radius - self.edge_radius) / self.edge_slope)
 
     def project(self, points: np.ndarray) -> np.ndarray:
+        """Pixels of (..., 3) points; only calibrated where ``valid``."""
         xy = points[..., :2]
         rho = np.linalg.norm(xy, axis=-1)
         theta = np.arctan2(rho, points[..., 2])
@@ -163,6 +223,7 @@ class FThetaCamera:
         return np.array([self.cx, self.cy]) + (radius[..., None] * unit) @ self._matrix.T
 
     def unproject(self, pixels: np.ndarray) -> np.ndarray:
+        """Unit rays (..., 3) of (..., 2) pixels."""
         offset = (pixels - np.array([self.cx, self.cy])) @ np.linalg.inv(self._matrix).T
         radius = np.linalg.norm(offset, axis=-1)
         theta = self.theta_of(radius)
@@ -173,6 +234,31 @@ class FThetaCamera:
         rho = np.linalg.norm(points[..., :2], axis=-1)
         theta = np.arctan2(rho, points[..., 2])
         return (theta <= self.max_theta) & (np.linalg.norm(points, axis=-1) >= NEAR_M)
+
+    def rays(self) -> np.ndarray:
+        """(h, w, 3) unit rays through every pixel centre (a distance along such a ray is metres)."""
+        return self.unproject(_pixel_centres(self.width, self.height))
+
+    def resized(self, width: int, height: int) -> "FThetaCamera":
+        """The same camera for an image scaled to ``width`` x ``height``. The radius scales by
+        ``sy = height / self.height`` (backward coefficient k divided by ``sy**k``, forward ones
+        multiplied by ``sy``) and a different horizontal scale ``sx`` goes into the affine's first
+        row (``c, d`` times ``sx / sy``); for equal scales this is the toolkit's ``rescale``."""
+        sx, sy = width / self.width, height / self.height
+        powers = np.arange(len(self.stored_polynomial))
+        poly = (np.array(self.stored_polynomial) / sy**powers if self.stored_backward
+                else np.array(self.stored_polynomial) * sy)
+        c, d, e = self.affine
+        affine = (c * sx / sy, d * sx / sy, e)
+        values = [self.cx * sx, self.cy * sy, width, height, *poly, float(self.stored_backward)]
+        return FThetaCamera.from_array(np.array(values + ([] if affine == (1.0, 0.0, 0.0) else list(affine))))
+
+    def to_array(self) -> np.ndarray:
+        """The RDS-HQ array: 11 values, 14 where the affine is not the identity."""
+        values = [self.cx, self.cy, self.width, self.height, *self.stored_polynomial, float(self.stored_backward)]
+        if self.affine != (1.0, 0.0, 0.0):
+            values += list(self.affine)
+        return np.array(values, dtype=np.float64)
 
 
 def camera_from_record(model: str, intrinsics: list[float] | np.ndarray) -> Camera:

@@ -1,5 +1,5 @@
 """Box conventions: what the nine numbers ``[x, y, z, x_size, y_size, z_size, roll, pitch, yaw]``
-of an answer mean (SPEC section 3). Each convention is one codec between those numbers and a
+of an answer mean (docs/conventions.md#box-codecs). Each convention is one codec between those numbers and a
 physical ``Box3D`` in camera RDF; ``decode(encode(box))`` gives back the same 8 corners.
 
 - ``cosmos`` (the recipe's data): centre in metres; sizes = (length, width, height); angles in

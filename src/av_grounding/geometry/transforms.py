@@ -1,4 +1,4 @@
-"""Rigid transforms and the FLU <-> RDF axis map (SPEC section 3)."""
+"""Rigid transforms and the FLU <-> RDF axis map (docs/conventions.md#flu-to-rdf)."""
 
 from __future__ import annotations
 

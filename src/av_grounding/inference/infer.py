@@ -28,6 +28,7 @@ from ..models.loading import load_model
 from ..params import FormatParams, InferParams, ParamsError
 from ..storage import as_stored, folder_digest, remove_partials, stored_json, write_json
 from ..training.collate import Encoder
+from ..training.loop import step_folders
 from .generate import generate
 
 MANIFESTS = "manifests"
@@ -44,7 +45,7 @@ def read_run(train: Path) -> dict[str, Any]:
 def columns(train: Path, params: InferParams, run: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(column, model folder or hub id, training step) in step order."""
     chosen = [("zero_shot", run["base"], 0)] if params.zero_shot else []
-    available = {int(p.name.split("_")[1]): p for p in sorted(train.glob("checkpoints/step_*"))}
+    available = step_folders(train / "checkpoints")
     if params.checkpoints == "all":
         wanted = sorted(available)
     elif params.checkpoints == "none":
@@ -71,7 +72,8 @@ def column_inputs(params: InferParams, fmt: FormatParams, dataset: Path, run: di
     """What one column's predictions are made from: the model (the training run's inputs, the
     column and its step), the generation and image parameters, the evaluation split's content."""
     return {"model": {"training_inputs_sha256": run.get("inputs_sha256"), "column": column, "step": step},
-            "params": {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size},
+            "params": {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
+                       "vision_attention": params.vision_attention},
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "eval_split_sha256": folder_digest(dataset / "eval")}
 
@@ -102,7 +104,8 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
     pending = [batch for batch in batches if not all((folder / f"{s.id}.json").exists() for s in batch)]
     started, tokens = time.perf_counter(), 0
     if pending:
-        loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device)
+        loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device,
+                            vision_attention=params.vision_attention)
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
         for batch in tqdm(pending, desc=f"infer {folder.name}", unit="batch"):
             for sample, result in zip(batch, generate(loaded.model, encoder, batch, params.max_new_tokens, device)):

@@ -28,8 +28,11 @@ def load_tokenizer(source: str | Path):
 
 
 def load_model(source: str | Path, dtype: str = "float32", device: str | None = "cpu",
-               attn_implementation: str | None = "sdpa") -> LoadedModel:
-    """``device=None`` leaves the weights where loading put them (sharded under DeepSpeed ZeRO-3)."""
+               attn_implementation: str | None = "sdpa", vision_attention: str = "packed") -> LoadedModel:
+    """A model folder or hub id with its tokenizer and image processor. ``device=None`` leaves
+    the weights where loading put them (sharded under DeepSpeed ZeRO-3). ``vision_attention``:
+    ``packed`` (one attention call per vision layer, ``models.attention``) or ``per_segment``
+    (transformers' own: one call per window or image)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -37,6 +40,10 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
+    if vision_attention == "packed":
+        from .attention import use_packed_vision_attention
+
+        use_packed_vision_attention(model)
     if device is not None:
         model = model.to(device)
     return LoadedModel(model, load_tokenizer(source), load_image_processor(source))

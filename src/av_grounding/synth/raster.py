@@ -1,13 +1,15 @@
-"""A small z-buffer rasteriser for convex polygons in camera RDF coordinates.
+"""Drawing boxes into a z-buffer, in camera RDF coordinates, sampled at pixel centres.
 
-Polygons are clipped at the near plane before projection, depth is interpolated perspective-
-correctly (1/z is linear in screen space), and pixels are sampled at their centres.
+Pinhole cameras: a rasteriser for convex polygons, clipped at the near plane before projection,
+with depth interpolated perspective-correctly (1/z is linear in screen space). Any central camera
+(f-theta): ray casting, one ray per pixel against the box, cut at the same near plane.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..geometry.boxes import Box3D, box_face_at, ray_box_entry
 from ..geometry.cameras import PinholeCamera
 
 
@@ -64,3 +66,15 @@ def rasterize_polygon(polygon: np.ndarray, camera: PinholeCamera, depth: np.ndar
         region[closer] = z[closer]
         won[y0 - oy: y1 - oy, x0 - ox: x1 - ox] |= closer
     return won
+
+
+def raycast_box(box: Box3D, rays: np.ndarray, near: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Where (h, w, 3) rays first meet ``box`` (camera RDF), cut at the plane ``z = near``: the
+    distance along each ray in units of its length (``inf``: missed) and the index into
+    ``FACES`` of the face met (-1: missed), both (h, w)."""
+    flat = rays.reshape(-1, 3)
+    distance = ray_box_entry(flat, box, near / np.maximum(flat[:, 2], 1e-9))
+    hit = np.isfinite(distance)
+    face = np.full(distance.shape, -1, dtype=np.int8)
+    face[hit] = box_face_at(flat[hit] * distance[hit, None], box)
+    return distance.reshape(rays.shape[:2]), face.reshape(rays.shape[:2])

@@ -36,14 +36,27 @@ def messages_of(sample: Sample, with_answer: bool) -> list[dict[str, Any]]:
 
 
 @dataclass
+class Text:
+    """A sample's token ids and labels (-100 outside the answer), with its image placeholder
+    already expanded to the image's token count."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    pixel_values: torch.Tensor
-    image_grid_thw: torch.Tensor
+    pixel_values: torch.Tensor  # (patches, channels x temporal x patch x patch)
+    image_grid_thw: torch.Tensor  # (1, 3): temporal, height and width in patches
 
 
 class Encoder:
+    """Samples -> token ids, labels and pixel values, as the model sees them at training and
+    inference alike. Text and pixels are separate steps: the token budget needs only the image's
+    size (read from the file header), training loads pixels in data-loader workers."""
+
     def __init__(self, tokenizer, image_processor, min_pixels: int, max_pixels: int, max_length: int):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -52,6 +65,7 @@ class Encoder:
         self.image_pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     def vision(self, path) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Pixel values, patch grid (1, 3) and image-token count of one image file."""
         with Image.open(path) as image:
             features = self.image_processor(images=[image.convert("RGB")], min_pixels=self.min_pixels,
                                             max_pixels=self.max_pixels, return_tensors="pt")
@@ -59,14 +73,25 @@ class Encoder:
         tokens = int(grid.prod()) // self.image_processor.merge_size ** 2
         return features["pixel_values"], grid, tokens
 
+    def image_tokens(self, path) -> int:
+        """Image tokens of an image file from its header alone (the processor's resize rule):
+        what ``vision`` would count, without decoding the pixels."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        with Image.open(path) as image:
+            width, height = image.size
+        factor = self.image_processor.patch_size * self.image_processor.merge_size
+        h, w = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+        return (h // factor) * (w // factor)
+
     def _ids(self, messages, image_tokens: int, generation_prompt: bool) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
         if text.count(IMAGE_PAD) != 1:
             raise ValueError(f"chat template produced {text.count(IMAGE_PAD)} image placeholders, expected 1")
         return self.tokenizer(text.replace(IMAGE_PAD, IMAGE_PAD * image_tokens), add_special_tokens=False)["input_ids"]
 
-    def encode(self, sample: Sample, with_answer: bool = True) -> Encoded:
-        pixel_values, grid, image_tokens = self.vision(sample.image)
+    def text(self, sample: Sample, image_tokens: int, with_answer: bool = True) -> Text:
+        """Token ids and labels; BudgetError when longer than ``max_length``."""
         prompt = self._ids(messages_of(sample, False), image_tokens, True)
         if not with_answer:
             ids, labels = prompt, [IGNORE] * len(prompt)
@@ -79,7 +104,30 @@ class Encoder:
         if len(ids) > self.max_length:
             raise BudgetError(f"sample {sample.id}: {len(ids)} tokens ({image_tokens} image) > model_max_length "
                               f"{self.max_length}")
-        return Encoded(ids, labels, pixel_values, grid)
+        return Text(ids, labels)
+
+    def with_pixels(self, sample: Sample, text: Text) -> Encoded:
+        """The text encoding completed with the image's pixels."""
+        pixel_values, grid, tokens = self.vision(sample.image)
+        if text.input_ids.count(self.image_pad) != tokens:
+            raise ValueError(f"sample {sample.id}: {sample.image} gives {tokens} image tokens, the text holds "
+                             f"{text.input_ids.count(self.image_pad)}")
+        return Encoded(text.input_ids, text.labels, pixel_values, grid)
+
+    def encode(self, sample: Sample, with_answer: bool = True) -> Encoded:
+        return self.with_pixels(sample, self.text(sample, self.image_tokens(sample.image), with_answer))
+
+
+def within_budget(encoder: Encoder, samples: list[Sample]) -> tuple[list[tuple[Sample, Text]], list[str]]:
+    """The samples whose prompt + image + answer fit ``model_max_length`` (with their text
+    encodings), and one message per sample that does not. Both backends check with this."""
+    kept, over = [], []
+    for sample in samples:
+        try:
+            kept.append((sample, encoder.text(sample, encoder.image_tokens(sample.image))))
+        except BudgetError as exc:
+            over.append(str(exc))
+    return kept, over
 
 
 def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -1,9 +1,10 @@
-"""The `cosmos-rl` backend: supervised fine-tuning through NVIDIA's cosmos-rl (SPEC section 6).
+"""The `cosmos-rl` backend: supervised fine-tuning through NVIDIA's cosmos-rl
+(docs/recipe.md#cosmos-rl-settings).
 
 cosmos-rl needs ``transformers<5`` and ``av<19``, so it runs in its own environment as a
 subprocess (``train.cosmos_rl_executable``). The stage prepares a run folder,
 
-  <output>/cosmos-rl/run.toml              the config, every trap of SPEC section 6 set explicitly
+  <output>/cosmos-rl/run.toml              the config, every harmful cosmos-rl default overridden
   <output>/cosmos-rl/cosmos_rl_dataset.py  a self-contained dataset script (imports nothing of ours)
   <output>/cosmos-rl/conversations.jsonl   samples that passed the token budget, image paths relative
   <output>/cosmos-rl/cosmos-rl.log         everything cosmos-rl printed
@@ -32,7 +33,9 @@ from ..dataset.formats import read_cosmos
 from ..errors import PipelineError
 from ..params import FormatParams, TrainParams
 from ..storage import atomic_folder, atomic_write_bytes
-from .collate import BudgetError, Encoder
+from .collate import Encoder, within_budget
+from .data import global_batch
+from .loop import StepResult, log_step, step_folder, step_folders
 
 RUN_FOLDER = "cosmos-rl"
 # With an explicit timestamp cosmos-rl writes straight into output_dir (<output_dir>/safetensors/
@@ -73,21 +76,15 @@ def write_conversations(params: TrainParams, fmt: FormatParams, base: Path | str
 
     encoder = Encoder(load_tokenizer(base), load_image_processor(base), fmt.min_pixels, fmt.max_pixels,
                       fmt.model_max_length)
-    lines, over_budget = [], []
-    for sample in read_cosmos(dataset / "train"):
-        try:
-            encoder.encode(sample)
-        except BudgetError as exc:
-            over_budget.append(str(exc))
-            continue
-        lines.append(json.dumps([
-            {"role": "system", "content": sample.system},
-            {"role": "user", "content": [
-                {"type": "image", "image": relative(sample.image, run), "min_pixels": fmt.min_pixels,
-                 "max_pixels": fmt.max_pixels},
-                {"type": "text", "text": sample.user}]},
-            {"role": "assistant", "content": sample.answer},
-        ], sort_keys=True))
+    kept, over_budget = within_budget(encoder, read_cosmos(dataset / "train"))
+    lines = [json.dumps([
+        {"role": "system", "content": sample.system},
+        {"role": "user", "content": [
+            {"type": "image", "image": relative(sample.image, run), "min_pixels": fmt.min_pixels,
+             "max_pixels": fmt.max_pixels},
+            {"type": "text", "text": sample.user}]},
+        {"role": "assistant", "content": sample.answer},
+    ], sort_keys=True) for sample, _ in kept]
     if not lines:
         raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
     atomic_write_bytes(run / CONVERSATIONS, ("\n".join(lines) + "\n").encode())
@@ -97,7 +94,7 @@ def write_conversations(params: TrainParams, fmt: FormatParams, base: Path | str
 def cosmos_config(params: TrainParams, fmt: FormatParams, base: Path | str, run: Path, samples: int,
                   resume: bool = False) -> dict[str, Any]:
     """The cosmos-rl TOML as a dict. Keys whose cosmos-rl default is a trap are always written."""
-    per_step = params.batch_size * params.grad_accum * params.gpus
+    per_step = global_batch(params.batch_size, params.grad_accum, params.gpus)
     freeze = [pattern for switch, pattern in FREEZE_PATTERNS.items() if not getattr(params, switch)]
     if params.lora:  # adapters on the language model; the LLM weights themselves stay frozen
         freeze = [p for p in freeze if p != FREEZE_PATTERNS["train_llm"]]
@@ -161,12 +158,8 @@ def cosmos_config(params: TrainParams, fmt: FormatParams, base: Path | str, run:
 
 def exported_steps(run: Path) -> dict[int, Path]:
     """Folders ``<output_dir>/safetensors/step_N`` holding weights, by step."""
-    found = {}
-    for folder in (run / OUTPUTS / "safetensors").glob("step_*"):
-        match = re.fullmatch(r"step_(\d+)", folder.name)
-        if match and any(folder.glob("*.safetensors")):
-            found[int(match.group(1))] = folder
-    return dict(sorted(found.items()))
+    return {step: folder for step, folder in step_folders(run / OUTPUTS / "safetensors").items()
+            if any(folder.glob("*.safetensors"))}
 
 
 def place_export(export: Path, base: Path | str, destination: Path) -> None:
@@ -197,11 +190,8 @@ def log_curve(curve: dict[int, dict[str, float]], samples_per_step: int, live_di
 
     with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         for step, values in curve.items():
-            live.step = step
-            live.log_metric("train/loss", values["loss"])
-            live.log_metric("train/lr", values["lr"])
-            live.log_metric("train/grad_norm", values["grad_norm"])
-            live.log_metric("train/samples_per_s", samples_per_step / max(values["seconds"], 1e-9))
+            log_step(live, StepResult(step, values["loss"], values["grad_norm"], values["lr"], values["seconds"],
+                                      samples_per_step))
 
 
 def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
@@ -225,6 +215,9 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
     """Write the run folder (conversations, TOML, dataset script); returns it with the budget counts."""
     import tomli_w
 
+    from .train import resolved
+
+    params = resolved(params)
     run = output / RUN_FOLDER
     run.mkdir(parents=True, exist_ok=True)
     budget = write_conversations(params, fmt, base, dataset, run)
@@ -247,10 +240,10 @@ def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, da
                             f"{run / OUTPUTS / 'safetensors'} (newest step before this run: {before}, after: "
                             f"{max(exports, default=0)}); its last lines:\n" + "\n".join(tail))
     curve = training_curve(run / LOG)
-    log_curve(curve, params.batch_size * params.grad_accum * params.gpus, live_dir)
+    log_curve(curve, global_batch(params.batch_size, params.grad_accum, params.gpus), live_dir)
     *earlier, last = exports
     for step in earlier:
-        place_export(exports[step], base, output / "checkpoints" / f"step_{step:06d}")
+        place_export(exports[step], base, step_folder(output / "checkpoints", step))
     place_export(exports[last], base, output / "model")
     # The resumable state (optimizer, full precision weights) is only needed by a crashed run.
     shutil.rmtree(run / OUTPUTS, ignore_errors=True)

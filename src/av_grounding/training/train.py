@@ -1,7 +1,7 @@
 """The `train` stage: resolve the base model, run a backend, place the result where `infer` looks.
 
 Outputs under the training folder:
-  base/         the model before fine-tuning (built here for tiny-*; absent for a hub id or path)
+  base/         the model before fine-tuning (built here for the built-in models; absent for a hub id or path)
   checkpoints/  step_NNNNNN/ Hugging Face folders written during training
   model/        the fine-tuned model
   run.json      where fine-tuning started (base folder or hub id), how many steps it took, and
@@ -22,24 +22,38 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset.prompts import load_prompts
-from ..models.tiny import TINY_MODELS, build_tiny
+from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, TrainParams, with_preset
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
 from .cosmos_rl import RUN_FOLDER
 
 INPUTS = "inputs.json"
 
+# Peak learning rate of `train.lr: null` for a model that is not built in (a hub id or folder of a
+# pretrained model): a common full fine-tuning rate for 3-8B vision-language models.
+PRETRAINED_LR = 1e-5
+
+
+def resolved(params: TrainParams) -> TrainParams:
+    """The params a run uses: the preset applied, and ``lr: null`` replaced by the built-in
+    model size's learning rate (``models.builtin.MODEL_SIZES``) or PRETRAINED_LR."""
+    params = with_preset(params)
+    if params.lr is None:
+        lr = split_name(params.model)[0].lr if params.model in BUILTIN_MODELS else PRETRAINED_LR
+        params = dataclasses.replace(params, lr=lr)
+    return params
+
 
 def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool = True) -> Path | str:
-    """The folder or hub id fine-tuning starts from (a tiny model is built there unless ``build``
-    is false: other processes of a distributed launch wait for the first one to build it)."""
-    if params.model in TINY_MODELS and not build:
-        return output / "base"
-    if params.model in TINY_MODELS:
+    """The folder or hub id fine-tuning starts from (a built-in model is built there unless
+    ``build`` is false: other processes of a distributed launch wait for the first one to build it)."""
+    if params.model not in BUILTIN_MODELS:
+        return params.model
+    if build:
         prompts = load_prompts(fmt.prompts)
-        return build_tiny(params.model, output / "base", params.seed, prompts.system, prompts.user,
-                          fmt.min_pixels, fmt.max_pixels)
-    return params.model
+        build_builtin(params.model, output / "base", params.seed, prompts.system, prompts.user,
+                      fmt.min_pixels, fmt.max_pixels)
+    return output / "base"
 
 
 def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> dict[str, Any]:
@@ -63,7 +77,7 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
 
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train")) -> dict[str, Any]:
-    params = with_preset(params)
+    params = resolved(params)
     rank = 0
     inputs = training_inputs(params, fmt, dataset)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -85,6 +99,7 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
 
         summary = train_cosmos_rl(params, fmt, base, dataset, output, live)
     summary["model"] = params.model
+    summary["lr"] = params.lr
     if rank == 0:
         write_json(output / "run.json", {"base": str(base), "steps": summary["steps"],
                                          "inputs_sha256": hashlib.sha256(dumps_json(inputs).encode()).hexdigest()})

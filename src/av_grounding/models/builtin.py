@@ -1,10 +1,12 @@
-"""Tiny offline models of the real Cosmos Reason architectures (SPEC section 6).
+"""Built-in offline models of the real Cosmos Reason architectures, at three sizes.
 
-``tiny-qwen2_5_vl`` (Cosmos Reason 1) and ``tiny-qwen3_vl`` (Cosmos Reason 2) are the real
-``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` classes at a small
-size, randomly initialised from a seed, with:
+``<size>-qwen2_5_vl`` (Cosmos Reason 1) and ``<size>-qwen3_vl`` (Cosmos Reason 2), with size
+``tiny``, ``small`` or ``base`` (``MODEL_SIZES``), are the real
+``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` classes, randomly
+initialised from a seed; vision tower, projector and language model scale together. All share:
   - a byte-level BPE tokenizer trained with ``tokenizers`` on the task's own text (the prompts and
-    answers shaped like the task's, from a fixed seed), Qwen's special tokens at their usual ids;
+    answers shaped like the task's, from a fixed seed), Qwen's special tokens at their usual ids
+    and the real models' 151,936-entry vocabulary (most entries unused filler);
   - a chat template with ``{% generation %}`` markers, so assistant-only loss masks come from
     ``apply_chat_template(..., return_assistant_tokens_mask=True)``;
   - the PIL image processor (no torchvision needed).
@@ -15,11 +17,68 @@ image processor with its PIL class (``AutoImageProcessor`` insists on torchvisio
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-TINY_MODELS = ("tiny-qwen2_5_vl", "tiny-qwen3_vl")
+ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl")  # Cosmos Reason 1, Cosmos Reason 2
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """One size of the built-in models: widths and depths of the language model and the vision
+    tower (the projector maps vision ``hidden`` to language ``hidden``), and the peak AdamW
+    learning rate that ``train.lr: null`` uses for it (measured not to diverge with the default
+    5 % warmup: 82M parameters trained stably at 3e-4 and diverged at 1e-3 on an H200)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vision_hidden: int
+    vision_depth: int
+    vision_heads: int
+    vision_intermediate: int
+    lr: float
+
+    def __post_init__(self):
+        assert self.hidden % self.heads == 0 and self.heads % self.kv_heads == 0, self
+        assert self.vision_hidden % self.vision_heads == 0, self
+        assert (self.hidden // self.heads) % 8 == 0, "head_dim must split into M-RoPE sections"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def mrope_section(self) -> list[int]:
+        """Rotary frequencies per (time, height, width), summing to head_dim / 2 in Qwen's
+        2 : 3 : 3 proportion (16, 24, 24 at the real models' head_dim 128)."""
+        eighth = self.head_dim // 16
+        return [2 * eighth, 3 * eighth, 3 * eighth]
+
+    def full_attention_blocks(self) -> list[int]:
+        """Qwen2.5-VL vision blocks with full (not windowed) attention: every 4th, and the last
+        (the real model: 7, 15, 23, 31 of 32)."""
+        return sorted({*range(3, self.vision_depth, 4), self.vision_depth - 1})
+
+    def deepstack_blocks(self) -> list[int]:
+        """Qwen3-VL vision blocks whose features feed the language model's first layers: the ends
+        of the first and second thirds and the last block (the real 8B model: 8, 16, 24 of 27)."""
+        third = self.vision_depth // 3
+        return sorted({third - 1, 2 * third - 1, self.vision_depth - 1}) if third else [self.vision_depth - 1]
+
+
+MODEL_SIZES = {
+    # hidden 64, 2 layers: tens of milliseconds a step on a CPU (tests, the default pipeline).
+    "tiny": ModelSize(64, 2, 4, 2, 128, 64, 2, 4, 128, lr=5e-3),
+    # about 80M parameters, 60M of them the 152k-entry embedding: learns the task in minutes on a GPU.
+    "small": ModelSize(384, 6, 6, 2, 1024, 384, 6, 6, 1024, lr=3e-4),
+    # about 300M parameters.
+    "base": ModelSize(768, 12, 12, 4, 2048, 768, 12, 12, 2048, lr=1e-4),
+}
+BUILTIN_MODELS = tuple(f"{size}-{arch}" for size in MODEL_SIZES for arch in ARCHITECTURES)
 SPECIAL_TOKENS = {  # Qwen2 vocabulary ids
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
     "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
@@ -98,8 +157,8 @@ def build_tokenizer(corpus: list[str]):
 
 
 @functools.cache
-def tiny_tokenizer(system: str, user: str):
-    """The tiny models' tokenizer for these prompts (deterministic)."""
+def task_tokenizer(system: str, user: str):
+    """The built-in models' tokenizer for these prompts (deterministic)."""
     return build_tokenizer(task_corpus(system, user))
 
 
@@ -137,56 +196,67 @@ def _merges_of(tokenizer) -> list:
     return json.loads(tokenizer.to_str())["model"]["merges"]
 
 
-def tiny_config(name: str):
-    """The real architecture's config at hidden 64, 2 layers, vision depth 2."""
+def split_name(name: str) -> tuple[ModelSize, str]:
+    """``"small-qwen3_vl"`` -> (its ModelSize, ``"qwen3_vl"``); ValueError for another name."""
+    size, _, arch = name.partition("-")
+    if size not in MODEL_SIZES or arch not in ARCHITECTURES:
+        raise ValueError(f"unknown built-in model {name!r}; choose from {BUILTIN_MODELS}")
+    return MODEL_SIZES[size], arch
+
+
+def builtin_config(name: str):
+    """The real architecture's config (``Qwen2_5_VLConfig`` or ``Qwen3VLConfig``) at the named size."""
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
-    text = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    size, arch = split_name(name)
+    text = dict(vocab_size=VOCAB_SIZE, hidden_size=size.hidden, intermediate_size=size.intermediate,
+                num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+                head_dim=size.head_dim, max_position_embeddings=4096,
                 bos_token_id=SPECIAL_TOKENS["<|endoftext|>"], eos_token_id=SPECIAL_TOKENS["<|im_end|>"],
                 pad_token_id=SPECIAL_TOKENS["<|endoftext|>"])
+    vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=size.vision_intermediate,
+                  num_heads=size.vision_heads, out_hidden_size=size.hidden)
     special = dict(image_token_id=SPECIAL_TOKENS["<|image_pad|>"], video_token_id=SPECIAL_TOKENS["<|video_pad|>"],
                    vision_start_token_id=SPECIAL_TOKENS["<|vision_start|>"],
                    vision_end_token_id=SPECIAL_TOKENS["<|vision_end|>"])
-    if name == "tiny-qwen2_5_vl":
+    if arch == "qwen2_5_vl":
         return Qwen2_5_VLConfig(
             text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                                     "mrope_section": [2, 3, 3]}},
-            vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                               fullatt_block_indexes=[1], window_size=112),
+                                                     "mrope_section": size.mrope_section()}},
+            vision_config={**vision, "fullatt_block_indexes": size.full_attention_blocks(), "window_size": 112},
             tie_word_embeddings=True, **special)
-    if name == "tiny-qwen3_vl":
-        return Qwen3VLConfig(
-            text_config={**text, "head_dim": 16, "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
-                                                                     "mrope_section": [2, 3, 3],
-                                                                     "mrope_interleaved": True}},
-            vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                               deepstack_visual_indexes=[1], num_position_embeddings=256),
-            tie_word_embeddings=True, **special)
-    raise ValueError(f"unknown tiny model {name!r}; choose from {TINY_MODELS}")
+    return Qwen3VLConfig(
+        text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
+                                                 "mrope_section": size.mrope_section(), "mrope_interleaved": True}},
+        vision_config={**vision, "deepstack_visual_indexes": size.deepstack_blocks(), "num_position_embeddings": 256},
+        tie_word_embeddings=True, **special)
 
 
 def image_processor_for(name: str, min_pixels: int, max_pixels: int):
+    """Qwen's image processor with the architecture's patch: 14 px (Qwen2.5-VL) or 16 px (Qwen3-VL),
+    merged 2x2 into one image token."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    patch = 14 if name == "tiny-qwen2_5_vl" else 16
+    patch = 14 if split_name(name)[1] == "qwen2_5_vl" else 16
     return Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                     min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def build_tiny(name: str, folder: Path, seed: int, system: str, user: str, min_pixels: int, max_pixels: int) -> Path:
-    """Create and save a tiny model (weights, tokenizer, image processor) under ``folder``, atomically."""
+def build_builtin(name: str, folder: Path, seed: int, system: str, user: str, min_pixels: int,
+                  max_pixels: int) -> Path:
+    """Create and save a built-in model (weights, tokenizer, image processor) under ``folder``,
+    atomically; the same name and seed give the same weights."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     from ..storage import atomic_folder
 
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(tiny_config(name))
+    model = AutoModelForImageTextToText.from_config(builtin_config(name))
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         _portable_model_config(tmp / "config.json")
-        tiny_tokenizer(system, user).save_pretrained(tmp)
+        task_tokenizer(system, user).save_pretrained(tmp)
         _portable_tokenizer_config(tmp / "tokenizer_config.json")
         image_processor_for(name, min_pixels, max_pixels).save_pretrained(tmp)
     return folder

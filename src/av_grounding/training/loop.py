@@ -1,0 +1,211 @@
+"""One training loop for every execution path, in the manner of detectron2's ``engine/train_loop``:
+``Trainer.train()`` iterates optimizer steps; each execution path (one process, DeepSpeed
+ZeRO-3) implements only ``run_step()`` and how it saves; checkpoints and DVCLive logging are
+hooks. Also here, shared with the cosmos-rl backend: the step folder names and the per-step
+DVCLive record.
+
+A non-finite loss or gradient norm never passes silently: the step's update is skipped and
+counted, and once more than ``max_nonfinite_steps`` such steps happened (default 0: the first)
+the run stops with ``TrainingDivergedError`` naming the step; checkpoints are written only after
+good steps, so the newest one stays usable.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import PipelineError
+from ..storage import atomic_folder
+
+STATE_FILE = "trainer_state.pt"
+_STEP_FOLDER = re.compile(r"step_(\d+)")
+
+
+class TrainingDivergedError(PipelineError, ValueError):
+    """The loss or gradient norm became non-finite more often than allowed (a bad learning rate
+    or warmup is a bad parameter value: the stage reports it in one line)."""
+
+
+def step_folder(root: Path, step: int) -> Path:
+    """``<root>/step_NNNNNN``: where the checkpoint (or export) of optimizer step ``step`` lives."""
+    return Path(root) / f"step_{step:06d}"
+
+
+def step_folders(root: Path) -> dict[int, Path]:
+    """Existing ``step_N`` folders under ``root``, by step, in step order."""
+    found = {}
+    for folder in Path(root).glob("step_*"):
+        match = _STEP_FOLDER.fullmatch(folder.name)
+        if match and folder.is_dir():
+            found[int(match[1])] = folder
+    return dict(sorted(found.items()))
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did. ``loss`` is the mean over its micro-batches; ``samples`` and
+    ``tokens`` count all processes; ``tokens`` is None where unknown (cosmos-rl's log)."""
+
+    step: int  # optimizer steps done, this one included (1-based)
+    loss: float
+    grad_norm: float
+    lr: float
+    seconds: float
+    samples: int
+    tokens: int | None = None
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def log_step(live, result: StepResult) -> None:
+    """One DVCLive step (numbered by optimizer step from 0, also after a resume)."""
+    live.step = result.step - 1
+    live.log_metric("train/loss", result.loss)
+    live.log_metric("train/lr", result.lr)
+    live.log_metric("train/grad_norm", result.grad_norm)
+    live.log_metric("train/samples_per_s", result.samples / max(result.seconds, 1e-9))
+    if result.tokens is not None:
+        live.log_metric("train/tokens_per_s", result.tokens / max(result.seconds, 1e-9))
+    live.next_step()
+
+
+def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str, Any] | None = None,
+                state_dict: dict[str, Any] | None = None) -> None:
+    """A Hugging Face folder written atomically, with ``extra`` as the training state to resume from."""
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        if extra is not None:
+            torch.save(extra, tmp / STATE_FILE)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (its state file is written last) under ``folder``."""
+    done = [p for p in step_folders(folder).values() if (p / STATE_FILE).exists()]
+    return done[-1] if done else None
+
+
+class HookBase:
+    """Called by ``Trainer.train`` around the loop and after every optimizer step."""
+
+    def before_train(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_step(self, trainer: "Trainer", result: StepResult) -> None:
+        pass
+
+    def after_train(self, trainer: "Trainer") -> None:
+        pass
+
+
+class Trainer(abc.ABC):
+    """Runs optimizer steps from ``step`` (0, or where ``resume`` left it) to ``total - 1``.
+    Subclasses implement ``run_step``, saving and resuming."""
+
+    def __init__(self, grad_accum: int, total: int, max_nonfinite_steps: int, hooks: list[HookBase], rank: int = 0):
+        self.grad_accum, self.total, self.step = grad_accum, total, 0
+        self.max_nonfinite_steps, self.nonfinite_steps = max_nonfinite_steps, 0
+        self.hooks, self.rank = hooks, rank
+        self.last_checkpoint: Path | None = None
+
+    def train(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Run the remaining steps over ``batches``: this rank's micro-batches from step
+        ``self.step`` on, ``grad_accum`` per step."""
+        batches = iter(batches)
+        for hook in self.hooks:
+            hook.before_train(self)
+        while self.step < self.total:
+            started = time.perf_counter()
+            loss, grad_norm, lr, samples, tokens = self.run_step([next(batches) for _ in range(self.grad_accum)])
+            self.step += 1
+            result = StepResult(self.step, loss, grad_norm, lr, time.perf_counter() - started, samples, tokens)
+            if not result.finite:
+                self._count_nonfinite(result)
+                continue
+            for hook in self.hooks:
+                hook.after_step(self, result)
+        for hook in self.hooks:
+            hook.after_train(self)
+
+    def _count_nonfinite(self, result: StepResult) -> None:
+        self.nonfinite_steps += 1
+        if self.nonfinite_steps > self.max_nonfinite_steps or not self.can_skip:
+            raise TrainingDivergedError(
+                f"step {result.step}: loss {result.loss}, gradient norm {result.grad_norm} (non-finite; "
+                f"{self.nonfinite_steps} such step(s), train.max_nonfinite_steps {self.max_nonfinite_steps}); "
+                f"lower train.lr or raise train.warmup_ratio. Last good checkpoint: "
+                f"{self.last_checkpoint or 'none'}")
+
+    can_skip = True  # whether run_step leaves the weights untouched on a non-finite step
+
+    @abc.abstractmethod
+    def run_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, float, int, int]:
+        """Forward, backward and (if the gradients are finite) the update of one optimizer step:
+        (mean loss, gradient norm before clipping, learning rate used, samples, tokens), the last
+        two over all processes."""
+
+    @abc.abstractmethod
+    def save_checkpoint(self, folder: Path) -> None:
+        """A model folder ``infer`` can read plus what resuming needs (written last)."""
+
+    @abc.abstractmethod
+    def save_model(self, folder: Path) -> None:
+        """The final model folder."""
+
+    @abc.abstractmethod
+    def resume(self, checkpoint: Path) -> None:
+        """Restore the training state (and ``step``) saved by ``save_checkpoint``."""
+
+
+class CheckpointHook(HookBase):
+    """A checkpoint every ``every`` steps (not at the last step: the final model is saved
+    instead); only the newest keeps the resumable state, older ones stay as models to evaluate."""
+
+    def __init__(self, root: Path, every: int):
+        self.root, self.every = root, every
+
+    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+        if not self.every or result.step % self.every or result.step >= trainer.total:
+            return
+        folder = step_folder(self.root, result.step)
+        trainer.save_checkpoint(folder)
+        trainer.last_checkpoint = folder
+        if trainer.rank == 0:
+            for older in step_folders(self.root).values():
+                if older != folder:
+                    (older / STATE_FILE).unlink(missing_ok=True)
+                    shutil.rmtree(older / "deepspeed", ignore_errors=True)
+
+
+class LiveHook(HookBase):
+    """Loss, learning rate, gradient norm, samples/s and tokens/s to DVCLive (rank 0 only)."""
+
+    def __init__(self, live_dir: Path, resume: bool):
+        self.live_dir, self.resume, self.live = live_dir, resume, None
+
+    def before_train(self, trainer: Trainer) -> None:
+        from dvclive import Live
+
+        if trainer.rank == 0:
+            self.live = Live(dir=str(self.live_dir), dvcyaml=None, save_dvc_exp=False, resume=self.resume,
+                             report=None)
+
+    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+        if self.live is not None:
+            log_step(self.live, result)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.live is not None:
+            self.live.end()
