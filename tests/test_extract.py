@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -235,16 +237,20 @@ def test_intrinsics_of_a_wrong_length_fail_the_item_naming_the_member(synthetic_
 def test_a_clip_id_that_is_not_an_rds_hq_id_fails_once(synthetic_root, small_params, tmp_path):
     root, clip_ids = broken_copy(synthetic_root, tmp_path)
     dotted = clip_ids[0].replace("_", ".", 1)
-    for tar in root.glob(f"*/{clip_ids[0]}.tar"):
-        members = rdshq.decode_tar(tar.read_bytes(), clip_ids[0], str(tar))
-        rdshq.write_tar(root, tar.parent.name, dotted, members)
+    for tar in root.glob(f"*/{clip_ids[0]}.tar"):  # members renamed as another tool would name them
+        with tarfile.open(tar) as source, tarfile.open(tar.with_name(f"{dotted}.tar"), "w") as target:
+            for info in source.getmembers():
+                payload = source.extractfile(info).read()
+                info.name = info.name.replace(clip_ids[0], dotted, 1)
+                target.addfile(info, io.BytesIO(payload))
         tar.unlink()
     for video in root.glob(f"*/{clip_ids[0]}.mp4"):
         video.rename(video.with_name(f"{dotted}.mp4"))
     metrics = extract(params_for(root, small_params, max_failed_fraction=0.5), tmp_path / "out")
     assert metrics["items"] == 3 and metrics["items_failed"] == 1 and metrics["frames_written"] == 8
     assert [f.describe() for f in metrics["failures"]] == [
-        f"{dotted}: {root}/all_object_info/{dotted}.tar: clip id {dotted!r} is not '<session_uuid>_<start_us>_<end_us>'"]
+        f"{dotted}: {root}/all_object_info/{dotted}.tar: clip id {dotted!r} contains a '.': tar members are named "
+        "'<clip_id>.<key>' and split at the first '.', so a clip id cannot hold one; rename the clip"]
 
 
 def test_parameter_errors_fail_once_before_any_work(synthetic_root, small_params, tmp_path, capsys):
@@ -361,5 +367,7 @@ def test_dropped_frames_are_reported_and_never_filled_with_a_neighbour(long_root
         assert record["image_member"] == f"{stamp:06d}.jpg"
         assert record["timestamp_s"] == pytest.approx(stamp / 30, abs=1e-6)
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())
-    assert failures == [{"item": f"{clip_id}/{LONG.cameras[0]}", "missing_frames": missing,
-                         "error": f"frames {missing} are not in the video (its timestamps skip them); not written"}]
+    assert failures["missing_frames"] == [{"item": f"{clip_id}/{LONG.cameras[0]}", "missing_frames": missing,
+                                           "error": f"frames {missing} are not in the video (its timestamps skip "
+                                                    "them); not written"}]
+    assert failures["items"] == failures["frames"] == []
