@@ -334,6 +334,9 @@ def check_cameras(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParam
         prefix = f"{params.camera_model}_"
         found = sorted(Path(n).name[len(prefix):] for n in fs.ls(root, detail=False)
                        if Path(n).name.startswith(prefix) and Path(n).name != f"{prefix}intrinsic")
+        if not found:
+            raise ParamsError(f"extract.camera_model {params.camera_model}: no {prefix}<camera> video folders under "
+                              f"{url}")
         raise ParamsError(f"extract.cameras: no video folder {url}/{prefix}<camera> for {missing}; "
                           f"cameras with {params.camera_model} videos there: {found}")
 
