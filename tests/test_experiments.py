@@ -124,7 +124,7 @@ def test_metrics_diff_shows_eval_metrics_of_two_experiments_side_by_side(experim
     assert [cell.strip() for cell in header.strip("|").split("|")] == ["Path", "Metric", first, second, "Change"], table
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|"))[:2] for line in table.splitlines()[2:]}
     eval_metrics = _numeric_leaves(_metric(_experiment_data(experiments["shown"])[first], "metrics/eval.json"))
-    assert {"final.ap2d.ap", "final.ap3d.ap", "final.center_distance.map", "final.recipe.mean_iou"} <= set(eval_metrics)
+    assert {"final.ap2d.ap", "final.ap3d.ap", "final.center_distance.map", "final.recipe.label_accuracy_pct"} <= set(eval_metrics)
     missing = [key for key in eval_metrics if ("metrics/eval.json", key) not in rows]
     assert not missing, f"dvc metrics diff {first} {second} lacks eval metrics {missing}:\n{table}"
     changed = dvc(workspace, "metrics", "diff", first, second, "--md")

@@ -14,7 +14,6 @@ REFERENCE = re.compile(r"`(test_\w+\.py)::(\w+)(\[[^\]`]+\])?`")
 # Tests that other branches add (named in their rows as "(branch X)"); the lead empties this set
 # as those branches merge, after which each of them must exist like every other.
 ELSEWHERE = {
-    "test_evaluation.py::test_undefined_metrics_are_null",
     "test_executors.py::test_workers_exit_when_the_main_process_is_killed",
     "test_determinism.py::test_data_stages_give_the_same_bytes_under_two_openblas_core_types",
     "test_storage.py::test_stored_floats_have_fixed_decimals_and_no_negative_zero",

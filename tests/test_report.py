@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from av_grounding.report import main
+from av_grounding.report import main, split_timing
 from dvc_workspace import REPO, commit_all, git, make_workspace, run, write_params
 
 BASE_EVAL = {"final": {"ap3d": {"ap": 0.125, "ap25": 0.5}, "frames": 30}}
@@ -66,6 +66,45 @@ def test_report_names_an_unknown_base(branch_with_changes, capsys):
     assert main(["--base", "no-such-branch", "--repo", str(branch_with_changes)]) == 2
     error = capsys.readouterr().err
     assert "dvc metrics diff no-such-branch" in error and "no-such-branch" in error.split("):", 1)[1], error
+
+
+def full_eval(ap3d: float) -> dict:
+    """A final column with every headline metric (AP3D varied, the rest fixed)."""
+    final = {"ap2d": {"ap": 0.1, "ap50": 0.2}, "ap3d": {"ap": ap3d, "ap25": 0.3}, "center_distance": {"map": 0.05},
+             "matching": {"recall": 0.4, "label_accuracy": None},
+             "recipe": {"mean_iou": 0.2, "iou_accuracy_pct": 5.0, "label_accuracy_pct": 60.0, "ap2d": 0.1, "ap3d": 0.02}}
+    return {"final": final, "zero_shot": {"ap3d": {"ap": 0.0}}}
+
+
+def test_report_leads_with_the_final_headline_and_folds_timing_away(tmp_path, capsys):
+    workspace = make_workspace(tmp_path / "repo")
+    write_eval_metrics(workspace, full_eval(0.125))
+    (workspace / "metrics" / "infer.json").write_text(json.dumps({"final": {"frames": 30, "tokens_per_s": 500.0}}))
+    commit_all(workspace, "Results on main")
+    write_eval_metrics(workspace, full_eval(0.25))
+    (workspace / "metrics" / "infer.json").write_text(json.dumps({"final": {"frames": 30, "tokens_per_s": 650.0}}))
+    assert main(["--base", "main", "--repo", str(workspace)]) == 0
+    report = capsys.readouterr().out
+    headline, rest = report.split("## Metrics", 1)
+    assert "## Headline: final model" in headline, report
+    assert "| AP3D (IoU 0.05:0.50) | 0.125 | 0.25 | +0.125 |" in headline, report
+    assert "| label accuracy | - | - | - |" in headline and "| recipe IoU Accuracy % | 5 | 5 | +0 |" in headline
+    metrics, timing = rest.split("## Throughput and timing", 1)
+    assert "final.ap3d.ap" in metrics and "tokens_per_s" not in metrics, report
+    assert "final.tokens_per_s" in timing and "<details>" in timing, report
+
+
+def test_split_timing_keeps_the_header_on_both_parts():
+    table = ("| Path | Metric | HEAD | workspace | Change |\n|---|---|---|---|---|\n"
+             "| metrics/eval.json | final.ap3d.ap | 0.1 | 0.2 | 0.1 |\n"
+             "| metrics/infer.json | final.images_per_s | 3 | 4 | 1 |\n"
+             "| metrics/train.json | wall_s | 100 | 90 | -10 |\n"
+             "| metrics/eval.json | final.ap3d.ap_at_m.0.5 | 0.1 | 0.2 | 0.1 |")
+    metrics, timing = split_timing(table)
+    assert metrics.splitlines()[0] == timing.splitlines()[0] == table.splitlines()[0]
+    assert [line.split("|")[2].strip() for line in metrics.splitlines()[2:]] == ["final.ap3d.ap", "final.ap3d.ap_at_m.0.5"]
+    assert [line.split("|")[2].strip() for line in timing.splitlines()[2:]] == ["final.images_per_s", "wall_s"]
+    assert split_timing("") == ("", "")
 
 
 def test_pr_workflow_reproduces_then_comments_the_report():

@@ -285,11 +285,16 @@ class InferParams(Checked):
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams(Checked):
-    """Scoring; the metric definitions are in docs/metrics.md."""
+    """Scoring: thresholds and bins of the metrics (docs/metrics.md), checked together by
+    ``av_grounding.evaluation.config.EvaluationConfig``."""
 
     codec: CodecName = param("cosmos", "box convention of files that do not name one (box_codec key)")
-    depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits in metres")
-    match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary", minimum=0.0)
+    depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits of AP3D by depth, in metres")
+    distance_thresholds_m: tuple[float, ...] = param((0.5, 1.0, 2.0, 4.0),
+                                                     "ground-plane centre distances of the centre-distance mAP (nuScenes)")
+    tp_distance_m: float = param(2.0, "distance threshold whose true positives give the TP errors; "
+                                      "one of distance_thresholds_m")
+    match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
     overlays: int = param(6, "evaluation frames drawn with truth and predictions", minimum=0)
 
 

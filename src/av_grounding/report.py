@@ -1,21 +1,33 @@
 """Pull-request report: how the workspace's metrics and params differ from a base revision.
 
-``make report BASE=main`` (``python -m av_grounding.report --base main``) prints markdown made of
-``dvc metrics diff <base> --md`` and ``dvc params diff <base> --md`` under headings; CI posts it
-as a pull-request comment (``.github/workflows/pr-report.yml``). Not a pipeline stage: it reads
-what the stages wrote and git history, so it lives beside the stage CLI, not in it.
+``make report BASE=main`` (``python -m av_grounding.report --base main``) prints markdown: first
+the headline metrics of the final model (``final`` in ``metrics/eval.json``: AP2D, AP3D,
+centre-distance mAP, recall, label accuracy, the recipe's metrics) at the base and in the
+workspace, then ``dvc metrics diff <base> --md`` without throughput and timing figures (which
+change on every run; they follow, folded, in their own section), then ``dvc params diff <base>
+--md``. CI posts it as a pull-request comment (``.github/workflows/pr-report.yml``). Not a
+pipeline stage: it reads what the stages wrote and git history, so it lives beside the stage
+CLI, not in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from .evaluation.table import HEADLINE_ROWS, lookup
 
 from .errors import PipelineError
 
 DVC_TIMEOUT_S = 300
+EVAL_METRICS = "metrics/eval.json"
+# Metric names of throughput and timing (images_per_s, tokens_per_s, wall_s, step_seconds, ...).
+TIMING = re.compile(r"(_per_s|_s|_seconds|_ms|seconds|tflops?)$", re.IGNORECASE)
 
 
 class ReportError(PipelineError, RuntimeError):
@@ -38,12 +50,65 @@ def dvc_diff(kind: str, base: str, repo: Path) -> str:
     return table if has_rows else ""
 
 
+def split_timing(table: str) -> tuple[str, str]:
+    """A ``dvc metrics diff --md`` table split in two tables with the same header: rows of other
+    metrics, rows of throughput and timing metrics (``TIMING`` on the metric's last name); ""
+    for a part without rows."""
+    if not table:
+        return "", ""
+    lines = table.splitlines()
+    header, rows = lines[:2], lines[2:]
+
+    def is_timing(row: str) -> bool:
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        return len(cells) > 1 and bool(TIMING.search(cells[1].split(".")[-1]))
+
+    parts = [[row for row in rows if is_timing(row) == timing] for timing in (False, True)]
+    return tuple("\n".join(header + part) if part else "" for part in parts)
+
+
+def eval_metrics(revision: str | None, repo: Path) -> dict[str, Any] | None:
+    """``metrics/eval.json`` of a git revision (None: the workspace), or None where it is absent."""
+    if revision is None:
+        path = repo / EVAL_METRICS
+        return json.loads(path.read_text()) if path.exists() else None
+    shown = subprocess.run(["git", "show", f"{revision}:{EVAL_METRICS}"], cwd=repo, capture_output=True, text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def headline(base: str, repo: Path) -> str:
+    """Markdown table of the final column's headline metrics at ``base`` and in the workspace,
+    or a line saying there is none."""
+    old, new = (eval_metrics(revision, repo) for revision in (base, None))
+    if not new or "final" not in new:
+        return f"No final column in {EVAL_METRICS}."
+    old_final = (old or {}).get("final", {})
+    rows = [f"| Metric | {base} | workspace | Change |", "|---|---|---|---|"]
+    for label, path in HEADLINE_ROWS:
+        before, after = lookup(old_final, path), lookup(new["final"], path)
+        change = "-" if before is None or after is None else f"{after - before:+.4g}"
+        rows.append(f"| {label} | {_cell(before)} | {_cell(after)} | {change} |")
+    return "\n".join(rows)
+
+
 def build_report(base: str, repo: Path = Path(".")) -> str:
-    """Markdown with a metrics section and a params section, each a table or a 'no change' line."""
-    sections = [f"# Pipeline report: workspace against `{base}`"]
-    for kind, title in (("metrics", "Metrics"), ("params", "Parameters")):
-        table = dvc_diff(kind, base, repo)
-        sections.append(f"## {title}\n\n{table or f'No {kind} changed.'}")
+    """Markdown: headline metrics of the final model, then the metrics and params sections (each
+    a table or a 'no change' line), with throughput and timing rows folded into a section of
+    their own."""
+    top = headline(base, repo)
+    metrics, timing = split_timing(dvc_diff("metrics", base, repo))
+    params = dvc_diff("params", base, repo)
+    sections = [f"# Pipeline report: workspace against `{base}`",
+                f"## Headline: final model\n\n{top}",
+                f"## Metrics\n\n{metrics or 'No metrics changed.'}",
+                f"## Parameters\n\n{params or 'No params changed.'}"]
+    if timing:
+        sections.append("## Throughput and timing\n\n<details><summary>These change on every run</summary>\n\n"
+                        f"{timing}\n\n</details>")
     return "\n\n".join(sections) + "\n"
 
 

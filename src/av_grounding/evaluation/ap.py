@@ -1,6 +1,7 @@
 """Average precision. ``coco_ap`` follows COCOeval (pycocotools) step by step, so AP2D equals
-pycocotools' to rounding on the same inputs, and serves AP3D with another overlap; ``distance_ap``
-is nuScenes' centre-distance AP."""
+pycocotools' on the same inputs, and serves AP3D with another overlap; ``distance_ap`` is
+nuScenes' centre-distance AP (nuscenes-devkit ``eval/detection/algo.py``). A class without ground
+truth has no AP (``None``), never 0 or -1."""
 
 from __future__ import annotations
 
@@ -13,25 +14,33 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 @dataclass
 class ImageBoxes:
-    """One image's boxes of every class; ``overlap[d, g]`` between detection d and truth g."""
+    """One image's boxes of every class. ``overlap``: a DxG matrix, overlap of detection d with
+    truth g (IoU); ``gt_ignore`` (G,) marks truths outside the evaluated range (a depth bin),
+    ``dt_outside`` (D,) detections outside it, ignored when unmatched (COCO's area ranges)."""
 
     gt_labels: list[str]
     dt_labels: list[str]
-    dt_scores: list[float]
-    overlap: np.ndarray  # (detections, truths)
-    gt_ignore: np.ndarray | None = None  # truths outside the evaluated range (e.g. a depth bin)
-    dt_outside: np.ndarray | None = None  # detections outside that range
+    dt_scores: np.ndarray
+    overlap: np.ndarray
+    gt_ignore: np.ndarray | None = None
+    dt_outside: np.ndarray | None = None
 
 
 @dataclass
 class APResult:
-    ap: float  # mean over thresholds and classes with truth; -1 when no class has truth
-    per_threshold: dict[float, float] = field(default_factory=dict)
+    """``ap``: mean over thresholds and classes with truth (None when no class has truth);
+    ``per_threshold``: threshold -> mean over classes; ``per_class``: class -> mean over
+    thresholds; ``curves``: class -> (recall, precision) arrays at the first threshold."""
+
+    ap: float | None = None
+    per_threshold: dict[float, float | None] = field(default_factory=dict)
     per_class: dict[str, float] = field(default_factory=dict)
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (recall, precision) at the first threshold
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _match_image(image: ImageBoxes, label: str, thresholds: list[float], max_dets: int):
+    """COCOeval.evaluateImg for one image and class: greedy matching in score order, truths
+    marked ignore sorted last. Returns (scores, TxD matched flags, TxD ignore flags, truths kept)."""
     g = [i for i, l in enumerate(image.gt_labels) if l == label]
     d = [i for i, l in enumerate(image.dt_labels) if l == label]
     gt_ignore = image.gt_ignore[g] if image.gt_ignore is not None else np.zeros(len(g), dtype=bool)
@@ -62,15 +71,31 @@ def _match_image(image: ImageBoxes, label: str, thresholds: list[float], max_det
     return [image.dt_scores[i] for i in d], matched_dt, dt_ignore, int((~gt_ignore).sum())
 
 
+def _envelope(precision: np.ndarray) -> np.ndarray:
+    """Precision made non-increasing in recall (COCOeval.accumulate)."""
+    return np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+
+
+def _sampled_mean(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Mean of the precision envelope sampled at 101 recall points (0 past the last recall)."""
+    sampled = np.zeros(len(RECALL_POINTS))
+    positions = np.searchsorted(recall, RECALL_POINTS, side="left")
+    valid = positions < len(precision)
+    sampled[valid] = precision[positions[valid]]
+    return float(sampled.mean())
+
+
 def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float], max_dets: int = 100) -> APResult:
-    table = np.full((len(thresholds), len(labels)), -1.0)
-    result = APResult(-1.0)
+    """COCO AP over images for each class and overlap threshold (COCOeval's evaluate and
+    accumulate at one area range, ``max_dets`` detections per image and class)."""
+    table = np.full((len(thresholds), len(labels)), np.nan)
+    result = APResult()
     for k, label in enumerate(labels):
         per_image = [_match_image(image, label, thresholds, max_dets) for image in images]
         positives = sum(p[3] for p in per_image)
         if positives == 0:
             continue
-        scores = np.concatenate([np.asarray(p[0], dtype=float) for p in per_image]) if per_image else np.zeros(0)
+        scores = np.concatenate([np.asarray(p[0], dtype=float) for p in per_image])
         order = np.argsort(-scores, kind="mergesort")
         matched = np.concatenate([p[1] for p in per_image], axis=1)[:, order]
         ignored = np.concatenate([p[2] for p in per_image], axis=1)[:, order]
@@ -78,42 +103,42 @@ def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float]
         fps = np.cumsum((matched == 0) & ~ignored, axis=1).astype(float)
         for t in range(len(thresholds)):
             recall = tps[t] / positives
-            precision = tps[t] / (fps[t] + tps[t] + np.spacing(1))
-            precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-            sampled = np.zeros(len(RECALL_POINTS))
-            positions = np.searchsorted(recall, RECALL_POINTS, side="left")
-            valid = positions < len(precision)
-            sampled[valid] = precision[positions[valid]]
-            table[t, k] = sampled.mean()
+            precision = _envelope(tps[t] / (fps[t] + tps[t] + np.spacing(1)))
+            table[t, k] = _sampled_mean(recall, precision)
             if t == 0:
                 result.curves[label] = (recall, precision)
-    valid = table > -1
+    valid = ~np.isnan(table)
     if valid.any():
         result.ap = float(table[valid].mean())
-        result.per_threshold = {th: float(table[t][valid[t]].mean()) if valid[t].any() else -1.0
-                                for t, th in enumerate(thresholds)}
+        result.per_threshold = {th: float(table[t][valid[t]].mean()) for t, th in enumerate(thresholds)}
         result.per_class = {label: float(table[:, k].mean()) for k, label in enumerate(labels) if valid[:, k].any()}
     return result
 
 
 @dataclass
 class DistanceImage:
+    """One image for the centre-distance AP: ``gt_centres`` a Gx2 and ``dt_centres`` a Dx2
+    matrix of ground-plane positions (metres), ``dt_scores`` (D,)."""
+
     gt_labels: list[str]
-    gt_centres: np.ndarray  # (n, 2) ground-plane coordinates
+    gt_centres: np.ndarray
     dt_labels: list[str]
-    dt_scores: list[float]
+    dt_scores: np.ndarray
     dt_centres: np.ndarray
 
 
 def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_recall: float = 0.1,
-                min_precision: float = 0.1) -> tuple[float, list[tuple[int, int, int]]]:
-    """nuScenes' AP for one class and distance threshold, and the true-positive (image, dt, gt)
-    triples. Detections are matched in score order to the nearest free truth within the threshold."""
+                min_precision: float = 0.1) -> tuple[float | None, list[tuple[int, int, int]]]:
+    """nuScenes' AP for one class and distance threshold (metres), and the true-positive
+    (image, detection, truth) triples. Detections are taken in score order (stable) and each
+    matches the nearest free truth of its class within the threshold; precision is interpolated
+    at 101 recall points, the part below ``min_recall`` dropped and ``min_precision`` subtracted.
+    AP is None when the class has no truth."""
     entries = [(score, i, d) for i, image in enumerate(images) for d, (l, score) in
                enumerate(zip(image.dt_labels, image.dt_scores)) if l == label]
     positives = sum(l == label for image in images for l in image.gt_labels)
     if positives == 0:
-        return -1.0, []
+        return None, []
     entries.sort(key=lambda e: -e[0])
     taken = [np.zeros(len(image.gt_labels), dtype=bool) for image in images]
     hits, matches = [], []
@@ -129,7 +154,7 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
                 matches.append((i, d, candidates[best]))
                 continue
         hits.append(0)
-    if not hits:
+    if not matches:
         return 0.0, []
     tp = np.cumsum(hits)
     fp = np.cumsum(1 - np.asarray(hits))

@@ -1,243 +1,165 @@
-"""Score one folder of predictions against ground truth (definitions: docs/metrics.md).
-
-Ground truth: recipe-format annotation files (``text/<id>.json`` of a dataset, or any folder of
-``{"annotations": [{"label", "bbox_3d"}], "camera_params" | "intrinsics", ...}``). Predictions:
-``<id>.json`` with ``annotations`` and, from `infer`, ``raw_text`` and per-box ``scores``. A
-missing or unparsable prediction counts as zero boxes for its frame, never as a skipped frame.
-"""
+"""Every metric of one column (one model version's predictions on the evaluation frames):
+COCO AP2D, oriented AP3D with depth bins, nuScenes-style centre-distance mAP with true-positive
+errors, a centre-distance matching summary, the recipe's metrics, and how the answers parsed.
+Definitions: docs/metrics.md."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
-from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
-from ..geometry.codecs import get_codec
-from ..errors import PipelineError
-from ..params import EvaluateParams
-from .ap import DistanceImage, ImageBoxes, coco_ap, distance_ap
-from .iou import iou_2d, iou_3d, iou_aligned
-from .parse import box_scores, parse_answer
-
-COCO_THRESHOLDS = [round(t, 2) for t in np.linspace(0.5, 0.95, 10)]
-AP3D_THRESHOLDS = [round(t, 2) for t in np.linspace(0.05, 0.5, 10)]
-DISTANCE_THRESHOLDS = [0.5, 1.0, 2.0, 4.0]
-
-
-class EvaluationError(PipelineError, ValueError):
-    """Ground truth is missing or malformed; the message names the file."""
+from ..geometry.transforms import wrap_angle
+from .ap import APResult, DistanceImage, ImageBoxes, coco_ap, distance_ap
+from .config import EvaluationConfig
+from .frames import Frame
+from .iou import iou_2d_matrix, iou_3d_matrix
+from .matching import match_centres
+from .recipe import recipe_frame
+from .results import (AnswerAccounting, AP2DMetrics, AP3DMetrics, CenterDistanceMetrics, ColumnResult,
+                      MatchingMetrics, RecipeMetrics, ratio)
 
 
 @dataclass
-class Frame:
-    id: str
-    camera: Camera
-    width: int
-    height: int
-    codec: str
-    gt: list[dict[str, Any]]
-    pred: list[dict[str, Any]] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    status: str = "missing"  # ok | repaired | failed | missing
+class PlotData:
+    """What the plots of a column need: (recall, precision) curves per class at the first
+    threshold of AP2D and AP3D, and (distance of the true box from the camera, centre error) in
+    metres of each matched pair."""
 
-    def boxes(self, which: str) -> list[Box3D]:
-        codec = get_codec(self.codec)
-        return [codec.decode(b["bbox_3d"]) for b in (self.gt if which == "gt" else self.pred)]
+    pr_ap2d: dict[str, tuple[np.ndarray, np.ndarray]]
+    pr_ap3d: dict[str, tuple[np.ndarray, np.ndarray]]
+    errors_by_distance: list[tuple[float, float]]
 
 
-def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int]:
-    if "intrinsics" in record and "camera_model" in record:
-        camera = camera_from_record(record["camera_model"], record["intrinsics"])
-        return camera, camera.width, camera.height
-    params = record.get("camera_params")
-    if not isinstance(params, dict) or not {"fx", "fy", "cx", "cy"} <= set(params):
-        raise EvaluationError(f"{source}: needs 'intrinsics' + 'camera_model' or 'camera_params' {{fx, fy, cx, cy}}")
-    # Recipe files carry no image size: the principal point is taken as the image centre.
-    width = int(record.get("width", round(2 * params["cx"])))
-    height = int(record.get("height", round(2 * params["cy"])))
-    return PinholeCamera(params["fx"], params["fy"], params["cx"], params["cy"], width, height), width, height
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
-def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]:
-    files = sorted(Path(gt_dir).glob("*.json"))
-    if not files:
-        raise EvaluationError(f"{gt_dir}: no ground-truth JSON files")
-    frames = []
-    for path in files:
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise EvaluationError(f"{path}: malformed JSON: {exc}") from exc
-        if not isinstance(record.get("annotations"), list):
-            raise EvaluationError(f"{path}: no 'annotations' list")
-        camera, width, height = camera_of(record, path)
-        frame = Frame(path.stem, camera, width, height, record.get("box_codec", default_codec), record["annotations"])
-        prediction = Path(pred_dir) / path.name
-        if prediction.exists():
-            read_prediction(frame, prediction)
-        frames.append(frame)
-    return frames
+def _at(result: APResult, threshold: float) -> float | None:
+    """The AP at the configured threshold nearest ``threshold`` (None without truth)."""
+    if not result.per_threshold:
+        return None
+    nearest = min(result.per_threshold, key=lambda t: abs(t - threshold))
+    assert abs(nearest - threshold) < 1e-9, f"{threshold} is not an evaluated threshold"
+    return result.per_threshold[nearest]
 
 
-def read_prediction(frame: Frame, path: Path) -> None:
-    """Boxes and scores of one prediction file; `infer` writes ``raw_text`` and ``scores``,
-    other tools may write only ``annotations`` (then boxes rank by order of appearance)."""
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        frame.status = "failed"
-        return
-    text = document.get("raw_text") if isinstance(document.get("raw_text"), str) else json.dumps(document.get("annotations", []))
-    parsed = parse_answer(text)
-    frame.pred = [{"label": b["label"], "bbox_3d": b["bbox_3d"]} for b in parsed.boxes]
-    frame.status = parsed.status
-    scores = document.get("scores")
-    frame.scores = (scores if isinstance(scores, list) and len(scores) == len(frame.pred)
-                    else box_scores(parsed, text, None, None))
+def _images(frames: list[Frame], overlaps: list[np.ndarray]) -> list[ImageBoxes]:
+    return [ImageBoxes(f.gt.labels, f.pred.labels, f.pred.scores, o) for f, o in zip(frames, overlaps)]
 
 
-def rectangles(frame: Frame, which: str) -> list[np.ndarray]:
-    """Image-clipped rectangles of the projected boxes (empty rectangle when behind the camera)."""
-    segments = edge_segments("pinhole" if isinstance(frame.camera, PinholeCamera) else "ftheta")
-    out = []
-    for box in frame.boxes(which):
-        rect = projected_rectangle(box.corners(), frame.camera, segments)
-        out.append(np.zeros(4) if rect is None else clip_rectangle(rect, frame.width, frame.height))
+def ap3d_by_depth(frames: list[Frame], images: list[ImageBoxes], labels: list[str],
+                  config: EvaluationConfig) -> dict[str, float | None]:
+    """AP3D per depth bin (camera z of the box centre, metres): truth outside the bin and
+    unmatched predictions outside it are ignored (COCO's area ranges). None for an empty bin."""
+    out = {}
+    for name, (low, high) in config.depth_ranges.items():
+        ranged = []
+        for frame, image in zip(frames, images):
+            gt_depth, dt_depth = frame.gt.centres[:, 2], frame.pred.centres[:, 2]
+            ranged.append(ImageBoxes(image.gt_labels, image.dt_labels, image.dt_scores, image.overlap,
+                                     (gt_depth < low) | (gt_depth >= high), (dt_depth < low) | (dt_depth >= high)))
+        out[name] = coco_ap(ranged, labels, list(config.ap3d_thresholds), config.max_detections).ap
     return out
 
 
-def heading(box: Box3D) -> float:
-    """Yaw of the box's forward axis in the camera's ground plane (x right, z forward)."""
-    forward = box.rotation[:, 0]
-    return float(np.arctan2(forward[0], forward[2]))
+def _scale_error(pred_lwh: np.ndarray, gt_lwh: np.ndarray) -> float:
+    """1 - IoU of two boxes of these sizes with centres and orientations aligned (nuScenes)."""
+    inter = float(np.prod(np.minimum(pred_lwh, gt_lwh)))
+    union = float(np.prod(pred_lwh) + np.prod(gt_lwh)) - inter
+    return 1.0 - (inter / union if union > 0 else 0.0)
 
 
-def angle_difference(a: float, b: float) -> float:
-    return float(abs((a - b + np.pi) % (2 * np.pi) - np.pi))
-
-
-def summary_matching(frames: list[Frame], max_distance: float) -> dict[str, float]:
-    """Per frame, label-agnostic Hungarian matching on ground-plane centre distance (<= max)."""
-    tp = labels_right = 0
-    position, orientation = [], []
-    n_gt = sum(len(f.gt) for f in frames)
-    n_pred = sum(len(f.pred) for f in frames)
-    for frame in frames:
-        gts, preds = frame.boxes("gt"), frame.boxes("pred")
-        if not gts or not preds:
-            continue
-        cost = np.array([[np.linalg.norm(p.center[[0, 2]] - g.center[[0, 2]]) for g in gts] for p in preds])
-        rows, cols = linear_sum_assignment(cost)
-        for r, c in zip(rows, cols):
-            if cost[r, c] <= max_distance:
-                tp += 1
-                labels_right += frame.pred[r]["label"] == frame.gt[c]["label"]
-                position.append(float(np.linalg.norm(preds[r].center - gts[c].center)))
-                orientation.append(np.degrees(angle_difference(heading(preds[r]), heading(gts[c]))))
-    return {"precision": tp / n_pred if n_pred else 0.0, "recall": tp / n_gt if n_gt else 0.0,
-            "detection_rate": tp / n_gt if n_gt else 0.0, "label_accuracy": labels_right / tp if tp else 0.0,
-            "position_error_m": float(np.mean(position)) if position else -1.0,
-            "orientation_error_deg": float(np.mean(orientation)) if orientation else -1.0, "matched": tp}
-
-
-def recipe_metrics(frames: list[Frame]) -> dict[str, float]:
-    """The recipe's metrics by their definitions, without its two bugs: counts are summed as
-    integers (never rebuilt from rounded percentages) and unparsable frames count (all missed)."""
-    n_gt = sum(len(f.gt) for f in frames)
-    n_pred = sum(len(f.pred) for f in frames)
-    iou_sum, accurate, label_pairs, label_right = 0.0, 0, 0, 0
-    tp2d = {t: 0 for t in COCO_THRESHOLDS}
-    tp3d = {t: 0 for t in COCO_THRESHOLDS}
-    for frame in frames:
-        if not frame.gt or not frame.pred:
-            continue
-        aligned = np.array([[iou_aligned(p["bbox_3d"], g["bbox_3d"]) for g in frame.gt] for p in frame.pred])
-        same = np.array([[p["label"] == g["label"] for g in frame.gt] for p in frame.pred])
-        rows, cols = linear_sum_assignment(np.where(same, 1.0 - aligned, 1e6))
-        pairs = [(r, c) for r, c in zip(rows, cols) if same[r, c] and aligned[r, c] > 0]
-        iou_sum += sum(aligned[r, c] for r, c in pairs)
-        accurate += sum(aligned[r, c] >= 0.5 for r, c in pairs)
-        any_rows, any_cols = linear_sum_assignment(1.0 - aligned)
-        overlapping = [(r, c) for r, c in zip(any_rows, any_cols) if aligned[r, c] > 0]
-        label_pairs += len(overlapping)
-        label_right += sum(same[r, c] for r, c in overlapping)
-        rect_gt, rect_pred = rectangles(frame, "gt"), rectangles(frame, "pred")
-        for t in COCO_THRESHOLDS:
-            tp3d[t] += sum(aligned[r, c] >= t for r, c in pairs)
-            tp2d[t] += sum(iou_2d(rect_pred[r], rect_gt[c]) >= t for r, c in pairs)
-    return {"mean_iou": iou_sum / n_gt if n_gt else 0.0,
-            "iou_accuracy_pct": 100.0 * accurate / n_gt if n_gt else 0.0,
-            "label_accuracy_pct": 100.0 * label_right / label_pairs if label_pairs else 0.0,
-            "ap2d": float(np.mean([tp2d[t] / n_pred for t in COCO_THRESHOLDS])) if n_pred else 0.0,
-            "ap3d": float(np.mean([tp3d[t] / n_pred for t in COCO_THRESHOLDS])) if n_pred else 0.0}
-
-
-def evaluate_frames(frames: list[Frame], params: EvaluateParams) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of one prediction set, and the curves the plots need."""
-    labels = sorted({b["label"] for f in frames for b in f.gt})
-    images_2d, images_3d, distance_images = [], [], []
-    for frame in frames:
-        rg, rp = rectangles(frame, "gt"), rectangles(frame, "pred")
-        gts, preds = frame.boxes("gt"), frame.boxes("pred")
-        gt_labels, dt_labels = [b["label"] for b in frame.gt], [b["label"] for b in frame.pred]
-        images_2d.append(ImageBoxes(gt_labels, dt_labels, frame.scores,
-                                    np.array([[iou_2d(p, g) for g in rg] for p in rp]).reshape(len(rp), len(rg))))
-        images_3d.append(ImageBoxes(gt_labels, dt_labels, frame.scores,
-                                    np.array([[iou_3d(p, g) for g in gts] for p in preds]).reshape(len(preds), len(gts))))
-        distance_images.append(DistanceImage(gt_labels, np.array([g.center[[0, 2]] for g in gts]).reshape(-1, 2),
-                                             dt_labels, frame.scores,
-                                             np.array([p.center[[0, 2]] for p in preds]).reshape(-1, 2)))
-    ap2d = coco_ap(images_2d, labels, COCO_THRESHOLDS)
-    ap3d = coco_ap(images_3d, labels, AP3D_THRESHOLDS)
-    bins = {"near": (0.0, params.depth_bins_m[0]), "medium": tuple(params.depth_bins_m),
-            "far": (params.depth_bins_m[1], float("inf"))}
-    by_depth = {}
-    for name, (lo, hi) in bins.items():
-        ranged = []
-        for frame, image in zip(frames, images_3d):
-            gt_depth = np.array([b.center[2] for b in frame.boxes("gt")])
-            dt_depth = np.array([b.center[2] for b in frame.boxes("pred")])
-            ranged.append(ImageBoxes(image.gt_labels, image.dt_labels, image.dt_scores, image.overlap,
-                                     (gt_depth < lo) | (gt_depth >= hi), (dt_depth < lo) | (dt_depth >= hi)))
-        by_depth[name] = coco_ap(ranged, labels, AP3D_THRESHOLDS).ap
-    distance_table, errors = {}, {"trans": [], "scale": [], "orient": []}
-    for threshold in DISTANCE_THRESHOLDS:
+def center_distance_metrics(frames: list[Frame], labels: list[str], config: EvaluationConfig) -> CenterDistanceMetrics:
+    """Centre-distance AP per class and threshold (ground plane x-z), its mean, and the mean
+    true-positive errors at ``config.tp_distance_m``."""
+    images = [DistanceImage(f.gt.labels, f.gt.centres[:, [0, 2]], f.pred.labels, f.pred.scores, f.pred.centres[:, [0, 2]])
+              for f in frames]
+    table, errors = {}, {"trans": [], "scale": [], "orient": []}
+    for threshold in config.distance_thresholds_m:
         aps = []
         for label in labels:
-            ap, matches = distance_ap(distance_images, label, threshold)
-            if ap >= 0:
+            ap, matches = distance_ap(images, label, threshold, config.min_recall, config.min_precision)
+            if ap is not None:
                 aps.append(ap)
-            if threshold == 2.0:
-                for i, d, g in matches:
-                    p, t = frames[i].boxes("pred")[d], frames[i].boxes("gt")[g]
-                    errors["trans"].append(float(np.linalg.norm(p.center[[0, 2]] - t.center[[0, 2]])))
-                    smaller = np.minimum(np.abs(p.lwh), np.abs(t.lwh)).prod()
-                    errors["scale"].append(float(1 - smaller / (np.abs(p.lwh).prod() + np.abs(t.lwh).prod() - smaller)))
-                    errors["orient"].append(angle_difference(heading(p), heading(t)))
-        distance_table[str(threshold)] = float(np.mean(aps)) if aps else 0.0
-    statuses = [f.status for f in frames]
-    metrics = {
-        "frames": len(frames),
-        "gt_boxes": sum(len(f.gt) for f in frames),
-        "pred_boxes": sum(len(f.pred) for f in frames),
-        "parse_failure_rate": (statuses.count("failed") + statuses.count("missing")) / len(frames),
-        "repaired_answers": statuses.count("repaired"),
-        "ap2d": {"ap": max(ap2d.ap, 0.0), "ap50": max(ap2d.per_threshold.get(0.5, 0.0), 0.0),
-                 "ap75": max(ap2d.per_threshold.get(0.75, 0.0), 0.0), "per_class": ap2d.per_class},
-        "ap3d": {"ap": max(ap3d.ap, 0.0), "ap25": max(ap3d.per_threshold.get(0.25, 0.0), 0.0),
-                 "ap50": max(ap3d.per_threshold.get(0.5, 0.0), 0.0),
-                 **{name: max(value, 0.0) for name, value in by_depth.items()}, "per_class": ap3d.per_class},
-        "center_distance": {"map": float(np.mean(list(distance_table.values()))), "ap_at_m": distance_table,
-                            "trans_err_m": float(np.mean(errors["trans"])) if errors["trans"] else -1.0,
-                            "scale_err": float(np.mean(errors["scale"])) if errors["scale"] else -1.0,
-                            "orient_err_rad": float(np.mean(errors["orient"])) if errors["orient"] else -1.0},
-        "matching": summary_matching(frames, params.match_distance_m),
-        "recipe": recipe_metrics(frames),
-    }
-    return metrics, {"pr_ap2d": ap2d.curves, "pr_ap3d": ap3d.curves}
+            if threshold != config.tp_distance_m:
+                continue
+            for i, d, g in matches:
+                pred, gt = frames[i].pred, frames[i].gt
+                errors["trans"].append(float(np.linalg.norm(pred.centres[d, [0, 2]] - gt.centres[g, [0, 2]])))
+                errors["scale"].append(_scale_error(pred.boxes[d].lwh, gt.boxes[g].lwh))
+                errors["orient"].append(abs(wrap_angle(pred.headings[d] - gt.headings[g])))
+        table[threshold] = _mean(aps)
+    defined = [v for v in table.values() if v is not None]
+    return CenterDistanceMetrics(_mean(defined), table, config.tp_distance_m, len(errors["trans"]),
+                                 _mean(errors["trans"]), _mean(errors["scale"]), _mean(errors["orient"]))
+
+
+def matching_metrics(frames: list[Frame], max_distance: float) -> tuple[MatchingMetrics, list[tuple[float, float]]]:
+    """The matching summary (``MatchingMetrics``) and, per matched pair, (distance of the true
+    box from the camera, 3D centre error), both in metres."""
+    right, position, orientation, by_distance = 0, [], [], []
+    for frame in frames:
+        for p, g, _ in match_centres(frame.pred.centres[:, [0, 2]], frame.gt.centres[:, [0, 2]], max_distance):
+            right += frame.pred.labels[p] == frame.gt.labels[g]
+            error = float(np.linalg.norm(frame.pred.centres[p] - frame.gt.centres[g]))
+            position.append(error)
+            orientation.append(np.degrees(abs(wrap_angle(frame.pred.headings[p] - frame.gt.headings[g]))))
+            by_distance.append((float(np.linalg.norm(frame.gt.centres[g])), error))
+    matched = len(position)
+    n_pred, n_gt = sum(len(f.pred) for f in frames), sum(len(f.gt) for f in frames)
+    return MatchingMetrics(max_distance, matched, ratio(matched, n_pred), ratio(matched, n_gt), ratio(right, matched),
+                           _mean(position), _mean(orientation)), by_distance
+
+
+def recipe_metrics(frames: list[Frame], config: EvaluationConfig) -> RecipeMetrics:
+    """The recipe's metrics over all frames (``recipe.py``): integer counts summed over frames,
+    frames without a usable answer counted with zero predictions."""
+    per_frame = [recipe_frame(f.gt.labels, f.gt.values, f.pred.labels, f.pred.values, f.recipe_camera,
+                              config.recipe_thresholds, config.recipe_iou_threshold) for f in frames]
+    n_gt = sum(r.gt for r in per_frame)
+    ious = [v for r in per_frame for v in r.matched_ious]
+    correct = sum(r.correct for r in per_frame)
+    ap3d = np.array([r.ap3d for r in per_frame])
+    ap2d = np.array([r.ap2d for r in per_frame if r.ap2d is not None]).reshape(-1, len(config.recipe_thresholds))
+    five = config.recipe_thresholds.index(0.5 + 0.05 * 5)  # its AP75
+
+    def summary(table: np.ndarray) -> tuple[float | None, float | None, float | None]:
+        if not len(table):
+            return None, None, None
+        return float(table.mean(axis=1).mean()), float(table[:, 0].mean()), float(table[:, five].mean())
+
+    return RecipeMetrics(len(frames), len(ap2d), n_gt, sum(r.pred for r in per_frame), len(ious), correct,
+                         _mean(ious), ratio(100.0 * correct, n_gt), ratio(100.0 * len(ious), n_gt),
+                         *summary(ap2d), *summary(ap3d))
+
+
+def answer_accounting(frames: list[Frame]) -> AnswerAccounting:
+    """Parse outcomes of the column's answers (``AnswerAccounting``)."""
+    dropped = Counter()
+    for frame in frames:
+        dropped.update(frame.dropped)
+    return AnswerAccounting(len(frames), sum(f.valid_json for f in frames), dict(Counter(f.status for f in frames)),
+                            sum(f.emitted for f in frames), sum(len(f.pred) for f in frames), dict(dropped),
+                            dict(Counter(f.score_source for f in frames if len(f.pred))))
+
+
+def evaluate_frames(frames: list[Frame], config: EvaluationConfig) -> tuple[ColumnResult, PlotData]:
+    """Every metric of one column, and the data of its plots. Pairwise overlaps are computed
+    once per frame: a PxG matrix of 2D IoU and one of exact 3D IoU."""
+    labels = sorted({label for f in frames for label in f.gt.labels})
+    images_2d = _images(frames, [iou_2d_matrix(f.pred.rectangles, f.gt.rectangles) for f in frames])
+    images_3d = _images(frames, [iou_3d_matrix(f.pred.boxes, f.gt.boxes) for f in frames])
+    ap2d = coco_ap(images_2d, labels, list(config.coco_thresholds), config.max_detections)
+    ap3d = coco_ap(images_3d, labels, list(config.ap3d_thresholds), config.max_detections)
+    matching, errors_by_distance = matching_metrics(frames, config.match_distance_m)
+    result = ColumnResult(
+        frames=len(frames), gt_boxes=sum(len(f.gt) for f in frames), pred_boxes=sum(len(f.pred) for f in frames),
+        answers=answer_accounting(frames),
+        ap2d=AP2DMetrics(ap2d.ap, _at(ap2d, 0.5), _at(ap2d, 0.75), ap2d.per_class),
+        ap3d=AP3DMetrics(ap3d.ap, _at(ap3d, 0.25), _at(ap3d, 0.5), ap3d_by_depth(frames, images_3d, labels, config),
+                         ap3d.per_class),
+        center_distance=center_distance_metrics(frames, labels, config),
+        matching=matching, recipe=recipe_metrics(frames, config))
+    return result, PlotData(ap2d.curves, ap3d.curves, errors_by_distance)

@@ -1,4 +1,4 @@
-"""Overlaps: axis-aligned 2D rectangles, exact oriented 3D boxes, the recipe's aligned 3D boxes."""
+"""Overlaps as pairwise matrices: axis-aligned 2D rectangles and exact oriented 3D boxes."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from scipy.spatial import ConvexHull, QhullError
 from ..geometry.boxes import EDGES, Box3D
 
 
-
-def iou_2d(a: np.ndarray, b: np.ndarray) -> float:
-    """``[x0, y0, x1, y1]`` rectangles (COCO's convention: area = width * height)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def iou_2d_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of a Nx4 and a Mx4 matrix of ``[x0, y0, x1, y1]`` rectangles (pixels): an NxM
+    matrix. COCO's convention: area = width * height, no +1; an empty union gives 0."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def _inside(points: np.ndarray, box: Box3D, tol: float = 1e-9) -> np.ndarray:
@@ -64,16 +66,19 @@ def intersection_volume(a: Box3D, b: Box3D) -> float:
 
 
 def iou_3d(a: Box3D, b: Box3D) -> float:
+    """Exact IoU of two oriented boxes (volumes in cubic metres); 0 when the union is empty."""
     inter = intersection_volume(a, b)
     union = float(np.prod(a.lwh) + np.prod(b.lwh)) - inter
     return inter / union if union > 0 else 0.0
 
 
-def iou_aligned(a_values, b_values) -> float:
-    """The recipe's 3D IoU: centres and sizes as extents along the camera axes, rotation ignored."""
-    a, b = np.asarray(a_values, float), np.asarray(b_values, float)
-    lo = np.maximum(a[:3] - np.abs(a[3:6]) / 2, b[:3] - np.abs(b[3:6]) / 2)
-    hi = np.minimum(a[:3] + np.abs(a[3:6]) / 2, b[:3] + np.abs(b[3:6]) / 2)
-    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-    union = float(np.prod(np.abs(a[3:6])) + np.prod(np.abs(b[3:6]))) - inter
-    return inter / union if union > 0 else 0.0
+def iou_3d_matrix(a: list[Box3D], b: list[Box3D]) -> np.ndarray:
+    """Pairwise exact IoU of N and M oriented boxes: an NxM matrix. Pairs whose bounding spheres
+    do not meet are 0 without computing the polytope."""
+    out = np.zeros((len(a), len(b)))
+    for i, box_a in enumerate(a):
+        for j, box_b in enumerate(b):
+            reach = (np.linalg.norm(box_a.lwh) + np.linalg.norm(box_b.lwh)) / 2
+            if np.linalg.norm(box_a.center - box_b.center) <= reach:
+                out[i, j] = iou_3d(box_a, box_b)
+    return out

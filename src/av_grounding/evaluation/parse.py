@@ -1,104 +1,215 @@
-"""From a model's raw answer to boxes, tolerating fenced blocks, surrounding prose and a
-truncated tail. An answer that yields nothing usable counts as zero predictions (its frame's
-ground truth all missed) and as a parse failure; the frame is never skipped."""
+"""From a model's raw answer to boxes, one rule set applied in this order:
+
+1. Reasoning is never scored: when the answer holds ``<answer>...</answer>`` blocks only the last
+   one is read; without one, text up to the last ``</think>`` (and from an unclosed ``<think>``
+   on) is left out.
+2. Among fenced blocks (```), the last one tagged ``json`` wins, else the last fenced block;
+   without fences, the remaining text.
+3. In it, the outermost JSON value: the first ``[`` or ``{`` to its matching bracket, or to the
+   end when the answer was cut off. A lone object is a list of one box.
+4. JSON that is valid as emitted (``NaN`` and ``Infinity`` are not JSON) gives status ``ok``.
+   Anything else is repaired with the ``json-repair`` package (trailing commas anywhere, single
+   quotes, unquoted keys, missing closing brackets) and gets status ``repaired``. A cut-off tail
+   is first trimmed to the last complete object, and the partial object is counted as dropped:
+   json-repair would complete it with guessed values (a label ``"tr"``, a number missing digits).
+5. A box is an object with a non-empty string ``label`` and a ``bbox_3d`` of nine finite numbers,
+   each within +-``MAX_ABS_VALUE``; every other item is dropped and counted by reason.
+
+An answer that yields no box although it held something (only dropped items, or no JSON at all)
+is ``failed``; ``[]`` is ``ok`` with no box. The caller counts a failed answer as zero
+predictions for its frame, never as a skipped frame.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL)
+import json_repair
+
+# No camera sees a vehicle 10 km away and no size or angle comes near it: beyond this a number is
+# debris (1e308 would overflow every distance and make the Hungarian assignment infeasible).
+MAX_ABS_VALUE = 1e4
+DROP_REASONS = ("truncated", "not_an_object", "no_label", "no_bbox", "wrong_arity", "non_numeric",
+                "non_finite", "absurd_magnitude")
+
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
+_FENCE = re.compile(r"```[ \t]*([A-Za-z][\w+.-]*)?[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_OPENING = re.compile(r"[\[{]")
+
+Status = Literal["ok", "repaired", "failed"]
 
 
 @dataclass
 class ParsedAnswer:
-    boxes: list[dict[str, Any]] = field(default_factory=list)  # {"label", "bbox_3d", "span": (start, end)}
-    status: str = "ok"  # ok | repaired | failed
-    invalid_items: int = 0
+    """What one answer yielded. ``boxes``: dicts with ``label``, ``bbox_3d`` (nine floats),
+    ``span`` (start, end) of the box's text in the answer, and ``score`` when the object carried
+    one (unchecked: the caller decides what a bad score means). ``emitted``: items found,
+    including dropped ones and a cut-off partial object; ``dropped``: reason -> count."""
+
+    boxes: list[dict[str, Any]] = field(default_factory=list)
+    status: Status = "ok"
+    valid_json: bool = True
+    emitted: int = 0
+    dropped: Counter = field(default_factory=Counter)
 
 
-def _object_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the complete top-level objects inside a JSON list (string-aware)."""
-    spans, depth, start, in_string, escaped = [], 0, None, False, False
-    for index, char in enumerate(text):
-        if in_string:
-            escaped = char == "\\" and not escaped
-            if char == '"' and not escaped:
-                in_string = False
+def _region(text: str) -> tuple[int, int]:
+    """(start, end) of the text that may hold the answer: the last ``<answer>`` block, else the
+    text outside reasoning; then the last json-tagged fenced block in it, else the last fence."""
+    answers = list(_ANSWER.finditer(text))
+    if answers:
+        start, end = answers[-1].span(1)
+    else:
+        start, end = 0, len(text)
+        closed = text.rfind("</think>")
+        if closed >= 0:
+            start = closed + len("</think>")
+        opened = text.find("<think>", start)
+        if opened >= 0:
+            end = opened
+    fences = list(_FENCE.finditer(text, start, end))
+    if fences:
+        tagged = [f for f in fences if (f.group(1) or "").lower() == "json"]
+        return (tagged or fences)[-1].span(2)
+    return start, end
+
+
+def _scan(text: str, start: int, end: int) -> tuple[int | None, list[tuple[int, int]]]:
+    """From the bracket at ``start``: the index after its matching bracket (None when ``end``
+    comes first) and the spans of the complete objects directly inside it (of the value itself
+    when it is an object). Strings in either quote are skipped, escapes honoured."""
+    depth, quote, escaped, spans, object_start = 0, None, False, [], None
+    inner = 1 if text[start] == "[" else 0
+    for index in range(start, end):
+        char = text[index]
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
             continue
-        if char == '"':
-            in_string, escaped = True, False
-        elif char == "{":
+        if char in "\"'":
+            quote = char
+        elif char in "[{":
+            if char == "{" and depth == inner:
+                object_start = index
             depth += 1
-            if depth == 1:
-                start = index
-        elif char == "}" and depth:
+        elif char in "]}":
             depth -= 1
-            if depth == 0 and start is not None:
-                spans.append((start, index + 1))
-    return spans
+            if char == "}" and depth == inner and object_start is not None:
+                spans.append((object_start, index + 1))
+                object_start = None
+            if depth == 0:
+                return index + 1, spans
+    return None, spans
 
 
-def _valid_box(item: Any) -> dict[str, Any] | None:
+def _strict_json(block: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(block, parse_constant=refuse)
+
+
+def check_box(item: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(box, None) for a valid item, else (None, the reason it is dropped)."""
     if not isinstance(item, dict):
-        return None
-    values, label = item.get("bbox_3d"), item.get("label")
-    if not isinstance(label, str) or not isinstance(values, list) or len(values) != 9:
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return None
-    return {"label": label, "bbox_3d": [float(v) for v in values]}
+        return None, "not_an_object"
+    label, values = item.get("label"), item.get("bbox_3d")
+    if not isinstance(label, str) or not label.strip():
+        return None, "no_label"
+    if not isinstance(values, list):
+        return None, "no_bbox"
+    if len(values) != 9:
+        return None, "wrong_arity"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None, "non_numeric"
+    if not all(math.isfinite(v) for v in values if isinstance(v, float)):
+        return None, "non_finite"
+    if any(abs(v) > MAX_ABS_VALUE for v in values):
+        return None, "absurd_magnitude"
+    box = {"label": label, "bbox_3d": [float(v) for v in values]}
+    if "score" in item:
+        box["score"] = item["score"]
+    return box, None
+
+
+def parse_items(items: list[Any], spans: list[tuple[int, int]] | None = None, valid_json: bool = True,
+                dropped: Counter | None = None) -> ParsedAnswer:
+    """Check a list of decoded items (an answer's, or a prediction file's ``annotations``).
+    ``spans``: text span of each object item, in order (used only when there is one per object);
+    ``dropped``: counts already made (a cut-off object). Status as in the module docstring."""
+    parsed = ParsedAnswer(valid_json=valid_json, dropped=Counter(dropped or {}))
+    parsed.emitted = len(items) + sum(parsed.dropped.values())
+    objects = sum(isinstance(item, dict) for item in items)
+    object_index = 0
+    for item in items:
+        box, reason = check_box(item)
+        if isinstance(item, dict):
+            object_index += 1
+        if reason:
+            parsed.dropped[reason] += 1
+            continue
+        box["span"] = spans[object_index - 1] if spans and len(spans) == objects else None
+        parsed.boxes.append(box)
+    if not parsed.boxes and parsed.dropped:
+        parsed.status = "failed"
+    else:
+        parsed.status = "ok" if valid_json else "repaired"
+    return parsed
 
 
 def parse_answer(text: str) -> ParsedAnswer:
-    fenced = _FENCE.search(text)
-    offset = fenced.start(1) if fenced else 0
-    body = fenced.group(1) if fenced else text
-    start = body.find("[")
-    if start < 0:
-        return ParsedAnswer(status="failed")
-    end = body.rfind("]")
-    status = "ok"
+    """Boxes of one raw model answer by the rules of the module docstring."""
+    start, end = _region(text)
+    opening = _OPENING.search(text, start, end)
+    if opening is None:
+        return ParsedAnswer(status="failed", valid_json=False)
+    first = opening.start()
+    close, spans = _scan(text, first, end)
+    block = text[first: close if close is not None else end]
     try:
-        items = json.loads(body[start: end + 1]) if end > start else None
-        if not isinstance(items, list):
-            raise ValueError
-    except (json.JSONDecodeError, ValueError):
-        items, status = None, "repaired"
-    spans = [(offset + start + a, offset + start + b) for a, b in _object_spans(body[start:])]
-    if items is None:  # truncated or damaged: keep every complete object
-        items = []
-        for a, b in spans:
-            try:
-                items.append(json.loads(text[a:b]))
-            except json.JSONDecodeError:
-                items.append(None)
-    parsed = ParsedAnswer(status=status)
-    for position, item in enumerate(items):
-        box = _valid_box(item)
-        if box is None:
-            parsed.invalid_items += 1
-            continue
-        box["span"] = spans[position] if position < len(spans) else (0, len(text))
-        parsed.boxes.append(box)
-    if not parsed.boxes and (status == "repaired" or parsed.invalid_items):
-        parsed.status = "failed"
-    return parsed
+        value, valid, dropped = _strict_json(block), True, Counter()
+    except ValueError:
+        valid, dropped = False, Counter()
+        if close is None:  # cut off: keep the complete objects, count the partial one
+            cut = spans[-1][1] if spans else first + (text[first] == "[")
+            if "{" in text[cut:end]:
+                dropped["truncated"] = 1
+            block = text[first:cut]
+        value = json_repair.loads(block) if block else None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return ParsedAnswer(status="failed", valid_json=False, emitted=sum(dropped.values()), dropped=dropped)
+    if text[first] == "{":  # a lone object: its span is the whole value
+        spans = [(first, close if close is not None else end)]
+    return parse_items(value, spans, valid, dropped)
 
 
 def box_scores(parsed: ParsedAnswer, text: str, token_ends: list[int] | None,
                token_logprobs: list[float] | None) -> list[float]:
-    """Confidence of each box: exp(mean log-probability of the tokens of its text). Without
-    token log-probabilities (answers scored from files), the documented fallback is the order
-    of appearance: 1 / (1 + index), so earlier boxes rank higher."""
+    """Confidence of each box: exp(mean log-probability of the tokens overlapping its text span;
+    tokens of the whole answer when the span is unknown). ``token_ends[i]``: character offset in
+    ``text`` where token i ends. Without token log-probabilities, the documented fallback is the
+    order of appearance, ``order_scores``."""
     if not token_ends or not token_logprobs:
-        return [1.0 / (1.0 + i) for i in range(len(parsed.boxes))]
+        return order_scores(len(parsed.boxes))
     scores, starts = [], [0] + token_ends[:-1]
     for box in parsed.boxes:
-        a, b = box["span"]
+        a, b = box["span"] or (0, len(text))
         chosen = [lp for s, e, lp in zip(starts, token_ends, token_logprobs) if e > a and s < b]
         scores.append(math.exp(sum(chosen) / len(chosen)) if chosen else 0.0)
     return scores
+
+
+def order_scores(count: int) -> list[float]:
+    """The fallback score of boxes that carry none: 1 / (1 + index), so earlier boxes rank higher."""
+    return [1.0 / (1.0 + i) for i in range(count)]

@@ -17,18 +17,14 @@ from typing import Protocol
 import numpy as np
 
 from .boxes import Box3D
-from .transforms import FLU_TO_RDF, rot_x, rot_y, rot_z
-
-
-def _wrap(angle: float) -> float:
-    return float((angle + np.pi) % (2 * np.pi) - np.pi)
+from .transforms import FLU_TO_RDF, rot_x, rot_y, rot_z, wrap_angle
 
 
 def _smallest_outer(a: float, b: float, c: float) -> tuple[float, float, float]:
     """Of the two Euler triples of one rotation, (a, b, c) and (a + pi, pi - b, c + pi), the one
     whose outer angles are smaller: an upright vehicle then has a single non-zero angle at any
     heading, which makes training targets consistent."""
-    other = (_wrap(a + np.pi), _wrap(np.pi - b), _wrap(c + np.pi))
+    other = (wrap_angle(a + np.pi), wrap_angle(np.pi - b), wrap_angle(c + np.pi))
     return other if abs(other[0]) + abs(other[2]) < abs(a) + abs(c) - 1e-12 else (a, b, c)
 
 

@@ -27,6 +27,13 @@ def apply(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ pose[:3, :3].T + pose[:3, 3]
 
 
+def wrap_angle(angle):
+    """An angle (radians, scalar or array) brought into [-pi, pi); ``abs(wrap_angle(a - b))`` is
+    the smallest rotation between two headings, in [0, pi]."""
+    wrapped = (np.asarray(angle, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
+    return float(wrapped) if wrapped.ndim == 0 else wrapped
+
+
 def rot_z(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])

@@ -1,0 +1,234 @@
+"""Ground truth and predictions read into frames, every box decoded once.
+
+Ground truth: a folder of recipe-format files ``<id>.json``, each an object with an
+``annotations`` list of ``{"label", "bbox_3d"}`` and the camera: ``camera_params`` ``{fx, fy, cx,
+cy}`` (pinhole; the image is taken as twice the principal point unless ``width``/``height`` say
+otherwise) or ``camera_model`` + ``intrinsics`` (what `format` writes, in ``text/``); an optional
+``box_codec`` names the box convention. Predictions: a folder of ``<id>.json`` named like the
+ground truth, each with ``annotations`` (boxes, optionally a ``score`` each) and optionally
+``raw_text`` (the model's answer, parsed when present) and ``scores`` (one per box). A missing or
+unparsable prediction is zero boxes for its frame, never a skipped frame.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import PipelineError
+from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
+from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
+from ..geometry.codecs import get_codec
+from .parse import ParsedAnswer, check_box, order_scores, parse_answer, parse_items
+
+ScoreSource = Literal["box", "list", "order"]
+
+
+class EvaluationError(PipelineError, ValueError):
+    """Input that cannot be scored; the message names the file or folder and what was expected."""
+
+
+@dataclass(frozen=True)
+class BoxSet:
+    """N boxes of one frame, decoded once. ``values``: Nx9, the nine numbers as written;
+    ``boxes``: the physical boxes (camera RDF, metres; sizes taken positive, which keeps the 8
+    corners); ``centres`` Nx3 (m); ``headings`` (N,) yaw of the forward axis in the ground plane,
+    ``atan2(x, z)`` (rad); ``rectangles`` Nx4 image rectangles of the projected box clipped to the
+    image (px; all zero behind the camera); ``scores`` (N,)."""
+
+    labels: list[str]
+    values: np.ndarray
+    boxes: list[Box3D]
+    centres: np.ndarray
+    headings: np.ndarray
+    rectangles: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Frame:
+    """One evaluation frame: its truth, the predictions and how the answer parsed.
+    ``status``: ok | repaired | failed | missing (no prediction file); ``recipe_camera``: the
+    ``fx, fy, cx, cy`` of a pinhole frame (the recipe's "AP2D" needs them), else None."""
+
+    id: str
+    camera: Camera
+    width: int
+    height: int
+    gt: BoxSet
+    pred: BoxSet
+    recipe_camera: dict[str, float] | None
+    status: str = "missing"
+    valid_json: bool = False
+    emitted: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    score_source: ScoreSource | None = None
+
+
+def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int]:
+    """The frame's camera and image size from a ground-truth record; EvaluationError naming
+    ``source`` when neither form of camera description is there."""
+    if "intrinsics" in record and "camera_model" in record:
+        camera = camera_from_record(record["camera_model"], record["intrinsics"])
+        return camera, camera.width, camera.height
+    params = record.get("camera_params")
+    if not isinstance(params, dict) or not {"fx", "fy", "cx", "cy"} <= set(params):
+        raise EvaluationError(f"{source}: needs 'intrinsics' + 'camera_model' or 'camera_params' {{fx, fy, cx, cy}}")
+    # Recipe files carry no image size: the principal point is taken as the image centre.
+    width = int(record.get("width", round(2 * params["cx"])))
+    height = int(record.get("height", round(2 * params["cy"])))
+    return PinholeCamera(params["fx"], params["fy"], params["cx"], params["cy"], width, height), width, height
+
+
+def pinhole_parameters(record: dict[str, Any]) -> dict[str, float] | None:
+    """``fx, fy, cx, cy`` of a record's ``camera_params`` when all four are numbers, else None."""
+    params = record.get("camera_params")
+    if isinstance(params, dict) and all(isinstance(params.get(k), (int, float)) for k in ("fx", "fy", "cx", "cy")):
+        return {k: float(params[k]) for k in ("fx", "fy", "cx", "cy")}
+    return None
+
+
+def box_set(labels: list[str], values: list[list[float]], scores: list[float], codec: str, camera: Camera,
+            width: int, height: int) -> BoxSet:
+    """Decode N boxes (nine numbers each, in ``codec``'s convention) once: see ``BoxSet``."""
+    decoder = get_codec(codec)
+    boxes = []
+    for v in values:
+        box = decoder.decode(v)
+        boxes.append(Box3D(box.center, box.rotation, np.abs(box.lwh)))
+    segments = edge_segments("pinhole" if isinstance(camera, PinholeCamera) else "ftheta")
+    rectangles = []
+    for box in boxes:
+        rect = projected_rectangle(box.corners(), camera, segments)
+        rectangles.append(np.zeros(4) if rect is None else clip_rectangle(rect, width, height))
+    forward = np.array([b.rotation[:, 0] for b in boxes]).reshape(-1, 3)
+    return BoxSet(list(labels), np.asarray(values, float).reshape(-1, 9), boxes,
+                  np.array([b.center for b in boxes]).reshape(-1, 3), np.arctan2(forward[:, 0], forward[:, 2]),
+                  np.array(rectangles).reshape(-1, 4), np.asarray(scores, float))
+
+
+def read_ground_truth(path: Path) -> dict[str, Any] | None:
+    """The record of a recipe-format file, or None when the file is JSON of another kind (a
+    dataset's ``meta.json``); EvaluationError naming the file for malformed JSON or boxes."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: malformed JSON: {exc}") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("annotations"), list):
+        return None
+    for index, item in enumerate(record["annotations"]):
+        _, reason = check_box(item)
+        if reason:
+            raise EvaluationError(f"{path}: ground-truth box {index} is invalid ({reason.replace('_', ' ')}): {item!r}")
+    return record
+
+
+def _ground_truth_files(gt_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    if not gt_dir.is_dir():
+        raise EvaluationError(f"{gt_dir}: no such folder; expected a folder of recipe-format ground truth (<id>.json)")
+    records = [(path, read_ground_truth(path)) for path in sorted(gt_dir.glob("*.json"))]
+    found = [(path, record) for path, record in records if record is not None]
+    if not found:
+        hint = f"; did you mean {gt_dir / 'text'}?" if (gt_dir / "text").is_dir() else ""
+        names = ", ".join(path.name for path, _ in records[:3]) or "no .json file"
+        raise EvaluationError(f"{gt_dir}: no recipe-format ground-truth files (<id>.json objects with an "
+                              f"'annotations' list and the camera); found {names}{hint}")
+    if len(found) < len(records):
+        stray = next(path for path, record in records if record is None)
+        raise EvaluationError(f"{stray}: not a recipe-format ground-truth file (an object with an 'annotations' list)")
+    return found
+
+
+def _prediction_names(pred_dir: Path, gt_names: set[str], gt_dir: Path) -> set[str]:
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"{pred_dir}: no such prediction folder; expected <id>.json files named like "
+                              f"the ground truth in {gt_dir}")
+    names = {path.name for path in pred_dir.glob("*.json")}
+    if not names:
+        raise EvaluationError(f"{pred_dir}: no prediction files; expected <id>.json files named like the "
+                              f"ground truth in {gt_dir}")
+    if not names & gt_names:
+        raise EvaluationError(f"{pred_dir}: none of its {len(names)} .json files is named like a ground-truth "
+                              f"file in {gt_dir} (e.g. {sorted(gt_names)[0]})")
+    return names
+
+
+def _checked_scores(values: list[Any], boxes: list[dict[str, Any]], path: Path) -> list[float]:
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise EvaluationError(f"{path}: box {index} (label {boxes[index]['label']!r}): score {value!r} "
+                                  f"is not a finite number")
+    return [float(v) for v in values]
+
+
+def resolve_scores(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -> tuple[list[float], ScoreSource]:
+    """Scores of the kept boxes, in this order: a ``score`` inside every box object, else a
+    top-level ``scores`` list of the same length, else the order of appearance. EvaluationError
+    naming the file and box for a non-finite or non-numeric score, or when only some boxes carry
+    one."""
+    boxes = parsed.boxes
+    own = ["score" in box for box in boxes]
+    if any(own):
+        if not all(own):
+            index = own.index(False)
+            raise EvaluationError(f"{path}: box {index} (label {boxes[index]['label']!r}) has no 'score' "
+                                  f"while other boxes have one")
+        return _checked_scores([box["score"] for box in boxes], boxes, path), "box"
+    listed = document.get("scores")
+    if isinstance(listed, list) and boxes and len(listed) == len(boxes):
+        return _checked_scores(listed, boxes, path), "list"
+    return order_scores(len(boxes)), "order"
+
+
+def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]:
+    """Boxes, their scores and where the scores came from, for one prediction file. The boxes
+    come from ``raw_text`` when the file has it (the model's own answer, parsed), else from
+    ``annotations``; a file that is not a JSON object is a failed answer."""
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ParsedAnswer(status="failed", valid_json=False), [], "order"
+    if not isinstance(document, dict):
+        return ParsedAnswer(status="failed", valid_json=False), [], "order"
+    if isinstance(document.get("raw_text"), str):
+        parsed = parse_answer(document["raw_text"])
+    elif isinstance(document.get("annotations"), list):
+        parsed = parse_items(document["annotations"])
+    else:
+        return ParsedAnswer(status="failed", valid_json=False), [], "order"
+    scores, source = resolve_scores(parsed, document, path)
+    return parsed, scores, source
+
+
+def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]:
+    """Every ground-truth frame of ``gt_dir`` with its prediction from ``pred_dir`` (see the
+    module docstring). EvaluationError, naming the folder or file, for a missing or empty folder,
+    a ground-truth folder without recipe-format files, prediction files none of which is named
+    like the ground truth, a bad ground-truth box or a bad score."""
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    truth = _ground_truth_files(gt_dir)
+    available = _prediction_names(pred_dir, {path.name for path, _ in truth}, gt_dir)
+    frames = []
+    for path, record in truth:
+        camera, width, height = camera_of(record, path)
+        codec = record.get("box_codec", default_codec)
+        annotations = record["annotations"]
+        gt = box_set([b["label"] for b in annotations], [b["bbox_3d"] for b in annotations],
+                     np.ones(len(annotations)), codec, camera, width, height)
+        parsed, scores, source = ParsedAnswer(status="failed", valid_json=False), [], None
+        if path.name in available:
+            parsed, scores, source = read_prediction(pred_dir / path.name)
+        pred = box_set([b["label"] for b in parsed.boxes], [b["bbox_3d"] for b in parsed.boxes], scores,
+                       codec, camera, width, height)
+        frames.append(Frame(path.stem, camera, width, height, gt, pred, pinhole_parameters(record),
+                            parsed.status if source else "missing", parsed.valid_json, parsed.emitted,
+                            parsed.dropped, source))
+    return frames

@@ -1,0 +1,73 @@
+"""The results table: one column per model version (zero-shot, each checkpoint by training
+step, final), one row per metric, as the recipe publishes it, plus signals that move early in
+training (valid answers, boxes per frame, near vehicles). Built with pandas from the serialized
+metrics, so it always shows what ``metrics/eval.json`` holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+# (row label, path of keys in a column's serialized metrics)
+HEADLINE_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("AP2D (COCO, IoU 0.50:0.95)", ("ap2d", "ap")),
+    ("AP2D50", ("ap2d", "ap50")),
+    ("AP3D (IoU 0.05:0.50)", ("ap3d", "ap")),
+    ("AP3D25", ("ap3d", "ap25")),
+    ("centre-distance mAP", ("center_distance", "map")),
+    ("recall", ("matching", "recall")),
+    ("label accuracy", ("matching", "label_accuracy")),
+    ("recipe Mean IoU", ("recipe", "mean_iou")),
+    ("recipe IoU Accuracy %", ("recipe", "iou_accuracy_pct")),
+    ("recipe Label Accuracy %", ("recipe", "label_accuracy_pct")),
+    ('recipe "AP2D"', ("recipe", "ap2d")),
+    ('recipe "AP3D"', ("recipe", "ap3d")),
+)
+SIGNAL_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("answers valid JSON as emitted (share)", ("answers", "valid_json")),
+    ("answers failed (share)", ("answers", "failed")),
+    ("boxes per frame", ("boxes_per_frame",)),
+    ("AP3D near", ("ap3d", "near")),
+)
+ROWS = HEADLINE_ROWS + SIGNAL_ROWS
+
+
+def lookup(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """The value at ``path`` in one column's serialized metrics (None when absent or null)."""
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def column_title(name: str, step: int) -> str:
+    """``zero_shot`` -> ``zero-shot``, ``step_000040`` -> ``step 40``, ``final`` -> ``final (step N)``."""
+    if name == "zero_shot":
+        return "zero-shot"
+    if name == "final":
+        return f"final (step {step})"
+    return f"step {step}" if name.startswith("step_") else name
+
+
+def results_frame(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> pd.DataFrame:
+    """Rows: metrics (``ROWS``); columns: the model versions in step order (zero-shot first,
+    final last); cells: floats, NaN where the metric is null."""
+    order = sorted(results, key=lambda name: (steps[name], name == "final"))
+    data = {column_title(name, steps[name]): [lookup(results[name], path) for _, path in ROWS] for name in order}
+    return pd.DataFrame(data, index=[label for label, _ in ROWS], dtype=float)
+
+
+def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:
+    """The table as markdown, with a heading saying what the columns and rows are."""
+    frame = results_frame(results, steps)
+    any_column = next(iter(results.values()))
+    heading = (f"# Results by training step\n\n{any_column['frames']} evaluation frames, "
+               f"{any_column['gt_boxes']} true boxes ({any_column['gt_boxes'] / any_column['frames']:.2f} per frame). "
+               "Rows named \"recipe\" follow the recipe's "
+               "definitions with two bugs removed; the last rows are signals that move early in training "
+               "(`AP3D near`: vehicles closer than the first depth limit). A dash: nothing to measure.\n\n")
+    cells = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None only
+    return heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n"
