@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from av_grounding.curation.filters import covered_fraction, decide, ray_box_entry
-from av_grounding.curation.records import read_records, write_records
+from av_grounding.curation.records import RecordsError, read_records, write_records
 from av_grounding.curation.transform import transform_record
 from av_grounding.curation.validate import ValidationError, validate
 from av_grounding.geometry.boxes import Box3D
@@ -115,6 +116,9 @@ def test_filter_counts_and_truth_scores(curated):
     assert saved == curation
     assert curation["boxes_in"] == curation["boxes_kept"] + sum(curation["removed"].values())
     assert curation["removed"]["category"] > 0 and curation["removed"]["fov"] > 0
+    # Every raw type dropped for its category is named with its count.
+    assert set(curation["removed_types"]) <= {"Pedestrian", "Cyclist"} and curation["removed_types"]
+    assert sum(curation["removed_types"].values()) == curation["removed"]["category"]
     scores = curation["against_render_truth"]
     assert scores["occlusion_and_depth"]["precision"] > scores["keep_all"]["precision"]
     assert scores["depth"]["recall"] > 0.9 and scores["depth"]["precision"] > 0.9
@@ -141,9 +145,67 @@ def test_validate_fails_on_a_misplaced_box(curated, tmp_path):
             for obj in record["objects"]:
                 obj["bbox_3d"][0] += 0.5  # half a metre sideways
         write_records(broken, path.parent.name, path.stem, records)
-    with pytest.raises(ValidationError, match="max_residual_px"):
+    with pytest.raises(ValidationError, match=r"(?s)worst clips \(failing boxes\): \S+ \(\d+\).*worst boxes:\n"
+                                              r"  clip \S+, camera_\w+, frame \d+, box \d+: re-projects [\d.]+ px from its "
+                                              r"render_truth reference.*validate.max_residual_px = 0.5"):
         validate(ValidateParams(sample_count=1), broken, work / "extracted", tmp_path / "plots", tmp_path / "v.json")
-    assert json.loads((tmp_path / "v.json").read_text())["max_residual_px"] > 0.5
+    summary = json.loads((tmp_path / "v.json").read_text())
+    assert summary["max_residual_px"] > 0.5 and summary["problems"]["residual"] == summary["boxes_failed"] > 0
+    assert summary["worst"][0]["residual_px"] == summary["max_residual_px"]
+
+
+def without_truth(records):
+    """Frame records as real data gives them: no renderer truth."""
+    return [{**r, "objects": [{**o, "render_truth": None} for o in r["objects"]]} for r in records]
+
+
+def test_validate_passes_real_data_against_the_raw_labels(curated, tmp_path):
+    work, _ = curated
+    for path in sorted((work / "filtered" / "records").rglob("*.json")):
+        write_records(tmp_path / "real", path.parent.name, path.stem, without_truth(read_records(path)))
+    summary = validate(ValidateParams(sample_count=0), tmp_path / "real", work / "extracted", tmp_path / "plots")
+    assert summary["by_reference"]["raw_labels"]["boxes"] == summary["boxes_checked"] > 0
+    assert summary["max_residual_px"] < 0.01 and summary["boxes_failed"] == 0
+    assert summary["per_frame"]["frames"] == summary["per_frame"]["frames_without_boxes"] + sum(
+        1 for path in (tmp_path / "real" / "records").rglob("*.json") for r in read_records(path) if r["objects"])
+
+
+@pytest.mark.parametrize("breakage, problem", [
+    ("negative_size", "object_lwh not positive"),
+    ("scaled_pose", r"camera_to_world not rigid \(rotation not orthonormal"),
+    ("mirrored", r"object_to_world not rigid \(rotation determinant -1"),
+    ("duplicate", "duplicate track in this frame"),
+], ids=["negative_size", "scaled_pose", "mirrored", "duplicate"])
+def test_validate_on_real_data_names_the_frame_and_box_of_a_bad_label(curated, tmp_path, breakage, problem):
+    """Real data (no renderer truth): a negative size re-projects with residual 0 (both paths use
+    it), so the sizes, finiteness and duplicates are checked on their own."""
+    work, _ = curated
+    victim = None
+    for path in sorted((work / "filtered" / "records").rglob("*.json")):
+        records = without_truth(read_records(path))
+        for record in records:
+            if victim is None and record["objects"]:
+                victim = (record["clip_id"], record["camera"], record["frame_index"], record["objects"][0]["track_id"])
+                obj = record["objects"][0]
+                if breakage == "negative_size":  # what transform made of a negative raw size
+                    obj["object_lwh"] = [-obj["object_lwh"][0], *obj["object_lwh"][1:]]
+                    record["objects"][0] = transform_record({**record, "objects": [obj]}, "cosmos")["objects"][0]
+                elif breakage == "scaled_pose":
+                    record["camera_to_world"] = (np.diag([1.1, 1.1, 1.1, 1.0]) @ record["camera_to_world"]).tolist()
+                elif breakage == "mirrored":
+                    obj["object_to_world"] = (np.diag([1.0, -1.0, 1.0, 1.0]) @ obj["object_to_world"]).tolist()
+                else:
+                    record["objects"].append(dict(obj))
+        write_records(tmp_path / "real", path.parent.name, path.stem, records)
+    clip, camera, frame_index, track = victim
+    box = "" if breakage == "scaled_pose" else f", box {track}"
+    with pytest.raises(ValidationError, match=rf"(?s)worst clips \(failing boxes\): {clip} \(1\).*"
+                                              rf"clip {clip}, {camera}, frame {frame_index}{box}: {problem}"):
+        validate(ValidateParams(sample_count=2), tmp_path / "real", work / "extracted", tmp_path / "plots",
+                 tmp_path / "v.json")
+    summary = json.loads((tmp_path / "v.json").read_text())
+    assert summary["boxes_failed"] == 1 and summary["per_frame"]["frames_with_problems"] == 1
+    assert summary["worst"][0]["frame_index"] == frame_index and re.match(problem, summary["worst"][0]["problem"])
 
 
 def test_malformed_records_name_the_file(tmp_path):
@@ -160,3 +222,27 @@ def test_malformed_records_name_the_file(tmp_path):
     (tmp_path / "in" / "records" / "s_0_1" / "camera_front_wide_120fov.json").write_text("[{\"clip_id\": 1}")
     with pytest.raises(RecordsError, match="unreadable records"):
         transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    good["objects"][0]["object_lwh"][2] = float("nan")  # another writer's bare NaN (not JSON)
+    (tmp_path / "in" / "records" / "s_0_1" / "camera_front_wide_120fov.json").write_text(json.dumps([good]))
+    with pytest.raises(RecordsError, match=r"camera_front_wide_120fov.json: NaN or infinity at \[0\].objects\[0\]"
+                                           r".object_lwh\[2\]; strict JSON"):
+        transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+
+
+def test_whole_output_stages_keep_no_stale_records(tmp_path):
+    """transform (like filter and format) replaces its output folder whole: records of clips that
+    left the input leave the output, and a failed run leaves the earlier output in place."""
+    from av_grounding.curation.transform import transform
+    from av_grounding.params import TransformParams
+
+    record = frame([("Car", 20.0, 0.0, 0.0, CAR)])
+    write_records(tmp_path / "in", "s_0_1", "camera_front_wide_120fov", [record])
+    write_records(tmp_path / "in", "t_0_1", "camera_front_wide_120fov", [{**record, "clip_id": "t_0_1"}])
+    transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    (tmp_path / "in" / "records" / "t_0_1" / "camera_front_wide_120fov.json").unlink()
+    transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    assert [p.parent.name for p in (tmp_path / "out" / "records").rglob("*.json")] == ["s_0_1"]
+    (tmp_path / "in" / "records" / "s_0_1" / "camera_front_wide_120fov.json").write_text("[")
+    with pytest.raises(RecordsError):
+        transform(TransformParams(), tmp_path / "in", tmp_path / "out")
+    assert [p.parent.name for p in (tmp_path / "out" / "records").rglob("*.json")] == ["s_0_1"]

@@ -122,10 +122,12 @@ def test_ray_extract_joins_the_cluster_gives_the_local_bytes_and_reports_failure
     clip_ids = sorted(p.stem for p in (root / "all_object_info").glob("*.tar"))
     broken = Path(rdshq.video_path(str(root), "pinhole", "camera_front_wide_120fov", clip_ids[0]))
     broken.write_bytes(broken.read_bytes()[:2000])
-    local = extract(params_for(root, small_params, workers=2), tmp_path / "local", tmp_path / "local.json")
+    local = extract(params_for(root, small_params, workers=2, max_failed_fraction=0.5), tmp_path / "local",
+                    tmp_path / "local.json")
     command = [sys.executable, str(REPO / "stages" / "extract.py"), "--params", str(tmp_path / "none.yaml"),
                "--input-root", str(root), "--cameras", ",".join(small_params.cameras), "--skip-frames", "7",
-               "--executor", "ray", "--ray-address", ray_cluster, "--output", str(tmp_path / "ray"),
+               "--max-failed-fraction", "0.5", "--executor", "ray", "--ray-address", ray_cluster,
+               "--output", str(tmp_path / "ray"),
                "--metrics", str(tmp_path / "ray.json"), "--rate", str(tmp_path / "rate.json")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,8 @@ import pytest
 from av_grounding import rdshq
 from av_grounding.curation.extract import extract
 from av_grounding.curation.records import records_path
-from av_grounding.params import ExtractParams, SynthesizeParams
+from av_grounding.errors import StageFailed
+from av_grounding.params import ExtractParams, ParamsError, SynthesizeParams
 from av_grounding.shards import ShardReader, partial_path, write_shard
 from av_grounding.synth.clips import clip_id_for, clip_rng, synthesize
 from av_grounding.synth.scene import sample_scene
@@ -94,13 +97,18 @@ def test_a_bad_video_is_reported_and_the_rest_completes(synthetic_root, small_pa
     missing = Path(rdshq.video_path(str(root), "pinhole", "camera_cross_left_120fov", clip_ids[1]))
     missing.unlink()
     out = tmp_path / "out"
-    metrics = extract(params_for(root, small_params, workers=2), out, tmp_path / "metrics.json")
+    metrics = extract(params_for(root, small_params, workers=2, max_failed_fraction=0.5), out, tmp_path / "metrics.json")
     assert metrics["items_failed"] == 2
     assert metrics["frames_written"] == 2 * 4
     failures = json.loads((out / "failures.json").read_text())
-    errors = " ".join(f["error"] for f in failures)
+    errors = " ".join(f["error"] for f in failures["items"])
     assert f"{clip_ids[0]}.mp4" in errors and f"pinhole_camera_cross_left_120fov/{clip_ids[1]}.mp4: missing" in errors
     assert json.loads((tmp_path / "metrics.json").read_text())["items_failed"] == 2
+    # Over the limit (default 5 %) the stage fails, naming the items; its report is written first.
+    with pytest.raises(StageFailed, match=r"(?s)2 of 4 items failed \(more than extract.max_failed_fraction.*"
+                                          f"{clip_ids[0]}/camera_front_wide_120fov"):
+        extract(params_for(root, small_params), tmp_path / "strict", tmp_path / "strict.json")
+    assert json.loads((tmp_path / "strict.json").read_text())["items_failed"] == 2
 
 
 def test_rerun_after_a_crash_continues_and_matches_a_clean_run(extracted, synthetic_root, small_params, tmp_path):
@@ -128,8 +136,177 @@ def test_sequence_ids_file_selects_clips(synthetic_root, small_params, tmp_path)
     assert metrics["clips"] == 1 and metrics["items"] == 2
     assert [p.name for p in (tmp_path / "out" / "images").iterdir()] == [clip_ids[1]]
     ids.write_text("not-a-clip-id\n")
-    with pytest.raises(rdshq.LayoutError, match="not-a-clip-id"):
+    with pytest.raises(ParamsError, match=r"extract.sequence_ids_file .*ids.txt, line 1: clip id 'not-a-clip-id'"):
         extract(params_for(synthetic_root, small_params, sequence_ids_file=str(ids)), tmp_path / "out2")
+
+
+def broken_copy(synthetic_root: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the synthetic root to break one thing in, and its clip ids."""
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    return root, sorted(p.stem for p in (root / "all_object_info").glob("*.tar"))
+
+
+def edit_tar(root: Path, attribute: str, clip_id: str, change) -> None:
+    """Rewrite one clip tar after ``change(members)`` (members keyed without the clip id)."""
+    members = rdshq.decode_tar((root / attribute / f"{clip_id}.tar").read_bytes(), clip_id, attribute)
+    change(members)
+    rdshq.write_tar(root, attribute, clip_id, members)
+
+
+def set_value(key: str, index: tuple, value: float):
+    def change(members):
+        array = np.array(members[key], dtype=np.float64)
+        array[index] = value
+        members[key] = array
+    return change
+
+
+FRONT = "camera_front_wide_120fov"
+
+
+def test_a_bad_camera_pose_fails_that_frame_naming_clip_camera_frame_and_member(synthetic_root, small_params, tmp_path):
+    root, clip_ids = broken_copy(synthetic_root, tmp_path)
+    edit_tar(root, "pose", clip_ids[0], set_value(f"000007.pose.{FRONT}.npy", (0, 0), np.nan))
+    edit_tar(root, "vehicle_pose", clip_ids[1], set_value("000014.vehicle_pose.npy", (0, 0), 2.0))  # scaled: not rigid
+    out = tmp_path / "out"
+    metrics = extract(params_for(root, small_params, max_failed_fraction=0.2), out)
+    assert metrics["items_failed"] == 0 and metrics["frames_failed"] == 1 + 2  # the vehicle pose serves both cameras
+    assert metrics["frames_written"] == 16 - 3
+    frames = json.loads((out / "failures.json").read_text())["frames"]
+    nan = next(f for f in frames if f["item"] == f"{clip_ids[0]}/{FRONT}")
+    assert nan["frame"] == 7
+    assert (f"pose/{clip_ids[0]}.tar: member {clip_ids[0]}.000007.pose.{FRONT}.npy (frame 7): pose not finite"
+            in nan["error"])
+    scaled = [f for f in frames if f["item"].startswith(clip_ids[1])]
+    assert [f["frame"] for f in scaled] == [14, 14]
+    assert all("vehicle_pose not rigid (rotation not orthonormal" in f["error"] for f in scaled)
+    records = json.loads((out / "records" / clip_ids[0] / f"{FRONT}.json").read_text())
+    assert [r["frame_index"] for r in records] == [0, 14, 21]
+    # The same failure over the default limit (5 % of the frames) fails the stage.
+    with pytest.raises(StageFailed, match=r"3 of 16 items failed"):
+        extract(params_for(root, small_params), tmp_path / "strict")
+
+
+def test_bad_objects_are_dropped_counted_by_reason_and_named(synthetic_root, small_params, tmp_path, monkeypatch):
+    root, clip_ids = broken_copy(synthetic_root, tmp_path)
+    key = "000000.all_object_info.json"
+    tracks = sorted(rdshq.decode_tar((root / "all_object_info" / f"{clip_ids[0]}.tar").read_bytes(), clip_ids[0],
+                                     "labels")[key])
+
+    def break_objects(members):
+        objects = members[key]
+        objects[tracks[0]]["object_lwh"][0] = -3.5
+        objects[tracks[1]]["object_to_world"][1][1] = float("nan")
+        objects[tracks[2]]["object_to_world"][0][0] = 1.5
+        del objects[tracks[3]]["object_type"]
+
+    with monkeypatch.context() as patch:  # another tool's writer: Python's json writes NaN, ours refuses it
+        patch.setattr(rdshq, "dumps_json", lambda value, compact: json.dumps(value, separators=(",", ":")))
+        edit_tar(root, "all_object_info", clip_ids[0], break_objects)
+    out = tmp_path / "out"
+    metrics = extract(params_for(root, small_params), out, tmp_path / "metrics.json")
+    assert metrics["objects_dropped"] == {"entry missing fields": 1, "object_lwh not positive": 1,
+                                          "object_to_world not finite": 1, "object_to_world not rigid": 1}
+    report = json.loads((out / "failures.json").read_text())
+    named = {entry["track_id"]: entry for entry in report["objects_dropped_first"]}
+    assert sorted(named) == sorted(tracks[:4])
+    assert named[tracks[0]]["where"] == f"{root}/all_object_info/{clip_ids[0]}.tar: {clip_ids[0]}.{key}"
+    assert named[tracks[0]]["problem"] == "object_lwh not positive ([-3.5, " + named[tracks[0]]["problem"].split(", ", 1)[1]
+    for camera in small_params.cameras:
+        first = json.loads((out / "records" / clip_ids[0] / f"{camera}.json").read_text())[0]
+        assert first["frame_index"] == 0 and not {o["track_id"] for o in first["objects"]} & set(tracks[:4])
+    for records_file in (out / "records").rglob("*.json"):
+        for record in json.loads(records_file.read_text()):
+            assert all(min(o["object_lwh"]) > 0 for o in record["objects"])
+
+
+@pytest.mark.parametrize("length", [4, 9])
+def test_intrinsics_of_a_wrong_length_fail_the_item_naming_the_member(synthetic_root, small_params, tmp_path, length):
+    root, clip_ids = broken_copy(synthetic_root, tmp_path)
+    key = f"pinhole_intrinsic.{FRONT}.npy"
+
+    def resize(members):
+        members[key] = np.resize(members[key], length)
+
+    edit_tar(root, "pinhole_intrinsic", clip_ids[0], resize)
+    metrics = extract(params_for(root, small_params, max_failed_fraction=0.5), tmp_path / "out")
+    assert metrics["items_failed"] == 1
+    assert metrics["failures"][0].error == (
+        f"LayoutError: {root}/pinhole_intrinsic/{clip_ids[0]}.tar: member {clip_ids[0]}.{key}: intrinsics wrong length "
+        f"(shape ({length},); pinhole intrinsics have 6 values)")
+
+
+def test_a_clip_id_that_is_not_an_rds_hq_id_fails_once(synthetic_root, small_params, tmp_path):
+    root, clip_ids = broken_copy(synthetic_root, tmp_path)
+    dotted = clip_ids[0].replace("_", ".", 1)
+    for tar in root.glob(f"*/{clip_ids[0]}.tar"):  # members renamed as another tool would name them
+        with tarfile.open(tar) as source, tarfile.open(tar.with_name(f"{dotted}.tar"), "w") as target:
+            for info in source.getmembers():
+                payload = source.extractfile(info).read()
+                info.name = info.name.replace(clip_ids[0], dotted, 1)
+                target.addfile(info, io.BytesIO(payload))
+        tar.unlink()
+    for video in root.glob(f"*/{clip_ids[0]}.mp4"):
+        video.rename(video.with_name(f"{dotted}.mp4"))
+    metrics = extract(params_for(root, small_params, max_failed_fraction=0.5), tmp_path / "out")
+    assert metrics["items"] == 3 and metrics["items_failed"] == 1 and metrics["frames_written"] == 8
+    assert [f.describe() for f in metrics["failures"]] == [
+        f"{dotted}: {root}/all_object_info/{dotted}.tar: clip id {dotted!r} contains a '.': tar members are named "
+        "'<clip_id>.<key>' and split at the first '.', so a clip id cannot hold one; rename the clip"]
+
+
+def test_parameter_errors_fail_once_before_any_work(synthetic_root, small_params, tmp_path, capsys):
+    from av_grounding.cli import main
+
+    common = ["extract", "--params", str(tmp_path / "none.yaml"), "--input-root", str(synthetic_root),
+              "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"), "--workers", "1"]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("0000-aaaa_1_2\n")
+    cases = {
+        ("--cameras", "camera_front_wide_120fov,camera_front_wide_12fov"):
+            r"extract.cameras: no video folder .*/pinhole_<camera> for \['camera_front_wide_12fov'\]; cameras with "
+            r"pinhole videos there: \['camera_cross_left_120fov', 'camera_front_wide_120fov'\]",
+        ("--skip-frames", "0"): r"'skip_frames' must be >= 1, got 0",
+        ("--sequence-ids-file", str(ids)): r"extract.sequence_ids_file .*ids.txt: none of its 1 clip id\(s\) is under",
+        ("--strategy", "fastest"): r"'strategy' must be one of \['auto', 'decode_all', 'seek', 'keyframes'\]",
+    }
+    import re
+
+    for override, message in cases.items():
+        assert main(common + list(override)) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_the_stage_fails_when_every_item_fails_whatever_the_limit(synthetic_root, small_params, tmp_path):
+    root, _ = broken_copy(synthetic_root, tmp_path)
+    for video in root.glob("pinhole_*/*.mp4"):
+        video.write_bytes(b"\0" * 100)
+    with pytest.raises(StageFailed, match=r"4 of 4 items failed \(every item failed\)"):
+        extract(params_for(root, small_params, max_failed_fraction=1.0), tmp_path / "out")
+
+
+def test_a_rerun_reuses_only_items_made_from_the_same_inputs_and_parameters(synthetic_root, small_params, tmp_path):
+    root, clip_ids = broken_copy(synthetic_root, tmp_path)
+    fresh = extract(params_for(root, small_params, skip_frames=5), tmp_path / "fresh")
+    out = tmp_path / "out"
+    extract(params_for(root, small_params, skip_frames=10), out)
+    again = extract(params_for(root, small_params, skip_frames=5), out)
+    assert again["items_resumed"] == 0 and tree_digest(out) == tree_digest(tmp_path / "fresh")
+    resumed = extract(params_for(root, small_params, skip_frames=5), out, tmp_path / "metrics.json")
+    assert resumed["items_resumed"] == 4
+    assert {**resumed, "items_resumed": 0, "failures": []} == {**fresh, "failures": []}  # metrics of the whole output
+    # A changed input file redoes the items that read it, and only those.
+    edit_tar(root, "pose", clip_ids[1], set_value(f"000000.pose.{FRONT}.npy", (0, 3), 0.25))
+    changed = extract(params_for(root, small_params, skip_frames=5), out)
+    assert changed["items_resumed"] == 2
+    assert json.loads((out / "records" / clip_ids[1] / f"{FRONT}.json").read_text())[0]["camera_to_world"][0][3] == 0.25
+    # Fewer cameras: the other camera's items leave the output.
+    extract(params_for(root, small_params, skip_frames=5, cameras=(FRONT,)), out)
+    assert sorted(p.name for p in (out / "records").rglob("*.json")) == [f"{FRONT}.json"] * 2
+    assert sorted(p.name for p in (out / "images").rglob("*")) == sorted([*clip_ids, f"{FRONT}.tar", f"{FRONT}.tar"])
 
 
 LONG = SynthesizeParams(num_clips=1, cameras=("camera_front_wide_120fov",), duration_s=3.0, width=160, height=90,
@@ -193,5 +370,7 @@ def test_dropped_frames_are_reported_and_never_filled_with_a_neighbour(long_root
         assert record["image_member"] == f"{stamp:06d}.jpg"
         assert record["timestamp_s"] == pytest.approx(stamp / 30, abs=1e-6)
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())
-    assert failures == [{"item": f"{clip_id}/{LONG.cameras[0]}", "missing_frames": missing,
-                         "error": f"frames {missing} are not in the video (its timestamps skip them); not written"}]
+    assert failures["missing_frames"] == [{"item": f"{clip_id}/{LONG.cameras[0]}", "missing_frames": missing,
+                                           "error": f"frames {missing} are not in the video (its timestamps skip "
+                                                    "them); not written"}]
+    assert failures["items"] == failures["frames"] == []

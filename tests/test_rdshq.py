@@ -23,6 +23,8 @@ def test_clip_id_parse_round_trip():
                                                             "10247954040621004675_2180_000_2200_000")
     with pytest.raises(rdshq.LayoutError, match="neither '<session_uuid>_<start_us>_<end_us>'"):
         rdshq.ClipId.parse("session_with_underscores_1_2")
+    with pytest.raises(rdshq.LayoutError, match="end time 1 us is not after start time 2 us"):
+        rdshq.ClipId.parse("abc_2_1")
 
 
 def tar_of(names: list[str]) -> bytes:

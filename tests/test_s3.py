@@ -10,6 +10,8 @@ import s3fs
 from av_grounding.curation.extract import extract
 from av_grounding.local_s3 import moto_server
 from av_grounding.params import ExtractParams
+from av_grounding.rdshq import LayoutError
+from av_grounding.storage import StorageError
 from test_extract import tree_digest
 
 
@@ -55,6 +57,22 @@ def test_missing_s3_clip_is_reported_with_its_url(synthetic_root, small_params, 
     victim = sorted(fs.ls("partial/clips/pinhole_camera_front_wide_120fov"))[0]
     fs.rm(victim)
     metrics = extract(ExtractParams(input_root="s3://partial/clips", s3_endpoint_url=s3_endpoint,
-                                    cameras=small_params.cameras, workers=1), tmp_path / "out")
+                                    cameras=small_params.cameras, workers=1, max_failed_fraction=0.5), tmp_path / "out")
     assert metrics["items_failed"] == 1
     assert f"s3://{victim}: missing" in metrics["failures"][0].error
+
+
+def test_missing_bucket_fails_once_naming_it(s3_endpoint, aws_env, tmp_path):
+    with pytest.raises(LayoutError, match=r"s3://no-such-bucket/clips/all_object_info: missing \(The specified bucket "
+                                          r"does not exist\); is 's3://no-such-bucket/clips' an RDS-HQ root\?"):
+        extract(ExtractParams(input_root="s3://no-such-bucket/clips", s3_endpoint_url=s3_endpoint), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_credentials_fail_once_saying_access_denied(aws_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # this moto_server checks credentials
+    with moto_server() as endpoint:
+        with pytest.raises(StorageError, match=r"s3://rdshq/clips: access denied \(.*Access Key Id.*\); check the "
+                                               r"credentials"):
+            extract(ExtractParams(input_root="s3://rdshq/clips", s3_endpoint_url=endpoint), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
-"""Atomic writes: a crash while writing leaves the previous output whole. Stored floats: one
-rounding rule, so that last-digit noise of the machine never reaches the bytes."""
+"""Atomic writes: a crash while writing leaves the previous output whole; strict JSON. Stored
+floats: one rounding rule, so that last-digit noise of the machine never reaches the bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from av_grounding.storage import atomic_folder, canonical, dumps_json
+from av_grounding.storage import (StorageError, atomic_folder, atomic_write_bytes, canonical, dumps_json,
+                                  remove_partials, write_json)
 
 
 def test_atomic_folder_replaces_only_when_complete(tmp_path):
@@ -42,3 +43,29 @@ def test_stored_floats_have_fixed_decimals_and_no_negative_zero():
     np.testing.assert_array_equal(array, [[0.0, 0.0], [2.5, -3.0]])
     assert array.dtype == np.float64 and not np.signbit(array[0]).any()
 
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_write_json_refuses_nan_and_infinity_naming_file_and_place(tmp_path, value):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"ok": 1.0})
+    with pytest.raises(StorageError, match=r"metrics.json: not written: NaN or infinity at boxes\[1\].lwh\[2\]"):
+        write_json(path, {"boxes": [{"lwh": [1.0, 2.0, 3.0]}, {"lwh": [1.0, 2.0, value]}]})
+    assert json.loads(path.read_text()) == {"ok": 1.0}  # the earlier file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_rounded_json_still_refuses_nan_in_tar_members_and_numpy_values():
+    with pytest.raises(StorageError, match=r"NaN or infinity at pose\[1\]"):
+        dumps_json({"pose": (np.float64(1.0000000000000002), np.float32("nan"))}, compact=True)
+
+
+def test_remove_partials_clears_what_killed_writers_left(tmp_path):
+    atomic_write_bytes(tmp_path / "a" / "done.json", b"{}")
+    leftovers = [tmp_path / "a" / ".done.json.x1y2.tmp", tmp_path / "a" / ".cam.tar.partial", tmp_path / ".model.tmp"]
+    for path in leftovers[:2]:
+        path.write_bytes(b"half")
+    (leftovers[2] / "inner").mkdir(parents=True)
+    (tmp_path / "a" / ".hidden_but_complete").write_text("kept")
+    assert remove_partials(tmp_path) == sorted(leftovers)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "a", "a/.hidden_but_complete", "a/done.json"]

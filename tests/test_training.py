@@ -3,6 +3,7 @@ positions and generation agree; a killed run resumes to the same weights."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,16 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, TRAINING_FORMAT
 import torch
+from conftest import TINY, TRAINING_FORMAT
+from test_extract import tree_digest
 
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.inference.generate import generate
 from av_grounding.models.loading import load_model
 from av_grounding.models.builtin import BUILTIN_MODELS, SPECIAL_TOKENS, build_builtin, split_name
-from av_grounding.params import TrainParams
+from av_grounding.params import ParamsError, TrainParams
+from av_grounding.storage import is_partial
 from av_grounding.training.collate import IGNORE, Encoder, collate
+from av_grounding.training.loop import STATE_FILE
 from av_grounding.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +129,34 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
+    assert not [p for p in (tmp_path / "killed").rglob(".*") if is_partial(p)]
+    # Every other file the same bytes; run.json names its own base folder; the optimizer state
+    # the same content (torch.save writes a random serialization id and pickles shared strings
+    # by identity, so its bytes differ from save to save).
+    resumed_files, straight_files = tree_digest(tmp_path / "killed"), tree_digest(tmp_path / "straight")
+    state = next(name for name in straight_files if name.endswith(STATE_FILE))
+    volatile = {"run.json", state}
+    assert {k: v for k, v in resumed_files.items() if k not in volatile} == {
+        k: v for k, v in straight_files.items() if k not in volatile}
+    runs = [json.loads((tmp_path / folder / "run.json").read_text()) for folder in ("killed", "straight")]
+    assert [{**run, "base": Path(run["base"]).name} for run in runs] == [{**runs[1], "base": "base"}] * 2
+    states = [torch.load(tmp_path / folder / state, weights_only=False) for folder in ("killed", "straight")]
+    assert states[0]["step"] == states[1]["step"] and states[0]["scheduler"] == states[1]["scheduler"]
+    assert torch.equal(states[0]["torch_rng"], states[1]["torch_rng"])
+    for a, b in zip(states[0]["optimizer"]["state"].values(), states[1]["optimizer"]["state"].values()):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_parameters_starts_over_instead_of_resuming(few, tmp_path):
+    common = dict(max_steps=4, save_every=2, batch_size=1)
+    train(TrainParams(lr=1e-3, **common), FORMAT, few, tmp_path / "fresh", None, tmp_path / "live1")
+    train(TrainParams(lr=5e-3, **common), FORMAT, few, tmp_path / "out", None, tmp_path / "live2")
+    shutil.rmtree(tmp_path / "out" / "model")  # as if killed after its checkpoint at step 2
+    train(TrainParams(lr=1e-3, **common), FORMAT, few, tmp_path / "out", None, tmp_path / "live3")
+    fresh, rerun = final_weights(tmp_path / "fresh"), final_weights(tmp_path / "out")
+    assert all(torch.equal(rerun[name], fresh[name]) for name in fresh)
+    assert json.loads((tmp_path / "out" / "inputs.json").read_text())["train"]["lr"] == 1e-3
 
 
 @pytest.mark.slow
@@ -137,11 +169,24 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
     summary = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
                     tmp_path / "predictions", tmp_path / "infer.json")
     assert list(summary) == ["zero_shot", "step_000002", "final"]
+    answers = {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))}
     again = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
                   tmp_path / "predictions")
-    assert again == {}  # every frame answered already: a rerun resumes, it does not redo
-    with pytest.raises(ValueError, match="no checkpoint for step"):
+    # Every frame answered already from the same inputs: a rerun redoes nothing, and its metrics
+    # still describe every column's whole output.
+    assert {c: (v["frames"], v["frames_resumed"], v["images_per_s"]) for c, v in again.items()} == {
+        c: (v["frames"], v["frames"], None) for c, v in summary.items()}
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))} == answers
+    with pytest.raises(ParamsError, match=r"infer.checkpoints: no checkpoint for step\(s\) \[3\]"):
         infer(InferParams(checkpoints="3"), FORMAT, dataset, tmp_path / "train", tmp_path / "other")
+    # Other generation parameters: nothing is reused; fewer columns: the others leave the output.
+    other = infer(InferParams(max_new_tokens=8, batch_size=4, checkpoints="none"), FORMAT, dataset,
+                  tmp_path / "train", tmp_path / "changed")
+    shutil.copytree(tmp_path / "predictions", tmp_path / "rerun")
+    rerun = infer(InferParams(max_new_tokens=8, batch_size=4, checkpoints="none"), FORMAT, dataset,
+                  tmp_path / "train", tmp_path / "rerun")
+    assert all(v["frames_resumed"] == 0 for v in rerun.values()) and list(rerun) == ["zero_shot", "final"]
+    assert tree_digest(tmp_path / "rerun") == tree_digest(tmp_path / "changed") and list(other) == list(rerun)
     results = evaluate(EvaluateParams(overlays=2), dataset, tmp_path / "predictions", tmp_path / "eval.json", tmp_path / "plots")
     assert list(results) == ["zero_shot", "step_000002", "final"]
     assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))

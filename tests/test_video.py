@@ -115,6 +115,30 @@ def test_encoded_bytes_do_not_depend_on_the_number_of_cores(tmp_path):
     assert digests[0] == digests[1]
 
 
+def faststart_copy(source, target) -> None:
+    """The same packets in an mp4 whose index (moov) comes before the media data."""
+    import av
+
+    with av.open(str(source)) as reader, av.open(str(target), "w", format="mp4",
+                                                  options={"movflags": "faststart"}) as writer:
+        stream = writer.add_stream_from_template(reader.streams.video[0])
+        for packet in reader.demux(reader.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                writer.mux(packet)
+
+
+def test_a_truncated_mp4_with_its_index_at_the_front_says_truncated(tmp_path, video):
+    path, _ = video
+    faststart_copy(path, tmp_path / "front.mp4")
+    data = (tmp_path / "front.mp4").read_bytes()
+    assert data[4:8] == b"ftyp" and data.index(b"moov") < data.index(b"mdat")
+    assert index_video(data, "front.mp4").frame_count == FRAMES
+    with pytest.raises(VideoError, match=rf"cut.mp4: truncated: its index lists {FRAMES} frames but the file holds "
+                                         r"only \d+"):
+        index_video(data[: len(data) // 2], "cut.mp4")
+
+
 # Videos as real files come: built here from stamped frames with PyAV, each frame's stamp being
 # its index in the source, so the pixels tell which frame a reader really returned.
 

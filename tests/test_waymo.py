@@ -14,7 +14,7 @@ import pytest
 
 from av_grounding import rdshq
 from av_grounding.curation.extract import extract
-from av_grounding.params import ExtractParams, SynthesizeParams
+from av_grounding.params import ExtractParams, ParamsError, SynthesizeParams
 from av_grounding.shards import ShardReader
 from av_grounding.synth.clips import synthesize
 from av_grounding.synth.stamp import read_index
@@ -90,7 +90,7 @@ def test_waymo_clips_validate_against_the_renderer(waymo_curated, tmp_path):
 def test_ftheta_is_refused_for_waymo_clips(waymo_root, tmp_path):
     with pytest.raises(ValueError, match="Waymo conversions are pinhole only"):
         synthesize(dataclasses.replace(WAYMO, camera_model="ftheta"), tmp_path / "never")
-    metrics = extract(ExtractParams(input_root=str(waymo_root), cameras=("front",), camera_model="ftheta", workers=1),
-                      tmp_path / "out")
-    assert metrics["items_failed"] == 1
-    assert "ftheta_intrinsic/" in metrics["failures"][0].error and ": missing" in metrics["failures"][0].error
+    with pytest.raises(ParamsError, match=r"extract.camera_model ftheta: no ftheta_<camera> video folders under"):
+        extract(ExtractParams(input_root=str(waymo_root), cameras=("front",), camera_model="ftheta", workers=1),
+                tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +20,9 @@ from typing import Any, Mapping
 import yaml
 
 from . import params as params_module
-from .params import EvaluateParams, ExtractParams, FilterParams, FormatParams, InferParams, TrainParams, ParamsError, SynthesizeParams, TransformParams, ValidateParams
+from .errors import PipelineError
+from .params import (EvaluateParams, ExtractParams, FilterParams, FormatParams, InferParams, SynthesizeParams,
+                     TrainParams, TransformParams, ValidateParams, choices)
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(_flag(keyword), dest=f"path_{keyword}", default=default,
                              help=f"{keyword} path (default: %(default)s)")
         group = sub.add_argument_group(f"parameters (section '{name}' of the params file)")
+        hints = typing.get_type_hints(spec.params_cls)
         for field in dataclasses.fields(spec.params_cls):
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else (
                 dict(default) if isinstance(default, Mapping) else default)
+            allowed = choices(hints[field.name])
+            one_of = f"; one of: {', '.join(map(str, allowed))}" if allowed else ""
             group.add_argument(_flag(field.name), dest=f"param_{field.name}", metavar="VALUE",
-                               help=f"{field.metadata.get('help', '')} (built-in default: {shown})")
+                               help=f"{field.metadata.get('help', '')}{one_of} (built-in default: {shown})")
     return parser
 
 
@@ -121,9 +127,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one stage; exit status 0 when it completed, 2 when a parameter or the input was bad or
+    too many of its items failed (one message naming the key or file). Any other exception is a
+    bug and propagates with its traceback."""
     try:
         result = run(argv)
-    except (ParamsError, FileNotFoundError, ValueError) as exc:  # bad input: one line naming the file
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = result.pop("failures", [])

@@ -24,13 +24,17 @@ import sys
 import threading
 import time
 import traceback
+import typing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-EXECUTORS = ("local", "ray")
+from .errors import PipelineError
+from .params import Executor
+
+EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
 PARENT_POLL_S = 0.5  # where prctl is missing: how often a pool worker checks that its parent lives
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -38,7 +42,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 Settled = tuple[int, "tuple[Any, float] | None", "BaseException | None"]
 
 
-class ExecutorError(ValueError):
+class ExecutorError(PipelineError, ValueError):
     """The executor cannot run: an unknown name, or Ray is not installed."""
 
 
@@ -66,7 +70,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_items(fn: Callable[..., Any], items: Sequence[tuple], workers: int, desc: str,
-              labels: Sequence[str] | None = None, executor: str = "local",
+              labels: Sequence[str] | None = None, executor: Executor = "local",
               address: str | None = None) -> Outcome:
     """Call ``fn(*item)`` for every item with ``executor`` (``local``: in ``workers`` processes,
     1: in this process; ``ray``: one task per item on the cluster at ``address``). ``fn`` must

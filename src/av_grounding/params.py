@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections.abc
 import copyreg
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -16,6 +17,8 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 import yaml
+
+from .errors import PipelineError
 
 RECIPE_CAMERAS: tuple[str, ...] = (
     "camera_front_wide_120fov",
@@ -48,52 +51,81 @@ def read_only(mapping: Mapping[str, str]) -> MappingProxyType:
 copyreg.pickle(MappingProxyType, lambda mapping: (read_only, (dict(mapping),)))
 
 
+# The fixed choices of parameters: checked when the parameters load, listed by ``--help``.
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                     "veryslow", "placebo"]
+CameraModel = Literal["pinhole", "ftheta"]
+Strategy = Literal["auto", "decode_all", "seek", "keyframes"]
+Executor = Literal["local", "ray"]
+CodecName = Literal["cosmos", "qwen3vl"]
+BoxOrder = Literal["nearest", "left_to_right", "track"]
+ModelFamily = Literal["qwen2_5_vl", "qwen3_vl"]
+Backend = Literal["hf", "cosmos-rl"]
+TrainPreset = Literal["cr1", "cr2"]
+Schedule = Literal["cosine", "constant"]
+Attention = Literal["sdpa", "eager"]
+VisionAttention = Literal["packed", "per_segment"]
+Layout = Literal["rdshq", "waymo"]
+CheckpointChoice = Literal["all", "none"]
+
 EXECUTOR_HELP = "local (a process pool of `workers` processes) or ray (one task per item on a Ray cluster)"
 RAY_ADDRESS_HELP = ("executor ray: the cluster to join (the address `ray start --head` prints, or auto); "
                     "null: RAY_ADDRESS, else a new Ray instance on this machine")
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError, ValueError):
     """A parameter file or override is malformed; the message names the file and key."""
 
 
-def param(default: Any, help: str) -> Any:
-    """A parameter with its help text (shown by ``--help``)."""
+def param(default: Any, help: str, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A parameter with its help text (shown by ``--help``) and, for numbers, the inclusive
+    range its values must lie in (checked when parameters load)."""
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum}
     if isinstance(default, Mapping):
-        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class Checked:
+    """Base of the parameter classes: every field is checked (type, fixed choices, range) when an
+    instance is made, from the params file or in code; lists become tuples."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = coerce(type(self), field.name, getattr(self, field.name), type(self).__name__)
+            object.__setattr__(self, field.name, value)
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthesizeParams:
+class SynthesizeParams(Checked):
     """Synthetic RDS-HQ clips: scene content, rendering size and video encoding."""
 
     seed: int = param(0, "seed of every random choice; same seed, same bytes")
-    num_clips: int = param(8, "number of clips")
-    layout: Literal["rdshq", "waymo"] = param(
+    num_clips: int = param(8, "number of clips", minimum=1)
+    layout: Layout = param(
         "rdshq", "rdshq: native RDS-HQ clips; waymo: as NVIDIA's toolkit converts Waymo Open segments "
         "(their clip ids and camera names front, front_left, front_right, side_left, side_right, a global "
         "world frame, every vehicle 'Car', pinhole only; set fps 10 as there)")
-    camera_model: Literal["pinhole", "ftheta"] = param(
+    camera_model: CameraModel = param(
         "pinhole", "lens the videos are rendered through; videos go to <camera_model>_<camera>/")
     cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render (names of the layout)")
-    duration_s: float = param(3.0, "clip length in seconds")
-    fps: int = param(30, "video frame rate; poses are written at 30 Hz and labels at 10 Hz whatever it is")
-    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike)")
-    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike)")
-    keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides")
-    crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)")
-    preset: str = param("veryfast", "x264 preset")
-    num_vehicles: int = param(18, "vehicles drawn at random, beside the fixed occluder/hidden pair")
-    num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)")
+    duration_s: float = param(3.0, "clip length in seconds", minimum=0.1)
+    fps: int = param(30, "video frame rate; poses are written at 30 Hz and labels at 10 Hz whatever it is", minimum=1)
+    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike)", minimum=16)
+    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike)", minimum=16)
+    keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides", minimum=1)
+    crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)", minimum=0, maximum=51)
+    preset: X264Preset = param("veryfast", "x264 preset (speed against file size)")
+    num_vehicles: int = param(18, "vehicles drawn at random, beside the fixed occluder/hidden pair", minimum=0)
+    num_pedestrians: int = param(4, "pedestrians and cyclists (non-vehicles curation must drop)", minimum=0)
     stamp_frame_index: bool = param(True, "stamp the frame index into the pixels (for tests)")
-    workers: int = param(2, "parallel processes over clips (executor local)")
-    executor: str = param("local", EXECUTOR_HELP)
+    workers: int = param(2, "parallel processes over clips (executor local)", minimum=1)
+    executor: Executor = param("local", EXECUTOR_HELP)
     ray_address: str | None = param(None, RAY_ADDRESS_HELP)
 
 
 @dataclasses.dataclass(frozen=True)
-class ExtractParams:
+class ExtractParams(Checked):
     """Frame extraction from an RDS-HQ root, local or ``s3://``."""
 
     input_root: str = param("data/synthetic", "RDS-HQ root: local folder or s3://bucket/prefix")
@@ -102,113 +134,130 @@ class ExtractParams:
     camera_names: Mapping[str, str] = param(
         MappingProxyType({}), "camera name in the clip's files -> name in the records and outputs "
         "(e.g. front: camera_front_wide_120fov for Waymo conversions); unlisted cameras keep their names")
-    camera_model: str = param("pinhole", "video folder prefix and intrinsics: pinhole or ftheta")
-    skip_frames: int = param(30, "keep video frames 0, N, 2N, ... (30 = 1 per second at 30 fps, 10 at 10 fps)")
-    strategy: str = param("auto", "auto | decode_all | seek | keyframes (auto: fewest decoded frames)")
-    jpeg_quality: int = param(95, "JPEG quality of the written frames")
-    workers: int = param(2, "parallel processes over (clip, camera) items (executor local)")
-    executor: str = param("local", EXECUTOR_HELP)
+    camera_model: CameraModel = param("pinhole", "video folder prefix and intrinsics")
+    skip_frames: int = param(30, "keep video frames 0, N, 2N, ... (30 = 1 per second at 30 fps, 10 at 10 fps)",
+                             minimum=1)
+    strategy: Strategy = param("auto", "how frames are decoded (auto: fewest decoded frames)")
+    jpeg_quality: int = param(95, "JPEG quality of the written frames", minimum=1, maximum=100)
+    workers: int = param(2, "parallel processes over (clip, camera) items (executor local)", minimum=1)
+    executor: Executor = param("local", EXECUTOR_HELP)
     ray_address: str | None = param(None, RAY_ADDRESS_HELP)
+    max_failed_fraction: float = param(0.05, "fail the stage when more of its items fail (always when all do)",
+                                       minimum=0.0, maximum=1.0)
     s3_endpoint_url: str | None = param(None, "S3-compatible endpoint; null: AWS default")
     s3_profile: str | None = param(None, "AWS profile name for s3:// inputs")
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformParams:
+class TransformParams(Checked):
     """World-frame labels to camera-frame boxes."""
 
-    codec: str = param("cosmos", "box convention of the nine numbers: cosmos or qwen3vl "
-                        "(docs/conventions.md#box-codecs)")
+    codec: CodecName = param("cosmos", "box convention of the nine numbers (docs/conventions.md#box-codecs)")
 
 
 @dataclasses.dataclass(frozen=True)
-class FilterParams:
+class FilterParams(Checked):
     """Which boxes stay in the training set (each removal counted per reason)."""
 
     label_map: Mapping[str, str] = param(DEFAULT_LABEL_MAP, "raw object type -> output label; other types are dropped")
-    max_distance_m: float = param(100.0, "drop boxes whose centre is farther from the camera")
-    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image (0: any overlap)")
-    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' 2D boxes")
-    depth_min_visible: float = param(0.1, "drop boxes with fewer lines of sight reaching them before a closer 3D box")
-    depth_rays_per_side: int = param(12, "lines of sight per box: a grid of N x N over its 2D box")
-    truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible")
-    truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible")
+    max_distance_m: float = param(100.0, "drop boxes whose centre is farther from the camera", minimum=0.0)
+    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image (0: any overlap)",
+                                         minimum=0.0, maximum=1.0)
+    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' 2D boxes "
+                                         "(above 1: never)", minimum=0.0)
+    depth_min_visible: float = param(0.1, "drop boxes with fewer lines of sight reaching them before a closer 3D box",
+                                     minimum=0.0, maximum=1.0)
+    depth_rays_per_side: int = param(12, "lines of sight per box: a grid of N x N over its 2D box", minimum=1)
+    truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible",
+                                              minimum=0.0, maximum=1.0)
+    truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible", minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidateParams:
+class ValidateParams(Checked):
     """Overlay drawings and the numeric re-projection check."""
 
-    sample_count: int = param(12, "frames drawn into plots/validation/")
+    sample_count: int = param(12, "frames drawn into plots/validation/", minimum=0)
     seed: int = param(0, "seed of the frame sample")
-    max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference")
+    max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference",
+                                  minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class FormatParams:
+class FormatParams(Checked):
     """Training sets: prompts, answer text, split, image size and token budget."""
 
     prompts: str = param("prompts/av_grounding.yaml", "YAML file with system_prompt and user_prompt")
-    decimals: int | None = param(2, "decimals of every number in the answers (null: full precision)")
-    size_decimals: int | None = param(None, "decimals of the three sizes (null: same as decimals)")
+    decimals: int | None = param(2, "decimals of every number in the answers (null: full precision)", minimum=0)
+    size_decimals: int | None = param(None, "decimals of the three sizes (null: same as decimals)", minimum=0)
     trim_zeros: bool = param(True, "write 18 and 5.3, not 18.00 and 5.30")
     compact_json: bool = param(True, "no spaces after , and : in the answers")
-    box_order: str = param("nearest", "order of boxes in an answer: nearest, left_to_right or track")
-    max_boxes: int | None = param(50, "keep at most this many (nearest-first order keeps the nearest); null: all")
+    box_order: BoxOrder = param("nearest", "order of boxes in an answer (nearest first, by bearing, by track id)")
+    max_boxes: int | None = param(50, "keep at most this many (nearest-first order keeps the nearest); null: all",
+                                  minimum=0)
     keep_empty_frames: bool = param(True, "keep frames without vehicles (answer: [])")
-    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed)")
+    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed)", minimum=0)
     eval_clip_ids: tuple[str, ...] = param((), "explicit held-out clip ids (wins over eval_clips)")
     split_seed: int = param(0, "seed of the held-out clip choice")
-    model_family: str = param("qwen2_5_vl", "qwen2_5_vl (28 px per image token) or qwen3_vl (32 px)")
-    min_pixels: int = param(3136, "smallest image area after resizing, in pixels (training and inference)")
-    max_pixels: int = param(40960, "largest image area after resizing, in pixels (training and inference)")
-    model_max_length: int = param(4096, "samples longer than this (prompt + image + answer tokens) are dropped")
+    model_family: ModelFamily = param("qwen2_5_vl", "qwen2_5_vl (28 px per image token) or qwen3_vl (32 px)")
+    min_pixels: int = param(3136, "smallest image area after resizing, in pixels (training and inference)",
+                            minimum=1)
+    max_pixels: int = param(40960, "largest image area after resizing, in pixels (training and inference)",
+                            minimum=1)
+    model_max_length: int = param(4096, "samples longer than this (prompt + image + answer tokens) are dropped",
+                                  minimum=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_pixels > self.max_pixels:
+            raise ParamsError(f"format.min_pixels ({self.min_pixels}) exceeds format.max_pixels ({self.max_pixels})")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Checked):
     """Supervised fine-tuning. Image size and token budget come from the format section."""
 
-    backend: str = param("hf", "hf (transformers/PyTorch, CPU or GPU) or cosmos-rl (GPU, its own environment)")
+    backend: Backend = param("hf", "hf (transformers/PyTorch, CPU or GPU) or cosmos-rl (GPU, its own environment)")
     cosmos_rl_executable: str = param("cosmos-rl", "launcher of a cosmos-rl install in its own environment "
                                       "(it needs transformers<5, av<19)")
     cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
                                      "instead of its native model (needs flash-attn)")
-    gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)")
+    gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)", minimum=1)
     model: str = param("tiny-qwen2_5_vl", "a built-in model, <size>-<architecture> with size tiny (CPU tests), small "
                        "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
                        "Reason 2), randomly initialised; or a Hugging Face id or a local folder")
-    preset: str | None = param(None, "cr1 or cr2: the recipe's settings, replacing the keys they name")
+    preset: TrainPreset | None = param(None, "the recipe's settings (Cosmos Reason 1 or 2), replacing the keys they name")
     seed: int = param(0, "seed of initialisation (built-in models) and data order")
-    epochs: int = param(8, "passes over the training set (ignored when max_steps is set)")
-    max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch")
-    batch_size: int = param(4, "samples per micro-batch")
-    grad_accum: int = param(1, "micro-batches per optimizer step")
+    epochs: int = param(8, "passes over the training set (ignored when max_steps is set)", minimum=1)
+    max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch", minimum=1)
+    batch_size: int = param(4, "samples per micro-batch", minimum=1)
+    grad_accum: int = param(1, "micro-batches per optimizer step", minimum=1)
     lr: float | None = param(None, "peak learning rate (AdamW); null: the built-in model size's (tiny 5e-3, "
-                             "small 3e-4, base 1e-4), 1e-5 for other models")
-    weight_decay: float = param(0.0, "AdamW weight decay")
-    warmup_ratio: float = param(0.05, "share of steps with linear warmup")
-    schedule: str = param("cosine", "cosine or constant after warmup")
-    grad_clip: float = param(1.0, "clip the gradient norm to this")
+                             "small 3e-4, base 1e-4), 1e-5 for other models", minimum=0.0)
+    weight_decay: float = param(0.0, "AdamW weight decay", minimum=0.0)
+    warmup_ratio: float = param(0.05, "share of steps with linear warmup", minimum=0.0, maximum=1.0)
+    schedule: Schedule = param("cosine", "learning rate after warmup: cosine decay or constant")
+    grad_clip: float = param(1.0, "clip the gradient norm to this", minimum=0.0)
     train_vision: bool = param(True, "train the vision tower")
     train_projector: bool = param(True, "train the vision-language projector (merger)")
     train_llm: bool = param(True, "train the language model (ignored with lora)")
     lora: bool = param(False, "LoRA adapters on the language model instead of full fine-tuning")
-    lora_rank: int = param(16, "LoRA rank")
+    lora_rank: int = param(16, "LoRA rank", minimum=1)
     lora_alpha: int = param(32, "LoRA alpha")
-    lora_dropout: float = param(0.05, "LoRA dropout")
+    lora_dropout: float = param(0.05, "LoRA dropout", minimum=0.0, maximum=1.0)
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    vision_attention: Literal["packed", "per_segment"] = param(
-        "packed", "packed: one attention call per vision layer over all windows/images; per_segment: transformers' "
-        "one call per window (same result, many more kernel launches)")
-    attn_implementation: str = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
-                                     "benchmarks/results/train_throughput_h200.json)")
-    save_every: int = param(40, "checkpoint every N steps (0: only the final model)")
+    vision_attention: VisionAttention = param(
+        "packed", "packed: one attention call per vision layer over all windows/images; per_segment: "
+        "transformers' one call per window (same result, many more kernel launches)")
+    attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
+                                           "benchmarks/results/train_throughput_h200.json)")
+    save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)
     max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
-                                     "counted) before the run stops with an error; ZeRO-3 stops at the first")
+                                     "counted) before the run stops with an error; ZeRO-3 stops at the first",
+                                     minimum=0)
     loader_workers: int | None = param(None, "data-loader processes that decode images during training; null: "
-                                       "up to 8 on a GPU, 0 (in the training process) on a CPU")
+                                       "up to 8 on a GPU, 0 (in the training process) on a CPU", minimum=0)
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
@@ -224,84 +273,142 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def with_preset(params: "TrainParams") -> "TrainParams":
+    """``params`` with the keys of its preset replaced by the recipe's values."""
     if params.preset is None:
         return params
-    if params.preset not in PRESETS:
-        raise ParamsError(f"unknown preset {params.preset!r}; choose from {sorted(PRESETS)}")
     return dataclasses.replace(params, **PRESETS[params.preset])
 
 
 @dataclasses.dataclass(frozen=True)
-class InferParams:
+class InferParams(Checked):
     """Generation on the evaluation split."""
 
-    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)")
-    batch_size: int = param(8, "frames per generate() call (left-padded)")
+    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)",
+                                minimum=1)
+    batch_size: int = param(8, "frames per generate() call (left-padded)", minimum=1)
     zero_shot: bool = param(True, "also run the model before fine-tuning")
-    checkpoints: str = param("all", "intermediate training checkpoints to run: all, none, or steps such as 40,80")
-    vision_attention: Literal["packed", "per_segment"] = param("packed", "as train.vision_attention")
+    checkpoints: CheckpointChoice | tuple[int, ...] = param(
+        "all", "intermediate training checkpoints to run: all, none, or a list of steps such as 40,80")
+    vision_attention: VisionAttention = param("packed", "packed or per_segment, as train.vision_attention")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Checked):
     """Scoring: thresholds and bins of the metrics (docs/metrics.md), checked together by
     ``av_grounding.evaluation.config.EvaluationConfig``."""
 
-    codec: str = param("cosmos", "box convention of files that do not name one (box_codec key)")
+    codec: CodecName = param("cosmos", "box convention of files that do not name one (box_codec key)")
     depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits of AP3D by depth, in metres")
     distance_thresholds_m: tuple[float, ...] = param((0.5, 1.0, 2.0, 4.0),
                                                      "ground-plane centre distances of the centre-distance mAP (nuScenes)")
     tp_distance_m: float = param(2.0, "distance threshold whose true positives give the TP errors; "
                                       "one of distance_thresholds_m")
     match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
-    overlays: int = param(6, "evaluation frames drawn with truth and predictions")
+    overlays: int = param(6, "evaluation frames drawn with truth and predictions", minimum=0)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return _type_hints(cls)[name]
 
 
-def coerce(cls: type, name: str, value: Any, source: str) -> Any:
-    """Check ``value`` against the declared type of ``cls.name``; lists become tuples."""
-    hint = _field_type(cls, name)
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ParamsError(f"{source}: '{name}' may not be null")
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    origin = typing.get_origin(base)
+def choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` type (also inside ``Optional``); None for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    literal = [a for a in typing.get_args(hint) if typing.get_origin(a) is Literal]
+    return typing.get_args(literal[0]) if literal else None
+
+
+def _element(element: type, value: Any) -> Any:
+    """One list element as ``element`` (int, float or str); ints must be written as integers."""
+    if element is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+            raise ValueError(f"{value!r} is not an integer")
+        return int(value)
+    return float(value) if element is float else str(value)
+
+
+class _Mismatch(Exception):
+    """A value does not fit one type; ``args[0]`` says what the type expects."""
+
+
+def _coerce_scalar(hint: Any, value: Any) -> Any:
+    """``value`` as the non-optional type ``hint``; ``_Mismatch`` saying what was expected."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise _Mismatch(f"one of {list(typing.get_args(hint))}")
+        return value
     if origin in (collections.abc.Mapping, dict):
         if not isinstance(value, typing.Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ParamsError(f"{source}: '{name}' must map names to names, got {value!r}")
-        return MappingProxyType(dict(sorted(value.items())))
+            raise _Mismatch("a mapping of names to names")
+        return read_only(dict(sorted(value.items())))
     if origin is tuple:
+        element = typing.get_args(hint)[0]
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{source}: '{name}' must be a list, got {value!r}")
-        element = typing.get_args(base)[0]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and element is not str:
+            value = [value]
         try:
-            return tuple(float(v) if element is float else str(v) for v in value)
-        except (TypeError, ValueError) as exc:
-            raise ParamsError(f"{source}: '{name}' must be a list of {element.__name__}, got {value!r}") from exc
-    if origin is typing.Literal:
-        if value not in typing.get_args(base):
-            raise ParamsError(f"{source}: '{name}' must be one of {list(typing.get_args(base))}, got {value!r}")
-        return value
-    if base is bool:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
+            return tuple(_element(element, v) for v in value)
+        except (TypeError, ValueError):
+            raise _Mismatch(f"a list of {element.__name__}") from None
+    if hint is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{source}: '{name}' must be true or false, got {value!r}")
+            raise _Mismatch("true or false")
         return value
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if base is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+    if hint is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
         return float(value)  # YAML 1.1 (PyYAML) reads 1e-5 as a string; YAML 1.2 and DVC's -S as a number
-    if not isinstance(value, base) or isinstance(value, bool) and base is not bool:
-        raise ParamsError(f"{source}: '{name}' must be {base.__name__}, got {value!r}")
+    if not isinstance(value, hint) or isinstance(value, bool):
+        raise _Mismatch(hint.__name__)
     return value
+
+
+def _check_range(cls: type, name: str, value: Any, source: str) -> None:
+    """``ParamsError`` unless every number of ``value`` lies in the field's [minimum, maximum]."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    low, high = field.metadata.get("minimum"), field.metadata.get("maximum")
+    for number in value if isinstance(value, tuple) else (value,):
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        if number != number or (low is not None and number < low) or (high is not None and number > high):
+            bounds = " and ".join(text for text in (f">= {low}" if low is not None else "",
+                                                     f"<= {high}" if high is not None else "") if text)
+            raise ParamsError(f"{source}: '{name}' must be {bounds or 'a number'}, got {value!r}")
+
+
+def coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """Check ``value`` against the declared type and range of ``cls.name``; lists become tuples.
+
+    Fixed choices (``Literal``) must be one of their values; a union (``Literal[...] | tuple``)
+    takes the first alternative that fits. Errors (``ParamsError``) name ``source`` and the key."""
+    hint = _field_type(cls, name)
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    alternatives = [a for a in typing.get_args(hint) if a is not type(None)] if is_union else [hint]
+    if value is None:
+        if is_union and type(None) in typing.get_args(hint):
+            return None
+        raise ParamsError(f"{source}: '{name}' may not be null")
+    expected = []
+    for alternative in alternatives:
+        try:
+            result = _coerce_scalar(alternative, value)
+        except _Mismatch as mismatch:
+            expected.append(mismatch.args[0])
+            continue
+        _check_range(cls, name, result, source)
+        return result
+    raise ParamsError(f"{source}: '{name}' must be {' or '.join(expected)}, got {value!r}")
 
 
 def checked(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:

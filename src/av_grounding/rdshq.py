@@ -23,6 +23,8 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from .checks import intrinsics_problem
+from .errors import PipelineError
 from .shards import tar_member
 from .storage import atomic_write_bytes, canonical, dumps_json
 
@@ -44,7 +46,7 @@ _RDSHQ_ID = re.compile(r"^(?P<session>[0-9A-Za-z-]+)_(?P<start>\d+)_(?P<end>\d+)
 _WAYMO_ID = re.compile(r"^(?P<session>\d+)_(?P<start>\d+_\d{3})_(?P<end>\d+_\d{3})$")
 
 
-class LayoutError(ValueError):
+class LayoutError(PipelineError, ValueError):
     """A clip file is missing or malformed; the message names the file."""
 
 
@@ -74,6 +76,9 @@ class ClipId:
             raise LayoutError(f"clip id {text!r} contains a '.': tar members are named '<clip_id>.<key>' "
                               f"and split at the first '.', so a clip id cannot hold one; rename the clip")
         if match := _RDSHQ_ID.match(text):
+            if int(match["end"]) <= int(match["start"]):
+                raise LayoutError(f"clip id {text!r}: end time {match['end']} us is not after start time "
+                                  f"{match['start']} us")
             return cls(text, match["session"], int(match["start"]), int(match["end"]))
         if match := _WAYMO_ID.match(text):
             return cls(text, match["session"])
@@ -160,7 +165,8 @@ def read_tar(fs: fsspec.AbstractFileSystem, root: str, attribute: str, clip_id: 
     return decode_tar(data, clip_id, path)
 
 
-def _frame_key(frame: int, name: str, suffix: str) -> str:
+def frame_key(frame: int, name: str, suffix: str) -> str:
+    """Member key of one frame's value: ``frame_key(3, "pose", ".camera_front_wide_120fov.npy")``."""
     return f"{frame:06d}.{name}{suffix}"
 
 
@@ -178,14 +184,14 @@ class ClipLabels:
 def write_clip_labels(root: str | Path, labels: ClipLabels, camera_model: str = "pinhole") -> None:
     cid = labels.clip_id
     write_tar(root, "pose", cid, {
-        _frame_key(f, "pose", f".{cam}.npy"): pose
+        frame_key(f, "pose", f".{cam}.npy"): pose
         for cam, poses in labels.camera_poses.items() for f, pose in poses.items()})
     write_tar(root, "vehicle_pose", cid, {
-        _frame_key(f, "vehicle_pose", ".npy"): pose for f, pose in labels.vehicle_poses.items()})
+        frame_key(f, "vehicle_pose", ".npy"): pose for f, pose in labels.vehicle_poses.items()})
     write_tar(root, f"{camera_model}_intrinsic", cid, {
         f"{camera_model}_intrinsic.{cam}.npy": k for cam, k in labels.intrinsics.items()})
     write_tar(root, "all_object_info", cid, {
-        _frame_key(f, "all_object_info", ".json"): objs for f, objs in labels.objects.items()})
+        frame_key(f, "all_object_info", ".json"): objs for f, objs in labels.objects.items()})
 
 
 def _frames_of(members: dict[str, Any], name: str, source: str) -> dict[int, Any]:
@@ -214,6 +220,8 @@ def read_clip_labels(fs: fsspec.AbstractFileSystem, root: str, clip_id: str,
         key = f"{intrinsic_name}.{cam}.npy"
         if key not in intrinsics:
             raise LayoutError(f"{tar_path(root, intrinsic_name, clip_id)}: no member {clip_id}.{key}")
+        if (problem := intrinsics_problem(camera_model, intrinsics[key])) is not None:
+            raise LayoutError(f"{tar_path(root, intrinsic_name, clip_id)}: member {clip_id}.{key}: intrinsics {problem}")
         labels.intrinsics[cam] = np.asarray(intrinsics[key], dtype=np.float64)
     vehicle = read_tar(fs, root, "vehicle_pose", clip_id)
     labels.vehicle_poses = _frames_of(vehicle, "vehicle_pose.npy", tar_path(root, "vehicle_pose", clip_id))
@@ -222,11 +230,14 @@ def read_clip_labels(fs: fsspec.AbstractFileSystem, root: str, clip_id: str,
     return labels
 
 
-def list_clip_ids(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """Clip ids present under ``root`` (those with an ``all_object_info`` tar), sorted."""
+def list_clip_ids(fs: fsspec.AbstractFileSystem, root: str, name: str | None = None) -> list[str]:
+    """Clip ids present under ``root`` (those with an ``all_object_info`` tar), sorted; errors
+    name the root as ``name`` (its URL) when given."""
     folder = f"{root}/all_object_info"
     try:
         names = fs.ls(folder, detail=False)
     except FileNotFoundError as exc:
-        raise LayoutError(f"{folder}: missing; is {root!r} an RDS-HQ root?") from exc
+        why = exc.strerror or (exc.args[0] if exc.args else "")  # an S3 server says which: bucket or prefix
+        named = name or root
+        raise LayoutError(f"{named}/all_object_info: missing ({why}); is {named!r} an RDS-HQ root?") from exc
     return sorted(Path(n).name[: -len(".tar")] for n in names if n.endswith(".tar"))

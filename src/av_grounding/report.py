@@ -22,13 +22,15 @@ from typing import Any
 
 from .evaluation.table import HEADLINE_ROWS, lookup
 
+from .errors import PipelineError
+
 DVC_TIMEOUT_S = 300
 EVAL_METRICS = "metrics/eval.json"
 # Metric names of throughput and timing (images_per_s, tokens_per_s, wall_s, step_seconds, ...).
 TIMING = re.compile(r"(_per_s|_s|_seconds|_ms|seconds|tflops?)$", re.IGNORECASE)
 
 
-class ReportError(RuntimeError):
+class ReportError(PipelineError, RuntimeError):
     """DVC could not compare against the base revision; the message holds DVC's own output."""
 
 

@@ -19,8 +19,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Iterator
 
+from .errors import PipelineError
 
-class ShardError(ValueError):
+
+class ShardError(PipelineError, ValueError):
     """A shard is missing or malformed, or lacks a member; the message names the file."""
 
 

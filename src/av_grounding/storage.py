@@ -1,9 +1,16 @@
 """Local and ``s3://`` access through fsspec, atomic writes for every output file, and the one
-rule for how floats are stored (``canonical``)."""
+rule for how floats are stored (``canonical``).
+
+Every file or folder being written sits beside its final path under a hidden name ending in
+``.tmp`` or ``.partial`` until it is complete; ``remove_partials`` clears what a killed run
+left, so no half-written file stays visible under an output path.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -14,6 +21,8 @@ from typing import Any, Iterator
 import fsspec
 import numpy as np
 
+from .errors import PipelineError
+
 # Every float the project stores is rounded to this many decimals: 1e-6 m, 1e-6 rad, 1e-6 px,
 # 1e-6 s, far below what any label or camera measures (lidar boxes: ~1e-2 m, poses: ~1e-3 m,
 # calibration: ~1e-2 px) and far above the last-digit noise of float64 arithmetic (~1e-14 for
@@ -22,6 +31,12 @@ import numpy as np
 # the same inputs. Rounded, the bytes agree on every machine unless a value lies within that
 # noise of a rounding boundary (about 1e-8 per value).
 STORED_DECIMALS = 6
+PARTIAL_SUFFIXES = (".tmp", ".partial")
+
+
+class StorageError(PipelineError):
+    """An input cannot be read (access denied, missing bucket) or an output value cannot be
+    stored; the message names the URL or file."""
 
 
 def filesystem(url: str, s3_endpoint_url: str | None = None,
@@ -39,6 +54,37 @@ def filesystem(url: str, s3_endpoint_url: str | None = None,
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in fs.protocol or "local" in fs.protocol
+
+
+def file_digest(fs: fsspec.AbstractFileSystem, path: str, data: bytes | None = None) -> str:
+    """sha256 (hex) of a file, local or remote; of ``data`` when its bytes were read already."""
+    if data is not None:
+        return hashlib.sha256(data).hexdigest()
+    with fs.open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 (hex) of a local folder's content: every file's path under it and bytes, in
+    path order (names and content, not times or owners)."""
+    folder = Path(folder)
+    total = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(path, "rb") as handle:
+            total.update(f"{path.relative_to(folder).as_posix()}\0{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
+                         .encode())
+    return total.hexdigest()
+
+
+@contextmanager
+def reading(url: str) -> Iterator[None]:
+    """Report an access error of the filesystem while reading ``url`` as a ``StorageError``
+    naming it (an S3 server answers wrong credentials with 403, a missing bucket with 404)."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise StorageError(f"{url}: access denied ({exc}); check the credentials (AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY, or the s3_profile parameter) and the endpoint") from exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -61,7 +107,7 @@ def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
     ``decimals`` and ``-0.0`` made ``0.0``, inside dicts, lists and tuples (tuples become lists).
     Other values are returned unchanged. Rounding is exact decimal rounding (``round``) for
     scalars and ``np.round`` for arrays; both give the same result for the same input on every
-    machine."""
+    machine; NaN and infinity stay as they are."""
     if isinstance(value, (float, np.floating)):
         return round(float(value), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
     if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
@@ -73,14 +119,33 @@ def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
     return value
 
 
-def dumps_json(obj: Any, allow_nan: bool = True, compact: bool = False) -> str:
-    """Stable JSON text of ``canonical(obj)``: sorted keys; two-space indent and a trailing
-    newline, or ``compact`` (no spaces, no newline) for members inside tar files.
-    ``allow_nan=False``: strict JSON, ValueError for NaN or infinity (which browsers, Node and
-    DVC's tools reject)."""
-    if compact:
-        return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"), allow_nan=allow_nan)
-    return json.dumps(canonical(obj), indent=2, sort_keys=True, allow_nan=allow_nan) + "\n"
+def non_finite_at(obj: Any, where: str = "") -> str | None:
+    """JSON path (``[3].objects[0].object_lwh[1]``) of the first NaN or infinity in ``obj``."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where or "the top level"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite_at(value, f"{where}[{key}]" if not isinstance(key, str) else f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
+
+
+def dumps_json(obj: Any, compact: bool = False) -> str:
+    """Stable, strict JSON text of ``canonical(obj)``: sorted keys; two-space indent and a
+    trailing newline, or ``compact`` (no spaces, no newline) for members inside tar files. NaN
+    and infinity are refused (they are not JSON; browsers, Node and DVC's tools reject them):
+    ``StorageError`` naming where the value sits."""
+    stored = canonical(obj)
+    try:
+        if compact:
+            return json.dumps(stored, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return json.dumps(stored, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as exc:
+        where = non_finite_at(stored)
+        if where is None:
+            raise
+        raise StorageError(f"NaN or infinity at {where}: strict JSON has no such value") from exc
 
 
 @contextmanager
@@ -97,14 +162,52 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     tmp.rename(folder)
 
 
-def write_json(path: str | Path, obj: Any, allow_nan: bool = True) -> None:
-    atomic_write_bytes(path, dumps_json(obj, allow_nan).encode())
+def stored_json(path: str | Path) -> Any | None:
+    """What ``path`` holds as JSON; None when it is absent or unreadable (manifests of earlier runs)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def as_stored(obj: Any) -> Any:
+    """``obj`` as ``write_json`` then ``stored_json`` give it back (tuples become lists)."""
+    return json.loads(dumps_json(obj))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """``obj`` as strict JSON in ``path``, atomically; ``StorageError`` naming the file and the
+    place of a NaN or infinity, which leaves any earlier file in place."""
+    try:
+        text = dumps_json(obj)
+    except StorageError as exc:
+        raise StorageError(f"{path}: not written: {exc}") from exc
+    atomic_write_bytes(path, text.encode())
 
 
 def temporary_sibling(path: str | Path) -> Path:
     """A unique temporary path next to ``path``, for writers that need a file name (video muxers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def is_partial(path: Path) -> bool:
+    """A file or folder that a writer of this module had not finished."""
+    return path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIXES)
+
+
+def remove_partials(folder: str | Path) -> list[Path]:
+    """Delete what killed writers left under ``folder`` (see ``is_partial``); returns the paths
+    removed. Resumable stages call it before they look at their earlier output."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*")) if Path(folder).is_dir() else []:
+        if is_partial(path) and (path.exists() or path.is_symlink()):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed

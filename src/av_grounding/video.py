@@ -31,6 +31,7 @@ from typing import Iterable
 import av
 import numpy as np
 
+from .errors import PipelineError
 from .storage import temporary_sibling
 
 STRATEGIES = ("auto", "decode_all", "seek", "keyframes")
@@ -64,7 +65,7 @@ def x264_cpu_flags() -> str | None:
     return ",".join(name for name, cpu in _X264_CPU_FLAGS if cpu in present or name == "MMX2" and "sse" in present)
 
 
-class VideoError(RuntimeError):
+class VideoError(PipelineError, RuntimeError):
     """A video cannot be decoded or lacks a requested frame; the message names the file."""
 
 
@@ -172,14 +173,19 @@ def index_video(source: Source, name: str = "video") -> VideoIndex:
         if not fps:
             raise VideoError(f"{name}: frame rate unknown")
         shown: list[tuple[int, bool]] = []
+        demuxed = 0  # packets with data, shown or not (an edit list hides lead-in ones)
         try:
             for packet in container.demux(stream):
+                demuxed += packet.size > 0
                 if packet.pts is not None and not packet.is_discard:
                     shown.append((packet.pts, packet.is_keyframe))
         except av.FFmpegError as exc:
             raise VideoError(f"{name}: corrupt stream while demuxing: {exc}") from exc
         if not shown:
             raise VideoError(f"{name}: no frames")
+        if stream.frames and demuxed < stream.frames:  # the index (moov) lists more than the file holds
+            raise VideoError(f"{name}: truncated: its index lists {stream.frames} frames but the file holds "
+                             f"only {demuxed}")
         start = stream.start_time if stream.start_time is not None else min(p for p, _ in shown)
         index = VideoIndex(fps, Fraction(stream.time_base), start, (), ())
         indexed = [(index.index_of(pts), key) for pts, key in shown if pts >= start]

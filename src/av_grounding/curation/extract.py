@@ -6,48 +6,66 @@ item, never replaced by a neighbour. A frame's poses and objects are those of th
 frame at the frame's time (``pose_frame_index``): the same number for 30 fps videos, three times
 the video index for the 10 fps videos of Waymo conversions.
 
-Work is split per (clip, camera). Each item writes its image shard, then its records file last,
-so a records file marks a finished item: a rerun after a crash skips finished items and redoes the
-rest.
-
-Output layout under the output folder:
+Work is split per (clip, camera). Output layout under the output folder:
   images/<clip_id>/<camera>.tar       the item's JPEGs, members <frame:06d>.jpg (see ``shards``:
                                       one file per item instead of one per frame keeps DVC
                                       push/pull fast)
   records/<clip_id>/<camera>.json     list of frame records (see ``frame_record``); each names its
                                       image by ``image_shard`` (path under the output folder) and
                                       ``image_member``
+  manifests/<clip_id>/<camera>.json   written last: the sha256 of every input file the item read,
+                                      the parameters that shape its output, and its counts
+  failures.json                       items and frames that failed, frames the videos lack,
+                                      objects dropped (first few)
 
-  failures.json                       items that failed, with the file and the problem, and
-                                      items with missing frames (``missing_frames``)
+A rerun reuses an item only when its manifest matches this run's inputs and parameters, and
+redoes it otherwise; items no longer selected are removed, so the output and the metrics always
+describe exactly this run's items.
 
-Frames after the last (or before the first) label frame are not written, since their objects are
-unknown; they are counted as ``frames_without_labels``. Camera names in the outputs follow
-``camera_names`` (names in the clip's files -> output names).
+Labels are checked where they enter: intrinsics of the documented length (else the item fails),
+camera and vehicle poses finite and rigid (else that frame fails), objects with a rigid pose and
+finite positive sizes (else the object is dropped and counted by reason). Frames after the last
+(or before the first) label frame are not written, since their objects are unknown; they are
+counted as ``frames_without_labels``. Camera names in the outputs follow ``camera_names`` (names
+in the clip's files -> output names).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
+import fsspec
 import numpy as np
 
 from .. import rdshq
-from ..executors import Outcome, run_items
+from ..checks import object_problem, pose_problem
+from ..errors import check_failed_fraction
+from ..executors import Failure, Outcome, run_items
 from ..geometry.cameras import camera_from_record
-from ..params import ExtractParams
+from ..params import ExtractParams, ParamsError
 from ..shards import write_shard
-from ..storage import filesystem, is_local, write_json
+from ..storage import as_stored, file_digest, filesystem, is_local, reading, remove_partials, stored_json, write_json
 from ..video import DecodedFrame, index_video, read_frames, sample_indices
 from .interpolate import objects_at
 from .records import records_path, write_records
 
 
+MANIFEST_PARAMS = ("camera_model", "skip_frames", "jpeg_quality")  # what shapes an item's output
+SHOWN_DROPPED = 20  # dropped objects named in failures.json (all are counted in the metrics)
+
+
+class FrameError(rdshq.LayoutError):
+    """One frame's labels are unusable; the frame is skipped, the rest of its item kept."""
+
+
 @dataclass(frozen=True)
 class ItemResult:
+    """What one (clip, camera) item wrote; stored in its manifest so a resumed item counts too."""
+
     clip_id: str
     camera: str
     frames_written: int
@@ -55,8 +73,21 @@ class ItemResult:
     decoded_frames: int
     strategy: str
     frames_without_labels: int
-    skipped_existing: bool = False
     missing_frames: tuple[int, ...] = ()  # sampled indices the video lacks
+    frame_failures: tuple[tuple[int, str], ...] = ()  # (frame index, error)
+    dropped: tuple[tuple[str, str, str], ...] = ()  # (tar and member, track id, problem) per dropped object
+    resumed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        del values["resumed"]
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "ItemResult":
+        nested = {key: tuple(tuple(entry) for entry in values[key]) for key in ("frame_failures", "dropped")}
+        nested["missing_frames"] = tuple(values["missing_frames"])
+        return cls(**{**values, **nested, "resumed": True})
 
 
 def image_shard(clip_id: str, camera: str) -> str:
@@ -65,6 +96,10 @@ def image_shard(clip_id: str, camera: str) -> str:
 
 def image_member(frame: int) -> str:
     return f"{frame:06d}.jpg"
+
+
+def manifest_path(root: Path, clip_id: str, camera: str) -> Path:
+    return Path(root) / "manifests" / clip_id / f"{camera}.json"
 
 
 def intrinsics_for_image(model: str, values: np.ndarray, width: int, height: int) -> list[float]:
@@ -78,23 +113,62 @@ def output_camera(params: ExtractParams, camera: str) -> str:
     return params.camera_names.get(camera, camera)
 
 
+def checked_objects(objects: dict[int, dict[str, Any]], clip_id: str, url: str
+                    ) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str, str]]]:
+    """The label frames without their unsound objects (see ``checks.object_problem``), and
+    (tar and member, track id, problem) of each object dropped."""
+    clean: dict[int, dict[str, Any]] = {}
+    dropped = []
+    source = rdshq.tar_path(url, "all_object_info", clip_id)
+    for frame, tracks in sorted(objects.items()):
+        member = f"{source}: {clip_id}.{rdshq.frame_key(frame, 'all_object_info', '.json')}"
+        if not isinstance(tracks, dict):
+            dropped.append((member, "*", f"entry not an object of tracks ({type(tracks).__name__})"))
+            clean[frame] = {}
+            continue
+        clean[frame] = {}
+        for track, info in tracks.items():
+            found = object_problem(info)
+            if found is None:
+                clean[frame][track] = info
+            else:
+                field, problem = found
+                dropped.append((member, str(track), f"{field} {problem}"))
+    return clean, dropped
+
+
+def checked_pose(pose: Any, url: str, attribute: str, clip_id: str, key: str, frame: DecodedFrame,
+                 pose_frame: int) -> np.ndarray:
+    """``pose`` as a 4x4 array, or ``FrameError`` naming the tar, member and frame."""
+    at = f"frame {pose_frame}" if pose_frame == frame.index else \
+        f"pose frame {pose_frame}, video frame {frame.index} at {frame.time_s:.6f} s"
+    if pose is None:
+        raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: no member {clip_id}.{key} ({at})")
+    if (problem := pose_problem(pose)) is not None:
+        raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: member {clip_id}.{key} ({at}): "
+                         f"{attribute} {problem}")
+    return np.asarray(pose, dtype=np.float64)
+
+
 def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, frame: DecodedFrame,
-                 render_truth: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                 render_truth: dict[str, Any] | None = None, url: str | None = None) -> dict[str, Any] | None:
     """One frame's record; ``None`` for a frame outside the labelled span (its objects unknown).
+    ``FrameError`` naming the tar and member when the frame's camera or vehicle pose is missing
+    or not a rigid transform (``url``: the input root named in messages).
 
     Where the clip carries a renderer's truth (synthetic clips), each object gets its entry for
     this frame and camera under ``render_truth`` (``None``: not in view)."""
+    url = url if url is not None else params.input_root.rstrip("/")
     height, width = frame.bgr.shape[:2]
     clip = rdshq.ClipId.parse(labels.clip_id)
     pose_frame = round(frame.time * rdshq.POSE_RATE_HZ)
     objects = objects_at(labels.objects, pose_frame)
     if objects is None:
         return None
-    pose = labels.camera_poses[camera].get(pose_frame)
-    vehicle = labels.vehicle_poses.get(pose_frame)
-    if pose is None or vehicle is None:
-        raise rdshq.LayoutError(f"clip {labels.clip_id}: no camera or vehicle pose for pose frame {pose_frame} "
-                                f"(video frame {frame.index} at {frame.time_s:.6f} s)")
+    pose = checked_pose(labels.camera_poses[camera].get(pose_frame), url, "pose", labels.clip_id,
+                        rdshq.frame_key(pose_frame, "pose", f".{camera}.npy"), frame, pose_frame)
+    vehicle = checked_pose(labels.vehicle_poses.get(pose_frame), url, "vehicle_pose", labels.clip_id,
+                           rdshq.frame_key(pose_frame, "vehicle_pose", ".npy"), frame, pose_frame)
     name = output_camera(params, camera)
     record = {
         "clip_id": labels.clip_id,
@@ -109,8 +183,8 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
         "width": width,
         "height": height,
         "intrinsics": intrinsics_for_image(params.camera_model, labels.intrinsics[camera], width, height),
-        "camera_to_world": np.asarray(pose, float).tolist(),
-        "vehicle_to_world": np.asarray(vehicle, float).tolist(),
+        "camera_to_world": pose.tolist(),
+        "vehicle_to_world": vehicle.tolist(),
         "objects": [{"track_id": track, **info} for track, info in sorted(objects.items())],
     }
     if render_truth is not None:
@@ -120,19 +194,60 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
     return record
 
 
+def item_inputs(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams, clip_id: str, camera: str,
+                video: str, source: str | bytes) -> dict[str, str]:
+    """Path under the input root -> sha256, of every file the item reads (video ``source``:
+    its path, or its bytes when they were fetched already)."""
+    attributes = ["pose", "vehicle_pose", f"{params.camera_model}_intrinsic", "all_object_info"]
+    paths = [rdshq.tar_path(root, attribute, clip_id) for attribute in attributes]
+    truth = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
+    paths += [truth] if fs.exists(truth) else []
+    digests = {path: file_digest(fs, path) for path in paths}
+    digests[video] = file_digest(fs, video, source if isinstance(source, bytes) else None)
+    return {path[len(root) + 1:]: digest for path, digest in sorted(digests.items())}
+
+
+def reusable(output: Path, clip_id: str, camera: str, expected: dict[str, Any]) -> ItemResult | None:
+    """The stored result of an item whose manifest matches ``expected`` and whose files exist."""
+    stored = stored_json(manifest_path(output, clip_id, camera))
+    complete = records_path(output, clip_id, camera).is_file() and (output / image_shard(clip_id, camera)).is_file()
+    if not complete or not isinstance(stored, dict) or {key: stored.get(key) for key in expected} != as_stored(expected):
+        return None
+    try:
+        return ItemResult.from_json(stored["result"])
+    except (KeyError, TypeError):
+        return None  # a manifest of another version: redo the item
+
+
 def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path) -> ItemResult:
     """Extract every ``skip_frames``-th frame of one clip's camera video (``camera`` as the clip's
-    files name it)."""
-    done = records_path(output, clip_id, output_camera(params, camera))
-    if done.exists():
-        return ItemResult(clip_id, camera, 0, 0, 0, "none", 0, skipped_existing=True)
+    files name it), or reuse the item's earlier output when its manifest matches this run's inputs
+    and parameters."""
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
-    labels = rdshq.read_clip_labels(fs, root, clip_id, (camera,), params.camera_model)
-    path = rdshq.video_path(root, params.camera_model, camera, clip_id)
-    name = rdshq.video_path(params.input_root.rstrip("/"), params.camera_model, camera, clip_id)
-    if not fs.exists(path):
+    url = params.input_root.rstrip("/")
+    video = rdshq.video_path(root, params.camera_model, camera, clip_id)
+    name = rdshq.video_path(url, params.camera_model, camera, clip_id)
+    if not fs.exists(video):
         raise rdshq.LayoutError(f"{name}: missing")
-    source: str | bytes = path if is_local(fs) else fs.cat_file(path)
+    source: str | bytes = video if is_local(fs) else fs.cat_file(video)
+    expected = {"inputs": item_inputs(fs, root, params, clip_id, camera, video, source),
+                "params": {key: getattr(params, key) for key in MANIFEST_PARAMS}}
+    named = output_camera(params, camera)
+    previous = reusable(output, clip_id, named, expected)
+    if previous is not None:
+        return previous
+    manifest_path(output, clip_id, named).unlink(missing_ok=True)  # the old output no longer matches
+    records_path(output, clip_id, named).unlink(missing_ok=True)
+    result = extract_frames(params, fs, root, url, clip_id, camera, source, name, output)
+    write_json(manifest_path(output, clip_id, named), {**expected, "result": result.to_json()})
+    return result
+
+
+def extract_frames(params: ExtractParams, fs: fsspec.AbstractFileSystem, root: str, url: str, clip_id: str,
+                   camera: str, source: str | bytes, name: str, output: Path) -> ItemResult:
+    """Decode, check and write one item's frames: its image shard, then its records file."""
+    labels = rdshq.read_clip_labels(fs, root, clip_id, (camera,), params.camera_model)
+    labels.objects, dropped = checked_objects(labels.objects, clip_id, url)
     index = index_video(source, name)
     targets = sample_indices(index.span, params.skip_frames)
     missing = index.missing(targets)
@@ -140,10 +255,15 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     frames, strategy, decoded = read_frames(source, present, params.strategy, name, index)
     truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
     render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
-    records, unlabelled = [], 0
-    with write_shard(output / image_shard(clip_id, output_camera(params, camera))) as shard:
+    records, unlabelled, failed = [], 0, []
+    named = output_camera(params, camera)
+    with write_shard(output / image_shard(clip_id, named)) as shard:
         for frame in frames:
-            record = frame_record(labels, params, camera, frame, render_truth)
+            try:
+                record = frame_record(labels, params, camera, frame, render_truth, url)
+            except FrameError as exc:
+                failed.append((frame.index, str(exc)))
+                continue
             if record is None:
                 unlabelled += 1
                 continue
@@ -152,18 +272,106 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
                 raise RuntimeError(f"{name}: JPEG encoding failed for frame {frame.index}")
             shard.add(record["image_member"], jpeg.tobytes())
             records.append(record)
-    write_records(output, clip_id, output_camera(params, camera), records)
+    write_records(output, clip_id, named, records)
     return ItemResult(clip_id, camera, len(records), index.frame_count, decoded, strategy, unlabelled,
-                      missing_frames=tuple(missing))
+                      tuple(missing), tuple(failed), tuple(dropped))
 
 
 def read_sequence_ids(path: str, params: ExtractParams) -> list[str]:
+    """Clip ids of the ``sequence_ids_file`` (one per line, ``#`` comments); ``ParamsError``
+    naming the key, the file and the line of a malformed id."""
     fs, file_path = filesystem(path, params.s3_endpoint_url, params.s3_profile)
-    text = fs.cat_file(file_path).decode()
-    ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    for clip_id in ids:
-        rdshq.ClipId.parse(clip_id)  # raises with the bad id
+    try:
+        with reading(path):
+            text = fs.cat_file(file_path).decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"extract.sequence_ids_file {path}: unreadable: {exc}") from exc
+    ids = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.startswith("#"):
+            try:
+                ids.append(str(rdshq.ClipId.parse(line.strip())))
+            except rdshq.LayoutError as exc:
+                raise ParamsError(f"extract.sequence_ids_file {path}, line {number}: {exc}") from None
     return ids
+
+
+def select_clips(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams) -> tuple[list[str], list[Failure]]:
+    """The clips to extract, and a failure for each listed clip that cannot be (absent, or an
+    id that is not ``<session>_<start_us>_<end_us>``). ``ParamsError`` when the sequence-ids
+    file names no clip under the root."""
+    url = params.input_root.rstrip("/")
+    present = rdshq.list_clip_ids(fs, root, url)
+    skipped = []
+    if params.sequence_ids_file:
+        listed = read_sequence_ids(params.sequence_ids_file, params)
+        chosen = [clip_id for clip_id in listed if clip_id in present]
+        if not chosen:
+            raise ParamsError(f"extract.sequence_ids_file {params.sequence_ids_file}: none of its {len(listed)} clip id(s) "
+                              f"is under {url} (it holds {len(present)} clips)")
+        skipped = [Failure(clip_id, f"{rdshq.tar_path(url, 'all_object_info', clip_id)}: missing (listed in "
+                                    f"{params.sequence_ids_file})") for clip_id in listed if clip_id not in present]
+        return chosen, skipped
+    chosen = []
+    for clip_id in present:
+        try:
+            rdshq.ClipId.parse(clip_id)
+            chosen.append(clip_id)
+        except rdshq.LayoutError as exc:
+            skipped.append(Failure(clip_id, f"{rdshq.tar_path(url, 'all_object_info', clip_id)}: {exc}"))
+    return chosen, skipped
+
+
+def check_cameras(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams) -> None:
+    """``ParamsError`` naming ``extract.cameras`` when a camera has no video folder, or
+    ``extract.camera_names`` when two cameras would get one output name."""
+    names = [output_camera(params, camera) for camera in params.cameras]
+    if len(set(names)) < len(names):
+        raise ParamsError(f"extract.camera_names maps several of {list(params.cameras)} to one name: {names}")
+    url = params.input_root.rstrip("/")
+    missing = [camera for camera in params.cameras if not fs.isdir(f"{root}/{params.camera_model}_{camera}")]
+    if missing:
+        prefix = f"{params.camera_model}_"
+        found = sorted(Path(n).name[len(prefix):] for n in fs.ls(root, detail=False)
+                       if Path(n).name.startswith(prefix) and Path(n).name != f"{prefix}intrinsic")
+        if not found:
+            raise ParamsError(f"extract.camera_model {params.camera_model}: no {prefix}<camera> video folders under "
+                              f"{url}")
+        raise ParamsError(f"extract.cameras: no video folder {url}/{prefix}<camera> for {missing}; "
+                          f"cameras with {params.camera_model} videos there: {found}")
+
+
+def remove_unselected(output: Path, kept: set[tuple[str, str]]) -> None:
+    """Delete the records, shard and manifest of every item not in ``kept`` (earlier runs' items
+    that this run did not select, or failed on), so the output holds this run's items only."""
+    for folder, suffix in (("records", ".json"), ("images", ".tar"), ("manifests", ".json")):
+        for path in sorted((output / folder).glob(f"*/*{suffix}")):
+            if (path.parent.name, path.name[: -len(suffix)]) not in kept:
+                path.unlink()
+        for clip_folder in sorted((output / folder).glob("*")):
+            if clip_folder.is_dir() and not any(clip_folder.iterdir()):
+                clip_folder.rmdir()
+
+
+def failure_report(skipped: list[Failure], failed: list[Failure], results: list[ItemResult]) -> dict[str, Any]:
+    """What failures.json holds: failed items and frames, frames the videos lack, dropped objects
+    (counted by reason, the first ``SHOWN_DROPPED`` named)."""
+    dropped = sorted({entry for result in results for entry in result.dropped})  # each clip's labels once
+    by_reason: dict[str, int] = {}
+    for _, _, problem in dropped:
+        reason = problem.split(" (")[0]
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    return {
+        "items": [{"item": f.item, "error": f.error} for f in [*skipped, *failed]],
+        "frames": [{"item": f"{r.clip_id}/{r.camera}", "frame": frame, "error": error}
+                   for r in results for frame, error in r.frame_failures],
+        "missing_frames": [{"item": f"{r.clip_id}/{r.camera}", "missing_frames": list(r.missing_frames),
+                            "error": f"frames {list(r.missing_frames)} are not in the video (its timestamps skip "
+                                     "them); not written"} for r in results if r.missing_frames],
+        "objects_dropped": dict(sorted(by_reason.items())),
+        "objects_dropped_first": [{"where": where, "track_id": track, "problem": problem}
+                                  for where, track, problem in dropped[:SHOWN_DROPPED]],
+    }
 
 
 def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
@@ -171,14 +379,15 @@ def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
     (``cores``: pool processes or cluster CPUs; on a machine shared with other work this is
     low by their share), and per CPU-second the items used (not slowed by other work; above
     the per-core rate when cores idle). Resumed and failed items add no frames."""
-    frames = sum(r.frames_written for r in outcome.results)
+    ran = [r for r in outcome.results if not r.resumed]
+    frames = sum(r.frames_written for r in ran)
     core_seconds = outcome.wall_s * outcome.cores
 
     def per(seconds: float) -> float | None:
         return round(frames / seconds, 3) if seconds else None
 
     return {"executor": executor, "cores": outcome.cores,
-            "items_run": sum(not r.skipped_existing for r in outcome.results),
+            "items_run": len(ran),
             "frames_written": frames, "wall_s": round(outcome.wall_s, 2), "cpu_s": round(outcome.cpu_s, 2),
             "frames_per_s": per(outcome.wall_s), "frames_per_core_s": per(core_seconds),
             "frames_per_cpu_s": per(outcome.cpu_s)}
@@ -186,45 +395,50 @@ def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
 
 def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
             rate: Path | None = None) -> dict[str, Any]:
-    """The `extract` stage over every (clip, camera); failures are counted, the rest completes.
+    """The `extract` stage over every (clip, camera). Parameter errors fail at once, before any
+    item runs; item and frame failures are counted, and fail the stage (``StageFailed``) when
+    more than ``max_failed_fraction`` of the items, or of the frames, failed.
 
     ``metrics`` gets the counts (the same on every run); ``rate`` the run's timing
     (``curation_rate``), kept apart so that a rerun leaves the stage's recorded outputs as
     they were."""
-    if params.camera_model not in rdshq.CAMERA_MODELS:
-        raise ValueError(f"camera_model must be one of {rdshq.CAMERA_MODELS}, got {params.camera_model!r}")
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
-    clip_ids = (read_sequence_ids(params.sequence_ids_file, params) if params.sequence_ids_file
-                else rdshq.list_clip_ids(fs, root))
-    names = [output_camera(params, camera) for camera in params.cameras]
-    if len(set(names)) < len(names):
-        raise ValueError(f"extract.camera_names maps several of {list(params.cameras)} to one name: {names}")
+    with reading(params.input_root):
+        clip_ids, skipped = select_clips(fs, root, params)
+        check_cameras(fs, root, params)
+    remove_partials(output)
     items = [(params, clip_id, camera, output) for clip_id in clip_ids for camera in params.cameras]
     labels = [f"{clip_id}/{camera}" for _, clip_id, camera, _ in items]
     outcome = run_items(extract_item, items, params.workers, "extract", labels, params.executor, params.ray_address)
     results: list[ItemResult] = outcome.results
+    remove_unselected(output, {(r.clip_id, output_camera(params, r.camera)) for r in results})
+    report = failure_report(skipped, outcome.failures, results)
     strategies: dict[str, int] = {}
     for result in results:
-        if not result.skipped_existing:
-            strategies[result.strategy] = strategies.get(result.strategy, 0) + 1
+        strategies[result.strategy] = strategies.get(result.strategy, 0) + 1
     summary = {
         "clips": len(clip_ids),
-        "items": len(items),
-        "items_failed": len(outcome.failures),
-        "items_resumed": sum(r.skipped_existing for r in results),
+        "items": len(items) + len(skipped),
+        "items_failed": len(outcome.failures) + len(skipped),
+        "items_resumed": sum(r.resumed for r in results),
         "frames_written": sum(r.frames_written for r in results),
+        "frames_failed": len(report["frames"]),
         "frames_without_labels": sum(r.frames_without_labels for r in results),
+        "objects_dropped": report["objects_dropped"],
         "video_frames": sum(r.video_frames for r in results),
         "frames_missing": sum(len(r.missing_frames) for r in results),
         "decoded_frames": sum(r.decoded_frames for r in results),
-        "strategy": strategies,
+        "strategy": dict(sorted(strategies.items())),
     }
-    gaps = [{"item": f"{r.clip_id}/{r.camera}", "missing_frames": list(r.missing_frames),
-             "error": f"frames {list(r.missing_frames)} are not in the video (its timestamps skip them); not written"}
-            for r in results if r.missing_frames]
-    write_json(output / "failures.json", [{"item": f.item, "error": f.error} for f in outcome.failures] + gaps)
+    write_json(output / "failures.json", report)
     if metrics:
         write_json(metrics, summary)
     if rate:
         write_json(rate, curation_rate(outcome, params.executor))
-    return {**summary, "failures": outcome.failures}
+    frame_failures = [Failure(f"{f['item']} frame {f['frame']}", f["error"]) for f in report["frames"]]
+    key = "extract.max_failed_fraction"
+    check_failed_fraction([f.describe() for f in [*skipped, *outcome.failures]], summary["items"],
+                          params.max_failed_fraction, key, output / "failures.json")
+    check_failed_fraction([f.describe() for f in frame_failures], summary["frames_written"] + len(frame_failures),
+                          params.max_failed_fraction, key, output / "failures.json")
+    return {**summary, "failures": [*skipped, *outcome.failures, *frame_failures]}

@@ -1,8 +1,8 @@
 """The `filter` stage (docs/formats.md#filter): drop boxes a model cannot or should not see.
 
 Each box is dropped by the first filter that rejects it, and counted under that reason:
-  category  its raw type is not in ``label_map`` (pedestrians, cyclists, ...); kept boxes get
-            the mapped ``label``;
+  category  its raw type is not in ``label_map`` (pedestrians, cyclists, ...; each such type is
+            named with its count under ``removed_types``); kept boxes get the mapped ``label``;
   distance  centre farther than ``max_distance_m`` from the camera;
   fov       wholly behind the camera, or less than ``min_in_image_fraction`` of its projected
             2D rectangle inside the image;
@@ -25,7 +25,7 @@ import numpy as np
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle, ray_box_entry, rectangle_area
 from ..geometry.cameras import Camera, camera_from_record
 from ..params import FilterParams
-from ..storage import write_json
+from ..storage import atomic_folder, write_json
 from .records import iter_records, write_records
 
 REASONS = ("category", "distance", "fov", "occlusion", "depth")
@@ -146,33 +146,38 @@ def score_against_truth(rows: list[tuple[Decision, dict | None]], params: Filter
 def filter_boxes(params: FilterParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
     """The `filter` stage: kept boxes per frame under ``output``, counts in ``metrics``."""
     removed = {reason: 0 for reason in REASONS}
+    unmapped: dict[str, int] = {}  # raw types the label map does not name, with their box counts
     total = kept_total = frames = empty_frames = 0
     scored: list[tuple[Decision, dict | None]] = []
     has_truth = False
-    for clip_id, camera, records in iter_records(input):
-        out_records = []
-        for record in records:
-            decisions = decide(record, params)
-            kept = []
-            for obj, decision in zip(record["objects"], decisions):
-                total += 1
-                truth = obj.get("render_truth")
-                has_truth = has_truth or truth is not None
-                scored.append((decision, truth))
-                if decision.reason:
-                    removed[decision.reason] += 1
-                    continue
-                kept.append({**obj, "label": params.label_map[obj["object_type"]],
-                             "in_image_fraction": round(decision.in_image_fraction, 4),
-                             "covered_fraction": round(decision.covered_fraction, 4),
-                             "visible_fraction": round(decision.visible_fraction, 4)})
-            kept_total += len(kept)
-            frames += 1
-            empty_frames += not kept
-            out_records.append({**record, "objects": kept})
-        write_records(output, clip_id, camera, out_records)
+    with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
+        for clip_id, camera, records in iter_records(input):
+            out_records = []
+            for record in records:
+                decisions = decide(record, params)
+                kept = []
+                for obj, decision in zip(record["objects"], decisions):
+                    total += 1
+                    truth = obj.get("render_truth")
+                    has_truth = has_truth or truth is not None
+                    scored.append((decision, truth))
+                    if decision.reason == "category":
+                        unmapped[obj["object_type"]] = unmapped.get(obj["object_type"], 0) + 1
+                    if decision.reason:
+                        removed[decision.reason] += 1
+                        continue
+                    kept.append({**obj, "label": params.label_map[obj["object_type"]],
+                                 "in_image_fraction": round(decision.in_image_fraction, 4),
+                                 "covered_fraction": round(decision.covered_fraction, 4),
+                                 "visible_fraction": round(decision.visible_fraction, 4)})
+                kept_total += len(kept)
+                frames += 1
+                empty_frames += not kept
+                out_records.append({**record, "objects": kept})
+            write_records(folder, clip_id, camera, out_records)
     summary: dict[str, Any] = {"frames": frames, "frames_without_boxes": empty_frames, "boxes_in": total,
-                               "boxes_kept": kept_total, "removed": removed}
+                               "boxes_kept": kept_total, "removed": removed,
+                               "removed_types": dict(sorted(unmapped.items()))}
     if has_truth:
         summary["against_render_truth"] = score_against_truth(scored, params)
     if metrics:

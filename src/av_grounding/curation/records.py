@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..storage import write_json
+from ..errors import PipelineError
+from ..storage import non_finite_at, write_json
 
 
-class RecordsError(ValueError):
+class RecordsError(PipelineError, ValueError):
     """A records file is missing or malformed; the message names the file."""
 
 
@@ -39,6 +40,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         raise RecordsError(f"{path}: unreadable records: {exc}") from exc
     if not isinstance(records, list):
         raise RecordsError(f"{path}: expected a JSON list of frame records")
+    if (where := non_finite_at(records)) is not None:
+        raise RecordsError(f"{path}: NaN or infinity at {where}; strict JSON has no such value")
     for index, record in enumerate(records):
         missing = [k for k in FRAME_KEYS if not isinstance(record, dict) or k not in record]
         if missing:

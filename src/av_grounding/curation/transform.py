@@ -17,7 +17,7 @@ from ..geometry.boxes import Box3D
 from ..geometry.codecs import get_codec
 from ..geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, invert_pose, make_pose
 from ..params import TransformParams
-from ..storage import write_json
+from ..storage import atomic_folder, write_json
 from .records import iter_records, write_records
 
 FLU_TO_RDF_POSE = make_pose(FLU_TO_RDF, np.zeros(3))
@@ -56,11 +56,12 @@ def transform_record(record: dict[str, Any], codec_name: str) -> dict[str, Any]:
 
 def transform(params: TransformParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
     frames = boxes = 0
-    for clip_id, camera, records in iter_records(input):
-        transformed = [transform_record(r, params.codec) for r in records]
-        write_records(output, clip_id, camera, transformed)
-        frames += len(transformed)
-        boxes += sum(len(r["objects"]) for r in transformed)
+    with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
+        for clip_id, camera, records in iter_records(input):
+            transformed = [transform_record(r, params.codec) for r in records]
+            write_records(folder, clip_id, camera, transformed)
+            frames += len(transformed)
+            boxes += sum(len(r["objects"]) for r in transformed)
     summary = {"frames": frames, "boxes": boxes, "codec": params.codec}
     if metrics:
         write_json(metrics, summary)

@@ -24,7 +24,7 @@ from ..curation.records import iter_records
 from ..models.builtin import task_tokenizer
 from ..params import FormatParams
 from ..shards import ShardReader
-from ..storage import atomic_write_bytes, write_json
+from ..storage import atomic_folder, atomic_write_bytes, write_json
 from . import tokens
 from .answers import AnswerStyle, format_answer, order_boxes, rounded
 from .formats import Sample, conversation, write_cosmos, write_qwen
@@ -132,14 +132,14 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
                                  conversation(sid, prompts.system, prompts.user, answer)))
         image_sources[sid] = (record["image_shard"], record["image_member"])
     shards = ShardReader(images)
-    for split, entries in per_split.items():
-        folder = output / split
-        for sample, _, _ in entries:
-            atomic_write_bytes(sample.image, shards.read(*image_sources[sample.id]))
-        write_cosmos(folder, [(s.id, record, messages) for s, record, messages in entries])
-        write_qwen(folder, [s for s, _, _ in entries])
-    write_json(output / "split.json", {"train": train_clips, "eval": eval_clips,
-                                       "samples": {k: len(v) for k, v in per_split.items()}})
+    with atomic_folder(output) as staging:  # replaced whole: no stale samples, no half-written ones
+        for split, entries in per_split.items():
+            for sample, _, _ in entries:
+                atomic_write_bytes(staging / sample.image.relative_to(output), shards.read(*image_sources[sample.id]))
+            write_cosmos(staging / split, [(s.id, record, messages) for s, record, messages in entries])
+            write_qwen(staging / split, [s for s, _, _ in entries])
+        write_json(staging / "split.json", {"train": train_clips, "eval": eval_clips,
+                                            "samples": {k: len(v) for k, v in per_split.items()}})
     configured = {"configured": style}
     tiny = task_tokenizer(prompts.system, prompts.user)
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import PipelineError
 from ..storage import write_json
 
 IMAGE_TOKEN = "<image>"
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError, ValueError):
     """A dataset entry is malformed or points outside its folder; the message names the file."""
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ..params import ParamsError
+
 
 @dataclass(frozen=True)
 class Prompts:
@@ -19,7 +21,7 @@ def load_prompts(path: str | Path) -> Prompts:
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read prompts: {exc}") from exc
+        raise ParamsError(f"{path} (format.prompts): cannot read prompts: {exc}") from exc
     if not isinstance(document, dict) or not all(isinstance(document.get(k), str) for k in ("system_prompt", "user_prompt")):
-        raise ValueError(f"{path}: needs string keys 'system_prompt' and 'user_prompt'")
+        raise ParamsError(f"{path} (format.prompts): needs string keys 'system_prompt' and 'user_prompt'")
     return Prompts(document["system_prompt"], document["user_prompt"])

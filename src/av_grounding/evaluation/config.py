@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import PipelineError
 from ..geometry.codecs import CODECS
 from ..params import EvaluateParams
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """The evaluation parameters contradict each other; the message names the keys."""
 
 

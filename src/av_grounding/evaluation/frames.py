@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import PipelineError
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
 from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
 from ..geometry.codecs import get_codec
@@ -28,7 +29,7 @@ from .parse import ParsedAnswer, check_box, order_scores, parse_answer, parse_it
 ScoreSource = Literal["box", "list", "order"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PipelineError, ValueError):
     """Input that cannot be scored; the message names the file or folder and what was expected."""
 
 

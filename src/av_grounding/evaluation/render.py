@@ -66,7 +66,7 @@ def plot_pr_curves(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], 
     rows = [{"curve": name, "class": label, "recall": round(float(r), 5), "precision": round(float(p), 5)}
             for name, per_class in curves.items() for label, (rec, prec) in per_class.items()
             for r, p in zip(rec, prec)]
-    write_json(folder / "precision_recall.json", rows, allow_nan=False)
+    write_json(folder / "precision_recall.json", rows)
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4))
     for axis, (name, per_class) in zip(np.atleast_1d(axes), curves.items()):
@@ -100,7 +100,7 @@ def plot_against_steps(results: dict[str, dict[str, Any]], steps: dict[str, int]
     """``metrics_vs_steps.json`` and ``.png``: scores (0..1), percentages (0..100) and boxes per
     frame against the training step (0: zero-shot)."""
     rows = steps_rows(results, steps)
-    write_json(folder / "metrics_vs_steps.json", rows, allow_nan=False)
+    write_json(folder / "metrics_vs_steps.json", rows)
     plt = _pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     _plot_series(axes[0], rows, UNIT_METRICS)
@@ -128,7 +128,7 @@ def plot_error_against_distance(pairs: list[tuple[float, float]], column: str, f
         if inside.any():
             rows.append({"distance_m": float(low + 5), "mean_error_m": round(float(errors[inside].mean()), 4),
                          "boxes": int(inside.sum())})
-    write_json(folder / "error_vs_distance.json", rows, allow_nan=False)
+    write_json(folder / "error_vs_distance.json", rows)
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.set(xlabel="distance of the true box (m)", ylabel="centre error (m)",

@@ -48,7 +48,7 @@ def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: P
             raise EvaluationError("standalone use needs all of --gt, --pred and --out")
         result, _ = evaluate_frames(load_frames(gt, pred, config.codec), config)
         serialized = result.serialize()
-        write_json(out, serialized, allow_nan=False)
+        write_json(out, serialized)
         return serialized
     steps = _columns(predictions)
     results, final = {}, None
@@ -58,7 +58,7 @@ def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: P
         results[name] = result.serialize()
         final = (name, frames, data)
     if metrics:
-        write_json(metrics, results, allow_nan=False)
+        write_json(metrics, results)
     if plots and final:
         write_plots(results, steps, final, dataset / "eval" / "images", plots, params.overlays)
     return results

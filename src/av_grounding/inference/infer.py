@@ -5,13 +5,16 @@ final model on the evaluation split, one prediction file per frame:
                                       "scores": [per box], "parse_status"}
 
 Columns: ``zero_shot``, ``step_NNNNNN``, ``final``, with their training steps in
-``<predictions>/columns.json``. Frames already answered are skipped, so a rerun after a crash
-continues where it stopped.
+``<predictions>/columns.json``. ``<predictions>/manifests/<column>.json`` records what a column
+was made from (model, parameters, evaluation split); a rerun keeps a column's answers only when
+that matches, and then skips the batches already answered, so a rerun after a crash continues
+where it stopped and gives the same answers.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,19 +22,28 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..dataset.formats import read_cosmos
+from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..models.loading import load_model
-from ..params import FormatParams, InferParams
-from ..storage import write_json
+from ..params import FormatParams, InferParams, ParamsError
+from ..storage import as_stored, folder_digest, remove_partials, stored_json, write_json
 from ..training.collate import Encoder
 from ..training.loop import step_folders
 from .generate import generate
 
+MANIFESTS = "manifests"
 
-def columns(train: Path, params: InferParams) -> list[tuple[str, str, int]]:
+
+def read_run(train: Path) -> dict[str, Any]:
+    """The training run's ``run.json`` (base, steps, inputs_sha256)."""
+    try:
+        return json.loads((train / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{train / 'run.json'}: unreadable ({exc}); run train first") from exc
+
+
+def columns(train: Path, params: InferParams, run: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(column, model folder or hub id, training step) in step order."""
-    run = json.loads((train / "run.json").read_text())
     chosen = [("zero_shot", run["base"], 0)] if params.zero_shot else []
     available = step_folders(train / "checkpoints")
     if params.checkpoints == "all":
@@ -39,13 +51,11 @@ def columns(train: Path, params: InferParams) -> list[tuple[str, str, int]]:
     elif params.checkpoints == "none":
         wanted = []
     else:
-        try:
-            wanted = [int(step) for step in params.checkpoints.split(",")]
-        except ValueError:
-            raise ValueError(f"infer.checkpoints must be all, none or steps like 40,80; got {params.checkpoints!r}") from None
+        wanted = list(params.checkpoints)
         missing = sorted(set(wanted) - set(available))
         if missing:
-            raise ValueError(f"{train / 'checkpoints'}: no checkpoint for step(s) {missing}; have {sorted(available)}")
+            raise ParamsError(f"infer.checkpoints: no checkpoint for step(s) {missing} under {train / 'checkpoints'}; "
+                              f"have {sorted(available)}")
     chosen += [(available[s].name, str(available[s]), s) for s in wanted]
     return chosen + [("final", str(train / "model"), int(run["steps"]))]
 
@@ -57,31 +67,73 @@ def prediction_record(text: str, token_ids: list[int], logprobs: list[float], to
             "raw_text": text, "scores": box_scores(parsed, text, ends, logprobs), "parse_status": parsed.status}
 
 
-def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, output: Path,
-          metrics: Path | None = None) -> dict[str, Any]:
-    samples = read_cosmos(dataset / "eval")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    summary: dict[str, Any] = {}
-    chosen = columns(train, params)
-    write_json(output / "columns.json", {column: step for column, _, step in chosen})
-    for column, source, step in chosen:
-        folder = output / column
-        pending = [s for s in samples if not (folder / f"{s.id}.json").exists()]
-        if not pending:
+def column_inputs(params: InferParams, fmt: FormatParams, dataset: Path, run: dict[str, Any], column: str,
+                  step: int) -> dict[str, Any]:
+    """What one column's predictions are made from: the model (the training run's inputs, the
+    column and its step), the generation and image parameters, the evaluation split's content."""
+    return {"model": {"training_inputs_sha256": run.get("inputs_sha256"), "column": column, "step": step},
+            "params": {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
+                       "vision_attention": params.vision_attention},
+            "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
+            "eval_split_sha256": folder_digest(dataset / "eval")}
+
+
+def keep_only(output: Path, names: set[str], ids: set[str]) -> None:
+    """Remove column folders (and their manifests) not in ``names``, and predictions of frames
+    not in ``ids``, so the output holds this run's columns and frames only."""
+    for folder in sorted(p for p in output.iterdir() if p.is_dir() and p.name != MANIFESTS) if output.is_dir() else []:
+        if folder.name not in names:
+            shutil.rmtree(folder)
+            (output / MANIFESTS / f"{folder.name}.json").unlink(missing_ok=True)
             continue
+        for stale in sorted(folder.glob("*.json")):
+            if stale.stem not in ids:
+                stale.unlink()
+
+
+def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: str, folder: Path,
+                 expected: dict[str, Any], device: str) -> dict[str, Any]:
+    """Answer ``samples`` with the model at ``source`` into ``folder``, in fixed batches (the
+    same batches after a resume, so resumed answers equal uninterrupted ones); a batch whose
+    every answer exists from a run with the same inputs (``expected``) is not redone."""
+    manifest = folder.parent / MANIFESTS / f"{folder.name}.json"
+    if stored_json(manifest) != as_stored(expected):
+        shutil.rmtree(folder, ignore_errors=True)
+        write_json(manifest, expected)
+    batches = [samples[begin: begin + params.batch_size] for begin in range(0, len(samples), params.batch_size)]
+    pending = [batch for batch in batches if not all((folder / f"{s.id}.json").exists() for s in batch)]
+    started, tokens = time.perf_counter(), 0
+    if pending:
         loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device,
                             vision_attention=params.vision_attention)
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
-        started, tokens = time.perf_counter(), 0
-        for begin in tqdm(range(0, len(pending), params.batch_size), desc=f"infer {column}", unit="batch"):
-            batch = pending[begin: begin + params.batch_size]
+        for batch in tqdm(pending, desc=f"infer {folder.name}", unit="batch"):
             for sample, result in zip(batch, generate(loaded.model, encoder, batch, params.max_new_tokens, device)):
                 tokens += len(result.token_ids)
                 write_json(folder / f"{sample.id}.json",
                            prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer))
-        elapsed = time.perf_counter() - started
-        summary[column] = {"step": step, "frames": len(pending), "images_per_s": round(len(pending) / elapsed, 3),
-                           "tokens_per_s": round(tokens / elapsed, 1)}
+    elapsed = time.perf_counter() - started
+    generated = sum(len(batch) for batch in pending)
+    return {"frames": len(samples), "frames_resumed": len(samples) - generated,
+            "images_per_s": round(generated / elapsed, 3) if generated else None,
+            "tokens_per_s": round(tokens / elapsed, 1) if generated else None}
+
+
+def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, output: Path,
+          metrics: Path | None = None) -> dict[str, Any]:
+    """The `infer` stage: every column's answers on the evaluation split, resumed where a run
+    with the same inputs stopped; metrics describe every column's whole output."""
+    samples = read_cosmos(dataset / "eval")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = read_run(train)
+    chosen = columns(train, params, run)
+    remove_partials(output)
+    keep_only(output, {column for column, _, _ in chosen}, {s.id for s in samples})
+    write_json(output / "columns.json", {column: step for column, _, step in chosen})
+    summary: dict[str, Any] = {}
+    for column, source, step in chosen:
+        expected = column_inputs(params, fmt, dataset, run, column, step)
+        summary[column] = {"step": step, **infer_column(params, fmt, samples, source, output / column, expected, device)}
     if metrics:
         write_json(metrics, summary)
     return summary

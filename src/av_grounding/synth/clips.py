@@ -18,8 +18,8 @@ import numpy as np
 from .. import rdshq
 from ..executors import run_items
 from ..geometry.transforms import make_pose, rot_z
-from ..params import SynthesizeParams
-from ..storage import write_json
+from ..params import ParamsError, SynthesizeParams
+from ..storage import atomic_folder, write_json
 from ..video import encode_video
 from .render import RIG, WAYMO_RIG, CameraMount, View, finish_truth, render_view
 from .scene import CLASSES, LABEL_RANGE_M, Scene, sample_scene
@@ -77,7 +77,8 @@ def to_world(pose: np.ndarray, layout: str) -> np.ndarray:
 def mount_of(params: SynthesizeParams, camera_name: str) -> CameraMount:
     rig = RIGS[params.layout]
     if camera_name not in rig:
-        raise ValueError(f"unknown camera {camera_name!r} for layout {params.layout!r}; known: {sorted(rig)}")
+        raise ParamsError(f"synthesize.cameras: unknown camera {camera_name!r} for layout {params.layout!r}; "
+                          f"known: {sorted(rig)}")
     return rig[camera_name]
 
 
@@ -145,14 +146,20 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
 
 
 def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
-    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips."""
-    for camera_name in params.cameras:
-        mount_of(params, camera_name).intrinsics(params.camera_model)  # unknown camera or model: fail early
-    output.mkdir(parents=True, exist_ok=True)
-    outcome = run_items(write_clip, [(params, i, output) for i in range(params.num_clips)],
-                        params.workers, "synthesize clips", executor=params.executor, address=params.ray_address)
-    if outcome.failures:
-        raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
+    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips; the
+    folder is replaced only once every clip is written."""
+    for camera_name in params.cameras:  # unknown camera or model: fail before any work
+        mount = mount_of(params, camera_name)
+        try:
+            mount.intrinsics(params.camera_model)
+        except ValueError as exc:
+            raise ParamsError(f"synthesize.camera_model {params.camera_model!r}, camera {camera_name!r}: {exc}") from None
+    with atomic_folder(output) as folder:  # a killed run leaves the previous output whole
+        outcome = run_items(write_clip, [(params, i, folder) for i in range(params.num_clips)],
+                            params.workers, "synthesize clips", executor=params.executor,
+                            address=params.ray_address)
+        if outcome.failures:  # the generator's own inputs: a failure is a bug, not bad data
+            raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
     summaries = outcome.results
     summary = {"clips": len(summaries), "cameras": len(params.cameras),
                "video_frames": sum(s["frames"] for s in summaries) * len(params.cameras),

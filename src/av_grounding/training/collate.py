@@ -16,12 +16,13 @@ import torch
 from PIL import Image
 
 from ..dataset.formats import Sample
+from ..errors import PipelineError
 
 IMAGE_PAD = "<|image_pad|>"
 IGNORE = -100
 
 
-class BudgetError(ValueError):
+class BudgetError(PipelineError, ValueError):
     """A sample does not fit ``model_max_length``."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset.formats import read_cosmos
+from ..errors import PipelineError
 from ..params import FormatParams, TrainParams
 from ..storage import atomic_folder, atomic_write_bytes
 from .collate import Encoder, within_budget
@@ -54,7 +55,7 @@ FREEZE_PATTERNS = {
 }
 
 
-class CosmosRLError(RuntimeError):
+class CosmosRLError(PipelineError, RuntimeError):
     """cosmos-rl did not produce a model; the message names the log and quotes its end."""
 
 
@@ -85,7 +86,7 @@ def write_conversations(params: TrainParams, fmt: FormatParams, base: Path | str
         {"role": "assistant", "content": sample.answer},
     ], sort_keys=True) for sample, _ in kept]
     if not lines:
-        raise ValueError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
+        raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
     atomic_write_bytes(run / CONVERSATIONS, ("\n".join(lines) + "\n").encode())
     return {"samples": len(lines), "samples_over_max_length": len(over_budget), "over_budget": over_budget}
 

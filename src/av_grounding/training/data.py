@@ -100,4 +100,8 @@ def step_loader(encoder: Encoder, examples: list[tuple[Sample, Text]], plan: Ste
         _WithPixels(encoder, examples), batch_sampler=_StepBatches(plan, rank, start, stop),
         collate_fn=functools.partial(collate, pad_id=encoder.tokenizer.pad_token_id, image_pad_id=encoder.image_pad),
         num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
-        prefetch_factor=4 if workers else None)
+        prefetch_factor=4 if workers else None,
+        # Its own generator: starting an iteration then draws its worker seed from it, not from the
+        # global torch RNG that checkpoints save and a resume restores (a resumed run would end one
+        # draw off an uninterrupted one, and dropout would differ after it).
+        generator=torch.Generator().manual_seed(0))

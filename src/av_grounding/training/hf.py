@@ -24,9 +24,9 @@ import torch
 
 from ..dataset.formats import read_cosmos
 from ..models.loading import LoadedModel, load_model
-from ..params import FormatParams, TrainParams
+from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
-from .collate import Encoder, answer_loss, within_budget
+from .collate import BudgetError, Encoder, answer_loss, within_budget
 from .data import StepPlan, loader_workers, step_loader
 from .loop import (STATE_FILE, CheckpointHook, LiveHook, Trainer, latest_checkpoint, save_folder)
 
@@ -202,7 +202,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
         from . import zero3 as ds
 
         if params.lora:
-            raise ValueError("train.lora with train.deepspeed is not supported: LoRA models fit one GPU")
+            raise ParamsError("train.lora with train.deepspeed is not supported: LoRA models fit one GPU")
         rank, world, local_rank = ds.distributed_context()
         device = f"cuda:{local_rank}"
         ds_config = ds.load_config(params.deepspeed, params, world)
@@ -218,7 +218,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
     examples, over_budget = within_budget(encoder, read_cosmos(dataset / "train"))
     if not examples:
-        raise ValueError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
+        raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
     if params.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()
     model = trainable_parameters(loaded.model, params)

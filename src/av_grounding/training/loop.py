@@ -23,13 +23,14 @@ from typing import Any, Iterable
 
 import torch
 
+from ..errors import PipelineError
 from ..storage import atomic_folder
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
 
 
-class TrainingDivergedError(ValueError):
+class TrainingDivergedError(PipelineError, ValueError):
     """The loss or gradient norm became non-finite more often than allowed (a bad learning rate
     or warmup is a bad parameter value: the stage reports it in one line)."""
 

@@ -4,19 +4,30 @@ Outputs under the training folder:
   base/         the model before fine-tuning (built here for the built-in models; absent for a hub id or path)
   checkpoints/  step_NNNNNN/ Hugging Face folders written during training
   model/        the fine-tuned model
-  run.json      where fine-tuning started (base folder or hub id) and how many steps it took
+  run.json      where fine-tuning started (base folder or hub id), how many steps it took, and
+                the sha256 of inputs.json (what `infer` compares to know its answers are current)
+  inputs.json   what the run was made from: every train parameter, the format parameters the
+                encoder reads, the sha256 of the prompts and of the training split. A rerun
+                resumes from the newest checkpoint only when these match; otherwise it clears the
+                earlier run's checkpoints and state and starts from the base model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..dataset.prompts import load_prompts
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, TrainParams, with_preset
-from ..storage import write_json
+from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
+from .cosmos_rl import RUN_FOLDER
+
+INPUTS = "inputs.json"
 
 # Peak learning rate of `train.lr: null` for a model that is not built in (a hub id or folder of a
 # pretrained model): a common full fine-tuning rate for 3-8B vision-language models.
@@ -45,10 +56,32 @@ def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool
     return output / "base"
 
 
+def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> dict[str, Any]:
+    """What a training run is made of (see ``inputs.json`` above): equal inputs, equal run."""
+    prompts = load_prompts(fmt.prompts)
+    return {"train": dataclasses.asdict(params),
+            "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
+            "prompts_sha256": hashlib.sha256(f"{prompts.system}\0{prompts.user}".encode()).hexdigest(),
+            "train_split_sha256": folder_digest(dataset / "train")}
+
+
+def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
+    """Keep an earlier run's checkpoints only when it was made from ``inputs``; clear them (and
+    the backends' resumable state) otherwise. Leftovers of killed writers go either way."""
+    remove_partials(output)
+    if stored_json(output / INPUTS) != as_stored(inputs):
+        for stale in ("checkpoints", "model", RUN_FOLDER):
+            shutil.rmtree(output / stale, ignore_errors=True)
+        write_json(output / INPUTS, inputs)
+
+
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train")) -> dict[str, Any]:
     params = resolved(params)
     rank = 0
+    inputs = training_inputs(params, fmt, dataset)
+    if int(os.environ.get("RANK", "0")) == 0:
+        start_or_resume(inputs, output)
     if params.backend == "hf" and params.deepspeed is not None:
         from . import zero3
 
@@ -61,16 +94,15 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
         from .hf import train_hf
 
         summary = train_hf(params, fmt, base, dataset, output, live)
-    elif params.backend == "cosmos-rl":
+    else:
         from .cosmos_rl import train_cosmos_rl
 
         summary = train_cosmos_rl(params, fmt, base, dataset, output, live)
-    else:
-        raise ValueError(f"train.backend must be 'hf' or 'cosmos-rl', got {params.backend!r}")
     summary["model"] = params.model
     summary["lr"] = params.lr
     if rank == 0:
-        write_json(output / "run.json", {"base": str(base), "steps": summary["steps"]})
+        write_json(output / "run.json", {"base": str(base), "steps": summary["steps"],
+                                         "inputs_sha256": hashlib.sha256(dumps_json(inputs).encode()).hexdigest()})
         if metrics:
             write_json(metrics, summary)
     return summary

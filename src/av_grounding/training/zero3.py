@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..params import TrainParams
+from ..params import ParamsError, TrainParams
 
 AUTO = "auto"
 
@@ -24,7 +24,7 @@ def distributed_context() -> tuple[int, int, int]:
     """rank, world size and local rank of a torchrun launch (process group joined); a clear error
     without one."""
     if "LOCAL_RANK" not in os.environ:
-        raise ValueError("train.deepspeed needs a distributed launch: torchrun --nproc_per_node N stages/train.py "
+        raise ParamsError("train.deepspeed needs a distributed launch: torchrun --nproc_per_node N stages/train.py "
                          "--deepspeed <config> ... (N GPUs on this machine)")
     import deepspeed
     import torch
@@ -45,9 +45,9 @@ def load_config(path: str, params: TrainParams, world: int) -> dict[str, Any]:
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable DeepSpeed JSON config: {exc}") from exc
+        raise ParamsError(f"{path}: not a readable DeepSpeed JSON config: {exc}") from exc
     if config.get("zero_optimization", {}).get("stage") != 3:
-        raise ValueError(f"{path}: zero_optimization.stage must be 3 (this path exists for sharded models)")
+        raise ParamsError(f"{path}: zero_optimization.stage must be 3 (this path exists for sharded models)")
     filled = {
         "train_micro_batch_size_per_gpu": params.batch_size,
         "gradient_accumulation_steps": params.grad_accum,
@@ -58,7 +58,7 @@ def load_config(path: str, params: TrainParams, world: int) -> dict[str, Any]:
         if config.get(key, AUTO) == AUTO:
             config[key] = value
         elif config[key] != value:
-            raise ValueError(f"{path}: {key} is {config[key]} but the train params give {value}; use \"auto\"")
+            raise ParamsError(f"{path}: {key} is {config[key]} but the train params give {value}; use \"auto\"")
     bf16 = config.setdefault("bf16", {})
     if bf16.get("enabled", AUTO) == AUTO:
         bf16["enabled"] = params.bf16
