@@ -64,6 +64,7 @@ TrainPreset = Literal["cr1", "cr2"]
 Schedule = Literal["cosine", "constant"]
 Attention = Literal["sdpa", "eager"]
 VisionAttention = Literal["packed", "per_segment"]
+FusedKernels = Literal["none", "liger"]
 Layout = Literal["rdshq", "waymo"]
 CheckpointChoice = Literal["all", "none"]
 
@@ -241,6 +242,8 @@ class TrainParams(Checked):
     vision_attention: VisionAttention = param(
         "packed", "packed: one attention call per vision layer over all windows/images; per_segment: "
         "transformers' one call per window (same result, many more kernel launches)")
+    fused_kernels: FusedKernels = param("none", "liger: Liger's fused rotary, RMSNorm and SwiGLU kernels (Triton) "
+                                        "in the language model, on CUDA devices only (CPU runs keep PyTorch's)")
     attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
                                            "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)
