@@ -145,6 +145,7 @@ class TransformParams(Checked):
     """World-frame labels to camera-frame boxes."""
 
     codec: CodecName = param("cosmos", "box convention of the nine numbers (docs/conventions.md#box-codecs)")
+    workers: int = param(2, "parallel processes over records files (clip, camera)", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,7 @@ class FilterParams(Checked):
     truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible",
                                               minimum=0.0, maximum=1.0)
     truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible", minimum=0)
+    workers: int = param(2, "parallel processes over records files (clip, camera)", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
