@@ -13,11 +13,10 @@
 # Usage, on a GPU machine, from the repository root:
 #   OUT=/tmp/out benchmarks/learning.sh                      # both architectures
 #   ARCHS=qwen3_vl OUT=/tmp/out benchmarks/learning.sh       # one
-# SIZE (small), STEPS (3000) and EXTRA (more -S overrides, word-split) change the runs.
-# Each architecture runs in its own copy of the checkout ($WORK-<arch>: nothing else edits the
-# experiment's files while it runs) with one DVC cache for all: the first run makes the data, the
-# others start once it trains and take the data stages from DVC's run cache, so the trainings
-# share the GPU. A rerun continues from the cache and the train stage's checkpoints. Results
+# SIZE (small), STEPS (2000) and EXTRA (more -S overrides, word-split) change the runs.
+# The experiments run one after the other in a clone of the checkout ($WORK: nothing else edits
+# their files while they run); the second finds the data stages unchanged and reruns from
+# `format` on. A rerun continues from DVC's cache and the train stage's checkpoints. Results
 # (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
 # benchmarks/learning_report.py reads.
 # On the device machine of this workplace the project's dependencies come as wheels in
@@ -25,14 +24,12 @@
 set -uo pipefail
 ARCHS=${ARCHS:-"qwen2_5_vl qwen3_vl"}
 SIZE=${SIZE:-small}
-STEPS=${STEPS:-3000}
+STEPS=${STEPS:-2000}
 OUT=$(realpath -m "${OUT:-benchmarks/results/learning}")
 WORK=${WORK:-/tmp/learning}
-CACHE=$WORK-cache
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
   GIT_COMMITTER_EMAIL=benchmark@localhost
-REPO=$(pwd)
 
 if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
@@ -44,21 +41,19 @@ if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
 fi
 cores=$(nproc)
 
-run_arch() {  # run_arch <arch>: the experiment in its own copy; results to $OUT/<size>-<arch>
-  local arch=$1 work=$WORK-$1 result=$OUT/$SIZE-$1
+[ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1  # the committed state: commit before a run
+cd "$WORK" || exit 1
+
+run_arch() {  # run_arch <arch>: one experiment; results to $OUT/<size>-<arch>
+  local arch=$1 result=$OUT/$SIZE-$1
   mkdir -p "$result"
-  if [ ! -d "$work" ]; then
-    git clone --quiet "$REPO" "$work" || return 1  # the committed state: commit before a run
-    (cd "$work" && python3 -m dvc cache dir --local "$CACHE")
-  fi
-  cd "$work" || return 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
   local params=(
     -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$cores"
     -S extract.skip_frames=1 -S "extract.workers=$cores" -S "transform.workers=$cores" -S "filter.workers=$cores"
     -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$arch"
     -S "train.model=$SIZE-$arch" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
-    -S train.warmup_ratio=0.05 -S train.loader_workers=6
+    -S train.warmup_ratio=0.05
     -S infer.batch_size=300 -S infer.max_new_tokens=512
     ${EXTRA:-}
   )
@@ -76,16 +71,7 @@ run_arch() {  # run_arch <arch>: the experiment in its own copy; results to $OUT
   return "$code"
 }
 
-first=${ARCHS%% *}
-(run_arch "$first") &
-pids=($!)
-for arch in ${ARCHS#"$first"}; do  # the others once the first has made the data
-  until grep -q "Running stage 'train'" "$OUT/$SIZE-$first/dvc-exp-run.log" 2>/dev/null \
-        || ! kill -0 "${pids[0]}" 2>/dev/null; do sleep 10; done
-  (run_arch "$arch") &
-  pids+=($!)
-done
 code=0
-for pid in "${pids[@]}"; do wait "$pid" || code=1; done
+for arch in $ARCHS; do run_arch "$arch" || code=1; done
 echo "learning benchmark done, exit $code"
 exit "$code"
