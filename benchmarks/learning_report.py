@@ -91,10 +91,12 @@ def run_section(folder: Path, image: Path, link: str) -> str:
         f"seen by the model at up to {fmt['max_pixels']:,} pixels ({image_tokens:.0f} image tokens a frame).",
         f"- Training: {train['trainable_parameters'] / 1e6:.1f}M parameters, all trained, random initialisation; "
         f"{train['steps']} steps of {tp['batch_size']} samples, AdamW lr {train['lr']:g}, {tp['schedule']} after "
-        f"{tp['warmup_ratio']:.0%} warmup, bf16 autocast; {samples_per_s.median():.0f} samples/s (median), "
-        f"{train['steps'] * tp['batch_size'] / samples_per_s.median() / 60:.1f} minutes of steps; peak GPU memory "
-        f"{train['peak_gpu_memory_gib']} GiB; final loss {curve(folder, 'loss')['loss'].iloc[-50:].mean():.3f} "
-        "(mean of the last 50 steps).",
+        f"{tp['warmup_ratio']:.0%} warmup, on {train['device']}"
+        f"{' with bf16 autocast' if train['device'] == 'cuda' and tp['bf16'] else ''}; "
+        f"{samples_per_s.median():.0f} samples/s (median), "
+        f"{train['steps'] * tp['batch_size'] / samples_per_s.median() / 60:.1f} minutes of steps"
+        f"{'; peak GPU memory %s GiB' % train['peak_gpu_memory_gib'] if train['peak_gpu_memory_gib'] else ''}; "
+        f"final loss {curve(folder, 'loss')['loss'].iloc[-50:].mean():.3f} (mean of the last 50 steps).",
         f"- Inference: greedy, batch {params['infer']['batch_size']}, {speed}.",
         "",
         results_markdown(results, steps).replace("# Results by training step", "### Results by training step"),
