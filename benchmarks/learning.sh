@@ -2,7 +2,7 @@
 # The learning benchmark: a model of the real architecture, initialised at random, trained by this
 # repository's own stages on synthetic RDS-HQ clips, evaluated on held-out clips, at every
 # checkpoint. One `dvc exp run` of the whole pipeline per architecture, with the parameters below
-# (all stage parameters; nothing else changes).
+# (stage parameters only; nothing else changes). Results: benchmarks/results/learning.md.
 #
 # Data: 212 clips x 5 cameras x 2 s; videos rendered at 10 fps (the 30 Hz poses and 10 Hz labels
 # are unchanged; extract maps frames by time), every video frame extracted (skip_frames 1): 20
@@ -10,58 +10,68 @@
 # from 12 held-out clips. Rendering at 10 fps instead of 30 gives the same 10 Hz frames for a
 # third of the rendering time.
 #
-# Usage, on a GPU machine, from the repository root (a git checkout):
-#   ARCH=qwen2_5_vl OUT=/tmp/out benchmarks/learning.sh     # Cosmos Reason 1 architecture
-#   ARCH=qwen3_vl   OUT=/tmp/out benchmarks/learning.sh     # Cosmos Reason 2 architecture
-# SIZE (small), STEPS (1500) and EXTRA (more -S overrides) change the run.
-# It runs in a copy of the checkout (WORK, default /tmp/learning) so that nothing edits the
-# experiment's files while it runs; a rerun continues from DVC's cache and the train stage's
-# checkpoints. Results (metrics, curves, predictions) are copied to $OUT.
+# Usage, on a GPU machine, from the repository root:
+#   OUT=/tmp/out benchmarks/learning.sh                      # both architectures
+#   ARCHS=qwen3_vl OUT=/tmp/out benchmarks/learning.sh       # one
+# SIZE (small), STEPS (2000) and EXTRA (more -S overrides, word-split) change the runs.
+# The experiments run one after the other in a clone of the checkout ($WORK: nothing else edits
+# their files while they run); the second finds the data stages unchanged and reruns from
+# `format` on. A rerun continues from DVC's cache and the train stage's checkpoints. Results
+# (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
+# benchmarks/learning_report.py reads.
 # On the device machine of this workplace the project's dependencies come as wheels in
 # .whl/project (benchmarks/device_project_wheels.txt); elsewhere `pip install -e .` suffices.
 set -uo pipefail
-ARCH=${ARCH:-qwen2_5_vl}
+ARCHS=${ARCHS:-"qwen2_5_vl qwen3_vl"}
 SIZE=${SIZE:-small}
-STEPS=${STEPS:-1500}
+STEPS=${STEPS:-2000}
 OUT=$(realpath -m "${OUT:-benchmarks/results/learning}")
 WORK=${WORK:-/tmp/learning}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
   GIT_COMMITTER_EMAIL=benchmark@localhost
-mkdir -p "$OUT"
 
 if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
-  export PYTHONPATH=/tmp/proj
 fi
+[ -d /tmp/proj ] && export PYTHONPATH=/tmp/proj${PYTHONPATH:+:$PYTHONPATH}
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
   export PATH=/tmp/bin:$PATH
 fi
-if [ ! -d "$WORK" ]; then
-  cp -a . "$WORK" && rm -rf "$WORK/.whl"
-  (cd "$WORK" && { [ -d .git ] || { git init -q && git add -A && git commit -qm baseline; }; })
-fi
-cd "$WORK" || exit 1
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>/dev/null
-
 cores=$(nproc)
-params=(
-  -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$cores"
-  -S extract.skip_frames=1 -S "extract.workers=$cores"
-  -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$ARCH"
-  -S "train.model=$SIZE-$ARCH" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S train.save_every=300
-  -S train.warmup_ratio=0.05
-  -S infer.batch_size=300 -S infer.max_new_tokens=512
-  ${EXTRA:-}  # more -S overrides, word-split
-)
-start=$(date +%s)
-python3 -m dvc exp run -n "learning-$SIZE-$ARCH" "${params[@]}" 2>&1 | tee "$OUT/dvc-exp-run.log"
-code=${PIPESTATUS[0]}
-echo "dvc exp run exit $code after $(( $(date +%s) - start )) s" | tee -a "$OUT/dvc-exp-run.log"
-for f in metrics/*.json plots/eval/metrics_vs_steps.json plots/eval/metrics_vs_steps.png; do
-  [ -f "$f" ] && cp "$f" "$OUT/$(echo "$f" | tr / _)"
-done
-tar -czf "$OUT/predictions.tar.gz" data/predictions dvclive/train params.yaml dvc.lock 2>/dev/null
+
+[ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1  # the committed state: commit before a run
+cd "$WORK" || exit 1
+
+run_arch() {  # run_arch <arch>: one experiment; results to $OUT/<size>-<arch>
+  local arch=$1 result=$OUT/$SIZE-$1
+  mkdir -p "$result"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
+  local params=(
+    -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$cores"
+    -S extract.skip_frames=1 -S "extract.workers=$cores" -S "transform.workers=$cores" -S "filter.workers=$cores"
+    -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$arch"
+    -S "train.model=$SIZE-$arch" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
+    -S train.warmup_ratio=0.05
+    -S infer.batch_size=300 -S infer.max_new_tokens=512
+    ${EXTRA:-}
+  )
+  local start=$SECONDS
+  python3 -m dvc exp run -n "learning-$SIZE-$arch" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
+  local code=$?
+  echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
+  for name in synthesize extract curation validation dataset train infer eval; do
+    cp "metrics/$name.json" "$result/" 2>/dev/null
+  done
+  cp params.yaml "$result/params.yaml"; cp dvc.lock "$result/dvc.lock"
+  cp data/predictions/columns.json "$result/" 2>/dev/null
+  mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
+  tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  return "$code"
+}
+
+code=0
+for arch in $ARCHS; do run_arch "$arch" || code=1; done
+echo "learning benchmark done, exit $code"
 exit "$code"

@@ -1,13 +1,19 @@
-"""Training-step throughput of the hf backend's step on a GPU, Qwen2.5-VL-3B shape, random init.
+"""Training-step throughput of the hf backend's step, per optimisation, on the same batch and seed.
 
-    python benchmarks/train_throughput.py --out benchmarks/results/train_throughput_h100.json
+    python benchmarks/train_throughput.py --shape 3b --out benchmarks/results/train_throughput_h200.json
+    python benchmarks/train_throughput.py --shape small-qwen2_5_vl --batch-size 32 --out ...
+    python benchmarks/train_throughput.py --shape tiny-qwen2_5_vl --device cpu --steps 3 --out /tmp/t.json  # dry run
 
-Builds the real Qwen2_5_VLForConditionalGeneration at the 3B shape (3.75B parameters; baseline
-in docs/recipe.md#reference-figures) from its config, random weights, and times the same step
-`train` runs: answer-only loss from ``training.collate.answer_loss``, AdamW, gradient clipping,
-gradient checkpointing.
-Samples are 1078 tokens, 576 of them image tokens (a 672x672 image), with a 200-token answer.
-Modes: fp32 master weights with bf16 autocast (what `train` does) and pure bf16 weights.
+Builds the real model class at a shape from its config (``3b``: the Qwen2.5-VL-3B shape, 3.75B
+parameters, baseline figures in docs/recipe.md#reference-figures; or any built-in model name),
+random weights, and times the step `train` runs: answer-only loss (``training.collate.answer_loss``),
+AdamW, gradient clipping. Samples are 1078 tokens, 576 of them image tokens (a 672x672 image, 48x48
+patches), with a 200-token answer. Each variant switches one more optimisation on, as the train
+params do (``vision_attention``, ``fused_kernels``, ``gradient_checkpointing``, pure bf16 weights);
+every variant starts from the same weights and batch, so its first loss and gradient norm must
+equal the baseline's within bf16 resolution (reported as relative differences). ``--profile``
+adds a torch.profiler summary (GPU busy time, top kernels, attention calls) of the baseline and
+the last variant.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -24,9 +31,32 @@ from av_grounding.training.collate import IGNORE, answer_loss
 IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
 
 
-def config_3b():
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    vision_attention: str = "per_segment"
+    fused_kernels: str = "none"
+    gradient_checkpointing: bool = True
+    master_fp32: bool = True  # fp32 weights with bf16 autocast, as `train` does; False: pure bf16 weights
+
+
+VARIANTS = (
+    Variant("baseline"),
+    Variant("packed_vision", vision_attention="packed"),
+    Variant("packed_liger", vision_attention="packed", fused_kernels="liger"),
+    Variant("packed_liger_no_ckpt", vision_attention="packed", fused_kernels="liger", gradient_checkpointing=False),
+    Variant("packed_liger_no_ckpt_bf16", vision_attention="packed", fused_kernels="liger", gradient_checkpointing=False,
+            master_fp32=False),
+)
+
+
+def config_of(shape: str):
     from transformers import Qwen2_5_VLConfig
 
+    from av_grounding.models.builtin import builtin_config
+
+    if shape != "3b":
+        return builtin_config(shape)
     return Qwen2_5_VLConfig(
         text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                          num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
@@ -37,11 +67,12 @@ def config_3b():
         tie_word_embeddings=True)
 
 
-def batch(size: int, device: str) -> dict[str, torch.Tensor]:
-    grid = torch.tensor([[1, 48, 48]] * size)  # 48x48 patches of 14 px, merged 2x2: 576 tokens
-    text_before, answer, image = 300, 200, 576
+def batch(size: int, patch: int, device: str, grid: int = 48) -> dict[str, torch.Tensor]:
+    """``size`` samples of one image of grid x grid patches each (merged 2x2 into image tokens)."""
+    generator = torch.Generator().manual_seed(0)
+    text_before, answer, image = 300, 200, grid * grid // 4
     total = text_before + 2 + image + answer
-    ids = torch.randint(0, 150000, (size, total))
+    ids = torch.randint(0, 150000, (size, total), generator=generator)
     ids[:, text_before] = VISION_START
     ids[:, text_before + 1: text_before + 1 + image] = IMAGE_PAD
     ids[:, text_before + 1 + image] = VISION_END
@@ -49,65 +80,126 @@ def batch(size: int, device: str) -> dict[str, torch.Tensor]:
     labels[:, -answer:] = ids[:, -answer:]
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
             "mm_token_type_ids": (ids == IMAGE_PAD).long().to(device), "labels": labels.to(device),
-            "pixel_values": torch.randn(size * 48 * 48, 3 * 2 * 14 * 14).to(device),
-            "image_grid_thw": grid.to(device)}
+            "pixel_values": torch.randn(size * grid * grid, 3 * 2 * patch * patch, generator=generator).to(device),
+            "image_grid_thw": torch.tensor([[1, grid, grid]] * size).to(device)}
 
 
-def run(mode: str, batch_size: int, steps: int, attn: str) -> dict:
+def build(shape: str, variant: Variant, device: str):
     from transformers import AutoModelForImageTextToText
 
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    from av_grounding.models.attention import use_packed_vision_attention
+    from av_grounding.models.kernels import use_liger_kernels
+
     torch.manual_seed(0)
-    dtype = torch.float32 if mode == "fp32_master_bf16_autocast" else torch.bfloat16
-    model = AutoModelForImageTextToText.from_config(config_3b(), dtype=dtype, attn_implementation=attn).cuda()
-    model.gradient_checkpointing_enable()
+    dtype = torch.float32 if variant.master_fp32 else torch.bfloat16
+    model = AutoModelForImageTextToText.from_config(config_of(shape), dtype=dtype, attn_implementation="sdpa").to(device)
+    if variant.vision_attention == "packed":
+        use_packed_vision_attention(model)
+    if variant.fused_kernels == "liger":
+        use_liger_kernels(model)
+    if variant.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.config.use_cache = False
+    return model
+
+
+def step(model, optimizer, inputs, autocast: bool, device: str) -> tuple[float, float]:
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+        loss, _ = answer_loss(model, inputs)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), float(norm)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def profile_summary(model, optimizer, inputs, autocast: bool, device: str) -> dict:
+    """GPU busy time of one step against its wall time, the top kernels and the attention calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step(model, optimizer, inputs, autocast, device)
+        synchronize(device)
+    wall = time.perf_counter() - started
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    kernels = sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))
+    busy = sum(getattr(e, "self_device_time_total", 0) for e in kernels) / 1e6
+    attention = sum(e.count for e in prof.key_averages() if "attention" in e.key.lower() and "flash" in e.key.lower()
+                    or "scaled_dot_product" in e.key.lower())
+    return {"wall_s": round(wall, 4), "gpu_busy_s": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
+            "attention_calls": attention, "kernel_events": len(events),
+            "top_kernels": [{"name": e.key[:80], "gpu_ms": round(getattr(e, "self_device_time_total", 0) / 1e3, 2),
+                             "calls": e.count} for e in kernels[:12]]}
+
+
+def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_profile: bool) -> dict:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build(shape, variant, device)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    inputs = batch(batch_size, "cuda")
-    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-    times = []
-    for step in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.float32):
-            loss, _ = answer_loss(model, inputs)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    steady = sorted(times[2:])[len(times[2:]) // 2]  # median after warm-up
-    tokens = batch_size * inputs["input_ids"].shape[1]
-    result = {"mode": mode, "attn": attn, "batch_size": batch_size, "parameters": params, "tokens_per_sample": tokens // batch_size,
-              "step_s_median": round(steady, 4), "steps_per_s": round(1 / steady, 3),
-              "samples_per_s": round(batch_size / steady, 2), "tokens_per_s": round(tokens / steady, 1),
-              # 6 * N * tokens for forward + backward, plus one more forward for checkpointing: 8 * N * tokens.
-              "model_tflops_6N": round(6 * params * tokens / steady / 1e12, 1),
-              "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "final_loss": round(float(loss), 3)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.startswith("cuda"))
+    inputs = batch(size, model.config.vision_config.patch_size, device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+    autocast = variant.master_fp32 and not device == "cpu"
+    times, first = [], None
+    for index in range(steps):
+        synchronize(device)
+        started = time.perf_counter()
+        result = step(model, optimizer, inputs, autocast, device)
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+        first = first or result
+    steady = sorted(times[2:] or times)[len(times[2:] or times) // 2]
+    tokens = size * inputs["input_ids"].shape[1]
+    report = {**asdict(variant), "batch_size": size, "parameters": params, "tokens_per_sample": tokens // size,
+              "step_s_median": round(steady, 4), "samples_per_s": round(size / steady, 2),
+              "model_tflops_6N": round(6 * params * tokens / steady / 1e12, 2),
+              "first_loss": first[0], "first_grad_norm": first[1],
+              "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device != "cpu" else None}
+    if with_profile:
+        report["profile"] = profile_summary(model, optimizer, inputs, autocast, device)
     del model, optimizer
-    return result
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--shape", default="3b", help="3b or a built-in model name (small-qwen3_vl, ...)")
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS))
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     import transformers
 
-    report = {"command": "python benchmarks/train_throughput.py --out " + args.out,
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "transformers": transformers.__version__, "python": platform.python_version(), "runs": []}
-    for mode, size, attn in (("fp32_master_bf16_autocast", 4, "sdpa"), ("bf16", 4, "sdpa"), ("bf16", 16, "sdpa"),
-                             ("bf16", 4, "eager")):
+    chosen = [v for v in VARIANTS if v.name in args.variants.split(",")]
+    report = {"command": "python benchmarks/train_throughput.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (False, None)),
+              "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "python": platform.python_version(), "shape": args.shape, "runs": []}
+    for index, variant in enumerate(chosen):
+        profile = args.profile and index in (0, len(chosen) - 1)
         try:
-            report["runs"].append(run(mode, size, args.steps, attn))
+            result = run(args.shape, variant, args.batch_size, args.steps, args.device, profile)
         except torch.OutOfMemoryError as exc:
-            report["runs"].append({"mode": mode, "attn": attn, "batch_size": size, "error": f"out of memory: {str(exc)[:120]}"})
-        print(json.dumps(report["runs"][-1]), flush=True)
+            result = {**asdict(variant), "error": f"out of memory: {str(exc)[:120]}"}
+        base = report["runs"][0] if report["runs"] else result
+        if "first_loss" in result and "first_loss" in base:
+            result["loss_rel_diff"] = abs(result["first_loss"] - base["first_loss"]) / abs(base["first_loss"])
+            result["grad_norm_rel_diff"] = abs(result["first_grad_norm"] - base["first_grad_norm"]) / base["first_grad_norm"]
+        report["runs"].append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
     with open(args.out, "w") as handle:
         json.dump(report, handle, indent=2)
 

@@ -246,3 +246,20 @@ def test_whole_output_stages_keep_no_stale_records(tmp_path):
     with pytest.raises(RecordsError):
         transform(TransformParams(), tmp_path / "in", tmp_path / "out")
     assert [p.parent.name for p in (tmp_path / "out" / "records").rglob("*.json")] == ["s_0_1"]
+
+
+def test_transform_and_filter_give_the_same_bytes_and_counts_in_one_or_two_processes(curated, tmp_path):
+    from av_grounding.curation.filters import filter_boxes
+    from av_grounding.curation.transform import transform
+    from av_grounding.params import TransformParams
+
+    work, _ = curated
+    outputs = {}
+    for workers in (1, 2):
+        folder = tmp_path / str(workers)
+        transformed = transform(TransformParams(workers=workers), work / "extracted", folder / "transformed")
+        filtered = filter_boxes(FilterParams(workers=workers), folder / "transformed", folder / "filtered")
+        files = {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*.json"))}
+        outputs[workers] = (transformed, filtered, files)
+    assert outputs[1] == outputs[2]
+    assert outputs[1][1]["boxes_in"] == outputs[1][0]["boxes"] > outputs[1][1]["boxes_kept"] > 0

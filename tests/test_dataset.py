@@ -172,3 +172,12 @@ def test_over_long_samples_are_dropped_and_counted(filtered):
     for name in ("train", "eval"):
         for sample in read_cosmos(filtered / "short" / name):
             assert count_qwen(sample.answer + "<|im_end|>") + 138 + 45 <= 230
+
+
+def test_answer_styles_are_compared_on_an_evenly_spaced_sample():
+    from av_grounding.dataset.build import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 20) == list(range(10))
+    assert evenly_spaced(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert len(evenly_spaced(list(range(20000)), 2000)) == 2000

@@ -237,3 +237,24 @@ def test_every_builtin_size_trains_saves_reloads_and_generates(model, few, tmp_p
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
     generated = generate(loaded.model, encoder, read_cosmos(few / "train")[:2], max_new_tokens=4)
     assert all(0 < len(g.token_ids) <= 4 for g in generated)
+
+
+def test_generation_logprobs_equal_those_of_the_full_scores(tiny, few):
+    """The recorded log-probability of each greedy token equals log_softmax of the step's full
+    scores at that token (what output_scores would give, without keeping them)."""
+    loaded = load_model(tiny)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    samples = read_cosmos(few / "train")
+    generated = generate(loaded.model, encoder, samples, max_new_tokens=6)
+    batch = collate([encoder.encode(s, with_answer=False) for s in samples], loaded.tokenizer.pad_token_id,
+                    encoder.image_pad, left_pad=True)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False, output_scores=True,
+                                return_dict_in_generate=True, eos_token_id=encoder.im_end,
+                                pad_token_id=loaded.tokenizer.pad_token_id)
+    new = out.sequences[:, inputs["input_ids"].shape[1]:]
+    full = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
+    expected = full.gather(2, new.unsqueeze(-1)).squeeze(-1)
+    for row, answer in enumerate(generated):
+        assert answer.token_ids == new[row, : len(answer.token_ids)].tolist()
+        torch.testing.assert_close(torch.tensor(answer.token_logprobs), expected[row, : len(answer.token_ids)])

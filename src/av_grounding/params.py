@@ -65,6 +65,7 @@ TrainPreset = Literal["cr1", "cr2"]
 Schedule = Literal["cosine", "constant"]
 Attention = Literal["sdpa", "eager"]
 VisionAttention = Literal["packed", "per_segment"]
+FusedKernels = Literal["none", "liger"]
 Layout = Literal["rdshq", "waymo"]
 CheckpointChoice = Literal["all", "none"]
 
@@ -153,6 +154,7 @@ class TransformParams(Checked):
     """World-frame labels to camera-frame boxes."""
 
     codec: CodecName = param("cosmos", "box convention of the nine numbers (docs/conventions.md#box-codecs)")
+    workers: int = param(2, "parallel processes over records files (clip, camera)", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +173,7 @@ class FilterParams(Checked):
     truth_min_visible_fraction: float = param(0.1, "renderer truth: visible fraction that counts as truly visible",
                                               minimum=0.0, maximum=1.0)
     truth_min_visible_pixels: int = param(4, "renderer truth: visible pixels that count as truly visible", minimum=0)
+    workers: int = param(2, "parallel processes over records files (clip, camera)", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +253,8 @@ class TrainParams(Checked):
     vision_attention: VisionAttention = param(
         "packed", "packed: one attention call per vision layer over all windows/images; per_segment: "
         "transformers' one call per window (same result, many more kernel launches)")
+    fused_kernels: FusedKernels = param("none", "liger: Liger's fused rotary, RMSNorm and SwiGLU kernels (Triton) "
+                                        "in the language model, on CUDA devices only (CPU runs keep PyTorch's)")
     attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
                                            "benchmarks/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)

@@ -16,7 +16,7 @@ scored against it: precision and recall of "kept" versus "truly visible".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rec
 from ..geometry.cameras import Camera, camera_from_record
 from ..params import FilterParams
 from ..storage import atomic_folder, write_json
-from .records import iter_records, write_records
+from .records import map_record_files
 
 REASONS = ("category", "distance", "fov", "occlusion", "depth")
 
@@ -143,42 +143,59 @@ def score_against_truth(rows: list[tuple[Decision, dict | None]], params: Filter
     }
 
 
+@dataclass
+class FileCounts:
+    """What filtering one records file removed and kept, and every decision with its truth."""
+
+    removed: dict[str, int]
+    unmapped: dict[str, int]  # raw types the label map does not name, with their box counts
+    frames: int = 0
+    empty_frames: int = 0
+    kept: int = 0
+    scored: list[tuple[Decision, dict | None]] = field(default_factory=list)
+
+
+def filter_file(params: FilterParams, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], FileCounts]:
+    """One records file: its records with only the kept boxes (labelled, with their measured
+    fractions), and the counts."""
+    counts = FileCounts({reason: 0 for reason in REASONS}, {})
+    out_records = []
+    for record in records:
+        kept = []
+        for obj, decision in zip(record["objects"], decide(record, params)):
+            counts.scored.append((decision, obj.get("render_truth")))
+            if decision.reason == "category":
+                counts.unmapped[obj["object_type"]] = counts.unmapped.get(obj["object_type"], 0) + 1
+            if decision.reason:
+                counts.removed[decision.reason] += 1
+                continue
+            kept.append({**obj, "label": params.label_map[obj["object_type"]],
+                         "in_image_fraction": round(decision.in_image_fraction, 4),
+                         "covered_fraction": round(decision.covered_fraction, 4),
+                         "visible_fraction": round(decision.visible_fraction, 4)})
+        counts.kept += len(kept)
+        counts.frames += 1
+        counts.empty_frames += not kept
+        out_records.append({**record, "objects": kept})
+    return out_records, counts
+
+
 def filter_boxes(params: FilterParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
-    """The `filter` stage: kept boxes per frame under ``output``, counts in ``metrics``."""
-    removed = {reason: 0 for reason in REASONS}
-    unmapped: dict[str, int] = {}  # raw types the label map does not name, with their box counts
-    total = kept_total = frames = empty_frames = 0
-    scored: list[tuple[Decision, dict | None]] = []
-    has_truth = False
+    """The `filter` stage: kept boxes per frame under ``output``, counts in ``metrics``; in
+    ``params.workers`` processes over records files (the same bytes for any number)."""
     with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
-        for clip_id, camera, records in iter_records(input):
-            out_records = []
-            for record in records:
-                decisions = decide(record, params)
-                kept = []
-                for obj, decision in zip(record["objects"], decisions):
-                    total += 1
-                    truth = obj.get("render_truth")
-                    has_truth = has_truth or truth is not None
-                    scored.append((decision, truth))
-                    if decision.reason == "category":
-                        unmapped[obj["object_type"]] = unmapped.get(obj["object_type"], 0) + 1
-                    if decision.reason:
-                        removed[decision.reason] += 1
-                        continue
-                    kept.append({**obj, "label": params.label_map[obj["object_type"]],
-                                 "in_image_fraction": round(decision.in_image_fraction, 4),
-                                 "covered_fraction": round(decision.covered_fraction, 4),
-                                 "visible_fraction": round(decision.visible_fraction, 4)})
-                kept_total += len(kept)
-                frames += 1
-                empty_frames += not kept
-                out_records.append({**record, "objects": kept})
-            write_records(folder, clip_id, camera, out_records)
-    summary: dict[str, Any] = {"frames": frames, "frames_without_boxes": empty_frames, "boxes_in": total,
-                               "boxes_kept": kept_total, "removed": removed,
+        files = map_record_files(filter_file, (params,), input, folder, params.workers, "filter")
+    unmapped: dict[str, int] = {}
+    for counts in files:
+        for raw_type, count in counts.unmapped.items():
+            unmapped[raw_type] = unmapped.get(raw_type, 0) + count
+    scored = [pair for counts in files for pair in counts.scored]
+    summary: dict[str, Any] = {"frames": sum(c.frames for c in files),
+                               "frames_without_boxes": sum(c.empty_frames for c in files),
+                               "boxes_in": len(scored), "boxes_kept": sum(c.kept for c in files),
+                               "removed": {reason: sum(c.removed[reason] for c in files) for reason in REASONS},
                                "removed_types": dict(sorted(unmapped.items()))}
-    if has_truth:
+    if any(truth is not None for _, truth in scored):
         summary["against_render_truth"] = score_against_truth(scored, params)
     if metrics:
         write_json(metrics, summary)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import PipelineError
 from ..storage import non_finite_at, write_json
@@ -61,3 +61,25 @@ def write_records(root: Path, clip_id: str, camera: str, records: list[dict[str,
 def iter_records(root: Path) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
     for clip_id, camera, path in record_files(root):
         yield clip_id, camera, read_records(path)
+
+
+def _map_file(fn: Callable, args: tuple, path: Path, output: Path, clip_id: str, camera: str) -> Any:
+    records, result = fn(*args, read_records(path))
+    write_records(output, clip_id, camera, records)
+    return result
+
+
+def map_record_files(fn: Callable, args: tuple, input: Path, output: Path, workers: int, desc: str) -> list[Any]:
+    """For every records file under ``input`` (one per clip and camera), ``fn(*args, records)``
+    returns (records to write, result); the records go to the same clip and camera under
+    ``output``, the results come back in file order, whatever ``workers`` (processes; 1: this
+    one). ``fn`` must be a module-level function. A file that fails fails the stage
+    (RecordsError naming each file and why): records are this project's own output."""
+    from ..executors import run_items
+
+    files = record_files(input)
+    outcome = run_items(_map_file, [(fn, args, path, output, clip_id, camera) for clip_id, camera, path in files],
+                        workers, desc, labels=[str(path) for _, _, path in files])
+    if outcome.failures:
+        raise RecordsError("; ".join(failure.describe() for failure in outcome.failures))
+    return outcome.results

@@ -18,7 +18,7 @@ from ..geometry.codecs import get_codec
 from ..geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, invert_pose, make_pose
 from ..params import TransformParams
 from ..storage import atomic_folder, write_json
-from .records import iter_records, write_records
+from .records import map_record_files
 
 FLU_TO_RDF_POSE = make_pose(FLU_TO_RDF, np.zeros(3))
 
@@ -54,15 +54,17 @@ def transform_record(record: dict[str, Any], codec_name: str) -> dict[str, Any]:
     return {**record, "box_codec": codec.name, "objects": objects}
 
 
+def transform_file(codec: str, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """One records file: its transformed records, and (frames, boxes)."""
+    transformed = [transform_record(r, codec) for r in records]
+    return transformed, (len(transformed), sum(len(r["objects"]) for r in transformed))
+
+
 def transform(params: TransformParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
-    frames = boxes = 0
+    """The `transform` stage, in ``params.workers`` processes over records files."""
     with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
-        for clip_id, camera, records in iter_records(input):
-            transformed = [transform_record(r, params.codec) for r in records]
-            write_records(folder, clip_id, camera, transformed)
-            frames += len(transformed)
-            boxes += sum(len(r["objects"]) for r in transformed)
-    summary = {"frames": frames, "boxes": boxes, "codec": params.codec}
+        counts = map_record_files(transform_file, (params.codec,), input, folder, params.workers, "transform")
+    summary = {"frames": sum(f for f, _ in counts), "boxes": sum(b for _, b in counts), "codec": params.codec}
     if metrics:
         write_json(metrics, summary)
     return summary

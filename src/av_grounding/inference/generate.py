@@ -18,18 +18,35 @@ class Generated:
     token_logprobs: list[float]  # log-probability of each generated token under the model
 
 
+class GreedyLogProbs:
+    """A logits processor that records, at each decoding step, the log-probability of the token
+    greedy decoding picks (the highest score), so nothing of size batch x vocabulary is kept per
+    step: ``output_scores`` would keep 300 frames x 152k entries x 512 steps, 93 GB."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+
 @torch.no_grad()
 def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int, device: str = "cpu") -> list[Generated]:
+    """Greedy answers to ``samples`` in one left-padded batch, each cut at its ``<|im_end|>``,
+    with every generated token's log-probability."""
+    from transformers import LogitsProcessorList
+
     tokenizer = encoder.tokenizer
     batch = collate([encoder.encode(s, with_answer=False) for s in samples], tokenizer.pad_token_id, encoder.image_pad, left_pad=True)
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     model.eval()
+    recorder = GreedyLogProbs()
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                         output_scores=True, return_dict_in_generate=True,
+                         logits_processor=LogitsProcessorList([recorder]), return_dict_in_generate=True,
                          eos_token_id=encoder.im_end, pad_token_id=tokenizer.pad_token_id)
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    logprobs = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
-    chosen = logprobs.gather(2, new[:, : logprobs.shape[1]].unsqueeze(-1)).squeeze(-1)
+    chosen = torch.stack(recorder.steps, dim=1).cpu()
     results = []
     for row in range(len(samples)):
         ids = new[row].tolist()

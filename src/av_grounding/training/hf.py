@@ -219,6 +219,10 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
     examples, over_budget = within_budget(encoder, read_cosmos(dataset / "train"))
     if not examples:
         raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
+    if params.fused_kernels == "liger" and device != "cpu":
+        from ..models.kernels import use_liger_kernels
+
+        use_liger_kernels(loaded.model)
     if params.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()
     model = trainable_parameters(loaded.model, params)
