@@ -18,9 +18,6 @@ DOCS = REPO / "docs"
 OUTSIDE = re.compile(r"\.\./(?:shared|seeds)\b|\bSPEC\b|SPEC\.md|steering repository")
 DOC_PATH = re.compile(r"\bdocs/([\w.-]+\.md)(?:#([\w-]+))?")
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
-# Written on other branches at the time of writing; they may be named before they land. Remove an
-# entry once its page is in docs/ (from then on its anchors are checked like any other page's).
-PENDING = {"metrics.md", "reliability.md"}
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".txt", ".json", ".yaml", ".yml", ".toml", ".cfg", ".html"}
 
 
@@ -57,7 +54,7 @@ def broken_doc_reference(page: str, anchor: str | None) -> str | None:
     """Why ``docs/<page>#<anchor>`` does not resolve, or None when it does."""
     path = DOCS / page
     if not path.is_file():
-        return None if page in PENDING else f"docs/{page} does not exist"
+        return f"docs/{page} does not exist"
     if anchor and anchor not in github_anchors(path.read_text()):
         return f"docs/{page} has no heading with anchor #{anchor}"
     return None
@@ -134,7 +131,6 @@ def test_the_docs_index_lists_every_page():
     index = (DOCS / "README.md").read_text()
     listed = set(re.findall(r"\]\(([\w.-]+\.md)\)", index))
     assert {p.name for p in DOCS.glob("*.md")} - {"README.md"} <= listed
-    assert PENDING <= listed
 
 
 def test_github_anchors_follow_github_rules():
