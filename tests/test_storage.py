@@ -69,3 +69,17 @@ def test_remove_partials_clears_what_killed_writers_left(tmp_path):
     assert remove_partials(tmp_path) == sorted(leftovers)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "a", "a/.hidden_but_complete", "a/done.json"]
+
+
+def test_camera_intrinsics_are_stored_exactly_in_records_and_tars():
+    """f-theta polynomial coefficients go down to 1e-17: six decimals would zero them."""
+    from av_grounding.rdshq import decode_tar, encode_tar
+
+    ftheta = [954.2063, 757.15415, 1920.0, 1080.0, 0.0, 1.05758628e-3, 8.2116208e-9, -3.3945008e-11,
+              8.0734208e-14, -2.94602496e-17, 1.0]
+    stored = json.loads(dumps_json({"intrinsics": ftheta, "center": [1.23456789, -1e-17]}))
+    assert stored == {"intrinsics": ftheta, "center": [1.234568, 0.0]}
+    members = decode_tar(encode_tar("s_1_2", {"ftheta_intrinsic.camera_front_wide_120fov.npy": np.array(ftheta),
+                                             "000000.vehicle_pose.npy": np.full((4, 4), 1e-17)}), "s_1_2", "test")
+    np.testing.assert_array_equal(members["ftheta_intrinsic.camera_front_wide_120fov.npy"], ftheta)
+    np.testing.assert_array_equal(members["000000.vehicle_pose.npy"], np.zeros((4, 4)))

@@ -93,13 +93,16 @@ def tar_path(root: str, attribute: str, clip_id: str) -> str:
     return f"{root}/{attribute}/{clip_id}.tar"
 
 
+INTRINSIC_ATTRIBUTES = ("pinhole_intrinsic.", "ftheta_intrinsic.")
+
+
 def video_path(root: str, camera_model: str, camera: str, clip_id: str) -> str:
     return f"{root}/{camera_model}_{camera}/{clip_id}.mp4"
 
 
 def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
     """A deterministic tar (sorted members, zero mtimes and owners) of ``.npy`` / ``.json`` members,
-    their floats stored as ``storage.canonical`` rounds them."""
+    their floats stored as ``storage.canonical`` rounds them (intrinsics exactly as given)."""
     ClipId.parse(clip_id)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
@@ -107,7 +110,8 @@ def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
             value = members[key]
             if key.endswith(".npy"):
                 payload = io.BytesIO()
-                np.save(payload, canonical(np.asarray(value)), allow_pickle=False)
+                array = np.asarray(value)  # intrinsics as given: see storage.EXACT_KEYS
+                np.save(payload, array if key.startswith(INTRINSIC_ATTRIBUTES) else canonical(array), allow_pickle=False)
                 data = payload.getvalue()
             elif key.endswith(".json"):
                 data = dumps_json(value, compact=True).encode()

@@ -31,6 +31,10 @@ from .errors import PipelineError
 # the same inputs. Rounded, the bytes agree on every machine unless a value lies within that
 # noise of a rounding boundary (about 1e-8 per value).
 STORED_DECIMALS = 6
+# Camera calibration is stored as given: it is copied from the clip, never computed (so it
+# carries no machine-dependent digits), and f-theta polynomial coefficients (1e-3 down to 1e-17)
+# would not survive rounding to decimals.
+EXACT_KEYS = frozenset({"intrinsics"})
 PARTIAL_SUFFIXES = (".tmp", ".partial")
 
 
@@ -104,7 +108,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
     """``value`` as it is stored: every float (Python, numpy scalar or float array) rounded to
-    ``decimals`` and ``-0.0`` made ``0.0``, inside dicts, lists and tuples (tuples become lists).
+    ``decimals`` and ``-0.0`` made ``0.0``, inside dicts, lists and tuples (tuples become lists),
+    except under the keys of ``EXACT_KEYS`` (camera intrinsics), stored as they are.
     Other values are returned unchanged. Rounding is exact decimal rounding (``round``) for
     scalars and ``np.round`` for arrays; both give the same result for the same input on every
     machine; NaN and infinity stay as they are."""
@@ -113,7 +118,7 @@ def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
     if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
         return np.round(value, decimals) + value.dtype.type(0.0)
     if isinstance(value, dict):
-        return {key: canonical(item, decimals) for key, item in value.items()}
+        return {key: item if key in EXACT_KEYS else canonical(item, decimals) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [canonical(item, decimals) for item in value]
     return value
