@@ -1,0 +1,75 @@
+"""Greedy generation at batch 1 against batched, on the same frames: images/s, tokens/s, and
+whether the answers are identical.
+
+    python benchmarks/infer_throughput.py --model data/train/model --dataset data/dataset \
+        --frames 256 --batch-sizes 1,64,256 --out benchmarks/results/infer_throughput_h200.json
+
+Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
+log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
+and compares every batch size's token ids with batch 1's (left padding must not change greedy
+answers; in bf16 a different batch shape can flip a near-tie, which is counted, not hidden).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from av_grounding.dataset.formats import read_cosmos
+from av_grounding.inference.generate import generate
+from av_grounding.models.loading import load_model
+from av_grounding.params import FormatParams
+from av_grounding.training.collate import Encoder
+
+
+def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str) -> tuple[list[list[int]], float]:
+    answers = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for begin in range(0, len(samples), batch_size):
+        answers += [g.token_ids for g in generate(model, encoder, samples[begin: begin + batch_size], max_new_tokens,
+                                                  device)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return answers, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a model folder (e.g. data/train/model)")
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--frames", type=int, default=256)
+    parser.add_argument("--batch-sizes", default="1,64,256")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fmt = FormatParams()
+    loaded = load_model(args.model, "bfloat16" if device == "cuda" else "float32", device)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
+    samples = read_cosmos(args.dataset / "eval")[: args.frames]
+    generate(loaded.model, encoder, samples[:2], 8, device)  # warm-up
+    report = {"command": "python benchmarks/infer_throughput.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+              "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+              "torch": torch.__version__, "frames": len(samples), "runs": []}
+    reference = None
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device)
+        reference = reference or answers
+        result = {"batch_size": size, "seconds": round(seconds, 2), "images_per_s": round(len(samples) / seconds, 2),
+                  "tokens_per_s": round(sum(map(len, answers)) / seconds, 1),
+                  "answers_identical_to_batch_1": sum(a == b for a, b in zip(answers, reference))}
+        report["runs"].append(result)
+        print(json.dumps(result), flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
