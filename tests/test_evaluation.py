@@ -553,6 +553,10 @@ def test_standalone_command(tmp_path):
     ("split_as_gt", r"split: no recipe-format ground-truth files .*found meta\.json; did you mean .*split/text\?"),
     ("missing_gt", r"nowhere: no such folder; expected a folder of recipe-format ground truth"),
     ("bad_gt_box", r"gt/a\.json: ground-truth box 0 is invalid \(wrong arity\)"),
+    ("negative_gt_size", r"gt/a\.json: ground-truth box 0 is invalid \(size not positive\)"),
+    ("text_in_camera", r"gt/a\.json: unusable camera description: could not convert string to float: 'wide'"),
+    ("unknown_codec", r"gt/a\.json: unknown box codec 'bogus'"),
+    ("scores_length", r"pred/a\.json: 'scores' must be a list of one score per box; it has 2 for 1 box\(es\)"),
 ])
 def test_bad_folders_are_clear_errors(tmp_path, case, message):
     gt, pred = tmp_path / "gt", tmp_path / "pred"
@@ -572,10 +576,36 @@ def test_bad_folders_are_clear_errors(tmp_path, case, message):
         gt = tmp_path / "nowhere"
     elif case == "bad_gt_box":
         write_frames(gt, {"a": boxes([CARS[0][:8]], ["car"])})
+    elif case == "negative_gt_size":
+        write_frames(gt, {"a": boxes([[*CARS[0][:3], -4.5, *CARS[0][4:]]], ["car"])})
+    elif case in ("text_in_camera", "unknown_codec"):
+        record = json.loads((gt / "a.json").read_text())
+        record.update({"camera_params": {**CAMERA, "fx": "wide"}} if case == "text_in_camera" else {"box_codec": "bogus"})
+        (gt / "a.json").write_text(json.dumps(record))
+    elif case == "scores_length":
+        write_frames(pred, {"a": {"annotations": boxes(CARS[:1], ["car"]), "scores": [0.3, 0.2]}}, pred=True)
     done = run_standalone(tmp_path, gt, pred)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: ") and __import__("re").search(message, done.stderr), done.stderr
     assert not (tmp_path / "scores.json").exists()
+
+
+def test_what_may_be_a_mistake_is_scored_with_a_warning(tmp_path):
+    """A frame without a prediction file (a miss), a file named like no frame (ignored), a
+    prediction that is not JSON (an unparsable answer) and an image size taken from the principal
+    point are each named in a warning."""
+    from av_grounding.evaluation.frames import EvaluationWarning
+
+    write_frames(tmp_path / "gt", {name: boxes(CARS[:1], ["car"]) for name in "abc"})
+    write_frames(tmp_path / "pred", {"a": boxes(CARS[:1], ["car"]), "zzz": boxes(CARS[:1], ["car"])}, pred=True)
+    (tmp_path / "pred" / "b.json").write_text('{"annotations": [{"label": "car", "bbox_3d": [1, 2],}]}')
+    with pytest.warns(EvaluationWarning) as caught:
+        result = evaluate(EvaluateParams(), gt=tmp_path / "gt", pred=tmp_path / "pred", out=tmp_path / "out.json")
+    messages = "\n".join(str(w.message) for w in caught)
+    assert "b.json: not JSON" in messages and "no prediction for 1 of 3 frames, scored as misses: c.json" in messages
+    assert "1 file(s) named like no ground truth" in messages and "zzz.json" in messages
+    assert "3 file(s) give no 'width'/'height'" in messages
+    assert result["answers"]["missing"] == approx(1 / 3) and result["answers"]["failed"] == approx(1 / 3)
 
 
 # --- the stage on a formatted dataset: strict JSON, results table, plots ----------------------------------

@@ -259,3 +259,15 @@ def test_generation_logprobs_equal_those_of_the_full_scores(tiny, few):
     for row, answer in enumerate(generated):
         assert answer.token_ids == new[row, : len(answer.token_ids)].tolist()
         torch.testing.assert_close(torch.tensor(answer.token_logprobs), expected[row, : len(answer.token_ids)])
+
+
+@pytest.mark.parametrize("model, batch_size, grad_accum, message", [
+    ("small-qwen3-vl", 1, 1, r"train.model 'small-qwen3-vl' is not a built-in model \(tiny-qwen2_5_vl, .*org/name\)"),
+    ("tiny-qwen2_5_vl", 2, 2, r"batch_size x train.grad_accum x processes = 4 samples a step, but .* has 3"),
+])
+def test_bad_train_params_fail_before_any_download_or_step(few, tmp_path, model, batch_size, grad_accum, message):
+    from av_grounding.params import ParamsError
+
+    with pytest.raises(ParamsError, match=message):
+        train(TrainParams(model=model, batch_size=batch_size, grad_accum=grad_accum, max_steps=1), FORMAT, few,
+              tmp_path / "out", None, tmp_path / "live")

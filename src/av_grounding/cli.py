@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import warnings
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; exit status 0 when it completed, 2 when a parameter or the input was bad or
     too many of its items failed (one message naming the key or file). Any other exception is a
-    bug and propagates with its traceback."""
+    bug and propagates with its traceback. Warnings (input scored, but maybe not as meant) print
+    as one ``warning:`` line each."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         result = run(argv)
     except PipelineError as exc:

@@ -13,6 +13,7 @@ unparsable prediction is zero boxes for its frame, never a skipped frame.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,11 @@ ScoreSource = Literal["box", "list", "order"]
 
 class EvaluationError(PipelineError, ValueError):
     """Input that cannot be scored; the message names the file or folder and what was expected."""
+
+
+class EvaluationWarning(UserWarning):
+    """Input that is scored, but not as well as it could be (missing or unmatched prediction
+    files, unreadable prediction JSON, image sizes taken from the principal point)."""
 
 
 @dataclass(frozen=True)
@@ -73,19 +79,29 @@ class Frame:
     score_source: ScoreSource | None = None
 
 
-def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int]:
-    """The frame's camera and image size from a ground-truth record; EvaluationError naming
-    ``source`` when neither form of camera description is there."""
-    if "intrinsics" in record and "camera_model" in record:
-        camera = camera_from_record(record["camera_model"], record["intrinsics"])
-        return camera, camera.width, camera.height
-    params = record.get("camera_params")
-    if not isinstance(params, dict) or not {"fx", "fy", "cx", "cy"} <= set(params):
-        raise EvaluationError(f"{source}: needs 'intrinsics' + 'camera_model' or 'camera_params' {{fx, fy, cx, cy}}")
-    # Recipe files carry no image size: the principal point is taken as the image centre.
-    width = int(record.get("width", round(2 * params["cx"])))
-    height = int(record.get("height", round(2 * params["cy"])))
-    return PinholeCamera(params["fx"], params["fy"], params["cx"], params["cy"], width, height), width, height
+def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int, bool]:
+    """The frame's camera, image size and whether that size was taken from the principal point
+    (recipe files carry no image size: the principal point is then taken as the image centre);
+    EvaluationError naming ``source`` when the camera description is missing or unusable."""
+    try:
+        if "intrinsics" in record and "camera_model" in record:
+            camera = camera_from_record(record["camera_model"], record["intrinsics"])
+            return camera, camera.width, camera.height, False
+        params = record.get("camera_params")
+        if not isinstance(params, dict) or not {"fx", "fy", "cx", "cy"} <= set(params):
+            raise EvaluationError(f"{source}: needs 'intrinsics' + 'camera_model' or 'camera_params' {{fx, fy, cx, cy}}")
+        fx, fy, cx, cy = (float(params[k]) for k in ("fx", "fy", "cx", "cy"))
+        guessed = "width" not in record or "height" not in record
+        width = int(record.get("width", round(2 * cx)))
+        height = int(record.get("height", round(2 * cy)))
+        if min(width, height) <= 0 or not all(np.isfinite([fx, fy, cx, cy])):
+            raise EvaluationError(f"{source}: camera {params} with image size {width}x{height} is unusable; give "
+                                  "'width' and 'height'")
+        return PinholeCamera(fx, fy, cx, cy, width, height), width, height, guessed
+    except EvaluationError:
+        raise
+    except (TypeError, ValueError, KeyError, PipelineError) as exc:
+        raise EvaluationError(f"{source}: unusable camera description: {exc}") from None
 
 
 def pinhole_parameters(record: dict[str, Any]) -> dict[str, float] | None:
@@ -126,6 +142,8 @@ def read_ground_truth(path: Path) -> dict[str, Any] | None:
         return None
     for index, item in enumerate(record["annotations"]):
         _, reason = check_box(item)
+        if not reason and min(item["bbox_3d"][3:6]) <= 0:
+            reason = "size_not_positive"
         if reason:
             raise EvaluationError(f"{path}: ground-truth box {index} is invalid ({reason.replace('_', ' ')}): {item!r}")
     return record
@@ -183,7 +201,10 @@ def resolve_scores(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -
                                   f"while other boxes have one")
         return _checked_scores([box["score"] for box in boxes], boxes, path), "box"
     listed = document.get("scores")
-    if isinstance(listed, list) and boxes and len(listed) == len(boxes):
+    if listed is not None and boxes:
+        if not isinstance(listed, list) or len(listed) != len(boxes):
+            raise EvaluationError(f"{path}: 'scores' must be a list of one score per box; it has "
+                                  f"{len(listed) if isinstance(listed, list) else repr(listed)} for {len(boxes)} box(es)")
         return _checked_scores(listed, boxes, path), "list"
     return order_scores(len(boxes)), "order"
 
@@ -194,7 +215,8 @@ def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]
     ``annotations``; a file that is not a JSON object is a failed answer."""
     try:
         document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        warnings.warn(EvaluationWarning(f"{path}: not JSON ({exc}): scored as an unparsable answer"), stacklevel=2)
         return ParsedAnswer(status="failed", valid_json=False), [], "order"
     if not isinstance(document, dict):
         return ParsedAnswer(status="failed", valid_json=False), [], "order"
@@ -216,13 +238,18 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     truth = _ground_truth_files(gt_dir)
     available = _prediction_names(pred_dir, {path.name for path, _ in truth}, gt_dir)
-    frames = []
+    frames, guessed_size = [], []
     for path, record in truth:
-        camera, width, height = camera_of(record, path)
+        camera, width, height, guessed = camera_of(record, path)
+        if guessed:
+            guessed_size.append(path.name)
         codec = record.get("box_codec", default_codec)
         annotations = record["annotations"]
-        gt = box_set([b["label"] for b in annotations], [b["bbox_3d"] for b in annotations],
-                     np.ones(len(annotations)), codec, camera, width, height)
+        try:
+            gt = box_set([b["label"] for b in annotations], [b["bbox_3d"] for b in annotations],
+                         np.ones(len(annotations)), codec, camera, width, height)
+        except ValueError as exc:
+            raise EvaluationError(f"{path}: {exc}") from None
         parsed, scores, source = ParsedAnswer(status="failed", valid_json=False), [], None
         if path.name in available:
             parsed, scores, source = read_prediction(pred_dir / path.name)
@@ -231,4 +258,27 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
         frames.append(Frame(path.stem, camera, width, height, gt, pred, pinhole_parameters(record),
                             parsed.status if source else "missing", parsed.valid_json, parsed.emitted,
                             parsed.dropped, source))
+    _warn_about(gt_dir, pred_dir, {path.name for path, _ in truth}, available, guessed_size)
     return frames
+
+
+def _names(names: set[str] | list[str]) -> str:
+    listed = sorted(names)
+    return ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+
+
+def _warn_about(gt_dir: Path, pred_dir: Path, gt_names: set[str], pred_names: set[str], guessed: list[str]) -> None:
+    """EvaluationWarnings for what is scored but may be a mistake: frames without a prediction
+    file (scored as misses), prediction files no ground truth names (ignored), image sizes taken
+    from the principal point (AP2D rectangles are clipped to that size)."""
+    if gt_names - pred_names:
+        warnings.warn(EvaluationWarning(f"{pred_dir}: no prediction for {len(gt_names - pred_names)} of "
+                                        f"{len(gt_names)} frames, scored as misses: {_names(gt_names - pred_names)}"),
+                      stacklevel=3)
+    if pred_names - gt_names:
+        warnings.warn(EvaluationWarning(f"{pred_dir}: {len(pred_names - gt_names)} file(s) named like no "
+                                        f"ground truth in {gt_dir}, ignored: {_names(pred_names - gt_names)}"),
+                      stacklevel=3)
+    if guessed:
+        warnings.warn(EvaluationWarning(f"{gt_dir}: {len(guessed)} file(s) give no 'width'/'height': image size "
+                                        f"taken as twice the principal point ({_names(guessed)})"), stacklevel=3)

@@ -10,6 +10,8 @@ positions), so Liger's fused linear cross-entropy is not used. Triton kernels ru
 
 from __future__ import annotations
 
+from ..params import ParamsError
+
 # Liger's own choice per architecture: it fuses Qwen3-VL's MLP only in its MoE variant.
 SWIGLU = {"qwen2_5_vl": True, "qwen3_vl": False}
 
@@ -17,8 +19,13 @@ SWIGLU = {"qwen2_5_vl": True, "qwen3_vl": False}
 def use_liger_kernels(model) -> None:
     """Patch ``model`` (a ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration``
     on a CUDA device) in place; the rotary functions are patched in transformers' modeling module,
-    so for every model of that architecture in this process. ValueError for another model type."""
-    from liger_kernel.transformers import apply_liger_kernel_to_qwen2_5_vl, apply_liger_kernel_to_qwen3_vl
+    so for every model of that architecture in this process. ValueError for another model type,
+    ParamsError when liger-kernel is not installed."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen2_5_vl, apply_liger_kernel_to_qwen3_vl
+    except ImportError as exc:
+        raise ParamsError(f"train.fused_kernels liger needs the liger-kernel package (pip install '.[gpu]'): {exc}") \
+            from None
 
     apply = {"qwen2_5_vl": apply_liger_kernel_to_qwen2_5_vl, "qwen3_vl": apply_liger_kernel_to_qwen3_vl}
     kind = model.config.model_type

@@ -229,6 +229,9 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     plan = StepPlan(len(examples), params.batch_size, params.grad_accum, world, params.seed)
+    if plan.per_step > len(examples):
+        raise ParamsError(f"train.batch_size x train.grad_accum x processes = {plan.per_step} samples a step, but "
+                          f"{dataset / 'train'} has {len(examples)} that fit model_max_length")
     total = params.max_steps or params.epochs * plan.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, params))
     setup = Setup(loaded, model, optimizer, scheduler, device, world)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..dataset.prompts import load_prompts
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
-from ..params import FormatParams, TrainParams, with_preset
+from ..params import FormatParams, ParamsError, TrainParams, with_preset
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
 from .cosmos_rl import RUN_FOLDER
 
@@ -48,6 +48,9 @@ def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool
     """The folder or hub id fine-tuning starts from (a built-in model is built there unless
     ``build`` is false: other processes of a distributed launch wait for the first one to build it)."""
     if params.model not in BUILTIN_MODELS:
+        if "/" not in params.model and not Path(params.model).exists():  # a typo, not a download
+            raise ParamsError(f"train.model {params.model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+                              "a local folder or a Hugging Face id (org/name)")
         return params.model
     if build:
         prompts = load_prompts(fmt.prompts)
