@@ -14,9 +14,11 @@
 #   OUT=/tmp/out benchmarks/learning.sh                      # both architectures
 #   ARCHS=qwen3_vl OUT=/tmp/out benchmarks/learning.sh       # one
 # SIZE (small), STEPS (2000) and EXTRA (more -S overrides, word-split) change the runs.
-# The experiments run one after the other in a clone of the checkout ($WORK: nothing else edits
-# their files while they run); the second finds the data stages unchanged and reruns from
-# `format` on. A rerun continues from DVC's cache and the train stage's checkpoints. Results
+# With at least one GPU per architecture the experiments run at the same time, each on its own GPU,
+# in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
+# run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
+# reruns from `format` on. Nothing else edits a clone's files while it runs. A rerun continues
+# from DVC's cache and the train stage's checkpoints. Results
 # (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
 # benchmarks/learning_report.py reads.
 # On the device machine of this workplace the project's dependencies come as wheels in
@@ -39,15 +41,23 @@ if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
   export PATH=/tmp/bin:$PATH
 fi
-cores=$(nproc)
+archs=($ARCHS)
+gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+parallel=$(( gpus >= ${#archs[@]} && ${#archs[@]} > 1 ))
+cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
 
-[ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1  # the committed state: commit before a run
-cd "$WORK" || exit 1
+stamped() {  # each line of the log with the wall-clock time it was written: stage times
+  local line
+  while IFS= read -r line; do printf '%(%T)T %s\n' -1 "$line"; done
+}
 
-run_arch() {  # run_arch <arch>: one experiment; results to $OUT/<size>-<arch>
+run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
   local arch=$1 result=$OUT/$SIZE-$1
+  [ -d "$2" ] || git clone --quiet . "$2" || return 1  # the committed state: commit before a run
+  cd "$2" || return 1
   mkdir -p "$result"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
+    > "$result/gpu.txt" 2>/dev/null
   local params=(
     -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$cores"
     -S extract.skip_frames=1 -S "extract.workers=$cores" -S "transform.workers=$cores" -S "filter.workers=$cores"
@@ -58,8 +68,8 @@ run_arch() {  # run_arch <arch>: one experiment; results to $OUT/<size>-<arch>
     ${EXTRA:-}
   )
   local start=$SECONDS
-  python3 -m dvc exp run -n "learning-$SIZE-$arch" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
-  local code=$?
+  python3 -m dvc exp run -n "learning-$SIZE-$arch" "${params[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
+  local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
   for name in synthesize extract curation validation dataset train infer eval; do
     cp "metrics/$name.json" "$result/" 2>/dev/null
@@ -68,10 +78,18 @@ run_arch() {  # run_arch <arch>: one experiment; results to $OUT/<size>-<arch>
   cp data/predictions/columns.json "$result/" 2>/dev/null
   mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
   tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  mkdir -p "$result/plots" && cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
   return "$code"
 }
 
 code=0
-for arch in $ARCHS; do run_arch "$arch" || code=1; done
+if (( parallel )); then
+  for index in "${!archs[@]}"; do
+    ( export CUDA_VISIBLE_DEVICES=$index; run_arch "${archs[$index]}" "$WORK-${archs[$index]}" ) &
+  done
+  for job in $(jobs -p); do wait "$job" || code=1; done
+else
+  for arch in "${archs[@]}"; do ( run_arch "$arch" "$WORK" ) || code=1; done
+fi
 echo "learning benchmark done, exit $code"
 exit "$code"

@@ -1,11 +1,13 @@
 """Training-step throughput of the hf backend's step, per optimisation, on the same batch and seed.
 
     python benchmarks/train_throughput.py --shape 3b --out benchmarks/results/train_throughput_h200.json
+    python benchmarks/train_throughput.py --shape 4b --out ...   # the Qwen3-VL-4B shape
     python benchmarks/train_throughput.py --shape small-qwen2_5_vl --batch-size 32 --out ...
     python benchmarks/train_throughput.py --shape tiny-qwen2_5_vl --device cpu --steps 3 --out /tmp/t.json  # dry run
 
 Builds the real model class at a shape from its config (``3b``: the Qwen2.5-VL-3B shape, 3.75B
-parameters, baseline figures in docs/recipe.md#reference-figures; or any built-in model name),
+parameters, baseline figures in docs/recipe.md#reference-figures; ``4b``: the Qwen3-VL-4B shape; or
+any built-in model name),
 random weights, and times the step `train` runs: answer-only loss (``training.collate.answer_loss``),
 AdamW, gradient clipping. Samples are 1078 tokens, 576 of them image tokens (a 672x672 image, 48x48
 patches), with a 200-token answer. Each variant switches one more optimisation on, as the train
@@ -51,20 +53,33 @@ VARIANTS = (
 
 
 def config_of(shape: str):
-    from transformers import Qwen2_5_VLConfig
+    """``3b``: the Qwen2.5-VL-3B shape; ``4b``: the Qwen3-VL-4B shape (both from their published configs);
+    else a built-in model name."""
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
     from av_grounding.models.builtin import builtin_config
 
-    if shape != "3b":
-        return builtin_config(shape)
-    return Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                           fullatt_block_indexes=[7, 15, 23, 31], window_size=112),
-        image_token_id=IMAGE_PAD, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
-        tie_word_embeddings=True)
+    special = dict(image_token_id=IMAGE_PAD, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+                   tie_word_embeddings=True)
+    if shape == "3b":
+        return Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                             num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                              "mrope_section": [16, 24, 24]}),
+            vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                               fullatt_block_indexes=[7, 15, 23, 31], window_size=112),
+            **special)
+    if shape == "4b":
+        return Qwen3VLConfig(
+            text_config=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                             rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                              "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
+            vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
+                               patch_size=16, num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17]),
+            **special)
+    return builtin_config(shape)
 
 
 def batch(size: int, patch: int, device: str, grid: int = 48) -> dict[str, torch.Tensor]:
@@ -92,7 +107,8 @@ def build(shape: str, variant: Variant, device: str):
 
     torch.manual_seed(0)
     dtype = torch.float32 if variant.master_fp32 else torch.bfloat16
-    model = AutoModelForImageTextToText.from_config(config_of(shape), dtype=dtype, attn_implementation="sdpa").to(device)
+    with torch.device(device):  # random init on the device itself: seconds instead of minutes for 3.75B parameters
+        model = AutoModelForImageTextToText.from_config(config_of(shape), dtype=dtype, attn_implementation="sdpa")
     if variant.vision_attention == "packed":
         use_packed_vision_attention(model)
     if variant.fused_kernels == "liger":
@@ -173,7 +189,7 @@ def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_p
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--shape", default="3b", help="3b or a built-in model name (small-qwen3_vl, ...)")
+    parser.add_argument("--shape", default="3b", help="3b, 4b or a built-in model name (small-qwen3_vl, ...)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cuda")
@@ -192,16 +208,16 @@ def main() -> None:
         profile = args.profile and index in (0, len(chosen) - 1)
         try:
             result = run(args.shape, variant, args.batch_size, args.steps, args.device, profile)
-        except torch.OutOfMemoryError as exc:
-            result = {**asdict(variant), "error": f"out of memory: {str(exc)[:120]}"}
+        except Exception as exc:  # one variant failing (out of memory, a kernel's version) leaves the others
+            result = {**asdict(variant), "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         base = report["runs"][0] if report["runs"] else result
         if "first_loss" in result and "first_loss" in base:
             result["loss_rel_diff"] = abs(result["first_loss"] - base["first_loss"]) / abs(base["first_loss"])
             result["grad_norm_rel_diff"] = abs(result["first_grad_norm"] - base["first_grad_norm"]) / base["first_grad_norm"]
         report["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=2)
+        with open(args.out, "w") as handle:  # after every variant: a run stopped early keeps what it measured
+            json.dump(report, handle, indent=2)
 
 
 if __name__ == "__main__":
