@@ -11,7 +11,7 @@ import pytest
 from av_grounding.curation.filters import covered_fraction, decide, ray_box_entry
 from av_grounding.curation.records import RecordsError, read_records, write_records
 from av_grounding.curation.transform import transform_record
-from av_grounding.curation.validate import ValidationError, validate
+from av_grounding.curation.validate import ValidationError, check_record, encoded_corners, validate
 from av_grounding.geometry.boxes import Box3D
 from av_grounding.geometry.codecs import CODECS
 from av_grounding.geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, make_pose, rot_z
@@ -152,6 +152,33 @@ def test_validate_fails_on_a_misplaced_box(curated, tmp_path):
     summary = json.loads((tmp_path / "v.json").read_text())
     assert summary["max_residual_px"] > 0.5 and summary["problems"]["residual"] == summary["boxes_failed"] > 0
     assert summary["worst"][0]["residual_px"] == summary["max_residual_px"]
+
+
+# A bus beside the cross-left camera, one corner 12 cm in front of the camera plane (from the
+# learning benchmark's clip 148, frame 14): that corner projects to about (-20290, -4079) px.
+BESIDE_CAMERA = {
+    "clip_id": "c", "camera": "camera_cross_left_120fov", "frame_index": 14, "box_codec": "cosmos",
+    "camera_model": "pinhole", "width": 640, "height": 360,
+    "intrinsics": [312.8333333333333, 312.8333333333333, 321.6333333333333, 248.13333333333333, 640.0, 360.0],
+    "camera_to_world": np.eye(4).tolist(),
+    "objects": [{"track_id": "14", "object_type": "Bus", "bbox_3d": [-4.237592, -0.0985, 4.468893, 11.312, 2.597, 3.197, 0.0, -2.191592, 0.0],
+                 "object_lwh": [11.312, 2.597, 3.197], "object_to_world": np.eye(4).tolist()}]}
+
+
+@pytest.mark.parametrize("corner, fails", [(0, False), (2, True)], ids=["far_off_image", "in_image"])
+def test_validate_residual_counts_corners_near_the_image_only(corner, fails):
+    """A 0.9 px difference 20,000 px off the image is rounding (a relative 5e-5); in the image it is an error."""
+    from av_grounding.geometry.cameras import camera_from_record
+
+    record = json.loads(json.dumps(BESIDE_CAMERA))
+    camera = camera_from_record("pinhole", record["intrinsics"])
+    pixels = camera.project(encoded_corners(record["objects"][0], "cosmos"))
+    assert pixels[0, 0] < -30 * 640 and 0 <= pixels[2, 0] <= 640 and 0 <= pixels[2, 1] <= 360
+    pixels[corner] += [0.9, 0.0]
+    record["objects"][0]["render_truth"] = {"corners_px": pixels.tolist()}
+    [finding] = check_record(record, max_residual_px=0.5)
+    assert (finding.problem is not None) == fails
+    assert finding.residual_px == pytest.approx(0.9 if fails else 0.0, abs=1e-6)
 
 
 def without_truth(records):
