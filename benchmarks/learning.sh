@@ -36,7 +36,7 @@ export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMIT
 if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
 fi
-[ -d /tmp/proj ] && export PYTHONPATH=/tmp/proj${PYTHONPATH:+:$PYTHONPATH}
+[ -d /tmp/proj ] && export PYTHONPATH=src:/tmp/proj${PYTHONPATH:+:$PYTHONPATH}  # src: each clone's own package, not installed there
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
   export PATH=/tmp/bin:$PATH

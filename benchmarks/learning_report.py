@@ -39,11 +39,11 @@ def curve(folder: Path, metric: str) -> pd.DataFrame:
     return pd.read_csv(folder / "curves" / f"{metric}.tsv", sep="\t")
 
 
-def goal_table(final: dict) -> str:
+def goal_table(column: dict) -> str:
     rows = []
     for path, goal in GOALS.items():
-        value = lookup(final, path)
-        rows.append({"metric": GOAL_NAMES[path], "goal": goal, "final": value,
+        value = lookup(column, path)
+        rows.append({"metric": GOAL_NAMES[path], "goal": goal, "value": value,
                      "reached": "yes" if value is not None and value >= goal else "no"})
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n"
 
@@ -73,16 +73,23 @@ def plot(folder: Path, results: dict, steps: dict, image: Path) -> None:
     plt.close(figure)
 
 
+def inference_line(folder: Path, params: dict) -> str:
+    """Batch and speed per column from ``infer.json``; a run stopped during `infer` has none."""
+    if not (folder / "infer.json").exists():
+        return f"- Inference: greedy, batch {params['infer']['batch_size']} (speeds: see the notes)."
+    speed = ", ".join(f"{c} {v['images_per_s']:.1f} images/s" for c, v in read(folder, "infer.json").items())
+    return f"- Inference: greedy, batch {params['infer']['batch_size']}, {speed}."
+
+
 def run_section(folder: Path, image: Path, link: str) -> str:
     results, steps = read(folder, "eval.json"), read(folder, "columns.json")
-    train, infer, dataset, params = (read(folder, n) for n in ("train.json", "infer.json", "dataset.json", "params.yaml"))
+    train, dataset, params = (read(folder, n) for n in ("train.json", "dataset.json", "params.yaml"))
     samples_per_s = curve(folder, "samples_per_s")["samples_per_s"]
     plot(folder, results, steps, image)
     fmt, tp = params["format"], params["train"]
     image_tokens = dataset["tokens"]["image_per_frame"][fmt["model_family"]]["mean"]
-    speed = ", ".join(f"{c} {v['images_per_s']:.1f} images/s" for c, v in infer.items())
     architecture = folder.name.split("-", 1)[1]
-    final = results["final"]
+    last = max(steps, key=lambda column: (steps[column], column == "final"))  # the final model where evaluated
     lines = [
         f"## {ARCHITECTURES.get(architecture, architecture)}: `{tp['model']}`\n",
         f"- Data: {dataset['samples']['train']:,} training frames from {dataset['clips']['train']} clips, "
@@ -97,11 +104,11 @@ def run_section(folder: Path, image: Path, link: str) -> str:
         f"{train['steps'] * tp['batch_size'] / samples_per_s.median() / 60:.1f} minutes of steps"
         f"{'; peak GPU memory %s GiB' % train['peak_gpu_memory_gib'] if train['peak_gpu_memory_gib'] else ''}; "
         f"final loss {curve(folder, 'loss')['loss'].iloc[-50:].mean():.3f} (mean of the last 50 steps).",
-        f"- Inference: greedy, batch {params['infer']['batch_size']}, {speed}.",
+        inference_line(folder, params),
         "",
         results_markdown(results, steps).replace("# Results by training step", "### Results by training step"),
-        "### Against the goal (final model)\n",
-        goal_table(final),
+        f"### Against the goal ({'final model' if last == 'final' else f'last evaluated model, step {steps[last]}'})\n",
+        goal_table(results[last]),
         f"![{folder.name}]({link})\n",
     ]
     notes = folder / "notes.md"
