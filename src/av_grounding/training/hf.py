@@ -2,10 +2,12 @@
 
 Assistant-only loss, AdamW with linear warmup and cosine decay, gradient clipping and
 accumulation, full fine-tuning with switches for vision tower / projector / language model or
-LoRA (peft), bf16 autocast and gradient checkpointing on GPUs, DeepSpeed ZeRO-3 over the GPUs of
-a torchrun launch (``train.deepspeed``, see zero3.py). The loop is ``loop.Trainer``; this module
-builds the model, optimizer and data, and holds the two execution paths (``SingleProcessTrainer``,
-``ZeRO3Trainer``). Checkpoints are Hugging Face folders (weights, tokenizer, image processor)
+LoRA (peft), bf16 autocast and gradient checkpointing on GPUs; under torchrun, data parallel
+(PyTorch DistributedDataParallel) or DeepSpeed ZeRO-3 (``train.deepspeed``, see zero3.py). The loop is ``loop.Trainer``; this module
+builds the model, optimizer and data, and holds the three execution paths: one process
+(``SingleProcessTrainer``), data parallel over the processes of a torchrun launch
+(``DataParallelTrainer``: a whole replica per GPU, for models that fit one) and DeepSpeed ZeRO-3
+(``ZeRO3Trainer``: for models that do not). Checkpoints are Hugging Face folders (weights, tokenizer, image processor)
 plus ``trainer_state.pt``; a rerun resumes from the newest complete one and ends with the same
 weights as an uninterrupted run. DVCLive logs loss, learning rate, gradient norm, samples/s and
 tokens/s per optimizer step.
@@ -13,6 +15,7 @@ tokens/s per optimizer step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -26,6 +29,7 @@ from ..dataset.formats import read_cosmos
 from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
+from . import distributed
 from .collate import BudgetError, Encoder, answer_loss, within_budget
 from .data import StepPlan, loader_workers, step_loader
 from .loop import (STATE_FILE, CheckpointHook, LiveHook, Trainer, latest_checkpoint, save_folder)
@@ -102,20 +106,30 @@ class SingleProcessTrainer(Trainer):
         self.setup, self.params = setup, params
         self.trainable = [p for p in setup.model.parameters() if p.requires_grad]
         self.autocast = setup.device != "cpu" and params.bf16
+        self.forward_model = setup.model  # what computes the loss (a wrapper of the model in data parallel)
+
+    def accumulating(self, index: int, count: int):
+        """The context of micro-batch ``index`` of ``count``'s forward and backward."""
+        return contextlib.nullcontext()
+
+    def over_processes(self, loss: torch.Tensor, samples: int, tokens: int) -> tuple[float, int, int]:
+        """The step's mean loss, samples and tokens over all processes (here: one)."""
+        return float(loss), samples, tokens
 
     def run_step(self, micro_batches):
         s = self.setup
         losses, tokens, samples = [], 0, 0
         lr = s.scheduler.get_last_lr()[0]
-        for batch in micro_batches:
+        for index, batch in enumerate(micro_batches):
             batch = _to_device(batch, s.device)
             tokens, samples = tokens + _tokens(batch), samples + len(batch["input_ids"])
-            with torch.autocast(device_type=s.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-                loss, _ = answer_loss(s.model, batch)
-            (loss / len(micro_batches)).backward()
+            with self.accumulating(index, len(micro_batches)):
+                with torch.autocast(device_type=s.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+                    loss, _ = answer_loss(self.forward_model, batch)
+                (loss / len(micro_batches)).backward()
             losses.append(loss.detach())
+        loss, samples, tokens = self.over_processes(torch.stack(losses).float().mean(), samples, tokens)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.params.grad_clip))
-        loss = float(torch.stack(losses).float().mean())
         if math.isfinite(grad_norm) and math.isfinite(loss):
             s.optimizer.step()
         s.scheduler.step()
@@ -137,6 +151,40 @@ class SingleProcessTrainer(Trainer):
         self.setup.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.nonfinite_steps = state["step"], state["nonfinite_steps"]
+
+
+class DataParallelTrainer(SingleProcessTrainer):
+    """Every process of a torchrun launch without DeepSpeed: a whole replica of the model per
+    process (PyTorch ``DistributedDataParallel``; NCCL on GPUs, gloo on CPUs), each on its own
+    micro-batches of the step (``StepPlan``); the last micro-batch's backward averages the
+    gradients over the processes, so every replica clips and steps alike. With ``batch_size`` b
+    on N processes a step equals one process's step at ``batch_size`` b and ``grad_accum`` N
+    (same samples, same loss). Rank 0 writes checkpoints and the final model."""
+
+    def __init__(self, setup: Setup, params: TrainParams, **kwargs):
+        super().__init__(setup, params, **kwargs)
+        from torch.nn.parallel import DistributedDataParallel
+
+        devices = None if setup.device == "cpu" else [torch.device(setup.device).index]
+        self.forward_model = DistributedDataParallel(setup.model, device_ids=devices)
+
+    def accumulating(self, index: int, count: int):
+        """Gradients stay local until the step's last micro-batch (then one all-reduce)."""
+        return self.forward_model.no_sync() if index < count - 1 else contextlib.nullcontext()
+
+    def over_processes(self, loss: torch.Tensor, samples: int, tokens: int) -> tuple[float, int, int]:
+        samples, tokens = distributed.sum_over_processes([samples, tokens], self.setup.device)
+        return float(distributed.mean_over_processes(loss)), samples, tokens
+
+    def save_checkpoint(self, folder: Path) -> None:
+        if self.rank == 0:
+            super().save_checkpoint(folder)
+        distributed.barrier()
+
+    def save_model(self, folder: Path) -> None:
+        if self.rank == 0:
+            super().save_model(folder)
+        distributed.barrier()
 
 
 class ZeRO3Trainer(Trainer):
@@ -173,7 +221,7 @@ class ZeRO3Trainer(Trainer):
         state = ds.full_state_dict(self.engine)  # collective: every rank takes part
         if self.rank == 0:
             save_folder(s.loaded.model, s.loaded.tokenizer, s.loaded.image_processor, folder, state_dict=state)
-        ds.barrier()
+        distributed.barrier()
         self.engine.save_checkpoint(str(folder / "deepspeed"), client_state={"step": self.step})
         if self.rank == 0:
             marker = io.BytesIO()
@@ -207,6 +255,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
         device = f"cuda:{local_rank}"
         ds_config = ds.load_config(params.deepspeed, params, world)
         sharding = ds.sharded_loading(ds_config)  # noqa: F841 (must outlive from_pretrained)
+    elif distributed.launched():
+        rank, world, device = distributed.join()
     else:
         rank, world = 0, 1
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -240,6 +290,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
                   hooks=hooks, rank=rank)
     if zero3:
         trainer = ZeRO3Trainer(setup, ds.initialize(model, optimizer, scheduler, ds_config), **common)
+    elif world > 1:
+        trainer = DataParallelTrainer(setup, params, **common)
     else:
         trainer = SingleProcessTrainer(setup, params, **common)
     if resume_from is not None:

@@ -25,6 +25,7 @@ from ..dataset.prompts import load_prompts
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams, with_preset
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
+from . import distributed
 from .cosmos_rl import RUN_FOLDER
 
 INPUTS = "inputs.json"
@@ -78,6 +79,16 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
         write_json(output / INPUTS, inputs)
 
 
+def join_launch(params: TrainParams) -> int:
+    """This process's rank in its torchrun launch, the process group joined (by DeepSpeed with
+    ``train.deepspeed``)."""
+    if params.deepspeed is not None:
+        from . import zero3
+
+        return zero3.distributed_context()[0]
+    return distributed.join()[0]
+
+
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train")) -> dict[str, Any]:
     params = resolved(params)
@@ -85,12 +96,10 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
     inputs = training_inputs(params, fmt, dataset)
     if int(os.environ.get("RANK", "0")) == 0:
         start_or_resume(inputs, output)
-    if params.backend == "hf" and params.deepspeed is not None:
-        from . import zero3
-
-        rank, _, _ = zero3.distributed_context()
+    if params.backend == "hf" and (params.deepspeed is not None or distributed.launched()):
+        rank = join_launch(params)
         base = base_model(params, fmt, output, build=rank == 0)
-        zero3.barrier()
+        distributed.barrier()
     else:
         base = base_model(params, fmt, output)
     if params.backend == "hf":

@@ -34,12 +34,6 @@ def distributed_context() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
 
 
-def barrier() -> None:
-    import torch.distributed
-
-    torch.distributed.barrier()
-
-
 def load_config(path: str, params: TrainParams, world: int) -> dict[str, Any]:
     """The DeepSpeed config with its "auto" values taken from the train params."""
     try:
