@@ -3,14 +3,14 @@
 # and global batch (32 samples a step), the throughput optimisations on (packed vision attention,
 # Liger kernels, no gradient checkpointing):
 #   one-gpu           1 process,  batch 16 x grad_accum 2 (the same samples and loss per step as 2 x 16)
-#   ddp-2gpu          torchrun, 2 processes x batch 16, data parallel (DistributedDataParallel)
-#   zero3-2gpu        torchrun, 2 processes x batch 16, DeepSpeed ZeRO-3
+#   ddp-2gpu          train.gpus 2 (the stage starts 2 processes under torchrun) x batch 16, data parallel
+#   zero3-2gpu        train.gpus 2 x batch 16, DeepSpeed ZeRO-3
 #   one-gpu-b32       1 process,  batch 32 (the learning benchmark's setting)
 #   cosmos-rl-1gpu    backend cosmos-rl, 1 GPU, batch 32             (when .whl/cosmos/ is here)
 #   cosmos-rl-2gpu    backend cosmos-rl, dp_shard_size 2, 2 x batch 16
 # then the Qwen2.5-VL-3B shape (random init, benchmarks/shape_model.py), batch 4 a step:
 #   3b-one-gpu        1 process,  batch 4
-#   3b-zero3-2gpu     torchrun, 2 processes x batch 2, DeepSpeed ZeRO-3
+#   3b-zero3-2gpu     train.gpus 2 x batch 2, DeepSpeed ZeRO-3
 # Data: 42 synthetic clips x 5 cameras x 2 s at 10 fps, every frame (4,000 training frames from 40
 # clips), built by the stage scripts with the parameters written to $WORK/params.yaml.
 # Results (per run: metrics JSON, stage log, loss and samples/s curves) go to $OUT;
@@ -42,7 +42,6 @@ if [ -d .whl/project ] && ! python3 -c "import dvclive, av" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 [ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
-source benchmarks/cosmos_rl_env.sh
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>/dev/null
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   > "$OUT/versions.txt"
@@ -95,14 +94,14 @@ train_run() {  # train_run <name> <launcher and stage args...>: one run of the t
 make_data || exit 1
 fast=(--fused-kernels liger --vision-attention packed --gradient-checkpointing false)
 [ "$DEVICE" = cpu ] && fast=(--vision-attention packed)
-two=(python3 -m torch.distributed.run --standalone --nproc_per_node 2)
 small=(stages/train.py --model "$MODEL" --max-steps "$STEPS" "${fast[@]}")
 zero3=(--deepspeed configs/deepspeed_zero3.json)
 
 CUDA_VISIBLE_DEVICES=0 train_run one-gpu python3 "${small[@]}" --batch-size 16 --grad-accum 2
-train_run ddp-2gpu "${two[@]}" "${small[@]}" --batch-size 16
-[ "$DEVICE" = cpu ] || train_run zero3-2gpu "${two[@]}" "${small[@]}" --batch-size 16 "${zero3[@]}"
+train_run ddp-2gpu python3 "${small[@]}" --gpus 2 --batch-size 16
+[ "$DEVICE" = cpu ] || train_run zero3-2gpu python3 "${small[@]}" --gpus 2 --batch-size 16 "${zero3[@]}"
 CUDA_VISIBLE_DEVICES=0 train_run one-gpu-b32 python3 "${small[@]}" --batch-size 32
+source benchmarks/cosmos_rl_env.sh  # here, not at the start: its wheels may arrive while the runs above train
 if [ -n "$COSMOS_RL" ]; then
   cosmos=(--backend cosmos-rl --cosmos-rl-executable "$COSMOS_RL")
   CUDA_VISIBLE_DEVICES=0 train_run cosmos-rl-1gpu python3 "${small[@]}" "${cosmos[@]}" --gpus 1 --batch-size 32
@@ -112,6 +111,6 @@ if [ "$DEVICE" != cpu ] && { wanted 3b-one-gpu || wanted 3b-zero3-2gpu; }; then
   [ -f "$WORK/m3b/config.json" ] || python3 benchmarks/shape_model.py 3b "$WORK/m3b" > "$OUT/model-3b.log" 2>&1
   large=(stages/train.py --model "$WORK/m3b" --max-steps "$STEPS_3B" "${fast[@]}" --lr 0.00001)
   CUDA_VISIBLE_DEVICES=0 train_run 3b-one-gpu python3 "${large[@]}" --batch-size 4
-  train_run 3b-zero3-2gpu "${two[@]}" "${large[@]}" --batch-size 2 "${zero3[@]}"
+  train_run 3b-zero3-2gpu python3 "${large[@]}" --gpus 2 --batch-size 2 "${zero3[@]}"
 fi
 echo "scale benchmark done"

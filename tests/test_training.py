@@ -4,7 +4,9 @@ positions and generation agree; a killed run resumes to the same weights."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from av_grounding.params import ParamsError, TrainParams
 from av_grounding.storage import is_partial
 from av_grounding.training.collate import IGNORE, Encoder, collate
 from av_grounding.training.loop import STATE_FILE
-from av_grounding.training.train import train
+from av_grounding.training.train import LaunchError, train
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT = TRAINING_FORMAT
@@ -183,6 +185,47 @@ def test_two_data_parallel_processes_equal_one_process_accumulating_their_batche
     assert moved > 0 and apart / moved < 1e-3
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_000002"]
     assert (tmp_path / "two" / "checkpoints" / "step_000002" / STATE_FILE).exists()
+
+
+@pytest.mark.slow
+def test_train_gpus_starts_its_own_processes_under_torchrun(few, tmp_path, capfd):
+    """`dvc exp run -S train.gpus=2` with the hf backend: the stage runs itself as two processes
+    (gloo here) and reports rank 0's summary; a failure in them is one error with their status."""
+    summary = train(TrainParams(gpus=2, max_steps=2, batch_size=1, save_every=0), FORMAT, few, tmp_path / "out",
+                    tmp_path / "m.json", tmp_path / "live")
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert json.loads((tmp_path / "m.json").read_text()) == summary
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+    assert len(loss_curve(tmp_path / "live")) == 2
+    capfd.readouterr()
+    with pytest.raises(LaunchError, match=r"train.gpus 2: the training processes under torchrun exited with status 1"):
+        train(TrainParams(gpus=2, max_steps=2, batch_size=2, save_every=0), FORMAT, few, tmp_path / "bad", None,
+              tmp_path / "live-bad")  # 2 processes x 2 samples: more than the 3 training samples
+    assert "error: train.batch_size x train.grad_accum x processes = 4 samples a step" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_killing_a_train_gpus_launch_ends_torchrun_and_its_processes(few, tmp_path):
+    from test_executors import alive, children, wait_for
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
+    main = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
+                             "--dataset", str(few), "--gpus", "2", "--max-steps", "100000", "--batch-size", "1",
+                             "--save-every", "0", "--output", str(tmp_path / "out"), "--live", str(tmp_path / "live"),
+                             "--metrics", str(tmp_path / "m.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: list[int] = []
+    try:
+        started = wait_for(lambda: children(main.pid), "torchrun")
+        started += wait_for(lambda: len(found := children(started[0])) >= 2 and found, "two training processes")
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=60)
+        wait_for(lambda: not any(alive(pid) for pid in started), f"torchrun and its processes {started} to exit")
+    finally:
+        main.kill()
+        for pid in filter(alive, started):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

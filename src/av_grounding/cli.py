@@ -145,3 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"{len(failures)} item(s) failed; the rest completed", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # python -m av_grounding.cli STAGE ... (how train.gpus starts its processes)
+    sys.exit(main())

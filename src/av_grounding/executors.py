@@ -119,16 +119,22 @@ def _in_process(fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Sett
             yield index, None, exc
 
 
+def signal_on_parent_death(signum: int) -> bool:
+    """Ask the kernel to send this process ``signum`` when its parent dies, SIGKILL of the parent
+    included (Linux ``prctl(PR_SET_PDEATHSIG)``); False where that cannot be asked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum) == 0
+
+
 def _exit_with_parent(parent: int) -> None:
     """Pool worker initializer: end this worker when ``parent`` dies, SIGKILL included. On Linux
-    the kernel sends it SIGKILL then (``prctl(PR_SET_PDEATHSIG)``), even while it is blocked in
-    C code; elsewhere a daemon thread watches for its parent process id to change."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
-            if os.getppid() != parent:  # the parent died before the request took effect
-                os._exit(1)
-            return
+    the kernel sends it SIGKILL then, even while it is blocked in C code; elsewhere a daemon
+    thread watches for its parent process id to change."""
+    if signal_on_parent_death(signal.SIGKILL):
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+        return
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -225,7 +225,8 @@ class TrainParams(Checked):
                                       "(it needs transformers<5, av<19)")
     cosmos_rl_hf_model: bool = param(True, "cosmos-rl trains its wrapper of the Hugging Face class (sdpa) "
                                      "instead of its native model (needs flash-attn)")
-    gpus: int = param(1, "GPUs of one cosmos-rl run (its data-parallel shards)", minimum=1)
+    gpus: int = param(1, "GPUs of one run: cosmos-rl's data-parallel shards; the hf backend starts this many "
+                         "processes under torchrun (data parallel, or ZeRO-3 with train.deepspeed)", minimum=1)
     model: str = param("tiny-qwen2_5_vl", "a built-in model, <size>-<architecture> with size tiny (CPU tests), small "
                        "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
                        "Reason 2), randomly initialised; or a Hugging Face id or a local folder")

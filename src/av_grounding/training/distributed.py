@@ -11,8 +11,22 @@ how the tests run two processes on a machine without a GPU.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import torch
+
+from ..executors import signal_on_parent_death
+
+
+def run_under_torchrun(processes: int, argv: list[str]) -> int:
+    """Run ``av-grounding <argv>`` as ``processes`` processes of one torchrun launch on this
+    machine (rendezvous on localhost) and wait; returns torchrun's exit status. If this process
+    dies, even by SIGKILL, torchrun gets SIGTERM and ends its processes: none runs on orphaned."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "av_grounding.cli", *argv]
+    return subprocess.run(command, preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM)).returncode
 
 
 def launched() -> bool:

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..dataset.prompts import load_prompts
+from ..errors import PipelineError
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams, with_preset
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
@@ -79,6 +84,30 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
         write_json(output / INPUTS, inputs)
 
 
+class LaunchError(PipelineError, RuntimeError):
+    """The processes a ``train.gpus`` launch started did not all complete (their own messages
+    are printed above this one)."""
+
+
+def train_processes(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None,
+                    live: Path) -> dict[str, Any]:
+    """``train.gpus`` processes of this stage under torchrun (one per GPU: data parallel, or
+    ZeRO-3 with ``train.deepspeed``), given these parameters through a temporary params file;
+    returns rank 0's summary. What ``dvc exp run -S train.gpus=N`` runs with the hf backend."""
+    with tempfile.TemporaryDirectory(prefix="train-launch-") as tmp:
+        params_file, summary = Path(tmp) / "params.yaml", Path(metrics) if metrics else Path(tmp) / "train.json"
+        plain = json.loads(json.dumps({"train": dataclasses.asdict(params), "format": dataclasses.asdict(fmt)},
+                                      default=str))  # tuples as lists, paths as strings; floats unrounded
+        params_file.write_text(yaml.safe_dump(plain, sort_keys=False))
+        status = distributed.run_under_torchrun(params.gpus, [
+            "train", "--params", str(params_file), "--dataset", str(dataset), "--output", str(output),
+            "--metrics", str(summary), "--live", str(live)])
+        if status != 0:
+            raise LaunchError(f"train.gpus {params.gpus}: the training processes under torchrun exited with "
+                              f"status {status}")
+        return json.loads(summary.read_text())
+
+
 def join_launch(params: TrainParams) -> int:
     """This process's rank in its torchrun launch, the process group joined (by DeepSpeed with
     ``train.deepspeed``)."""
@@ -91,6 +120,8 @@ def join_launch(params: TrainParams) -> int:
 
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train")) -> dict[str, Any]:
+    if params.backend == "hf" and params.gpus > 1 and not distributed.launched():
+        return train_processes(params, fmt, dataset, output, metrics, live)
     params = resolved(params)
     rank = 0
     inputs = training_inputs(params, fmt, dataset)
