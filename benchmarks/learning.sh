@@ -18,7 +18,8 @@
 # in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
 # run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
 # reruns from `format` on. Nothing else edits a clone's files while it runs. A rerun continues
-# from DVC's cache and the train stage's checkpoints. Results
+# from DVC's cache and the train stage's checkpoints in the clone it finds (delete the clone to run
+# a newer commit). Results
 # (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
 # benchmarks/learning_report.py reads.
 # On the device machine of this workplace the project's dependencies come as wheels in
@@ -36,7 +37,8 @@ export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMIT
 if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
 fi
-[ -d /tmp/proj ] && export PYTHONPATH=src:/tmp/proj${PYTHONPATH:+:$PYTHONPATH}  # src: each clone's own package, not installed there
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
+[ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
   export PATH=/tmp/bin:$PATH
@@ -48,7 +50,7 @@ cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
 
 stamped() {  # each line of the log with the wall-clock time it was written: stage times
   local line
-  while IFS= read -r line; do printf '%(%T)T %s\n' -1 "$line"; done
+  while IFS= read -r line || [ -n "$line" ]; do printf '%(%T)T %s\n' -1 "$line"; done
 }
 
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
@@ -84,8 +86,9 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
 
 code=0
 if (( parallel )); then
+  IFS=, read -ra devices <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((gpus - 1)))}"
   for index in "${!archs[@]}"; do
-    ( export CUDA_VISIBLE_DEVICES=$index; run_arch "${archs[$index]}" "$WORK-${archs[$index]}" ) &
+    ( export CUDA_VISIBLE_DEVICES=${devices[$index]}; run_arch "${archs[$index]}" "$WORK-${archs[$index]}" ) &
   done
   for job in $(jobs -p); do wait "$job" || code=1; done
 else

@@ -19,6 +19,8 @@
 # Usage, on a machine with 2 GPUs, from the repository root (.whl/project/ and, for the cosmos-rl
 # runs, .whl/cosmos/ as benchmarks/*wheels.txt say; elsewhere `pip install -e .[gpu]`):
 #   OUT=/tmp/out benchmarks/scale_gpus.sh
+# (about 15 minutes on 2 x H200: through the device tool, start it in the background with setsid
+# and read $OUT from later calls). Every run starts from scratch; the data is built once in $WORK.
 # STEPS (300), STEPS_3B (30), MODEL (small-qwen2_5_vl), CLIPS (42) and RUNS (a space-separated subset of the
 # names above) change it. On a machine without GPUs, DEVICE=cpu MODEL=tiny-qwen2_5_vl runs the
 # same plumbing (gloo instead of NCCL; no DeepSpeed, cosmos-rl or 3B runs).
@@ -79,13 +81,17 @@ PY
   cp "$WORK/dataset.json" "$OUT/dataset.json"
 }
 
-train_run() {  # train_run <name> <launcher and stage args...>: one run of the train stage
-  local name=$1 start=$SECONDS
+status=0
+train_run() {  # train_run <name> <launcher and stage args...>: one run of the train stage, from scratch
+  local name=$1 start=$SECONDS code
   shift
   wanted "$name" || return 0
+  rm -rf "$WORK/$name" "$WORK/live-$name" "$OUT/$name.json" "$OUT/$name"-*.tsv  # no earlier run's numbers
   timeout 900 "$@" --params "$PARAMS" --dataset "$DATA/dataset" --output "$WORK/$name" --metrics "$OUT/$name.json" \
     --live "$WORK/live-$name" --save-every 0 > "$OUT/$name.log" 2>&1
-  echo "$name exit $? after $((SECONDS - start)) s" | tee -a "$OUT/runs.txt"
+  code=$?
+  [ "$code" = 0 ] || status=1
+  echo "$name exit $code after $((SECONDS - start)) s" | tee -a "$OUT/runs.txt"
   for curve in loss samples_per_s; do
     cp "$WORK/live-$name/plots/metrics/train/$curve.tsv" "$OUT/$name-$curve.tsv" 2>/dev/null
   done
@@ -108,9 +114,15 @@ if [ -n "$COSMOS_RL" ]; then
   train_run cosmos-rl-2gpu python3 "${small[@]}" "${cosmos[@]}" --gpus 2 --batch-size 16
 fi
 if [ "$DEVICE" != cpu ] && { wanted 3b-one-gpu || wanted 3b-zero3-2gpu; }; then
-  [ -f "$WORK/m3b/config.json" ] || python3 benchmarks/shape_model.py 3b "$WORK/m3b" > "$OUT/model-3b.log" 2>&1
-  large=(stages/train.py --model "$WORK/m3b" --max-steps "$STEPS_3B" "${fast[@]}" --lr 0.00001)
-  CUDA_VISIBLE_DEVICES=0 train_run 3b-one-gpu python3 "${large[@]}" --batch-size 4
-  train_run 3b-zero3-2gpu python3 "${large[@]}" --gpus 2 --batch-size 2 "${zero3[@]}"
+  if ls "$WORK"/m3b/model*.safetensors* >/dev/null 2>&1 \
+     || python3 benchmarks/shape_model.py 3b "$WORK/m3b" > "$OUT/model-3b.log" 2>&1; then
+    large=(stages/train.py --model "$WORK/m3b" --max-steps "$STEPS_3B" "${fast[@]}" --lr 0.00001)
+    CUDA_VISIBLE_DEVICES=0 train_run 3b-one-gpu python3 "${large[@]}" --batch-size 4
+    train_run 3b-zero3-2gpu python3 "${large[@]}" --gpus 2 --batch-size 2 "${zero3[@]}"
+  else
+    echo "3B model build failed: $OUT/model-3b.log" | tee -a "$OUT/runs.txt"
+    status=1
+  fi
 fi
-echo "scale benchmark done"
+echo "scale benchmark done, exit $status"
+exit "$status"

@@ -248,5 +248,5 @@ def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, da
     # The resumable state (optimizer, full precision weights) is only needed by a crashed run.
     shutil.rmtree(run / OUTPUTS, ignore_errors=True)
     return {"steps": last, "samples": budget["samples"], "samples_over_max_length": budget["samples_over_max_length"],
-            "backend": "cosmos-rl", "exit_code": code, "wall_s": round(seconds, 1),
+            "backend": "cosmos-rl", "processes": params.gpus, "exit_code": code, "wall_s": round(seconds, 1),
             "final_loss": curve[max(curve)]["loss"] if curve else None}

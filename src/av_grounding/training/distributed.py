@@ -10,6 +10,7 @@ how the tests run two processes on a machine without a GPU.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -19,14 +20,23 @@ import torch
 
 from ..executors import signal_on_parent_death
 
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=1)
+
 
 def run_under_torchrun(processes: int, argv: list[str]) -> int:
     """Run ``av-grounding <argv>`` as ``processes`` processes of one torchrun launch on this
     machine (rendezvous on localhost) and wait; returns torchrun's exit status. If this process
-    dies, even by SIGKILL, torchrun gets SIGTERM and ends its processes: none runs on orphaned."""
+    dies, even by SIGKILL, torchrun gets SIGTERM; if it is interrupted (SIGINT, SIGTERM), torchrun
+    gets SIGTERM and is waited for. torchrun then ends its processes: none runs on orphaned."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "av_grounding.cli", *argv]
-    return subprocess.run(command, preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM)).returncode
+    launcher = subprocess.Popen(command, preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))
+    try:
+        return launcher.wait()
+    except BaseException:  # KeyboardInterrupt, or SIGTERM turned into an exception: let torchrun clean up
+        launcher.terminate()
+        launcher.wait()
+        raise
 
 
 def launched() -> bool:
@@ -41,8 +51,11 @@ def join() -> tuple[int, int, str]:
     device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     if device != "cpu":
         torch.cuda.set_device(local_rank)
+    signal_on_parent_death(signal.SIGTERM)  # torchrun killed outright: this process ends too
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device != "cpu" else "gloo")
+        # Rank 0 alone builds the base model and writes checkpoints while the others wait at a
+        # barrier: allow an hour (the default, 10 minutes, is short for a large model on a slow disk).
+        torch.distributed.init_process_group("nccl" if device != "cpu" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
@@ -50,15 +63,9 @@ def barrier() -> None:
     torch.distributed.barrier()
 
 
-def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """The mean of a tensor over all processes (every process calls it)."""
-    total = value.detach().clone()
-    torch.distributed.all_reduce(total)
-    return total / torch.distributed.get_world_size()
-
-
-def sum_over_processes(values: list[int], device: str) -> list[int]:
-    """Element-wise sums of small integer counts over all processes (every process calls it)."""
-    total = torch.tensor(values, dtype=torch.int64, device=device)
+def sum_over_processes(values: list[float], device: str) -> list[float]:
+    """Element-wise sums of a few numbers over all processes, in one all-reduce (every process
+    calls it; float64, exact for counts below 2**53)."""
+    total = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(total)
     return total.tolist()

@@ -146,7 +146,7 @@ class SingleProcessTrainer(Trainer):
         save_folder(_merged(self.setup.model), self.setup.loaded.tokenizer, self.setup.loaded.image_processor, folder)
 
     def resume(self, checkpoint: Path) -> None:
-        state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+        state = torch.load(checkpoint / STATE_FILE, weights_only=False, map_location="cpu")  # not rank 0's GPU
         self.setup.optimizer.load_state_dict(state["optimizer"])
         self.setup.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -166,15 +166,17 @@ class DataParallelTrainer(SingleProcessTrainer):
         from torch.nn.parallel import DistributedDataParallel
 
         devices = None if setup.device == "cpu" else [torch.device(setup.device).index]
-        self.forward_model = DistributedDataParallel(setup.model, device_ids=devices)
+        # No buffer changes in training (rotary tables are constants): nothing to broadcast per forward.
+        self.forward_model = DistributedDataParallel(setup.model, device_ids=devices, broadcast_buffers=False,
+                                                     gradient_as_bucket_view=True)
 
     def accumulating(self, index: int, count: int):
         """Gradients stay local until the step's last micro-batch (then one all-reduce)."""
         return self.forward_model.no_sync() if index < count - 1 else contextlib.nullcontext()
 
     def over_processes(self, loss: torch.Tensor, samples: int, tokens: int) -> tuple[float, int, int]:
-        samples, tokens = distributed.sum_over_processes([samples, tokens], self.setup.device)
-        return float(distributed.mean_over_processes(loss)), samples, tokens
+        loss_sum, samples, tokens = distributed.sum_over_processes([float(loss), samples, tokens], self.setup.device)
+        return loss_sum / self.setup.world, int(samples), int(tokens)
 
     def save_checkpoint(self, folder: Path) -> None:
         if self.rank == 0:

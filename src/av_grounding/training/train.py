@@ -6,8 +6,8 @@ Outputs under the training folder:
   model/        the fine-tuned model
   run.json      where fine-tuning started (base folder or hub id), how many steps it took, and
                 the sha256 of inputs.json (what `infer` compares to know its answers are current)
-  inputs.json   what the run was made from: every train parameter, the format parameters the
-                encoder reads, the sha256 of the prompts and of the training split. A rerun
+  inputs.json   what the run was made from: every train parameter, the number of processes, the
+                format parameters the encoder reads, the sha256 of the prompts and of the training split. A rerun
                 resumes from the newest checkpoint only when these match; otherwise it clears the
                 earlier run's checkpoints and state and starts from the base model.
 """
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool
 def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> dict[str, Any]:
     """What a training run is made of (see ``inputs.json`` above): equal inputs, equal run."""
     prompts = load_prompts(fmt.prompts)
-    return {"train": dataclasses.asdict(params),
+    return {"train": dataclasses.asdict(params), "processes": int(os.environ.get("WORLD_SIZE", "1")),
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "prompts_sha256": hashlib.sha256(f"{prompts.system}\0{prompts.user}".encode()).hexdigest(),
             "train_split_sha256": folder_digest(dataset / "train")}
@@ -94,6 +95,12 @@ def train_processes(params: TrainParams, fmt: FormatParams, dataset: Path, outpu
     """``train.gpus`` processes of this stage under torchrun (one per GPU: data parallel, or
     ZeRO-3 with ``train.deepspeed``), given these parameters through a temporary params file;
     returns rank 0's summary. What ``dvc exp run -S train.gpus=N`` runs with the hf backend."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < params.gpus:
+        raise ParamsError(f"train.gpus {params.gpus}, but {torch.cuda.device_count()} GPU(s) are visible")
+    if not torch.cuda.is_available():
+        warnings.warn(f"train.gpus {params.gpus} on a machine without GPUs: {params.gpus} CPU processes (gloo)")
     with tempfile.TemporaryDirectory(prefix="train-launch-") as tmp:
         params_file, summary = Path(tmp) / "params.yaml", Path(metrics) if metrics else Path(tmp) / "train.json"
         plain = json.loads(json.dumps({"train": dataclasses.asdict(params), "format": dataclasses.asdict(fmt)},
@@ -114,8 +121,12 @@ def join_launch(params: TrainParams) -> int:
     if params.deepspeed is not None:
         from . import zero3
 
-        return zero3.distributed_context()[0]
-    return distributed.join()[0]
+        rank, world, _ = zero3.distributed_context()
+    else:
+        rank, world, _ = distributed.join()
+    if params.gpus > 1 and params.gpus != world:
+        raise ParamsError(f"train.gpus {params.gpus}, but this launch has {world} processes")
+    return rank
 
 
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
