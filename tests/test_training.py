@@ -191,14 +191,16 @@ def test_two_data_parallel_processes_equal_one_process_accumulating_their_batche
 def test_train_gpus_starts_its_own_processes_under_torchrun(few, tmp_path, capfd):
     """`dvc exp run -S train.gpus=2` with the hf backend: the stage runs itself as two processes
     (gloo here) and reports rank 0's summary; a failure in them is one error with their status."""
-    summary = train(TrainParams(gpus=2, max_steps=2, batch_size=1, save_every=0), FORMAT, few, tmp_path / "out",
-                    tmp_path / "m.json", tmp_path / "live")
+    with pytest.warns(UserWarning, match="train.gpus 2 on a machine without GPUs: 2 CPU processes"):
+        summary = train(TrainParams(gpus=2, max_steps=2, batch_size=1, save_every=0), FORMAT, few, tmp_path / "out",
+                        tmp_path / "m.json", tmp_path / "live")
     assert summary["processes"] == 2 and summary["steps"] == 2
     assert json.loads((tmp_path / "m.json").read_text()) == summary
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
     assert len(loss_curve(tmp_path / "live")) == 2
     capfd.readouterr()
-    with pytest.raises(LaunchError, match=r"train.gpus 2: the training processes under torchrun exited with status 1"):
+    with pytest.raises(LaunchError, match=r"train.gpus 2: the training processes under torchrun exited with status 1"), \
+            pytest.warns(UserWarning):
         train(TrainParams(gpus=2, max_steps=2, batch_size=2, save_every=0), FORMAT, few, tmp_path / "bad", None,
               tmp_path / "live-bad")  # 2 processes x 2 samples: more than the 3 training samples
     assert "error: train.batch_size x train.grad_accum x processes = 4 samples a step" in capfd.readouterr().err
