@@ -17,7 +17,6 @@ Two executors give the same results:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -33,10 +32,10 @@ from tqdm import tqdm
 
 from .errors import PipelineError
 from .params import Executor
+from .processes import signal_on_parent_death
 
 EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
 PARENT_POLL_S = 0.5  # where prctl is missing: how often a pool worker checks that its parent lives
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # (item index, (result, CPU seconds) or None, exception): one settled item, in the order items finish.
 Settled = tuple[int, "tuple[Any, float] | None", "BaseException | None"]
@@ -117,14 +116,6 @@ def _in_process(fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Sett
             yield index, _measured(None, fn, *item), None
         except Exception as exc:  # noqa: BLE001 - reported per item
             yield index, None, exc
-
-
-def signal_on_parent_death(signum: int) -> bool:
-    """Ask the kernel to send this process ``signum`` when its parent dies, SIGKILL of the parent
-    included (Linux ``prctl(PR_SET_PDEATHSIG)``); False where that cannot be asked."""
-    if not sys.platform.startswith("linux"):
-        return False
-    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum) == 0
 
 
 def _exit_with_parent(parent: int) -> None:

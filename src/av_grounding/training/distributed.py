@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from ..executors import signal_on_parent_death
+from ..processes import signal_on_parent_death
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=1)
 
