@@ -166,9 +166,7 @@ class DataParallelTrainer(SingleProcessTrainer):
         from torch.nn.parallel import DistributedDataParallel
 
         devices = None if setup.device == "cpu" else [torch.device(setup.device).index]
-        # No buffer changes in training (rotary tables are constants): nothing to broadcast per forward.
-        self.forward_model = DistributedDataParallel(setup.model, device_ids=devices, broadcast_buffers=False,
-                                                     gradient_as_bucket_view=True)
+        self.forward_model = DistributedDataParallel(setup.model, device_ids=devices, gradient_as_bucket_view=True)
 
     def accumulating(self, index: int, count: int):
         """Gradients stay local until the step's last micro-batch (then one all-reduce)."""
