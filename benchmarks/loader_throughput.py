@@ -34,6 +34,11 @@ def timed(function, *args):
     return result, time.perf_counter() - started
 
 
+def decode(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=Path("data/dataset"))
@@ -49,13 +54,11 @@ def main() -> None:
                       args.max_pixels), fmt.min_pixels, args.max_pixels, fmt.model_max_length)
     samples = read_cosmos(args.dataset / "train")
     samples = (samples * (args.samples // len(samples) + 1))[: args.samples]
-    examples, budget_s = timed(within_budget, encoder, samples)
-    examples = examples[0]
+    (examples, _), budget_s = timed(within_budget, encoder, samples)
     decode_s = process_s = 0.0
     encoded = []
     for sample, text in examples:
-        image, seconds = timed(lambda path: Image.open(path).convert("RGB"), sample.image)
-        decode_s += seconds
+        decode_s += timed(decode, sample.image)[1]
         item, seconds = timed(encoder.with_pixels, sample, text)  # decodes again, then the image processor
         process_s += seconds
         encoded.append(item)

@@ -44,6 +44,9 @@ COMPARISONS = (
     Comparison("3b-zero3-2gpu", "3b-one-gpu", "3b-one-gpu"),
 )
 
+GROUP_TITLES = {"one-gpu-b32": "small model, hf backend", "cosmos-rl-1gpu": "small model, cosmos-rl",
+                "3b-one-gpu": "3B shape"}
+
 
 def curve(root: Path, run: str, metric: str) -> pd.Series | None:
     """A run's DVCLive curve by step, or None where the run left none."""
@@ -103,9 +106,9 @@ def plot(root: Path, image: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {"small model, hf backend": ["one-gpu", "ddp-2gpu", "zero3-2gpu", "one-gpu-b32"],
-              "small model, cosmos-rl": ["cosmos-rl-1gpu", "cosmos-rl-2gpu"],
-              "3B shape": ["3b-one-gpu", "3b-zero3-2gpu"]}
+    groups: dict[str, list[str]] = {}  # runs measured against the same one-GPU run share a panel
+    for c in COMPARISONS:
+        groups.setdefault(GROUP_TITLES[c.speed], []).append(c.run)
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8))
     for axis, (title, runs) in zip(axes, groups.items()):
         for run in runs:

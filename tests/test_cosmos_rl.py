@@ -98,6 +98,14 @@ def test_over_budget_samples_are_dropped_and_counted(dataset, base, tmp_path):
     assert all("model_max_length" in reason for reason in budget["over_budget"])
 
 
+def test_no_sample_within_the_budget_is_an_error_naming_the_split(dataset, base, tmp_path):
+    from av_grounding.training.collate import BudgetError
+
+    fmt = FormatParams(prompts=FORMAT.prompts, eval_clips=1, model_max_length=10)
+    with pytest.raises(BudgetError, match=r"train: no sample fits model_max_length 10"):
+        prepare_run(TrainParams(backend="cosmos-rl"), fmt, base, dataset, tmp_path)
+
+
 @pytest.mark.parametrize("model", TINY)
 def test_freeze_patterns_select_exactly_their_part(model, tmp_path):
     """Against the real parameter names of both architectures as Hugging Face names them, as

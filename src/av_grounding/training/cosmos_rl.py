@@ -33,7 +33,7 @@ from ..dataset.formats import read_cosmos
 from ..errors import PipelineError
 from ..params import FormatParams, TrainParams
 from ..storage import atomic_folder, atomic_write_bytes
-from .collate import Encoder, within_budget
+from .collate import BudgetError, Encoder, within_budget
 from .data import global_batch
 from .loop import StepResult, log_step, step_folder, step_folders
 

@@ -251,8 +251,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
 
         if params.lora:
             raise ParamsError("train.lora with train.deepspeed is not supported: LoRA models fit one GPU")
-        rank, world, local_rank = ds.distributed_context()
-        device = f"cuda:{local_rank}"
+        rank, world, device = ds.distributed_context()
         ds_config = ds.load_config(params.deepspeed, params, world)
         sharding = ds.sharded_loading(ds_config)  # noqa: F841 (must outlive from_pretrained)
     elif distributed.launched():

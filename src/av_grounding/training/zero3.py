@@ -11,27 +11,26 @@ train params, so the DeepSpeed file holds only what is DeepSpeed's own (stage, b
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..params import ParamsError, TrainParams
+from . import distributed
 
 AUTO = "auto"
 
 
-def distributed_context() -> tuple[int, int, int]:
-    """rank, world size and local rank of a torchrun launch (process group joined); a clear error
-    without one."""
-    if "LOCAL_RANK" not in os.environ:
-        raise ParamsError("train.deepspeed needs a distributed launch: torchrun --nproc_per_node N stages/train.py "
-                         "--deepspeed <config> ... (N GPUs on this machine)")
+def distributed_context() -> tuple[int, int, str]:
+    """rank, world size and device of this process of a torchrun launch, the process group joined
+    (``distributed.join``, which DeepSpeed then finds); a clear error without a launch."""
+    if not distributed.launched():
+        raise ParamsError("train.deepspeed needs a distributed launch: train.gpus N, or torchrun --nproc_per_node N "
+                          "stages/train.py --deepspeed <config> ... (N GPUs on this machine)")
     import deepspeed
-    import torch
 
-    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed()
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    rank, world, device = distributed.join()
+    deepspeed.init_distributed()  # finds the process group joined above and keeps it
+    return rank, world, device
 
 
 def load_config(path: str, params: TrainParams, world: int) -> dict[str, Any]:
