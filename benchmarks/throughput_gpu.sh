@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue #13's remaining GPU measurements, after benchmarks/scale_gpus.sh on the same machine (it
+# leaves the data, a trained small model and the 3B-shape model folder in $WORK):
+#   train step per optimisation on the small and base built-in models (batch 32, with profiles),
+#   Liger alone on the 3B and 4B shapes (packed attention, no checkpointing, with and without),
+#   `infer`'s generation at batch 1 against batched on the trained small model and the 3B shape.
+# Usage, from the repository root on a GPU machine:  OUT=/tmp/out WORK=/tmp/scale benchmarks/throughput_gpu.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=$(realpath -m "${OUT:-/tmp/throughput}")
+WORK=$(realpath -m "${WORK:-/tmp/scale}")
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+[ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
+mkdir -p "$OUT"
+status=0
+step() { echo "== $*"; "$@" || { status=1; echo "failed: $*"; }; }
+export CUDA_VISIBLE_DEVICES=0
+for shape in small-qwen2_5_vl base-qwen2_5_vl; do
+  step python3 benchmarks/train_throughput.py --shape "$shape" --batch-size 32 --steps 8 --profile \
+    --out "$OUT/train-$shape.json"
+done
+for shape in 3b 4b; do
+  step python3 benchmarks/train_throughput.py --shape "$shape" --steps 6 \
+    --variants baseline,packed_no_ckpt,packed_liger_no_ckpt --out "$OUT/liger-$shape.json"
+done
+step python3 benchmarks/infer_throughput.py --model "$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset" \
+  --frames 64 --batch-sizes 1,16,64 --out "$OUT/infer-small.json"
+step python3 benchmarks/infer_throughput.py --model "$WORK/m3b" --dataset "$WORK/data/dataset" \
+  --frames 32 --batch-sizes 1,32 --max-new-tokens 64 --out "$OUT/infer-3b.json"
+echo "throughput done, exit $status"
+exit "$status"
