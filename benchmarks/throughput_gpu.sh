@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #13's remaining GPU measurements, after benchmarks/scale_gpus.sh on the same machine (it
-# leaves the data, a trained small model and the 3B-shape model folder in $WORK):
+# leaves the data and a trained small model in $WORK; the 3B-shape model folder is built if absent):
 #   train step per optimisation on the small and base built-in models (batch 32, with profiles),
 #   Liger alone on the 3B and 4B shapes (packed attention, no checkpointing, with and without),
 #   `infer`'s generation at batch 1 against batched on the trained small model and the 3B shape.
@@ -24,8 +24,9 @@ for shape in 3b 4b; do
     --variants baseline,packed_no_ckpt,packed_liger_no_ckpt --out "$OUT/liger-$shape.json"
 done
 step python3 benchmarks/infer_throughput.py --model "$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset" \
-  --frames 64 --batch-sizes 1,16,64 --out "$OUT/infer-small.json"
+  --frames 32 --batch-sizes 1,8,32 --out "$OUT/infer-small.json"
+[ -f "$WORK/m3b/config.json" ] || step python3 benchmarks/shape_model.py 3b "$WORK/m3b"
 step python3 benchmarks/infer_throughput.py --model "$WORK/m3b" --dataset "$WORK/data/dataset" \
-  --frames 32 --batch-sizes 1,32 --max-new-tokens 64 --out "$OUT/infer-3b.json"
+  --frames 16 --batch-sizes 1,16 --max-new-tokens 64 --out "$OUT/infer-3b.json"
 echo "throughput done, exit $status"
 exit "$status"

@@ -45,8 +45,9 @@ class Variant:
 VARIANTS = (
     Variant("baseline"),
     Variant("packed_vision", vision_attention="packed"),
+    # before any Liger variant: Liger's rotary patch is module-wide and stays for the rest of the process
+    Variant("packed_no_ckpt", vision_attention="packed", gradient_checkpointing=False),
     Variant("packed_liger", vision_attention="packed", fused_kernels="liger"),
-    Variant("packed_no_ckpt", vision_attention="packed", gradient_checkpointing=False),  # Liger alone: vs the next
     Variant("packed_liger_no_ckpt", vision_attention="packed", fused_kernels="liger", gradient_checkpointing=False),
     Variant("packed_liger_no_ckpt_bf16", vision_attention="packed", fused_kernels="liger", gradient_checkpointing=False,
             master_fp32=False),
