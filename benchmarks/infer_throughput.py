@@ -3,11 +3,15 @@ whether the answers are identical.
 
     python benchmarks/infer_throughput.py --model data/train/model --dataset data/dataset \
         --frames 256 --batch-sizes 1,64,256 --out benchmarks/results/infer_throughput_h200.json
+    ... --kv-caches dynamic,static --profile     # also a static KV cache (compiled decoding on
+                                                 # CUDA), and a profile of 16 decoding steps per batch size
 
 Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
 log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
-and compares every batch size's token ids with batch 1's (left padding must not change greedy
-answers; in bf16 a different batch shape can flip a near-tie, which is counted, not hidden).
+and compares every batch size's token ids with batch 1's of the first KV-cache kind (left
+padding must not change greedy answers; in bf16 a different batch shape can flip a near-tie,
+which is counted, not hidden). The first call of each batch size with a static cache includes
+its compilation, so each static run is preceded by a warm-up batch of its size and length.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_throughput import profile_summary
 
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.inference.generate import generate
@@ -27,14 +32,15 @@ from av_grounding.params import FormatParams
 from av_grounding.training.collate import Encoder
 
 
-def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str) -> tuple[list[list[int]], float]:
+def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str,
+        kv_cache: str) -> tuple[list[list[int]], float]:
     answers = []
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     for begin in range(0, len(samples), batch_size):
         answers += [g.token_ids for g in generate(model, encoder, samples[begin: begin + batch_size], max_new_tokens,
-                                                  device)]
+                                                  device, kv_cache)]
     if device == "cuda":
         torch.cuda.synchronize()
     return answers, time.perf_counter() - started
@@ -47,6 +53,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,64,256")
     parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--kv-caches", default="dynamic", help="comma-separated: dynamic, static")
+    parser.add_argument("--profile", action="store_true", help="profile 16 decoding steps per batch size")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,15 +68,23 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
               "torch": torch.__version__, "frames": len(samples), "runs": []}
     reference = None
-    for size in (int(s) for s in args.batch_sizes.split(",")):
-        answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device)
-        reference = reference or answers
-        result = {"batch_size": size, "seconds": round(seconds, 2), "images_per_s": round(len(samples) / seconds, 2),
-                  "tokens_per_s": round(sum(map(len, answers)) / seconds, 1),
-                  "answers_identical_to_batch_1": sum(a == b for a, b in zip(answers, reference))}
-        report["runs"].append(result)
-        print(json.dumps(result), flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for kv_cache in args.kv_caches.split(","):
+        for size in (int(s) for s in args.batch_sizes.split(",")):
+            if kv_cache == "static":
+                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, kv_cache)  # compilation
+            answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device, kv_cache)
+            reference = reference or answers
+            result = {"kv_cache": kv_cache, "batch_size": size, "seconds": round(seconds, 2),
+                      "images_per_s": round(len(samples) / seconds, 2),
+                      "tokens_per_s": round(sum(map(len, answers)) / seconds, 1),
+                      "answers_identical_to_batch_1": sum(a == b for a, b in zip(answers, reference))}
+            if args.profile:
+                batch = samples[:size]
+                result["profile_16_tokens"] = profile_summary(
+                    lambda: generate(loaded.model, encoder, batch, 16, device, kv_cache), device)
+            report["runs"].append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "profile_16_tokens"}), flush=True)
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # a run stopped early keeps what it measured
 
 
 if __name__ == "__main__":

@@ -136,14 +136,15 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def profile_summary(model, optimizer, inputs, autocast: bool, device: str) -> dict:
-    """GPU busy time of one step against its wall time, the top kernels and the attention calls."""
+def profile_summary(work, device: str) -> dict:
+    """GPU busy time of one call of ``work()`` against its wall time, the top kernels and the
+    attention calls (also used by infer_throughput.py)."""
     from torch.profiler import ProfilerActivity, profile
 
     synchronize(device)
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step(model, optimizer, inputs, autocast, device)
+        work()
         synchronize(device)
     wall = time.perf_counter() - started
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
@@ -183,7 +184,7 @@ def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_p
               "first_loss": first[0], "first_grad_norm": first[1],
               "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device != "cpu" else None}
     if with_profile:
-        report["profile"] = profile_summary(model, optimizer, inputs, autocast, device)
+        report["profile"] = profile_summary(lambda: step(model, optimizer, inputs, autocast, device), device)
     del model, optimizer
     return report
 

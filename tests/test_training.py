@@ -345,15 +345,17 @@ def test_generation_logprobs_equal_those_of_the_full_scores(tiny, few):
         torch.testing.assert_close(torch.tensor(answer.token_logprobs), expected[row, : len(answer.token_ids)])
 
 
-def test_batched_greedy_answers_equal_one_at_a_time(tiny, few):
-    """Left padding changes nothing in fp32: a batch whose prompts differ in length (so the shorter
-    ones are padded) answers each sample as it answers it alone (what infer_throughput.py checks in
-    bf16 on a GPU, where a different batch shape may flip a near-tie)."""
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_batched_greedy_answers_equal_one_at_a_time(tiny, few, kv_cache):
+    """Left padding and the KV-cache kind change nothing in fp32: a batch whose prompts differ in
+    length (so the shorter ones are padded) answers each sample as it answers it alone with the
+    default cache (what infer_throughput.py checks in bf16 on a GPU, where a different batch shape
+    may flip a near-tie)."""
     loaded = load_model(tiny)
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
     samples = read_cosmos(few / "train")
     samples[1] = dataclasses.replace(samples[1], user=samples[1].user + " Answer carefully, vehicles only.")
-    batched = generate(loaded.model, encoder, samples, max_new_tokens=8)
+    batched = generate(loaded.model, encoder, samples, max_new_tokens=8, kv_cache=kv_cache)
     lengths = {len(encoder.encode(s, with_answer=False).input_ids) for s in samples}
     assert len(lengths) > 1  # the batch is padded
     for sample, together in zip(samples, batched):
