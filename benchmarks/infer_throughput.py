@@ -4,14 +4,18 @@ whether the answers are identical.
     python benchmarks/infer_throughput.py --model data/train/model --dataset data/dataset \
         --frames 256 --batch-sizes 1,64,256 --out benchmarks/results/infer_throughput_h200.json
     ... --kv-caches dynamic,static --profile     # also a static KV cache (compiled decoding on
-                                                 # CUDA), and a profile of 16 decoding steps per batch size
+                                                 # CUDA), and a profile of decoding per batch size
 
 Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
 log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
-and compares every batch size's token ids with batch 1's of the first KV-cache kind (left
-padding must not change greedy answers; in bf16 a different batch shape can flip a near-tie,
-which is counted, not hidden). The first call of each batch size with a static cache includes
-its compilation, so each static run is preceded by a warm-up batch of its size and length.
+and compares every run's token ids with the first run's (put batch size 1 first: left padding
+must not change greedy answers; in bf16 a different batch shape can flip a near-tie, which is
+counted, not hidden). The first call of a batch shape with a static cache includes its
+compilation, so each static run is preceded by a warm-up with its first batch (a last batch of
+another size, or another padded prompt length, may still compile inside the timed run).
+``--profile`` runs torch.profiler over one batch answering 8 and then 40 tokens (answers cut at
+their end token are not extended) and reports the difference per decoding step, which leaves out
+the vision tower and the prompt's prefill.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +52,15 @@ def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: s
     return answers, time.perf_counter() - started
 
 
+def decode_step_profile(model, encoder, batch, device: str, kv_cache: str) -> dict:
+    """Per decoding step, wall and GPU-busy seconds from profiles of 8 and of 40 new tokens."""
+    short, long = (profile_summary(lambda: generate(model, encoder, batch, tokens, device, kv_cache), device)
+                   for tokens in (8, 40))
+    return {"wall_s_per_step": round((long["wall_s"] - short["wall_s"]) / 32, 5),
+            "gpu_busy_s_per_step": round((long["gpu_busy_s"] - short["gpu_busy_s"]) / 32, 5),
+            "profile_40_tokens": long}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model folder (e.g. data/train/model)")
@@ -54,7 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,64,256")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--kv-caches", default="dynamic", help="comma-separated: dynamic, static")
-    parser.add_argument("--profile", action="store_true", help="profile 16 decoding steps per batch size")
+    parser.add_argument("--profile", action="store_true", help="profile decoding steps per batch size")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,8 +78,7 @@ def main() -> None:
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
     samples = read_cosmos(args.dataset / "eval")[: args.frames]
     generate(loaded.model, encoder, samples[:2], 8, device)  # warm-up
-    report = {"command": "python benchmarks/infer_throughput.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+    report = {"command": shlex.join(["python", *sys.argv]),
               "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
               "torch": torch.__version__, "frames": len(samples), "runs": []}
     reference = None
@@ -77,13 +91,11 @@ def main() -> None:
             result = {"kv_cache": kv_cache, "batch_size": size, "seconds": round(seconds, 2),
                       "images_per_s": round(len(samples) / seconds, 2),
                       "tokens_per_s": round(sum(map(len, answers)) / seconds, 1),
-                      "answers_identical_to_batch_1": sum(a == b for a, b in zip(answers, reference))}
+                      "answers_identical_to_first_run": sum(a == b for a, b in zip(answers, reference))}
             if args.profile:
-                batch = samples[:size]
-                result["profile_16_tokens"] = profile_summary(
-                    lambda: generate(loaded.model, encoder, batch, 16, device, kv_cache), device)
+                result["decoding"] = decode_step_profile(loaded.model, encoder, samples[:size], device, kv_cache)
             report["runs"].append(result)
-            print(json.dumps({k: v for k, v in result.items() if k != "profile_16_tokens"}), flush=True)
+            print(json.dumps({k: v for k, v in result.items() if k != "decoding"}), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # a run stopped early keeps what it measured
 
 

@@ -2,30 +2,30 @@
 # Issue #13's remaining GPU measurements, after benchmarks/scale_gpus.sh on the same machine (it
 # leaves the data and a trained small model in $WORK; the 3B-shape model folder is built if absent):
 #   train step per optimisation on the small and base built-in models (batch 32, with profiles),
-#   Liger alone on the 3B and 4B shapes (packed attention, no checkpointing, with and without),
+#   Liger alone and torch.compile alone on the 3B and 4B shapes (packed attention, no checkpointing),
 #   `infer`'s generation at batch 1 against batched on the trained small model and the 3B shape,
 #   with the dynamic and the static KV cache, and a profile of 16 decoding steps per batch size.
 # Usage, from the repository root on a GPU machine:  OUT=/tmp/out WORK=/tmp/scale benchmarks/throughput_gpu.sh
-# PARTS (default "train liger infer") picks the groups above.
+# PARTS (default "train isolate infer") picks the groups above.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=$(realpath -m "${OUT:-/tmp/throughput}")
 WORK=$(realpath -m "${WORK:-/tmp/scale}")
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 [ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
-PARTS=${PARTS:-train liger infer}
+PARTS=${PARTS:-train isolate infer}
 mkdir -p "$OUT"
 status=0
-step() { echo "== $*"; "$@" || { status=1; echo "failed: $*"; }; }
+step() { echo "== $*"; "$@" && return 0; status=1; echo "failed: $*"; return 1; }
 export CUDA_VISIBLE_DEVICES=0
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 part train && for shape in small-qwen2_5_vl base-qwen2_5_vl; do
   step python3 benchmarks/train_throughput.py --shape "$shape" --batch-size 32 --steps 8 --profile \
     --out "$OUT/train-$shape.json"
 done
-part liger && for shape in 3b 4b; do
+part isolate && for shape in 3b 4b; do
   step python3 benchmarks/train_throughput.py --shape "$shape" --steps 6 \
-    --variants baseline,packed_no_ckpt,packed_liger_no_ckpt --out "$OUT/liger-$shape.json"
+    --variants baseline,packed_no_ckpt,packed_no_ckpt_compiled,packed_liger_no_ckpt --out "$OUT/isolate-$shape.json"
 done
 part infer && step python3 benchmarks/infer_throughput.py --model "$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset" \
   --frames 32 --batch-sizes 1,8,32 --kv-caches dynamic,static --profile --out "$OUT/infer-small.json"

@@ -11,7 +11,8 @@ any built-in model name),
 random weights, and times the step `train` runs: answer-only loss (``training.collate.answer_loss``),
 AdamW, gradient clipping. Samples are 1078 tokens, 576 of them image tokens (a 672x672 image, 48x48
 patches), with a 200-token answer. Each variant switches one more optimisation on, as the train
-params do (``vision_attention``, ``fused_kernels``, ``gradient_checkpointing``, pure bf16 weights);
+params do (``vision_attention``, ``fused_kernels``, ``gradient_checkpointing``; pure bf16 weights and
+``torch.compile`` of each layer are not train params);
 every variant starts from the same weights and batch, so its first loss and gradient norm must
 equal the baseline's within bf16 resolution (reported as relative differences). ``--profile``
 adds a torch.profiler summary (GPU busy time, top kernels, attention calls) of the baseline and
@@ -23,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -40,18 +43,22 @@ class Variant:
     fused_kernels: str = "none"
     gradient_checkpointing: bool = True
     master_fp32: bool = True  # fp32 weights with bf16 autocast, as `train` does; False: pure bf16 weights
+    compiled: bool = False  # torch.compile of every vision block and language-model layer (not a train param yet)
 
 
 VARIANTS = (
     Variant("baseline"),
     Variant("packed_vision", vision_attention="packed"),
-    # before any Liger variant: Liger's rotary patch is module-wide and stays for the rest of the process
     Variant("packed_no_ckpt", vision_attention="packed", gradient_checkpointing=False),
+    Variant("packed_no_ckpt_compiled", vision_attention="packed", gradient_checkpointing=False, compiled=True),
     Variant("packed_liger", vision_attention="packed", fused_kernels="liger"),
     Variant("packed_liger_no_ckpt", vision_attention="packed", fused_kernels="liger", gradient_checkpointing=False),
     Variant("packed_liger_no_ckpt_bf16", vision_attention="packed", fused_kernels="liger", gradient_checkpointing=False,
             master_fp32=False),
 )
+# Liger patches transformers' modeling module (rotary, RMSNorm and MLP classes) for the rest of the
+# process, so every variant without Liger must run before the first one with it.
+assert [v.fused_kernels for v in VARIANTS] == sorted((v.fused_kernels for v in VARIANTS), key=lambda k: k != "none")
 
 
 def config_of(shape: str):
@@ -117,6 +124,9 @@ def build(shape: str, variant: Variant, device: str):
         use_liger_kernels(model)
     if variant.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if variant.compiled:  # layer by layer: identical layers share one compiled graph
+        for layer in (*model.model.visual.blocks, *model.model.language_model.layers):
+            layer.compile()
     model.config.use_cache = False
     return model
 
@@ -202,8 +212,7 @@ def main() -> None:
     import transformers
 
     chosen = [v for v in VARIANTS if v.name in args.variants.split(",")]
-    report = {"command": "python benchmarks/train_throughput.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (False, None)),
+    report = {"command": shlex.join(["python", *sys.argv]),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
               "torch": torch.__version__, "transformers": transformers.__version__,
               "python": platform.python_version(), "shape": args.shape, "runs": []}

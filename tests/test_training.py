@@ -356,8 +356,9 @@ def test_batched_greedy_answers_equal_one_at_a_time(tiny, few, kv_cache):
     samples = read_cosmos(few / "train")
     samples[1] = dataclasses.replace(samples[1], user=samples[1].user + " Answer carefully, vehicles only.")
     batched = generate(loaded.model, encoder, samples, max_new_tokens=8, kv_cache=kv_cache)
-    lengths = {len(encoder.encode(s, with_answer=False).input_ids) for s in samples}
-    assert len(lengths) > 1  # the batch is padded
+    lengths = [len(encoder.encode(s, with_answer=False).input_ids) for s in samples]
+    assert len(set(lengths)) > 1  # the batch is padded
+    assert all(batched[row].token_ids for row, n in enumerate(lengths) if n < max(lengths))  # padded rows answer
     for sample, together in zip(samples, batched):
         alone = generate(loaded.model, encoder, [sample], max_new_tokens=8)[0]
         assert together.token_ids == alone.token_ids

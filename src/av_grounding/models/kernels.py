@@ -18,8 +18,9 @@ SWIGLU = {"qwen2_5_vl": True, "qwen3_vl": False}
 
 def use_liger_kernels(model) -> None:
     """Patch ``model`` (a ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration``
-    on a CUDA device) in place; the rotary functions are patched in transformers' modeling module,
-    so for every model of that architecture in this process. ValueError for another model type,
+    on a CUDA device) in place; the rotary function and the RMSNorm and MLP classes are also
+    replaced in transformers' modeling module, so every model of that architecture built later in
+    this process gets them too. ValueError for another model type,
     ParamsError when liger-kernel is not installed."""
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_qwen2_5_vl, apply_liger_kernel_to_qwen3_vl
