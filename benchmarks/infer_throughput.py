@@ -21,6 +21,7 @@ the vision tower and the prompt's prefill.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shlex
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_throughput import profile_summary
+from train_throughput import profile_summary, synchronize
 
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.inference.generate import generate
@@ -41,24 +42,26 @@ from av_grounding.training.collate import Encoder
 def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str,
         kv_cache: str) -> tuple[list[list[int]], float]:
     answers = []
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     started = time.perf_counter()
     for begin in range(0, len(samples), batch_size):
         answers += [g.token_ids for g in generate(model, encoder, samples[begin: begin + batch_size], max_new_tokens,
                                                   device, kv_cache)]
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return answers, time.perf_counter() - started
 
 
+PROFILED_TOKENS = (8, 40)  # the difference of the two profiles is decoding alone, without the prefill
+
+
 def decode_step_profile(model, encoder, batch, device: str, kv_cache: str) -> dict:
-    """Per decoding step, wall and GPU-busy seconds from profiles of 8 and of 40 new tokens."""
-    short, long = (profile_summary(lambda: generate(model, encoder, batch, tokens, device, kv_cache), device)
-                   for tokens in (8, 40))
-    return {"wall_s_per_step": round((long["wall_s"] - short["wall_s"]) / 32, 5),
-            "gpu_busy_s_per_step": round((long["gpu_busy_s"] - short["gpu_busy_s"]) / 32, 5),
-            "profile_40_tokens": long}
+    """Per decoding step, wall and GPU-busy seconds from profiles of PROFILED_TOKENS new tokens."""
+    short, long = (profile_summary(functools.partial(generate, model, encoder, batch, tokens, device, kv_cache), device)
+                   for tokens in PROFILED_TOKENS)
+    steps = PROFILED_TOKENS[1] - PROFILED_TOKENS[0]
+    return {"wall_s_per_step": round((long["wall_s"] - short["wall_s"]) / steps, 5),
+            "gpu_busy_s_per_step": round((long["gpu_busy_s"] - short["gpu_busy_s"]) / steps, 5),
+            f"profile_{PROFILED_TOKENS[1]}_tokens": long}
 
 
 def main() -> None:

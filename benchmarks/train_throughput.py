@@ -22,6 +22,7 @@ the last variant.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shlex
@@ -194,7 +195,7 @@ def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_p
               "first_loss": first[0], "first_grad_norm": first[1],
               "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device != "cpu" else None}
     if with_profile:
-        report["profile"] = profile_summary(lambda: step(model, optimizer, inputs, autocast, device), device)
+        report["profile"] = profile_summary(functools.partial(step, model, optimizer, inputs, autocast, device), device)
     del model, optimizer
     return report
 

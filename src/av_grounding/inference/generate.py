@@ -3,6 +3,7 @@ training (``training.collate.Encoder``), so images and text match what the model
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,6 +11,10 @@ import torch
 
 from ..dataset.formats import Sample
 from ..training.collate import Encoder, collate
+
+
+KVCache = Literal["dynamic", "static"]
+KV_CACHES: tuple[str, ...] = typing.get_args(KVCache)
 
 
 @dataclass
@@ -34,7 +39,7 @@ class GreedyLogProbs:
 
 @torch.no_grad()
 def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int, device: str = "cpu",
-             kv_cache: Literal["dynamic", "static"] = "dynamic") -> list[Generated]:
+             kv_cache: KVCache = "dynamic") -> list[Generated]:
     """Greedy answers to ``samples`` in one left-padded batch, each cut at its ``<|im_end|>``,
     with every generated token's log-probability. ``kv_cache``: transformers' cache kind;
     ``static`` preallocates it at the longest length, which lets transformers compile the decoding
@@ -42,6 +47,8 @@ def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int
     does not compile)."""
     from transformers import LogitsProcessorList
 
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache {kv_cache!r}: one of {', '.join(KV_CACHES)}")
     tokenizer = encoder.tokenizer
     batch = collate([encoder.encode(s, with_answer=False) for s in samples], tokenizer.pad_token_id, encoder.image_pad, left_pad=True)
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}

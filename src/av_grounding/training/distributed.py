@@ -44,6 +44,12 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def position() -> tuple[int, int]:
+    """This process's rank and its launch's number of processes, read from torchrun's environment
+    before any process group is joined; (0, 1) outside a launch."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def join() -> tuple[int, int, str]:
     """Join the launch's process group (once): rank, world size and this process's device
     (``cuda:<LOCAL_RANK>``, or ``cpu`` without GPUs)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -69,7 +68,7 @@ def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool
 def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> dict[str, Any]:
     """What a training run is made of (see ``inputs.json`` above): equal inputs, equal run."""
     prompts = load_prompts(fmt.prompts)
-    return {"train": dataclasses.asdict(params), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+    return {"train": dataclasses.asdict(params), "processes": distributed.position()[1],
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "prompts_sha256": hashlib.sha256(f"{prompts.system}\0{prompts.user}".encode()).hexdigest(),
             "train_split_sha256": folder_digest(dataset / "train")}
@@ -136,7 +135,7 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
     params = resolved(params)
     rank = 0
     inputs = training_inputs(params, fmt, dataset)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.position()[0] == 0:
         start_or_resume(inputs, output)
     if params.backend == "hf" and (params.deepspeed is not None or distributed.launched()):
         rank = join_launch(params)
