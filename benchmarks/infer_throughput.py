@@ -3,19 +3,21 @@ whether the answers are identical.
 
     python benchmarks/infer_throughput.py --model data/train/model --dataset data/dataset \
         --frames 256 --batch-sizes 1,64,256 --out benchmarks/results/infer_throughput_h200.json
-    ... --kv-caches dynamic,static --profile     # also a static KV cache (compiled decoding on
-                                                 # CUDA), and a profile of decoding per batch size
+    ... --decodings dynamic,static,static-eager --profile   # also a static KV cache, with
+                       # compiled decoding on CUDA and without, and a profile of decoding per batch size
 
 Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
 log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
 and compares every run's token ids with the first run's (put batch size 1 first: left padding
 must not change greedy answers; in bf16 a different batch shape can flip a near-tie, which is
-counted, not hidden). The first call of a batch shape with a static cache includes its
-compilation, so each static run is preceded by a warm-up with its first batch (a last batch of
-another size, or another padded prompt length, may still compile inside the timed run).
+counted, not hidden; ``--dtype float32`` shows what batching alone changes). The first call of a
+batch shape with a static cache includes its compilation, so each static run is preceded by a
+warm-up with its first batch (a last batch of another size, or another padded prompt length, may
+still compile inside the timed run); the profiles are preceded by a warm-up of their own.
 ``--profile`` runs torch.profiler over one batch answering 8 and then 40 tokens (answers cut at
 their end token are not extended) and reports the difference per decoding step, which leaves out
-the vision tower and the prompt's prefill.
+the vision tower and the prompt's prefill. ``encode_s`` is the CPU time of preparing every
+frame's prompt and pixels (``Encoder.encode``), which each run spends inside its generation calls.
 """
 
 from __future__ import annotations
@@ -39,14 +41,17 @@ from av_grounding.params import FormatParams
 from av_grounding.training.collate import Encoder
 
 
+DECODINGS = {"dynamic": ("dynamic", False), "static": ("static", True), "static-eager": ("static", False)}
+
+
 def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str,
-        kv_cache: str) -> tuple[list[list[int]], float]:
+        decoding: str) -> tuple[list[list[int]], float]:
     answers = []
     synchronize(device)
     started = time.perf_counter()
     for begin in range(0, len(samples), batch_size):
         answers += [g.token_ids for g in generate(model, encoder, samples[begin: begin + batch_size], max_new_tokens,
-                                                  device, kv_cache)]
+                                                  device, *DECODINGS[decoding])]
     synchronize(device)
     return answers, time.perf_counter() - started
 
@@ -54,10 +59,14 @@ def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: s
 PROFILED_TOKENS = (8, 40)  # the difference of the two profiles is decoding alone, without the prefill
 
 
-def decode_step_profile(model, encoder, batch, device: str, kv_cache: str) -> dict:
-    """Per decoding step, wall and GPU-busy seconds from profiles of PROFILED_TOKENS new tokens."""
-    short, long = (profile_summary(functools.partial(generate, model, encoder, batch, tokens, device, kv_cache), device)
-                   for tokens in PROFILED_TOKENS)
+def decode_step_profile(model, encoder, batch, device: str, decoding: str) -> dict:
+    """Per decoding step, wall and GPU-busy seconds from profiles of PROFILED_TOKENS new tokens
+    (each generation run once before it is profiled: a static cache's length compiles anew)."""
+    calls = [functools.partial(generate, model, encoder, batch, tokens, device, *DECODINGS[decoding])
+             for tokens in PROFILED_TOKENS]
+    for call in calls:
+        call()
+    short, long = (profile_summary(call, device) for call in calls)
     steps = PROFILED_TOKENS[1] - PROFILED_TOKENS[0]
     return {"wall_s_per_step": round((long["wall_s"] - short["wall_s"]) / steps, 5),
             "gpu_busy_s_per_step": round((long["gpu_busy_s"] - short["gpu_busy_s"]) / steps, 5),
@@ -71,34 +80,40 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,64,256")
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--kv-caches", default="dynamic", help="comma-separated: dynamic, static")
+    parser.add_argument("--decodings", default="dynamic", help=f"comma-separated: {', '.join(DECODINGS)}")
+    parser.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on CPU unless given")
     parser.add_argument("--profile", action="store_true", help="profile decoding steps per batch size")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fmt = FormatParams()
-    loaded = load_model(args.model, "bfloat16" if device == "cuda" else "float32", device)
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
+    loaded = load_model(args.model, dtype, device)
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
     samples = read_cosmos(args.dataset / "eval")[: args.frames]
     generate(loaded.model, encoder, samples[:2], 8, device)  # warm-up
+    started = time.perf_counter()
+    for sample in samples:
+        encoder.encode(sample, with_answer=False)
     report = {"command": shlex.join(["python", *sys.argv]),
               "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-              "torch": torch.__version__, "frames": len(samples), "runs": []}
+              "torch": torch.__version__, "dtype": dtype, "frames": len(samples),
+              "encode_s": round(time.perf_counter() - started, 2), "runs": []}
     reference = None
-    for kv_cache in args.kv_caches.split(","):
+    for decoding in args.decodings.split(","):
         for size in (int(s) for s in args.batch_sizes.split(",")):
-            if kv_cache == "static":
-                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, kv_cache)  # compilation
-            answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device, kv_cache)
+            if decoding == "static":
+                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, *DECODINGS[decoding])
+            answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device, decoding)
             reference = reference or answers
-            result = {"kv_cache": kv_cache, "batch_size": size, "seconds": round(seconds, 2),
+            result = {"decoding": decoding, "batch_size": size, "seconds": round(seconds, 2),
                       "images_per_s": round(len(samples) / seconds, 2),
                       "tokens_per_s": round(sum(map(len, answers)) / seconds, 1),
                       "answers_identical_to_first_run": sum(a == b for a, b in zip(answers, reference))}
             if args.profile:
-                result["decoding"] = decode_step_profile(loaded.model, encoder, samples[:size], device, kv_cache)
+                result["profile"] = decode_step_profile(loaded.model, encoder, samples[:size], device, decoding)
             report["runs"].append(result)
-            print(json.dumps({k: v for k, v in result.items() if k != "decoding"}), flush=True)
+            print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # a run stopped early keeps what it measured
 
 

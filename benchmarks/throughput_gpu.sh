@@ -4,7 +4,8 @@
 #   train step per optimisation on the small and base built-in models (batch 32, with profiles),
 #   Liger alone and torch.compile alone on the 3B and 4B shapes (packed attention, no checkpointing),
 #   `infer`'s generation at batch 1 against batched on the trained small model and the 3B shape,
-#   with the dynamic and the static KV cache, and a profile of 16 decoding steps per batch size.
+#   with the dynamic and the static KV cache (compiled and eager), a profile of 32 decoding steps
+#   per batch size; for the small model also with expandable allocator segments and in fp32.
 # Usage, from the repository root on a GPU machine:  OUT=/tmp/out WORK=/tmp/scale benchmarks/throughput_gpu.sh
 # PARTS (default "train isolate infer") picks the groups above.
 set -uo pipefail
@@ -27,10 +28,15 @@ part isolate && for shape in 3b 4b; do
   step python3 benchmarks/train_throughput.py --shape "$shape" --steps 6 \
     --variants baseline,packed_no_ckpt,packed_no_ckpt_compiled,packed_liger_no_ckpt --out "$OUT/isolate-$shape.json"
 done
-part infer && step python3 benchmarks/infer_throughput.py --model "$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset" \
-  --frames 32 --batch-sizes 1,8,32 --kv-caches dynamic,static --profile --out "$OUT/infer-small.json"
+SMALL=("$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset" --frames 64)
+part infer && step python3 benchmarks/infer_throughput.py --model "${SMALL[@]}" --batch-sizes 1,8,32,64 \
+  --decodings dynamic,static-eager,static --profile --out "$OUT/infer-small.json"
+part infer && step env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 benchmarks/infer_throughput.py \
+  --model "${SMALL[@]}" --batch-sizes 1,64 --out "$OUT/infer-small-expandable.json"
+part infer && step python3 benchmarks/infer_throughput.py --model "${SMALL[@]}" --batch-sizes 1,64 --dtype float32 \
+  --out "$OUT/infer-small-fp32.json"
 part infer && { [ -f "$WORK/m3b/config.json" ] || step python3 benchmarks/shape_model.py 3b "$WORK/m3b"; } &&
   step python3 benchmarks/infer_throughput.py --model "$WORK/m3b" --dataset "$WORK/data/dataset" \
-  --frames 16 --batch-sizes 1,16 --max-new-tokens 64 --kv-caches dynamic,static --profile --out "$OUT/infer-3b.json"
+  --frames 16 --batch-sizes 1,16 --max-new-tokens 64 --decodings dynamic,static --profile --out "$OUT/infer-3b.json"
 echo "throughput done, exit $status"
 exit "$status"

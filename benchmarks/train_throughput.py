@@ -166,7 +166,9 @@ def profile_summary(work, device: str) -> dict:
     return {"wall_s": round(wall, 4), "gpu_busy_s": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
             "attention_calls": attention, "kernel_events": len(events),
             "top_kernels": [{"name": e.key[:80], "gpu_ms": round(getattr(e, "self_device_time_total", 0) / 1e3, 2),
-                             "calls": e.count} for e in kernels[:12]]}
+                             "calls": e.count} for e in kernels[:12]],
+            "top_host_calls": [{"name": e.key[:80], "cpu_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count}
+                               for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]}
 
 
 def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_profile: bool) -> dict:
