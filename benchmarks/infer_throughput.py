@@ -3,8 +3,8 @@ whether the answers are identical.
 
     python benchmarks/infer_throughput.py --model data/train/model --dataset data/dataset \
         --frames 256 --batch-sizes 1,64,256 --out benchmarks/results/infer_throughput_h200.json
-    ... --decodings dynamic,static,static-eager --profile   # also a static KV cache, with
-                       # compiled decoding on CUDA and without, and a profile of decoding per batch size
+    ... --decodings dynamic,static --profile   # also the static KV cache (compiled decoding on
+                                               # CUDA), and a profile of decoding per batch size
 
 Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
 log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
@@ -35,13 +35,10 @@ import torch
 from train_throughput import profile_summary, synchronize
 
 from av_grounding.dataset.formats import read_cosmos
-from av_grounding.inference.generate import generate
+from av_grounding.inference.generate import KV_CACHES, generate
 from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams
 from av_grounding.training.collate import Encoder
-
-
-DECODINGS = {"dynamic": ("dynamic", False), "static": ("static", True), "static-eager": ("static", False)}
 
 
 def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str,
@@ -51,7 +48,7 @@ def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: s
     started = time.perf_counter()
     for begin in range(0, len(samples), batch_size):
         answers += [g.token_ids for g in generate(model, encoder, samples[begin: begin + batch_size], max_new_tokens,
-                                                  device, *DECODINGS[decoding])]
+                                                  device, decoding)]
     synchronize(device)
     return answers, time.perf_counter() - started
 
@@ -62,7 +59,7 @@ PROFILED_TOKENS = (8, 40)  # the difference of the two profiles is decoding alon
 def decode_step_profile(model, encoder, batch, device: str, decoding: str) -> dict:
     """Per decoding step, wall and GPU-busy seconds from profiles of PROFILED_TOKENS new tokens
     (each generation run once before it is profiled: a static cache's length compiles anew)."""
-    calls = [functools.partial(generate, model, encoder, batch, tokens, device, *DECODINGS[decoding])
+    calls = [functools.partial(generate, model, encoder, batch, tokens, device, decoding)
              for tokens in PROFILED_TOKENS]
     for call in calls:
         call()
@@ -80,7 +77,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,64,256")
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--decodings", default="dynamic", help=f"comma-separated: {', '.join(DECODINGS)}")
+    parser.add_argument("--decodings", default="dynamic", help=f"comma-separated KV caches: {', '.join(KV_CACHES)}")
     parser.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on CPU unless given")
     parser.add_argument("--profile", action="store_true", help="profile decoding steps per batch size")
     parser.add_argument("--out", required=True)
@@ -103,7 +100,7 @@ def main() -> None:
     for decoding in args.decodings.split(","):
         for size in (int(s) for s in args.batch_sizes.split(",")):
             if decoding == "static":
-                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, *DECODINGS[decoding])
+                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, decoding)
             answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device, decoding)
             reference = reference or answers
             result = {"decoding": decoding, "batch_size": size, "seconds": round(seconds, 2),

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Issue #13's remaining GPU measurements, after benchmarks/scale_gpus.sh on the same machine (it
-# leaves the data and a trained small model in $WORK; the 3B-shape model folder is built if absent):
-#   train step per optimisation on the small and base built-in models (batch 32, with profiles),
-#   Liger alone and torch.compile alone on the 3B and 4B shapes (packed attention, no checkpointing),
-#   `infer`'s generation at batch 1 against batched on the trained small model and the 3B shape,
-#   with the dynamic and the static KV cache (compiled and eager), a profile of 32 decoding steps
-#   per batch size; for the small model also with expandable allocator segments and in fp32.
-# Usage, from the repository root on a GPU machine:  OUT=/tmp/out WORK=/tmp/scale benchmarks/throughput_gpu.sh
+# Issue #13's GPU measurements after benchmarks/scale_gpus.sh on the same machine (it leaves the
+# data and a trained small model in $WORK; the 3B-shape model folder is built if absent). Parts:
+#   train    train step per optimisation on the small and base built-in models (batch 32, profiles)
+#   isolate  Liger alone and torch.compile alone on the 3B and 4B shapes (packed, no checkpointing)
+#   infer    `infer`'s generation at batch 1 against batched (benchmarks/results/infer_throughput.md):
+#            the trained small model with the dynamic and the static KV cache, the static cache
+#            at batch 1/8/32/64 in bf16 and at 1/64 in fp32, the 3B shape (random weights)
+#   profile  the dynamic cache's decoding profiled per batch size (answers up to 512 tokens)
+# Usage, from the repository root on a GPU machine (the infer results came from a model trained by
+#   OUT=/tmp/scale-out STEPS=600 CLIPS=12 RUNS=one-gpu-b32 benchmarks/scale_gpus.sh):
+#   OUT=/tmp/out WORK=/tmp/scale benchmarks/throughput_gpu.sh
 # PARTS (default "train isolate infer") picks the groups above.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -28,15 +31,18 @@ part isolate && for shape in 3b 4b; do
   step python3 benchmarks/train_throughput.py --shape "$shape" --steps 6 \
     --variants baseline,packed_no_ckpt,packed_no_ckpt_compiled,packed_liger_no_ckpt --out "$OUT/isolate-$shape.json"
 done
-SMALL=("$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset" --frames 64)
-part infer && step python3 benchmarks/infer_throughput.py --model "${SMALL[@]}" --batch-sizes 1,8,32,64 \
-  --decodings dynamic,static-eager,static --profile --out "$OUT/infer-small.json"
-part infer && step env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 benchmarks/infer_throughput.py \
-  --model "${SMALL[@]}" --batch-sizes 1,64 --out "$OUT/infer-small-expandable.json"
-part infer && step python3 benchmarks/infer_throughput.py --model "${SMALL[@]}" --batch-sizes 1,64 --dtype float32 \
-  --out "$OUT/infer-small-fp32.json"
+generation() { step python3 benchmarks/infer_throughput.py "$@"; }
+SMALL=(--model "$WORK/one-gpu-b32/model" --dataset "$WORK/data/dataset")
+part infer && generation "${SMALL[@]}" --frames 32 --batch-sizes 1,32 --max-new-tokens 320 --decodings dynamic,static \
+  --out "$OUT/small_caches.json"
+part infer && generation "${SMALL[@]}" --frames 64 --batch-sizes 1,8,32,64 --max-new-tokens 320 --decodings static \
+  --out "$OUT/small.json"
+part infer && generation "${SMALL[@]}" --frames 64 --batch-sizes 1,64 --max-new-tokens 320 --decodings static \
+  --dtype float32 --out "$OUT/small_fp32.json"
 part infer && { [ -f "$WORK/m3b/config.json" ] || step python3 benchmarks/shape_model.py 3b "$WORK/m3b"; } &&
-  step python3 benchmarks/infer_throughput.py --model "$WORK/m3b" --dataset "$WORK/data/dataset" \
-  --frames 16 --batch-sizes 1,16 --max-new-tokens 64 --decodings dynamic,static --profile --out "$OUT/infer-3b.json"
+  generation --model "$WORK/m3b" --dataset "$WORK/data/dataset" --frames 16 --batch-sizes 1,16 --max-new-tokens 64 \
+  --decodings static,dynamic --out "$OUT/3b.json"
+part profile && generation "${SMALL[@]}" --frames 64 --batch-sizes 1,8,32,64 --decodings dynamic --profile \
+  --out "$OUT/small_dynamic_profile.json"
 echo "throughput done, exit $status"
 exit "$status"

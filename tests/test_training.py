@@ -261,6 +261,14 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
     assert {c: (v["frames"], v["frames_resumed"], v["images_per_s"]) for c, v in again.items()} == {
         c: (v["frames"], v["frames"], None) for c, v in summary.items()}
     assert {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))} == answers
+    # The KV cache is one of the inputs: the other kind answers every frame again, the same text.
+    shutil.copytree(tmp_path / "predictions", tmp_path / "dynamic")
+    dynamic = infer(InferParams(max_new_tokens=24, batch_size=4, kv_cache="dynamic"), FORMAT, dataset,
+                    tmp_path / "train", tmp_path / "dynamic")
+    assert all(v["frames_resumed"] == 0 for v in dynamic.values())
+    texts = {p.relative_to(tmp_path / "predictions"): json.loads(p.read_text()).get("raw_text") for p in answers}
+    assert {p.relative_to(tmp_path / "dynamic"): json.loads(p.read_text()).get("raw_text")
+            for p in sorted((tmp_path / "dynamic").rglob("*.json"))} == texts
     with pytest.raises(ParamsError, match=r"infer.checkpoints: no checkpoint for step\(s\) \[3\]"):
         infer(InferParams(checkpoints="3"), FORMAT, dataset, tmp_path / "train", tmp_path / "other")
     # Other generation parameters: nothing is reused; fewer columns: the others leave the output.

@@ -65,6 +65,7 @@ TrainPreset = Literal["cr1", "cr2"]
 Schedule = Literal["cosine", "constant"]
 Attention = Literal["sdpa", "eager"]
 VisionAttention = Literal["packed", "per_segment"]
+KVCache = Literal["static", "dynamic"]
 FusedKernels = Literal["none", "liger"]
 Layout = Literal["rdshq", "waymo"]
 CheckpointChoice = Literal["all", "none"]
@@ -296,6 +297,9 @@ class InferParams(Checked):
     checkpoints: CheckpointChoice | tuple[int, ...] = param(
         "all", "intermediate training checkpoints to run: all, none, or a list of steps such as 40,80")
     vision_attention: VisionAttention = param("packed", "packed or per_segment, as train.vision_attention")
+    kv_cache: KVCache = param("static", "generation's KV cache: static (preallocated; on CUDA transformers then "
+                                        "compiles the decoding step, 3-20x faster, benchmarks/results/"
+                                        "infer_throughput.md) or dynamic (grows per token)")
 
 
 @dataclasses.dataclass(frozen=True)

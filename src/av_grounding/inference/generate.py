@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..dataset.formats import Sample
+from ..params import KVCache
 from ..training.collate import Encoder, collate
 
 
-KVCache = Literal["dynamic", "static"]
 KV_CACHES: tuple[str, ...] = typing.get_args(KVCache)
 
 
@@ -39,12 +38,12 @@ class GreedyLogProbs:
 
 @torch.no_grad()
 def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int, device: str = "cpu",
-             kv_cache: KVCache = "dynamic", compiled: bool = True) -> list[Generated]:
+             kv_cache: KVCache = "dynamic") -> list[Generated]:
     """Greedy answers to ``samples`` in one left-padded batch, each cut at its ``<|im_end|>``,
     with every generated token's log-probability. ``kv_cache``: transformers' cache kind;
     ``static`` preallocates it at the longest length, which lets transformers compile the decoding
-    step on CUDA unless ``compiled`` is False (the same answers as the dynamic cache: tested in
-    fp32 on CPU, where transformers does not compile)."""
+    step on CUDA (the same answers as the dynamic cache: tested in fp32 on CPU, where transformers
+    does not compile; on an H200 3-20x faster, ``benchmarks/results/infer_throughput.md``)."""
     from transformers import LogitsProcessorList
 
     if kv_cache not in KV_CACHES:
@@ -57,8 +56,7 @@ def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int
     cache = {} if kv_cache == "dynamic" else {"cache_implementation": kv_cache}  # dynamic: the model's own choice
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                          logits_processor=LogitsProcessorList([recorder]), return_dict_in_generate=True,
-                         eos_token_id=encoder.im_end, pad_token_id=tokenizer.pad_token_id,
-                         disable_compile=not compiled, **cache)
+                         eos_token_id=encoder.im_end, pad_token_id=tokenizer.pad_token_id, **cache)
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
     chosen = torch.stack(recorder.steps, dim=1).cpu()
     results = []

@@ -73,7 +73,7 @@ def column_inputs(params: InferParams, fmt: FormatParams, dataset: Path, run: di
     column and its step), the generation and image parameters, the evaluation split's content."""
     return {"model": {"training_inputs_sha256": run.get("inputs_sha256"), "column": column, "step": step},
             "params": {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
-                       "vision_attention": params.vision_attention},
+                       "vision_attention": params.vision_attention, "kv_cache": params.kv_cache},
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "eval_split_sha256": folder_digest(dataset / "eval")}
 
@@ -108,7 +108,8 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
                             vision_attention=params.vision_attention)
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
         for batch in tqdm(pending, desc=f"infer {folder.name}", unit="batch"):
-            for sample, result in zip(batch, generate(loaded.model, encoder, batch, params.max_new_tokens, device)):
+            answers = generate(loaded.model, encoder, batch, params.max_new_tokens, device, params.kv_cache)
+            for sample, result in zip(batch, answers):
                 tokens += len(result.token_ids)
                 write_json(folder / f"{sample.id}.json",
                            prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer))
