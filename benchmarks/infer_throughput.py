@@ -2,9 +2,9 @@
 whether the answers are identical.
 
     python benchmarks/infer_throughput.py --model data/train/model --dataset data/dataset \
-        --frames 256 --batch-sizes 1,64,256 --out benchmarks/results/infer_throughput_h200.json
-    ... --decodings dynamic,static --profile   # also the static KV cache (compiled decoding on
-                                               # CUDA), and a profile of decoding per batch size
+        --frames 64 --batch-sizes 1,8,32,64 --decodings static --out small.json
+    ... --decodings dynamic,static --profile   # both KV caches (the static one compiles its
+                                               # decoding on CUDA), a profile of decoding per batch size
 
 Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
 log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
@@ -16,8 +16,9 @@ warm-up with its first batch (a last batch of another size, or another padded pr
 still compile inside the timed run); the profiles are preceded by a warm-up of their own.
 ``--profile`` runs torch.profiler over one batch answering 8 and then 40 tokens (answers cut at
 their end token are not extended) and reports the difference per decoding step, which leaves out
-the vision tower and the prompt's prefill. ``encode_s`` is the CPU time of preparing every
-frame's prompt and pixels (``Encoder.encode``), which each run spends inside its generation calls.
+the vision tower and the prompt's prefill. ``encode_s`` is the wall time of preparing every
+frame's prompt and pixels on the CPU (``Encoder.encode``), which each run spends inside its
+generation calls.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from train_throughput import profile_summary, synchronize
 
 from av_grounding.dataset.formats import read_cosmos
@@ -70,6 +72,14 @@ def decode_step_profile(model, encoder, batch, device: str, decoding: str) -> di
             f"profile_{PROFILED_TOKENS[1]}_tokens": long}
 
 
+def kv_caches(text: str) -> list[str]:
+    """``--decodings``: comma-separated KV cache kinds, checked before the model loads."""
+    chosen = text.split(",")
+    if not set(chosen) <= set(KV_CACHES):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated, each one of {', '.join(KV_CACHES)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model folder (e.g. data/train/model)")
@@ -77,8 +87,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,64,256")
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--decodings", default="dynamic", help=f"comma-separated KV caches: {', '.join(KV_CACHES)}")
-    parser.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on CPU unless given")
+    parser.add_argument("--decodings", default="static", type=kv_caches,
+                        help=f"comma-separated KV caches: {', '.join(KV_CACHES)}")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), help="bfloat16 on CUDA, float32 on CPU unless given")
     parser.add_argument("--profile", action="store_true", help="profile decoding steps per batch size")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -88,16 +99,17 @@ def main() -> None:
     loaded = load_model(args.model, dtype, device)
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
     samples = read_cosmos(args.dataset / "eval")[: args.frames]
-    generate(loaded.model, encoder, samples[:2], 8, device)  # warm-up
+    generate(loaded.model, encoder, samples[:2], 8, device, "dynamic")  # warm-up
     started = time.perf_counter()
     for sample in samples:
         encoder.encode(sample, with_answer=False)
     report = {"command": shlex.join(["python", *sys.argv]),
               "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-              "torch": torch.__version__, "dtype": dtype, "frames": len(samples),
+              "torch": torch.__version__, "transformers": transformers.__version__, "dtype": dtype,
+              "frames": len(samples),
               "encode_s": round(time.perf_counter() - started, 2), "runs": []}
     reference = None
-    for decoding in args.decodings.split(","):
+    for decoding in args.decodings:
         for size in (int(s) for s in args.batch_sizes.split(",")):
             if decoding == "static":
                 generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, decoding)

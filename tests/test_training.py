@@ -243,11 +243,21 @@ def test_a_rerun_with_other_parameters_starts_over_instead_of_resuming(few, tmp_
     assert json.loads((tmp_path / "out" / "inputs.json").read_text())["train"]["lr"] == 1e-3
 
 
+def answer_texts(predictions: Path) -> dict[Path, str]:
+    """Every answer's text under an `infer` output folder, by path relative to it."""
+    return {p.relative_to(predictions): json.loads(p.read_text())["raw_text"]
+            for p in sorted(predictions.glob("*/*.json")) if p.parent.name != "manifests"}
+
+
 @pytest.mark.slow
-def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
+def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path, monkeypatch):
     from av_grounding.evaluation.stage import evaluate
+    from av_grounding.inference import infer as stage
     from av_grounding.inference.infer import infer
     from av_grounding.params import EvaluateParams, InferParams
+
+    caches = []  # the KV cache kind of every generation call
+    monkeypatch.setattr(stage, "generate", lambda *args: caches.append(args[-1]) or generate(*args))
 
     train(TrainParams(max_steps=4, save_every=2, batch_size=2), FORMAT, dataset, tmp_path / "train", None, tmp_path / "live")
     summary = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
@@ -262,13 +272,13 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path):
         c: (v["frames"], v["frames"], None) for c, v in summary.items()}
     assert {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))} == answers
     # The KV cache is one of the inputs: the other kind answers every frame again, the same text.
+    assert set(caches) == {"static"}
     shutil.copytree(tmp_path / "predictions", tmp_path / "dynamic")
     dynamic = infer(InferParams(max_new_tokens=24, batch_size=4, kv_cache="dynamic"), FORMAT, dataset,
                     tmp_path / "train", tmp_path / "dynamic")
-    assert all(v["frames_resumed"] == 0 for v in dynamic.values())
-    texts = {p.relative_to(tmp_path / "predictions"): json.loads(p.read_text()).get("raw_text") for p in answers}
-    assert {p.relative_to(tmp_path / "dynamic"): json.loads(p.read_text()).get("raw_text")
-            for p in sorted((tmp_path / "dynamic").rglob("*.json"))} == texts
+    assert all(v["frames_resumed"] == 0 for v in dynamic.values()) and caches[-1] == "dynamic"
+    texts = answer_texts(tmp_path / "predictions")
+    assert len(texts) == 3 * len(read_cosmos(dataset / "eval")) and answer_texts(tmp_path / "dynamic") == texts
     with pytest.raises(ParamsError, match=r"infer.checkpoints: no checkpoint for step\(s\) \[3\]"):
         infer(InferParams(checkpoints="3"), FORMAT, dataset, tmp_path / "train", tmp_path / "other")
     # Other generation parameters: nothing is reused; fewer columns: the others leave the output.

@@ -298,8 +298,8 @@ class InferParams(Checked):
         "all", "intermediate training checkpoints to run: all, none, or a list of steps such as 40,80")
     vision_attention: VisionAttention = param("packed", "packed or per_segment, as train.vision_attention")
     kv_cache: KVCache = param("static", "generation's KV cache: static (preallocated; on CUDA transformers then "
-                                        "compiles the decoding step, 3-20x faster, benchmarks/results/"
-                                        "infer_throughput.md) or dynamic (grows per token)")
+                                        "compiles the decoding step: 82M model on an H200 3-20x faster, "
+                                        "benchmarks/results/infer_throughput.md) or dynamic (grows per token)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,6 +104,9 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
     pending = [batch for batch in batches if not all((folder / f"{s.id}.json").exists() for s in batch)]
     started, tokens = time.perf_counter(), 0
     if pending:
+        # Each model compiles its own decoding step (static cache on CUDA): dynamo would count every
+        # column's recompilations against one limit and fall back to eager past it.
+        torch.compiler.reset()
         loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device,
                             vision_attention=params.vision_attention)
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
