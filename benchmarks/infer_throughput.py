@@ -44,13 +44,13 @@ from av_grounding.training.collate import Encoder
 
 
 def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str,
-        decoding: str) -> tuple[list[list[int]], float]:
+        kv_cache: str) -> tuple[list[list[int]], float]:
     answers = []
     synchronize(device)
     started = time.perf_counter()
     for begin in range(0, len(samples), batch_size):
         answers += [g.token_ids for g in generate(model, encoder, samples[begin: begin + batch_size], max_new_tokens,
-                                                  device, decoding)]
+                                                  device, kv_cache)]
     synchronize(device)
     return answers, time.perf_counter() - started
 
@@ -58,10 +58,10 @@ def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: s
 PROFILED_TOKENS = (8, 40)  # the difference of the two profiles is decoding alone, without the prefill
 
 
-def decode_step_profile(model, encoder, batch, device: str, decoding: str) -> dict:
+def decode_step_profile(model, encoder, batch, device: str, kv_cache: str) -> dict:
     """Per decoding step, wall and GPU-busy seconds from profiles of PROFILED_TOKENS new tokens
     (each generation run once before it is profiled: a static cache's length compiles anew)."""
-    calls = [functools.partial(generate, model, encoder, batch, tokens, device, decoding)
+    calls = [functools.partial(generate, model, encoder, batch, tokens, device, kv_cache)
              for tokens in PROFILED_TOKENS]
     for call in calls:
         call()
@@ -109,18 +109,18 @@ def main() -> None:
               "frames": len(samples),
               "encode_s": round(time.perf_counter() - started, 2), "runs": []}
     reference = None
-    for decoding in args.decodings:
+    for kv_cache in args.decodings:  # the flag's name is kept: committed result files record it
         for size in (int(s) for s in args.batch_sizes.split(",")):
-            if decoding == "static":
-                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, decoding)
-            answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device, decoding)
+            if kv_cache == "static":
+                generate(loaded.model, encoder, samples[:size], args.max_new_tokens, device, kv_cache)
+            answers, seconds = run(loaded.model, encoder, samples, size, args.max_new_tokens, device, kv_cache)
             reference = reference or answers
-            result = {"decoding": decoding, "batch_size": size, "seconds": round(seconds, 2),
+            result = {"decoding": kv_cache, "batch_size": size, "seconds": round(seconds, 2),
                       "images_per_s": round(len(samples) / seconds, 2),
                       "tokens_per_s": round(sum(map(len, answers)) / seconds, 1),
                       "answers_identical_to_first_run": sum(a == b for a, b in zip(answers, reference))}
             if args.profile:
-                result["profile"] = decode_step_profile(loaded.model, encoder, samples[:size], device, decoding)
+                result["profile"] = decode_step_profile(loaded.model, encoder, samples[:size], device, kv_cache)
             report["runs"].append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # a run stopped early keeps what it measured
