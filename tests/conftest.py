@@ -1,20 +1,26 @@
-"""Shared fixtures: a small synthetic RDS-HQ root built once per test session."""
+"""Shared fixtures: a small synthetic RDS-HQ root built once per test session. Tests run with
+the CPU numerics the stages pin (``av_grounding.numerics``), set here before anything computes a
+tensor, so exact training outcomes hold on every x86-64 CPU."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from av_grounding import numerics
 
-import pytest
+numerics.pin_torch()
 
-from av_grounding.curation.extract import extract
-from av_grounding.curation.filters import filter_boxes
-from av_grounding.curation.transform import transform
-from av_grounding.curation.validate import validate
-from av_grounding.dataset.build import format_dataset
-from av_grounding.models.builtin import BUILTIN_MODELS
-from av_grounding.params import (ExtractParams, FilterParams, FormatParams, SynthesizeParams, TransformParams,
-                                 ValidateParams)
-from av_grounding.synth.clips import synthesize
+from pathlib import Path  # noqa: E402 (imports after the pin: some load PyTorch)
+
+import pytest  # noqa: E402
+
+from av_grounding.curation.extract import extract  # noqa: E402
+from av_grounding.curation.filters import filter_boxes  # noqa: E402
+from av_grounding.curation.transform import transform  # noqa: E402
+from av_grounding.curation.validate import validate  # noqa: E402
+from av_grounding.dataset.build import format_dataset  # noqa: E402
+from av_grounding.models.builtin import BUILTIN_MODELS  # noqa: E402
+from av_grounding.params import (ExtractParams, FilterParams, FormatParams, SynthesizeParams,  # noqa: E402
+                                 TransformParams, ValidateParams)
+from av_grounding.synth.clips import synthesize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,15 @@
-"""The data stages give the same bytes on every machine: two fresh copies of the repository, in
-folders of different names, with different Python hash seeds, worker counts, BLAS kernels
-(``OPENBLAS_CORETYPE``: Haswell with FMA against Sandybridge without) and numpy SIMD paths
-(the second copy with numpy's runtime-dispatched AVX2/AVX-512 loops switched off, as on an older
-CPU), record the same output hashes in dvc.lock. Parallel items finishing in another order must
-not show in the outputs either."""
+"""Every stage gives the same bytes on every machine, and a colleague's `dvc repro` in a fresh
+clone leaves `dvc.lock`, metrics and plots as committed.
+
+A pipeline copy runs on this machine as it is, with PyTorch, MKL and oneDNN told to use its
+widest kernels (AVX-512 where it has them), one thread, OpenBLAS's Haswell kernels (FMA); its
+results are committed. A fresh clone of it (another folder name, another Python hash seed, other
+worker counts) then runs everything again as another machine would: ATen's baseline kernels,
+MKL's AVX2 code, oneDNN's AVX2 kernels, three threads, OpenBLAS's Sandybridge kernels (no FMA),
+numpy's runtime-dispatched AVX2/AVX-512 loops and libjpeg-turbo's AVX2 code switched off. The
+stages pin what decides PyTorch's results (``av_grounding.numerics``), so trained weights,
+answers and metrics must come out the same; without the pin, threads and kernels change the
+weights from the first steps on."""
 
 from __future__ import annotations
 
@@ -12,15 +18,21 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from dvc_workspace import DATA_STAGES, dvc, lock_outputs, make_workspace, write_params
+from dvc_workspace import commit_all, dvc, environment, git, lock_outputs, make_workspace, write_params
 
 pytestmark = pytest.mark.slow
 
-FIRST = {"OPENBLAS_CORETYPE": "Haswell", "PYTHONHASHSEED": "1"}
-SECOND = {"OPENBLAS_CORETYPE": "Sandybridge", "PYTHONHASHSEED": "2"}
+FIRST = {"OPENBLAS_CORETYPE": "Haswell", "PYTHONHASHSEED": "1", "ATEN_CPU_CAPABILITY": "avx512",
+         "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "ALL", "OMP_NUM_THREADS": "1",
+         "MKL_NUM_THREADS": "1"}
+SECOND = {"OPENBLAS_CORETYPE": "Sandybridge", "PYTHONHASHSEED": "2", "ATEN_CPU_CAPABILITY": "default",
+          "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "AVX2",
+          "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "JSIMD_FORCESSE2": "1"}
 WORKERS = ({"synthesize": {"num_clips": 3, "workers": 2}, "extract": {"workers": 2}},
-           {"synthesize": {"num_clips": 3, "workers": 1}, "extract": {"workers": 1}})
+           {"synthesize": {"workers": 1}, "extract": {"workers": 1}, "transform": {"workers": 1},
+            "filter": {"workers": 1}})
 
 
 def numpy_dispatch() -> list[str]:
@@ -38,21 +50,43 @@ def openblas_core(environment: dict[str, str]) -> str:
                 "unknown")
 
 
-def test_data_stages_give_identical_outputs_on_two_kinds_of_machine(tmp_path, monkeypatch):
-    cores = [openblas_core(FIRST), openblas_core(SECOND)]
-    if cores[0] == cores[1]:
-        pytest.skip(f"this CPU or numpy build cannot select two OpenBLAS kernels (got {cores})")
-    second = {**SECOND, "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_dispatch())}
-    recorded = []
-    for copy, environment, workers in (("first", FIRST, WORKERS[0]), ("second-copy", second, WORKERS[1])):
-        for name, value in environment.items():
-            monkeypatch.setenv(name, value)
-        workspace = make_workspace(tmp_path / copy)
-        write_params(workspace, workers)
-        dvc(workspace, "repro", *DATA_STAGES)
-        recorded.append(lock_outputs(workspace, DATA_STAGES))
-    first, second = recorded
-    assert all(first[stage] for stage in DATA_STAGES), f"a data stage recorded no outputs: {first}"
-    differing = {stage: (first[stage], second[stage]) for stage in DATA_STAGES if first[stage] != second[stage]}
-    assert not differing, (f"output hashes in dvc.lock differ between OpenBLAS {cores[0]} and {cores[1]} "
-                           f"(numpy dispatch off), hash seeds and worker counts: {differing}")
+def torch_kernels(environment: dict[str, str]) -> str:
+    """The ATen kernels PyTorch would pick under ``environment`` if nothing pinned them."""
+    result = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, **environment})
+    return result.stdout.strip()
+
+
+def stages(workspace) -> tuple[str, ...]:
+    return tuple(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
+
+
+def test_a_fresh_clone_on_another_kind_of_machine_reproduces_every_output(tmp_path, monkeypatch):
+    kinds = {"OpenBLAS": (openblas_core(FIRST), openblas_core(SECOND)),
+             "ATen": (torch_kernels(FIRST), torch_kernels(SECOND))}
+    for name, value in FIRST.items():
+        monkeypatch.setenv(name, value)
+    first = make_workspace(tmp_path / "first")
+    write_params(first, WORKERS[0])
+    dvc(first, "repro")
+    commit_all(first, "Results of the first machine")
+
+    for name in FIRST:
+        monkeypatch.delenv(name)
+    for name, value in {**SECOND, "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_dispatch())}.items():
+        monkeypatch.setenv(name, value)
+    second = tmp_path / "second-clone"
+    git(tmp_path, "clone", "--quiet", str(first), str(second))
+    write_params(second, WORKERS[1])
+    dvc(second, "repro")
+
+    recorded = [lock_outputs(workspace, stages(first)) for workspace in (first, second)]
+    assert all(recorded[0].values()), f"a stage recorded no outputs: {recorded[0]}"
+    differing = {stage: (recorded[0][stage], recorded[1][stage]) for stage in recorded[0]
+                 if recorded[0][stage] != recorded[1][stage]}
+    assert not differing, f"outputs in dvc.lock differ between two kinds of machine {kinds}: {differing}"
+    # What a reviewer runs: no warning, no changed metric; git sees only the worker counts.
+    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD"], cwd=second, capture_output=True,
+                          text=True, env=environment(second), timeout=120)
+    assert (diff.returncode, diff.stdout, diff.stderr) == (0, "", ""), diff
+    assert git(second, "status", "--porcelain").split() == ["M", "dvc.lock", "M", "params.yaml"]

@@ -128,7 +128,7 @@ def test_ray_extract_joins_the_cluster_gives_the_local_bytes_and_reports_failure
                "--input-root", str(root), "--cameras", ",".join(small_params.cameras), "--skip-frames", "7",
                "--max-failed-fraction", "0.5", "--executor", "ray", "--ray-address", ray_cluster,
                "--output", str(tmp_path / "ray"),
-               "--metrics", str(tmp_path / "ray.json"), "--rate", str(tmp_path / "rate.json")]
+               "--metrics", str(tmp_path / "ray.json"), "--timing", str(tmp_path / "rate.json")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert local["items_failed"] == 1 and local["frames_written"] == 3 * 4

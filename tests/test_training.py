@@ -261,15 +261,18 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path, m
 
     train(TrainParams(max_steps=4, save_every=2, batch_size=2), FORMAT, dataset, tmp_path / "train", None, tmp_path / "live")
     summary = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
-                    tmp_path / "predictions", tmp_path / "infer.json")
+                    tmp_path / "predictions", tmp_path / "infer.json", tmp_path / "timing.json")
     assert list(summary) == ["zero_shot", "step_000002", "final"]
     answers = {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))}
+    metrics = (tmp_path / "infer.json").read_bytes()
     again = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
-                  tmp_path / "predictions")
-    # Every frame answered already from the same inputs: a rerun redoes nothing, and its metrics
-    # still describe every column's whole output.
+                  tmp_path / "predictions", tmp_path / "infer.json", tmp_path / "timing.json")
+    # Every frame answered already from the same inputs: a rerun redoes nothing (its timing says
+    # so), and its metrics still describe every column's whole output, byte for byte.
     assert {c: (v["frames"], v["frames_resumed"], v["images_per_s"]) for c, v in again.items()} == {
         c: (v["frames"], v["frames"], None) for c, v in summary.items()}
+    assert (tmp_path / "infer.json").read_bytes() == metrics
+    assert json.loads((tmp_path / "timing.json").read_text())["final"]["frames_resumed"] == summary["final"]["frames"]
     assert {p: p.read_bytes() for p in sorted((tmp_path / "predictions").rglob("*.json"))} == answers
     # The KV cache is one of the inputs: the other kind answers every frame again, the same text.
     assert set(caches) == {"static"}

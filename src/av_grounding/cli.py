@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import numerics
 from . import params as params_module
 from .errors import PipelineError
 from .params import (EvaluateParams, ExtractParams, FilterParams, FormatParams, InferParams, SynthesizeParams,
@@ -42,7 +43,7 @@ STAGES: dict[str, StageSpec] = {
         "Write synthetic clips in the RDS-HQ layout (videos, poses, labels, render truth)."),
     "extract": StageSpec(
         ExtractParams, "av_grounding.curation.extract:extract",
-        {"output": "data/extracted", "metrics": "metrics/extract.json", "rate": "metrics/extract_rate.json"},
+        {"output": "data/extracted", "metrics": "metrics/extract.json", "timing": "metrics/timing/extract.json"},
         "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records."),
     "transform": StageSpec(
         TransformParams, "av_grounding.curation.transform:transform",
@@ -64,12 +65,14 @@ STAGES: dict[str, StageSpec] = {
         "Write train/eval datasets (Cosmos-RL and Qwen-VL layouts) with a measured token budget."),
     "train": StageSpec(
         TrainParams, "av_grounding.training.train:train",
-        {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train"},
+        {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train",
+         "timing": "metrics/timing/train.json"},
         "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
         {"fmt": ("format", FormatParams)}),
     "infer": StageSpec(
         InferParams, "av_grounding.inference.infer:infer",
-        {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json"},
+        {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json",
+         "timing": "metrics/timing/infer.json"},
         "Answer the evaluation split with the base model, every checkpoint and the final model.",
         {"fmt": ("format", FormatParams)}),
     "evaluate": StageSpec(
@@ -117,6 +120,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, load the stage's parameters and call its entry point; its summary.
+    CPU numerics are pinned first (``numerics``), before any stage module is imported."""
+    numerics.pin_environment()
     args = build_parser().parse_args(argv)
     spec = STAGES[args.stage]
     stage_params = params_module.load(spec.params_cls, args.stage, args.params, _overrides(args))

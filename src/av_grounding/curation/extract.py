@@ -387,21 +387,21 @@ def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
         return round(frames / seconds, 3) if seconds else None
 
     return {"executor": executor, "cores": outcome.cores,
-            "items_run": len(ran),
+            "items_run": len(ran), "items_resumed": len(outcome.results) - len(ran),
             "frames_written": frames, "wall_s": round(outcome.wall_s, 2), "cpu_s": round(outcome.cpu_s, 2),
             "frames_per_s": per(outcome.wall_s), "frames_per_core_s": per(core_seconds),
             "frames_per_cpu_s": per(outcome.cpu_s)}
 
 
 def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
-            rate: Path | None = None) -> dict[str, Any]:
+            timing: Path | None = None) -> dict[str, Any]:
     """The `extract` stage over every (clip, camera). Parameter errors fail at once, before any
     item runs; item and frame failures are counted, and fail the stage (``StageFailed``) when
     more than ``max_failed_fraction`` of the items, or of the frames, failed.
 
-    ``metrics`` gets the counts (the same on every run); ``rate`` the run's timing
-    (``curation_rate``), kept apart so that a rerun leaves the stage's recorded outputs as
-    they were."""
+    ``metrics`` gets the counts of the whole output (the same on every run, resumed or not);
+    ``timing`` the run's timing and the items it resumed (``curation_rate``), kept apart so that
+    a rerun leaves the stage's recorded outputs as they were."""
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
     with reading(params.input_root):
         clip_ids, skipped = select_clips(fs, root, params)
@@ -420,7 +420,6 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
         "clips": len(clip_ids),
         "items": len(items) + len(skipped),
         "items_failed": len(outcome.failures) + len(skipped),
-        "items_resumed": sum(r.resumed for r in results),
         "frames_written": sum(r.frames_written for r in results),
         "frames_failed": len(report["frames"]),
         "frames_without_labels": sum(r.frames_without_labels for r in results),
@@ -433,12 +432,13 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
     write_json(output / "failures.json", report)
     if metrics:
         write_json(metrics, summary)
-    if rate:
-        write_json(rate, curation_rate(outcome, params.executor))
+    if timing:
+        write_json(timing, curation_rate(outcome, params.executor))
     frame_failures = [Failure(f"{f['item']} frame {f['frame']}", f["error"]) for f in report["frames"]]
     key = "extract.max_failed_fraction"
     check_failed_fraction([f.describe() for f in [*skipped, *outcome.failures]], summary["items"],
                           params.max_failed_fraction, key, output / "failures.json")
     check_failed_fraction([f.describe() for f in frame_failures], summary["frames_written"] + len(frame_failures),
                           params.max_failed_fraction, key, output / "failures.json")
-    return {**summary, "failures": [*skipped, *outcome.failures, *frame_failures]}
+    resumed = sum(r.resumed for r in results)  # what this run did, not what the output is: not a metric
+    return {**summary, "items_resumed": resumed, "failures": [*skipped, *outcome.failures, *frame_failures]}

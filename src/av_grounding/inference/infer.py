@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .. import numerics
 from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..models.loading import load_model
@@ -95,7 +96,8 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
                  expected: dict[str, Any], device: str) -> dict[str, Any]:
     """Answer ``samples`` with the model at ``source`` into ``folder``, in fixed batches (the
     same batches after a resume, so resumed answers equal uninterrupted ones); a batch whose
-    every answer exists from a run with the same inputs (``expected``) is not redone."""
+    every answer exists from a run with the same inputs (``expected``) is not redone. Returns
+    this run's timing: frames resumed, wall time, images/s and generated tokens/s."""
     manifest = folder.parent / MANIFESTS / f"{folder.name}.json"
     if stored_json(manifest) != as_stored(expected):
         shutil.rmtree(folder, ignore_errors=True)
@@ -118,15 +120,18 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
                            prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer))
     elapsed = time.perf_counter() - started
     generated = sum(len(batch) for batch in pending)
-    return {"frames": len(samples), "frames_resumed": len(samples) - generated,
+    return {"frames_resumed": len(samples) - generated, "wall_s": round(elapsed, 2),
             "images_per_s": round(generated / elapsed, 3) if generated else None,
             "tokens_per_s": round(tokens / elapsed, 1) if generated else None}
 
 
 def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, output: Path,
-          metrics: Path | None = None) -> dict[str, Any]:
+          metrics: Path | None = None, timing: Path | None = None) -> dict[str, Any]:
     """The `infer` stage: every column's answers on the evaluation split, resumed where a run
-    with the same inputs stopped; metrics describe every column's whole output."""
+    with the same inputs stopped. ``metrics`` describe every column's whole output (frames,
+    step: the same whether resumed or not); ``timing`` what this run did (frames resumed, wall
+    time, rates). Returns both, by column. CPU numerics are pinned first (``numerics``)."""
+    numerics.pin_torch()
     samples = read_cosmos(dataset / "eval")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = read_run(train)
@@ -135,9 +140,13 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
     keep_only(output, {column for column, _, _ in chosen}, {s.id for s in samples})
     write_json(output / "columns.json", {column: step for column, _, step in chosen})
     summary: dict[str, Any] = {}
+    times: dict[str, Any] = {}
     for column, source, step in chosen:
         expected = column_inputs(params, fmt, dataset, run, column, step)
-        summary[column] = {"step": step, **infer_column(params, fmt, samples, source, output / column, expected, device)}
+        times[column] = infer_column(params, fmt, samples, source, output / column, expected, device)
+        summary[column] = {"step": step, "frames": len(samples)}
     if metrics:
         write_json(metrics, summary)
-    return summary
+    if timing:
+        write_json(timing, times)
+    return {column: {**summary[column], **times[column]} for column in summary}

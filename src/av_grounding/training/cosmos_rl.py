@@ -32,10 +32,10 @@ from typing import Any
 from ..dataset.formats import read_cosmos
 from ..errors import PipelineError
 from ..params import FormatParams, TrainParams
-from ..storage import atomic_folder, atomic_write_bytes
+from ..storage import atomic_folder, atomic_write_bytes, write_json
 from .collate import BudgetError, Encoder, within_budget
 from .data import global_batch
-from .loop import StepResult, log_step, step_folder, step_folders
+from .loop import StepResult, log_step, step_folder, step_folders, timing_record
 
 RUN_FOLDER = "cosmos-rl"
 # With an explicit timestamp cosmos-rl writes straight into output_dir (<output_dir>/safetensors/
@@ -185,13 +185,18 @@ def training_curve(log: Path) -> dict[int, dict[str, float]]:
     return dict(sorted(curve.items()))
 
 
-def log_curve(curve: dict[int, dict[str, float]], samples_per_step: int, live_dir: Path) -> None:
+def log_curve(curve: dict[int, dict[str, float]], samples_per_step: int, live_dir: Path, timing: Path | None,
+              wall_s: float) -> None:
+    """cosmos-rl's steps to DVCLive, and their times (its step timer) to the timing file."""
     from dvclive import Live
 
+    results = [StepResult(step, values["loss"], values["grad_norm"], values["lr"], values["seconds"], samples_per_step)
+               for step, values in curve.items()]
     with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        for step, values in curve.items():
-            log_step(live, StepResult(step, values["loss"], values["grad_norm"], values["lr"], values["seconds"],
-                                      samples_per_step))
+        for result in results:
+            log_step(live, result)
+    if timing is not None:
+        write_json(timing, timing_record(results, wall_s))
 
 
 def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
@@ -229,7 +234,7 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
 
 
 def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
-                    output: Path, live_dir: Path) -> dict[str, Any]:
+                    output: Path, live_dir: Path, timing: Path | None = None) -> dict[str, Any]:
     run, budget = prepare_run(params, fmt, base, dataset, output)
     before = max(exported_steps(run), default=0)  # exports of a crashed earlier attempt
     code, seconds = run_cosmos_rl(params.cosmos_rl_executable, run)
@@ -240,7 +245,7 @@ def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, da
                             f"{run / OUTPUTS / 'safetensors'} (newest step before this run: {before}, after: "
                             f"{max(exports, default=0)}); its last lines:\n" + "\n".join(tail))
     curve = training_curve(run / LOG)
-    log_curve(curve, global_batch(params.batch_size, params.grad_accum, params.gpus), live_dir)
+    log_curve(curve, global_batch(params.batch_size, params.grad_accum, params.gpus), live_dir, timing, seconds)
     *earlier, last = exports
     for step in earlier:
         place_export(exports[step], base, step_folder(output / "checkpoints", step))
@@ -248,5 +253,5 @@ def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, da
     # The resumable state (optimizer, full precision weights) is only needed by a crashed run.
     shutil.rmtree(run / OUTPUTS, ignore_errors=True)
     return {"steps": last, "samples": budget["samples"], "samples_over_max_length": budget["samples_over_max_length"],
-            "backend": "cosmos-rl", "processes": params.gpus, "exit_code": code, "wall_s": round(seconds, 1),
+            "backend": "cosmos-rl", "processes": params.gpus, "exit_code": code,
             "final_loss": curve[max(curve)]["loss"] if curve else None}

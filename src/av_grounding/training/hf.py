@@ -9,8 +9,8 @@ builds the model, optimizer and data, and holds the three execution paths: one p
 (``DataParallelTrainer``: a whole replica per GPU, for models that fit one) and DeepSpeed ZeRO-3
 (``ZeRO3Trainer``: for models that do not). Checkpoints are Hugging Face folders (weights, tokenizer, image processor)
 plus ``trainer_state.pt``; a rerun resumes from the newest complete one and ends with the same
-weights as an uninterrupted run. DVCLive logs loss, learning rate, gradient norm, samples/s and
-tokens/s per optimizer step.
+weights as an uninterrupted run. DVCLive logs loss, learning rate and gradient norm per optimizer
+step; the timing file their wall time, samples/s and tokens/s.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..storage import atomic_write_bytes
 from . import distributed
 from .collate import BudgetError, Encoder, answer_loss, within_budget
 from .data import StepPlan, loader_workers, step_loader
-from .loop import (STATE_FILE, CheckpointHook, LiveHook, Trainer, latest_checkpoint, save_folder)
+from .loop import STATE_FILE, CheckpointHook, LiveHook, TimingHook, Trainer, latest_checkpoint, save_folder
 
 
 def trainable_parameters(model, params: TrainParams):
@@ -241,7 +241,8 @@ class ZeRO3Trainer(Trainer):
         self.step = client_state["step"]
 
 
-def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path) -> dict[str, Any]:
+def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
+             timing: Path | None = None) -> dict[str, Any]:
     from .train import resolved
 
     params = resolved(params)
@@ -284,7 +285,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
     total = params.max_steps or params.epochs * plan.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, params))
     setup = Setup(loaded, model, optimizer, scheduler, device, world)
-    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every)]
+    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every), TimingHook(timing)]
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
                   hooks=hooks, rank=rank)
     if zero3:

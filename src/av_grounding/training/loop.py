@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import PipelineError
-from ..storage import atomic_folder
+from ..storage import atomic_folder, write_json
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
@@ -69,15 +69,31 @@ class StepResult:
 
 
 def log_step(live, result: StepResult) -> None:
-    """One DVCLive step (numbered by optimizer step from 0, also after a resume)."""
+    """One DVCLive step (numbered by optimizer step from 0, also after a resume): what the step
+    computed, the same on every run. Its wall time goes to the timing file (``timing_record``)."""
     live.step = result.step - 1
     live.log_metric("train/loss", result.loss)
     live.log_metric("train/lr", result.lr)
     live.log_metric("train/grad_norm", result.grad_norm)
-    live.log_metric("train/samples_per_s", result.samples / max(result.seconds, 1e-9))
-    if result.tokens is not None:
-        live.log_metric("train/tokens_per_s", result.tokens / max(result.seconds, 1e-9))
     live.next_step()
+
+
+def _rate(count: float | None, seconds: float) -> float | None:
+    return round(count / seconds, 3) if count is not None and seconds > 0 else None
+
+
+def timing_record(results: list[StepResult], wall_s: float) -> dict[str, Any]:
+    """What ``metrics/timing/train.json`` holds: the run's wall time, its overall samples/s and
+    tokens/s over the steps it ran (a resumed run: the steps after the resume), and per step
+    (columns ``step``, ``seconds``, ``samples_per_s``, ``tokens_per_s``). Rates are None where
+    the step's tokens are unknown."""
+    seconds = sum(r.seconds for r in results)
+    tokens = None if any(r.tokens is None for r in results) else sum(r.tokens for r in results)
+    return {"wall_s": round(wall_s, 2), "steps_run": len(results), "step_seconds": round(seconds, 2),
+            "samples_per_s": _rate(sum(r.samples for r in results), seconds), "tokens_per_s": _rate(tokens, seconds),
+            "per_step": {"step": [r.step for r in results], "seconds": [round(r.seconds, 4) for r in results],
+                         "samples_per_s": [_rate(r.samples, r.seconds) for r in results],
+                         "tokens_per_s": [_rate(r.tokens, r.seconds) for r in results]}}
 
 
 def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str, Any] | None = None,
@@ -189,8 +205,26 @@ class CheckpointHook(HookBase):
                     shutil.rmtree(older / "deepspeed", ignore_errors=True)
 
 
+class TimingHook(HookBase):
+    """The run's timing (``timing_record``) written to ``path`` after training (rank 0 only):
+    kept out of DVCLive and the metrics because it differs on every run."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.results, self.started = path, [], 0.0
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.started = time.perf_counter()
+
+    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+        self.results.append(result)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.path is not None and trainer.rank == 0:
+            write_json(self.path, timing_record(self.results, time.perf_counter() - self.started))
+
+
 class LiveHook(HookBase):
-    """Loss, learning rate, gradient norm, samples/s and tokens/s to DVCLive (rank 0 only)."""
+    """Loss, learning rate and gradient norm to DVCLive (rank 0 only)."""
 
     def __init__(self, live_dir: Path, resume: bool):
         self.live_dir, self.resume, self.live = live_dir, resume, None

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from ..dataset.prompts import load_prompts
+from .. import numerics
 from ..errors import PipelineError
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams, with_preset
@@ -90,7 +91,7 @@ class LaunchError(PipelineError, RuntimeError):
 
 
 def train_processes(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None,
-                    live: Path) -> dict[str, Any]:
+                    live: Path, timing: Path | None) -> dict[str, Any]:
     """``train.gpus`` processes of this stage under torchrun (one per GPU: data parallel, or
     ZeRO-3 with ``train.deepspeed``), given these parameters through a temporary params file;
     returns rank 0's summary. What ``dvc exp run -S train.gpus=N`` runs with the hf backend."""
@@ -107,7 +108,7 @@ def train_processes(params: TrainParams, fmt: FormatParams, dataset: Path, outpu
         params_file.write_text(yaml.safe_dump(plain, sort_keys=False))
         status = distributed.run_under_torchrun(params.gpus, [
             "train", "--params", str(params_file), "--dataset", str(dataset), "--output", str(output),
-            "--metrics", str(summary), "--live", str(live)])
+            "--metrics", str(summary), "--live", str(live), *(["--timing", str(timing)] if timing else [])])
         if status != 0:
             raise LaunchError(f"train.gpus {params.gpus}: the training processes under torchrun exited with "
                               f"status {status}")
@@ -129,9 +130,14 @@ def join_launch(params: TrainParams) -> int:
 
 
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
-          live: Path = Path("dvclive/train")) -> dict[str, Any]:
+          live: Path = Path("dvclive/train"), timing: Path | None = None) -> dict[str, Any]:
+    """The `train` stage: fine-tune from the base model (or resume a run made from the same
+    inputs) into ``output``; ``metrics`` gets the run's summary, ``live`` its DVCLive curves,
+    ``timing`` its wall time and rates. CPU numerics are pinned first (``numerics.pin_torch``),
+    so the weights are the same on every x86-64 CPU."""
     if params.backend == "hf" and params.gpus > 1 and not distributed.launched():
-        return train_processes(params, fmt, dataset, output, metrics, live)
+        return train_processes(params, fmt, dataset, output, metrics, live, timing)
+    numerics.pin_torch()
     params = resolved(params)
     rank = 0
     inputs = training_inputs(params, fmt, dataset)
@@ -146,11 +152,11 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
     if params.backend == "hf":
         from .hf import train_hf
 
-        summary = train_hf(params, fmt, base, dataset, output, live)
+        summary = train_hf(params, fmt, base, dataset, output, live, timing)
     else:
         from .cosmos_rl import train_cosmos_rl
 
-        summary = train_cosmos_rl(params, fmt, base, dataset, output, live)
+        summary = train_cosmos_rl(params, fmt, base, dataset, output, live, timing)
     summary["model"] = params.model
     summary["lr"] = params.lr
     if rank == 0:
