@@ -11,11 +11,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 LOCK := requirements.lock
 
 # Exact versions of every package (requirements.lock: the same bytes from every fresh clone),
-# then the project itself, editable, without resolving anything again.
-$(INSTALLED): pyproject.toml $(LOCK)
+# packages whose declared dependencies would conflict (requirements-nodeps.txt, see there), then
+# the project itself, editable, without resolving anything again.
+$(INSTALLED): pyproject.toml $(LOCK) requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e '.[test,ray]'
 	touch $@
 

@@ -79,6 +79,8 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
   cp params.yaml "$result/params.yaml"; cp dvc.lock "$result/dvc.lock"
   cp data/predictions/columns.json "$result/" 2>/dev/null
   mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
+  mkdir -p "$result/timing" && cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
+  python3 benchmarks/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
   tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
   mkdir -p "$result/plots" && cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
   return "$code"

@@ -74,10 +74,13 @@ def plot(folder: Path, results: dict, steps: dict, image: Path) -> None:
 
 
 def inference_line(folder: Path, params: dict) -> str:
-    """Batch and speed per column from ``infer.json``; a run stopped during `infer` has none."""
-    if not (folder / "infer.json").exists():
+    """Batch and speed per column from the run's ``timing/infer.json`` (``infer.json`` in runs
+    made before timing left the metrics); a run stopped during `infer` has none."""
+    name = next((n for n in ("timing/infer.json", "infer.json") if (folder / n).exists()), None)
+    if name is None:
         return f"- Inference: greedy, batch {params['infer']['batch_size']} (speeds: see the notes)."
-    speed = ", ".join(f"{c} {v['images_per_s']:.1f} images/s" for c, v in read(folder, "infer.json").items())
+    speed = ", ".join(f"{c} {v['images_per_s']:.1f} images/s" for c, v in read(folder, name).items()
+                      if v.get("images_per_s"))
     return f"- Inference: greedy, batch {params['infer']['batch_size']}, {speed}."
 
 

@@ -86,15 +86,15 @@ train_run() {  # train_run <name> <launcher and stage args...>: one run of the t
   local name=$1 start=$SECONDS code
   shift
   wanted "$name" || return 0
-  rm -rf "$WORK/$name" "$WORK/live-$name" "$OUT/$name.json" "$OUT/$name"-*.tsv  # no earlier run's numbers
+  rm -rf "$WORK/$name" "$WORK/live-$name" "$OUT/$name.json" "$OUT/$name"-*.tsv "$OUT/$name-timing.json"  # no earlier run's numbers
   timeout 900 "$@" --params "$PARAMS" --dataset "$DATA/dataset" --output "$WORK/$name" --metrics "$OUT/$name.json" \
-    --live "$WORK/live-$name" --save-every 0 > "$OUT/$name.log" 2>&1
+    --live "$WORK/live-$name" --timing "$OUT/$name-timing.json" --save-every 0 > "$OUT/$name.log" 2>&1
   code=$?
   [ "$code" = 0 ] || status=1
   echo "$name exit $code after $((SECONDS - start)) s" | tee -a "$OUT/runs.txt"
-  for curve in loss samples_per_s; do
-    cp "$WORK/live-$name/plots/metrics/train/$curve.tsv" "$OUT/$name-$curve.tsv" 2>/dev/null
-  done
+  cp "$WORK/live-$name/plots/metrics/train/loss.tsv" "$OUT/$name-loss.tsv" 2>/dev/null
+  [ -f "$OUT/$name-timing.json" ] && python3 benchmarks/timing_curve.py "$OUT/$name-timing.json" samples_per_s \
+    > "$OUT/$name-samples_per_s.tsv"
 }
 
 make_data || exit 1

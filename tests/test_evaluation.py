@@ -341,7 +341,8 @@ def test_nothing_matched_is_null_not_minus_one(tmp_path):
     metrics = score_files(tmp_path, {"a": boxes(CARS[:1], ["car"])}, {"a": boxes(far_off, ["car"])})
     assert metrics["matching"]["matched"] == 0 and metrics["matching"]["precision"] == 0.0
     assert metrics["matching"]["position_error_m"] is None and metrics["matching"]["label_accuracy"] is None
-    assert metrics["center_distance"]["trans_err_m"] is None and metrics["center_distance"]["map"] == 0.0
+    # nuScenes' true-positive errors of a class never matched are capped at 1, its AP is 0.
+    assert metrics["center_distance"]["trans_err_m"] == 1.0 and metrics["center_distance"]["map"] == 0.0
     assert metrics["recipe"]["mean_iou"] == 0.0  # a same-label pair is "matched" by the recipe even at IoU 0
 
 
@@ -661,7 +662,7 @@ def test_stage_metrics_of_each_column(stage_outputs):
         assert (perfect["ap3d"][name] is None) == (not in_bin), name
     debris = results["zero_shot"]
     assert debris["answers"]["valid_json"] == 0.0 and debris["answers"]["failed"] == 1.0
-    assert debris["matching"]["position_error_m"] is None and debris["center_distance"]["orient_err_rad"] is None
+    assert debris["matching"]["position_error_m"] is None and debris["center_distance"]["orient_err_rad"] == 1.0
     final = results["final"]
     assert final["answers"]["missing"] == approx(1 / len(records))
     assert final["answers"]["boxes_dropped"]["absurd_magnitude"] == 1

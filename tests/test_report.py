@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from av_grounding.report import main, split_timing
+from av_grounding.report import main
 from dvc_workspace import REPO, commit_all, git, make_workspace, run, write_params
 
 BASE_EVAL = {"final": {"ap3d": {"ap": 0.125, "ap25": 0.5}, "frames": 30}}
@@ -79,32 +79,23 @@ def full_eval(ap3d: float) -> dict:
 def test_report_leads_with_the_final_headline_and_folds_timing_away(tmp_path, capsys):
     workspace = make_workspace(tmp_path / "repo")
     write_eval_metrics(workspace, full_eval(0.125))
-    (workspace / "metrics" / "infer.json").write_text(json.dumps({"final": {"frames": 30, "tokens_per_s": 500.0}}))
     commit_all(workspace, "Results on main")
     write_eval_metrics(workspace, full_eval(0.25))
-    (workspace / "metrics" / "infer.json").write_text(json.dumps({"final": {"frames": 30, "tokens_per_s": 650.0}}))
+    (workspace / "metrics" / "timing").mkdir()
+    (workspace / "metrics" / "timing" / "infer.json").write_text(json.dumps({"final": {"tokens_per_s": 650.0}}))
+    (workspace / "metrics" / "timing" / "train.json").write_text(json.dumps(
+        {"wall_s": 12.5, "per_step": {"step": [1, 2], "seconds": [0.1, 0.2]}}))
     assert main(["--base", "main", "--repo", str(workspace)]) == 0
     report = capsys.readouterr().out
     headline, rest = report.split("## Metrics", 1)
     assert "## Headline: final model" in headline, report
     assert "| AP3D (IoU 0.05:0.50) | 0.125 | 0.25 | +0.125 |" in headline, report
     assert "| label accuracy | - | - | - |" in headline and "| recipe IoU Accuracy % | 5 | 5 | +0 |" in headline
-    metrics, timing = rest.split("## Throughput and timing", 1)
+    metrics, timing = rest.split("## Timing of the last run", 1)
     assert "final.ap3d.ap" in metrics and "tokens_per_s" not in metrics, report
-    assert "final.tokens_per_s" in timing and "<details>" in timing, report
-
-
-def test_split_timing_keeps_the_header_on_both_parts():
-    table = ("| Path | Metric | HEAD | workspace | Change |\n|---|---|---|---|---|\n"
-             "| metrics/eval.json | final.ap3d.ap | 0.1 | 0.2 | 0.1 |\n"
-             "| metrics/infer.json | final.images_per_s | 3 | 4 | 1 |\n"
-             "| metrics/train.json | wall_s | 100 | 90 | -10 |\n"
-             "| metrics/eval.json | final.ap3d.ap_at_m.0.5 | 0.1 | 0.2 | 0.1 |")
-    metrics, timing = split_timing(table)
-    assert metrics.splitlines()[0] == timing.splitlines()[0] == table.splitlines()[0]
-    assert [line.split("|")[2].strip() for line in metrics.splitlines()[2:]] == ["final.ap3d.ap", "final.ap3d.ap_at_m.0.5"]
-    assert [line.split("|")[2].strip() for line in timing.splitlines()[2:]] == ["final.images_per_s", "wall_s"]
-    assert split_timing("") == ("", "")
+    assert "<details>" in timing and timing.count("| metrics/timing/") == 2, report
+    assert "| metrics/timing/infer.json | final.tokens_per_s | 650.0 |" in timing, report
+    assert "| metrics/timing/train.json | wall_s | 12.5 |" in timing and "per_step" not in timing, report
 
 
 def test_pr_workflow_reproduces_then_comments_the_report():

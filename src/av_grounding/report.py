@@ -3,9 +3,9 @@
 ``make report BASE=main`` (``python -m av_grounding.report --base main``) prints markdown: first
 the headline metrics of the final model (``final`` in ``metrics/eval.json``: AP2D, AP3D,
 centre-distance mAP, recall, label accuracy, the recipe's metrics) at the base and in the
-workspace, then ``dvc metrics diff <base> --md`` without throughput and timing figures (which
-change on every run; they follow, folded, in their own section), then ``dvc params diff <base>
---md``. CI posts it as a pull-request comment (``.github/workflows/pr-report.yml``). Not a
+workspace, then ``dvc metrics diff <base> --md``, then ``dvc params diff <base> --md``, and last,
+folded, the timing of the workspace's last run (``metrics/timing/*.json``: wall times and
+rates, which differ on every run and so are no DVC metric and have no base to compare with). CI posts it as a pull-request comment (``.github/workflows/pr-report.yml``). Not a
 pipeline stage: it reads what the stages wrote and git history, so it lives beside the stage
 CLI, not in it.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,7 @@ from .errors import PipelineError
 
 DVC_TIMEOUT_S = 300
 EVAL_METRICS = "metrics/eval.json"
-# Metric names of throughput and timing (images_per_s, tokens_per_s, wall_s, step_seconds, ...).
-TIMING = re.compile(r"(_per_s|_s|_seconds|_ms|seconds|tflops?)$", re.IGNORECASE)
+TIMING = "metrics/timing"
 
 
 class ReportError(PipelineError, RuntimeError):
@@ -50,21 +48,22 @@ def dvc_diff(kind: str, base: str, repo: Path) -> str:
     return table if has_rows else ""
 
 
-def split_timing(table: str) -> tuple[str, str]:
-    """A ``dvc metrics diff --md`` table split in two tables with the same header: rows of other
-    metrics, rows of throughput and timing metrics (``TIMING`` on the metric's last name); ""
-    for a part without rows."""
-    if not table:
-        return "", ""
-    lines = table.splitlines()
-    header, rows = lines[:2], lines[2:]
+def _scalars(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every number or string in nested dicts; lists (per-step series) left out."""
+    found = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            found += _scalars(value, f"{prefix}{key}.")
+        elif not isinstance(value, list):
+            found.append((f"{prefix}{key}", value))
+    return found
 
-    def is_timing(row: str) -> bool:
-        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
-        return len(cells) > 1 and bool(TIMING.search(cells[1].split(".")[-1]))
 
-    parts = [[row for row in rows if is_timing(row) == timing] for timing in (False, True)]
-    return tuple("\n".join(header + part) if part else "" for part in parts)
+def timing_table(repo: Path) -> str:
+    """Markdown table of the workspace's timing files (file, key, value), or "" without any."""
+    rows = [f"| {path.relative_to(repo)} | {key} | {value} |" for path in sorted((repo / TIMING).glob("*.json"))
+            for key, value in _scalars(json.loads(path.read_text()))]
+    return "\n".join(["| Path | Key | Last run |", "|---|---|---|", *rows]) if rows else ""
 
 
 def eval_metrics(revision: str | None, repo: Path) -> dict[str, Any] | None:
@@ -97,18 +96,18 @@ def headline(base: str, repo: Path) -> str:
 
 def build_report(base: str, repo: Path = Path(".")) -> str:
     """Markdown: headline metrics of the final model, then the metrics and params sections (each
-    a table or a 'no change' line), with throughput and timing rows folded into a section of
-    their own."""
+    a table or a 'no change' line), then the last run's timing, folded."""
     top = headline(base, repo)
-    metrics, timing = split_timing(dvc_diff("metrics", base, repo))
+    metrics = dvc_diff("metrics", base, repo)
     params = dvc_diff("params", base, repo)
+    timing = timing_table(repo)
     sections = [f"# Pipeline report: workspace against `{base}`",
                 f"## Headline: final model\n\n{top}",
                 f"## Metrics\n\n{metrics or 'No metrics changed.'}",
                 f"## Parameters\n\n{params or 'No params changed.'}"]
     if timing:
-        sections.append("## Throughput and timing\n\n<details><summary>These change on every run</summary>\n\n"
-                        f"{timing}\n\n</details>")
+        sections.append("## Timing of the last run\n\n<details><summary>Wall times and rates: they differ on every "
+                        f"run, so they are not compared</summary>\n\n{timing}\n\n</details>")
     return "\n\n".join(sections) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Average precision. ``coco_ap`` follows COCOeval (pycocotools) step by step, so AP2D equals
 pycocotools' on the same inputs, and serves AP3D with another overlap; ``distance_ap`` is
-nuScenes' centre-distance AP (nuscenes-devkit ``eval/detection/algo.py``). A class without ground
+nuScenes' centre-distance AP with its true-positive errors (nuscenes-devkit
+``eval/detection/algo.py``; equal to the devkit's on the same boxes, tested). A class without ground
 truth has no AP (``None``), never 0 or -1."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..geometry.transforms import wrap_angle
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
@@ -117,48 +120,100 @@ def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float]
 
 @dataclass
 class DistanceImage:
-    """One image for the centre-distance AP: ``gt_centres`` a Gx2 and ``dt_centres`` a Dx2
-    matrix of ground-plane positions (metres), ``dt_scores`` (D,)."""
+    """One image for the centre-distance AP: ``gt_centres`` a Gx2 and ``dt_centres`` a Dx2 matrix
+    of ground-plane positions (metres), ``dt_scores`` (D,); for the true-positive errors, sizes
+    ``gt_lwh`` Gx3 and ``dt_lwh`` Dx3 (metres) and headings ``gt_headings`` (G,) and
+    ``dt_headings`` (D,) (radians, in the ground plane)."""
 
     gt_labels: list[str]
     gt_centres: np.ndarray
+    gt_lwh: np.ndarray
+    gt_headings: np.ndarray
     dt_labels: list[str]
     dt_scores: np.ndarray
     dt_centres: np.ndarray
+    dt_lwh: np.ndarray
+    dt_headings: np.ndarray
+
+
+# nuScenes' true-positive errors that apply to these boxes (no velocity, no attributes).
+TP_ERRORS = ("trans_err", "scale_err", "orient_err")
+
+
+@dataclass
+class DistanceAP:
+    """One class at one distance threshold: ``ap`` (None when the class has no truth), the
+    true positives as (image, detection, truth) triples, and the true-positive errors by name
+    (``TP_ERRORS``; None when the class has no truth, 1 when its recall never passes the minimum
+    recall, as nuScenes caps them)."""
+
+    ap: float | None
+    matches: list[tuple[int, int, int]]
+    errors: dict[str, float | None]
+
+
+def scale_error(pred_lwh: np.ndarray, gt_lwh: np.ndarray) -> float:
+    """1 - IoU of two boxes of these sizes (3,) with centres and orientations aligned
+    (nuscenes-devkit ``eval/common/utils.py`` ``scale_iou``); 1 where both volumes are zero."""
+    inter = float(np.prod(np.minimum(pred_lwh, gt_lwh)))
+    union = float(np.prod(pred_lwh) + np.prod(gt_lwh)) - inter
+    return 1.0 - (inter / union if union > 0 else 0.0)
+
+
+def _cumulative_mean(values: list[float]) -> np.ndarray:
+    return np.cumsum(values) / np.arange(1, len(values) + 1)
 
 
 def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_recall: float = 0.1,
-                min_precision: float = 0.1) -> tuple[float | None, list[tuple[int, int, int]]]:
-    """nuScenes' AP for one class and distance threshold (metres), and the true-positive
-    (image, detection, truth) triples. Detections are taken in score order (stable) and each
-    matches the nearest free truth of its class within the threshold; precision is interpolated
-    at 101 recall points, the part below ``min_recall`` dropped and ``min_precision`` subtracted.
-    AP is None when the class has no truth."""
-    entries = [(score, i, d) for i, image in enumerate(images) for d, (l, score) in
-               enumerate(zip(image.dt_labels, image.dt_scores)) if l == label]
+                min_precision: float = 0.1) -> DistanceAP:
+    """nuScenes' detection AP for one class and distance threshold (metres), with its
+    true-positive errors (nuscenes-devkit ``eval/detection/algo.py``: ``accumulate``, ``calc_ap``,
+    ``calc_tp``).
+
+    Detections are taken by descending score, ties by the later detection first (as the devkit
+    sorts); each matches the nearest free truth of its class in its image if nearer than
+    ``threshold``. Precision is interpolated at 101 recall points; AP averages it above
+    ``min_recall`` after subtracting ``min_precision`` (negative parts count as 0), over
+    ``1 - min_precision``. Each true-positive error is the running mean over the matches in rank
+    order, read at the score each recall point is reached with, averaged from ``min_recall`` up
+    to the highest recall reached (1 when that is not above ``min_recall``). The devkit finds the
+    highest recall by the first zero among the interpolated scores; it is found here from the
+    recall itself, which agrees for scores that are not 0 and also holds for log-probabilities."""
     positives = sum(l == label for image in images for l in image.gt_labels)
     if positives == 0:
-        return None, []
-    entries.sort(key=lambda e: -e[0])
+        return DistanceAP(None, [], dict.fromkeys(TP_ERRORS))
+    ranked = sorted(((float(score), i, d) for i, image in enumerate(images)
+                     for d, (l, score) in enumerate(zip(image.dt_labels, image.dt_scores)) if l == label), reverse=True)
     taken = [np.zeros(len(image.gt_labels), dtype=bool) for image in images]
-    hits, matches = [], []
-    for _, i, d in entries:
+    hits, matches, matched_scores = [], [], []
+    errors: dict[str, list[float]] = {name: [] for name in TP_ERRORS}
+    for score, i, d in ranked:
         image = images[i]
         candidates = [g for g, l in enumerate(image.gt_labels) if l == label and not taken[i][g]]
-        if candidates:
-            distances = np.linalg.norm(image.gt_centres[candidates] - image.dt_centres[d], axis=1)
-            best = int(np.argmin(distances))
-            if distances[best] < threshold:
-                taken[i][candidates[best]] = True
-                hits.append(1)
-                matches.append((i, d, candidates[best]))
-                continue
-        hits.append(0)
+        distances = np.linalg.norm(image.gt_centres[candidates] - image.dt_centres[d], axis=1) if candidates else []
+        best = int(np.argmin(distances)) if candidates else -1
+        hits.append(int(best >= 0 and distances[best] < threshold))
+        if not hits[-1]:
+            continue
+        g = candidates[best]
+        taken[i][g] = True
+        matches.append((i, d, g))
+        matched_scores.append(score)
+        errors["trans_err"].append(float(distances[best]))
+        errors["scale_err"].append(scale_error(image.dt_lwh[d], image.gt_lwh[g]))
+        errors["orient_err"].append(abs(wrap_angle(image.dt_headings[d] - image.gt_headings[g])))
     if not matches:
-        return 0.0, []
+        return DistanceAP(0.0, [], dict.fromkeys(TP_ERRORS, 1.0))
     tp = np.cumsum(hits)
-    fp = np.cumsum(1 - np.asarray(hits))
-    recall, precision = tp / positives, tp / (tp + fp)
+    recall, precision = tp / positives, tp / np.arange(1, len(hits) + 1)
     sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
-    kept = sampled[int(round(100 * min_recall)) + 1:] - min_precision
-    return float(np.clip(kept, 0, None).mean() / (1.0 - min_precision)), matches
+    first = int(round(100 * min_recall)) + 1
+    ap = float(np.clip(sampled[first:] - min_precision, 0, None).mean() / (1.0 - min_precision))
+    score_at = np.interp(RECALL_POINTS, recall, [score for score, _, _ in ranked], right=0)
+    last = int(np.flatnonzero(RECALL_POINTS <= recall[-1])[-1])  # the highest recall point reached
+    reversed_scores = np.asarray(matched_scores)[::-1]
+    tp_errors = {}
+    for name, values in errors.items():
+        curve = np.interp(score_at[::-1], reversed_scores, _cumulative_mean(values)[::-1])[::-1]
+        tp_errors[name] = float(curve[first:last + 1].mean()) if last >= first else 1.0
+    return DistanceAP(ap, matches, tp_errors)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geometry.transforms import wrap_angle
-from .ap import APResult, DistanceImage, ImageBoxes, coco_ap, distance_ap
+from .ap import TP_ERRORS, APResult, DistanceImage, ImageBoxes, coco_ap, distance_ap
 from .config import EvaluationConfig
 from .frames import Frame
 from .iou import iou_2d_matrix, iou_3d_matrix
@@ -64,36 +64,26 @@ def ap3d_by_depth(frames: list[Frame], images: list[ImageBoxes], labels: list[st
     return out
 
 
-def _scale_error(pred_lwh: np.ndarray, gt_lwh: np.ndarray) -> float:
-    """1 - IoU of two boxes of these sizes with centres and orientations aligned (nuScenes)."""
-    inter = float(np.prod(np.minimum(pred_lwh, gt_lwh)))
-    union = float(np.prod(pred_lwh) + np.prod(gt_lwh)) - inter
-    return 1.0 - (inter / union if union > 0 else 0.0)
-
-
 def center_distance_metrics(frames: list[Frame], labels: list[str], config: EvaluationConfig) -> CenterDistanceMetrics:
-    """Centre-distance AP per class and threshold (ground plane x-z), its mean, and the mean
-    true-positive errors at ``config.tp_distance_m``."""
-    images = [DistanceImage(f.gt.labels, f.gt.centres[:, [0, 2]], f.pred.labels, f.pred.scores, f.pred.centres[:, [0, 2]])
+    """Centre-distance AP per class and threshold (ground plane x-z), its mean over classes with
+    truth, and nuScenes' true-positive errors at ``config.tp_distance_m``: per class as the
+    devkit's ``calc_tp``, then the mean over classes with truth."""
+    images = [DistanceImage(f.gt.labels, f.gt.centres[:, [0, 2]], np.array([b.lwh for b in f.gt.boxes]).reshape(-1, 3),
+                            f.gt.headings, f.pred.labels, f.pred.scores, f.pred.centres[:, [0, 2]],
+                            np.array([b.lwh for b in f.pred.boxes]).reshape(-1, 3), f.pred.headings)
               for f in frames]
-    table, errors = {}, {"trans": [], "scale": [], "orient": []}
+    table, class_errors, true_positives = {}, {name: [] for name in TP_ERRORS}, 0
     for threshold in config.distance_thresholds_m:
-        aps = []
-        for label in labels:
-            ap, matches = distance_ap(images, label, threshold, config.min_recall, config.min_precision)
-            if ap is not None:
-                aps.append(ap)
-            if threshold != config.tp_distance_m:
-                continue
-            for i, d, g in matches:
-                pred, gt = frames[i].pred, frames[i].gt
-                errors["trans"].append(float(np.linalg.norm(pred.centres[d, [0, 2]] - gt.centres[g, [0, 2]])))
-                errors["scale"].append(_scale_error(pred.boxes[d].lwh, gt.boxes[g].lwh))
-                errors["orient"].append(abs(wrap_angle(pred.headings[d] - gt.headings[g])))
-        table[threshold] = _mean(aps)
+        results = [distance_ap(images, label, threshold, config.min_recall, config.min_precision) for label in labels]
+        table[threshold] = _mean([r.ap for r in results if r.ap is not None])
+        if threshold == config.tp_distance_m:
+            true_positives = sum(len(r.matches) for r in results)
+            for name in TP_ERRORS:
+                class_errors[name] = [r.errors[name] for r in results if r.errors[name] is not None]
     defined = [v for v in table.values() if v is not None]
-    return CenterDistanceMetrics(_mean(defined), table, config.tp_distance_m, len(errors["trans"]),
-                                 _mean(errors["trans"]), _mean(errors["scale"]), _mean(errors["orient"]))
+    return CenterDistanceMetrics(_mean(defined), table, config.tp_distance_m, true_positives,
+                                 _mean(class_errors["trans_err"]), _mean(class_errors["scale_err"]),
+                                 _mean(class_errors["orient_err"]))
 
 
 def matching_metrics(frames: list[Frame], max_distance: float) -> tuple[MatchingMetrics, list[tuple[float, float]]]:

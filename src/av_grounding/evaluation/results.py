@@ -94,10 +94,12 @@ class AP3DMetrics:
 
 @dataclass(frozen=True)
 class CenterDistanceMetrics:
-    """nuScenes-style: ``map`` the mean AP over classes and distance thresholds (metres),
-    ``ap_at_m`` per threshold; true-positive errors at ``tp_distance_m``, means over its true
-    positives: translation (m, ground plane), scale (1 - IoU of the sizes, centres and
-    orientations aligned), orientation (rad); None without a true positive."""
+    """nuScenes' detection metrics on ground-plane centre distance: ``map`` the mean AP over
+    classes with truth and distance thresholds (metres), ``ap_at_m`` per threshold;
+    ``true_positives`` at ``tp_distance_m``, and there nuScenes' true-positive errors (the
+    devkit's ``calc_tp`` per class, then the mean over classes): translation (m, ground plane),
+    scale (1 - IoU of the sizes, centres and orientations aligned), orientation (rad). A class
+    whose recall never passes 10 % counts 1 on each, as in nuScenes; None without truth."""
 
     map: float | None
     ap_at_m: dict[float, float | None]
