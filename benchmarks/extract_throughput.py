@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import av
+
+from machine import machine as host
 
 from av_grounding.curation.extract import extract_item
 from av_grounding.params import ExtractParams, SynthesizeParams
@@ -33,11 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "pyav": av.__version__, "ffmpeg": av.library_versions.get("libavcodec"),
-            "platform": platform.platform()}
+    return {**host(), "pyav": av.__version__, "ffmpeg": av.library_versions.get("libavcodec")}
 
 
 def best_of(repeats: int, fn) -> float:

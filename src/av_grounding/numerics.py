@@ -20,6 +20,15 @@ stages, before any kernel runs (no user sets anything):
   the order of additions: ``CPU_THREADS`` threads on every machine (OpenMP, MKL and PyTorch),
   never adjusted at run time (``OMP_DYNAMIC=FALSE``).
 
+One kind of operation cannot be pinned: ATen hands a few element-wise functions of contiguous
+float tensors to MKL's vector math library (``VENDOR_DEPENDENT_OPS``: ``vsSqrt``, ``vsErf``, ...
+in MKL's "high accuracy" mode, accurate to about one unit in the last place, not exactly rounded),
+which picks its code by CPU vendor whatever ``MKL_CBWR`` says: ``torch.sqrt`` of the same 4,096
+floats gave other bits on an Intel Xeon than on an AMD EPYC. The stages route around them: the
+optimizer is the fused AdamW on the CPU (its square root is ATen's own, exactly rounded), the
+models use ``rsqrt`` and GELU kernels of ATen's, and a test checks that training and generation
+call none of them.
+
 Sources: ATen's dispatch (``aten/src/ATen/native/DispatchStub.cpp``, ``ATEN_CPU_CAPABILITY``);
 oneMKL Developer Guide, "Specifying Code Branches" and "Reproducibility Conditions" (2024.2).
 What it costs on CPU, and the checks that show it holds: docs/reliability.md ("Same bytes
@@ -37,6 +46,11 @@ import warnings
 CPU_THREADS = 2
 # The ATen kernels taken on every CPU, as torch.backends.cpu.get_cpu_capability() names them.
 ATEN_CAPABILITY = "AVX2"
+# ATen operators whose CPU kernels call MKL's vector math for float tensors (ATen's
+# native/cpu/UnaryOpsKernel.cpp, IMPLEMENT_*_KERNEL over cpu/vml.h) and whose results are not
+# exact, so they differ between CPU vendors (floor, ceil, round and trunc take the same path but
+# are exact by definition). Training and inference must not call them.
+VENDOR_DEPENDENT_OPS = ("sqrt", "erf", "erfc", "erfinv", "lgamma", "i0")
 
 PINNED_ENVIRONMENT = {
     "ATEN_CPU_CAPABILITY": ATEN_CAPABILITY.lower(),

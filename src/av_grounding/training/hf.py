@@ -277,7 +277,9 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
         loaded.model.gradient_checkpointing_enable()
     model = trainable_parameters(loaded.model, params)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    # On the CPU, the fused AdamW: its square root is ATen's own (IEEE-exact), where the plain one
+    # calls MKL's vector math, whose results depend on the CPU's vendor (numerics.py).
+    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay, fused=device == "cpu")
     plan = StepPlan(len(examples), params.batch_size, params.grad_accum, world, params.seed)
     if plan.per_step > len(examples):
         raise ParamsError(f"train.batch_size x train.grad_accum x processes = {plan.per_step} samples a step, but "
