@@ -55,7 +55,8 @@ def test_main_reports_bad_input_without_a_traceback(tmp_path, capsys):
 def test_main_runs_a_stage_with_overrides(synthetic_root, tmp_path, capsys):
     code = main(["extract", "--params", str(REPO / "params.yaml"), "--input-root", str(synthetic_root),
                  "--cameras", "camera_front_wide_120fov", "--skip-frames", "15", "--workers", "1",
-                 "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")])
+                 "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
+                 "--timing", str(tmp_path / "timing.json")])
     assert code == 0
     assert "frames_written: 4" in capsys.readouterr().out  # 2 clips x frames 0 and 15
 

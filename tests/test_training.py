@@ -147,7 +147,7 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
     command = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
                "--dataset", str(few), "--max-steps", "16", "--save-every", "3", "--batch-size", "1",
-               "--metrics", str(tmp_path / "m.json")]
+               "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "timing.json")]
     subprocess.run(command + ["--output", str(tmp_path / "straight"), "--live", str(tmp_path / "live1")],
                    check=True, capture_output=True)
     run = subprocess.Popen(command + ["--output", str(tmp_path / "killed"), "--live", str(tmp_path / "live2")],
@@ -201,7 +201,8 @@ def test_two_data_parallel_processes_equal_one_process_accumulating_their_batche
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common]
     for name, command in (("one", one), ("two", two)):
         subprocess.run(command + ["--output", str(tmp_path / name), "--live", str(tmp_path / f"live-{name}"),
-                                  "--metrics", str(tmp_path / f"{name}.json")], check=True, capture_output=True)
+                                  "--metrics", str(tmp_path / f"{name}.json"), "--timing",
+                                  str(tmp_path / f"{name}-timing.json")], check=True, capture_output=True)
     metrics = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two")}
     assert (metrics["one"]["processes"], metrics["two"]["processes"]) == (1, 2)
     losses = {name: loss_curve(tmp_path / f"live-{name}") for name in ("one", "two")}
@@ -250,7 +251,8 @@ def test_killing_a_train_gpus_launch_ends_torchrun_and_its_processes(few, tmp_pa
     main = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
                              "--dataset", str(few), "--gpus", "2", "--max-steps", "100000", "--batch-size", "1",
                              "--save-every", "0", "--output", str(tmp_path / "out"), "--live", str(tmp_path / "live"),
-                             "--metrics", str(tmp_path / "m.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "timing.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started: list[int] = []
     try:
         started = wait_for(lambda: children(main.pid), "torchrun")
@@ -342,7 +344,8 @@ def test_a_diverging_run_stops_with_an_error_naming_the_step(few, tmp_path):
     def command(name: str, *extra: str) -> list[str]:
         return [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file), "--dataset", str(few),
                 "--output", str(tmp_path / name), "--live", str(tmp_path / f"{name}-live"),
-                "--metrics", str(tmp_path / f"{name}.json"), "--max-steps", "6", "--save-every", "1",
+                "--metrics", str(tmp_path / f"{name}.json"), "--timing", str(tmp_path / f"{name}-timing.json"),
+                "--max-steps", "6", "--save-every", "1",
                 "--batch-size", "3", "--lr", "1e30", "--warmup-ratio", "0", *extra]
 
     run = subprocess.run(command("out"), capture_output=True, text=True)
