@@ -90,8 +90,11 @@ def test_left_padding_for_generation(tiny, few):
     assert int(batch["mm_token_type_ids"].sum()) == sum(e.input_ids.count(encoder.image_pad) for e in encoded)
 
 
+# Steps inside the plateau where greedy answers reproduce the targets exactly, under the pinned
+# numerics (so on every CPU): checkpoints every 25 steps first reproduced all three at step 125
+# for both architectures and still did at 250 (qwen2_5_vl) and 200 (qwen3_vl).
 @pytest.mark.slow
-@pytest.mark.parametrize("model, steps, lr", [("tiny-qwen2_5_vl", 250, 5e-3), ("tiny-qwen3_vl", 150, 5e-3)])
+@pytest.mark.parametrize("model, steps, lr", [("tiny-qwen2_5_vl", 175, 5e-3), ("tiny-qwen3_vl", 150, 5e-3)])
 def test_overfit_until_greedy_generation_reproduces_the_targets(model, steps, lr, few, tmp_path):
     params = TrainParams(model=model, max_steps=steps, batch_size=3, lr=lr, schedule="constant", warmup_ratio=0.0,
                          save_every=0)

@@ -160,8 +160,40 @@ def scale_error(pred_lwh: np.ndarray, gt_lwh: np.ndarray) -> float:
     return 1.0 - (inter / union if union > 0 else 0.0)
 
 
-def _cumulative_mean(values: list[float]) -> np.ndarray:
-    return np.cumsum(values) / np.arange(1, len(values) + 1)
+@dataclass
+class _Ranked:
+    """One class's detections in rank order: their scores, whether each matched, the matches
+    (image, detection, truth) and each match's errors by name."""
+
+    scores: list[float] = field(default_factory=list)
+    hits: list[int] = field(default_factory=list)
+    matches: list[tuple[int, int, int]] = field(default_factory=list)
+    errors: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in TP_ERRORS})
+
+
+def _rank_and_match(images: list[DistanceImage], label: str, threshold: float) -> _Ranked:
+    """The devkit's ``accumulate`` loop: detections by descending score (ties: later first), each
+    taking the nearest free truth of its class in its image when nearer than ``threshold``."""
+    ranked = sorted(((float(score), i, d) for i, image in enumerate(images)
+                     for d, (l, score) in enumerate(zip(image.dt_labels, image.dt_scores)) if l == label), reverse=True)
+    taken = [np.zeros(len(image.gt_labels), dtype=bool) for image in images]
+    result = _Ranked()
+    for score, i, d in ranked:
+        image = images[i]
+        candidates = [g for g, l in enumerate(image.gt_labels) if l == label and not taken[i][g]]
+        distances = np.linalg.norm(image.gt_centres[candidates] - image.dt_centres[d], axis=1) if candidates else []
+        best = int(np.argmin(distances)) if candidates else -1
+        result.scores.append(score)
+        result.hits.append(int(best >= 0 and distances[best] < threshold))
+        if not result.hits[-1]:
+            continue
+        g = candidates[best]
+        taken[i][g] = True
+        result.matches.append((i, d, g))
+        result.errors["trans_err"].append(float(distances[best]))
+        result.errors["scale_err"].append(scale_error(image.dt_lwh[d], image.gt_lwh[g]))
+        result.errors["orient_err"].append(abs(wrap_angle(image.dt_headings[d] - image.gt_headings[g])))
+    return result
 
 
 def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_recall: float = 0.1,
@@ -182,38 +214,20 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
     positives = sum(l == label for image in images for l in image.gt_labels)
     if positives == 0:
         return DistanceAP(None, [], dict.fromkeys(TP_ERRORS))
-    ranked = sorted(((float(score), i, d) for i, image in enumerate(images)
-                     for d, (l, score) in enumerate(zip(image.dt_labels, image.dt_scores)) if l == label), reverse=True)
-    taken = [np.zeros(len(image.gt_labels), dtype=bool) for image in images]
-    hits, matches, matched_scores = [], [], []
-    errors: dict[str, list[float]] = {name: [] for name in TP_ERRORS}
-    for score, i, d in ranked:
-        image = images[i]
-        candidates = [g for g, l in enumerate(image.gt_labels) if l == label and not taken[i][g]]
-        distances = np.linalg.norm(image.gt_centres[candidates] - image.dt_centres[d], axis=1) if candidates else []
-        best = int(np.argmin(distances)) if candidates else -1
-        hits.append(int(best >= 0 and distances[best] < threshold))
-        if not hits[-1]:
-            continue
-        g = candidates[best]
-        taken[i][g] = True
-        matches.append((i, d, g))
-        matched_scores.append(score)
-        errors["trans_err"].append(float(distances[best]))
-        errors["scale_err"].append(scale_error(image.dt_lwh[d], image.gt_lwh[g]))
-        errors["orient_err"].append(abs(wrap_angle(image.dt_headings[d] - image.gt_headings[g])))
-    if not matches:
+    ranked = _rank_and_match(images, label, threshold)
+    if not ranked.matches:
         return DistanceAP(0.0, [], dict.fromkeys(TP_ERRORS, 1.0))
-    tp = np.cumsum(hits)
-    recall, precision = tp / positives, tp / np.arange(1, len(hits) + 1)
-    sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
+    tp = np.cumsum(ranked.hits)
+    recall, precision = tp / positives, tp / np.arange(1, len(tp) + 1)
     first = int(round(100 * min_recall)) + 1
+    sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
     ap = float(np.clip(sampled[first:] - min_precision, 0, None).mean() / (1.0 - min_precision))
-    score_at = np.interp(RECALL_POINTS, recall, [score for score, _, _ in ranked], right=0)
+    score_at = np.interp(RECALL_POINTS, recall, ranked.scores, right=0)
     last = int(np.flatnonzero(RECALL_POINTS <= recall[-1])[-1])  # the highest recall point reached
-    reversed_scores = np.asarray(matched_scores)[::-1]
-    tp_errors = {}
-    for name, values in errors.items():
-        curve = np.interp(score_at[::-1], reversed_scores, _cumulative_mean(values)[::-1])[::-1]
-        tp_errors[name] = float(curve[first:last + 1].mean()) if last >= first else 1.0
-    return DistanceAP(ap, matches, tp_errors)
+    matched_scores = np.asarray([s for s, hit in zip(ranked.scores, ranked.hits) if hit])[::-1]
+    errors = {}
+    for name, values in ranked.errors.items():
+        running_mean = np.cumsum(values) / np.arange(1, len(values) + 1)
+        curve = np.interp(score_at[::-1], matched_scores, running_mean[::-1])[::-1]
+        errors[name] = float(curve[first:last + 1].mean()) if last >= first else 1.0
+    return DistanceAP(ap, ranked.matches, errors)
