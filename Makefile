@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install lock repro test test-tools clean npm-install plots plots-diff remote
+.PHONY: install lock repro test test-tools clean npm-install plots plots-diff remote exps exps-recipe
 
 LOCK := requirements.lock
 
@@ -90,3 +90,17 @@ report: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) data/synthetic data/extracted
+
+# `make exps`: the experiments of this commit side by side in a 120-column terminal: the
+# parameters that differ between them, the final training loss and those headline metrics of the
+# final model that differ (metrics/headline.json; its `columns.*` hold the other checkpoints');
+# `make exps-recipe`: the same with the recipe's five metrics instead of the project's six.
+EXP_SHOW_FLAGS := --only-changed --drop 'Created|State|Executor|(data|src|stages|prompts)/|columns\.|.*grad_norm|step$$|dvclive/.*:train\.lr$$'
+EXP_SHOW_HEADLINE := --drop 'r_.*'
+EXP_SHOW_RECIPE := --drop '(ap2d|ap2d50|ap3d|cd_map|recall|precision)$$'
+
+exps: $(INSTALLED)
+	dvc exp show $(EXP_SHOW_FLAGS) $(EXP_SHOW_HEADLINE)
+
+exps-recipe: $(INSTALLED)
+	dvc exp show $(EXP_SHOW_FLAGS) $(EXP_SHOW_RECIPE)

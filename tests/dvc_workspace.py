@@ -25,7 +25,7 @@ LEFT_OUT = ("dvc.lock", "data", "metrics", "dvclive", "tests", "benchmarks")
 # 2 frames per clip, 4 training steps, inference with the final model only.
 SHRUNK_PARAMS = {
     "synthesize": {"num_clips": 2, "cameras": ["camera_front_wide_120fov"], "duration_s": 1.0,
-                   "width": 160, "height": 96, "num_vehicles": 6, "num_pedestrians": 1, "workers": 1},
+                   "width": 160, "height": 90, "num_vehicles": 6, "num_pedestrians": 1, "workers": 1},
     "extract": {"cameras": ["camera_front_wide_120fov"], "skip_frames": 15, "workers": 1},
     "validate": {"sample_count": 1},
     "format": {"eval_clips": 1, "max_pixels": 12544},
@@ -57,10 +57,11 @@ def environment(workspace: Path) -> dict[str, str]:
     return env
 
 
-def run(workspace: Path, *command: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
-    """Run a command in the workspace; its stdout, or CommandFailed with everything it printed."""
+def run(workspace: Path, *command: str, timeout: float = COMMAND_TIMEOUT_S, env: dict[str, str] | None = None) -> str:
+    """Run a command in the workspace (``env``: variables added to ``environment``); its stdout,
+    or CommandFailed with everything it printed."""
     try:
-        result = subprocess.run(command, cwd=workspace, env=environment(workspace), capture_output=True,
+        result = subprocess.run(command, cwd=workspace, env={**environment(workspace), **(env or {})}, capture_output=True,
                                 text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(f"{' '.join(command)} ran over {timeout} s in {workspace}\n"

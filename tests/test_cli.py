@@ -135,3 +135,79 @@ def test_main_lets_a_bug_show_its_traceback(monkeypatch, tmp_path):
     with pytest.raises(KeyError, match="a bug"):
         main(["transform", "--params", str(tmp_path / "none.yaml"), "--input", str(tmp_path), "--output",
               str(tmp_path / "out")])
+
+
+def paths_under(tmp_path: Path, stage: str) -> list[str]:
+    """Every path option of ``stage`` pointing under ``tmp_path``: no test writes into the repository."""
+    return [arg for key, default in STAGES[stage].paths.items() if default
+            for arg in (f"--{key.replace('_', '-')}", str(tmp_path / key))]
+
+
+@pytest.mark.parametrize("stage, flag", [("validate", "--seed"), ("format", "--split-seed"), ("train", "--seed")])
+def test_negative_seeds_are_refused_when_params_load(tmp_path, capsys, stage, flag):
+    """numpy's generators take no negative seed: refused with the key, not a traceback later."""
+    code = main([stage, "--params", str(tmp_path / "none.yaml"), flag, "-1", *paths_under(tmp_path, stage)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert re.search(rf"none.yaml:{stage} \(with command-line overrides\): '{flag[2:].replace('-', '_')}' must be "
+                     r">= 0, got -1", err), err
+
+
+def test_a_key_written_twice_in_params_yaml_names_it_and_both_lines(tmp_path, capsys):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("transform:\n  codec: cosmos\n  workers: 1\nfilter:\n  max_distance_m: 80\n"
+                           "  workers: 1\n  max_distance_m: 50\n")
+    code = main(["transform", "--params", str(params_file), *paths_under(tmp_path, "transform")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"error: {params_file}: key 'filter.max_distance_m' appears twice, on lines 5 and 7 "
+                                 "(YAML readers would silently keep the last); keep one")
+    params_file.write_text("base: &base\n  workers: 1\ntransform:\n  <<: *base\n  workers: 2\n")  # a merge may override
+    assert load(TransformParams, "transform", params_file).workers == 2
+
+
+def test_format_refuses_an_eval_split_of_no_clip(tmp_path, capsys):
+    code = main(["format", "--params", str(tmp_path / "none.yaml"), "--eval-clips", "0",
+                 *paths_under(tmp_path, "format")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("error: format.eval_clips = 0: the eval split must hold at least one clip "
+                                 "(or name them in format.eval_clip_ids)")
+    assert FormatParams(eval_clips=0, eval_clip_ids=("a_1_2",)).eval_clips == 0
+
+
+@pytest.mark.parametrize("case", ["read_only", "parent_is_a_file"])
+def test_an_output_that_cannot_be_written_is_named_not_the_input(tmp_path, capsys, monkeypatch, case):
+    """transform's output on a read-only file system (simulated: no new folder can be made
+    under it; tests run as root, which ignores permission bits) or under a regular file: one
+    line naming the output, before any work, never blaming the input records."""
+    import errno
+    import os
+
+    from av_grounding.curation.records import write_records
+
+    record = {"clip_id": "s_0_1", "camera": "camera_front_wide_120fov", "camera_model": "pinhole", "frame_index": 0,
+              "image_shard": "images/s_0_1/camera_front_wide_120fov.tar", "image_member": "000000.jpg",
+              "width": 640, "height": 360, "intrinsics": [300.0, 300.0, 320.0, 180.0, 640, 360],
+              "camera_to_world": [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]], "objects": []}
+    write_records(tmp_path / "in", "s_0_1", "camera_front_wide_120fov", [record])
+    if case == "read_only":
+        output = tmp_path / "mounted" / "transformed"
+        output.parent.mkdir()
+        real_mkdir = os.mkdir
+
+        def read_only_mkdir(path, *args, **kwargs):
+            if Path(path).is_relative_to(output.parent):
+                if Path(path).exists():
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    else:
+        output = tmp_path / "notes.txt" / "transformed"
+        output.parent.write_text("a file, not a folder")
+    code = main(["transform", "--params", str(tmp_path / "none.yaml"), "--workers", "1", "--input",
+                 str(tmp_path / "in"), "--output", str(output)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {output}: cannot write the output here (") and str(tmp_path / "in") not in err
+    assert ("Read-only file system" if case == "read_only" else "File exists") in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -165,13 +166,14 @@ def test_more_decimals_cost_more_tokens(filtered):
 
 
 def test_over_long_samples_are_dropped_and_counted(filtered):
-    summary = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, model_max_length=230),
+    # 237 keeps samples in both splits (230 dropped every eval sample: now an error, see below)
+    summary = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, model_max_length=237),
                              filtered / "filtered", filtered / "extracted", filtered / "short")
     assert summary["samples_over_max_length"] > 0
     assert sum(summary["samples"].values()) + summary["samples_over_max_length"] == summary["frames_in"]
     for name in ("train", "eval"):
         for sample in read_cosmos(filtered / "short" / name):
-            assert count_qwen(sample.answer + "<|im_end|>") + 138 + 45 <= 230
+            assert count_qwen(sample.answer + "<|im_end|>") + 138 + 45 <= 237
 
 
 def test_answer_styles_are_compared_on_an_evenly_spaced_sample():
@@ -181,3 +183,21 @@ def test_answer_styles_are_compared_on_an_evenly_spaced_sample():
     assert evenly_spaced(list(range(10)), 5) == [0, 2, 4, 6, 8]
     assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
     assert len(evenly_spaced(list(range(20000)), 2000)) == 2000
+
+
+def test_a_budget_that_drops_every_sample_fails_naming_the_shortest(filtered, tmp_path):
+    """``model_max_length`` 10 dropped every sample with exit 0 (and train then blamed its own
+    budget): format fails, naming the key and the shortest sample's tokens, and writes nothing."""
+    from av_grounding.params import ParamsError
+
+    split = r"(train|eval) \(the shortest: (\d+) tokens, prompt \d+ \+ image \d+ \+ answer \d+\)"
+    message = rf"^format.model_max_length = 10 drops every sample of {split}( and {split})?; raise it to at least \d+$"
+    with pytest.raises(ParamsError, match=message) as raised:
+        format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, model_max_length=10), filtered / "filtered",
+                       filtered / "extracted", tmp_path / "dataset", tmp_path / "dataset.json")
+    assert not (tmp_path / "dataset").exists() and not (tmp_path / "dataset.json").exists()
+    needed = int(re.search(r"at least (\d+)$", str(raised.value))[1])
+    assert needed == max(int(n) for n in re.findall(r"the shortest: (\d+) tokens", str(raised.value)))
+    fits = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, model_max_length=needed),
+                          filtered / "filtered", filtered / "extracted", tmp_path / "fits")
+    assert fits["samples"]["train"] >= 1 and fits["samples"]["eval"] >= 1

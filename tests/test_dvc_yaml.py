@@ -8,7 +8,6 @@ section the stage reads to be declared in dvc.yaml.
 
 from __future__ import annotations
 
-import ast
 import shlex
 from pathlib import Path, PurePosixPath
 
@@ -16,10 +15,9 @@ import pytest
 import yaml
 
 from av_grounding.cli import STAGES
+from av_grounding.sources import imported_modules, reached_modules
 
 REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
-PACKAGE = "av_grounding"
 DVC_YAML: dict = yaml.safe_load((REPO / "dvc.yaml").read_text())
 DVC_STAGES: dict = DVC_YAML["stages"]
 # Where stages write their run's timing, which no stage declares (its hash must stay out of
@@ -28,54 +26,10 @@ TIMING = "metrics/timing"
 PARAMS: dict = yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def module_file(module: str) -> Path | None:
-    """The source file of a module of the package, or None when no such module exists."""
-    base = SRC.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(source: Path, module: str) -> set[str]:
-    """Package modules that ``source`` (the file of ``module``) imports anywhere in its body,
-    including the packages above them, whose ``__init__`` runs first."""
-    package = module if source.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0]  # each extra dot: one package up
-                base = f"{anchor}.{node.module}" if node.module else anchor
-            else:
-                base = node.module or ""
-            found.add(base)
-            # `from pkg import name` imports the submodule pkg.name when there is one.
-            found.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}"))
-    ours = {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
-    with_parents = set(ours)
-    for name in ours:
-        parts = name.split(".")
-        with_parents.update(".".join(parts[:end]) for end in range(1, len(parts)))
-    return with_parents
-
-
 def modules_used_by(stage: str) -> dict[str, Path]:
     """Every package module the stage's script and entry function reach, with its file."""
     entry_module = STAGES[stage].entry.partition(":")[0]
-    pending = imported_modules(REPO / "stages" / f"{stage}.py", "__main__") | {entry_module}
-    reached: dict[str, Path] = {}
-    while pending:
-        module = pending.pop()
-        if module in reached:
-            continue
-        source = module_file(module)
-        assert source is not None, f"stage {stage!r} imports {module!r}, which has no file under {SRC}"
-        reached[module] = source
-        pending |= imported_modules(source, module) - reached.keys()
-    return reached
+    return reached_modules(imported_modules(REPO / "stages" / f"{stage}.py", "__main__") | {entry_module})
 
 
 def covers(declared: str, path: str) -> bool:

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -392,8 +393,9 @@ def test_absurd_and_short_boxes_are_dropped_and_counted_never_a_crash(tmp_path):
 def test_zero_size_box_writes_no_nan(tmp_path):
     flat = [*CARS[0][:3], 0.0, 0.0, 0.0, *CARS[0][6:]]
     metrics = score_files(tmp_path, {"a": boxes(CARS[:1], ["car"])}, {"a": boxes([flat], ["car"])})
-    assert metrics["center_distance"]["scale_err"] == approx(1.0)
-    assert metrics["recipe"]["mean_iou"] == 0.0
+    assert metrics["answers"]["boxes_dropped"]["size_not_positive"] == 1 and metrics["answers"]["failed"] == 1.0
+    assert metrics["center_distance"]["scale_err"] == approx(1.0)  # never matched: capped at 1
+    assert metrics["recipe"]["mean_iou"] is None  # no pair to average, not 0
 
 
 def test_honest_parse_accounting_per_column(tmp_path):
@@ -609,6 +611,165 @@ def test_what_may_be_a_mistake_is_scored_with_a_warning(tmp_path):
     assert result["answers"]["missing"] == approx(1 / 3) and result["answers"]["failed"] == approx(1 / 3)
 
 
+# --- answers and files Python cannot read, odd structures, folders and outputs -------------------------
+
+NESTED = "[" * 1000 + "]" * 1000  # deeper than Python's recursion limit
+HUGE = '[{"label": "car", "bbox_3d": [%s, 0.7, 22, 4.6, 1.9, 1.5, 0, -0.1, 0]}]' % ("1" * 5000)  # > 4300 digits
+
+
+def unreadable_json_is_a_failed_answer_or_an_error(tmp_path, where: str, bad: str, message: str):
+    """Frame b's answer (``where == "answer"``), or its ground-truth or prediction file, holds
+    the JSON text ``bad``: a failed answer that misses b's truth, or one error line naming the file."""
+    truth = {"a": boxes(CARS[:1], ["car"]), "b": boxes(CARS[1:2], ["car"])}
+    write_frames(tmp_path / "gt", truth)
+    write_frames(tmp_path / "pred", {"a": truth["a"], "b": {"raw_text": f"```json\n{bad}\n```"}
+                                     if where == "answer" else truth["b"]}, pred=True)
+    if where == "gt":
+        (tmp_path / "gt" / "b.json").write_text('{"camera_params": %s, "annotations": %s}' % (json.dumps(CAMERA), bad))
+    elif where == "pred":
+        (tmp_path / "pred" / "b.json").write_text('{"annotations": %s}' % bad)
+    if where == "answer":
+        metrics = evaluate(EvaluateParams(), gt=tmp_path / "gt", pred=tmp_path / "pred", out=tmp_path / "out.json")
+        assert metrics["answers"]["failed"] == approx(0.5) and metrics["answers"]["ok"] == approx(0.5)
+        assert metrics["answers"]["valid_json"] == approx(0.5) and metrics["matching"]["recall"] == approx(0.5)
+        return metrics
+    with pytest.raises(EvaluationError) as caught:
+        evaluate(EvaluateParams(), gt=tmp_path / "gt", pred=tmp_path / "pred", out=tmp_path / "out.json")
+    assert str(caught.value).startswith(f"{tmp_path / where / 'b.json'}: {message}") and "\n" not in str(caught.value)
+    assert not (tmp_path / "out.json").exists()
+    return None
+
+
+@pytest.mark.parametrize("where", ["answer", "gt", "pred"])
+def test_nesting_deeper_than_python_reads_fails_the_answer_or_names_the_file(tmp_path, where):
+    """About 1,000 nested brackets stopped the whole evaluation with a RecursionError."""
+    unreadable_json_is_a_failed_answer_or_an_error(tmp_path, where, NESTED, "JSON nested too deeply to read")
+
+
+@pytest.mark.parametrize("where", ["answer", "gt", "pred"])
+def test_an_integer_too_long_for_python_fails_the_answer_or_names_the_file(tmp_path, where):
+    """A 5,000-digit integer in a file stopped the evaluation with int()'s ValueError (4300 digits
+    at most); in an answer, json-repair keeps its digits as text: a non-numeric box."""
+    metrics = unreadable_json_is_a_failed_answer_or_an_error(tmp_path, where, HUGE, "holds a number too long to "
+                                                             "read (Exceeds the limit (4300 digits)")
+    assert metrics is None or metrics["answers"]["boxes_dropped"]["non_numeric"] == 1
+
+
+@pytest.mark.parametrize("text", ["[" * 320, "Here they are: [", "[,]", "[,,,]]"])
+def test_a_repair_that_recovers_no_box_is_a_failed_answer(text):
+    """Garbage that json-repair turns into ``[]`` is no answer: ``repaired`` means boxes were
+    recovered; only ``[]`` as emitted is an answer with no box."""
+    parsed = parse_answer(text)
+    assert parsed.boxes == [] and parsed.status == "failed" and not parsed.valid_json
+    assert parse_answer("[]").status == "ok" and parse_answer(f"[{BOX}").status == "repaired"
+
+
+@pytest.mark.parametrize("document, found", [
+    ([{"label": "car", "bbox_3d": CARS[1]}], "found a bare list (save a model's answer as {\"raw_text\""),
+    ({}, "found an empty object"),
+    ({"predictions": [{"label": "car", "bbox_3d": CARS[1]}]}, "found an object with keys 'predictions'"),
+    ({"annotations": None}, "found 'annotations' that is null"),
+    ({"raw_text": [{"label": "car", "bbox_3d": CARS[1]}]}, "found 'raw_text' that is a list"),
+    ("car at 22 m", "found a string"),
+], ids=["bare_list", "empty_object", "predictions_key", "annotations_null", "raw_text_list", "string"])
+def test_a_prediction_file_of_another_structure_is_an_error_naming_it(tmp_path, document, found):
+    """Such files were scored as failed answers without a word: a column saved the wrong way
+    passed for a model that answers nothing."""
+    write_frames(tmp_path / "gt", {"a": boxes(CARS[:1], ["car"]), "b": boxes(CARS[1:2], ["car"])})
+    write_frames(tmp_path / "pred", {"a": boxes(CARS[:1], ["car"])}, pred=True)
+    (tmp_path / "pred" / "b.json").write_text(json.dumps(document))
+    with pytest.raises(EvaluationError) as caught:
+        load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'pred' / 'b.json'}: not a prediction file: expected a JSON object "
+                              "with an 'annotations' list of boxes or a 'raw_text' string")
+    assert found in message and "\n" not in message
+
+
+@pytest.mark.parametrize("sizes", [[-4.5, -1.9, -1.6], [4.5, 0.0, 1.6], [4.5, 1.9, -0.01]],
+                         ids=["negated", "zero", "one_negative"])
+@pytest.mark.parametrize("where", ["annotations", "raw_text"])
+def test_non_positive_predicted_sizes_are_invalid_boxes_never_made_positive(tmp_path, sizes, where):
+    """abs() made the negated box a perfect match; now such a box is dropped and counted."""
+    bad = [*CARS[0][:3], *sizes, *CARS[0][6:]]
+    answer = boxes([bad, CARS[1]], ["car", "car"])
+    metrics = score_files(tmp_path, {"a": boxes(CARS[:2], ["car", "car"])},
+                          {"a": {"raw_text": json.dumps(answer)} if where == "raw_text" else answer})
+    answers = metrics["answers"]
+    assert answers["boxes_emitted"] == 2 and answers["boxes_kept"] == 1 and metrics["pred_boxes"] == 1
+    assert answers["boxes_dropped"]["size_not_positive"] == 1 and answers["ok"] == 1.0
+    assert metrics["matching"]["recall"] == approx(0.5) and metrics["ap3d"]["ap"] < 0.51
+    assert metrics["ap2d"]["ap"] < 0.51 and metrics["recipe"]["matched_pairs"] == 1
+
+
+@pytest.mark.parametrize("case", ["behind_camera", "beside_the_image", "zero_focal_lengths"])
+def test_ap2d_ignores_truth_outside_the_picture_and_refuses_zero_focal_lengths(tmp_path, case):
+    """One truth box of four behind the camera or beside the image (an empty rectangle) gave
+    perfect predictions an AP2D of 0.888; fx = fy = 0 was accepted (AP2D 0.417)."""
+    unseen = {"behind_camera": [2.0, 0.7, -15.0, 4.5, 1.9, 1.6, 0.0, 0.2, 0.0],
+              "beside_the_image": [60.0, 0.7, 15.0, 4.5, 1.9, 1.6, 0.0, 0.2, 0.0]}.get(case, CARS[0])
+    truth = {"a": boxes([*CARS, unseen], ["car", "car", "bus", "car"])}
+    if case == "zero_focal_lengths":
+        write_frames(tmp_path / "gt", {"a": boxes(CARS, ["car", "car", "bus"])})
+        record = json.loads((tmp_path / "gt" / "a.json").read_text())
+        record["camera_params"].update(fx=0.0, fy=0.0)
+        (tmp_path / "gt" / "a.json").write_text(json.dumps(record))
+        write_frames(tmp_path / "pred", {"a": boxes(CARS, ["car", "car", "bus"])}, pred=True)
+        with pytest.raises(EvaluationError) as caught:
+            evaluate(EvaluateParams(), gt=tmp_path / "gt", pred=tmp_path / "pred", out=tmp_path / "out.json")
+        assert str(caught.value).startswith(f"{tmp_path / 'gt' / 'a.json'}: frame a: invalid intrinsics {{'fx': 0.0")
+        assert "fx and fy must be positive" in str(caught.value)
+        return
+    perfect = score_files(tmp_path / "perfect", truth, truth)
+    assert perfect["ap2d"]["ap"] == approx(1.0) and perfect["ap2d"]["per_class"] == {"bus": 1.0, "car": 1.0}
+    assert perfect["ap3d"]["ap"] == approx(1.0)  # 3D still scores the box the picture cannot show
+    only_unseen = score_files(tmp_path / "only", truth, {"a": boxes([unseen], ["car"])})
+    assert only_unseen["ap2d"]["ap"] == 0.0 and only_unseen["ap3d"]["per_class"]["car"] > 0.3
+
+
+@pytest.mark.parametrize("case", ["out_is_a_folder", "out_under_a_file", "folder_in_gt", "folder_in_pred",
+                                  "symlink_loop_in_gt", "symlink_loop_in_pred"])
+def test_odd_paths_are_one_line_errors_naming_the_path(tmp_path, case, capsys):
+    """``--out`` a folder, or not writable (under a regular file, as a read-only place is for
+    root), a folder named ``b.json`` or a symlink loop among the inputs: exit 2 with one line,
+    no traceback."""
+    from av_grounding.cli import main
+
+    gt, pred, out = tmp_path / "gt", tmp_path / "pred", tmp_path / "scores.json"
+    write_frames(gt, {"a": boxes(CARS[:1], ["car"]), "b": boxes(CARS[1:2], ["car"])})
+    write_frames(pred, {"a": boxes(CARS[:1], ["car"])}, pred=True)
+    named = out
+    if case == "out_is_a_folder":
+        out.mkdir()
+    elif case == "out_under_a_file":
+        (tmp_path / "scores").write_text("")
+        out = named = tmp_path / "scores" / "scores.json"
+    else:
+        named = (gt if case.endswith("gt") else pred) / "b.json"
+        named.unlink(missing_ok=True)
+        named.mkdir() if case.startswith("folder") else named.symlink_to(named.name)
+    code = main(["evaluate", "--params", str(tmp_path / "none.yaml"), "--gt", str(gt), "--pred", str(pred),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {named}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "scores.json").is_file()
+
+
+def test_hidden_files_in_the_folders_are_ignored(tmp_path):
+    """macOS's AppleDouble ``._a.json`` (binary) stopped the evaluation as "malformed JSON"."""
+    truth = {"a": boxes(CARS[:1], ["car"])}
+    write_frames(tmp_path / "gt", truth)
+    write_frames(tmp_path / "pred", truth, pred=True)
+    for folder in ("gt", "pred"):
+        (tmp_path / folder / "._a.json").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe")
+        (tmp_path / folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1\x00")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = score_files(tmp_path, {}, {})
+    assert metrics["frames"] == 1 and metrics["ap3d"]["ap"] == approx(1.0)
+    assert not [w for w in caught if "._a.json" in str(w.message) or "DS_Store" in str(w.message)]  # not frames
+
+
 # --- the stage on a formatted dataset: strict JSON, results table, plots ----------------------------------
 
 @pytest.fixture(scope="module")
@@ -666,7 +827,8 @@ def test_stage_metrics_of_each_column(stage_outputs):
     final = results["final"]
     assert final["answers"]["missing"] == approx(1 / len(records))
     assert final["answers"]["boxes_dropped"]["absurd_magnitude"] == 1
-    assert final["pred_boxes"] == len(truth) - len(records[next(iter(records))]["annotations"]) + len(records) - 1
+    assert final["answers"]["boxes_dropped"]["size_not_positive"] == len(records) - 1  # the zero-size boxes
+    assert final["pred_boxes"] == len(truth) - len(records[next(iter(records))]["annotations"])
 
 
 def test_results_table_matches_the_metrics(stage_outputs):
@@ -705,3 +867,77 @@ def test_plots_say_no_matches_instead_of_empty_axes(tmp_path, monkeypatch):
     render.plot_pr_curves({"AP2D": {"car": empty}, "AP3D": {}}, tmp_path)
     assert said == ["Position error against distance (final)", "AP2D", "AP3D"]
     assert strict_loads((tmp_path / "error_vs_distance.json").read_text()) == []
+
+
+def drawn_figures(monkeypatch) -> dict[str, object]:
+    """File name -> matplotlib figure of every plot ``render`` saves from now on."""
+    from av_grounding.evaluation import render
+
+    figures, save = {}, render._save
+
+    def keep(plt, figure, path):
+        figures[path.name] = figure
+        save(plt, figure, path)
+
+    monkeypatch.setattr(render, "_save", keep)
+    return figures
+
+
+def steps_results(matched: list[int]) -> dict[str, dict]:
+    """Serialized metrics of columns at steps 0, 1000, 2000, ... with ``matched`` pairs each."""
+    results = {}
+    for index, pairs in enumerate(matched):
+        value = 0.1 + 0.05 * index
+        results[f"step_{index}"] = {
+            "ap2d": {"ap": value, "ap50": value + 0.01}, "ap3d": {"ap": value, "ap25": value, "near": value},
+            "center_distance": {"map": value}, "answers": {"valid_json": 1.0}, "boxes_per_frame": 3.0,
+            "matching": {"matched": pairs, "recall": value, "label_accuracy": 1.0 if pairs == 1 else 0.7},
+            "recipe": {"mean_iou": value, "ap2d": value, "ap3d": value, "iou_accuracy_pct": 10.0 * index,
+                       "label_accuracy_pct": 20.0}, "gt_boxes": 39, "frames": 13}
+    return results
+
+
+def test_error_against_distance_has_plain_tick_labels(tmp_path, monkeypatch):
+    """Errors of 1.873 m at 40 m were drawn with matplotlib's offset notation (ticks 0.0001 ...
+    beside "+1.873"): every tick label now reads as the value itself."""
+    from av_grounding.evaluation import render
+
+    figures = drawn_figures(monkeypatch)
+    render.plot_error_against_distance([(40.01, 1.8731), (40.02, 1.8732), (40.03, 1.8734)], "final", tmp_path)
+    axis = figures["error_vs_distance.png"].axes[0]
+    for scale in (axis.xaxis, axis.yaxis):
+        assert scale.get_major_formatter().get_useOffset() is False and scale.get_offset_text().get_text() == ""
+        labels = [label for label in scale.get_ticklabels() if label.get_text()]
+        assert labels and all(float(label.get_text().replace("\u2212", "-")) == pytest.approx(x, abs=1e-9)
+                              for label, x in zip(labels, scale.get_ticklocs()))
+
+
+def test_every_series_against_steps_has_its_own_colour(tmp_path, monkeypatch):
+    """12 AP-like series shared 10 colours (ap2d and recipe_ap2d, ap2d_50 and recipe_ap3d)."""
+    from matplotlib.colors import to_rgba
+
+    from av_grounding.evaluation import render
+
+    figures = drawn_figures(monkeypatch)
+    render.plot_against_steps(steps_results([39, 20, 1]), {"step_0": 0, "step_1": 1000, "step_2": 2000}, tmp_path)
+    for axis in figures["metrics_vs_steps.png"].axes:
+        lines = [line for line in axis.get_lines() if line.get_label().split(" ")[0] in render.STEP_METRICS]
+        colours = [tuple(np.round(to_rgba(line.get_color()), 6)) for line in lines]
+        assert len(set(colours)) == len(lines) > 0
+        for line in lines:  # the recipe's metrics dashed with square markers, the others solid with dots
+            recipe = line.get_label().startswith("recipe_")
+            assert (line.get_linestyle(), line.get_marker()) == (("--", "s") if recipe else ("-", "o"))
+    assert len(figures["metrics_vs_steps.png"].axes[0].get_lines()) == len(render.UNIT_METRICS)
+
+
+def test_label_accuracy_against_steps_shows_its_matched_pairs(tmp_path, monkeypatch):
+    """Label accuracy jumped to 1.0 on one matched pair of 39 with nothing to say so: each of its
+    points is annotated with its number of matched pairs, and the legend says what n counts."""
+    from av_grounding.evaluation import render
+
+    figures = drawn_figures(monkeypatch)
+    render.plot_against_steps(steps_results([39, 20, 1]), {"step_0": 0, "step_1": 1000, "step_2": 2000}, tmp_path)
+    axis = figures["metrics_vs_steps.png"].axes[0]
+    notes = {(text.xy[0], text.xy[1]): text.get_text() for text in axis.texts}
+    assert notes == {(0, 0.7): "n=39", (1000, 0.7): "n=20", (2000, 1.0): "n=1"}
+    assert "label_accuracy (n: matched pairs)" in [text.get_text() for text in axis.get_legend().get_texts()]

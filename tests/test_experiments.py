@@ -5,6 +5,8 @@ reruns only train, infer and evaluate."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dvc_workspace import DATA_STAGES, CommandFailed, commit_all, dvc, environment, make_workspace
+from av_grounding.evaluation.table import HEADLINE_METRICS
+from dvc_workspace import REPO, DATA_STAGES, CommandFailed, commit_all, dvc, environment, make_workspace, run
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +101,9 @@ def test_exp_show_lists_every_experiment_with_its_params_and_metrics(experiments
     baseline = _baseline(shown)["data"]
     for name, data in runs.items():
         assert _params(data)["train"]["lr"] == LEARNING_RATES[name]
-        assert _metric(data, "metrics/eval.json")["final"]["frames"] == _metric(data, "metrics/infer.json")["final"]["frames"] > 0
+        # DVC leaves out nulls (precision and the recipe's mean IoU when no box matched) and empty columns
+        assert {key for key, _ in HEADLINE_METRICS} - {"precision", "r_miou"} <= set(_metric(data, "metrics/headline.json"))
+        assert set(data["metrics"]) == {"metrics/headline.json", "dvclive/train/metrics.json"}, "only headline metrics"
         assert data["outs"]["data/dataset"]["hash"] == baseline["outs"]["data/dataset"]["hash"], name
     losses = {name: _metric(data, "dvclive/train/metrics.json")["train"]["loss"] for name, data in runs.items()}
     assert len(set(losses.values())) == len(losses), f"learning rates gave equal final losses: {losses}"
@@ -116,16 +121,38 @@ def _numeric_leaves(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def test_metrics_diff_shows_eval_metrics_of_two_experiments_side_by_side(experiments):
+def test_metrics_diff_shows_the_headline_metrics_of_two_experiments_side_by_side(experiments):
     workspace = experiments["workspace"]
     first, second = QUEUED
     table = dvc(workspace, "metrics", "diff", first, second, "--all", "--md")
     header = table.splitlines()[0]
     assert [cell.strip() for cell in header.strip("|").split("|")] == ["Path", "Metric", first, second, "Change"], table
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|"))[:2] for line in table.splitlines()[2:]}
-    eval_metrics = _numeric_leaves(_metric(_experiment_data(experiments["shown"])[first], "metrics/eval.json"))
-    assert {"final.ap2d.ap", "final.ap3d.ap", "final.center_distance.map", "final.recipe.label_accuracy_pct"} <= set(eval_metrics)
-    missing = [key for key in eval_metrics if ("metrics/eval.json", key) not in rows]
-    assert not missing, f"dvc metrics diff {first} {second} lacks eval metrics {missing}:\n{table}"
+    headline = _numeric_leaves(_metric(_experiment_data(experiments["shown"])[first], "metrics/headline.json"))
+    assert {key for key, _ in HEADLINE_METRICS} - {"precision", "r_miou"} <= set(headline)  # null when no box matched
+    missing = [key for key in headline if ("metrics/headline.json", key) not in rows]
+    assert not missing, f"dvc metrics diff {first} {second} lacks headline metrics {missing}:\n{table}"
+    assert len(table.splitlines()) < 40, f"dvc metrics diff runs to {len(table.splitlines())} lines"
     changed = dvc(workspace, "metrics", "diff", first, second, "--md")
     assert "| dvclive/train/metrics.json | train.loss" in changed, changed
+
+
+def make_variable(name: str) -> list[str]:
+    """The words of a ``NAME := value`` line of the Makefile (``$$`` read as ``$``)."""
+    return shlex.split(re.search(rf"^{name} := (.*)$", (REPO / "Makefile").read_text(), re.M)[1].replace("$$", "$"))
+
+
+@pytest.mark.parametrize("view, metrics", [("EXP_SHOW_HEADLINE", {"ap2d", "ap3d", "recall"}),
+                                           ("EXP_SHOW_RECIPE", {"r_ap2d", "r_ap3d", "r_lbl_acc"})])
+def test_make_exps_fits_120_columns_with_the_headline_metrics(experiments, view, metrics):
+    """`make exps` / `make exps-recipe` (the README's views of experiments) in a 120-column
+    terminal: no column folded to an ellipsis, every line within 120 characters, the changed
+    parameter, the final loss and headline metrics in it."""
+    flags = make_variable("EXP_SHOW_FLAGS") + make_variable(view)
+    workspace = experiments["workspace"]
+    table = run(workspace, sys.executable, "-m", "dvc", "exp", "show", "--no-pager", *flags, env={"COLUMNS": "120"})
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 120 and "\u2026" not in table, table
+    header = set(lines[1].split())
+    assert {"Experiment", "params.yaml:train.lr", "train.loss"} <= header and metrics & header, table
+    assert all(name in table for name in LEARNING_RATES), table

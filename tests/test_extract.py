@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -23,7 +25,7 @@ from av_grounding.shards import ShardReader, partial_path, write_shard
 from av_grounding.synth.clips import clip_id_for, clip_rng, synthesize
 from av_grounding.synth.scene import sample_scene
 from av_grounding.synth.stamp import read_index
-from test_video import decoded_rgb, encode_timed, remux_shifted
+from test_video import decoded_rgb, encode_timed, remux_shifted, zero_timestamps
 
 
 def params_for(root: Path, small_params, **changes) -> ExtractParams:
@@ -343,9 +345,11 @@ def extracted_frames(out: Path, clip_id: str) -> list[tuple[dict, int]]:
 
 def test_an_edit_list_hiding_lead_in_packets_is_read_as_a_player_shows_it(long_root, tmp_path):
     root, clip_id = rewritten(long_root, tmp_path, lambda src, dst: remux_shifted(src, dst, 3))
-    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=29, workers=1)
+    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=29, workers=1,
+                           max_failed_fraction=0.5)
     metrics = extract(params, tmp_path / "out")
-    assert (metrics["items_failed"], metrics["video_frames"], metrics["frames_missing"]) == (0, 87, 0)
+    # The player shows 87 frames (0..86) while the labels run to frame 87: sampled frame 87 is missing.
+    assert (metrics["items_failed"], metrics["video_frames"], metrics["frames_missing"]) == (0, 87, 1)
     frames = extracted_frames(tmp_path / "out", clip_id)
     assert [(r["frame_index"], stamp) for r, stamp in frames] == [(0, 3), (29, 32), (58, 61)]
     assert [r["timestamp_s"] for r, _ in frames] == [0.0, pytest.approx(29 / 30, abs=1e-6), pytest.approx(58 / 30, abs=1e-6)]
@@ -358,7 +362,8 @@ def drop_frames_40_to_44(source: Path, destination: Path) -> None:
 @pytest.mark.parametrize("skip, missing", [(6, [42]), (10, [40])])
 def test_dropped_frames_are_reported_and_never_filled_with_a_neighbour(long_root, tmp_path, skip, missing):
     root, clip_id = rewritten(long_root, tmp_path, drop_frames_40_to_44)
-    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=skip, workers=1)
+    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=skip, workers=1,
+                           max_failed_fraction=0.2)  # a missing frame counts as a failed one
     metrics = extract(params, tmp_path / "out", tmp_path / "metrics.json")
     assert (metrics["items_failed"], metrics["video_frames"], metrics["frames_missing"]) == (0, 85, 1)
     assert json.loads((tmp_path / "metrics.json").read_text())["frames_missing"] == 1
@@ -372,5 +377,173 @@ def test_dropped_frames_are_reported_and_never_filled_with_a_neighbour(long_root
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())
     assert failures["missing_frames"] == [{"item": f"{clip_id}/{LONG.cameras[0]}", "missing_frames": missing,
                                            "error": f"frames {missing} are not in the video (its timestamps skip "
-                                                    "them); not written"}]
+                                                    "them, or it ends before its labels do); not written"}]
     assert failures["items"] == failures["frames"] == []
+
+
+# Videos, labels and names (docs/reliability.md, "Videos, labels and names in extract").
+
+def cut_to(count: int):
+    """A rewrite keeping the first ``count`` frames: a recording cut short."""
+    def rewrite(source: Path, destination: Path) -> None:
+        encode_timed(destination, list(enumerate(decoded_rgb(source)))[:count])
+    return rewrite
+
+
+def jpeg_named_mp4(source: Path, destination: Path) -> None:
+    destination.write_bytes(cv2.imencode(".jpg", np.ascontiguousarray(decoded_rgb(source)[0][..., ::-1]))[1].tobytes())
+
+
+def timestamps_all_zero(source: Path, destination: Path) -> None:
+    encode_timed(destination, enumerate(decoded_rgb(source)))
+    zero_timestamps(destination)
+
+
+@pytest.mark.parametrize("rewrite, missing, error", [
+    (cut_to(45), [50, 60, 70, 80], None),  # labels run to frame 87
+    (cut_to(1), [10, 20, 30, 40, 50, 60, 70, 80], None),
+    (jpeg_named_mp4, [], "not an mp4 video"),
+    (timestamps_all_zero, [], "90 shown frames but only 1 distinct timestamps"),
+], ids=["cut_short", "one_frame", "jpeg_named_mp4", "all_pts_zero"])
+def test_a_video_shorter_than_its_labels_never_passes_silently(long_root, tmp_path, rewrite, missing, error):
+    root, clip_id = rewritten(long_root, tmp_path, rewrite)
+    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=10, workers=1)
+    with pytest.raises(StageFailed):  # missing frames count as failed ones against extract.max_failed_fraction
+        extract(params, tmp_path / "out", tmp_path / "metrics.json")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert metrics["frames_missing"] == len(missing)
+    if error is None:
+        assert metrics["items_failed"] == 0 and failures["missing_frames"][0]["missing_frames"] == missing
+        written = [i for i in range(0, 88, 10) if i not in missing]
+        assert [(r["frame_index"], stamp) for r, stamp in extracted_frames(tmp_path / "out", clip_id)] == \
+            [(i, i) for i in written]
+    else:
+        video = rdshq.video_path(str(root), "pinhole", LONG.cameras[0], clip_id)
+        assert metrics["items_failed"] == 1 and failures["items"][0]["error"].startswith(f"VideoError: {video}: {error}")
+
+
+def test_an_object_info_member_that_is_not_an_object_of_tracks_fails_its_frames(synthetic_root, small_params,
+                                                                               tmp_path):
+    root, clip_ids = broken_copy(synthetic_root, tmp_path)
+    key = "000006.all_object_info.json"
+
+    def as_list(members):
+        members[key] = list(members[key].values())
+
+    edit_tar(root, "all_object_info", clip_ids[0], as_list)
+    metrics = extract(params_for(root, small_params, max_failed_fraction=0.2), tmp_path / "out")
+    # Frame 7 lies between label frames 6 and 9: its objects are unknown, in both cameras; no object is "dropped".
+    assert (metrics["frames_failed"], metrics["frames_written"], metrics["objects_dropped"]) == (2, 14, {})
+    frames = json.loads((tmp_path / "out" / "failures.json").read_text())["frames"]
+    assert sorted((f["item"], f["frame"]) for f in frames) == [(f"{clip_ids[0]}/{camera}", 7)
+                                                                 for camera in sorted(small_params.cameras)]
+    assert frames[0]["error"] == (f"{root}/all_object_info/{clip_ids[0]}.tar: member {clip_ids[0]}.{key} (label frame "
+                                  "6): not an object of tracks (list); the objects of frame 7 are unknown")
+    for camera in small_params.cameras:
+        records = json.loads(records_path(tmp_path / "out", clip_ids[0], camera).read_text())
+        assert [r["frame_index"] for r in records] == [0, 14, 21]
+    with pytest.raises(StageFailed, match=r"2 of 16 items failed"):
+        extract(params_for(root, small_params), tmp_path / "strict")
+
+
+def extract_cli(synthetic_root: Path, tmp_path: Path, *options: str) -> list[str]:
+    """``av-grounding extract`` on the synthetic clips, with ``options`` added."""
+    return ["extract", "--params", str(tmp_path / "none.yaml"), "--input-root", str(synthetic_root),
+            "--cameras", "camera_front_wide_120fov,camera_cross_left_120fov", "--output", str(tmp_path / "out"),
+            "--metrics", str(tmp_path / "m.json"), "--workers", "1", *options]
+
+
+def assert_refused_once(argv: list[str], message: str, capsys) -> None:
+    """The stage exits 2 with one line matching ``message``."""
+    from av_grounding.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_camera_names_must_be_plain_distinct_file_names(synthetic_root, tmp_path, capsys):
+    cases = {
+        "{camera_front_wide_120fov: ../../../escaped}":
+            r"extract.camera_names: camera_front_wide_120fov: '\.\./\.\./\.\./escaped' is a path, not a plain file name",
+        "{camera_front_wide_120fov: ''}": r"extract.camera_names: camera_front_wide_120fov: '' is empty",
+        "{camera_front_wide_120fov: .front}": r"extract.camera_names: camera_front_wide_120fov: '\.front' starts with '\.'",
+        "{camera_front_wide_120fov: front, camera_cross_left_120fov: front}":
+            r"extract.camera_names: \['camera_cross_left_120fov', 'camera_front_wide_120fov'\] would all be named 'front'",
+        "{camera_front_wide_120fov: camera_cross_left_120fov}":
+            r"extract.camera_names: \['camera_cross_left_120fov', 'camera_front_wide_120fov'\] would all be named "
+            r"'camera_cross_left_120fov'",
+    }
+    for names, message in cases.items():
+        assert_refused_once(extract_cli(synthetic_root, tmp_path, "--camera-names", names), message, capsys)
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob("escaped*"))
+
+
+def test_an_empty_or_repeated_camera_list_is_refused_naming_extract_cameras(synthetic_root, tmp_path, capsys):
+    cases = {"[]": r"extract.cameras: empty; name at least one camera",
+             "camera_front_wide_120fov,camera_front_wide_120fov":
+                 r"extract.cameras: \['camera_front_wide_120fov'\] listed more than once"}
+    for cameras, message in cases.items():
+        assert_refused_once(extract_cli(synthetic_root, tmp_path, "--cameras", cameras), message, capsys)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["input_root_a_file", "output_under_a_file",
+                                   pytest.param("read_only_output", marks=pytest.mark.skipif(
+                                       os.geteuid() == 0, reason="root writes into read-only folders"))])
+def test_an_unusable_input_root_or_output_fails_once_naming_it(synthetic_root, tmp_path, capsys, where):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    root, out = synthetic_root, tmp_path / "out"
+    if where == "input_root_a_file":
+        root, message = a_file, rf"extract.input_root {re.escape(str(a_file))}: a file, not a folder"
+    elif where == "output_under_a_file":
+        out = a_file / "out"
+        message = (rf"{re.escape(str(out))}: cannot write the output here \(Not a directory: {re.escape(str(out))}\); "
+                   "nothing extracted")
+    else:
+        (tmp_path / "read_only").mkdir(mode=0o555)
+        out = tmp_path / "read_only" / "out"
+        message = rf"{re.escape(str(out))}: cannot write the output here \(Permission denied"
+    argv = extract_cli(root, tmp_path, "--output", str(out))
+    assert_refused_once(argv, message, capsys)
+
+
+def test_hidden_and_apple_double_files_are_not_clips(synthetic_root, small_params, extracted, tmp_path):
+    root, _ = broken_copy(synthetic_root, tmp_path)
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00" + bytes(74)  # what macOS writes beside a file on other volumes
+    for path in [*root.glob("*/*"), *root.glob("*")]:
+        path.with_name(f"._{path.name}").write_bytes(apple_double)
+    (root / "all_object_info" / ".DS_Store").write_bytes(bytes(64))
+    metrics = extract(params_for(root, small_params), tmp_path / "out")
+    assert (metrics["clips"], metrics["items"], metrics["items_failed"]) == (2, 4, 0)
+    assert tree_digest(tmp_path / "out" / "records") == tree_digest(extracted[0] / "records")
+
+
+def resized_to(width: int, height: int):
+    """A rewrite of the video at another picture size (the intrinsics stay those of 1920x1080)."""
+    def rewrite(source: Path, destination: Path) -> None:
+        encode_timed(destination, [(i, cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
+                                   for i, rgb in enumerate(decoded_rgb(source))])
+    return rewrite
+
+
+@pytest.mark.parametrize("size", [(160, 120), (128, 72)], ids=["4_3_video", "16_9_smaller"])
+def test_a_video_that_is_not_a_uniform_scale_of_its_intrinsics_fails_the_item(long_root, tmp_path, size):
+    root, clip_id = rewritten(long_root, tmp_path, resized_to(*size))
+    params = ExtractParams(input_root=str(root), cameras=LONG.cameras, skip_frames=30, workers=1)
+    camera = LONG.cameras[0]
+    if size == (128, 72):  # a uniform downscale: read with the intrinsics scaled alike
+        extract(params, tmp_path / "out")
+        native = rdshq.read_clip_labels(fsspec.filesystem("file"), str(root), clip_id, LONG.cameras).intrinsics[camera]
+        for record in json.loads(records_path(tmp_path / "out", clip_id, camera).read_text()):
+            np.testing.assert_allclose(record["intrinsics"], native * 128 / 1920, rtol=0, atol=5e-7)
+        return
+    with pytest.raises(StageFailed, match=r"1 of 1 items failed"):
+        extract(params, tmp_path / "out")
+    error = json.loads((tmp_path / "out" / "failures.json").read_text())["items"][0]["error"]
+    assert error == (f"LayoutError: {rdshq.video_path(str(root), 'pinhole', camera, clip_id)}: picture 160x120 "
+                     "(aspect 1.333) is not a uniform scale of the 1920x1080 (aspect 1.778) that "
+                     f"{root}/pinhole_intrinsic/{clip_id}.tar: member {clip_id}.pinhole_intrinsic.{camera}.npy is "
+                     "calibrated for (cropped or stretched?); fx and fy would scale apart")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 
 import fsspec
@@ -61,6 +62,15 @@ def test_a_member_of_another_clip_is_named_with_its_clip():
         rdshq.decode_tar(data, "s_1_2", "vehicle_pose/s_1_2.tar")
     with pytest.raises(rdshq.LayoutError, match="member 'README' is not named '<clip_id>.<key>'"):
         rdshq.decode_tar(tar_of(["README"]), "s_1_2", "vehicle_pose/s_1_2.tar")
+
+
+@pytest.mark.parametrize("second", ["s_1_2.000000.vehicle_pose.npy", "./s_1_2.000000.vehicle_pose.npy"],
+                         ids=["same_name", "with_dot_slash"])
+def test_a_member_twice_in_a_clip_tar_is_refused_naming_tar_and_member(second):
+    data = tar_of(["s_1_2.000000.vehicle_pose.npy", "s_1_2.000001.vehicle_pose.npy", second])
+    with pytest.raises(rdshq.LayoutError, match=rf"^vehicle_pose/s_1_2\.tar: member s_1_2\.000000\.vehicle_pose\.npy "
+                                                rf"appears twice \(last as '{re.escape(second)}'\)"):
+        rdshq.decode_tar(data, "s_1_2", "vehicle_pose/s_1_2.tar")
 
 
 def test_tar_members_are_named_clip_dot_key_and_round_trip():

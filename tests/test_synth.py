@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import fsspec
 import numpy as np
@@ -121,3 +122,24 @@ def test_ray_casting_agrees_with_the_polygon_rasteriser_under_a_pinhole(front_vi
         np.testing.assert_allclose(cast_depth[both], raster_depth[both], rtol=1e-9)
         assert (cast_face[both] == raster_face[both]).mean() > 0.98
     assert compared >= 3
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seed", "-1", r"synthesize \(with command-line overrides\): 'seed' must be >= 0, got -1"),
+    ("--width", "641", r"synthesize.width = 641 is odd; H.264 in yuv420p needs even sizes \(640 or 642\)"),
+    ("--height", "91", r"synthesize.height = 91 is odd; H.264 in yuv420p needs even sizes \(90 or 92\)"),
+], ids=["negative_seed", "odd_width", "odd_height"])
+def test_synthesize_refuses_what_it_would_fail_on_or_round_silently(tmp_path, capsys, flag, value, message):
+    """A negative seed (numpy refuses it in every clip) and an odd size (rounded to an even one
+    for H.264 in yuv420p) fail once as parameter errors, before any clip is written."""
+    from av_grounding.cli import main
+
+    small = {"--width": "160", "--height": "90", "--seed": "0"}
+    small[flag] = value
+    code = main(["synthesize", "--params", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "out"),
+                 "--metrics", str(tmp_path / "m.json"), "--num-clips", "1", "--duration-s", "0.1", "--workers", "1",
+                 "--cameras", "camera_front_wide_120fov", *[item for pair in small.items() for item in pair]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()

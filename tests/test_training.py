@@ -436,3 +436,49 @@ def test_bad_train_params_fail_before_any_download_or_step(few, tmp_path, model,
     with pytest.raises(ParamsError, match=message):
         train(TrainParams(model=model, batch_size=batch_size, grad_accum=grad_accum, max_steps=1), FORMAT, few,
               tmp_path / "out", None, tmp_path / "live")
+
+
+def cached_hub_model(cache: Path, repo_id: str) -> None:
+    """``repo_id`` as the Hugging Face cache holds a downloaded model (its config only)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "offline", "unreachable"])
+def test_a_model_that_is_no_folder_and_no_loadable_hub_id_fails_at_once(tmp_path, capsys, monkeypatch, case):
+    """``./no/such/folder`` was taken for a hub id; a hub id offline retried for 93 s, then a
+    traceback. Now one line naming train.model, within seconds, without the network: offline
+    (HF_HUB_OFFLINE) only the local cache counts, online the hub is asked once. A cached id loads."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from av_grounding.cli import main
+    from av_grounding.training.train import model_source
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case == "offline")
+    with socket.socket() as probe:  # a local port nothing listens on: the hub refuses at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        f"http://127.0.0.1:{port}/{{repo_id}}/resolve/{{revision}}/{{filename}}")
+    model = "./no/such/folder" if case == "missing_folder" else f"no-such-org/no-such-model-{case}"
+    started = time.monotonic()
+    code = main(["train", "--params", str(tmp_path / "none.yaml"), "--model", model, "--max-steps", "1",
+                 "--dataset", str(tmp_path / "dataset"), "--output", str(tmp_path / "out"), "--metrics",
+                 str(tmp_path / "m.json"), "--live", str(tmp_path / "live"), "--timing", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and time.monotonic() - started < 5, err
+    assert err.startswith(f"error: train.model {model!r}")
+    assert {"missing_folder": f": no such folder ({Path(model).absolute()})",
+            "offline": f"is neither a built-in model ({', '.join(BUILTIN_MODELS)}), a local folder nor in the local "
+                       f"Hugging Face cache ({tmp_path / 'hub'}), and HF_HUB_OFFLINE is set",
+            "unreachable": "nor in the local Hugging Face cache"}[case] in err
+    assert case != "unreachable" or "and the hub cannot be reached (ConnectError" in err
+    assert not (tmp_path / "out").exists()
+    cached_hub_model(tmp_path / "hub", "some-org/cached-model")
+    assert model_source("some-org/cached-model") == "some-org/cached-model"

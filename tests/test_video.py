@@ -8,6 +8,7 @@ import sys
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -178,6 +179,33 @@ def encode_timed(destination, frames, bframes: int = 0, keyframe_interval: int =
 def decoded_rgb(path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def zero_timestamps(path) -> None:
+    """Rewrite an mp4 without B-frames (no ``ctts``) in place so that its sample table gives
+    every frame duration 0 (its ``stts`` entries): every frame then carries pts 0."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"stts", data.index(b"moov")) + 8  # past the type and the version/flags
+    for entry in range(int.from_bytes(data[at:at + 4], "big")):
+        delta = at + 4 + 8 * entry + 4  # each entry: sample count, sample duration
+        data[delta:delta + 4] = bytes(4)
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_or_frames_sharing_a_timestamp_are_not_taken_for_a_video(tmp_path):
+    frames = list(enumerate(stamped_frames(30, 160, 90)))
+    photo = tmp_path / "photo.mp4"  # a JPEG named .mp4
+    photo.write_bytes(cv2.imencode(".jpg", frames[0][1])[1].tobytes())
+    with pytest.raises(VideoError, match=r"photo.mp4: not an mp4 video \(FFmpeg reads it as piped jpeg sequence\)"):
+        index_video(photo, "photo.mp4")
+    same = tmp_path / "same.mp4"
+    encode_timed(same, frames)
+    zero_timestamps(same)
+    with av.open(str(same)) as container:
+        assert {p.pts for p in container.demux(video=0) if p.pts is not None} == {0}
+    with pytest.raises(VideoError, match=r"same.mp4: 30 shown frames but only 1 distinct timestamps \(30 frames carry "
+                                         r"the timestamp of frame 0\)"):
+        index_video(same, "same.mp4")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import numerics
+from . import numerics, workspace
 from . import params as params_module
 from .errors import PipelineError
 from .params import (EvaluateParams, ExtractParams, FilterParams, FormatParams, InferParams, SynthesizeParams,
@@ -34,6 +34,7 @@ class StageSpec:
     paths: dict[str, str]  # keyword -> default path, each an option --<keyword>
     summary: str
     sections: dict[str, tuple[str, type]] = dataclasses.field(default_factory=dict)  # keyword -> other params read
+    resumable: bool = False  # keeps finished work in its output folder (set aside when interrupted)
 
 
 STAGES: dict[str, StageSpec] = {
@@ -44,7 +45,7 @@ STAGES: dict[str, StageSpec] = {
     "extract": StageSpec(
         ExtractParams, "av_grounding.curation.extract:extract",
         {"output": "data/extracted", "metrics": "metrics/extract.json", "timing": "metrics/timing/extract.json"},
-        "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records."),
+        "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records.", resumable=True),
     "transform": StageSpec(
         TransformParams, "av_grounding.curation.transform:transform",
         {"input": "data/extracted", "output": "data/transformed"},
@@ -68,17 +69,17 @@ STAGES: dict[str, StageSpec] = {
         {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train",
          "timing": "metrics/timing/train.json"},
         "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
-        {"fmt": ("format", FormatParams)}),
+        {"fmt": ("format", FormatParams)}, resumable=True),
     "infer": StageSpec(
         InferParams, "av_grounding.inference.infer:infer",
         {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json",
          "timing": "metrics/timing/infer.json"},
         "Answer the evaluation split with the base model, every checkpoint and the final model.",
-        {"fmt": ("format", FormatParams)}),
+        {"fmt": ("format", FormatParams)}, resumable=True),
     "evaluate": StageSpec(
         EvaluateParams, "av_grounding.evaluation.stage:evaluate",
         {"dataset": "data/dataset", "predictions": "data/predictions", "metrics": "metrics/eval.json",
-         "plots": "plots/eval", "gt": None, "pred": None, "out": None},
+         "headline": "metrics/headline.json", "plots": "plots/eval", "gt": None, "pred": None, "out": None},
         "Score predictions (COCO AP2D, oriented AP3D, centre-distance mAP, recipe metrics); "
         "standalone: --gt DIR --pred DIR --out FILE."),
 }
@@ -121,29 +122,57 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, load the stage's parameters and call its entry point; its summary.
-    CPU numerics are pinned first (``numerics``), before any stage module is imported."""
+    CPU numerics are pinned first (``numerics``), before any stage module is imported. Under DVC
+    the stage holds the workspace (``workspace.exclusive``) and checks params.yaml did not change;
+    a resumable stage first puts back what an interrupted run set aside, and sets its output
+    aside when interrupted (``workspace.set_aside``; KeyboardInterrupt propagates)."""
     numerics.pin_environment()
     args = build_parser().parse_args(argv)
     spec = STAGES[args.stage]
-    stage_params = params_module.load(spec.params_cls, args.stage, args.params, _overrides(args))
     module, function = spec.entry.split(":")
-    entry = getattr(importlib.import_module(module), function)
     paths = {key: Path(value) if (value := getattr(args, f"path_{key}")) else None for key in spec.paths}
-    others = {key: params_module.load(cls, section, args.params) for key, (section, cls) in spec.sections.items()}
-    return entry(stage_params, **others, **paths)
+    with workspace.exclusive():
+        used = _stage_params(spec, args)
+        entry = getattr(importlib.import_module(module), function)
+        stage_params, *others = used.values()
+        output = paths.get("output") if spec.resumable and workspace.run_by_rank_zero() else None
+        if output is not None:
+            workspace.put_back(output)
+        try:
+            result = entry(stage_params, **dict(zip(spec.sections, others)), **paths)
+        except KeyboardInterrupt:
+            if output is not None and workspace.set_aside(output):
+                print(f"interrupted: {output}'s finished work is set aside in {workspace.interrupted_path(output)}; "
+                      "the next run of the stage continues from it", file=sys.stderr)
+            raise
+        if workspace.run_by_dvc():
+            workspace.check_unchanged(used, _stage_params(spec, args), Path(args.params))
+    return result
+
+
+def _stage_params(spec: StageSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """Params section -> its values: the stage's own (command-line overrides applied) first, then
+    the other sections it reads."""
+    loaded = {args.stage: params_module.load(spec.params_cls, args.stage, args.params, _overrides(args))}
+    loaded.update({section: params_module.load(cls, section, args.params) for section, cls in spec.sections.values()})
+    return loaded
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; exit status 0 when it completed, 2 when a parameter or the input was bad or
-    too many of its items failed (one message naming the key or file). Any other exception is a
-    bug and propagates with its traceback. Warnings (input scored, but maybe not as meant) print
-    as one ``warning:`` line each."""
+    too many of its items failed (one message naming the key or file), 130 when interrupted
+    (Ctrl-C or SIGTERM). Any other exception is a bug and propagates with its traceback.
+    Warnings (input scored, but maybe not as meant) print as one ``warning:`` line each."""
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    workspace.interruptible()
     try:
         result = run(argv)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({str(exc) or 'Ctrl-C'})", file=sys.stderr)
+        return 130
     failures = result.pop("failures", [])
     for failure in failures:
         print(f"FAILED {failure.describe()}", file=sys.stderr)

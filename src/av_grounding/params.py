@@ -102,7 +102,7 @@ class Checked:
 class SynthesizeParams(Checked):
     """Synthetic RDS-HQ clips: scene content, rendering size and video encoding."""
 
-    seed: int = param(0, "seed of every random choice; same seed, same bytes")
+    seed: int = param(0, "seed of every random choice; same seed, same bytes", minimum=0)
     num_clips: int = param(8, "number of clips", minimum=1)
     layout: Layout = param(
         "rdshq", "rdshq: native RDS-HQ clips; waymo: as NVIDIA's toolkit converts Waymo Open segments "
@@ -113,8 +113,10 @@ class SynthesizeParams(Checked):
     cameras: tuple[str, ...] = param(RECIPE_CAMERAS, "cameras to render (names of the layout)")
     duration_s: float = param(3.0, "clip length in seconds", minimum=0.1)
     fps: int = param(30, "video frame rate; poses are written at 30 Hz and labels at 10 Hz whatever it is", minimum=1)
-    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike)", minimum=16)
-    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike)", minimum=16)
+    width: int = param(640, "video width of a native 1920x1080 camera (other native sizes scale alike); even, "
+                       "as H.264 in yuv420p needs", minimum=16)
+    height: int = param(360, "video height of a native 1920x1080 camera (other native sizes scale alike); even, "
+                        "as H.264 in yuv420p needs", minimum=16)
     keyframe_interval: int | None = param(30, "force a keyframe every N frames; null: x264 decides", minimum=1)
     crf: int = param(23, "x264 constant rate factor (lower: better quality, bigger files)", minimum=0, maximum=51)
     preset: X264Preset = param("veryfast", "x264 preset (speed against file size)")
@@ -124,6 +126,14 @@ class SynthesizeParams(Checked):
     workers: int = param(2, "parallel processes over clips (executor local)", minimum=1)
     executor: Executor = param("local", EXECUTOR_HELP)
     ray_address: str | None = param(None, RAY_ADDRESS_HELP)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("width", "height"):  # an odd size would be rounded silently to an even one
+            value = getattr(self, key)
+            if value % 2:
+                raise ParamsError(f"synthesize.{key} = {value} is odd; H.264 in yuv420p needs even sizes "
+                                  f"({value - 1} or {value + 1})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +192,7 @@ class ValidateParams(Checked):
     """Overlay drawings and the numeric re-projection check."""
 
     sample_count: int = param(12, "frames drawn into plots/validation/", minimum=0)
-    seed: int = param(0, "seed of the frame sample")
+    seed: int = param(0, "seed of the frame sample", minimum=0)
     max_residual_px: float = param(0.5, "fail when a box corner re-projects farther than this from its reference",
                                   minimum=0.0)
 
@@ -200,9 +210,10 @@ class FormatParams(Checked):
     max_boxes: int | None = param(50, "keep at most this many (nearest-first order keeps the nearest); null: all",
                                   minimum=0)
     keep_empty_frames: bool = param(True, "keep frames without vehicles (answer: [])")
-    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed)", minimum=0)
+    eval_clips: int = param(2, "clips held out for evaluation (chosen with split_seed); at least 1 unless "
+                            "eval_clip_ids names them", minimum=0)
     eval_clip_ids: tuple[str, ...] = param((), "explicit held-out clip ids (wins over eval_clips)")
-    split_seed: int = param(0, "seed of the held-out clip choice")
+    split_seed: int = param(0, "seed of the held-out clip choice", minimum=0)
     model_family: ModelFamily = param("qwen2_5_vl", "qwen2_5_vl (28 px per image token) or qwen3_vl (32 px)")
     min_pixels: int = param(3136, "smallest image area after resizing, in pixels (training and inference)",
                             minimum=1)
@@ -215,6 +226,9 @@ class FormatParams(Checked):
         super().__post_init__()
         if self.min_pixels > self.max_pixels:
             raise ParamsError(f"format.min_pixels ({self.min_pixels}) exceeds format.max_pixels ({self.max_pixels})")
+        if self.eval_clips < 1 and not self.eval_clip_ids:
+            raise ParamsError(f"format.eval_clips = {self.eval_clips}: the eval split must hold at least one clip "
+                              "(or name them in format.eval_clip_ids)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +246,7 @@ class TrainParams(Checked):
                        "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
                        "Reason 2), randomly initialised; or a Hugging Face id or a local folder")
     preset: TrainPreset | None = param(None, "the recipe's settings (Cosmos Reason 1 or 2), replacing the keys they name")
-    seed: int = param(0, "seed of initialisation (built-in models) and data order")
+    seed: int = param(0, "seed of initialisation (built-in models) and data order", minimum=0)
     epochs: int = param(8, "passes over the training set (ignored when max_steps is set)", minimum=1)
     max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch", minimum=1)
     batch_size: int = param(4, "samples per micro-batch", minimum=1)
@@ -430,16 +444,46 @@ def checked(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
     return {k: coerce(cls, k, v, source) for k, v in values.items()}
 
 
+YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def duplicate_key(node: yaml.Node | None, where: str = "") -> tuple[str, int, int] | None:
+    """The first key that a mapping under ``node`` (a composed YAML document) holds twice, as
+    (dotted key, first line, second line); PyYAML would silently keep the last value. Keys
+    merged in with ``<<`` may be overridden, as YAML allows."""
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = f"{where}.{key_node.value}" if where else str(key_node.value)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != YAML_MERGE_TAG:
+                if key in lines:
+                    return key, lines[key], key_node.start_mark.line + 1
+                lines[key] = key_node.start_mark.line + 1
+            if (found := duplicate_key(value_node, key)) is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            if (found := duplicate_key(item, f"{where}[{index}]")) is not None:
+                return found
+    return None
+
+
 def load(cls: type, section: str, path: str | Path = "params.yaml",
          overrides: dict[str, Any] | None = None) -> Any:
-    """Read ``section`` of the params file (missing file or section: defaults), then apply overrides."""
+    """Read ``section`` of the params file (missing file or section: defaults), then apply overrides.
+    A key written twice anywhere in the file is an error naming it and both lines."""
     path = Path(path)
     values: dict[str, Any] = {}
     if path.exists():
+        text = path.read_text()
         try:
-            document = yaml.safe_load(path.read_text()) or {}
+            twice = duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+            document = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        if twice is not None:
+            raise ParamsError(f"{path}: key '{twice[0]}' appears twice, on lines {twice[1]} and {twice[2]} "
+                              "(YAML readers would silently keep the last); keep one")
         if not isinstance(document, dict):
             raise ParamsError(f"{path}: top level must be a mapping of stage sections")
         section_values = document.get(section) or {}

@@ -134,6 +134,9 @@ def decode_tar(data: bytes, clip_id: str, source: str) -> dict[str, Any]:
                 if not info.isfile():
                     continue
                 key = _member_key(info.name, clip_id, source)
+                if key in members:  # two copies (or ``x`` and ``./x``): which one is meant is unknown
+                    raise LayoutError(f"{source}: member {clip_id}.{key} appears twice (last as {info.name!r}); "
+                                      "a clip tar holds each member once")
                 payload = archive.extractfile(info).read()
                 if key.endswith(".npy"):
                     members[key] = np.load(io.BytesIO(payload), allow_pickle=False)
@@ -183,6 +186,7 @@ class ClipLabels:
     vehicle_poses: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> 4x4 rig-to-world
     intrinsics: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> model's array
     objects: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # label frame -> tracks
+    unusable_objects: dict[int, str] = field(default_factory=dict)  # label frame -> why its objects are unknown
 
 
 def write_clip_labels(root: str | Path, labels: ClipLabels, camera_model: str = "pinhole") -> None:
@@ -235,13 +239,18 @@ def read_clip_labels(fs: fsspec.AbstractFileSystem, root: str, clip_id: str,
 
 
 def list_clip_ids(fs: fsspec.AbstractFileSystem, root: str, name: str | None = None) -> list[str]:
-    """Clip ids present under ``root`` (those with an ``all_object_info`` tar), sorted; errors
+    """Clip ids present under ``root`` (those with an ``all_object_info`` tar; hidden files such
+    as the ``._<name>`` files macOS leaves on other file systems are not clips), sorted; errors
     name the root as ``name`` (its URL) when given."""
     folder = f"{root}/all_object_info"
     try:
         names = fs.ls(folder, detail=False)
+    except NotADirectoryError as exc:  # a file where the root or a folder of its path should be
+        raise LayoutError(f"{name or root}/all_object_info: not a folder ({exc.strerror}); is {name or root!r} an "
+                          "RDS-HQ root?") from exc
     except FileNotFoundError as exc:
         why = exc.strerror or (exc.args[0] if exc.args else "")  # an S3 server says which: bucket or prefix
         named = name or root
         raise LayoutError(f"{named}/all_object_info: missing ({why}); is {named!r} an RDS-HQ root?") from exc
-    return sorted(Path(n).name[: -len(".tar")] for n in names if n.endswith(".tar"))
+    return sorted(Path(n).name[: -len(".tar")] for n in names
+                  if n.endswith(".tar") and not Path(n).name.startswith("."))  # hidden: macOS ._* and the like

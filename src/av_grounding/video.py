@@ -21,6 +21,7 @@ the strategy that decodes the fewest frames.
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ STRATEGIES = ("auto", "decode_all", "seek", "keyframes")
 # A seek flushes the decoder and re-reads from a keyframe; count it as this many decoded frames
 # (at 1080p a seek that saved only 1-2 frames was slower than decoding on: benchmarks/results).
 SEEK_COST_FRAMES = 5
+MP4_DEMUXERS = {"mov", "mp4"}  # FFmpeg's mov/mp4 demuxer: the videos are <clip_id>.mp4
 
 
 # x264 CPU flags and the /proc/cpuinfo names that grant them, AVX-512 deliberately left out.
@@ -164,8 +166,11 @@ def nominal_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
 
 def index_video(source: Source, name: str = "video") -> VideoIndex:
     """Demux every packet of the first video stream (no decoding) to find the shown frames and
-    keyframes. Raises ``VideoError`` naming ``name`` for an unreadable, empty or rateless stream."""
+    keyframes. Raises ``VideoError`` naming ``name`` for a file that is not an mp4 (an image
+    renamed), an unreadable, empty or rateless stream, or frames that share a timestamp."""
     with _open(source, name) as container:
+        if not MP4_DEMUXERS & set(container.format.name.split(",")):  # a JPEG or another file named .mp4
+            raise VideoError(f"{name}: not an mp4 video (FFmpeg reads it as {container.format.long_name})")
         if not container.streams.video:
             raise VideoError(f"{name}: no video stream")
         stream = container.streams.video[0]
@@ -189,9 +194,21 @@ def index_video(source: Source, name: str = "video") -> VideoIndex:
         start = stream.start_time if stream.start_time is not None else min(p for p, _ in shown)
         index = VideoIndex(fps, Fraction(stream.time_base), start, (), ())
         indexed = [(index.index_of(pts), key) for pts, key in shown if pts >= start]
+        check_distinct_times(indexed, name)
         frames = tuple(sorted({i for i, _ in indexed}))
         keyframes = tuple(sorted({i for i, key in indexed if key}))
         return VideoIndex(fps, index.time_base, start, frames, keyframes)
+
+
+def check_distinct_times(indexed: list[tuple[int, bool]], name: str) -> None:
+    """``VideoError`` when shown frames share a frame time (timestamps repeated, e.g. every
+    frame at pts 0): frames are placed by their timestamps, so those cannot be."""
+    counts = collections.Counter(i for i, _ in indexed)
+    shared = sorted(i for i, n in counts.items() if n > 1)
+    if shared:
+        raise VideoError(f"{name}: {len(indexed)} shown frames but only {len(counts)} distinct timestamps "
+                         f"({counts[shared[0]]} frames carry the timestamp of frame {shared[0]}); frames are placed "
+                         "by their timestamps, so this video's cannot be")
 
 
 def sample_indices(span: int, skip_frames: int) -> list[int]:

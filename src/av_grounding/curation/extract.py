@@ -1,8 +1,9 @@
 """The `extract` stage (docs/formats.md#extract): exact frames from RDS-HQ videos plus one record each.
 
 A frame's index comes from its presentation timestamp on the video's nominal rate, counting only
-frames a player shows (see ``video``); targets the video lacks (dropped frames) are reported per
-item, never replaced by a neighbour. A frame's poses and objects are those of the 30 Hz pose
+frames a player shows (see ``video``); targets the video lacks (dropped frames, or frames past
+its end that the labels cover) are reported per item and count as failed frames, never replaced by
+a neighbour. A frame's poses and objects are those of the 30 Hz pose
 frame at the frame's time (``pose_frame_index``): the same number for 30 fps videos, three times
 the video index for the 10 fps videos of Waymo conversions.
 
@@ -14,7 +15,8 @@ Work is split per (clip, camera). Output layout under the output folder:
                                       image by ``image_shard`` (path under the output folder) and
                                       ``image_member``
   manifests/<clip_id>/<camera>.json   written last: the sha256 of every input file the item read,
-                                      the parameters that shape its output, and its counts
+                                      the parameters that shape its output, the code
+                                      that extracts (``sources.code_digest``), and its counts
   failures.json                       items and frames that failed, frames the videos lack,
                                       objects dropped (first few)
 
@@ -24,15 +26,20 @@ describe exactly this run's items.
 
 Labels are checked where they enter: intrinsics of the documented length (else the item fails),
 camera and vehicle poses finite and rigid (else that frame fails), objects with a rigid pose and
-finite positive sizes (else the object is dropped and counted by reason). Frames after the last
+finite positive sizes (else the object is dropped and counted by reason), a label frame that is
+an object of tracks (else the frames that need it fail), a picture that is a uniform scale of the
+intrinsics' size (else the item fails). Frames after the last
 (or before the first) label frame are not written, since their objects are unknown; they are
 counted as ``frames_without_labels``. Camera names in the outputs follow ``camera_names`` (names
-in the clip's files -> output names).
+in the clip's files -> output names), which must be plain file names, one per camera.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +49,16 @@ import fsspec
 import numpy as np
 
 from .. import rdshq
-from ..checks import object_problem, pose_problem
+from ..checks import IMAGE_SIZE_AT, object_problem, pose_problem
 from ..errors import check_failed_fraction
 from ..executors import Failure, Outcome, run_items
 from ..geometry.cameras import camera_from_record
 from ..params import ExtractParams, ParamsError
 from ..shards import write_shard
-from ..storage import as_stored, file_digest, filesystem, is_local, reading, remove_partials, stored_json, write_json
-from ..video import DecodedFrame, index_video, read_frames, sample_indices
+from ..sources import code_digest
+from ..storage import (StorageError, as_stored, file_digest, filesystem, is_local, reading, remove_partials,
+                       stored_json, write_json)
+from ..video import DecodedFrame, VideoIndex, index_video, read_frames, sample_indices
 from .interpolate import objects_at
 from .records import records_path, write_records
 
@@ -114,17 +123,20 @@ def output_camera(params: ExtractParams, camera: str) -> str:
 
 
 def checked_objects(objects: dict[int, dict[str, Any]], clip_id: str, url: str
-                    ) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str, str]]]:
-    """The label frames without their unsound objects (see ``checks.object_problem``), and
-    (tar and member, track id, problem) of each object dropped."""
+                    ) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str, str]], dict[int, str]]:
+    """The label frames without their unsound objects (see ``checks.object_problem``),
+    (tar and member, track id, problem) of each object dropped, and label frame -> error of each
+    frame whose member is not an object of tracks: its objects are unknown, so the video frames
+    that need it fail (``unusable_labels``) rather than be written without objects."""
     clean: dict[int, dict[str, Any]] = {}
-    dropped = []
+    dropped, unusable = [], {}
     source = rdshq.tar_path(url, "all_object_info", clip_id)
     for frame, tracks in sorted(objects.items()):
-        member = f"{source}: {clip_id}.{rdshq.frame_key(frame, 'all_object_info', '.json')}"
+        key = f"{clip_id}.{rdshq.frame_key(frame, 'all_object_info', '.json')}"
+        member = f"{source}: {key}"
         if not isinstance(tracks, dict):
-            dropped.append((member, "*", f"entry not an object of tracks ({type(tracks).__name__})"))
-            clean[frame] = {}
+            unusable[frame] = (f"{source}: member {key} (label frame {frame}): not an object of tracks "
+                               f"({type(tracks).__name__})")
             continue
         clean[frame] = {}
         for track, info in tracks.items():
@@ -134,14 +146,34 @@ def checked_objects(objects: dict[int, dict[str, Any]], clip_id: str, url: str
             else:
                 field, problem = found
                 dropped.append((member, str(track), f"{field} {problem}"))
-    return clean, dropped
+    return clean, dropped, unusable
+
+
+def unusable_labels(labels: rdshq.ClipLabels, pose_frame: int) -> str | None:
+    """Why the objects at ``pose_frame`` are unknown: the label frame it is, or one of the two
+    it is interpolated between, is unusable (``ClipLabels.unusable_objects``); else ``None``."""
+    bad = labels.unusable_objects
+    if not bad or pose_frame in labels.objects:
+        return None
+    if pose_frame in bad:
+        return bad[pose_frame]
+    frames = sorted({*labels.objects, *bad})
+    position = bisect.bisect_left(frames, pose_frame)
+    if not 0 < position < len(frames):
+        return None  # outside the labelled span: unlabelled, not unusable
+    return next((bad[f] for f in frames[position - 1:position + 1] if f in bad), None)
+
+
+def frame_at(frame: DecodedFrame, pose_frame: int) -> str:
+    """The frame as messages name it (its pose frame too where the numbers differ)."""
+    return f"frame {pose_frame}" if pose_frame == frame.index else \
+        f"pose frame {pose_frame}, video frame {frame.index} at {frame.time_s:.6f} s"
 
 
 def checked_pose(pose: Any, url: str, attribute: str, clip_id: str, key: str, frame: DecodedFrame,
                  pose_frame: int) -> np.ndarray:
     """``pose`` as a 4x4 array, or ``FrameError`` naming the tar, member and frame."""
-    at = f"frame {pose_frame}" if pose_frame == frame.index else \
-        f"pose frame {pose_frame}, video frame {frame.index} at {frame.time_s:.6f} s"
+    at = frame_at(frame, pose_frame)
     if pose is None:
         raise FrameError(f"{rdshq.tar_path(url, attribute, clip_id)}: no member {clip_id}.{key} ({at})")
     if (problem := pose_problem(pose)) is not None:
@@ -162,6 +194,8 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
     height, width = frame.bgr.shape[:2]
     clip = rdshq.ClipId.parse(labels.clip_id)
     pose_frame = round(frame.time * rdshq.POSE_RATE_HZ)
+    if (problem := unusable_labels(labels, pose_frame)) is not None:
+        raise FrameError(f"{problem}; the objects of {frame_at(frame, pose_frame)} are unknown")
     objects = objects_at(labels.objects, pose_frame)
     if objects is None:
         return None
@@ -231,7 +265,7 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
         raise rdshq.LayoutError(f"{name}: missing")
     source: str | bytes = video if is_local(fs) else fs.cat_file(video)
     expected = {"inputs": item_inputs(fs, root, params, clip_id, camera, video, source),
-                "params": {key: getattr(params, key) for key in MANIFEST_PARAMS}}
+                "params": {key: getattr(params, key) for key in MANIFEST_PARAMS}, "code_sha256": code_digest(__name__)}
     named = output_camera(params, camera)
     previous = reusable(output, clip_id, named, expected)
     if previous is not None:
@@ -243,16 +277,54 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     return result
 
 
+def sampled_targets(index: VideoIndex, labels: rdshq.ClipLabels, skip_frames: int) -> list[int]:
+    """Every ``skip_frames``-th frame index of the video, and beyond its last frame those its
+    labels still cover: a video cut short lacks them (they are missing, not silently absent)."""
+    label_frames = [*labels.objects, *labels.unusable_objects]
+    first, last = min(label_frames), max(label_frames)
+
+    def pose_frame(index_: int) -> int:
+        return round(index_ / index.fps * rdshq.POSE_RATE_HZ)
+
+    span = index.span
+    while pose_frame(span) <= last:
+        span += 1
+    return [t for t in sample_indices(span, skip_frames) if t < index.span or pose_frame(t) >= first]
+
+
+PICTURE_TOLERANCE_PX = 2  # a side of a scaled video rounded to an even size moves by up to this
+
+
+def check_picture_size(labels: rdshq.ClipLabels, model: str, camera: str, frame: DecodedFrame, name: str,
+                       url: str) -> None:
+    """``LayoutError`` naming the video and the intrinsics when the video's picture is not a
+    uniform scale of the size its intrinsics are calibrated for (a crop or a stretch: fx and fy
+    would be scaled apart). Videos stored smaller than that size are accepted, scaled."""
+    height, width = frame.bgr.shape[:2]
+    native_w, native_h = (float(labels.intrinsics[camera][i]) for i in IMAGE_SIZE_AT[model])
+    off = min(abs(width - height * native_w / native_h), abs(height - width * native_h / native_w))
+    if off <= PICTURE_TOLERANCE_PX:
+        return
+    tar = rdshq.tar_path(url, f"{model}_intrinsic", labels.clip_id)
+    raise rdshq.LayoutError(
+        f"{name}: picture {width}x{height} (aspect {width / height:.3f}) is not a uniform scale of the "
+        f"{native_w:g}x{native_h:g} (aspect {native_w / native_h:.3f}) that {tar}: member "
+        f"{labels.clip_id}.{model}_intrinsic.{camera}.npy is calibrated for (cropped or stretched?); fx and fy "
+        "would scale apart")
+
+
 def extract_frames(params: ExtractParams, fs: fsspec.AbstractFileSystem, root: str, url: str, clip_id: str,
                    camera: str, source: str | bytes, name: str, output: Path) -> ItemResult:
     """Decode, check and write one item's frames: its image shard, then its records file."""
     labels = rdshq.read_clip_labels(fs, root, clip_id, (camera,), params.camera_model)
-    labels.objects, dropped = checked_objects(labels.objects, clip_id, url)
+    labels.objects, dropped, labels.unusable_objects = checked_objects(labels.objects, clip_id, url)
     index = index_video(source, name)
-    targets = sample_indices(index.span, params.skip_frames)
+    targets = sampled_targets(index, labels, params.skip_frames)
     missing = index.missing(targets)
     present = [t for t in targets if t not in missing]
     frames, strategy, decoded = read_frames(source, present, params.strategy, name, index)
+    if frames:
+        check_picture_size(labels, params.camera_model, camera, frames[0], name, url)
     truth_path = rdshq.tar_path(root, rdshq.RENDER_TRUTH, clip_id)
     render_truth = rdshq.read_tar(fs, root, rdshq.RENDER_TRUTH, clip_id) if fs.exists(truth_path) else None
     records, unlabelled, failed = [], 0, []
@@ -301,6 +373,9 @@ def select_clips(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams
     id that is not ``<session>_<start_us>_<end_us>``). ``ParamsError`` when the sequence-ids
     file names no clip under the root."""
     url = params.input_root.rstrip("/")
+    if is_local(fs) and Path(root).is_file():
+        raise ParamsError(f"extract.input_root {url}: a file, not a folder (an RDS-HQ root holds all_object_info/, "
+                          "pose/, ... and the video folders)")
     present = rdshq.list_clip_ids(fs, root, url)
     skipped = []
     if params.sequence_ids_file:
@@ -322,12 +397,45 @@ def select_clips(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams
     return chosen, skipped
 
 
+def name_problem(name: str) -> str | None:
+    """Why a camera's output name cannot name its files (``records/<clip_id>/<name>.json``, ...):
+    it must be a plain file name, not a path."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\\" in name or "\0" in name:
+        return "is a path, not a plain file name"
+    if name.startswith("."):
+        return "starts with '.' (a hidden file, or a path like '..')"
+    return None
+
+
+def check_camera_names(params: ExtractParams) -> None:
+    """``ParamsError`` naming the key when an output camera name is not a plain file name or two
+    cameras would get one name (their files would overwrite each other)."""
+    for camera, name in params.camera_names.items():
+        if (problem := name_problem(name)) is not None:
+            raise ParamsError(f"extract.camera_names: {camera}: {name!r} {problem}; camera names become file names")
+    for camera in params.cameras:
+        if camera not in params.camera_names and (problem := name_problem(camera)) is not None:
+            raise ParamsError(f"extract.cameras: {camera!r} {problem}; camera names become file names")
+    renamed = [*params.camera_names.values(), *(c for c in params.cameras if c not in params.camera_names)]
+    for name in sorted({n for n in renamed if renamed.count(n) > 1}):
+        sources = sorted({c for c in params.camera_names if params.camera_names[c] == name} |
+                         ({name} & set(params.cameras) - set(params.camera_names)))
+        raise ParamsError(f"extract.camera_names: {sources} would all be named {name!r}; their files would overwrite "
+                          "each other")
+
+
 def check_cameras(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams) -> None:
-    """``ParamsError`` naming ``extract.cameras`` when a camera has no video folder, or
-    ``extract.camera_names`` when two cameras would get one output name."""
-    names = [output_camera(params, camera) for camera in params.cameras]
-    if len(set(names)) < len(names):
-        raise ParamsError(f"extract.camera_names maps several of {list(params.cameras)} to one name: {names}")
+    """``ParamsError`` naming ``extract.cameras`` when it is empty, lists a camera twice or one
+    without a video folder, or ``extract.camera_names`` when an output name is not a plain file
+    name or two cameras would get one (``check_camera_names``)."""
+    if not params.cameras:
+        raise ParamsError("extract.cameras: empty; name at least one camera to extract")
+    twice = sorted({camera for camera in params.cameras if params.cameras.count(camera) > 1})
+    if twice:
+        raise ParamsError(f"extract.cameras: {twice} listed more than once in {list(params.cameras)}")
+    check_camera_names(params)
     url = params.input_root.rstrip("/")
     missing = [camera for camera in params.cameras if not fs.isdir(f"{root}/{params.camera_model}_{camera}")]
     if missing:
@@ -339,6 +447,21 @@ def check_cameras(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParam
                               f"{url}")
         raise ParamsError(f"extract.cameras: no video folder {url}/{prefix}<camera> for {missing}; "
                           f"cameras with {params.camera_model} videos there: {found}")
+
+
+def check_writable(folder: Path) -> None:
+    """``StorageError`` naming ``folder`` when it cannot be made or written (a read-only file
+    system, a file in its path), before any item runs. The probe file is hidden and named as a
+    partial one, so a killed run leaves nothing a rerun keeps."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        at = f": {exc.filename}" if exc.filename else ""
+        raise StorageError(f"{folder}: cannot write the output here ({exc.strerror or exc}{at}); nothing extracted") \
+            from exc
 
 
 def remove_unselected(output: Path, kept: set[tuple[str, str]]) -> None:
@@ -367,7 +490,8 @@ def failure_report(skipped: list[Failure], failed: list[Failure], results: list[
                    for r in results for frame, error in r.frame_failures],
         "missing_frames": [{"item": f"{r.clip_id}/{r.camera}", "missing_frames": list(r.missing_frames),
                             "error": f"frames {list(r.missing_frames)} are not in the video (its timestamps skip "
-                                     "them); not written"} for r in results if r.missing_frames],
+                                     "them, or it ends before its labels do); not written"}
+                           for r in results if r.missing_frames],
         "objects_dropped": dict(sorted(by_reason.items())),
         "objects_dropped_first": [{"where": where, "track_id": track, "problem": problem}
                                   for where, track, problem in dropped[:SHOWN_DROPPED]],
@@ -406,6 +530,8 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
     with reading(params.input_root):
         clip_ids, skipped = select_clips(fs, root, params)
         check_cameras(fs, root, params)
+    for folder in [output, *(Path(path).parent for path in (metrics, timing) if path)]:
+        check_writable(folder)
     remove_partials(output)
     items = [(params, clip_id, camera, output) for clip_id in clip_ids for camera in params.cameras]
     labels = [f"{clip_id}/{camera}" for _, clip_id, camera, _ in items]
@@ -435,10 +561,15 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
     if timing:
         write_json(timing, curation_rate(outcome, params.executor))
     frame_failures = [Failure(f"{f['item']} frame {f['frame']}", f["error"]) for f in report["frames"]]
+    lacking = [Failure(m["item"], m["error"]) for m in report["missing_frames"]]  # one line per item
+    lost = [*(f.describe() for f in frame_failures),  # failed and missing frames count alike
+            *(f"{m['item']} frame {frame}: not in the video" for m in report["missing_frames"]
+              for frame in m["missing_frames"])]
     key = "extract.max_failed_fraction"
     check_failed_fraction([f.describe() for f in [*skipped, *outcome.failures]], summary["items"],
                           params.max_failed_fraction, key, output / "failures.json")
-    check_failed_fraction([f.describe() for f in frame_failures], summary["frames_written"] + len(frame_failures),
-                          params.max_failed_fraction, key, output / "failures.json")
+    check_failed_fraction(lost, summary["frames_written"] + len(lost), params.max_failed_fraction, key,
+                          output / "failures.json")
     resumed = sum(r.resumed for r in results)  # what this run did, not what the output is: not a metric
-    return {**summary, "items_resumed": resumed, "failures": [*skipped, *outcome.failures, *frame_failures]}
+    return {**summary, "items_resumed": resumed,
+            "failures": [*skipped, *outcome.failures, *frame_failures, *lacking]}

@@ -65,7 +65,10 @@ def iter_records(root: Path) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
 
 def _map_file(fn: Callable, args: tuple, path: Path, output: Path, clip_id: str, camera: str) -> Any:
     records, result = fn(*args, read_records(path))
-    write_records(output, clip_id, camera, records)
+    try:
+        write_records(output, clip_id, camera, records)
+    except OSError as exc:  # the output's fault (full disk, read-only), not the input file's
+        raise RecordsError(f"output {records_path(output, clip_id, camera)} not written: {exc.strerror or exc}") from exc
     return result
 
 

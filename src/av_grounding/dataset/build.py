@@ -22,7 +22,7 @@ import numpy as np
 
 from ..curation.records import iter_records
 from ..models.builtin import task_tokenizer
-from ..params import FormatParams
+from ..params import FormatParams, ParamsError
 from ..shards import ShardReader
 from ..storage import atomic_folder, atomic_write_bytes, write_json
 from . import tokens
@@ -101,6 +101,19 @@ class Counts:
     samples_over_max_length: int = 0
 
 
+def check_every_split_keeps_a_sample(params: FormatParams, per_split: dict[str, list],
+                                     shortest_over: dict[str, tuple[int, str]]) -> None:
+    """``ParamsError`` when ``model_max_length`` dropped every sample of a split (nothing to
+    train on or to evaluate), naming the tokens of its shortest sample."""
+    emptied = [split for split, entries in per_split.items() if not entries and split in shortest_over]
+    if emptied:
+        shortest = " and ".join(f"{split} (the shortest: {shortest_over[split][0]} tokens, {shortest_over[split][1]})"
+                                for split in emptied)
+        needed = max(shortest_over[split][0] for split in emptied)
+        raise ParamsError(f"format.model_max_length = {params.model_max_length} drops every sample of {shortest}; "
+                          f"raise it to at least {needed}")
+
+
 def format_dataset(params: FormatParams, input: Path, images: Path, output: Path, metrics: Path | None = None,
                    plots: Path | None = None) -> dict[str, Any]:
     prompts = load_prompts(params.prompts)
@@ -114,6 +127,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
     image_sources: dict[str, tuple[str, str]] = {}  # sample id -> (shard, member) under ``images``
     answer_token_counts, image_token_counts, all_answers = [], {f: [] for f in tokens.MERGE_FACTOR}, []
+    shortest_over: dict[str, tuple[int, str]] = {}  # split -> tokens of its shortest sample over the budget
     for record in sorted(frames, key=sample_id):
         counts.frames_in += 1
         objects = order_boxes(record["objects"], params.box_order)
@@ -129,19 +143,23 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             image_token_counts[family].append(tokens.image_tokens(record["width"], record["height"], family,
                                                                   params.min_pixels, params.max_pixels))
         answer_count = tokens.answer_tokens(answer)
-        total = fixed_prompt_tokens + image_token_counts[params.model_family][-1] + answer_count
+        image_count = image_token_counts[params.model_family][-1]
+        total = fixed_prompt_tokens + image_count + answer_count
+        split = split_of[record["clip_id"]]
         if total > params.model_max_length:
             counts.samples_over_max_length += 1
+            parts = f"prompt {fixed_prompt_tokens} + image {image_count} + answer {answer_count}"
+            shortest_over[split] = min(shortest_over.get(split, (total, parts)), (total, parts))
             continue
         answer_token_counts.append(answer_count)
         all_answers.append(exact)
         sid = sample_id(record)
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
-        split = split_of[record["clip_id"]]
         sample = Sample(sid, output / split / "images" / f"{sid}.jpg", prompts.system, prompts.user, answer)
         per_split[split].append((sample, annotation_record(record, boxes),
                                  conversation(sid, prompts.system, prompts.user, answer)))
         image_sources[sid] = (record["image_shard"], record["image_member"])
+    check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)
     with atomic_folder(output) as staging:  # replaced whole: no stale samples, no half-written ones
         for split, entries in per_split.items():

@@ -49,6 +49,23 @@ def _images(frames: list[Frame], overlaps: list[np.ndarray]) -> list[ImageBoxes]
     return [ImageBoxes(f.gt.labels, f.pred.labels, f.pred.scores, o) for f, o in zip(frames, overlaps)]
 
 
+def _unseen(rectangles: np.ndarray) -> np.ndarray:
+    """Rectangles with no area once clipped to the image: boxes wholly outside it or behind the
+    camera (their rectangles are all zero)."""
+    return (rectangles[:, 2] <= rectangles[:, 0]) | (rectangles[:, 3] <= rectangles[:, 1])
+
+
+def images_2d(frames: list[Frame]) -> list[ImageBoxes]:
+    """The frames' boxes for AP2D. A box whose rectangle has no area in the image has nothing to
+    compare there: as truth it is ignored (neither found nor missed; like COCO's crowd regions,
+    a prediction matched to it would be ignored too, but none can match an empty rectangle), as
+    a prediction it is ignored unless matched (COCO's area ranges), which it never is. So a
+    vehicle behind the camera or beside the image costs a perfect model nothing in AP2D, and AP3D
+    and the centre-distance metrics still score it."""
+    return [ImageBoxes(f.gt.labels, f.pred.labels, f.pred.scores, iou_2d_matrix(f.pred.rectangles, f.gt.rectangles),
+                       _unseen(f.gt.rectangles), _unseen(f.pred.rectangles)) for f in frames]
+
+
 def ap3d_by_depth(frames: list[Frame], images: list[ImageBoxes], labels: list[str],
                   config: EvaluationConfig) -> dict[str, float | None]:
     """AP3D per depth bin (camera z of the box centre, metres): truth outside the bin and
@@ -139,9 +156,8 @@ def evaluate_frames(frames: list[Frame], config: EvaluationConfig) -> tuple[Colu
     """Every metric of one column, and the data of its plots. Pairwise overlaps are computed
     once per frame: a PxG matrix of 2D IoU and one of exact 3D IoU."""
     labels = sorted({label for f in frames for label in f.gt.labels})
-    images_2d = _images(frames, [iou_2d_matrix(f.pred.rectangles, f.gt.rectangles) for f in frames])
     images_3d = _images(frames, [iou_3d_matrix(f.pred.boxes, f.gt.boxes) for f in frames])
-    ap2d = coco_ap(images_2d, labels, list(config.coco_thresholds), config.max_detections)
+    ap2d = coco_ap(images_2d(frames), labels, list(config.coco_thresholds), config.max_detections)
     ap3d = coco_ap(images_3d, labels, list(config.ap3d_thresholds), config.max_detections)
     matching, errors_by_distance = matching_metrics(frames, config.match_distance_m)
     result = ColumnResult(

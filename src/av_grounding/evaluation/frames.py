@@ -7,12 +7,17 @@ otherwise) or ``camera_model`` + ``intrinsics`` (what `format` writes, in ``text
 ``box_codec`` names the box convention. Predictions: a folder of ``<id>.json`` named like the
 ground truth, each with ``annotations`` (boxes, optionally a ``score`` each) and optionally
 ``raw_text`` (the model's answer, parsed when present) and ``scores`` (one per box). A missing or
-unparsable prediction is zero boxes for its frame, never a skipped frame.
+unparsable prediction is zero boxes for its frame, never a skipped frame; a prediction file of
+another structure (a bare list, ``{}``, ``{"predictions": ...}``) is an error naming it. Hidden
+names (``._x.json``, macOS's AppleDouble files) are not frames; an entry ``x.json`` that is not a
+readable file (a folder, a symlink loop) is an error naming it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,10 +47,11 @@ class EvaluationWarning(UserWarning):
 @dataclass(frozen=True)
 class BoxSet:
     """N boxes of one frame, decoded once. ``values``: Nx9, the nine numbers as written;
-    ``boxes``: the physical boxes (camera RDF, metres; sizes taken positive, which keeps the 8
-    corners); ``centres`` Nx3 (m); ``headings`` (N,) yaw of the forward axis in the ground plane,
-    ``atan2(x, z)`` (rad); ``rectangles`` Nx4 image rectangles of the projected box clipped to the
-    image (px; all zero behind the camera); ``scores`` (N,)."""
+    ``boxes``: the physical boxes (camera RDF, metres; sizes positive, as reading checked: a
+    negative size is an invalid box, never made positive); ``centres`` Nx3 (m); ``headings``
+    (N,) yaw of the forward axis in the ground plane, ``atan2(x, z)`` (rad); ``rectangles`` Nx4
+    image rectangles of the projected box clipped to the image (px; all zero behind the camera);
+    ``scores`` (N,)."""
 
     labels: list[str]
     values: np.ndarray
@@ -86,6 +92,7 @@ def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int, b
     try:
         if "intrinsics" in record and "camera_model" in record:
             camera = camera_from_record(record["camera_model"], record["intrinsics"])
+            check_intrinsics(camera, source)
             return camera, camera.width, camera.height, False
         params = record.get("camera_params")
         if not isinstance(params, dict) or not {"fx", "fy", "cx", "cy"} <= set(params):
@@ -97,11 +104,27 @@ def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int, b
         if min(width, height) <= 0 or not all(np.isfinite([fx, fy, cx, cy])):
             raise EvaluationError(f"{source}: camera {params} with image size {width}x{height} is unusable; give "
                                   "'width' and 'height'")
-        return PinholeCamera(fx, fy, cx, cy, width, height), width, height, guessed
+        camera = PinholeCamera(fx, fy, cx, cy, width, height)
+        check_intrinsics(camera, source)
+        return camera, width, height, guessed
     except EvaluationError:
         raise
     except (TypeError, ValueError, KeyError, PipelineError) as exc:
         raise EvaluationError(f"{source}: unusable camera description: {exc}") from None
+
+
+def check_intrinsics(camera: Camera, source: Path) -> None:
+    """EvaluationError naming the ground-truth file (one frame) for intrinsics no image has: an
+    empty image, a pinhole focal length that is not a positive finite number of pixels (with
+    ``fx = fy = 0`` every box projects onto the principal point and AP2D means nothing), a
+    principal point that is not finite."""
+    where = f"{source}: frame {source.stem}: invalid intrinsics"
+    if camera.width <= 0 or camera.height <= 0:
+        raise EvaluationError(f"{where}: image size {camera.width}x{camera.height}")
+    if isinstance(camera, PinholeCamera):
+        values = {"fx": camera.fx, "fy": camera.fy, "cx": camera.cx, "cy": camera.cy}
+        if not all(math.isfinite(v) for v in values.values()) or min(camera.fx, camera.fy) <= 0:
+            raise EvaluationError(f"{where} {values}: fx and fy must be positive and all four finite (pixels)")
 
 
 def pinhole_parameters(record: dict[str, Any]) -> dict[str, float] | None:
@@ -116,10 +139,7 @@ def box_set(labels: list[str], values: list[list[float]], scores: list[float], c
             width: int, height: int) -> BoxSet:
     """Decode N boxes (nine numbers each, in ``codec``'s convention) once: see ``BoxSet``."""
     decoder = get_codec(codec)
-    boxes = []
-    for v in values:
-        box = decoder.decode(v)
-        boxes.append(Box3D(box.center, box.rotation, np.abs(box.lwh)))
+    boxes = [decoder.decode(v) for v in values]
     segments = edge_segments("pinhole" if isinstance(camera, PinholeCamera) else "ftheta")
     rectangles = []
     for box in boxes:
@@ -131,28 +151,66 @@ def box_set(labels: list[str], values: list[list[float]], scores: list[float], c
                   np.array(rectangles).reshape(-1, 4), np.asarray(scores, float))
 
 
+_SHORT = reprlib.Repr()  # values quoted in one-line errors: bounded, however deep or long
+_SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 12, 6, 80, 80, 3
+
+
+def json_files(folder: Path) -> list[Path]:
+    """The ``<id>.json`` files of ``folder``, sorted. Hidden names (a leading ``.``: macOS's
+    AppleDouble ``._<id>.json``, writers' temporary files) are not frames and are skipped;
+    EvaluationError naming an entry ``*.json`` that is not a file (a folder, a symlink loop, a
+    link to nothing)."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        if not path.is_file():
+            kind = ("a folder" if path.is_dir() else "a symlink loop or a link to nothing" if path.is_symlink()
+                    else "not a regular file")
+            raise EvaluationError(f"{path}: {kind}, not a JSON file; remove or rename it")
+        found.append(path)
+    return found
+
+
+def load_json(path: Path) -> Any:
+    """The JSON value of the file ``path``. JSONDecodeError or UnicodeDecodeError for text that
+    is not JSON (the caller decides what that means); EvaluationError naming the file for JSON
+    that Python cannot read (nested deeper than its recursion limit, an integer of more digits
+    than it converts) and for a file that cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise
+    except RecursionError:
+        raise EvaluationError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise EvaluationError(f"{path}: holds a number too long to read ({str(exc).split(';')[0]})") from None
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def read_ground_truth(path: Path) -> dict[str, Any] | None:
     """The record of a recipe-format file, or None when the file is JSON of another kind (a
-    dataset's ``meta.json``); EvaluationError naming the file for malformed JSON or boxes."""
+    dataset's ``meta.json``); EvaluationError naming the file for JSON it cannot read or bad
+    boxes (a size that is not positive among them)."""
     try:
-        record = json.loads(path.read_text())
+        record = load_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{path}: malformed JSON: {exc}") from exc
+        raise EvaluationError(f"{path}: malformed JSON: {exc}") from None
     if not isinstance(record, dict) or not isinstance(record.get("annotations"), list):
         return None
     for index, item in enumerate(record["annotations"]):
         _, reason = check_box(item)
-        if not reason and min(item["bbox_3d"][3:6]) <= 0:
-            reason = "size_not_positive"
         if reason:
-            raise EvaluationError(f"{path}: ground-truth box {index} is invalid ({reason.replace('_', ' ')}): {item!r}")
+            raise EvaluationError(f"{path}: ground-truth box {index} is invalid ({reason.replace('_', ' ')}): "
+                                  f"{_SHORT.repr(item)}")
     return record
 
 
 def _ground_truth_files(gt_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     if not gt_dir.is_dir():
         raise EvaluationError(f"{gt_dir}: no such folder; expected a folder of recipe-format ground truth (<id>.json)")
-    records = [(path, read_ground_truth(path)) for path in sorted(gt_dir.glob("*.json"))]
+    records = [(path, read_ground_truth(path)) for path in json_files(gt_dir)]
     found = [(path, record) for path, record in records if record is not None]
     if not found:
         hint = f"; did you mean {gt_dir / 'text'}?" if (gt_dir / "text").is_dir() else ""
@@ -169,7 +227,7 @@ def _prediction_names(pred_dir: Path, gt_names: set[str], gt_dir: Path) -> set[s
     if not pred_dir.is_dir():
         raise EvaluationError(f"{pred_dir}: no such prediction folder; expected <id>.json files named like "
                               f"the ground truth in {gt_dir}")
-    names = {path.name for path in pred_dir.glob("*.json")}
+    names = {path.name for path in json_files(pred_dir)}
     if not names:
         raise EvaluationError(f"{pred_dir}: no prediction files; expected <id>.json files named like the "
                               f"ground truth in {gt_dir}")
@@ -179,11 +237,20 @@ def _prediction_names(pred_dir: Path, gt_names: set[str], gt_dir: Path) -> set[s
     return names
 
 
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond every float
+        return False
+
+
 def _checked_scores(values: list[Any], boxes: list[dict[str, Any]], path: Path) -> list[float]:
     for index, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise EvaluationError(f"{path}: box {index} (label {boxes[index]['label']!r}): score {value!r} "
-                                  f"is not a finite number")
+        if not _finite_number(value):
+            raise EvaluationError(f"{path}: box {index} (label {boxes[index]['label']!r}): score "
+                                  f"{_SHORT.repr(value)} is not a finite number")
     return [float(v) for v in values]
 
 
@@ -209,23 +276,46 @@ def resolve_scores(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -
     return order_scores(len(boxes)), "order"
 
 
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _structure(document: Any) -> str:
+    """What a prediction file holds instead of the prediction format, in words."""
+    if isinstance(document, list):
+        return ("a bare list (save a model's answer as {\"raw_text\": \"...\"}, boxes as "
+                "{\"annotations\": [...]})")
+    if not isinstance(document, dict):
+        return _JSON_KINDS[type(document)]
+    if document.get("raw_text") is not None:
+        return f"'raw_text' that is {_JSON_KINDS[type(document['raw_text'])]}"
+    if "annotations" in document:
+        return f"'annotations' that is {_JSON_KINDS[type(document['annotations'])]}"
+    keys = sorted(document)
+    return f"an object with keys {', '.join(map(repr, keys[:5]))}{' ...' if len(keys) > 5 else ''}" if keys \
+        else "an empty object"
+
+
 def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]:
     """Boxes, their scores and where the scores came from, for one prediction file. The boxes
     come from ``raw_text`` when the file has it (the model's own answer, parsed), else from
-    ``annotations``; a file that is not a JSON object is a failed answer."""
+    ``annotations``; a file that is not JSON is a failed answer (with a warning). EvaluationError
+    naming the file for any other structure (a bare list, ``{}``, ``{"annotations": null}``):
+    scored as failed answers, a whole column saved the wrong way would pass for a bad model."""
     try:
-        document = json.loads(path.read_text())
+        document = load_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         warnings.warn(EvaluationWarning(f"{path}: not JSON ({exc}): scored as an unparsable answer"), stacklevel=2)
         return ParsedAnswer(status="failed", valid_json=False), [], "order"
-    if not isinstance(document, dict):
-        return ParsedAnswer(status="failed", valid_json=False), [], "order"
-    if isinstance(document.get("raw_text"), str):
-        parsed = parse_answer(document["raw_text"])
-    elif isinstance(document.get("annotations"), list):
-        parsed = parse_items(document["annotations"])
+    raw, annotations = (document.get(key) if isinstance(document, dict) else None
+                        for key in ("raw_text", "annotations"))
+    if isinstance(raw, str):
+        parsed = parse_answer(raw)
+    elif raw is None and isinstance(annotations, list):
+        parsed = parse_items(annotations)
     else:
-        return ParsedAnswer(status="failed", valid_json=False), [], "order"
+        raise EvaluationError(f"{path}: not a prediction file: expected a JSON object with an 'annotations' list "
+                              f"of boxes or a 'raw_text' string (the model's answer); found {_structure(document)}")
     scores, source = resolve_scores(parsed, document, path)
     return parsed, scores, source
 

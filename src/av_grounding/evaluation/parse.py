@@ -12,12 +12,17 @@
    quotes, unquoted keys, missing closing brackets) and gets status ``repaired``. A cut-off tail
    is first trimmed to the last complete object, and the partial object is counted as dropped:
    json-repair would complete it with guessed values (a label ``"tr"``, a number missing digits).
+   JSON nested deeper than Python's recursion limit is no answer; an integer of more than 4300
+   digits is no number Python converts (json-repair keeps it as text: ``non_numeric``).
 5. A box is an object with a non-empty string ``label`` and a ``bbox_3d`` of nine finite numbers,
-   each within +-``MAX_ABS_VALUE``; every other item is dropped and counted by reason.
+   each within +-``MAX_ABS_VALUE``, whose three sizes (numbers 4 to 6 in both codecs) are
+   positive; every other item is dropped and counted by reason (a negative size is never made
+   positive: that would score a mirrored guess as a perfect box).
 
-An answer that yields no box although it held something (only dropped items, or no JSON at all)
-is ``failed``; ``[]`` is ``ok`` with no box. The caller counts a failed answer as zero
-predictions for its frame, never as a skipped frame.
+An answer that yields no box is ``failed`` unless it is JSON valid as emitted that dropped
+nothing: ``[]`` is ``ok`` with no box, while only dropped items, no JSON at all, or a repair that
+recovered no box (320 unclosed ``[``, ``[,]``) is ``failed``, never ``repaired``. The caller
+counts a failed answer as zero predictions for its frame, never as a skipped frame.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import json_repair
 # debris (1e308 would overflow every distance and make the Hungarian assignment infeasible).
 MAX_ABS_VALUE = 1e4
 DROP_REASONS = ("truncated", "not_an_object", "no_label", "no_bbox", "wrong_arity", "non_numeric",
-                "non_finite", "absurd_magnitude")
+                "non_finite", "absurd_magnitude", "size_not_positive")
 
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z][\w+.-]*)?[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
@@ -135,6 +140,8 @@ def check_box(item: Any) -> tuple[dict[str, Any] | None, str | None]:
         return None, "non_finite"
     if any(abs(v) > MAX_ABS_VALUE for v in values):
         return None, "absurd_magnitude"
+    if min(values[3:6]) <= 0:
+        return None, "size_not_positive"
     box = {"label": label, "bbox_3d": [float(v) for v in values]}
     if "score" in item:
         box["score"] = item["score"]
@@ -159,8 +166,8 @@ def parse_items(items: list[Any], spans: list[tuple[int, int]] | None = None, va
             continue
         box["span"] = spans[object_index - 1] if spans and len(spans) == objects else None
         parsed.boxes.append(box)
-    if not parsed.boxes and parsed.dropped:
-        parsed.status = "failed"
+    if not parsed.boxes and (parsed.dropped or not valid_json):
+        parsed.status = "failed"  # a repair that recovered no box recovered nothing
     else:
         parsed.status = "ok" if valid_json else "repaired"
     return parsed
@@ -177,14 +184,19 @@ def parse_answer(text: str) -> ParsedAnswer:
     block = text[first: close if close is not None else end]
     try:
         value, valid, dropped = _strict_json(block), True, Counter()
-    except ValueError:
+    except RecursionError:  # nested deeper than Python reads: no answer
+        return ParsedAnswer(status="failed", valid_json=False)
+    except ValueError:  # not JSON, or an integer longer than Python converts (json-repair fails on it too)
         valid, dropped = False, Counter()
         if close is None:  # cut off: keep the complete objects, count the partial one
             cut = spans[-1][1] if spans else first + (text[first] == "[")
             if "{" in text[cut:end]:
                 dropped["truncated"] = 1
             block = text[first:cut]
-        value = json_repair.loads(block) if block else None
+        try:
+            value = json_repair.loads(block) if block else None
+        except (ValueError, RecursionError):
+            value = None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):

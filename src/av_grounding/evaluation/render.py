@@ -49,6 +49,10 @@ def _pyplot():
 
 
 def _save(plt, figure, path: Path) -> None:
+    """The figure as PNG at ``path``, every axis with plain tick labels: no offset (ticks reading
+    0.001-0.003 beside "+1.872") and no scientific notation."""
+    for axis in figure.axes:
+        axis.ticklabel_format(style="plain", useOffset=False)
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
@@ -89,11 +93,28 @@ def steps_rows(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> lis
     return sorted(rows, key=lambda r: (r["step"], r["column"] == "final"))
 
 
-def _plot_series(axis, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
-    for key in keys:
-        points = [(r["step"], r[key]) for r in rows if r[key] is not None]
-        if points:  # the recipe's metrics dashed, so that no two series look alike
-            axis.plot(*zip(*points), marker="o", linestyle="--" if key.startswith("recipe_") else "-", label=key)
+def _series_colours(plt) -> list[tuple[float, float, float]]:
+    """20 distinct colours: tab20's ten strong ones, then their ten light ones."""
+    colours = plt.get_cmap("tab20").colors
+    return list(colours[0::2]) + list(colours[1::2])
+
+
+def _plot_series(axis, rows: list[dict[str, Any]], keys: tuple[str, ...], colours: list,
+                 matched: dict[str, int | None]) -> None:
+    """One line per metric, each its own colour; the recipe's metrics dashed with square markers.
+    Label accuracy is over matched pairs only: each of its points says how many (``n=``)."""
+    for key, colour in zip(keys, colours):
+        points = [(r["step"], r[key], r["column"]) for r in rows if r[key] is not None]
+        if not points:
+            continue
+        recipe = key.startswith("recipe_")
+        label = f"{key} (n: matched pairs)" if key == "label_accuracy" else key
+        axis.plot([p[0] for p in points], [p[1] for p in points], color=colour, marker="s" if recipe else "o",
+                  linestyle="--" if recipe else "-", label=label)
+        if key == "label_accuracy":
+            for step, value, column in points:
+                axis.annotate(f"n={matched.get(column)}", (step, value), textcoords="offset points", xytext=(3, 4),
+                              fontsize=6, color=colour)
 
 
 def plot_against_steps(results: dict[str, dict[str, Any]], steps: dict[str, int], folder: Path) -> None:
@@ -103,9 +124,11 @@ def plot_against_steps(results: dict[str, dict[str, Any]], steps: dict[str, int]
     write_json(folder / "metrics_vs_steps.json", rows)
     plt = _pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    _plot_series(axes[0], rows, UNIT_METRICS)
-    _plot_series(axes[1], rows, PERCENT_METRICS)
-    _plot_series(axes[2], rows, ("boxes_per_frame",))
+    colours = _series_colours(plt)
+    matched = {name: lookup(metrics, ("matching", "matched")) for name, metrics in results.items()}
+    _plot_series(axes[0], rows, UNIT_METRICS, colours, matched)
+    _plot_series(axes[1], rows, PERCENT_METRICS, colours, matched)
+    _plot_series(axes[2], rows, ("boxes_per_frame",), colours, matched)
     axes[0].set(xlabel="training step (0: zero-shot)", ylabel="score", ylim=(0, 1.02), title="AP-like scores")
     axes[1].set(xlabel="training step (0: zero-shot)", ylabel="%", ylim=(0, 102), title="recipe percentages")
     axes[2].set(xlabel="training step (0: zero-shot)", ylabel="boxes", ylim=(0, None), title="boxes per frame")

@@ -6,6 +6,7 @@ standalone, one folder of predictions against one folder of ground truth
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from .config import EvaluationConfig
 from .evaluate import PlotData, evaluate_frames
 from .frames import EvaluationError, Frame, load_frames
 from .render import plot_against_steps, plot_error_against_distance, plot_pr_curves, write_overlays
-from .table import results_markdown
+from .table import headline as headline_metrics, results_markdown
 
 
 def _columns(predictions: Path) -> dict[str, int]:
@@ -23,6 +24,23 @@ def _columns(predictions: Path) -> dict[str, int]:
     if not listing.exists():
         raise EvaluationError(f"{listing}: missing; run infer first (it lists the prediction columns and their steps)")
     return json.loads(listing.read_text())
+
+
+def check_output_file(path: Path) -> None:
+    """EvaluationError naming ``path`` when no file can be written there, checked before scoring:
+    a folder, a path under a file, a folder that is not writable (a read-only file system,
+    permissions)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder; --out needs a file name, e.g. {path / 'scores.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders the write will create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EvaluationError(f"{path}: cannot be written: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EvaluationError(f"{path}: cannot be written: {folder} is not writable (read-only file system or "
+                              "permissions)")
 
 
 def write_plots(results: dict[str, dict[str, Any]], steps: dict[str, int], final: tuple[str, list[Frame], PlotData],
@@ -37,18 +55,23 @@ def write_plots(results: dict[str, dict[str, Any]], steps: dict[str, int], final
 
 
 def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: Path | None = None,
-             metrics: Path | None = None, plots: Path | None = None, gt: Path | None = None,
-             pred: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+             metrics: Path | None = None, headline: Path | None = None, plots: Path | None = None,
+             gt: Path | None = None, pred: Path | None = None, out: Path | None = None) -> dict[str, Any]:
     """Score every column of ``predictions`` against ``dataset``'s evaluation split (or, with
-    ``gt``/``pred``/``out``, one folder against another) and write the outputs named; returns
-    the serialized metrics. EvaluationError (a ValueError naming the file) for bad input."""
+    ``gt``/``pred``/``out``, one folder against another) and write the outputs named: the full
+    metrics to ``metrics``, the headline per column (``table.HEADLINE_METRICS``) to ``headline``;
+    returns the serialized metrics. EvaluationError (a ValueError naming the file) for bad input."""
     config = EvaluationConfig.from_params(params)
     if gt or pred or out:
         if not (gt and pred and out):
             raise EvaluationError("standalone use needs all of --gt, --pred and --out")
+        check_output_file(out)
         result, _ = evaluate_frames(load_frames(gt, pred, config.codec), config)
         serialized = result.serialize()
-        write_json(out, serialized)
+        try:
+            write_json(out, serialized)
+        except OSError as exc:  # what the check before scoring cannot see (a full disk, a race)
+            raise EvaluationError(f"{out}: scores not written ({exc.strerror or exc})") from None
         return serialized
     steps = _columns(predictions)
     results, final = {}, None
@@ -59,6 +82,8 @@ def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: P
         final = (name, frames, data)
     if metrics:
         write_json(metrics, results)
+    if headline:
+        write_json(headline, headline_metrics(results))
     if plots and final:
         write_plots(results, steps, final, dataset / "eval" / "images", plots, params.overlays)
     return results

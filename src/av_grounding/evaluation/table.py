@@ -17,6 +17,7 @@ HEADLINE_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AP3D25", ("ap3d", "ap25")),
     ("centre-distance mAP", ("center_distance", "map")),
     ("recall", ("matching", "recall")),
+    ("precision", ("matching", "precision")),
     ("label accuracy", ("matching", "label_accuracy")),
     ("recipe Mean IoU", ("recipe", "mean_iou")),
     ("recipe IoU Accuracy %", ("recipe", "iou_accuracy_pct")),
@@ -31,6 +32,24 @@ SIGNAL_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AP3D near", ("ap3d", "near")),
 )
 ROWS = HEADLINE_ROWS + SIGNAL_ROWS
+
+# What DVC compares (``metrics/headline.json``, the only metrics file dvc.yaml declares besides the
+# training loss): the final model's at the top level and every other column's under ``columns``,
+# with short keys so that `dvc exp show` stays narrow (README, "Experiments"), at 4 decimals.
+HEADLINE_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ap2d", ("ap2d", "ap")),
+    ("ap2d50", ("ap2d", "ap50")),
+    ("ap3d", ("ap3d", "ap")),
+    ("cd_map", ("center_distance", "map")),
+    ("recall", ("matching", "recall")),
+    ("precision", ("matching", "precision")),
+    ("r_miou", ("recipe", "mean_iou")),
+    ("r_iou_acc", ("recipe", "iou_accuracy_pct")),
+    ("r_lbl_acc", ("recipe", "label_accuracy_pct")),
+    ("r_ap2d", ("recipe", "ap2d")),
+    ("r_ap3d", ("recipe", "ap3d")),
+)
+HEADLINE_DECIMALS = 4
 
 
 def lookup(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -58,6 +77,18 @@ def results_frame(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> 
     order = sorted(results, key=lambda name: (steps[name], name == "final"))
     data = {column_title(name, steps[name]): [lookup(results[name], path) for _, path in ROWS] for name in order}
     return pd.DataFrame(data, index=[label for label, _ in ROWS], dtype=float)
+
+
+def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``HEADLINE_METRICS`` (short key -> value, None where nothing was measured) of the last
+    column (``final``) at the top level, and of every other column under ``columns`` (by column
+    name), from the serialized metrics of every column (``metrics/eval.json``), in step order."""
+    def short(metrics: dict[str, Any]) -> dict[str, float | None]:
+        return {key: None if (value := lookup(metrics, path)) is None else round(value, HEADLINE_DECIMALS)
+                for key, path in HEADLINE_METRICS}
+
+    *earlier, last = results
+    return {**short(results[last]), "columns": {name: short(results[name]) for name in earlier}}
 
 
 def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:

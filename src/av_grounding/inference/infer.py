@@ -27,6 +27,7 @@ from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..models.loading import load_model
 from ..params import FormatParams, InferParams, ParamsError
+from ..sources import code_digest
 from ..storage import as_stored, folder_digest, remove_partials, stored_json, write_json
 from ..training.collate import Encoder
 from ..training.loop import step_folders
@@ -71,12 +72,12 @@ def prediction_record(text: str, token_ids: list[int], logprobs: list[float], to
 def column_inputs(params: InferParams, fmt: FormatParams, dataset: Path, run: dict[str, Any], column: str,
                   step: int) -> dict[str, Any]:
     """What one column's predictions are made from: the model (the training run's inputs, the
-    column and its step), the generation and image parameters, the evaluation split's content."""
+    column and its step), the generation and image parameters, the evaluation split's content, the code that generates."""
     return {"model": {"training_inputs_sha256": run.get("inputs_sha256"), "column": column, "step": step},
             "params": {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
                        "vision_attention": params.vision_attention, "kv_cache": params.kv_cache},
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
-            "eval_split_sha256": folder_digest(dataset / "eval")}
+            "eval_split_sha256": folder_digest(dataset / "eval"), "code_sha256": code_digest(__name__)}
 
 
 def keep_only(output: Path, names: set[str], ids: set[str]) -> None:

@@ -32,7 +32,8 @@ from ..storage import atomic_write_bytes
 from . import distributed
 from .collate import BudgetError, Encoder, answer_loss, within_budget
 from .data import StepPlan, loader_workers, step_loader
-from .loop import STATE_FILE, CheckpointHook, LiveHook, TimingHook, Trainer, latest_checkpoint, save_folder
+from .loop import (STATE_FILE, CheckpointHook, LiveHook, ProgressHook, TimingHook, Trainer, latest_checkpoint,
+                   save_folder)
 
 
 def trainable_parameters(model, params: TrainParams):
@@ -287,7 +288,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
     total = params.max_steps or params.epochs * plan.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, params))
     setup = Setup(loaded, model, optimizer, scheduler, device, world)
-    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every), TimingHook(timing)]
+    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every), TimingHook(timing),
+             ProgressHook()]
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
                   hooks=hooks, rank=rank)
     if zero3:

@@ -16,12 +16,14 @@ import abc
 import math
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
 import torch
+from tqdm import tqdm
 
 from ..errors import PipelineError
 from ..storage import atomic_folder, write_json
@@ -221,6 +223,31 @@ class TimingHook(HookBase):
     def after_train(self, trainer: Trainer) -> None:
         if self.path is not None and trainer.rank == 0:
             write_json(self.path, timing_record(self.results, time.perf_counter() - self.started))
+
+
+class ProgressHook(HookBase):
+    """A progress bar of optimizer steps on rank 0 (step, loss, samples/s, elapsed and ETA,
+    starting at the step a resumed run starts from). Drawn only where ``file`` is a terminal:
+    CI logs and redirected output stay free of bar updates (tqdm's ``disable=None``); the run's
+    summary, DVCLive and the timing file say what happened there."""
+
+    def __init__(self, file: IO[str] | None = None):
+        self.file, self.bar = file, None
+
+    def before_train(self, trainer: Trainer) -> None:
+        if trainer.rank == 0:
+            self.bar = tqdm(total=trainer.total, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True,
+                            disable=None, file=self.file if self.file is not None else sys.stderr)
+
+    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {result.loss:.4f}, {result.samples / max(result.seconds, 1e-9):.2f} samples/s",
+                                     refresh=False)
+            self.bar.update()
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class LiveHook(HookBase):

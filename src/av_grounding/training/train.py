@@ -7,7 +7,8 @@ Outputs under the training folder:
   run.json      where fine-tuning started (base folder or hub id), how many steps it took, and
                 the sha256 of inputs.json (what `infer` compares to know its answers are current)
   inputs.json   what the run was made from: every train parameter, the number of processes, the
-                format parameters the encoder reads, the sha256 of the prompts and of the training split. A rerun
+                format parameters the encoder reads, the sha256 of the prompts, of the training split and of
+                the code that trains (``sources.code_digest``). A rerun
                 resumes from the newest checkpoint only when these match; otherwise it clears the
                 earlier run's checkpoints and state and starts from the base model.
 """
@@ -15,8 +16,10 @@ Outputs under the training folder:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -30,6 +33,7 @@ from .. import numerics
 from ..errors import PipelineError
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams, with_preset
+from ..sources import code_digest
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
 from . import distributed
 from .cosmos_rl import RUN_FOLDER
@@ -39,6 +43,8 @@ INPUTS = "inputs.json"
 # Peak learning rate of `train.lr: null` for a model that is not built in (a hub id or folder of a
 # pretrained model): a common full fine-tuning rate for 3-8B vision-language models.
 PRETRAINED_LR = 1e-5
+# Seconds to wait for the hub's answer about a model id that is not in the local cache.
+HUB_TIMEOUT_S = 10.0
 
 
 def resolved(params: TrainParams) -> TrainParams:
@@ -51,14 +57,64 @@ def resolved(params: TrainParams) -> TrainParams:
     return params
 
 
+def looks_like_path(model: str) -> bool:
+    """Whether ``train.model`` is written as a folder rather than a hub id (``org/name``): it
+    starts with ``.``, ``/`` or ``~``, or holds more than one ``/`` or another path separator."""
+    separators = {os.sep, os.altsep or os.sep} - {"/"}
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or any(s in model for s in separators)
+
+
+@functools.cache  # one question to the hub per id and process (only an answer that it loads is kept)
+def check_hub_model(model: str) -> None:
+    """``ParamsError`` unless the hub id ``model`` can load: from the local Hugging Face cache,
+    or from the hub, asked once (HUB_TIMEOUT_S) instead of the retries of a download. With
+    HF_HUB_OFFLINE set, only the cache counts."""
+    import httpx
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
+
+    not_here = (f"train.model {model!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}), a local folder "
+                f"nor in the local Hugging Face cache ({constants.HF_HUB_CACHE})")
+    try:
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return
+    except HFValidationError as exc:
+        raise ParamsError(f"train.model {model!r} is not a valid Hugging Face id: {exc}") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ParamsError(f"{not_here}, and HF_HUB_OFFLINE is set: download it first (hf download {model}) "
+                          "or name its folder")
+    try:
+        get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=HUB_TIMEOUT_S)
+    except HfHubHTTPError as exc:
+        raise ParamsError(f"{not_here}, and the hub answers: {str(exc).splitlines()[0]}") from None
+    except (httpx.HTTPError, OSError, EntryNotFoundError) as exc:
+        raise ParamsError(f"{not_here}, and the hub cannot be reached ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
+
+
+def model_source(model: str) -> str | None:
+    """Where ``train.model`` loads from: None for a built-in model, else its local folder or hub
+    id. ``ParamsError`` naming train.model for a missing folder, a name that is none of these, or
+    a hub id neither cached nor reachable; checked before any work."""
+    if model in BUILTIN_MODELS:
+        return None
+    local = Path(model).expanduser()
+    if local.exists():
+        return model if local == Path(model) else str(local)
+    if looks_like_path(model):
+        raise ParamsError(f"train.model {model!r}: no such folder ({local.absolute()})")
+    if "/" not in model:  # a typo, not a download
+        raise ParamsError(f"train.model {model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+                          "a local folder or a Hugging Face id (org/name)")
+    check_hub_model(model)
+    return model
+
+
 def base_model(params: TrainParams, fmt: FormatParams, output: Path, build: bool = True) -> Path | str:
     """The folder or hub id fine-tuning starts from (a built-in model is built there unless
     ``build`` is false: other processes of a distributed launch wait for the first one to build it)."""
-    if params.model not in BUILTIN_MODELS:
-        if "/" not in params.model and not Path(params.model).exists():  # a typo, not a download
-            raise ParamsError(f"train.model {params.model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
-                              "a local folder or a Hugging Face id (org/name)")
-        return params.model
+    if (source := model_source(params.model)) is not None:
+        return source
     if build:
         prompts = load_prompts(fmt.prompts)
         build_builtin(params.model, output / "base", params.seed, prompts.system, prompts.user,
@@ -72,7 +128,7 @@ def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> di
     return {"train": dataclasses.asdict(params), "processes": distributed.position()[1],
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "prompts_sha256": hashlib.sha256(f"{prompts.system}\0{prompts.user}".encode()).hexdigest(),
-            "train_split_sha256": folder_digest(dataset / "train")}
+            "train_split_sha256": folder_digest(dataset / "train"), "code_sha256": code_digest(__name__)}
 
 
 def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
@@ -135,6 +191,7 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
     inputs) into ``output``; ``metrics`` gets the run's summary, ``live`` its DVCLive curves,
     ``timing`` its wall time and rates. CPU numerics are pinned first (``numerics.pin_torch``),
     so the weights are the same on every x86-64 CPU."""
+    model_source(params.model)  # a missing folder or an unreachable hub id fails before any work
     if params.backend == "hf" and params.gpus > 1 and not distributed.launched():
         return train_processes(params, fmt, dataset, output, metrics, live, timing)
     numerics.pin_torch()

@@ -1,0 +1,140 @@
+"""The DVC workflow as users run it, on the shrunk pipeline: `dvc exp run` interrupted with Ctrl-C
+and run again continues from the newest checkpoint to the outputs of an uninterrupted run; a
+second `dvc exp run` in the same workspace stops before it changes a file; a parameter the stage
+refuses deletes nothing; params.yaml is written as DVC writes it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dvc_workspace import (DATA_STAGES, REPO, SHRUNK_PARAMS, CommandFailed, commit_all, dvc, environment, git,
+                           lock_outputs, make_workspace)
+
+pytestmark = pytest.mark.slow
+
+# 6 steps with a checkpoint every 2: the run is interrupted once step 4's checkpoint is complete.
+PARAMS = {**SHRUNK_PARAMS, "train": {**SHRUNK_PARAMS["train"], "max_steps": 6, "save_every": 2}}
+MODEL_STAGES = ("train", "infer", "evaluate")
+WAIT_S = 240
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes under ``folder``."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def wait_for(path_glob: str, workspace: Path, process: subprocess.Popen, log: Path) -> None:
+    """Poll until a file matching ``path_glob`` exists; fail with the run's log if it ended first."""
+    deadline = time.monotonic() + WAIT_S
+    while not list(workspace.glob(path_glob)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise CommandFailed(f"no {path_glob} (exit {process.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+
+
+def start_exp_run(workspace: Path, log: Path, *args: str) -> subprocess.Popen:
+    """`dvc exp run` in its own process group (as a terminal runs it), its output into ``log``."""
+    with open(log, "w") as stream:
+        return subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run", *args], cwd=workspace,
+                                env=environment(workspace), stdout=stream, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """One workspace: the data stages committed; an uninterrupted `dvc exp run` (its dvc.lock
+    outputs kept); the workspace reset to the baseline; the same experiment interrupted with
+    Ctrl-C after step 4's checkpoint (while it trained, a second `dvc exp run` was tried); the
+    same command again."""
+    workspace = make_workspace(tmp_path_factory.mktemp("workflow") / "repo", PARAMS)
+    dvc(workspace, "repro", *DATA_STAGES)
+    commit_all(workspace, "Baseline data")
+    dvc(workspace, "exp", "run", "--name", "whole")
+    whole = lock_outputs(workspace, MODEL_STAGES)
+    whole_headline = (workspace / "metrics" / "headline.json").read_bytes()
+    git(workspace, "checkout", "--", ".")  # back to the baseline: dvc.lock without the model stages
+
+    log = workspace.parent / "interrupted.log"
+    process = start_exp_run(workspace, log, "--name", "cut")
+    try:
+        wait_for("data/train/checkpoints/step_000002/trainer_state.pt", workspace, process, log)
+        params_before, status_before = (workspace / "params.yaml").read_bytes(), git(workspace, "status", "--short")
+        second = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.lr=0.001"], cwd=workspace,
+                                env=environment(workspace), capture_output=True, text=True, timeout=120)
+        concurrent = {"second": second, "params_unchanged": (workspace / "params.yaml").read_bytes() == params_before,
+                      "status_before": status_before, "status_after": git(workspace, "status", "--short")}
+        wait_for("data/train/checkpoints/step_000004/trainer_state.pt", workspace, process, log)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    interrupted_log = log.read_text()
+    resumed_log = dvc(workspace, "exp", "run", "--name", "cut")
+    timing = json.loads((workspace / "metrics" / "timing" / "train.json").read_text())
+    return {"workspace": workspace, "whole": whole, "whole_headline": whole_headline, "concurrent": concurrent,
+            "interrupted_log": interrupted_log, "resumed_log": resumed_log, "resumed_steps": timing["per_step"]["step"]}
+
+
+def test_an_interrupted_exp_run_continues_to_the_outputs_of_an_uninterrupted_one(runs):
+    assert "set aside in data/.train.interrupted" in runs["interrupted_log"], runs["interrupted_log"][-3000:]
+    assert runs["resumed_steps"] == [5, 6], f"the rerun trained steps {runs['resumed_steps']}, not 5 and 6"
+    workspace = runs["workspace"]
+    assert lock_outputs(workspace, MODEL_STAGES) == runs["whole"]
+    assert (workspace / "metrics" / "headline.json").read_bytes() == runs["whole_headline"]
+    assert not (workspace / "data" / ".train.interrupted").exists()
+
+
+def test_a_second_exp_run_in_the_workspace_stops_before_changing_anything(runs):
+    concurrent = runs["concurrent"]
+    second = concurrent["second"]
+    assert second.returncode != 0
+    assert "'workspace' is busy" in second.stderr + second.stdout and "stages/train.py" in second.stderr + second.stdout
+    assert concurrent["params_unchanged"], "the refused run rewrote params.yaml"
+    assert concurrent["status_after"] == concurrent["status_before"]
+
+
+def test_a_refused_parameter_deletes_nothing(runs):
+    workspace = runs["workspace"]
+    kept = {path: tree_digest(workspace / path) if (workspace / path).is_dir() else (workspace / path).read_bytes()
+            for path in ("data/train", "data/predictions", "metrics/train.json", "dvclive/train", "metrics/infer.json")}
+    with pytest.raises(CommandFailed) as refused:
+        dvc(workspace, "exp", "run", "-S", "train.max_steps=0")
+    assert "train.max_steps" in str(refused.value)
+    git(workspace, "checkout", "--", "params.yaml")
+    after = {path: tree_digest(workspace / path) if (workspace / path).is_dir() else (workspace / path).read_bytes()
+             for path in kept}
+    assert after == kept
+
+
+def test_params_yaml_is_written_as_dvc_writes_it():
+    """`dvc exp run -S key=value` rewrites params.yaml through DVC's YAML writer: the committed
+    file is already in that form, so an experiment's diff is the changed value alone."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = REPO / "params.yaml"
+    text = copy.read_text()
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"params-roundtrip-{os.getpid()}.yaml"
+    scratch.write_text(text)
+    try:
+        with modify_yaml(str(scratch)) as data:
+            data["train"]["lr"] = 0.001
+        changed = [(old, new) for old, new in zip(text.splitlines(), scratch.read_text().splitlines()) if old != new]
+        assert len(text.splitlines()) == len(scratch.read_text().splitlines())
+        assert changed == [("  lr:", "  lr: 0.001")], changed
+        assert yaml.safe_load(scratch.read_text())["train"]["lr"] == 0.001
+    finally:
+        scratch.unlink(missing_ok=True)
