@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,3 +139,47 @@ def test_params_yaml_is_written_as_dvc_writes_it():
         assert yaml.safe_load(scratch.read_text())["train"]["lr"] == 0.001
     finally:
         scratch.unlink(missing_ok=True)
+
+
+def test_params_changed_while_a_stage_ran_fail_it_before_dvc_records_them(tmp_path, monkeypatch, capsys):
+    """An edit of params.yaml while a stage that DVC runs is working: the stage fails naming the
+    key and both values, so DVC records neither the stage nor the new value in dvc.lock."""
+    from av_grounding import cli
+    from av_grounding.synth import clips
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"synthesize": {"num_clips": 1}}))
+
+    def edited_during_the_run(stage_params, **paths):
+        params.write_text(yaml.safe_dump({"synthesize": {"num_clips": 2}}))
+        return {"clips": stage_params.num_clips}
+
+    monkeypatch.setattr(clips, "synthesize", edited_during_the_run)
+    monkeypatch.setenv("DVC_STAGE", "synthesize")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["synthesize", "--params", str(params), "--output", "out", "--metrics", "m.json"]) == 2
+    assert "synthesize.num_clips changed from 1 to 2 while the stage ran" in capsys.readouterr().err
+    monkeypatch.delenv("DVC_STAGE")  # by hand, the stage's own business
+    params.write_text(yaml.safe_dump({"synthesize": {"num_clips": 1}}))
+    assert cli.main(["synthesize", "--params", str(params), "--output", "out", "--metrics", "m.json"]) == 0
+
+
+def test_a_change_of_the_code_a_stage_reaches_changes_its_digest(tmp_path, monkeypatch):
+    """The resumable stages keep earlier work only under the same code digest: it covers every
+    file the stage's module reaches through its imports (and no other), so an edit of any of
+    them, even in a function-level import, starts the stage over."""
+    from av_grounding import sources
+
+    train = sources.reached_modules({"av_grounding.training.train"})
+    assert {"av_grounding.training.hf", "av_grounding.models.builtin", "av_grounding.sources"} <= train.keys()
+    assert "av_grounding.synth.render" not in train
+    copy = tmp_path / "src"
+    shutil.copytree(sources.SRC / "av_grounding", copy / "av_grounding", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(sources, "SRC", copy)
+    before = {module: sources.code_digest.__wrapped__(module) for module in ("av_grounding.training.train",
+                                                                               "av_grounding.curation.extract")}
+    hf = copy / "av_grounding" / "training" / "hf.py"
+    hf.write_text(hf.read_text() + "\n# an edit\n")
+    after = {module: sources.code_digest.__wrapped__(module) for module in before}
+    assert after["av_grounding.training.train"] != before["av_grounding.training.train"]
+    assert after["av_grounding.curation.extract"] == before["av_grounding.curation.extract"]

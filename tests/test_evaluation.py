@@ -798,7 +798,8 @@ def stage_outputs(dataset, tmp_path_factory):
         if index == 1:
             final.append({"label": "car", "bbox_3d": [1e308, 0.0, 10.0, 4.0, 2.0, 1.5, 0.0, 0.0, 0.0]})
         (predictions / "final" / f"{stem}.json").write_text(json.dumps({"raw_text": json.dumps(final)}))
-    results = evaluate(EvaluateParams(overlays=2), dataset, predictions, root / "metrics" / "eval.json", root / "plots")
+    results = evaluate(EvaluateParams(overlays=2), dataset, predictions, root / "metrics" / "eval.json",
+                       plots=root / "plots")
     return root, results, records, dataset
 
 

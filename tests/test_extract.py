@@ -420,7 +420,8 @@ def test_a_video_shorter_than_its_labels_never_passes_silently(long_root, tmp_pa
             [(i, i) for i in written]
     else:
         video = rdshq.video_path(str(root), "pinhole", LONG.cameras[0], clip_id)
-        assert metrics["items_failed"] == 1 and failures["items"][0]["error"].startswith(f"VideoError: {video}: {error}")
+        assert metrics["items_failed"] == 1
+        assert failures["items"][0]["error"].startswith(f"VideoError: {video}: {error}")
 
 
 def test_an_object_info_member_that_is_not_an_object_of_tracks_fails_its_frames(synthetic_root, small_params,
@@ -466,11 +467,14 @@ def assert_refused_once(argv: list[str], message: str, capsys) -> None:
 def test_camera_names_must_be_plain_distinct_file_names(synthetic_root, tmp_path, capsys):
     cases = {
         "{camera_front_wide_120fov: ../../../escaped}":
-            r"extract.camera_names: camera_front_wide_120fov: '\.\./\.\./\.\./escaped' is a path, not a plain file name",
+            r"extract.camera_names: camera_front_wide_120fov: '\.\./\.\./\.\./escaped' is a path, not a plain file "
+            r"name; camera names become file names",
         "{camera_front_wide_120fov: ''}": r"extract.camera_names: camera_front_wide_120fov: '' is empty",
-        "{camera_front_wide_120fov: .front}": r"extract.camera_names: camera_front_wide_120fov: '\.front' starts with '\.'",
+        "{camera_front_wide_120fov: .front}":
+            r"extract.camera_names: camera_front_wide_120fov: '\.front' starts with '\.'",
         "{camera_front_wide_120fov: front, camera_cross_left_120fov: front}":
-            r"extract.camera_names: \['camera_cross_left_120fov', 'camera_front_wide_120fov'\] would all be named 'front'",
+            r"extract.camera_names: \['camera_cross_left_120fov', 'camera_front_wide_120fov'\] would all be named "
+            r"'front'",
         "{camera_front_wide_120fov: camera_cross_left_120fov}":
             r"extract.camera_names: \['camera_cross_left_120fov', 'camera_front_wide_120fov'\] would all be named "
             r"'camera_cross_left_120fov'",

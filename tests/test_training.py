@@ -457,7 +457,6 @@ def test_a_model_that_is_no_folder_and_no_loadable_hub_id_fails_at_once(tmp_path
     from huggingface_hub import constants
 
     from av_grounding.cli import main
-    from av_grounding.training.train import model_source
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case == "offline")
@@ -480,5 +479,7 @@ def test_a_model_that_is_no_folder_and_no_loadable_hub_id_fails_at_once(tmp_path
             "unreachable": "nor in the local Hugging Face cache"}[case] in err
     assert case != "unreachable" or "and the hub cannot be reached (ConnectError" in err
     assert not (tmp_path / "out").exists()
+    from av_grounding.training.train import model_source
+
     cached_hub_model(tmp_path / "hub", "some-org/cached-model")
     assert model_source("some-org/cached-model") == "some-org/cached-model"
