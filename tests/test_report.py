@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from av_grounding.evaluation.table import headline
 from av_grounding.report import main
 from dvc_workspace import REPO, commit_all, git, make_workspace, run, write_params
 
@@ -18,8 +19,10 @@ CHANGED_EVAL = {"final": {"ap3d": {"ap": 0.25, "ap25": 0.5}, "frames": 30}}
 
 
 def write_eval_metrics(workspace: Path, metrics: dict) -> None:
+    """metrics/eval.json and the headline DVC compares (metrics/headline.json), as evaluate writes them."""
     (workspace / "metrics").mkdir(exist_ok=True)
     (workspace / "metrics" / "eval.json").write_text(json.dumps(metrics))
+    (workspace / "metrics" / "headline.json").write_text(json.dumps(headline(metrics)))
 
 
 @pytest.fixture
@@ -51,9 +54,9 @@ def test_make_report_lists_the_changed_metric_and_param_against_main(branch_with
     assert report.startswith("# Pipeline report: workspace against `main`\n"), report
     assert "## Metrics" in report and "## Parameters" in report, report
     rows = _rows(report)
-    assert ("metrics/eval.json", "final.ap3d.ap", "0.125", "0.25", "0.125") in rows, report
+    assert ("metrics/headline.json", "ap3d", "0.125", "0.25", "0.125") in rows, report
     assert ("params.yaml", "train.lr", "-", "0.01") in rows, report  # null on main (the model size's rate): "-"
-    assert not any("final.ap3d.ap25" in row for row in rows), f"an unchanged metric is listed:\n{report}"
+    assert not any("ap2d" in row for row in rows), f"an unchanged metric is listed:\n{report}"
 
 
 def test_report_says_so_when_nothing_changed(branch_with_changes, capsys):
@@ -92,7 +95,7 @@ def test_report_leads_with_the_final_headline_and_folds_timing_away(tmp_path, ca
     assert "| AP3D (IoU 0.05:0.50) | 0.125 | 0.25 | +0.125 |" in headline, report
     assert "| label accuracy | - | - | - |" in headline and "| recipe IoU Accuracy % | 5 | 5 | +0 |" in headline
     metrics, timing = rest.split("## Timing of the last run", 1)
-    assert "final.ap3d.ap" in metrics and "tokens_per_s" not in metrics, report
+    assert "| metrics/headline.json | ap3d " in metrics and "tokens_per_s" not in metrics, report
     assert "<details>" in timing and timing.count("| metrics/timing/") == 2, report
     assert "| metrics/timing/infer.json | final.tokens_per_s | 650.0 |" in timing, report
     assert "| metrics/timing/train.json | wall_s | 12.5 |" in timing and "per_step" not in timing, report

@@ -80,15 +80,15 @@ def results_frame(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> 
 
 
 def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``HEADLINE_METRICS`` (short key -> value, None where nothing was measured) of the last
-    column (``final``) at the top level, and of every other column under ``columns`` (by column
-    name), from the serialized metrics of every column (``metrics/eval.json``), in step order."""
+    """``HEADLINE_METRICS`` (short key -> value, None where nothing was measured) of the final
+    model's column (``final``, else the last) at the top level, and of every other column under
+    ``columns`` (by column name), from the serialized metrics of every column (``metrics/eval.json``)."""
     def short(metrics: dict[str, Any]) -> dict[str, float | None]:
         return {key: None if (value := lookup(metrics, path)) is None else round(value, HEADLINE_DECIMALS)
                 for key, path in HEADLINE_METRICS}
 
-    *earlier, last = results
-    return {**short(results[last]), "columns": {name: short(results[name]) for name in earlier}}
+    last = "final" if "final" in results else list(results)[-1]
+    return {**short(results[last]), "columns": {name: short(metrics) for name, metrics in results.items() if name != last}}
 
 
 def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:
