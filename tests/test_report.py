@@ -57,6 +57,7 @@ def test_make_report_lists_the_changed_metric_and_param_against_main(branch_with
     assert ("metrics/headline.json", "ap3d", "0.125", "0.25", "0.125") in rows, report
     assert ("params.yaml", "train.lr", "-", "0.01") in rows, report  # null on main (the model size's rate): "-"
     assert not any("ap2d" in row for row in rows), f"an unchanged metric is listed:\n{report}"
+    assert max(len(line) for line in report.splitlines()) <= 120, f"lines wider than 120 characters:\n{report}"
 
 
 def test_report_says_so_when_nothing_changed(branch_with_changes, capsys):

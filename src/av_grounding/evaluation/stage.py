@@ -55,8 +55,8 @@ def write_plots(results: dict[str, dict[str, Any]], steps: dict[str, int], final
 
 
 def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: Path | None = None,
-             metrics: Path | None = None, headline: Path | None = None, plots: Path | None = None,
-             gt: Path | None = None, pred: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+             metrics: Path | None = None, plots: Path | None = None, gt: Path | None = None,
+             pred: Path | None = None, out: Path | None = None, headline: Path | None = None) -> dict[str, Any]:
     """Score every column of ``predictions`` against ``dataset``'s evaluation split (or, with
     ``gt``/``pred``/``out``, one folder against another) and write the outputs named: the full
     metrics to ``metrics``, the headline per column (``table.HEADLINE_METRICS``) to ``headline``;
