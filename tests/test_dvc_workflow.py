@@ -185,3 +185,41 @@ def test_a_change_of_the_code_a_stage_reaches_changes_its_digest(tmp_path, monke
     after = {module: sources.code_digest.__wrapped__(module) for module in before}
     assert after["av_grounding.training.train"] != before["av_grounding.training.train"]
     assert after["av_grounding.curation.extract"] == before["av_grounding.curation.extract"]
+
+
+def test_sigterm_sets_the_output_aside_and_a_failed_rerun_keeps_it(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a scheduler stopping the job) during a resumable stage: exit 143, the output moved
+    to ``.<name>.interrupted`` (a rename); the next run gets it back as hard links, and keeps the
+    set-aside folder when it fails again, dropping it only once it completes."""
+    from av_grounding import cli
+    from av_grounding.inference import infer as infer_module
+    from av_grounding.params import ParamsError
+
+    output = tmp_path / "predictions"
+    calls = []
+
+    def stage(params, fmt, dataset, train, output, metrics, timing):
+        calls.append(sorted(p.name for p in output.glob("*")) if output.is_dir() else None)
+        output.mkdir(exist_ok=True)
+        (output / f"batch{len(calls)}.json").write_text("{}")
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if len(calls) == 2:
+            raise ParamsError("refused this time")
+        return {"done": True}
+
+    monkeypatch.setattr(infer_module, "infer", stage)
+    monkeypatch.chdir(tmp_path)
+    argv = ["infer", "--params", str(tmp_path / "none.yaml"), "--output", str(output), "--metrics", "m.json"]
+    assert cli.main(argv) == 143
+    kept = tmp_path / ".predictions.interrupted"
+    assert not output.exists() and sorted(p.name for p in kept.iterdir()) == ["batch1.json"]
+    assert "set aside in" in capsys.readouterr().err
+    inode = (kept / "batch1.json").stat().st_ino
+    assert cli.main(argv) == 2  # put back, then the stage failed: the set-aside work is still there
+    assert calls[1] == ["batch1.json"] and (output / "batch1.json").stat().st_ino == inode
+    assert sorted(p.name for p in kept.iterdir()) == ["batch1.json"]
+    assert cli.main(argv) == 0
+    assert calls[2] == ["batch1.json"] and not kept.exists()
+    from av_grounding import workspace
+    assert signal.getsignal(signal.SIGTERM) is not workspace._raise_interrupted  # the earlier handler is back

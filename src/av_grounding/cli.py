@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import signal
 import sys
 import warnings
 import typing
@@ -34,7 +35,7 @@ class StageSpec:
     paths: dict[str, str]  # keyword -> default path, each an option --<keyword>
     summary: str
     sections: dict[str, tuple[str, type]] = dataclasses.field(default_factory=dict)  # keyword -> other params read
-    resumable: bool = False  # keeps finished work in its output folder (set aside when interrupted)
+    resumable: str | None = None  # the path keyword of the folder where it keeps finished work (set aside when interrupted)
 
 
 STAGES: dict[str, StageSpec] = {
@@ -45,7 +46,7 @@ STAGES: dict[str, StageSpec] = {
     "extract": StageSpec(
         ExtractParams, "av_grounding.curation.extract:extract",
         {"output": "data/extracted", "metrics": "metrics/extract.json", "timing": "metrics/timing/extract.json"},
-        "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records.", resumable=True),
+        "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records.", resumable="output"),
     "transform": StageSpec(
         TransformParams, "av_grounding.curation.transform:transform",
         {"input": "data/extracted", "output": "data/transformed"},
@@ -69,13 +70,13 @@ STAGES: dict[str, StageSpec] = {
         {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train",
          "timing": "metrics/timing/train.json"},
         "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
-        {"fmt": ("format", FormatParams)}, resumable=True),
+        {"fmt": ("format", FormatParams)}, resumable="output"),
     "infer": StageSpec(
         InferParams, "av_grounding.inference.infer:infer",
         {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json",
          "timing": "metrics/timing/infer.json"},
         "Answer the evaluation split with the base model, every checkpoint and the final model.",
-        {"fmt": ("format", FormatParams)}, resumable=True),
+        {"fmt": ("format", FormatParams)}, resumable="output"),
     "evaluate": StageSpec(
         EvaluateParams, "av_grounding.evaluation.stage:evaluate",
         {"dataset": "data/dataset", "predictions": "data/predictions", "metrics": "metrics/eval.json",
@@ -132,47 +133,51 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     module, function = spec.entry.split(":")
     paths = {key: Path(value) if (value := getattr(args, f"path_{key}")) else None for key in spec.paths}
     with workspace.exclusive():
-        used = _stage_params(spec, args)
+        stage_params, others = _stage_params(spec, args)
         entry = getattr(importlib.import_module(module), function)
-        stage_params, *others = used.values()
-        output = paths.get("output") if spec.resumable and workspace.run_by_rank_zero() else None
+        output = paths.get(spec.resumable) if spec.resumable and workspace.run_by_rank_zero() else None
         if output is not None:
             workspace.put_back(output)
         try:
-            result = entry(stage_params, **dict(zip(spec.sections, others)), **paths)
+            result = entry(stage_params, **others, **paths)
         except KeyboardInterrupt:
             if output is not None and workspace.set_aside(output):
                 print(f"interrupted: {output}'s finished work is set aside in {workspace.interrupted_path(output)}; "
                       "the next run of the stage continues from it", file=sys.stderr)
             raise
+        if output is not None:
+            workspace.done(output)
         if workspace.run_by_dvc():
-            workspace.check_unchanged(used, _stage_params(spec, args), Path(args.params))
+            reread, reread_others = _stage_params(spec, args)
+            workspace.check_unchanged({args.stage: stage_params, **{spec.sections[k][0]: v for k, v in others.items()}},
+                                      {args.stage: reread, **{spec.sections[k][0]: v for k, v in reread_others.items()}},
+                                      Path(args.params))
     return result
 
 
-def _stage_params(spec: StageSpec, args: argparse.Namespace) -> dict[str, Any]:
-    """Params section -> its values: the stage's own (command-line overrides applied) first, then
-    the other sections it reads."""
-    loaded = {args.stage: params_module.load(spec.params_cls, args.stage, args.params, _overrides(args))}
-    loaded.update({section: params_module.load(cls, section, args.params) for section, cls in spec.sections.values()})
-    return loaded
+def _stage_params(spec: StageSpec, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The stage's own params (command-line overrides applied), and the other sections it reads
+    by the keyword its entry point takes each with."""
+    return (params_module.load(spec.params_cls, args.stage, args.params, _overrides(args)),
+            {key: params_module.load(cls, section, args.params) for key, (section, cls) in spec.sections.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; exit status 0 when it completed, 2 when a parameter or the input was bad or
-    too many of its items failed (one message naming the key or file), 130 when interrupted
-    (Ctrl-C or SIGTERM). Any other exception is a bug and propagates with its traceback.
+    too many of its items failed (one message naming the key or file), 128 + the signal's number
+    when interrupted (130: Ctrl-C, 143: SIGTERM). Any other exception is a bug and propagates with its traceback.
     Warnings (input scored, but maybe not as meant) print as one ``warning:`` line each."""
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
-    workspace.interruptible()
     try:
-        result = run(argv)
+        with workspace.interruptible():
+            result = run(argv)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"interrupted ({str(exc) or 'Ctrl-C'})", file=sys.stderr)
-        return 130
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     failures = result.pop("failures", [])
     for failure in failures:
         print(f"FAILED {failure.describe()}", file=sys.stderr)

@@ -88,13 +88,18 @@ def run_items(fn: Callable[..., Any], items: Sequence[tuple], workers: int, desc
     else:
         cores, settled = min(workers, len(items)), _process_pool(fn, items, workers)
     with tqdm(total=len(items), desc=desc, unit="item", dynamic_ncols=True) as progress:
-        for index, measured, exc in settled:
-            if exc is None:
-                slots[index], cpu = measured
-                cpu_s += cpu
-            else:
-                failed[index] = Failure(labels[index], _describe(exc))
-            progress.update()
+        try:
+            for index, measured, exc in settled:
+                if exc is None:
+                    slots[index], cpu = measured
+                    cpu_s += cpu
+                else:
+                    failed[index] = Failure(labels[index], _describe(exc))
+                progress.update()
+        finally:  # interrupted: items not started are dropped now, not run to the end
+            close = getattr(settled, "close", None)
+            if close is not None:
+                close()
     return Outcome([s for i, s in enumerate(slots) if i not in failed], [failed[i] for i in sorted(failed)],
                    cores, time.perf_counter() - started, cpu_s)
 
@@ -120,7 +125,10 @@ def _in_process(fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Sett
 def _exit_with_parent(parent: int) -> None:
     """Pool worker initializer: end this worker when ``parent`` dies, SIGKILL included. On Linux
     the kernel sends it SIGKILL then, even while it is blocked in C code; elsewhere a daemon
-    thread watches for its parent process id to change."""
+    thread watches for its parent process id to change. Ctrl-C is the parent's to handle (it
+    stops submitting and waits for the items in progress); SIGTERM ends a worker at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if signal_on_parent_death(signal.SIGKILL):
         if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
@@ -138,11 +146,15 @@ def _process_pool(fn: Callable[..., Any], items: Sequence[tuple], workers: int) 
     with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_measured, None, fn, *item): index for index, item in enumerate(items)}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], future.result(), None
-            except Exception as exc:  # noqa: BLE001 - reported per item
-                yield futures[future], None, exc
+        try:
+            for future in as_completed(futures):
+                try:
+                    yield futures[future], future.result(), None
+                except Exception as exc:  # noqa: BLE001 - reported per item
+                    yield futures[future], None, exc
+        except BaseException:  # interrupted, or closed early: cancel what has not started
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _import_ray():

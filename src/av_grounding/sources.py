@@ -76,10 +76,12 @@ def reached_modules(modules: set[str]) -> dict[str, Path]:
 
 
 @functools.lru_cache(maxsize=None)
-def code_digest(module: str) -> str:
-    """sha256 over the files ``module`` reaches (``reached_modules``): each file's path relative
-    to SRC (POSIX form) and its bytes, in path order. The same on every machine and checkout."""
+def code_digest(*modules: str) -> str:
+    """sha256 over the files ``modules`` reach (``reached_modules``; a module that is read as a
+    file rather than imported, such as a script handed to another program, is named here too):
+    each file's path relative to SRC (POSIX form) and its bytes, in path order. The same on every
+    machine and checkout."""
     digest = hashlib.sha256()
-    for path in sorted(path.relative_to(SRC).as_posix() for path in reached_modules({module}).values()):
+    for path in sorted(path.relative_to(SRC).as_posix() for path in reached_modules(set(modules)).values()):
         digest.update(path.encode() + b"\0" + (SRC / path).read_bytes() + b"\0")
     return digest.hexdigest()

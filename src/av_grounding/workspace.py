@@ -17,12 +17,13 @@ Interrupted runs. The resumable stages (extract, train, infer) keep what a kille
 and decide by manifest what to reuse, and dvc.yaml marks their outputs ``persist: true``, so
 `dvc repro` leaves them in place. `dvc exp run` does not: before it runs anything it checks out
 every output as dvc.lock records it (``dvc checkout --force``), which deletes a killed run's
-checkpoints. So an interrupted stage (Ctrl-C: SIGINT; preemption: SIGTERM) first moves its
-output folder's content aside as hard links (``.<output>.interrupted`` beside it, where DVC never
-looks; no data is copied), and the next run of the stage puts it back before it starts: after
-``dvc exp run`` the rerun continues from the newest checkpoint, item or batch, as a rerun by
-hand does. A process killed with SIGKILL gets no such chance: its rerun under `dvc exp run`
-starts over (under `dvc repro`, or by hand, it resumes).
+checkpoints. So an interrupted stage (Ctrl-C: SIGINT; preemption: SIGTERM, which must reach the
+stage's process, as a terminal's Ctrl-C and a scheduler's signal to the process group do) moves
+its output folder aside (``.<output>.interrupted`` beside it, where DVC never looks; a rename),
+and the next run of the stage puts it back as hard links before it starts, dropping the set-aside
+folder only once it completes: after ``dvc exp run`` the rerun continues from the newest
+checkpoint, item or batch, as a rerun by hand does. A process killed with SIGKILL gets no such
+chance: its rerun under `dvc exp run` starts over (under `dvc repro`, or by hand, it resumes).
 """
 
 from __future__ import annotations
@@ -105,17 +106,29 @@ def check_unchanged(used: dict[str, object], reread: dict[str, object], path: Pa
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
 
 def _raise_interrupted(signum, frame) -> None:
-    raise Interrupted(f"signal {signal.Signals(signum).name}")
+    raise Interrupted(signum)
 
 
-def interruptible() -> None:
-    """Make SIGTERM (how schedulers and `kill` stop a job) raise ``Interrupted`` in the main
-    thread, as SIGINT raises KeyboardInterrupt, so the stage can set its work aside (nothing when
-    called from another thread, where Python allows no handler)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupted)
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While inside, SIGTERM (how schedulers and `kill` stop a job) raises ``Interrupted`` in
+    the main thread, as SIGINT raises KeyboardInterrupt, so the stage can set its work aside;
+    the earlier handler is restored on the way out. Nothing changes when called from another
+    thread, where Python allows no handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    earlier = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
 
 
 def interrupted_path(output: Path) -> Path:
@@ -124,35 +137,42 @@ def interrupted_path(output: Path) -> Path:
 
 
 def set_aside(output: Path) -> Path | None:
-    """Hard-link the content of ``output`` (an interrupted stage's folder) into
-    ``interrupted_path(output)``, replacing an earlier one; the path, or None when ``output``
-    holds nothing. Files that cannot be linked (another file system) are copied."""
+    """Move an interrupted stage's ``output`` folder to ``interrupted_path(output)`` (a rename:
+    nothing is copied), replacing what an earlier interruption left there; the new path, or
+    None when there is no output. SIGINT and SIGTERM wait until the move is done."""
     if not output.is_dir():
         return None
     target = interrupted_path(output)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(output, partial, symlinks=True, copy_function=_link_or_copy)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        shutil.rmtree(target, ignore_errors=True)
+        output.rename(target)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return target
+
+
+def put_back(output: Path) -> bool:
+    """Replace ``output`` with hard links to what an interrupted run set aside (``set_aside``),
+    if anything; whether it did. The set-aside folder stays until the stage completes
+    (``done``), so a run that fails again loses nothing of it; the stage's own manifests decide
+    what of the work to keep."""
+    kept = interrupted_path(output)
+    if not kept.is_dir():
+        return False
+    shutil.rmtree(output, ignore_errors=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(kept, output, symlinks=True, copy_function=_link_or_copy)
+    return True
+
+
+def done(output: Path) -> None:
+    """The stage completed: drop what an earlier interruption set aside."""
+    shutil.rmtree(interrupted_path(output), ignore_errors=True)
 
 
 def _link_or_copy(source: str, destination: str) -> None:
     try:
         os.link(source, destination)
-    except OSError:
+    except OSError:  # another file system
         shutil.copy2(source, destination)
-
-
-def put_back(output: Path) -> bool:
-    """Replace ``output`` with what an interrupted run set aside (``set_aside``), if anything;
-    whether it did. The stage's own manifests then decide what of it to keep."""
-    kept = interrupted_path(output)
-    shutil.rmtree(kept.with_name(kept.name + ".partial"), ignore_errors=True)
-    if not kept.is_dir():
-        return False
-    shutil.rmtree(output, ignore_errors=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    kept.rename(output)
-    return True

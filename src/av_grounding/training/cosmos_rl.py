@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from importlib import resources
@@ -32,6 +33,7 @@ from typing import Any
 from ..dataset.formats import read_cosmos
 from ..errors import PipelineError
 from ..params import FormatParams, TrainParams
+from ..processes import signal_on_parent_death
 from ..storage import atomic_folder, atomic_write_bytes, write_json
 from .collate import BudgetError, Encoder, within_budget
 from .data import global_batch
@@ -207,11 +209,17 @@ def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
     started = time.perf_counter()
     with open(run / LOG, "a") as log:  # a resumed run adds to the log of the crashed one
         process = subprocess.Popen([executable, "--config", "run.toml", SCRIPT], cwd=run, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace")
-        for line in process.stdout:
-            log.write(line)
-            print(line, end="", flush=True)
-        code = process.wait()
+                                   stderr=subprocess.STDOUT, text=True, errors="replace",
+                                   preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))
+        try:
+            for line in process.stdout:
+                log.write(line)
+                print(line, end="", flush=True)
+            code = process.wait()
+        except BaseException:  # interrupted: cosmos-rl must not go on writing into the run folder
+            process.terminate()
+            process.wait()
+            raise
     return code, time.perf_counter() - started
 
 

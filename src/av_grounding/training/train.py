@@ -128,7 +128,9 @@ def training_inputs(params: TrainParams, fmt: FormatParams, dataset: Path) -> di
     return {"train": dataclasses.asdict(params), "processes": distributed.position()[1],
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "prompts_sha256": hashlib.sha256(f"{prompts.system}\0{prompts.user}".encode()).hexdigest(),
-            "train_split_sha256": folder_digest(dataset / "train"), "code_sha256": code_digest(__name__)}
+            "train_split_sha256": folder_digest(dataset / "train"),
+            # cosmos_rl_dataset.py is handed to cosmos-rl as a file, never imported here
+            "code_sha256": code_digest(__name__, "av_grounding.training.cosmos_rl_dataset")}
 
 
 def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
