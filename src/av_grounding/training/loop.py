@@ -98,6 +98,21 @@ def timing_record(results: list[StepResult], wall_s: float) -> dict[str, Any]:
                          "tokens_per_s": [_rate(r.tokens, r.seconds) for r in results]}}
 
 
+def canonical(state: Any) -> Any:
+    """``state`` with every dict's keys in sorted order (ints before strings) and every string
+    interned, recursively, so that ``torch.save`` writes the same bytes for the same content: a
+    resumed optimizer's per-parameter state comes back from ``load_state_dict`` with its keys in
+    another order than a fresh one's, and as other string objects (pickle writes a string once
+    per object, so equal strings that are distinct objects change the bytes)."""
+    if isinstance(state, dict):
+        return {canonical(key): canonical(state[key]) for key in sorted(state, key=lambda k: (isinstance(k, str), k))}
+    if isinstance(state, (list, tuple)):
+        return type(state)(canonical(item) for item in state)
+    if isinstance(state, str):
+        return sys.intern(state)
+    return state
+
+
 def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str, Any] | None = None,
                 state_dict: dict[str, Any] | None = None) -> None:
     """A Hugging Face folder written atomically, with ``extra`` as the training state to resume from."""
@@ -106,7 +121,7 @@ def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
         if extra is not None:
-            torch.save(extra, tmp / STATE_FILE)
+            torch.save(canonical(extra), tmp / STATE_FILE)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
