@@ -5,7 +5,6 @@ refuses deletes nothing; params.yaml is written as DVC writes it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from av_grounding.storage import folder_digest
 from dvc_workspace import (DATA_STAGES, REPO, SHRUNK_PARAMS, CommandFailed, commit_all, dvc, environment, git,
                            lock_outputs, make_workspace)
 
@@ -29,14 +29,6 @@ STEPS = 16
 PARAMS = {**SHRUNK_PARAMS, "train": {**SHRUNK_PARAMS["train"], "max_steps": STEPS, "save_every": 2}}
 MODEL_STAGES = ("train", "infer", "evaluate")
 WAIT_S = 240
-
-
-def tree_digest(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes under ``folder``."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def resumable_step(checkpoints: Path) -> int:
@@ -126,13 +118,13 @@ def test_a_second_exp_run_in_the_workspace_stops_before_changing_anything(runs):
 
 def test_a_refused_parameter_deletes_nothing(runs):
     workspace = runs["workspace"]
-    kept = {path: tree_digest(workspace / path) if (workspace / path).is_dir() else (workspace / path).read_bytes()
+    kept = {path: folder_digest(workspace / path) if (workspace / path).is_dir() else (workspace / path).read_bytes()
             for path in ("data/train", "data/predictions", "metrics/train.json", "dvclive/train", "metrics/infer.json")}
     with pytest.raises(CommandFailed) as refused:
         dvc(workspace, "exp", "run", "-S", "train.max_steps=0")
     assert "train.max_steps" in str(refused.value)
     git(workspace, "checkout", "--", "params.yaml")
-    after = {path: tree_digest(workspace / path) if (workspace / path).is_dir() else (workspace / path).read_bytes()
+    after = {path: folder_digest(workspace / path) if (workspace / path).is_dir() else (workspace / path).read_bytes()
              for path in kept}
     assert after == kept
 
