@@ -2,12 +2,14 @@
 
     python benchmarks/train_throughput.py --shape 3b --out benchmarks/results/train_throughput_h200.json
     python benchmarks/train_throughput.py --shape 4b --out ...   # the Qwen3-VL-4B shape
+    python benchmarks/train_throughput.py --shape 7b --out ...   # Cosmos-Reason1-7B's shape (8b: Cosmos-Reason2-8B's)
     python benchmarks/train_throughput.py --shape small-qwen2_5_vl --batch-size 32 --out ...
     python benchmarks/train_throughput.py --shape tiny-qwen2_5_vl --device cpu --steps 3 --out /tmp/t.json  # dry run
 
 Builds the real model class at a shape from its config (``3b``: the Qwen2.5-VL-3B shape, 3.75B
-parameters, baseline figures in docs/recipe.md#reference-figures; ``4b``: the Qwen3-VL-4B shape; or
-any built-in model name),
+parameters, baseline figures in docs/recipe.md#reference-figures; ``4b``: the Qwen3-VL-4B shape;
+``7b`` / ``8b``: the published Cosmos-Reason1-7B / Cosmos-Reason2-8B shapes; or any built-in model
+name),
 random weights, and times the step `train` runs: answer-only loss (``training.collate.answer_loss``),
 AdamW, gradient clipping. Samples are 1078 tokens, 576 of them image tokens (a 672x672 image, 48x48
 patches), with a 200-token answer. Each variant switches one more optimisation on, as the train
@@ -15,8 +17,16 @@ params do (``vision_attention``, ``fused_kernels``, ``gradient_checkpointing``; 
 ``torch.compile`` of each layer are not train params);
 every variant starts from the same weights and batch, so its first loss and gradient norm must
 equal the baseline's within bf16 resolution (reported as relative differences). ``--profile``
-adds a torch.profiler summary (GPU busy time, top kernels, attention calls) of the baseline and
+adds a torch.profiler summary (GPU busy time, top kernels, attention kernels) of the baseline and
 the last variant.
+
+FLOP/s count the operations that run (``av_grounding.models.flops``: vision tower on its patches,
+language model on its tokens, output layer at the positions with logits; forward + backward, the
+recomputation of checkpointing apart), per second of the median step; MFU divides them by the
+card's dense bf16 matrix-product rate, measured first in the same process (``matmul_peak``: the
+best of several timed rounds of a large bf16 product), and by the datasheet rate where the card
+is known (``DATASHEET_BF16``). ``model_tflops_6N`` (6 x parameters x tokens, which charges the
+output layer and the vision tower for every token) is kept for comparison with older results.
 """
 
 from __future__ import annotations
@@ -32,9 +42,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from av_grounding.models.flops import counts_of_batch, mfu, training_flops
 from av_grounding.training.collate import IGNORE, answer_loss
 
 IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
+# Dense (no sparsity) bf16 tensor-core FLOP/s from the vendor's datasheet, by torch.cuda.get_device_name().
+DATASHEET_BF16 = {"NVIDIA H200": 989e12}  # H200 SXM
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,9 @@ assert [v.fused_kernels for v in VARIANTS] == sorted((v.fused_kernels for v in V
 
 
 def config_of(shape: str):
-    """``3b``: the Qwen2.5-VL-3B shape; ``4b``: the Qwen3-VL-4B shape (both from their published configs);
-    else a built-in model name."""
+    """``3b``: the Qwen2.5-VL-3B shape; ``4b``: the Qwen3-VL-4B shape; ``7b``: Qwen2.5-VL-7B = Cosmos-Reason1-7B
+    (8.29B parameters); ``8b``: Qwen3-VL-8B = Cosmos-Reason2-8B (8.77B); all from their published configs
+    (the 7B and 8B have untied output layers); else a built-in model name."""
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
     from av_grounding.models.builtin import builtin_config
@@ -89,6 +103,26 @@ def config_of(shape: str):
             vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
                                patch_size=16, num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17]),
             **special)
+    untied = {**special, "tie_word_embeddings": False}
+    if shape == "7b":
+        return Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                              "mrope_section": [16, 24, 24]}),
+            vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                               fullatt_block_indexes=[7, 15, 23, 31], window_size=112),
+            **untied)
+    if shape == "8b":
+        return Qwen3VLConfig(
+            text_config=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                             max_position_embeddings=262144,
+                             rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                              "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
+            vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                               patch_size=16, num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+            **untied)
     return builtin_config(shape)
 
 
@@ -147,31 +181,106 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def matmul_peak(device: str, size: int = 8192, rounds: int = 5, repeats: int = 20) -> float:
+    """The card's dense bf16 matrix-product rate in FLOP/s: the best of ``rounds`` timings (CUDA events)
+    of ``repeats`` products of two size x size bf16 matrices (2 size^3 FLOPs each), after a warm-up.
+    On a CPU (a dry run) fp32, timed with the host clock."""
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(rounds):
+        synchronize(device)
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(repeats):
+                a @ b
+            end.record()
+            end.synchronize()
+            seconds = begin.elapsed_time(end) / 1e3
+        else:
+            started = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            seconds = time.perf_counter() - started
+        best = min(best, seconds)
+    return 2 * size ** 3 * repeats / best
+
+
+def is_device_work(event) -> bool:
+    """A profiler event that is device work itself (a kernel, memcpy or memset on the GPU), not a host
+    operator (whose ``self_device_time_total`` repeats the kernels it launched) nor a GPU-side user
+    annotation (a span around other kernels, e.g. ``Optimizer.step``)."""
+    return event.device_type.name != "CPU" and not getattr(event, "is_user_annotation", False)
+
+
+def device_time(events) -> tuple[float, float]:
+    """(kernel seconds, busy seconds) of profiler events: the sum of the device work's durations,
+    each counted once, and the length of the union of their intervals (kernels overlapping on
+    several streams count once)."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events if is_device_work(e))
+    total = sum(end - start for start, end in spans)
+    busy, reach = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return total / 1e6, busy / 1e6
+
+
+ATTENTION_KERNEL_WORDS = ("attention", "flash", "fmha", "sdpa")
+
+
 def profile_summary(work, device: str) -> dict:
-    """GPU busy time of one call of ``work()`` against its wall time, the top kernels and the
-    attention calls (also used by infer_throughput.py)."""
+    """GPU busy time of one call of ``work()`` against its wall time, the top kernels, the host operators
+    that launched the most device time, and the attention kernels launched (also used by
+    infer_throughput.py). Device time counts each kernel once (``device_time``); the summary of
+    before issue 24 also added each host operator's share of its kernels, about twice the truth."""
     from torch.profiler import ProfilerActivity, profile
 
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     synchronize(device)
     started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=activities) as prof:
         work()
         synchronize(device)
     wall = time.perf_counter() - started
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
-    kernels = sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))
-    busy = sum(getattr(e, "self_device_time_total", 0) for e in kernels) / 1e6
-    attention = sum(e.count for e in prof.key_averages() if "attention" in e.key.lower() and "flash" in e.key.lower()
-                    or "scaled_dot_product" in e.key.lower())
+    kernel_s, busy = device_time(prof.events())
+    averages = prof.key_averages()
+    kernels = sorted((e for e in averages if is_device_work(e)), key=lambda e: -e.self_device_time_total)
+    operators = sorted((e for e in averages if e.device_type.name == "CPU" and not e.is_user_annotation),
+                       key=lambda e: -e.self_device_time_total)
+    attention = sum(e.count for e in kernels if any(w in e.key.lower() for w in ATTENTION_KERNEL_WORDS))
     return {"wall_s": round(wall, 4), "gpu_busy_s": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
-            "attention_calls": attention, "kernel_events": len(events),
-            "top_kernels": [{"name": e.key[:80], "gpu_ms": round(getattr(e, "self_device_time_total", 0) / 1e3, 2),
+            "gpu_kernel_s": round(kernel_s, 4), "attention_kernels": attention, "kernel_kinds": len(kernels),
+            "top_kernels": [{"name": e.key[:80], "gpu_ms": round(e.self_device_time_total / 1e3, 2),
                              "calls": e.count} for e in kernels[:12]],
+            "top_operators_by_gpu_time": [{"name": e.key[:80], "gpu_ms": round(e.self_device_time_total / 1e3, 2),
+                                           "calls": e.count} for e in operators[:12]],
             "top_host_calls": [{"name": e.key[:80], "cpu_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count}
-                               for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]}
+                               for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:12]]}
 
 
-def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_profile: bool) -> dict:
+def flops_report(config, inputs, variant: Variant, steady: float, peak: float, datasheet: float | None) -> dict:
+    """FLOPs per sample by part, FLOP/s of the median step and MFU (module docstring)."""
+    size = inputs["input_ids"].shape[0]
+    flops = training_flops(config, counts_of_batch(inputs), checkpointing=variant.gradient_checkpointing)
+    report = {"tflop_per_sample": {k: round(v / size / 1e12, 4) for k, v in flops.as_dict().items()},
+              "tflops": round(flops.total / steady / 1e12, 2),
+              "tflops_with_recompute": round((flops.total + flops.recomputed) / steady / 1e12, 2),
+              "mfu_measured_peak": round(mfu(flops.total, steady, peak), 4)}
+    if datasheet:
+        report["mfu_datasheet"] = round(mfu(flops.total, steady, datasheet), 4)
+    return report
+
+
+def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_profile: bool, peak: float,
+        datasheet: float | None = None) -> dict:
+    """One variant: build, ``steps`` timed steps (median of the steps after the first two), optional
+    profile; ``peak`` (FLOP/s, measured) and ``datasheet`` (FLOP/s or None) for MFU."""
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -193,7 +302,8 @@ def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_p
     tokens = size * inputs["input_ids"].shape[1]
     report = {**asdict(variant), "batch_size": size, "parameters": params, "tokens_per_sample": tokens // size,
               "step_s_median": round(steady, 4), "samples_per_s": round(size / steady, 2),
-              "model_tflops_6N": round(6 * params * tokens / steady / 1e12, 2),
+              **flops_report(model.config, inputs, variant, steady, peak, datasheet),
+              "model_tflops_6N": round(6 * params * tokens / steady / 1e12, 2),  # older figures' count, see docstring
               "first_loss": first[0], "first_grad_norm": first[1],
               "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device != "cpu" else None}
     if with_profile:
@@ -205,24 +315,33 @@ def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_p
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--shape", default="3b", help="3b, 4b or a built-in model name (small-qwen3_vl, ...)")
+    parser.add_argument("--shape", default="3b", help="3b, 4b, 7b, 8b or a built-in model name (small-qwen3_vl, ...)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS))
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--peak-size", type=int, help="matrix side of the bf16 rate measurement (8192; 512 on a CPU)")
     args = parser.parse_args()
     import transformers
 
     chosen = [v for v in VARIANTS if v.name in args.variants.split(",")]
-    report = {"command": shlex.join(["python", *sys.argv]),
-              "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
+    peak_size = args.peak_size or (8192 if args.device.startswith("cuda") else 512)
+    peak = matmul_peak(args.device, peak_size)  # before any model: the card to itself
+    datasheet = DATASHEET_BF16.get(card) if args.device.startswith("cuda") else None
+    report = {"command": shlex.join(["python", *sys.argv]), "device": card,
               "torch": torch.__version__, "transformers": transformers.__version__,
-              "python": platform.python_version(), "shape": args.shape, "runs": []}
+              "python": platform.python_version(), "shape": args.shape,
+              "peak_tflops_measured": round(peak / 1e12, 1),
+              "peak_measured_as": f"best of 5 rounds of 20 {peak_size}x{peak_size} "
+                                  f"{'bf16' if args.device.startswith('cuda') else 'fp32'} matrix products",
+              "peak_tflops_datasheet": datasheet and round(datasheet / 1e12, 1), "runs": []}
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}), flush=True)
     for index, variant in enumerate(chosen):
         profile = args.profile and index in (0, len(chosen) - 1)
         try:
-            result = run(args.shape, variant, args.batch_size, args.steps, args.device, profile)
+            result = run(args.shape, variant, args.batch_size, args.steps, args.device, profile, peak, datasheet)
         except Exception as exc:  # one variant failing (out of memory, a kernel's version) leaves the others
             result = {**asdict(variant), "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         base = report["runs"][0] if report["runs"] else result

@@ -33,6 +33,13 @@ TINY = tuple(name for name in BUILTIN_MODELS if name.startswith("tiny-"))
 TRAINING_FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
 
 
+def format_for(model: str) -> FormatParams:
+    """TRAINING_FORMAT with the model family of a built-in model name (train checks they agree)."""
+    import dataclasses
+
+    return dataclasses.replace(TRAINING_FORMAT, model_family=model.partition("-")[2])
+
+
 @pytest.fixture(scope="session")
 def small_params() -> SynthesizeParams:
     return SMALL

@@ -64,7 +64,6 @@ def test_main_runs_a_stage_with_overrides(synthetic_root, tmp_path, capsys):
 @pytest.mark.parametrize("cls, section, key, bad", [
     (TrainParams, "train", "schedule", "linear"),
     (TrainParams, "train", "backend", "deepspeed"),
-    (TrainParams, "train", "preset", "cr3"),
     (TrainParams, "train", "attn_implementation", "flash"),
     (TransformParams, "transform", "codec", "cosmo"),
     (FormatParams, "format", "box_order", "random"),
@@ -87,19 +86,34 @@ def test_fixed_choices_are_checked_when_params_load(tmp_path, cls, section, key,
         load(cls, section, params_file)
 
 
+def test_an_unknown_preset_is_refused_naming_the_file_and_the_allowed_names(tmp_path, capsys):
+    """The top-level ``preset`` (not a key of a section): refused by every stage it changes, from
+    the params file or --preset, before any work."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("preset: cr3\n")
+    allowed = re.escape("['cr1-cosmos-rl', 'cr2-cosmos-rl', 'cr2-qwen-finetune']")
+    for stage in ("format", "train", "infer"):
+        code = main([stage, "--params", str(params_file), *paths_under(tmp_path, stage)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and re.fullmatch(rf"error: {re.escape(str(params_file))}: 'preset' must be one of {allowed} "
+                                          r"or null \(no preset\), got 'cr3'", err), err
+    code = main(["format", "--params", str(tmp_path / "none.yaml"), "--preset", "cr1",
+                 *paths_under(tmp_path, "format")])
+    assert code == 2 and "error: --preset: 'preset' must be one of" in capsys.readouterr().err
+
+
 def test_fixed_choices_are_what_the_code_implements():
     from av_grounding import rdshq, video
     from av_grounding.dataset.answers import order_boxes
     from av_grounding.dataset.tokens import MERGE_FACTOR
     from av_grounding.geometry.codecs import CODECS
-    from av_grounding.params import (PRESETS, BoxOrder, CameraModel, CodecName, ModelFamily, Strategy,
-                                     TrainPreset)
+    from av_grounding.params import PRESETS, BoxOrder, CameraModel, CodecName, ModelFamily, Preset, Strategy
 
     assert set(typing.get_args(CodecName)) == set(CODECS)
     assert set(typing.get_args(CameraModel)) == set(rdshq.CAMERA_MODELS)
     assert set(typing.get_args(Strategy)) == set(video.STRATEGIES)
     assert set(typing.get_args(ModelFamily)) == set(MERGE_FACTOR)
-    assert set(typing.get_args(TrainPreset)) == set(PRESETS)
+    assert set(typing.get_args(Preset)) == set(PRESETS)
     box = [{"distance_m": 1.0, "center": [0.0, 0.0, 1.0], "track_id": "0"}]
     assert all(order_boxes(box, order) == box for order in typing.get_args(BoxOrder))
 

@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from av_grounding.cli import STAGES
+from av_grounding.cli import STAGES, reads_preset
+from av_grounding.params import PRESET_KEY
 from av_grounding.sources import imported_modules, reached_modules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +121,16 @@ def test_params_the_stage_reads_exist_and_are_tracked(stage):
     untracked = sorted(section for section in sections_read
                        if not any(key == section or key.startswith(section + ".") for key in keys))
     assert not untracked, f"dvc.yaml stage {stage!r} reads params sections {untracked} without tracking them"
+
+
+@pytest.mark.parametrize("stage", sorted(DVC_STAGES))
+def test_stages_a_preset_changes_track_it(stage):
+    """A preset (params.yaml's top-level ``preset``) replaces keys of the format and train sections:
+    every stage that reads one of them reruns when it changes, and no other stage does."""
+    tracked = PRESET_KEY in _params_keys(DVC_STAGES[stage])
+    assert tracked == reads_preset(stage), (
+        f"dvc.yaml stage {stage!r} {'tracks' if tracked else 'does not track'} the top-level {PRESET_KEY!r}, but "
+        f"it {'reads' if reads_preset(stage) else 'reads none of'} the sections a preset changes")
 
 
 def test_the_import_walk_finds_lazy_relative_and_package_imports():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TRAINING_FORMAT
+from conftest import TINY, TRAINING_FORMAT, format_for
 from torch.utils._python_dispatch import TorchDispatchMode
 from test_extract import tree_digest
 
@@ -64,16 +64,30 @@ def test_tiny_model_loads_through_auto_classes_with_qwen_special_ids(tiny):
     assert loaded.model.config.image_token_id == SPECIAL_TOKENS["<|image_pad|>"]
 
 
-def test_labels_are_exactly_the_chat_templates_assistant_mask(tiny, few):
+def trl_training_template(model_type: str) -> str:
+    """TRL's training variant of the published template ({% generation %} around the assistant turn)."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "chat_templates"
+    return (folder / f"{model_type}_training.jinja").read_text()
+
+
+def test_labels_are_the_assistant_mask_of_trls_training_template(tiny, few):
+    """An independent reference for the labels: TRL's training template marks the assistant turn
+    (answer, <|im_end|> and its newline); the labels are that mask without the newline."""
+    from av_grounding.training.collate import messages_of
+
     loaded = load_model(tiny)
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    newline = loaded.tokenizer("\n", add_special_tokens=False)["input_ids"]
     for sample in read_cosmos(few / "train"):
         encoded = encoder.encode(sample)
-        from av_grounding.training.collate import messages_of
-
-        templated = loaded.tokenizer.apply_chat_template(messages_of(sample, True), tokenize=True, return_dict=True,
-                                                         return_assistant_tokens_mask=True)
-        mask = templated["assistant_masks"]
+        templated = loaded.tokenizer.apply_chat_template(
+            messages_of(sample, True), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+            chat_template=trl_training_template(loaded.model.config.model_type))
+        mask = list(templated["assistant_masks"])
+        assert templated["input_ids"][-1:] == newline and mask[-1] == 1
+        mask[-1] = 0
         # The template holds one image placeholder; the encoder expands it to the image's tokens.
         image_tokens = encoded.input_ids.count(encoder.image_pad)
         expanded = [m for i, m in zip(templated["input_ids"], mask) for _ in range(image_tokens if i == encoder.image_pad else 1)]
@@ -98,7 +112,7 @@ def test_left_padding_for_generation(tiny, few):
 def test_overfit_until_greedy_generation_reproduces_the_targets(model, steps, lr, few, tmp_path):
     params = TrainParams(model=model, max_steps=steps, batch_size=3, lr=lr, schedule="constant", warmup_ratio=0.0,
                          save_every=0)
-    train(params, FORMAT, few, tmp_path / "out", None, tmp_path / "live")
+    train(params, format_for(model), few, tmp_path / "out", None, tmp_path / "live")
     loaded = load_model(tmp_path / "out" / "model")
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
     samples = read_cosmos(few / "train")
@@ -126,7 +140,7 @@ def test_training_and_generation_call_no_operator_whose_cpu_result_depends_on_th
     AMD whatever is pinned: neither architecture's training step (the optimizer included) nor
     its generation may reach it."""
     with OperatorNames() as recorder:
-        train(TrainParams(model=model, max_steps=2, batch_size=2, save_every=0), FORMAT, few, tmp_path / "out", None,
+        train(TrainParams(model=model, max_steps=2, batch_size=2, save_every=0), format_for(model), few, tmp_path / "out", None,
               tmp_path / "live")
         loaded = load_model(tmp_path / "out" / "model")
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
@@ -366,7 +380,7 @@ def test_a_diverging_run_stops_with_an_error_naming_the_step(few, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", BUILTIN_MODELS)
 def test_every_builtin_size_trains_saves_reloads_and_generates(model, few, tmp_path):
-    train(TrainParams(model=model, max_steps=1, batch_size=1, save_every=0), FORMAT, few, tmp_path / "out", None,
+    train(TrainParams(model=model, max_steps=1, batch_size=1, save_every=0), format_for(model), few, tmp_path / "out", None,
           tmp_path / "live")
     size, architecture = split_name(model)
     loaded = load_model(tmp_path / "out" / "model")

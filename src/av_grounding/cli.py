@@ -24,8 +24,8 @@ import yaml
 from . import numerics, workspace
 from . import params as params_module
 from .errors import PipelineError
-from .params import (EvaluateParams, ExtractParams, FilterParams, FormatParams, InferParams, SynthesizeParams,
-                     TrainParams, TransformParams, ValidateParams, choices)
+from .params import (FROM_FILE, PRESET_SECTIONS, PRESETS, EvaluateParams, ExtractParams, FilterParams, FormatParams,
+                     InferParams, SynthesizeParams, TrainParams, TransformParams, ValidateParams, choices)
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def sections_read(stage: str) -> set[str]:
+    """The params sections ``stage`` reads: its own and the others of its ``StageSpec``."""
+    return {stage} | {section for section, _ in STAGES[stage].sections.values()}
+
+
+def reads_preset(stage: str) -> bool:
+    """Whether a preset can change what ``stage`` reads (it then takes ``--preset`` and tracks the
+    top-level ``preset`` in dvc.yaml)."""
+    return bool(sections_read(stage) & set(PRESET_SECTIONS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="av-grounding", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in STAGES.items():
         sub = commands.add_parser(name, help=spec.summary, description=spec.summary)
         sub.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+        if reads_preset(name):
+            sub.add_argument("--preset", dest="preset_name", metavar="NAME",
+                             help=f"the recipe's settings for one of its training paths ({', '.join(PRESETS)}) in "
+                                  f"the {' and '.join(PRESET_SECTIONS)} sections, or null; instead of the params "
+                                  "file's top-level preset (docs/recipe.md#presets). The --<key> options win over it")
         for keyword, default in spec.paths.items():
             sub.add_argument(_flag(keyword), dest=f"path_{keyword}", default=default,
                              help=f"{keyword} path (default: %(default)s)")
@@ -158,8 +174,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 def _stage_params(spec: StageSpec, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The stage's own params (command-line overrides applied), and the other sections it reads
     by the keyword its entry point takes each with."""
-    return (params_module.load(spec.params_cls, args.stage, args.params, _overrides(args)),
-            {key: params_module.load(cls, section, args.params) for key, (section, cls) in spec.sections.items()})
+    raw = getattr(args, "preset_name", None)
+    preset = FROM_FILE if raw is None else yaml.safe_load(raw)  # --preset null: none, whatever the file names
+    return (params_module.load(spec.params_cls, args.stage, args.params, _overrides(args), preset),
+            {key: params_module.load(cls, section, args.params, preset=preset)
+             for key, (section, cls) in spec.sections.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

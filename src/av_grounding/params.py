@@ -12,6 +12,7 @@ import functools
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
@@ -61,7 +62,7 @@ CodecName = Literal["cosmos", "qwen3vl"]
 BoxOrder = Literal["nearest", "left_to_right", "track"]
 ModelFamily = Literal["qwen2_5_vl", "qwen3_vl"]
 Backend = Literal["hf", "cosmos-rl"]
-TrainPreset = Literal["cr1", "cr2"]
+Preset = Literal["cr1-cosmos-rl", "cr2-cosmos-rl", "cr2-qwen-finetune"]
 Schedule = Literal["cosine", "constant"]
 Attention = Literal["sdpa", "eager"]
 VisionAttention = Literal["packed", "per_segment"]
@@ -202,6 +203,9 @@ class FormatParams(Checked):
     """Training sets: prompts, answer text, split, image size and token budget."""
 
     prompts: str = param("prompts/av_grounding.yaml", "YAML file with system_prompt and user_prompt")
+    system_prompt: bool = param(True, "give the model the prompts file's system prompt; false: no system message, "
+                                "as the recipe's Qwen-VL fine-tune data (Qwen2.5-VL's chat template then adds its "
+                                "default 'You are a helpful assistant.', Qwen3-VL's adds none)")
     decimals: int | None = param(2, "decimals of every number in the answers (null: full precision)", minimum=0)
     size_decimals: int | None = param(None, "decimals of the three sizes (null: same as decimals)", minimum=0)
     trim_zeros: bool = param(True, "write 18 and 5.3, not 18.00 and 5.30")
@@ -245,7 +249,6 @@ class TrainParams(Checked):
     model: str = param("tiny-qwen2_5_vl", "a built-in model, <size>-<architecture> with size tiny (CPU tests), small "
                        "(~80M) or base (~300M) and architecture qwen2_5_vl (Cosmos Reason 1) or qwen3_vl (Cosmos "
                        "Reason 2), randomly initialised; or a Hugging Face id or a local folder")
-    preset: TrainPreset | None = param(None, "the recipe's settings (Cosmos Reason 1 or 2), replacing the keys they name")
     seed: int = param(0, "seed of initialisation (built-in models) and data order", minimum=0)
     epochs: int = param(8, "passes over the training set (ignored when max_steps is set)", minimum=1)
     max_steps: int | None = param(None, "optimizer steps; null: epochs x steps per epoch", minimum=1)
@@ -255,6 +258,8 @@ class TrainParams(Checked):
                              "small 3e-4, base 1e-4), 1e-5 for other models", minimum=0.0)
     weight_decay: float = param(0.0, "AdamW weight decay", minimum=0.0)
     warmup_ratio: float = param(0.05, "share of steps with linear warmup", minimum=0.0, maximum=1.0)
+    warmup_steps: int | None = param(None, "optimizer steps of linear warmup; overrides warmup_ratio (null: "
+                                     "warmup_ratio decides)", minimum=0)
     schedule: Schedule = param("cosine", "learning rate after warmup: cosine decay or constant")
     grad_clip: float = param(1.0, "clip the gradient norm to this", minimum=0.0)
     train_vision: bool = param(True, "train the vision tower")
@@ -266,6 +271,9 @@ class TrainParams(Checked):
     lora_dropout: float = param(0.05, "LoRA dropout", minimum=0.0, maximum=1.0)
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
+    fsdp_offload: bool = param(False, "cosmos-rl backend: keep the FSDP-sharded weights, gradients and optimizer "
+                               "state in CPU memory (its fsdp_offload). The hf backend has no FSDP and keeps "
+                               "everything on the GPU (warned); with train.deepspeed its config decides offloading")
     vision_attention: VisionAttention = param(
         "packed", "packed: one attention call per vision layer over all windows/images; per_segment: "
         "transformers' one call per window (same result, many more kernel launches)")
@@ -282,29 +290,57 @@ class TrainParams(Checked):
     deepspeed: str | None = param(None, "hf backend: a DeepSpeed ZeRO-3 config (configs/deepspeed_zero3.json) "
                                   "to shard the model over the GPUs of a torchrun launch")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fsdp_offload and self.backend == "hf":
+            warnings.warn("train.fsdp_offload applies to the cosmos-rl backend; the hf backend keeps the model on "
+                          "the GPU" + (" (the DeepSpeed config decides offloading)" if self.deepspeed else ""),
+                          stacklevel=2)
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Recipe, Cosmos Reason 1 (docs/recipe.md#training-settings): cosmos-rl defaults, batch 32 per replica
-    # in mini batches of 4.
-    "cr1": {"lr": 1e-6, "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True},
-    # Recipe, Cosmos Reason 2: lr 2e-7 cosine, warmup 3 %, 2 epochs, batch 16, weight decay 0.01, clip 1.0.
-    "cr2": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "epochs": 2, "batch_size": 2, "grad_accum": 8,
-            "weight_decay": 0.01, "grad_clip": 1.0, "gradient_checkpointing": True},
+
+# The recipe's three training paths (docs/recipe.md#presets gives every value's source): the keys
+# each replaces in the format and train sections when params.yaml's top-level `preset` names it.
+# Files under cosmos-cookbook docs/recipes/post_training/reason2/av_3d_grounding/assets/; a key
+# such a file leaves out takes its framework's default. train.model and train.backend stay the user's.
+PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
+    # configs/cr1_av_grounding.sft.toml: lr, schedule, warmup and weight decay are cosmos-rl's defaults;
+    # train_batch_per_replica 32 in mini batches of 4; fsdp_offload; [custom.vision] max_pixels 40960.
+    "cr1-cosmos-rl": {
+        "format": {"model_family": "qwen2_5_vl", "system_prompt": True, "min_pixels": 3136, "max_pixels": 40960,
+                   "model_max_length": 4096},
+        "train": {"lr": 1e-6, "schedule": "constant", "warmup_steps": 20, "weight_decay": 0.01, "grad_clip": 1.0,
+                  "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True,
+                  "fsdp_offload": True, "save_every": 50},
+    },
+    # configs/cr2_av_grounding.sft.toml: lr 2e-7, cosine, warmup 0.03 of the steps, train_batch_per_replica
+    # 16 in mini batches of 4, no offload, [custom.vision] max_pixels 40960.
+    "cr2-cosmos-rl": {
+        "format": {"model_family": "qwen3_vl", "system_prompt": True, "min_pixels": 4096, "max_pixels": 40960,
+                   "model_max_length": 4096},
+        "train": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "warmup_steps": None, "weight_decay": 0.01,
+                  "grad_clip": 1.0, "epochs": 2, "batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True,
+                  "fsdp_offload": False, "save_every": 50},
+    },
+    # scripts/qwen_finetune_script.sh on qwen-vl-finetune: per device 2 x accumulation 8, its default image
+    # budget (no --max_pixels), and its converter's data without a system prompt.
+    "cr2-qwen-finetune": {
+        "format": {"model_family": "qwen3_vl", "system_prompt": False, "min_pixels": 12544, "max_pixels": 451584,
+                   "model_max_length": 4096},
+        "train": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "warmup_steps": None, "weight_decay": 0.01,
+                  "grad_clip": 1.0, "epochs": 2, "batch_size": 2, "grad_accum": 8, "gradient_checkpointing": True,
+                  "fsdp_offload": False, "save_every": 20},
+    },
 }
-
-
-def with_preset(params: "TrainParams") -> "TrainParams":
-    """``params`` with the keys of its preset replaced by the recipe's values."""
-    if params.preset is None:
-        return params
-    return dataclasses.replace(params, **PRESETS[params.preset])
+PRESET_SECTIONS: tuple[str, ...] = tuple(sorted({section for preset in PRESETS.values() for section in preset}))
 
 
 @dataclasses.dataclass(frozen=True)
 class InferParams(Checked):
     """Generation on the evaluation split."""
 
-    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens)",
+    max_new_tokens: int = param(320, "generation budget per frame (longest default answer: 237 tiny-model tokens); "
+                                     "reasoning: model writes its draft first and needs a far larger budget (the "
+                                     "Cosmos Reason inference scripts allow 4096): a draft cut off is a failed answer",
                                 minimum=1)
     batch_size: int = param(8, "frames per generate() call (left-padded)", minimum=1)
     zero_shot: bool = param(True, "also run the model before fine-tuning")
@@ -314,6 +350,11 @@ class InferParams(Checked):
     kv_cache: KVCache = param("static", "generation's KV cache: static (preallocated; on CUDA transformers then "
                                         "compiles the decoding step: 82M model on an H200 3-20x faster, "
                                         "benchmarks/results/infer_throughput.md) or dynamic (grows per token)")
+    reasoning: Literal["none", "model"] = param(
+        "none", "none: the prompts as trained (plain JSON answers); model: each model's published reasoning "
+                "instruction (prompts/reasoning.yaml, chosen by the model folder's config.model_type), in the message "
+                "that model expects it: Cosmos Reason 1 (qwen2_5_vl) the system prompt, <think> then <answer>; "
+                "Cosmos Reason 2 (qwen3_vl) the user prompt, <think> then the answer. Only the answer is scored")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -468,12 +509,56 @@ def duplicate_key(node: yaml.Node | None, where: str = "") -> tuple[str, int, in
     return None
 
 
+class _FromFile:
+    """``load``'s default preset: the one the params file names."""
+
+    def __repr__(self) -> str:
+        return "FROM_FILE"
+
+
+FROM_FILE = _FromFile()
+PRESET_KEY = "preset"  # the top-level key of params.yaml that names a preset
+
+
+def preset_changes(name: Any, section: str, where: str) -> dict[str, Any]:
+    """The keys preset ``name`` replaces in ``section`` with their values (none for ``name`` None or
+    a section no preset names); ``ParamsError`` naming ``where`` and the allowed names for an
+    unknown name."""
+    if name is None:
+        return {}
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ParamsError(f"{where}: '{PRESET_KEY}' must be one of {list(PRESETS)} or null (no preset), got {name!r}")
+    return dict(PRESETS[name].get(section, {}))
+
+
+def _default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
+def replaced_by_preset(cls: type, file_values: Mapping[str, Any], changes: Mapping[str, Any],
+                       source: str) -> list[str]:
+    """``key value -> preset value`` for each key the file sets to neither the built-in default nor
+    the preset's value, which the preset replaces (a ``-S section.key=...`` that has no effect)."""
+    replaced = []
+    for key, value in changes.items():
+        if key not in file_values:
+            continue
+        mine, theirs = coerce(cls, key, file_values[key], source), coerce(cls, key, value, source)
+        if mine != theirs and mine != _default(cls, key):
+            replaced.append(f"{key} {mine!r} -> {theirs!r}")
+    return replaced
+
+
 def load(cls: type, section: str, path: str | Path = "params.yaml",
-         overrides: dict[str, Any] | None = None) -> Any:
-    """Read ``section`` of the params file (missing file or section: defaults), then apply overrides.
+         overrides: dict[str, Any] | None = None, preset: str | None | _FromFile = FROM_FILE) -> Any:
+    """Read ``section`` of the params file (missing file or section: defaults), replace the keys its
+    preset names (the file's top-level ``preset``, or ``preset`` when given: ``--preset``), then
+    apply ``overrides`` (command-line options, which win over the preset).
     A key written twice anywhere in the file is an error naming it and both lines."""
     path = Path(path)
     values: dict[str, Any] = {}
+    file_preset = None
     if path.exists():
         text = path.read_text()
         try:
@@ -490,5 +575,16 @@ def load(cls: type, section: str, path: str | Path = "params.yaml",
         if not isinstance(section_values, dict):
             raise ParamsError(f"{path}: section '{section}' must be a mapping")
         values.update(section_values)
+        file_preset = document.get(PRESET_KEY)
+    from_file = isinstance(preset, _FromFile)
+    name = file_preset if from_file else preset
+    changes = preset_changes(name, section, str(path) if from_file else "--preset")
+    source = f"{path}:{section} (with command-line overrides)"
+    if changes:
+        source = f"{path}:{section} (with preset {name} and command-line overrides)"
+        if replaced := replaced_by_preset(cls, values, changes, source):
+            warnings.warn(f"{path}:{section}: preset {name} replaces {', '.join(replaced)} (a stage's command-line "
+                          f"options win over a preset, params.yaml values do not)")
+    values.update(changes)
     values.update(overrides or {})
-    return cls(**checked(cls, values, f"{path}:{section} (with command-line overrides)"))
+    return cls(**checked(cls, values, source))

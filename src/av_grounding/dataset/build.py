@@ -5,7 +5,10 @@ Output under the dataset folder:
   train/ and eval/, each with   meta.json, text/, images/      (Cosmos-RL)
                                 annotations.json               (Qwen-VL fine-tune)
 A sample whose prompt + image + answer tokens exceed ``model_max_length`` is dropped and
-counted, never truncated. Images are copied out of extract's shards into ``images/<id>.jpg``,
+counted, never truncated. Tokens are counted as the published checkpoints count them: the
+conversation rendered by the published chat template of ``model_family`` and tokenized with the
+real Qwen vocabulary (``models.hub``), through the encoder training and inference use; each
+sample's counts are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extract's shards into ``images/<id>.jpg``,
 the layout every reader expects; dvc.yaml keeps this folder off the DVC remote (``push: false``):
 `dvc repro` rebuilds it from the pulled shards faster than DVC moves one object per sample.
 """
@@ -13,6 +16,7 @@ the layout every reader expects; dvc.yaml keeps this folder off the DVC remote (
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,8 @@ import numpy as np
 
 from ..curation.records import iter_records
 from ..models.builtin import task_tokenizer
+from ..models.hub import build_tokenizer
+from ..training.collate import IGNORE, Encoder
 from ..params import FormatParams, ParamsError
 from ..shards import ShardReader
 from ..storage import atomic_folder, atomic_write_bytes, write_json
@@ -122,7 +128,10 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     train_clips, eval_clips = split_clips([r["clip_id"] for r in frames], params.eval_clips, params.eval_clip_ids,
                                           params.split_seed)
     split_of = {**{c: "train" for c in train_clips}, **{c: "eval" for c in eval_clips}}
-    fixed_prompt_tokens = tokens.prompt_tokens(prompts.system, prompts.user)
+    system = prompts.system if params.system_prompt else ""
+    encoder = Encoder(published_tokenizer(params.model_family), None, params.min_pixels, params.max_pixels,
+                      max_length=10**9)
+    prompt_token_counts: set[int] = set()
     counts = Counts()
     per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
     image_sources: dict[str, tuple[str, str]] = {}  # sample id -> (shard, member) under ``images``
@@ -142,22 +151,23 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         for family in tokens.MERGE_FACTOR:
             image_token_counts[family].append(tokens.image_tokens(record["width"], record["height"], family,
                                                                   params.min_pixels, params.max_pixels))
-        answer_count = tokens.answer_tokens(answer)
-        image_count = image_token_counts[params.model_family][-1]
-        total = fixed_prompt_tokens + image_count + answer_count
+        sid = sample_id(record)
         split = split_of[record["clip_id"]]
+        sample = Sample(sid, output / split / "images" / f"{sid}.jpg", system, prompts.user, answer)
+        image_count = image_token_counts[params.model_family][-1]
+        budget = sample_tokens(encoder, sample, image_count)
+        total = sum(budget.values())
+        prompt_token_counts.add(budget["prompt"])
         if total > params.model_max_length:
             counts.samples_over_max_length += 1
-            parts = f"prompt {fixed_prompt_tokens} + image {image_count} + answer {answer_count}"
+            parts = " + ".join(f"{part} {count}" for part, count in budget.items())
             shortest_over[split] = min(shortest_over.get(split, (total, parts)), (total, parts))
             continue
-        answer_token_counts.append(answer_count)
+        answer_token_counts.append(budget["answer"])
         all_answers.append(exact)
-        sid = sample_id(record)
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
-        sample = Sample(sid, output / split / "images" / f"{sid}.jpg", prompts.system, prompts.user, answer)
-        per_split[split].append((sample, annotation_record(record, boxes),
-                                 conversation(sid, prompts.system, prompts.user, answer)))
+        per_split[split].append((sample, {**annotation_record(record, boxes), "tokens": budget},
+                                 conversation(sid, system, prompts.user, answer)))
         image_sources[sid] = (record["image_shard"], record["image_member"])
     check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)
@@ -188,13 +198,14 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         "share_over_max_length": round(counts.samples_over_max_length / max(counts.frames_in, 1), 4),
         "tokens": {
             "vocabulary": "qwen2 (qwen.tiktoken, 151643 ranks)",
+            "chat_template": f"trl/chat_templates/{params.model_family}.jinja",
             "answer_per_frame": distribution(answer_token_counts),
             "answer_per_box": {name: round(tokens_per_box(style_sample, s), 2)
                                for name, s in {**configured, **STYLE_VARIANTS}.items()},
             "answer_per_box_measured_on": len(style_sample),
             "recipe_sample_box": {name: tokens.count_qwen(format_answer(RECIPE_SAMPLE_BOX, s))
                                   for name, s in {**configured, **STYLE_VARIANTS}.items()},
-            "prompt_per_sample": fixed_prompt_tokens,
+            "prompt_per_sample": max(prompt_token_counts, default=0),
             "image_per_frame": {family: distribution(values) for family, values in image_token_counts.items()},
             "model_max_length": params.model_max_length,
             "task_tokenizer": {
@@ -208,7 +219,24 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         write_json(metrics, summary)
     if plots:
         plot_answer_tokens(answer_token_counts, plots)
+    tokens.print_image_budget({(r["width"], r["height"]) for r in frames}, params.model_family, params.min_pixels,
+                              params.max_pixels)
     return summary
+
+
+@functools.cache
+def published_tokenizer(model_family: str):
+    """The published checkpoints' tokenizer and chat template of the architecture (built once)."""
+    return build_tokenizer(model_family)
+
+
+def sample_tokens(encoder: Encoder, sample: Sample, image_tokens: int) -> dict[str, int]:
+    """A sample's tokens as the model sees them: ``prompt`` (chat template, system and user text,
+    vision markers, the newline after the answer), ``image`` and ``answer`` (the labelled tokens:
+    the answer and its ``<|im_end|>``)."""
+    text = encoder.text(sample, image_tokens)
+    answer = sum(label != IGNORE for label in text.labels)
+    return {"prompt": len(text.input_ids) - image_tokens - answer, "image": image_tokens, "answer": answer}
 
 
 def plot_answer_tokens(counts: list[int], folder: Path) -> None:

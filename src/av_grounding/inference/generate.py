@@ -40,13 +40,14 @@ class GreedyLogProbs:
 def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int, device: str = "cpu",
              kv_cache: KVCache = "static") -> list[Generated]:
     """Greedy answers to ``samples`` in one left-padded batch, each cut at its ``<|im_end|>``,
-    with every generated token's log-probability. ``kv_cache``: transformers' cache kind;
+    with every generated token's log-probability; the model folder's sampling settings
+    (``generation_config.json``) are not used. ``kv_cache``: transformers' cache kind;
     ``static`` preallocates it at the longest length, which lets transformers compile the decoding
     step on CUDA (82M model on an H200: 3.3x the dynamic cache at batch 1, 20x at batch 32,
     ``benchmarks/results/infer_throughput.md``); ``dynamic`` grows it token by token. In fp32 on
     CPU, where transformers does not compile, both give the same answers (tested); in bf16 the
     compiled step rounds differently, so near-ties between tokens may flip."""
-    from transformers import LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList
 
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache {kv_cache!r}: one of {', '.join(KV_CACHES)}")
@@ -55,10 +56,13 @@ def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     model.eval()
     recorder = GreedyLogProbs()
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                         logits_processor=LogitsProcessorList([recorder]), return_dict_in_generate=True,
-                         eos_token_id=encoder.im_end, pad_token_id=tokenizer.pad_token_id,
-                         cache_implementation=kv_cache)
+    # A whole generation config, not overrides of the folder's: the published checkpoints' own
+    # (generation_config.json) sample, and Qwen2.5-VL's applies a repetition penalty of 1.05,
+    # which would bend greedy answers full of repeated digits.
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
+                              eos_token_id=encoder.im_end, pad_token_id=tokenizer.pad_token_id,
+                              cache_implementation=kv_cache, return_dict_in_generate=True)
+    out = model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList([recorder]))
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
     chosen = torch.stack(recorder.steps, dim=1).cpu()
     results = []

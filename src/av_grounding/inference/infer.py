@@ -2,13 +2,15 @@
 final model on the evaluation split, one prediction file per frame:
 
   <predictions>/<column>/<id>.json = {"annotations": [{"label", "bbox_3d"}], "raw_text",
-                                      "scores": [per box], "parse_status"}
+                                      "scores": [per box], "parse_status", "reasoning"}
 
 Columns: ``zero_shot``, ``step_NNNNNN``, ``final``, with their training steps in
 ``<predictions>/columns.json``. ``<predictions>/manifests/<column>.json`` records what a column
-was made from (model, parameters, evaluation split); a rerun keeps a column's answers only when
-that matches, and then skips the batches already answered, so a rerun after a crash continues
-where it stopped and gives the same answers.
+was made from (model, parameters, reasoning instruction, evaluation split); a rerun keeps a
+column's answers only when that matches, and then skips the batches already answered, so a rerun
+after a crash continues where it stopped and gives the same answers. ``reasoning`` says what the
+answers were asked for (``infer.reasoning``, see ``inference.reasoning``): ``{"setting": "none"}``, or
+``model`` with the model type and the message that got the instruction.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..storage import as_stored, folder_digest, remove_partials, stored_json, wr
 from ..training.collate import Encoder
 from ..training.loop import step_folders
 from .generate import generate
+from .reasoning import Instruction, instruction_for, model_type_of, reasoning_record, with_instruction
 
 MANIFESTS = "manifests"
 
@@ -62,20 +65,36 @@ def columns(train: Path, params: InferParams, run: dict[str, Any]) -> list[tuple
     return chosen + [("final", str(train / "model"), int(run["steps"]))]
 
 
-def prediction_record(text: str, token_ids: list[int], logprobs: list[float], tokenizer) -> dict[str, Any]:
+def prediction_record(text: str, token_ids: list[int], logprobs: list[float], tokenizer,
+                      reasoning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One frame's prediction file: the boxes parsed from ``text`` (a reasoning draft is never
+    read, ``evaluation.parse``), each box's confidence from the log-probabilities of the tokens
+    of its text (answer tokens only), and ``reasoning``, what the answer was asked for, when given."""
     parsed = parse_answer(text)
     ends = [len(tokenizer.decode(token_ids[: i + 1], skip_special_tokens=False)) for i in range(len(token_ids))]
-    return {"annotations": [{"label": b["label"], "bbox_3d": b["bbox_3d"]} for b in parsed.boxes],
-            "raw_text": text, "scores": box_scores(parsed, text, ends, logprobs), "parse_status": parsed.status}
+    record = {"annotations": [{"label": b["label"], "bbox_3d": b["bbox_3d"]} for b in parsed.boxes],
+              "raw_text": text, "scores": box_scores(parsed, text, ends, logprobs), "parse_status": parsed.status}
+    return {**record, "reasoning": reasoning} if reasoning is not None else record
+
+
+def column_instruction(params: InferParams, source: str) -> Instruction | None:
+    """The reasoning instruction of the model at ``source`` (by its config's ``model_type``);
+    None for ``infer.reasoning: none``, which reads neither the config nor the instructions file."""
+    if params.reasoning == "none":
+        return None
+    return instruction_for(params.reasoning, model_type_of(source))
 
 
 def column_inputs(params: InferParams, fmt: FormatParams, dataset: Path, run: dict[str, Any], column: str,
-                  step: int) -> dict[str, Any]:
+                  step: int, instruction: Instruction | None = None) -> dict[str, Any]:
     """What one column's predictions are made from: the model (the training run's inputs, the
-    column and its step), the generation and image parameters, the evaluation split's content, the code that generates."""
+    column and its step), the generation and image parameters, the reasoning instruction
+    (``instruction``, its text included, so an edited instruction reruns the column), the
+    evaluation split's content, the code that generates."""
     return {"model": {"training_inputs_sha256": run.get("inputs_sha256"), "column": column, "step": step},
             "params": {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
                        "vision_attention": params.vision_attention, "kv_cache": params.kv_cache},
+            "reasoning": reasoning_record(params.reasoning, instruction),
             "format": {key: getattr(fmt, key) for key in ("min_pixels", "max_pixels", "model_max_length")},
             "eval_split_sha256": folder_digest(dataset / "eval"), "code_sha256": code_digest(__name__)}
 
@@ -94,10 +113,11 @@ def keep_only(output: Path, names: set[str], ids: set[str]) -> None:
 
 
 def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: str, folder: Path,
-                 expected: dict[str, Any], device: str) -> dict[str, Any]:
-    """Answer ``samples`` with the model at ``source`` into ``folder``, in fixed batches (the
-    same batches after a resume, so resumed answers equal uninterrupted ones); a batch whose
-    every answer exists from a run with the same inputs (``expected``) is not redone. Returns
+                 expected: dict[str, Any], device: str, reasoning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Answer ``samples`` (their prompts as sent, reasoning instruction included) with the model
+    at ``source`` into ``folder``, in fixed batches (the same batches after a resume, so resumed
+    answers equal uninterrupted ones); a batch whose every answer exists from a run with the same
+    inputs (``expected``) is not redone. ``reasoning``: recorded in every prediction file. Returns
     this run's timing: frames resumed, wall time, images/s and generated tokens/s."""
     manifest = folder.parent / MANIFESTS / f"{folder.name}.json"
     if stored_json(manifest) != as_stored(expected):
@@ -118,7 +138,8 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
             for sample, result in zip(batch, answers):
                 tokens += len(result.token_ids)
                 write_json(folder / f"{sample.id}.json",
-                           prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer))
+                           prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer,
+                                             reasoning))
     elapsed = time.perf_counter() - started
     generated = sum(len(batch) for batch in pending)
     return {"frames_resumed": len(samples) - generated, "wall_s": round(elapsed, 2),
@@ -137,14 +158,20 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = read_run(train)
     chosen = columns(train, params, run)
+    # Every column's prompts before any work: a model type without a reasoning instruction, or a
+    # prompt that already asks for <think>, stops the stage with nothing changed.
+    instructions = {column: column_instruction(params, source) for column, source, _ in chosen}
+    prompted = {column: [with_instruction(sample, instruction) for sample in samples]
+                for column, instruction in instructions.items()}
     remove_partials(output)
     keep_only(output, {column for column, _, _ in chosen}, {s.id for s in samples})
     write_json(output / "columns.json", {column: step for column, _, step in chosen})
     summary: dict[str, Any] = {}
     times: dict[str, Any] = {}
     for column, source, step in chosen:
-        expected = column_inputs(params, fmt, dataset, run, column, step)
-        times[column] = infer_column(params, fmt, samples, source, output / column, expected, device)
+        expected = column_inputs(params, fmt, dataset, run, column, step, instructions[column])
+        times[column] = infer_column(params, fmt, prompted[column], source, output / column, expected, device,
+                                     reasoning_record(params.reasoning, instructions[column], with_text=False))
         summary[column] = {"step": step, "frames": len(samples)}
     if metrics:
         write_json(metrics, summary)

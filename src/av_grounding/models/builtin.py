@@ -7,8 +7,8 @@ initialised from a seed; vision tower, projector and language model scale togeth
   - a byte-level BPE tokenizer trained with ``tokenizers`` on the task's own text (the prompts and
     answers shaped like the task's, from a fixed seed), Qwen's special tokens at their usual ids
     and the real models' 151,936-entry vocabulary (most entries unused filler);
-  - a chat template with ``{% generation %}`` markers, so assistant-only loss masks come from
-    ``apply_chat_template(..., return_assistant_tokens_mask=True)``;
+  - the published chat template of the architecture, read from the installed ``trl``
+    (``models.hub.chat_template``), as the published checkpoints ship it;
   - the PIL image processor (no torchvision needed).
 All saved with ``save_pretrained``; model and tokenizer load back with the Auto classes, the
 image processor with its PIL class (``AutoImageProcessor`` insists on torchvision).
@@ -87,29 +87,6 @@ VOCAB_SIZE = 151936  # as the real models: room for every special id
 BPE_SIZE = 1024
 CORPUS_SEED = 0  # the tokenizer depends on the prompts only, so `format` can measure with it
 
-# Newlines are written as expressions: transformers renders templates with trim_blocks.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['role'] == 'assistant' %}{% generation %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{% else %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
 def task_corpus(system: str, user: str, answers: int = 400) -> list[str]:
     """Text the tokenizer learns from: the prompts and answers shaped like the task's."""
     from ..dataset.answers import AnswerStyle, format_answer
@@ -126,8 +103,9 @@ def task_corpus(system: str, user: str, answers: int = 400) -> list[str]:
     return texts
 
 
-def build_tokenizer(corpus: list[str]):
-    """A byte-level BPE of BPE_SIZE tokens, padded to VOCAB_SIZE, special tokens at Qwen's ids."""
+def build_tokenizer(corpus: list[str], template: str):
+    """A byte-level BPE of BPE_SIZE tokens, padded to VOCAB_SIZE, special tokens at Qwen's ids,
+    with the chat template ``template``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -151,15 +129,18 @@ def build_tokenizer(corpus: list[str]):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=list(SPECIAL_TOKENS), chat_template=CHAT_TEMPLATE,
+                                   additional_special_tokens=list(SPECIAL_TOKENS), chat_template=template,
                                    model_max_length=32768, padding_side="right")
     return fast
 
 
 @functools.cache
-def task_tokenizer(system: str, user: str):
-    """The built-in models' tokenizer for these prompts (deterministic)."""
-    return build_tokenizer(task_corpus(system, user))
+def task_tokenizer(system: str, user: str, arch: str = "qwen2_5_vl"):
+    """The built-in models' tokenizer for these prompts (deterministic), with the published chat
+    template of the architecture ``arch``."""
+    from .hub import chat_template
+
+    return build_tokenizer(task_corpus(system, user), chat_template(arch))
 
 
 def _portable_model_config(path: Path) -> None:
@@ -256,7 +237,7 @@ def build_builtin(name: str, folder: Path, seed: int, system: str, user: str, mi
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         _portable_model_config(tmp / "config.json")
-        task_tokenizer(system, user).save_pretrained(tmp)
+        task_tokenizer(system, user, split_name(name)[1]).save_pretrained(tmp)
         _portable_tokenizer_config(tmp / "tokenizer_config.json")
         image_processor_for(name, min_pixels, max_pixels).save_pretrained(tmp)
     return folder

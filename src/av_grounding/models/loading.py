@@ -12,6 +12,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     image_processor: Any
+    source: str = ""  # the folder or hub id it was loaded from
 
 
 def load_image_processor(source: str | Path):
@@ -19,6 +20,14 @@ def load_image_processor(source: str | Path):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     return Qwen2VLImageProcessorPil.from_pretrained(str(source))
+
+
+def model_type(source: str | Path) -> str:
+    """``config.model_type`` of a model folder or hub id (``qwen2_5_vl``, ``qwen3_vl``): what the
+    project dispatches on, never the folder's or id's name."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(source)).model_type
 
 
 def load_tokenizer(source: str | Path):
@@ -46,4 +55,4 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
         use_packed_vision_attention(model)
     if device is not None:
         model = model.to(device)
-    return LoadedModel(model, load_tokenizer(source), load_image_processor(source))
+    return LoadedModel(model, load_tokenizer(source), load_image_processor(source), str(source))

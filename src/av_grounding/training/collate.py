@@ -1,9 +1,13 @@
 """Samples -> model inputs. One place builds the prompt, so training and inference agree on it.
 
-The conversation goes through the tokenizer's chat template; the single ``<|image_pad|>`` is
-expanded to one token per merged image patch, as many as the image processor's grid gives at
-the configured ``min_pixels`` / ``max_pixels``. Labels cover the assistant's answer and its
-``<|im_end|>`` only (what ``{% generation %}`` marks); everything else is -100.
+The conversation goes through the tokenizer's chat template (the published one for the hub
+checkpoints and the built-in models alike: Qwen2.5-VL's adds the system message "You are a
+helpful assistant." when a sample has no system prompt, Qwen3-VL's adds none); the single
+``<|image_pad|>`` is expanded to one token per merged image patch, as many as the image
+processor's grid gives at the configured ``min_pixels`` / ``max_pixels``. Labels cover the
+assistant's answer and its ``<|im_end|>`` only; everything else is -100. A template that puts
+anything into the assistant turn around the answer (``<think>`` blocks, say) is refused, since
+the labels would train on it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ class BudgetError(PipelineError, ValueError):
     """A sample does not fit ``model_max_length``."""
 
 
+class TemplateError(PipelineError, ValueError):
+    """A chat template renders the assistant turn as something other than answer + ``<|im_end|>``."""
+
+
 def messages_of(sample: Sample, with_answer: bool) -> list[dict[str, Any]]:
-    messages = [{"role": "system", "content": [{"type": "text", "text": sample.system}]},
-                {"role": "user", "content": [{"type": "image", "image": str(sample.image)},
-                                             {"type": "text", "text": sample.user}]}]
+    """The conversation of a sample: system (only when the sample has a system prompt), user
+    (the image, then the text) and, ``with_answer``, the assistant's answer."""
+    messages = [{"role": "system", "content": [{"type": "text", "text": sample.system}]}] if sample.system else []
+    messages.append({"role": "user", "content": [{"type": "image", "image": str(sample.image)},
+                                                 {"type": "text", "text": sample.user}]})
     if with_answer:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": sample.answer}]})
     return messages
@@ -84,22 +94,37 @@ class Encoder:
         h, w = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
         return (h // factor) * (w // factor)
 
-    def _ids(self, messages, image_tokens: int, generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-        if text.count(IMAGE_PAD) != 1:
-            raise ValueError(f"chat template produced {text.count(IMAGE_PAD)} image placeholders, expected 1")
+    def render(self, sample: Sample, with_answer: bool) -> str:
+        """The chat template's text of the sample: up to the assistant's turn (the generation
+        prompt) or, ``with_answer``, through the answer. ``TemplateError`` unless the full text is
+        the prompt, the answer, ``<|im_end|>`` and nothing but newlines."""
+        prompt = self.tokenizer.apply_chat_template(messages_of(sample, False), tokenize=False,
+                                                    add_generation_prompt=True)
+        if prompt.count(IMAGE_PAD) != 1:
+            raise TemplateError(f"chat template produced {prompt.count(IMAGE_PAD)} image placeholders, expected 1")
+        if not with_answer:
+            return prompt
+        full = self.tokenizer.apply_chat_template(messages_of(sample, True), tokenize=False)
+        expected = prompt + sample.answer + "<|im_end|>"
+        if not full.startswith(expected) or full[len(expected):].strip("\n"):
+            raise TemplateError(f"sample {sample.id}: the chat template of {self.tokenizer.name_or_path or 'the model'} "
+                                f"renders the assistant turn as {full[len(prompt) - 10:]!r}, not the answer and "
+                                "<|im_end|>: labels would train on what it adds")
+        return full
+
+    def _ids(self, text: str, image_tokens: int) -> list[int]:
         return self.tokenizer(text.replace(IMAGE_PAD, IMAGE_PAD * image_tokens), add_special_tokens=False)["input_ids"]
 
     def text(self, sample: Sample, image_tokens: int, with_answer: bool = True) -> Text:
         """Token ids and labels; BudgetError when longer than ``max_length``."""
-        prompt = self._ids(messages_of(sample, False), image_tokens, True)
+        prompt = self._ids(self.render(sample, False), image_tokens)
         if not with_answer:
             ids, labels = prompt, [IGNORE] * len(prompt)
         else:
-            ids = self._ids(messages_of(sample, True), image_tokens, False)
-            if ids[: len(prompt)] != prompt:
-                raise ValueError(f"sample {sample.id}: the chat template's prompt is not a prefix of the full text")
-            end = len(ids) - 1 - ids[::-1].index(self.im_end)  # the assistant's closing <|im_end|>
+            ids = self._ids(self.render(sample, True), image_tokens)
+            if ids[: len(prompt)] != prompt or self.im_end not in ids[len(prompt):]:
+                raise TemplateError(f"sample {sample.id}: the tokens of the prompt are not a prefix of the full text's")
+            end = ids.index(self.im_end, len(prompt))  # the assistant's closing <|im_end|>
             labels = [IGNORE] * len(prompt) + ids[len(prompt): end + 1] + [IGNORE] * (len(ids) - end - 1)
         if len(ids) > self.max_length:
             raise BudgetError(f"sample {sample.id}: {len(ids)} tokens ({image_tokens} image) > model_max_length "

@@ -112,9 +112,11 @@ def cosmos_config(params: TrainParams, fmt: FormatParams, base: Path | str, run:
         "optm_name": "AdamW",
         "optm_lr": params.lr,
         "optm_weight_decay": params.weight_decay,
-        "optm_warmup_steps": params.warmup_ratio,  # a float in [0, 1] is a share of all steps
+        # an int counts steps, a float in [0, 1] is a share of all steps
+        "optm_warmup_steps": params.warmup_steps if params.warmup_steps is not None else float(params.warmup_ratio),
         "optm_decay_type": "cosine" if params.schedule == "cosine" else "none",
         "optm_grad_norm_clip": params.grad_clip,
+        "fsdp_offload": params.fsdp_offload,
         "train_batch_per_replica": per_step,
         "param_dtype": "bfloat16" if params.bf16 else "float32",
         "master_dtype": "float32",

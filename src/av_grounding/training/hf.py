@@ -19,6 +19,7 @@ import contextlib
 import copy
 import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
 from . import distributed
-from .collate import BudgetError, Encoder, answer_loss, within_budget
+from .collate import IGNORE, BudgetError, Encoder, answer_loss, within_budget
 from .data import StepPlan, loader_workers, step_loader
 from .loop import (STATE_FILE, CheckpointHook, LiveHook, ProgressHook, TimingHook, Trainer, latest_checkpoint,
                    save_folder)
@@ -61,9 +62,15 @@ def trainable_parameters(model, params: TrainParams):
     return model
 
 
+def warmup_steps(total: int, params: TrainParams) -> int:
+    """Optimizer steps of linear warmup: ``train.warmup_steps`` when set, else ``train.warmup_ratio``
+    of ``total`` rounded up."""
+    return params.warmup_steps if params.warmup_steps is not None else math.ceil(params.warmup_ratio * total)
+
+
 def lr_at(step: int, total: int, params: TrainParams) -> float:
     """Multiplier of the base learning rate: linear warmup, then cosine (or constant) decay."""
-    warmup = math.ceil(params.warmup_ratio * total)
+    warmup = warmup_steps(total, params)
     if step < warmup:
         return (step + 1) / warmup
     if params.schedule == "constant":
@@ -141,10 +148,12 @@ class SingleProcessTrainer(Trainer):
         s = self.setup
         save_folder(_merged(s.model), s.loaded.tokenizer, s.loaded.image_processor, folder,
                     {"step": self.step, "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "nonfinite_steps": self.nonfinite_steps})
+                     "torch_rng": torch.get_rng_state(), "nonfinite_steps": self.nonfinite_steps},
+                    source=s.loaded.source)
 
     def save_model(self, folder: Path) -> None:
-        save_folder(_merged(self.setup.model), self.setup.loaded.tokenizer, self.setup.loaded.image_processor, folder)
+        save_folder(_merged(self.setup.model), self.setup.loaded.tokenizer, self.setup.loaded.image_processor, folder,
+                    source=self.setup.loaded.source)
 
     def resume(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_FILE, weights_only=False, map_location="cpu")  # not rank 0's GPU
@@ -221,7 +230,8 @@ class ZeRO3Trainer(Trainer):
         s = self.setup
         state = ds.full_state_dict(self.engine)  # collective: every rank takes part
         if self.rank == 0:
-            save_folder(s.loaded.model, s.loaded.tokenizer, s.loaded.image_processor, folder, state_dict=state)
+            save_folder(s.loaded.model, s.loaded.tokenizer, s.loaded.image_processor, folder, state_dict=state,
+                        source=s.loaded.source)
         distributed.barrier()
         self.engine.save_checkpoint(str(folder / "deepspeed"), client_state={"step": self.step})
         if self.rank == 0:
@@ -235,11 +245,28 @@ class ZeRO3Trainer(Trainer):
         state = ds.full_state_dict(self.engine)
         if self.rank == 0:
             save_folder(self.setup.model, self.setup.loaded.tokenizer, self.setup.loaded.image_processor, folder,
-                        state_dict=state)
+                        state_dict=state, source=self.setup.loaded.source)
 
     def resume(self, checkpoint: Path) -> None:
         _, client_state = self.engine.load_checkpoint(str(checkpoint / "deepspeed"))
         self.step = client_state["step"]
+
+
+def check_memory(model, params: TrainParams, examples, device) -> None:
+    """``ParamsError`` before the first step when the estimated peak of the largest micro-batch
+    (``training.memory``) exceeds the GPU's memory."""
+    from .memory import check_fits, estimate
+
+    def largest(values: list[int]) -> int:
+        return sum(sorted(values)[-params.batch_size:])
+
+    texts = [text for _, text in examples]
+    image_pad = model.config.image_token_id
+    needed = estimate(model, params.gradient_checkpointing, largest([len(t.input_ids) for t in texts]),
+                      4 * largest([t.input_ids.count(image_pad) for t in texts]),
+                      largest([sum(label != IGNORE for label in t.labels) for t in texts]))
+    check_fits(needed, torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
+    print(f"train: estimated peak memory {needed.describe()}", file=sys.stderr)
 
 
 def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
@@ -277,6 +304,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
     if params.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()
     model = trainable_parameters(loaded.model, params)
+    if device != "cpu" and not zero3:
+        check_memory(model, params, examples, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # On the CPU, the fused AdamW: its square root is ATen's own (IEEE-exact), where the plain one
     # calls MKL's vector math, whose results depend on the CPU's vendor (numerics.py).

@@ -113,13 +113,24 @@ def canonical(state: Any) -> Any:
     return state
 
 
+# Files of a model folder that no object saved here writes (the video processor needs
+# torchvision to load; transformers 5 saves a tokenizer as tokenizer.json alone): copied from the
+# folder training started from, so a fine-tuned or merged model keeps everything the published
+# checkpoint ships.
+COMPANION_FILES = ("video_preprocessor_config.json", "chat_template.json", "vocab.json", "merges.txt")
+
+
 def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str, Any] | None = None,
-                state_dict: dict[str, Any] | None = None) -> None:
-    """A Hugging Face folder written atomically, with ``extra`` as the training state to resume from."""
+                state_dict: dict[str, Any] | None = None, source: str = "") -> None:
+    """A Hugging Face folder written atomically, with ``extra`` as the training state to resume
+    from, and the COMPANION_FILES of the local folder ``source`` that it lacks."""
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
+        for name in COMPANION_FILES:
+            if source and (Path(source) / name).is_file() and not (tmp / name).exists():
+                shutil.copyfile(Path(source) / name, tmp / name)
         if extra is not None:
             torch.save(canonical(extra), tmp / STATE_FILE)
 
@@ -178,7 +189,7 @@ class Trainer(abc.ABC):
             raise TrainingDivergedError(
                 f"step {result.step}: loss {result.loss}, gradient norm {result.grad_norm} (non-finite; "
                 f"{self.nonfinite_steps} such step(s), train.max_nonfinite_steps {self.max_nonfinite_steps}); "
-                f"lower train.lr or raise train.warmup_ratio. Last good checkpoint: "
+                f"lower train.lr or raise train.warmup_ratio (or train.warmup_steps). Last good checkpoint: "
                 f"{self.last_checkpoint or 'none'}")
 
     can_skip = True  # whether run_step leaves the weights untouched on a non-finite step

@@ -32,7 +32,7 @@ from ..dataset.prompts import load_prompts
 from .. import numerics
 from ..errors import PipelineError
 from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
-from ..params import FormatParams, ParamsError, TrainParams, with_preset
+from ..params import FormatParams, ParamsError, TrainParams
 from ..sources import code_digest
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
 from . import distributed
@@ -48,9 +48,9 @@ HUB_TIMEOUT_S = 10.0
 
 
 def resolved(params: TrainParams) -> TrainParams:
-    """The params a run uses: the preset applied, and ``lr: null`` replaced by the built-in
-    model size's learning rate (``models.builtin.MODEL_SIZES``) or PRETRAINED_LR."""
-    params = with_preset(params)
+    """The params a run uses: ``lr: null`` replaced by the built-in model size's learning rate
+    (``models.builtin.MODEL_SIZES``) or PRETRAINED_LR. (A preset is applied when the params
+    load: ``params.load``.)"""
     if params.lr is None:
         lr = split_name(params.model)[0].lr if params.model in BUILTIN_MODELS else PRETRAINED_LR
         params = dataclasses.replace(params, lr=lr)
@@ -143,6 +143,18 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
         write_json(output / INPUTS, inputs)
 
 
+def check_family(base: Path | str, fmt: FormatParams) -> None:
+    """``ParamsError`` unless the base model's ``config.model_type`` is ``format.model_family``
+    (the architecture the dataset's image sizes and token budgets were computed for)."""
+    from ..models.loading import model_type
+
+    kind = model_type(base)
+    if kind != fmt.model_family:
+        raise ParamsError(f"train.model {str(base)!r} is a {kind} model (config.json model_type), but "
+                          f"format.model_family is {fmt.model_family!r}: the dataset's image sizes and token "
+                          f"budgets were computed for the other architecture; set format.model_family: {kind}")
+
+
 class LaunchError(PipelineError, RuntimeError):
     """The processes a ``train.gpus`` launch started did not all complete (their own messages
     are printed above this one)."""
@@ -208,6 +220,7 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
         distributed.barrier()
     else:
         base = base_model(params, fmt, output)
+    check_family(base, fmt)
     if params.backend == "hf":
         from .hf import train_hf
 

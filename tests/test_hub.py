@@ -1,0 +1,176 @@
+"""The published checkpoints' folders (``models.hub``): real tokenizer and chat templates, tiny
+weights, through format, train, infer and evaluate for both architectures. The folders are
+renamed so that nothing can dispatch on a name."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TRAINING_FORMAT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from av_grounding.dataset.build import format_dataset, published_tokenizer
+from av_grounding.dataset.formats import Sample, read_cosmos
+from av_grounding.dataset.tokens import qwen_vocabulary
+from av_grounding.models import hub
+from av_grounding.models.loading import load_model
+from av_grounding.params import ParamsError, TrainParams
+from av_grounding.training.collate import IGNORE, Encoder, TemplateError
+
+PUBLISHED_FILES = {"chat_template.json", "config.json", "generation_config.json", "merges.txt",
+                   "model.safetensors", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "vocab.json"}
+TRL_TEMPLATES = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "chat_templates"
+DEFAULT_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
+@pytest.fixture(scope="module", params=sorted(hub.HUB_MODELS))
+def published(request, tmp_path_factory) -> tuple[str, Path]:
+    """(model type, folder) of a tiny-weight published checkpoint, in a folder whose name says nothing."""
+    folder = tmp_path_factory.mktemp("hub") / f"checkpoint-{sorted(hub.HUB_MODELS).index(request.param)}"
+    hub.write_hub_folder(request.param, folder, weights="tiny")
+    return hub.HUB_MODELS[request.param].model_type, folder
+
+
+def test_merges_are_one_per_multibyte_rank():
+    vocab, merges = hub.vocabulary_and_merges()
+    assert len(vocab) == 151643 and len(merges) == 151643 - 256  # the published merges.txt's count
+    assert len({a + b for a, b in merges}) == len(merges)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+       | st.from_regex(r'\[\{"bbox_3d":\[[-0-9., ]{0,40}\],"label":"(car|truck|bus)"\}\]', fullmatch=True))
+def test_the_tokenizer_tokenizes_as_the_tiktoken_ranks(text):
+    """Hugging Face's merge-order BPE over the derived merges equals tiktoken's rank-order BPE."""
+    tokenizer = published_tokenizer("qwen3_vl")
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == qwen_vocabulary().encode(text)
+
+
+def test_the_folder_holds_the_published_files_and_loads_through_the_auto_classes(published):
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, folder = published
+    extra = {"video_preprocessor_config.json"} if kind == "qwen3_vl" else set()
+    assert {p.name for p in folder.iterdir()} == PUBLISHED_FILES | extra
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == kind and config.tie_word_embeddings is False
+    assert config.text_config.vocab_size == {"qwen2_5_vl": 152064, "qwen3_vl": 151936}[kind]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = (TRL_TEMPLATES / f"{kind}.jinja").read_text()
+    assert tokenizer.chat_template == template
+    assert json.loads((folder / "chat_template.json").read_text())["chat_template"] == template
+    assert len(tokenizer) == {"qwen2_5_vl": 151665, "qwen3_vl": 151669}[kind]
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    loaded = load_model(folder)
+    assert loaded.model.config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>") == 151655
+    assert loaded.image_processor.patch_size == {"qwen2_5_vl": 14, "qwen3_vl": 16}[kind]
+    assert list(loaded.image_processor.image_mean) == (hub.CLIP_MEAN if kind == "qwen2_5_vl" else [0.5] * 3)
+
+
+def test_a_conversation_without_system_prompt_gets_qwen2_5_vls_default_and_nothing_from_qwen3_vl(published, tmp_path):
+    kind, folder = published
+    loaded = load_model(folder)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, 3136, 40960, 4096)
+    without = Sample("a", tmp_path / "a.jpg", "", "Find all vehicles.", "[]")
+    text = encoder.render(without, with_answer=True)
+    assert text.startswith(DEFAULT_SYSTEM) == (kind == "qwen2_5_vl")
+    assert text.endswith("<|im_start|>assistant\n[]<|im_end|>\n") and ("system" in text) == (kind == "qwen2_5_vl")
+    given_system = encoder.render(dataclasses.replace(without, system="You ground vehicles."), with_answer=False)
+    assert given_system.startswith("<|im_start|>system\nYou ground vehicles.<|im_end|>\n")
+
+
+# Qwen3's thinking templates open every assistant turn with a <think> block.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}<think>\n\n</think>\n\n"
+    "{% endif %}{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_template_that_writes_into_the_assistant_turn_is_refused(tmp_path):
+    """An empty <think> block before the answer would be trained on: the encoder refuses it."""
+    tokenizer = hub.build_tokenizer("qwen3_vl")
+    tokenizer.chat_template = THINKING_TEMPLATE
+    encoder = Encoder(tokenizer, None, 3136, 40960, 4096)
+    sample = Sample("a", tmp_path / "a.jpg", "s", "u", "[]")
+    assert encoder.render(sample, with_answer=False).endswith("<|im_start|>assistant\n")
+    with pytest.raises(TemplateError, match="labels would train on what it adds"):
+        encoder.render(sample, with_answer=True)
+
+
+@pytest.mark.parametrize("family, system_prompt", [("qwen2_5_vl", False), ("qwen3_vl", True)])
+def test_formats_token_budgets_equal_the_published_tokenizers_count_of_every_sample(curated, tmp_path, family,
+                                                                                   system_prompt):
+    fmt = dataclasses.replace(TRAINING_FORMAT, model_family=family, system_prompt=system_prompt)
+    summary = format_dataset(fmt, curated[0] / "filtered", curated[0] / "extracted", tmp_path / "dataset")
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    hub.write_tokenizer(family, folder)
+    from transformers import AutoTokenizer
+
+    encoder = Encoder(AutoTokenizer.from_pretrained(folder), None, fmt.min_pixels, fmt.max_pixels, 10**9)
+    for split in ("train", "eval"):
+        for sample in read_cosmos(tmp_path / "dataset" / split):
+            budget = json.loads((tmp_path / "dataset" / split / "text" / f"{sample.id}.json").read_text())["tokens"]
+            assert (sample.system == "") != system_prompt
+            text = encoder.text(sample, budget["image"])
+            assert len(text.input_ids) == sum(budget.values())
+            assert sum(label != IGNORE for label in text.labels) == budget["answer"]
+            assert text.input_ids.count(encoder.image_pad) == budget["image"]
+    assert summary["tokens"]["chat_template"] == f"trl/chat_templates/{family}.jinja"
+
+
+@pytest.mark.slow
+def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, tmp_path):
+    """format -> train (2 steps, full fine-tuning) -> infer -> evaluate from a renamed tiny-weight
+    hub folder without a system prompt; the fine-tuned folder keeps every published file."""
+    from av_grounding.evaluation.stage import evaluate
+    from av_grounding.inference.infer import infer
+    from av_grounding.params import EvaluateParams, InferParams
+    from av_grounding.training.train import train
+
+    kind, folder = published
+    fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind, system_prompt=False)
+    dataset = tmp_path / "dataset"
+    format_dataset(fmt, curated[0] / "filtered", curated[0] / "extracted", dataset)
+    params = TrainParams(model=str(folder), max_steps=2, batch_size=2, save_every=0)
+    with pytest.raises(ParamsError, match="set format.model_family"):
+        other = "qwen3_vl" if kind == "qwen2_5_vl" else "qwen2_5_vl"
+        train(params, dataclasses.replace(fmt, model_family=other), dataset, tmp_path / "wrong", None, tmp_path / "l0")
+    summary = train(params, fmt, dataset, tmp_path / "train", None, tmp_path / "live")
+    assert summary["steps"] == 2 and summary["lr"] == 1e-5
+    model = tmp_path / "train" / "model"
+    assert {p.name for p in folder.iterdir()} - {p.name for p in model.iterdir()} == set()
+    assert load_model(model).tokenizer.chat_template == (TRL_TEMPLATES / f"{kind}.jinja").read_text()
+    columns = infer(InferParams(max_new_tokens=8, batch_size=4, zero_shot=False, checkpoints="none"), fmt, dataset,
+                    tmp_path / "train", tmp_path / "predictions")
+    assert list(columns) == ["final"]
+    results = evaluate(EvaluateParams(overlays=0), dataset, tmp_path / "predictions", tmp_path / "eval.json",
+                       tmp_path / "plots")
+    assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))
+
+
+def test_greedy_answers_do_not_use_the_folders_sampling_settings(published, dataset, tmp_path):
+    """Qwen2.5-VL's generation_config.json asks for a repetition penalty of 1.05 (and sampling):
+    ``generate`` decodes the same tokens with the file and without it."""
+    import shutil
+
+    from av_grounding.inference.generate import generate
+
+    kind, folder = published
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / "generation_config.json").unlink()
+    sample = read_cosmos(dataset / "eval")[0]
+    answers = []
+    for source in (folder, bare):
+        loaded = load_model(source)
+        encoder = Encoder(loaded.tokenizer, loaded.image_processor, 3136, 40960, 4096)
+        answers.append(generate(loaded.model, encoder, [sample], max_new_tokens=24)[0].token_ids)
+    assert answers[0] == answers[1]
