@@ -1,6 +1,6 @@
 """The cosmos-rl backend on CPU: the generated TOML, the self-contained dataset script run with
 plain Python, the token-budget guard, and the export check and placement around the subprocess.
-(cosmos-rl itself needs a GPU: its real run is in benchmarks/results/cosmos_rl_sft_*.)"""
+(cosmos-rl itself needs a GPU: its real run is in benchmarks/cosmos_rl_sft/results/.)"""
 
 from __future__ import annotations
 

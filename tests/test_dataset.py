@@ -173,7 +173,7 @@ def test_over_long_samples_are_dropped_and_counted(filtered):
     assert sum(summary["samples"].values()) + summary["samples_over_max_length"] == summary["frames_in"]
     for name in ("train", "eval"):
         for sample in read_cosmos(filtered / "short" / name):
-            assert count_qwen(sample.answer + "<|im_end|>") + 138 + 45 <= 237
+            assert count_qwen(sample.answer + "<|im_end|>") + 139 + 45 <= 237
 
 
 def test_answer_styles_are_compared_on_an_evenly_spaced_sample():

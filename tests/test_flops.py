@@ -28,7 +28,7 @@ from av_grounding.models.flops import (Flops, StepCounts, counts_of_batch, forwa
                                        training_flops, window_lengths)
 from av_grounding.training.collate import IGNORE, Encoded, answer_loss, collate
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput"  # train_throughput.py
 TOLERANCE = 0.01  # relative; the rotary table is the only difference (module docstring)
 
 # Per sample: (patch grid t, h, w; text tokens before the image; answer tokens). The first set has

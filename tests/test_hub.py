@@ -140,9 +140,14 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     dataset = tmp_path / "dataset"
     format_dataset(fmt, curated[0] / "filtered", curated[0] / "extracted", dataset)
     params = TrainParams(model=str(folder), max_steps=2, batch_size=2, save_every=0)
-    with pytest.raises(ParamsError, match="set format.model_family"):
-        other = "qwen3_vl" if kind == "qwen2_5_vl" else "qwen2_5_vl"
-        train(params, dataclasses.replace(fmt, model_family=other), dataset, tmp_path / "wrong", None, tmp_path / "l0")
+    # A dataset formatted for the other architecture is refused before anything is written.
+    other = {"qwen2_5_vl": "qwen3_vl", "qwen3_vl": "qwen2_5_vl"}[kind]
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "split.json").write_text(json.dumps({"model_family": other}))
+    with pytest.raises(ParamsError, match=rf"is a {kind} model .* formatted for {other} .*set format.model_family"):
+        train(params, fmt, wrong, tmp_path / "out", None, tmp_path / "l0")
+    assert not (tmp_path / "out").exists()
     summary = train(params, fmt, dataset, tmp_path / "train", None, tmp_path / "live")
     assert summary["steps"] == 2 and summary["lr"] == 1e-5
     model = tmp_path / "train" / "model"
@@ -174,3 +179,39 @@ def test_greedy_answers_do_not_use_the_folders_sampling_settings(published, data
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, 3136, 40960, 4096)
         answers.append(generate(loaded.model, encoder, [sample], max_new_tokens=24)[0].token_ids)
     assert answers[0] == answers[1]
+
+
+def test_an_incomplete_or_foreign_model_folder_is_refused_before_any_work(published, tmp_path):
+    """transformers builds an empty tokenizer from a folder without vocabulary and fails steps
+    later; the stage names what is missing first. A model of another architecture is refused too."""
+    import shutil
+
+    from av_grounding.training.train import train
+
+    kind, folder = published
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    for name in ("tokenizer.json", "vocab.json", "chat_template.json"):
+        (broken / name).unlink()
+    params = TrainParams(model=str(broken), max_steps=1, batch_size=1)
+    fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind)
+    with pytest.raises(ParamsError, match=r"not a model folder; it lacks tokenizer.json \(or vocab.json and merges.txt\)"):
+        train(params, fmt, tmp_path, tmp_path / "out", None, tmp_path / "live")
+    config = json.loads((folder / "config.json").read_text())
+    foreign = tmp_path / "foreign"
+    shutil.copytree(folder, foreign)
+    (foreign / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ParamsError, match=r"is a llama model .* this pipeline trains qwen2_5_vl and qwen3_vl"):
+        train(dataclasses.replace(params, model=str(foreign)), fmt, tmp_path, tmp_path / "out", None, tmp_path / "l")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_writer_refuses_a_folder_with_files_and_a_file(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert hub.main(["Cosmos-Reason1-7B", str(tmp_path / "mine")]) == 2
+    assert "exists and holds files" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+    (tmp_path / "afile").write_text("x")
+    assert hub.main(["Cosmos-Reason1-7B", str(tmp_path / "afile")]) == 2
+    assert "not a folder name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]

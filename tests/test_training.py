@@ -152,6 +152,69 @@ def test_training_and_generation_call_no_operator_whose_cpu_result_depends_on_th
     assert "_fused_adamw" in seen, sorted(seen)
 
 
+@pytest.mark.parametrize("model", TINY)
+def test_timing_reports_model_flops_counted_from_each_steps_batches(model, few, tmp_path, monkeypatch):
+    """The timing file's model TFLOP/s are the FLOPs of the batches each step trained
+    (``training_flops`` of every micro-batch, recomputed here from what the loader yielded) per
+    second of step time; checkpointing's recomputation apart; none of it in the metrics."""
+    from transformers import AutoConfig
+
+    from av_grounding.models.flops import counts_of_batch, training_flops
+    from av_grounding.training import hf, loop
+
+    yielded, records = [], []
+    real_loader, real_record = hf.step_loader, loop.timing_record
+
+    def recording_loader(*args, **kwargs):
+        for batch in real_loader(*args, **kwargs):
+            yielded.append(batch)
+            yield batch
+
+    def recording_record(results, *args):
+        records.append(list(results))
+        return real_record(results, *args)
+
+    monkeypatch.setattr(hf, "step_loader", recording_loader)
+    monkeypatch.setattr(loop, "timing_record", recording_record)
+    params = TrainParams(model=model, max_steps=2, batch_size=1, grad_accum=2, save_every=0,
+                         gradient_checkpointing=True)
+    summary = train(params, format_for(model), few, tmp_path / "out", tmp_path / "train.json", tmp_path / "live",
+                    tmp_path / "timing.json")
+    config = AutoConfig.from_pretrained(tmp_path / "out" / "model")
+    (results,) = records
+    assert len(yielded) == 4 and [r.step for r in results] == [1, 2]
+    for index, result in enumerate(results):
+        expected = [training_flops(config, counts_of_batch(b), checkpointing=True) for b in yielded[2 * index:][:2]]
+        assert result.flops == sum(f.total for f in expected) > 0
+        assert result.recomputed_flops == sum(f.recomputed for f in expected) > 0
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    seconds = sum(r.seconds for r in results)
+    assert timing["model_tflops_per_s"] > 0
+    # 4 significant digits, then the 6 decimals every stored float keeps (storage.canonical)
+    assert timing["model_tflops_per_s"] == pytest.approx(sum(r.flops for r in results) / seconds / 1e12,
+                                                         rel=1e-3, abs=1e-6)
+    assert timing["recompute_tflops_per_s"] == pytest.approx(
+        sum(r.recomputed_flops for r in results) / seconds / 1e12, rel=1e-3, abs=1e-6)
+    assert len(timing["per_step"]["model_tflops_per_s"]) == 2 and "process" in timing["tflops_per_s_of"]
+    assert "device" not in timing and "mfu_datasheet" not in timing  # a CPU run
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert not any("flops" in key for key in [*summary, *metrics])
+
+
+def test_timing_record_rates_and_datasheet_mfu():
+    from av_grounding.models.flops import DATASHEET_BF16
+    from av_grounding.training.loop import StepResult, timing_record
+
+    steps = [StepResult(1, 1.0, 1.0, 1e-3, 3.0, 4, 100, 6e12, 2e12), StepResult(2, 1.0, 1.0, 1e-3, 1.0, 4, 100, 2e12)]
+    record = timing_record(steps, 5.0, "NVIDIA H200", DATASHEET_BF16["NVIDIA H200"])
+    assert record["model_tflops_per_s"] == 2.0 and record["recompute_tflops_per_s"] == 0.5
+    assert record["per_step"]["model_tflops_per_s"] == [2.0, 2.0]
+    assert record["device"] == "NVIDIA H200" and record["mfu_datasheet"] == round(2e12 / 989e12, 4)
+    uncounted = timing_record([StepResult(1, 1.0, 1.0, 1e-3, 2.0, 4)], 2.0)  # cosmos-rl's steps
+    assert uncounted["model_tflops_per_s"] is None and uncounted["per_step"]["model_tflops_per_s"] == [None]
+    assert not {"recompute_tflops_per_s", "tflops_per_s_of", "device", "mfu_datasheet"} & set(uncounted)
+
+
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

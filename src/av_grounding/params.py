@@ -280,7 +280,7 @@ class TrainParams(Checked):
     fused_kernels: FusedKernels = param("none", "liger: Liger's fused rotary, RMSNorm and SwiGLU kernels (Triton) "
                                         "in the language model, on CUDA devices only (CPU runs keep PyTorch's)")
     attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
-                                           "benchmarks/results/train_throughput_h200.json)")
+                                           "benchmarks/train_throughput/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)
     max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
                                      "counted) before the run stops with an error; ZeRO-3 stops at the first",
@@ -349,7 +349,7 @@ class InferParams(Checked):
     vision_attention: VisionAttention = param("packed", "packed or per_segment, as train.vision_attention")
     kv_cache: KVCache = param("static", "generation's KV cache: static (preallocated; on CUDA transformers then "
                                         "compiles the decoding step: 82M model on an H200 3-20x faster, "
-                                        "benchmarks/results/infer_throughput.md) or dynamic (grows per token)")
+                                        "benchmarks/infer_throughput/results/infer_throughput.md) or dynamic (grows per token)")
     reasoning: Literal["none", "model"] = param(
         "none", "none: the prompts as trained (plain JSON answers); model: each model's published reasoning "
                 "instruction (prompts/reasoning.yaml, chosen by the model folder's config.model_type), in the message "

@@ -1,7 +1,7 @@
 """Image shards: many small files stored as one uncompressed tar, read back by member name.
 
 Why: DVC pushes and pulls one object per file, and with thousands of small JPEGs the per-object
-cost dominates (benchmarks/results/remote_push_pull.md). A shard keeps the bytes of each member
+cost dominates (benchmarks/remote_push_pull/results/remote_push_pull.md). A shard keeps the bytes of each member
 unchanged, so readers get exactly the JPEG that was written.
 
 Shards are deterministic: ustar headers with zero mtime, owner and group, mode 0644, members in

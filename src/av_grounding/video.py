@@ -37,7 +37,7 @@ from .storage import temporary_sibling
 
 STRATEGIES = ("auto", "decode_all", "seek", "keyframes")
 # A seek flushes the decoder and re-reads from a keyframe; count it as this many decoded frames
-# (at 1080p a seek that saved only 1-2 frames was slower than decoding on: benchmarks/results).
+# (at 1080p a seek that saved only 1-2 frames was slower than decoding on: benchmarks/extract_throughput/results).
 SEEK_COST_FRAMES = 5
 MP4_DEMUXERS = {"mov", "mp4"}  # FFmpeg's mov/mp4 demuxer: the videos are <clip_id>.mp4
 

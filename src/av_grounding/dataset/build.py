@@ -178,7 +178,8 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             write_cosmos(staging / split, [(s.id, record, messages) for s, record, messages in entries])
             write_qwen(staging / split, [s for s, _, _ in entries])
         write_json(staging / "split.json", {"train": train_clips, "eval": eval_clips,
-                                            "samples": {k: len(v) for k, v in per_split.items()}})
+                                            "samples": {k: len(v) for k, v in per_split.items()},
+                                            "model_family": params.model_family})
     configured = {"configured": style}
     tiny = task_tokenizer(prompts.system, prompts.user)
 

@@ -44,7 +44,7 @@ def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int
     (``generation_config.json``) are not used. ``kv_cache``: transformers' cache kind;
     ``static`` preallocates it at the longest length, which lets transformers compile the decoding
     step on CUDA (82M model on an H200: 3.3x the dynamic cache at batch 1, 20x at batch 32,
-    ``benchmarks/results/infer_throughput.md``); ``dynamic`` grows it token by token. In fp32 on
+    ``benchmarks/infer_throughput/results/infer_throughput.md``); ``dynamic`` grows it token by token. In fp32 on
     CPU, where transformers does not compile, both give the same answers (tested); in bf16 the
     compiled step rounds differently, so near-ties between tokens may flip."""
     from transformers import GenerationConfig, LogitsProcessorList

@@ -64,10 +64,10 @@ def load_instructions(path: str | Path = REASONING_PROMPTS) -> dict[str, Instruc
 def model_type_of(source: str | Path) -> str:
     """``config.model_type`` of a model folder or hub id (reads config.json only); ParamsError
     naming the model when its config cannot be read."""
-    from transformers import AutoConfig
+    from ..models.loading import model_type
 
     try:
-        return AutoConfig.from_pretrained(str(source)).model_type
+        return model_type(source)
     except (OSError, ValueError) as exc:
         raise ParamsError(f"{source}: cannot read the model's config.json for infer.reasoning model: {exc}") from exc
 

@@ -143,34 +143,6 @@ def task_tokenizer(system: str, user: str, arch: str = "qwen2_5_vl"):
     return build_tokenizer(task_corpus(system, user), chat_template(arch))
 
 
-def _portable_model_config(path: Path) -> None:
-    """transformers 4 reads the rotary settings (M-RoPE sections, theta) from ``rope_scaling`` and
-    ``rope_theta``, and the tied embeddings and architectures through the text config (its composite
-    config answers every attribute the text config has); transformers 5 reads ``rope_parameters``
-    and the top level. Write both, or 4.x silently falls back to the full-size models' M-RoPE
-    sections, a random ``lm_head`` and no architecture (cosmos-rl then builds the wrong class)."""
-    import json
-
-    config = json.loads(path.read_text())
-    rope = config["text_config"]["rope_parameters"]
-    config["text_config"]["rope_theta"] = rope["rope_theta"]
-    config["text_config"]["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    for key in ("tie_word_embeddings", "architectures"):
-        config["text_config"][key] = config[key]
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _portable_tokenizer_config(path: Path) -> None:
-    """transformers 5 names its own tokenizer class and special-token key, which transformers 4
-    (cosmos-rl's environment) cannot read; the names both versions read load identical tokenizers."""
-    import json
-
-    config = json.loads(path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["additional_special_tokens"] = config.pop("extra_special_tokens")
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def _merges_of(tokenizer) -> list:
     import json
 
@@ -231,13 +203,13 @@ def build_builtin(name: str, folder: Path, seed: int, system: str, user: str, mi
     from transformers import AutoModelForImageTextToText
 
     from ..storage import atomic_folder
+    from .loading import make_portable
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(builtin_config(name))
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
-        _portable_model_config(tmp / "config.json")
         task_tokenizer(system, user, split_name(name)[1]).save_pretrained(tmp)
-        _portable_tokenizer_config(tmp / "tokenizer_config.json")
         image_processor_for(name, min_pixels, max_pixels).save_pretrained(tmp)
+        make_portable(tmp)
     return folder

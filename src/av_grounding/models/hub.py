@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -353,14 +354,19 @@ def write_weights(model_type: str, weights: Weights, folder: Path, seed: int, de
 
 
 def write_hub_folder(name: str, folder: str | Path, weights: Weights = "tiny", seed: int = 0,
-                     device: str = "cpu") -> Path:
+                     device: str = "cpu", replace: bool = False) -> Path:
     """Write the published checkpoint ``name`` (a key of HUB_MODELS) into ``folder``, atomically:
     every file its hub repository ships, with random weights of the ``weights`` shape. The full
-    shape needs about 17 GB of memory on ``device`` and of disk."""
+    shape needs about 17 GB of memory on ``device`` and of disk. ``HubFolderError`` for an
+    unknown name, a path that is a file, or a folder with files in it (unless ``replace``)."""
     from ..storage import atomic_folder
 
     model = hub_model(name)
     folder = Path(folder)
+    if not folder.resolve().name or folder.is_file():
+        raise HubFolderError(f"{folder}: not a folder name to write the model into")
+    if folder.is_dir() and any(folder.iterdir()) and not replace:
+        raise HubFolderError(f"{folder}: exists and holds files; choose an empty or new folder (or replace it)")
     with atomic_folder(folder) as tmp:
         tmp.mkdir()
         write_weights(model.model_type, weights, tmp, seed, device)
@@ -383,8 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="where the random weights are made (cuda is much faster)")
+    parser.add_argument("--replace", action="store_true", help="replace a folder that holds files")
     args = parser.parse_args(argv)
-    print(write_hub_folder(args.name, args.folder, args.weights, args.seed, args.device))
+    from ..storage import StorageError
+
+    try:
+        print(write_hub_folder(args.name, args.folder, args.weights, args.seed, args.device, args.replace))
+    except (HubFolderError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -22,6 +22,22 @@ def load_image_processor(source: str | Path):
     return Qwen2VLImageProcessorPil.from_pretrained(str(source))
 
 
+def missing_files(folder: Path) -> list[str]:
+    """What a local model folder lacks of what loading needs: configuration, image processor,
+    tokenizer vocabulary and chat template (transformers would build an empty tokenizer from a
+    folder without vocabulary and fail steps later)."""
+    def has(*names: str) -> bool:
+        return all((folder / name).is_file() for name in names)
+
+    missing = [name for name in ("config.json", "preprocessor_config.json") if not has(name)]
+    if not has("tokenizer.json") and not has("vocab.json", "merges.txt"):
+        missing.append("tokenizer.json (or vocab.json and merges.txt)")
+    in_config = has("tokenizer_config.json") and "chat_template" in (folder / "tokenizer_config.json").read_text()
+    if not (in_config or has("chat_template.json") or has("chat_template.jinja")):
+        missing.append("a chat template (chat_template.json, chat_template.jinja or tokenizer_config.json)")
+    return missing
+
+
 def model_type(source: str | Path) -> str:
     """``config.model_type`` of a model folder or hub id (``qwen2_5_vl``, ``qwen3_vl``): what the
     project dispatches on, never the folder's or id's name."""
@@ -56,3 +72,44 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
     if device is not None:
         model = model.to(device)
     return LoadedModel(model, load_tokenizer(source), load_image_processor(source), str(source))
+
+
+def _portable_model_config(path: Path) -> None:
+    """transformers 4 reads the rotary settings (M-RoPE sections, theta) from ``rope_scaling`` and
+    ``rope_theta``, and the tied embeddings and architectures through the text config (its composite
+    config answers every attribute the text config has); transformers 5 reads ``rope_parameters``
+    and the top level. Write both, or 4.x silently falls back to the full-size models' M-RoPE
+    sections, a random ``lm_head`` and no architecture (cosmos-rl then builds the wrong class)."""
+    import json
+
+    config = json.loads(path.read_text())
+    text = config.get("text_config")
+    if text is None or "rope_parameters" not in text:  # already in transformers 4's form
+        return
+    rope = text["rope_parameters"]
+    text["rope_theta"] = rope["rope_theta"]
+    text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    for key in ("tie_word_embeddings", "architectures"):
+        if key in config:
+            text[key] = config[key]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    """transformers 5 names its own tokenizer class and special-token key, which transformers 4
+    (cosmos-rl's environment) cannot read; the names both versions read load identical tokenizers."""
+    import json
+
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if "extra_special_tokens" in config:
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def make_portable(folder: Path) -> None:
+    """Rewrite a folder transformers 5 saved so that transformers 4 (cosmos-rl's environment, and
+    the published checkpoints' own) reads the same model and tokenizer from it."""
+    _portable_model_config(folder / "config.json")
+    if (folder / "tokenizer_config.json").is_file():
+        _portable_tokenizer_config(folder / "tokenizer_config.json")

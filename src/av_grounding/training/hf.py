@@ -10,7 +10,8 @@ builds the model, optimizer and data, and holds the three execution paths: one p
 (``ZeRO3Trainer``: for models that do not). Checkpoints are Hugging Face folders (weights, tokenizer, image processor)
 plus ``trainer_state.pt``; a rerun resumes from the newest complete one and ends with the same
 weights as an uninterrupted run. DVCLive logs loss, learning rate and gradient norm per optimizer
-step; the timing file their wall time, samples/s and tokens/s.
+step; the timing file their wall time, samples/s, tokens/s and the model FLOP/s of rank 0
+(``step_flops``: counted from the operations, ``models.flops``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from ..dataset.formats import read_cosmos
+from ..models.flops import counts_of_batch, training_flops
 from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
@@ -95,6 +97,24 @@ class Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: str
     world: int
+    checkpointing: bool = False  # activation checkpointing on (its recomputation counted apart)
+
+    def step_flops(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+        """(model FLOPs, recomputed FLOPs) of one process's micro-batches, from the collated CPU
+        batches (``counts_of_batch`` reads shapes and labels on the host: nothing waits for the
+        device). ``training_flops`` charges every matrix product 3 x forward (the gradients of its
+        input and of its weight): frozen weights (LoRA's base weights, a frozen vision tower or
+        language model) skip their weight gradients, and a frozen vision tower with a frozen
+        projector runs no backward at all, so for those runs the figure overstates the work
+        done (LoRA's own low-rank products are not counted either: small beside it). Attention is
+        counted over the full square (as the throughput benchmark and FlopCounterMode count
+        SDPA), not the causal half a flash kernel computes."""
+        config = self.loaded.model.config
+        total = recomputed = 0.0
+        for batch in micro_batches:
+            flops = training_flops(config, counts_of_batch(batch), checkpointing=self.checkpointing)
+            total, recomputed = total + flops.total, recomputed + flops.recomputed
+        return total, recomputed
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -116,6 +136,9 @@ class SingleProcessTrainer(Trainer):
         self.autocast = setup.device != "cpu" and params.bf16
         self.forward_model = setup.model  # what computes the loss (a wrapper of the model in data parallel)
 
+    def step_flops(self, micro_batches):
+        return self.setup.step_flops(micro_batches)
+
     def accumulating(self, index: int, count: int):
         """The context of micro-batch ``index`` of ``count``'s forward and backward."""
         return contextlib.nullcontext()
@@ -126,11 +149,12 @@ class SingleProcessTrainer(Trainer):
 
     def run_step(self, micro_batches):
         s = self.setup
-        losses, tokens, samples = [], 0, 0
+        losses = []
         lr = s.scheduler.get_last_lr()[0]
+        # Counted on the host copies: counting on the device would wait for it each micro-batch.
+        tokens, samples = sum(map(_tokens, micro_batches)), sum(len(b["input_ids"]) for b in micro_batches)
         for index, batch in enumerate(micro_batches):
             batch = _to_device(batch, s.device)
-            tokens, samples = tokens + _tokens(batch), samples + len(batch["input_ids"])
             with self.accumulating(index, len(micro_batches)):
                 with torch.autocast(device_type=s.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
                     loss, _ = answer_loss(self.forward_model, batch)
@@ -208,19 +232,21 @@ class ZeRO3Trainer(Trainer):
         super().__init__(**kwargs)
         self.setup, self.engine = setup, engine
 
+    def step_flops(self, micro_batches):
+        return self.setup.step_flops(micro_batches)  # this rank's micro-batches; the config is whole under ZeRO-3
+
     def run_step(self, micro_batches):
         s = self.setup
         lr = s.scheduler.get_last_lr()[0]
-        losses, tokens, samples = [], 0, 0
+        losses = []
+        tokens, samples = sum(map(_tokens, micro_batches)), sum(len(b["input_ids"]) for b in micro_batches)
         for batch in micro_batches:
-            batch = _to_device(batch, s.device)
-            tokens, samples = tokens + _tokens(batch), samples + len(batch["input_ids"])
-            loss, _ = answer_loss(self.engine, batch)
+            loss, _ = answer_loss(self.engine, _to_device(batch, s.device))
             self.engine.backward(loss)  # scales by 1/grad_accum; steps, clips and schedules at the boundary
             self.engine.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
         grad_norm = float(self.engine.get_global_grad_norm())
-        return sum(losses) / len(losses), grad_norm, lr, samples * s.world, tokens * s.world
+        return float(torch.stack(losses).float().mean()), grad_norm, lr, samples * s.world, tokens * s.world
 
     def save_checkpoint(self, folder: Path) -> None:
         """Rank 0 writes the gathered Hugging Face model, then every rank its shard of the training
@@ -316,9 +342,10 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, 
                           f"{dataset / 'train'} has {len(examples)} that fit model_max_length")
     total = params.max_steps or params.epochs * plan.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, params))
-    setup = Setup(loaded, model, optimizer, scheduler, device, world)
-    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every), TimingHook(timing),
-             ProgressHook()]
+    setup = Setup(loaded, model, optimizer, scheduler, device, world, params.gradient_checkpointing)
+    bf16 = ds_config["bf16"]["enabled"] if zero3 else device != "cpu" and params.bf16
+    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every),
+             TimingHook(timing, device, bf16), ProgressHook()]
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
                   hooks=hooks, rank=rank)
     if zero3:

@@ -26,6 +26,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import PipelineError
+from ..models.flops import DATASHEET_BF16, mfu
+from ..models.loading import make_portable
 from ..storage import atomic_folder, write_json
 
 STATE_FILE = "trainer_state.pt"
@@ -55,7 +57,11 @@ def step_folders(root: Path) -> dict[int, Path]:
 @dataclass
 class StepResult:
     """What one optimizer step did. ``loss`` is the mean over its micro-batches; ``samples`` and
-    ``tokens`` count all processes; ``tokens`` is None where unknown (cosmos-rl's log)."""
+    ``tokens`` count all processes; ``tokens`` is None where unknown (cosmos-rl's log).
+    ``flops``: the model FLOPs of this process's micro-batches (forward + backward, counted from
+    the operations, ``models.flops.training_flops``), ``recomputed_flops`` the forward FLOPs
+    activation checkpointing runs again on top; both per process, 0 where not counted
+    (``Trainer.step_flops``; cosmos-rl)."""
 
     step: int  # optimizer steps done, this one included (1-based)
     loss: float
@@ -64,6 +70,8 @@ class StepResult:
     seconds: float
     samples: int
     tokens: int | None = None
+    flops: float = 0.0
+    recomputed_flops: float = 0.0
 
     @property
     def finite(self) -> bool:
@@ -84,18 +92,48 @@ def _rate(count: float | None, seconds: float) -> float | None:
     return round(count / seconds, 3) if count is not None and seconds > 0 else None
 
 
-def timing_record(results: list[StepResult], wall_s: float) -> dict[str, Any]:
+def _tflops(flops: float, seconds: float) -> float | None:
+    """TFLOP/s to 4 significant digits (not a fixed number of decimals: a tiny model on a CPU runs
+    well below 0.001; the file then keeps 6 decimals, ``storage.canonical``), None where nothing
+    was counted."""
+    return float(f"{flops / seconds / 1e12:.4g}") if flops > 0 and seconds > 0 else None
+
+
+def timing_record(results: list[StepResult], wall_s: float, device: str | None = None,
+                  peak_flops_per_s: float | None = None) -> dict[str, Any]:
     """What ``metrics/timing/train.json`` holds: the run's wall time, its overall samples/s and
-    tokens/s over the steps it ran (a resumed run: the steps after the resume), and per step
-    (columns ``step``, ``seconds``, ``samples_per_s``, ``tokens_per_s``). Rates are None where
-    the step's tokens are unknown."""
+    tokens/s over the steps it ran (a resumed run: the steps after the resume; the first step,
+    warm-up included, counts like the others), and per step (columns ``step``, ``seconds``,
+    ``samples_per_s``, ``tokens_per_s``, ``model_tflops_per_s``). Rates are None where the step's
+    tokens are unknown.
+
+    ``model_tflops_per_s``: the model FLOPs of the steps (``StepResult.flops``: counted from the
+    operations, forward + backward, without checkpointing's recomputation) per second of step
+    time, of ONE process (rank 0's micro-batches on its device: with N processes the run does
+    about N times as much); None where not counted (cosmos-rl). ``recompute_tflops_per_s``
+    (only with activation checkpointing): the re-run forward FLOPs alone per second, so the two
+    add up to what the device executed. ``device``: the card's name (GPU runs);
+    ``mfu_datasheet``: ``model_tflops_per_s`` over ``peak_flops_per_s`` (the datasheet's bf16
+    rate, ``models.flops.DATASHEET_BF16``), only where that peak is known."""
     seconds = sum(r.seconds for r in results)
     tokens = None if any(r.tokens is None for r in results) else sum(r.tokens for r in results)
-    return {"wall_s": round(wall_s, 2), "steps_run": len(results), "step_seconds": round(seconds, 2),
-            "samples_per_s": _rate(sum(r.samples for r in results), seconds), "tokens_per_s": _rate(tokens, seconds),
-            "per_step": {"step": [r.step for r in results], "seconds": [round(r.seconds, 4) for r in results],
-                         "samples_per_s": [_rate(r.samples, r.seconds) for r in results],
-                         "tokens_per_s": [_rate(r.tokens, r.seconds) for r in results]}}
+    flops, recomputed = sum(r.flops for r in results), sum(r.recomputed_flops for r in results)
+    record = {"wall_s": round(wall_s, 2), "steps_run": len(results), "step_seconds": round(seconds, 2),
+              "samples_per_s": _rate(sum(r.samples for r in results), seconds), "tokens_per_s": _rate(tokens, seconds),
+              "model_tflops_per_s": _tflops(flops, seconds)}
+    if flops > 0:
+        record["tflops_per_s_of"] = "one process (rank 0), its own micro-batches"
+    if recomputed > 0:
+        record["recompute_tflops_per_s"] = _tflops(recomputed, seconds)
+    if device is not None:
+        record["device"] = device
+    if peak_flops_per_s and flops > 0 and seconds > 0:
+        record["mfu_datasheet"] = round(mfu(flops, seconds, peak_flops_per_s), 4)
+    record["per_step"] = {"step": [r.step for r in results], "seconds": [round(r.seconds, 4) for r in results],
+                          "samples_per_s": [_rate(r.samples, r.seconds) for r in results],
+                          "tokens_per_s": [_rate(r.tokens, r.seconds) for r in results],
+                          "model_tflops_per_s": [_tflops(r.flops, r.seconds) for r in results]}
+    return record
 
 
 def canonical(state: Any) -> Any:
@@ -128,6 +166,7 @@ def save_folder(model, tokenizer, image_processor, folder: Path, extra: dict[str
         model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
+        make_portable(tmp)
         for name in COMPANION_FILES:
             if source and (Path(source) / name).is_file() and not (tmp / name).exists():
                 shutil.copyfile(Path(source) / name, tmp / name)
@@ -172,9 +211,12 @@ class Trainer(abc.ABC):
             hook.before_train(self)
         while self.step < self.total:
             started = time.perf_counter()
-            loss, grad_norm, lr, samples, tokens = self.run_step([next(batches) for _ in range(self.grad_accum)])
+            micro_batches = [next(batches) for _ in range(self.grad_accum)]
+            flops, recomputed = self.step_flops(micro_batches)  # on the CPU batches: no device sync
+            loss, grad_norm, lr, samples, tokens = self.run_step(micro_batches)
             self.step += 1
-            result = StepResult(self.step, loss, grad_norm, lr, time.perf_counter() - started, samples, tokens)
+            result = StepResult(self.step, loss, grad_norm, lr, time.perf_counter() - started, samples, tokens,
+                                flops, recomputed)
             if not result.finite:
                 self._count_nonfinite(result)
                 continue
@@ -193,6 +235,12 @@ class Trainer(abc.ABC):
                 f"{self.last_checkpoint or 'none'}")
 
     can_skip = True  # whether run_step leaves the weights untouched on a non-finite step
+
+    def step_flops(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+        """(model FLOPs, recomputed FLOPs) of this process's micro-batches of one step, counted
+        from the collated batches before ``run_step`` moves them to the device (nothing here may
+        wait for the device); (0, 0) where the trainer does not count them."""
+        return 0.0, 0.0
 
     @abc.abstractmethod
     def run_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, float, int, int]:
@@ -234,11 +282,15 @@ class CheckpointHook(HookBase):
 
 
 class TimingHook(HookBase):
-    """The run's timing (``timing_record``) written to ``path`` after training (rank 0 only):
-    kept out of DVCLive and the metrics because it differs on every run."""
+    """The run's timing (``timing_record``: wall time, samples/s, tokens/s, rank 0's model
+    TFLOP/s and, under checkpointing, recompute TFLOP/s) written to ``path`` after training (rank
+    0 only): kept out of DVCLive and the metrics because it differs on every run. On a CUDA
+    ``device`` it names the card, and with ``bf16`` (autocast or bf16 weights) on a card of
+    ``models.flops.DATASHEET_BF16`` adds ``mfu_datasheet``."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, device: str = "cpu", bf16: bool = False):
         self.path, self.results, self.started = path, [], 0.0
+        self.device, self.bf16 = device, bf16
 
     def before_train(self, trainer: Trainer) -> None:
         self.started = time.perf_counter()
@@ -248,7 +300,9 @@ class TimingHook(HookBase):
 
     def after_train(self, trainer: Trainer) -> None:
         if self.path is not None and trainer.rank == 0:
-            write_json(self.path, timing_record(self.results, time.perf_counter() - self.started))
+            card = torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else None
+            peak = DATASHEET_BF16.get(card) if card is not None and self.bf16 else None
+            write_json(self.path, timing_record(self.results, time.perf_counter() - self.started, card, peak))
 
 
 class ProgressHook(HookBase):

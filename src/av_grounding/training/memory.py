@@ -7,7 +7,7 @@ of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transfor
 section 4.1, applied to the Qwen blocks: about 22 x hidden + 10 x MLP width bytes per token and
 block without checkpointing; with checkpointing, each block's fp32 input plus one block's
 working set). The estimate and the measured peak are compared in
-benchmarks/results/hub_checkpoints.md.
+benchmarks/hub_checkpoints/results/hub_checkpoints.md.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import yaml
 from ..dataset.prompts import load_prompts
 from .. import numerics
 from ..errors import PipelineError
-from ..models.builtin import BUILTIN_MODELS, build_builtin, split_name
+from ..models.builtin import ARCHITECTURES, BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams
 from ..sources import code_digest
 from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
@@ -100,6 +100,11 @@ def model_source(model: str) -> str | None:
         return None
     local = Path(model).expanduser()
     if local.exists():
+        from ..models.loading import missing_files
+
+        missing = missing_files(local) if local.is_dir() else ["everything (it is a file)"]
+        if missing:
+            raise ParamsError(f"train.model {model!r}: not a model folder; it lacks {', '.join(missing)}")
         return model if local == Path(model) else str(local)
     if looks_like_path(model):
         raise ParamsError(f"train.model {model!r}: no such folder ({local.absolute()})")
@@ -143,16 +148,30 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
         write_json(output / INPUTS, inputs)
 
 
-def check_family(base: Path | str, fmt: FormatParams) -> None:
-    """``ParamsError`` unless the base model's ``config.model_type`` is ``format.model_family``
-    (the architecture the dataset's image sizes and token budgets were computed for)."""
+def architecture(model: str) -> str:
+    """``config.model_type`` of ``train.model``: read from a built-in model's name, else from the
+    folder's or hub id's config.json (never from its name)."""
     from ..models.loading import model_type
 
-    kind = model_type(base)
-    if kind != fmt.model_family:
-        raise ParamsError(f"train.model {str(base)!r} is a {kind} model (config.json model_type), but "
-                          f"format.model_family is {fmt.model_family!r}: the dataset's image sizes and token "
-                          f"budgets were computed for the other architecture; set format.model_family: {kind}")
+    if model in BUILTIN_MODELS:
+        return split_name(model)[1]
+    return model_type(model_source(model))
+
+
+def check_family(model: str, fmt: FormatParams, dataset: Path) -> None:
+    """``ParamsError`` before any work unless ``train.model`` is an architecture this pipeline
+    trains and the one the dataset was formatted for (its split.json, else
+    ``format.model_family``): the image sizes and token budgets depend on it."""
+    kind = architecture(model)
+    if kind not in ARCHITECTURES:
+        raise ParamsError(f"train.model {model!r} is a {kind} model (config.json model_type); this pipeline trains "
+                          f"{' and '.join(ARCHITECTURES)} (Cosmos Reason 1 and 2)")
+    recorded = (stored_json(dataset / "split.json") or {}).get("model_family")
+    family, where = (recorded, f"{dataset / 'split.json'}") if recorded else (fmt.model_family, "format.model_family")
+    if kind != family:
+        raise ParamsError(f"train.model {model!r} is a {kind} model (config.json model_type), but the dataset was "
+                          f"formatted for {family} ({where}): its image sizes and token budgets are the other "
+                          f"architecture's; set format.model_family: {kind} (or that model's preset) and rerun format")
 
 
 class LaunchError(PipelineError, RuntimeError):
@@ -205,7 +224,8 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
     inputs) into ``output``; ``metrics`` gets the run's summary, ``live`` its DVCLive curves,
     ``timing`` its wall time and rates. CPU numerics are pinned first (``numerics.pin_torch``),
     so the weights are the same on every x86-64 CPU."""
-    model_source(params.model)  # a missing folder or an unreachable hub id fails before any work
+    # A missing folder, an unreachable hub id or another architecture fails before any work.
+    check_family(params.model, fmt, dataset)
     if params.backend == "hf" and params.gpus > 1 and not distributed.launched():
         return train_processes(params, fmt, dataset, output, metrics, live, timing)
     numerics.pin_torch()
@@ -220,7 +240,6 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
         distributed.barrier()
     else:
         base = base_model(params, fmt, output)
-    check_family(base, fmt)
     if params.backend == "hf":
         from .hf import train_hf
 

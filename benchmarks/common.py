@@ -1,0 +1,140 @@
+"""What several benchmarks share, written once: the machine a run measured on, the command that
+produced a result file, timing (host clock, GPU synchronisation, profiler device time), and the
+JSON and markdown writers of the result files.
+
+A benchmark script in ``benchmarks/<name>/`` imports it after putting ``benchmarks/`` on the path:
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
+    from common import machine, write_json
+
+so that ``python benchmarks/<name>/<script>.py`` runs from the repository root. Folder digests
+(every file's path and bytes) come from ``av_grounding.storage.folder_digest``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+
+
+def machine() -> dict:
+    """CPU model name (``/proc/cpuinfo``), logical cores, Python version and platform string."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def video_machine() -> dict:
+    """``machine()`` with the PyAV and libavcodec versions that decode the videos."""
+    import av
+
+    return {**machine(), "pyav": av.__version__, "ffmpeg": av.library_versions.get("libavcodec")}
+
+
+def device_name(device: str) -> str:
+    """The card's name (``torch.cuda.get_device_name()``) for a CUDA device, else the processor's."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name()
+    return platform.processor()
+
+
+def command_line(script: str | Path, args: list[str] | None = None) -> str:
+    """``python <script, relative to the repository root> <args>`` (``sys.argv[1:]`` unless
+    given), as a result file records the command that wrote it."""
+    path = Path(script).resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return " ".join(["python", shown.as_posix(), *(sys.argv[1:] if args is None else args)]).strip()
+
+
+def timed(function: Callable, *args) -> tuple[Any, float]:
+    """``function(*args)`` and its wall seconds (host clock)."""
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work (a no-op off CUDA), before reading the host clock."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def is_device_work(event) -> bool:
+    """A profiler event that is device work itself (a kernel, memcpy or memset on the GPU), not a host
+    operator (whose ``self_device_time_total`` repeats the kernels it launched) nor a GPU-side user
+    annotation (a span around other kernels, e.g. ``Optimizer.step``)."""
+    return event.device_type.name != "CPU" and not getattr(event, "is_user_annotation", False)
+
+
+def device_time(events) -> tuple[float, float]:
+    """(kernel seconds, busy seconds) of profiler events: the sum of the device work's durations,
+    each counted once, and the length of the union of their intervals (kernels overlapping on
+    several streams count once)."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events if is_device_work(e))
+    total = sum(end - start for start, end in spans)
+    busy, reach = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return total / 1e6, busy / 1e6
+
+
+ATTENTION_KERNEL_WORDS = ("attention", "flash", "fmha", "sdpa")
+
+
+def profile_summary(work, device: str) -> dict:
+    """GPU busy time of one call of ``work()`` against its wall time, the top kernels, the host operators
+    that launched the most device time, and the attention kernels launched (train_throughput.py and
+    infer_throughput.py). Device time counts each kernel once (``device_time``); the summary of
+    before issue 24 also added each host operator's share of its kernels, about twice the truth."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    synchronize(device)
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        work()
+        synchronize(device)
+    wall = time.perf_counter() - started
+    kernel_s, busy = device_time(prof.events())
+    averages = prof.key_averages()
+    kernels = sorted((e for e in averages if is_device_work(e)), key=lambda e: -e.self_device_time_total)
+    operators = sorted((e for e in averages if e.device_type.name == "CPU" and not e.is_user_annotation),
+                       key=lambda e: -e.self_device_time_total)
+    attention = sum(e.count for e in kernels if any(w in e.key.lower() for w in ATTENTION_KERNEL_WORDS))
+    return {"wall_s": round(wall, 4), "gpu_busy_s": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
+            "gpu_kernel_s": round(kernel_s, 4), "attention_kernels": attention, "kernel_kinds": len(kernels),
+            "top_kernels": [{"name": e.key[:80], "gpu_ms": round(e.self_device_time_total / 1e3, 2),
+                             "calls": e.count} for e in kernels[:12]],
+            "top_operators_by_gpu_time": [{"name": e.key[:80], "gpu_ms": round(e.self_device_time_total / 1e3, 2),
+                                           "calls": e.count} for e in operators[:12]],
+            "top_host_calls": [{"name": e.key[:80], "cpu_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count}
+                               for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:12]]}
+
+
+def write_json(path: str | Path, report: dict) -> None:
+    """``report`` as indented JSON and a final newline, the folder made first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """Lines of a markdown table: the header, its ``|---|`` rule, then one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]

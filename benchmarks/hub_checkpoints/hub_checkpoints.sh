@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The published checkpoints at full size through the stages on one GPU (issue 24, item 5):
+# a folder laid out as nvidia/Cosmos-Reason1-7B or nvidia/Cosmos-Reason2-8B (models/hub.py: real
+# tokenizer and chat template, random bf16 weights at the published shape), then one
+# `dvc exp run` of the default pipeline with the recipe's preset and train.model pointing at it.
+# Results: benchmarks/hub_checkpoints/results/hub_checkpoints.md.
+#
+# Usage, on a GPU machine, from the repository root (each step can be its own call; state stays
+# under /tmp while the machine does):
+#   benchmarks/hub_checkpoints/hub_checkpoints.sh setup                       # wheels, a clone in /tmp/hubrun, the data stages
+#   MODEL=Cosmos-Reason1-7B benchmarks/hub_checkpoints/hub_checkpoints.sh build
+#   MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh run
+#   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
+# STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run.
+# On the device machine of this workplace the dependencies come as wheels in .whl/device (the
+# DVC, DVCLive, PyAV, Qwen vocabulary, trl and tiktoken wheels of benchmarks/env/device_project_wheels.txt).
+set -uo pipefail
+WORK=${WORK:-/tmp/hubrun}
+HUB=${HUB:-/tmp/hub}
+OUT=$(realpath -m "${OUT:-/tmp/out}")
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
+  GIT_COMMITTER_EMAIL=benchmark@localhost
+[ -d /tmp/proj ] && export PYTHONPATH=/tmp/proj
+if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
+  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
+  export PATH=/tmp/bin:$PATH
+fi
+cores=$(nproc)
+
+case "${1:-}" in
+  setup)
+    if [ -d .whl/device ] && ! python3 -c "import dvc, av, dvclive, trl" 2>/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/device/*.whl || exit 1
+    fi
+    [ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
+    cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    # The data stages once (they do not depend on the model); every run below reuses them.
+    time python3 -m dvc repro validate
+    ;;
+  build)
+    export PYTHONPATH=src:${PYTHONPATH:-}
+    mkdir -p "$HUB"
+    time python3 -m av_grounding.models.hub "${MODEL:?}" "$HUB/$MODEL" --weights full --device cuda
+    du -sh "$HUB/$MODEL"; ls "$HUB/$MODEL"
+    ;;
+  run)
+    cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    result=$OUT/${TAG:?}
+    mkdir -p "$result"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt"
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+      >> "$result/gpu.txt"
+    params=(
+      -S "preset=${PRESET:?}" -S "train.model=$HUB/${MODEL:?}" -S "train.max_steps=${STEPS:-10}"
+      -S train.save_every=0 -S "train.lora=${LORA:-false}" -S train.loader_workers=8
+      -S infer.zero_shot=false -S infer.checkpoints=none -S infer.max_new_tokens=64
+      -S "infer.batch_size=${INFER_BATCH:-8}" -S evaluate.overlays=0
+      ${EXTRA:-}
+    )
+    start=$SECONDS
+    python3 -m dvc exp run -n "$TAG" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
+    code=$?
+    echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
+    cp params.yaml "$result/"; mkdir -p "$result/metrics" && cp -r metrics/*.json metrics/timing "$result/metrics/" 2>/dev/null
+    ls -la data/train/model > "$result/final_model_files.txt" 2>&1
+    tail -5 "$result/dvc-exp-run.log"
+    rm -rf data/train/model data/train/checkpoints  # 33-35 GB in fp32: room for the next run
+    exit "$code"
+    ;;
+  *) echo "usage: $0 setup|build|run" >&2; exit 2 ;;
+esac

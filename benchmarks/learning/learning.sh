@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The learning benchmark: a model of the real architecture, initialised at random, trained by this
+# repository's own stages on synthetic RDS-HQ clips, evaluated on held-out clips, at every
+# checkpoint. One `dvc exp run` of the whole pipeline per architecture, with the parameters below
+# (stage parameters only; nothing else changes). Results: benchmarks/learning/results/learning.md.
+#
+# Data: 212 clips x 5 cameras x 2 s; videos rendered at 10 fps (the 30 Hz poses and 10 Hz labels
+# are unchanged; extract maps frames by time), every video frame extracted (skip_frames 1): 20
+# frames per camera and clip, 20,000 training frames from 200 clips and 1,200 evaluation frames
+# from 12 held-out clips. Rendering at 10 fps instead of 30 gives the same 10 Hz frames for a
+# third of the rendering time.
+#
+# Usage, on a GPU machine, from the repository root:
+#   OUT=/tmp/out benchmarks/learning/learning.sh                      # both architectures
+#   ARCHS=qwen3_vl OUT=/tmp/out benchmarks/learning/learning.sh       # one
+# SIZE (small), STEPS (2000) and EXTRA (more -S overrides, word-split) change the runs.
+# With at least one GPU per architecture the experiments run at the same time, each on its own GPU,
+# in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
+# run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
+# reruns from `format` on. Nothing else edits a clone's files while it runs. A rerun continues
+# from DVC's cache and the train stage's checkpoints in the clone it finds (delete the clone to run
+# a newer commit). Results
+# (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
+# benchmarks/learning/learning_report.py reads.
+# On the device machine of this workplace the project's dependencies come as wheels in
+# .whl/project (benchmarks/env/device_project_wheels.txt); elsewhere `pip install -e .` suffices.
+set -uo pipefail
+ARCHS=${ARCHS:-"qwen2_5_vl qwen3_vl"}
+SIZE=${SIZE:-small}
+STEPS=${STEPS:-2000}
+OUT=$(realpath -m "${OUT:-benchmarks/learning/results}")
+WORK=${WORK:-/tmp/learning}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
+  GIT_COMMITTER_EMAIL=benchmark@localhost
+
+if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
+fi
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
+[ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
+if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
+  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
+  export PATH=/tmp/bin:$PATH
+fi
+archs=($ARCHS)
+gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+parallel=$(( gpus >= ${#archs[@]} && ${#archs[@]} > 1 ))
+cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
+
+stamped() {  # each line of the log with the wall-clock time it was written: stage times
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do printf '%(%T)T %s\n' -1 "$line"; done
+}
+
+run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
+  local arch=$1 result=$OUT/$SIZE-$1
+  [ -d "$2" ] || git clone --quiet . "$2" || return 1  # the committed state: commit before a run
+  cd "$2" || return 1
+  mkdir -p "$result"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
+    > "$result/gpu.txt" 2>/dev/null
+  local params=(
+    -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$cores"
+    -S extract.skip_frames=1 -S "extract.workers=$cores" -S "transform.workers=$cores" -S "filter.workers=$cores"
+    -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$arch"
+    -S "train.model=$SIZE-$arch" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
+    -S train.warmup_ratio=0.05
+    -S infer.batch_size=300 -S infer.max_new_tokens=512
+    ${EXTRA:-}
+  )
+  local start=$SECONDS
+  python3 -m dvc exp run -n "learning-$SIZE-$arch" "${params[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
+  local code=${PIPESTATUS[0]}
+  echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
+  for name in synthesize extract curation validation dataset train infer eval; do
+    cp "metrics/$name.json" "$result/" 2>/dev/null
+  done
+  cp params.yaml "$result/params.yaml"; cp dvc.lock "$result/dvc.lock"
+  cp data/predictions/columns.json "$result/" 2>/dev/null
+  mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
+  mkdir -p "$result/timing" && cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
+  python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
+  tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  mkdir -p "$result/plots" && cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
+  return "$code"
+}
+
+code=0
+if (( parallel )); then
+  IFS=, read -ra devices <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((gpus - 1)))}"
+  for index in "${!archs[@]}"; do
+    ( export CUDA_VISIBLE_DEVICES=${devices[$index]}; run_arch "${archs[$index]}" "$WORK-${archs[$index]}" ) &
+  done
+  for job in $(jobs -p); do wait "$job" || code=1; done
+else
+  for arch in "${archs[@]}"; do ( run_arch "$arch" "$WORK" ) || code=1; done
+fi
+echo "learning benchmark done, exit $code"
+exit "$code"

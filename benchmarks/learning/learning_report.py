@@ -1,0 +1,138 @@
+"""Write benchmarks/learning/results/learning.md and its plots from the folders benchmarks/learning/learning.sh
+fills.
+
+    python benchmarks/learning/learning_report.py benchmarks/learning/results --out benchmarks/learning/results/learning.md
+
+Each folder under the results root is one run (``<size>-<architecture>``) holding the run's
+metrics (``eval.json``, ``train.json``, ``infer.json``, ``dataset.json``, ...), ``columns.json``
+(training step of each evaluated model version), ``params.yaml`` as the experiment ran it,
+``curves/*.tsv`` (DVCLive) and ``notes.md`` (what happened, by hand). The tables come from the
+evaluate stage's own table builder, so they read exactly like ``plots/eval/results_table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from av_grounding.evaluation.table import lookup, results_markdown
+
+# The issue's goal for each headline metric of the final model (at least this much).
+GOALS = {("ap2d", "ap50"): 0.5, ("ap3d", "ap"): 0.5, ("matching", "recall"): 0.6, ("center_distance", "map"): 0.3}
+GOAL_NAMES = {("ap2d", "ap50"): "AP2D50", ("ap3d", "ap"): "AP3D (IoU 0.05:0.50)", ("matching", "recall"): "recall",
+              ("center_distance", "map"): "centre-distance mAP"}
+ARCHITECTURES = {"qwen2_5_vl": "Cosmos Reason 1 architecture (Qwen2.5-VL)",
+                 "qwen3_vl": "Cosmos Reason 2 architecture (Qwen3-VL)"}
+
+
+def read(folder: Path, name: str):
+    path = folder / name
+    return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+
+
+def curve(folder: Path, metric: str) -> pd.DataFrame:
+    return pd.read_csv(folder / "curves" / f"{metric}.tsv", sep="\t")
+
+
+def goal_table(column: dict) -> str:
+    rows = []
+    for path, goal in GOALS.items():
+        value = lookup(column, path)
+        rows.append({"metric": GOAL_NAMES[path], "goal": goal, "value": value,
+                     "reached": "yes" if value is not None and value >= goal else "no"})
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n"
+
+
+def plot(folder: Path, results: dict, steps: dict, image: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = curve(folder, "loss")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(loss["step"], loss["loss"], linewidth=0.6, alpha=0.4, label="per step")
+    axes[0].plot(loss["step"], loss["loss"].rolling(50, min_periods=1).mean(), label="mean of 50 steps")
+    axes[0].set(yscale="log", xlabel="optimizer step", ylabel="answer cross-entropy", title="Training loss")
+    axes[0].legend()
+    order = sorted(results, key=lambda name: (steps[name], name == "final"))
+    for path, name in GOAL_NAMES.items():
+        values = [lookup(results[column], path) for column in order]
+        axes[1].plot([steps[c] for c in order], [np.nan if v is None else v for v in values], marker="o", label=name)
+    axes[1].set(xlabel="training step (0: zero-shot)", ylabel="score", ylim=(0, 1), xlim=(-50, max(steps.values()) * 1.05),
+                title="Held-out metrics by step")
+    axes[1].legend(fontsize=8)
+    figure.suptitle(folder.name)
+    figure.tight_layout()
+    figure.savefig(image, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def inference_line(folder: Path, params: dict) -> str:
+    """Batch and speed per column from the run's ``timing/infer.json`` (``infer.json`` in runs
+    made before timing left the metrics); a run stopped during `infer` has none."""
+    name = next((n for n in ("timing/infer.json", "infer.json") if (folder / n).exists()), None)
+    if name is None:
+        return f"- Inference: greedy, batch {params['infer']['batch_size']} (speeds: see the notes)."
+    speed = ", ".join(f"{c} {v['images_per_s']:.1f} images/s" for c, v in read(folder, name).items()
+                      if v.get("images_per_s"))
+    return f"- Inference: greedy, batch {params['infer']['batch_size']}, {speed}."
+
+
+def run_section(folder: Path, image: Path, link: str) -> str:
+    results, steps = read(folder, "eval.json"), read(folder, "columns.json")
+    train, dataset, params = (read(folder, n) for n in ("train.json", "dataset.json", "params.yaml"))
+    samples_per_s = curve(folder, "samples_per_s")["samples_per_s"]
+    plot(folder, results, steps, image)
+    fmt, tp = params["format"], params["train"]
+    image_tokens = dataset["tokens"]["image_per_frame"][fmt["model_family"]]["mean"]
+    architecture = folder.name.split("-", 1)[1]
+    last = max(steps, key=lambda column: (steps[column], column == "final"))  # the final model where evaluated
+    lines = [
+        f"## {ARCHITECTURES.get(architecture, architecture)}: `{tp['model']}`\n",
+        f"- Data: {dataset['samples']['train']:,} training frames from {dataset['clips']['train']} clips, "
+        f"{dataset['samples']['eval']:,} evaluation frames from {dataset['clips']['eval']} held-out clips; "
+        f"{dataset['boxes']:,} boxes in all; rendered at {params['synthesize']['width']}x{params['synthesize']['height']}, "
+        f"seen by the model at up to {fmt['max_pixels']:,} pixels ({image_tokens:.0f} image tokens a frame).",
+        f"- Training: {train['trainable_parameters'] / 1e6:.1f}M parameters, all trained, random initialisation; "
+        f"{train['steps']} steps of {tp['batch_size']} samples, AdamW lr {train['lr']:g}, {tp['schedule']} after "
+        f"{tp['warmup_ratio']:.0%} warmup, on {train['device']}"
+        f"{' with bf16 autocast' if train['device'] == 'cuda' and tp['bf16'] else ''}; "
+        f"{samples_per_s.median():.0f} samples/s (median), "
+        f"{train['steps'] * tp['batch_size'] / samples_per_s.median() / 60:.1f} minutes of steps"
+        f"{'; peak GPU memory %s GiB' % train['peak_gpu_memory_gib'] if train['peak_gpu_memory_gib'] else ''}; "
+        f"final loss {curve(folder, 'loss')['loss'].iloc[-50:].mean():.3f} (mean of the last 50 steps).",
+        inference_line(folder, params),
+        "",
+        results_markdown(results, steps).replace("# Results by training step", "### Results by training step"),
+        f"### Against the goal ({'final model' if last == 'final' else f'last evaluated model, step {steps[last]}'})\n",
+        goal_table(results[last]),
+        f"![{folder.name}]({link})\n",
+    ]
+    notes = folder / "notes.md"
+    if notes.exists():
+        lines.append(notes.read_text())
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    header = (args.root / "README.md").read_text()
+    sections = []
+    for folder in sorted(p for p in args.root.iterdir() if p.is_dir()):
+        image = args.root / f"{folder.name}.png"
+        sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))
+    args.out.write_text(header + "\n" + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
