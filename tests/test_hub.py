@@ -128,8 +128,9 @@ def test_formats_token_budgets_equal_the_published_tokenizers_count_of_every_sam
 
 @pytest.mark.slow
 def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, tmp_path):
-    """format -> train (2 steps, full fine-tuning) -> infer -> evaluate from a renamed tiny-weight
-    hub folder without a system prompt; the fine-tuned folder keeps every published file."""
+    """format -> train (2 steps: full fine-tuning of Cosmos Reason 1, LoRA merged at the end for
+    Cosmos Reason 2) -> infer -> evaluate from a renamed tiny-weight hub folder without a system
+    prompt; the fine-tuned folder keeps every published file, loads and generates."""
     from av_grounding.evaluation.stage import evaluate
     from av_grounding.inference.infer import infer
     from av_grounding.params import EvaluateParams, InferParams
@@ -139,7 +140,7 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind, system_prompt=False)
     dataset = tmp_path / "dataset"
     format_dataset(fmt, curated[0] / "filtered", curated[0] / "extracted", dataset)
-    params = TrainParams(model=str(folder), max_steps=2, batch_size=2, save_every=0)
+    params = TrainParams(model=str(folder), max_steps=2, batch_size=2, save_every=0, lora=kind == "qwen3_vl")
     # A dataset formatted for the other architecture is refused before anything is written.
     other = {"qwen2_5_vl": "qwen3_vl", "qwen3_vl": "qwen2_5_vl"}[kind]
     wrong = tmp_path / "wrong"
@@ -152,7 +153,9 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     assert summary["steps"] == 2 and summary["lr"] == 1e-5
     model = tmp_path / "train" / "model"
     assert {p.name for p in folder.iterdir()} - {p.name for p in model.iterdir()} == set()
-    assert load_model(model).tokenizer.chat_template == (TRL_TEMPLATES / f"{kind}.jinja").read_text()
+    merged = load_model(model)
+    assert merged.tokenizer.chat_template == (TRL_TEMPLATES / f"{kind}.jinja").read_text()
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
     columns = infer(InferParams(max_new_tokens=8, batch_size=4, zero_shot=False, checkpoints="none"), fmt, dataset,
                     tmp_path / "train", tmp_path / "predictions")
     assert list(columns) == ["final"]
