@@ -18,8 +18,8 @@ from conftest import TINY, TRAINING_FORMAT
 
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.dataset.prompts import load_prompts
-from av_grounding.models.loading import load_model
 from av_grounding.models.builtin import build_builtin
+from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams, TrainParams
 from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, prepare_run, train_cosmos_rl
 
@@ -84,8 +84,8 @@ def test_dataset_script_yields_cosmos_rl_conversations_with_plain_python(dataset
 
 
 def test_over_budget_samples_are_dropped_and_counted(dataset, base, tmp_path):
+    from av_grounding.models.inputs import Encoder
     from av_grounding.models.loading import load_image_processor, load_tokenizer
-    from av_grounding.training.collate import Encoder
 
     encoder = Encoder(load_tokenizer(base), load_image_processor(base), FORMAT.min_pixels, FORMAT.max_pixels, 10**6)
     lengths = sorted(len(encoder.encode(s).input_ids) for s in read_cosmos(dataset / "train"))
@@ -99,7 +99,7 @@ def test_over_budget_samples_are_dropped_and_counted(dataset, base, tmp_path):
 
 
 def test_no_sample_within_the_budget_is_an_error_naming_the_split(dataset, base, tmp_path):
-    from av_grounding.training.collate import BudgetError
+    from av_grounding.models.inputs import BudgetError
 
     fmt = FormatParams(prompts=FORMAT.prompts, eval_clips=1, model_max_length=10)
     with pytest.raises(BudgetError, match=r"train: no sample fits model_max_length 10"):

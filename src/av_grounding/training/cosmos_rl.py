@@ -32,10 +32,10 @@ from typing import Any
 
 from ..dataset.formats import read_cosmos
 from ..errors import PipelineError
+from ..models.inputs import BudgetError, Encoder, within_budget
 from ..params import FormatParams, TrainParams
 from ..processes import signal_on_parent_death
 from ..storage import atomic_folder, atomic_write_bytes, write_json
-from .collate import BudgetError, Encoder, within_budget
 from .data import global_batch
 from .loop import StepResult, log_step, step_folder, step_folders, timing_record
 
@@ -230,7 +230,7 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
     """Write the run folder (conversations, TOML, dataset script); returns it with the budget counts."""
     import tomli_w
 
-    from .train import resolved
+    from .config import resolved
 
     params = resolved(params)
     run = output / RUN_FOLDER

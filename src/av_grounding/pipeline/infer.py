@@ -9,7 +9,7 @@ Columns: ``zero_shot``, ``step_NNNNNN``, ``final``, with their training steps in
 was made from (model, parameters, reasoning instruction, evaluation split); a rerun keeps a
 column's answers only when that matches, and then skips the batches already answered, so a rerun
 after a crash continues where it stopped and gives the same answers. ``reasoning`` says what the
-answers were asked for (``infer.reasoning``, see ``inference.reasoning``): ``{"setting": "none"}``, or
+answers were asked for (``infer.reasoning``, see ``models.reasoning``): ``{"setting": "none"}``, or
 ``model`` with the model type and the message that got the instruction.
 """
 
@@ -27,14 +27,14 @@ from tqdm import tqdm
 from .. import numerics
 from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
+from ..models.generate import generate
+from ..models.inputs import Encoder
 from ..models.loading import load_model
+from ..models.reasoning import Instruction, instruction_for, model_type_of, reasoning_record, with_instruction
 from ..params import FormatParams, InferParams, ParamsError
 from ..sources import code_digest
 from ..storage import as_stored, folder_digest, remove_partials, stored_json, write_json
-from ..training.collate import Encoder
 from ..training.loop import step_folders
-from .generate import generate
-from .reasoning import Instruction, instruction_for, model_type_of, reasoning_record, with_instruction
 
 MANIFESTS = "manifests"
 
