@@ -297,9 +297,6 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
 
 def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
              timing: Path | None = None) -> dict[str, Any]:
-    from .config import resolved
-
-    params = resolved(params)
     zero3 = params.deepspeed is not None
     if zero3:
         from . import zero3 as ds
