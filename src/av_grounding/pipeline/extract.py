@@ -36,8 +36,8 @@ from ..errors import check_failed_fraction
 from ..executors import Failure, Outcome, run_items
 from ..params import ExtractParams, ParamsError
 from ..sources import code_digest
-from ..storage import (StorageError, as_stored, file_digest, filesystem, is_local, reading, remove_partials,
-                       stored_json, write_json)
+from ..storage import StorageError, file_digest, filesystem, is_local, reading, remove_partials, write_json
+from .outputs import RESULT, Manifest
 
 
 MANIFEST_PARAMS = ("camera_model", "skip_frames", "jpeg_quality")  # what shapes an item's output
@@ -63,14 +63,13 @@ def item_inputs(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams,
     return {path[len(root) + 1:]: digest for path, digest in sorted(digests.items())}
 
 
-def reusable(output: Path, clip_id: str, camera: str, expected: dict[str, Any]) -> ItemResult | None:
-    """The stored result of an item whose manifest matches ``expected`` and whose files exist."""
-    stored = stored_json(manifest_path(output, clip_id, camera))
+def reusable(output: Path, clip_id: str, camera: str, manifest: Manifest) -> ItemResult | None:
+    """The stored result of an item whose manifest matches this run's and whose files exist."""
     complete = records_path(output, clip_id, camera).is_file() and (output / image_shard(clip_id, camera)).is_file()
-    if not complete or not isinstance(stored, dict) or {key: stored.get(key) for key in expected} != as_stored(expected):
+    if not complete or not manifest.matches():
         return None
     try:
-        return ItemResult.from_json(stored["result"])
+        return ItemResult.from_json(manifest.stored()[RESULT])
     except (KeyError, TypeError):
         return None  # a manifest of another version: redo the item
 
@@ -89,13 +88,13 @@ def extract_item(params: ExtractParams, clip_id: str, camera: str, output: Path)
     expected = {"inputs": item_inputs(fs, root, params, clip_id, camera, video, source),
                 "params": {key: getattr(params, key) for key in MANIFEST_PARAMS}, "code_sha256": code_digest(__name__)}
     named = output_camera(params, camera)
-    previous = reusable(output, clip_id, named, expected)
+    manifest = Manifest(manifest_path(output, clip_id, named), expected)
+    previous = reusable(output, clip_id, named, manifest)
     if previous is not None:
         return previous
-    manifest_path(output, clip_id, named).unlink(missing_ok=True)  # the old output no longer matches
-    records_path(output, clip_id, named).unlink(missing_ok=True)
+    manifest.invalidate(records_path(output, clip_id, named))  # the old output no longer matches
     result = extract_frames(params, fs, root, url, clip_id, camera, source, name, output)
-    write_json(manifest_path(output, clip_id, named), {**expected, "result": result.to_json()})
+    manifest.finish(result.to_json())
     return result
 
 

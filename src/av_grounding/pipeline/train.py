@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,10 +33,11 @@ from ..errors import PipelineError
 from ..models.builtin import ARCHITECTURES, BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams
 from ..sources import code_digest
-from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
+from ..storage import dumps_json, folder_digest, remove_partials, stored_json, write_json
 from ..training import distributed
 from ..training.config import resolved
 from ..training.cosmos_rl import RUN_FOLDER
+from .outputs import Manifest
 
 INPUTS = "inputs.json"
 
@@ -130,10 +130,9 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
     """Keep an earlier run's checkpoints only when it was made from ``inputs``; clear them (and
     the backends' resumable state) otherwise. Leftovers of killed writers go either way."""
     remove_partials(output)
-    if stored_json(output / INPUTS) != as_stored(inputs):
-        for stale in ("checkpoints", "model", RUN_FOLDER):
-            shutil.rmtree(output / stale, ignore_errors=True)
-        write_json(output / INPUTS, inputs)
+    manifest = Manifest(output / INPUTS, inputs)
+    if not manifest.matches():
+        manifest.reset(*(output / stale for stale in ("checkpoints", "model", RUN_FOLDER)))
 
 
 def architecture(model: str) -> str:
