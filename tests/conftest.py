@@ -12,15 +12,15 @@ from pathlib import Path  # noqa: E402 (imports after the pin: some load PyTorch
 
 import pytest  # noqa: E402
 
-from av_grounding.curation.extract import extract  # noqa: E402
-from av_grounding.curation.filters import filter_boxes  # noqa: E402
-from av_grounding.curation.transform import transform  # noqa: E402
-from av_grounding.curation.validate import validate  # noqa: E402
-from av_grounding.dataset.build import format_dataset  # noqa: E402
 from av_grounding.models.builtin import BUILTIN_MODELS  # noqa: E402
+from av_grounding.pipeline.extract import extract  # noqa: E402
+from av_grounding.pipeline.filter import filter_boxes  # noqa: E402
+from av_grounding.pipeline.format import format_dataset  # noqa: E402
+from av_grounding.pipeline.transform import transform  # noqa: E402
+from av_grounding.pipeline.validate import validate  # noqa: E402
 from av_grounding.params import (ExtractParams, FilterParams, FormatParams, SynthesizeParams,  # noqa: E402
                                  TransformParams, ValidateParams)
-from av_grounding.synth.clips import synthesize  # noqa: E402
+from av_grounding.pipeline.synthesize import synthesize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

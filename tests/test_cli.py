@@ -140,7 +140,7 @@ def test_lists_of_steps_and_help_with_the_choices():
 
 def test_main_lets_a_bug_show_its_traceback(monkeypatch, tmp_path):
     """Only the project's own errors become one-line messages; anything else is a bug."""
-    from av_grounding.curation import transform
+    from av_grounding.pipeline import transform
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")

@@ -18,9 +18,10 @@ from conftest import TINY, TRAINING_FORMAT
 
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.dataset.prompts import load_prompts
-from av_grounding.models.loading import load_model
 from av_grounding.models.builtin import build_builtin
+from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams, TrainParams
+from av_grounding.training.config import resolved
 from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, prepare_run, train_cosmos_rl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def base(tmp_path_factory):
 
 
 def test_toml_sets_every_trap_explicitly(dataset, base, tmp_path):
-    params = TrainParams(backend="cosmos-rl", epochs=3, batch_size=2, grad_accum=4, lr=1e-5, save_every=5)
+    params = resolved(TrainParams(backend="cosmos-rl", epochs=3, batch_size=2, grad_accum=4, lr=1e-5, save_every=5))
     run, budget = prepare_run(params, FORMAT, base, dataset, tmp_path)
     config = tomllib.loads((run / "run.toml").read_text())
     assert config["policy"]["parallelism"]["tp_size"] == 1
@@ -57,7 +58,7 @@ def test_toml_sets_every_trap_explicitly(dataset, base, tmp_path):
 
 
 def test_same_params_give_the_same_run_folder_bytes(dataset, base, tmp_path):
-    params = TrainParams(backend="cosmos-rl")
+    params = resolved(TrainParams(backend="cosmos-rl"))
     first, _ = prepare_run(params, FORMAT, base, dataset, tmp_path / "a")
     second, _ = prepare_run(params, FORMAT, base, dataset, tmp_path / "b")
     for name in ("run.toml", "conversations.jsonl", "cosmos_rl_dataset.py"):
@@ -65,7 +66,7 @@ def test_same_params_give_the_same_run_folder_bytes(dataset, base, tmp_path):
 
 
 def test_dataset_script_yields_cosmos_rl_conversations_with_plain_python(dataset, base, tmp_path):
-    run, _ = prepare_run(TrainParams(backend="cosmos-rl"), FORMAT, base, dataset, tmp_path)
+    run, _ = prepare_run(resolved(TrainParams(backend="cosmos-rl")), FORMAT, base, dataset, tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     shown = subprocess.run([sys.executable, "-I", str(run / "cosmos_rl_dataset.py"), "--preview", "3"], cwd="/",
                            env=env, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
@@ -84,14 +85,14 @@ def test_dataset_script_yields_cosmos_rl_conversations_with_plain_python(dataset
 
 
 def test_over_budget_samples_are_dropped_and_counted(dataset, base, tmp_path):
+    from av_grounding.models.inputs import Encoder
     from av_grounding.models.loading import load_image_processor, load_tokenizer
-    from av_grounding.training.collate import Encoder
 
     encoder = Encoder(load_tokenizer(base), load_image_processor(base), FORMAT.min_pixels, FORMAT.max_pixels, 10**6)
     lengths = sorted(len(encoder.encode(s).input_ids) for s in read_cosmos(dataset / "train"))
     limit = lengths[len(lengths) // 2]
     fmt = FormatParams(prompts=FORMAT.prompts, eval_clips=1, model_max_length=limit)
-    run, budget = prepare_run(TrainParams(backend="cosmos-rl"), fmt, base, dataset, tmp_path)
+    run, budget = prepare_run(resolved(TrainParams(backend="cosmos-rl")), fmt, base, dataset, tmp_path)
     kept = sum(length <= limit for length in lengths)
     assert budget["samples"] == kept == len((run / "conversations.jsonl").read_text().splitlines())
     assert budget["samples_over_max_length"] == len(lengths) - kept > 0
@@ -99,11 +100,11 @@ def test_over_budget_samples_are_dropped_and_counted(dataset, base, tmp_path):
 
 
 def test_no_sample_within_the_budget_is_an_error_naming_the_split(dataset, base, tmp_path):
-    from av_grounding.training.collate import BudgetError
+    from av_grounding.models.inputs import BudgetError
 
     fmt = FormatParams(prompts=FORMAT.prompts, eval_clips=1, model_max_length=10)
     with pytest.raises(BudgetError, match=r"train: no sample fits model_max_length 10"):
-        prepare_run(TrainParams(backend="cosmos-rl"), fmt, base, dataset, tmp_path)
+        prepare_run(resolved(TrainParams(backend="cosmos-rl")), fmt, base, dataset, tmp_path)
 
 
 @pytest.mark.parametrize("model", TINY)
@@ -131,7 +132,7 @@ def test_freeze_patterns_select_exactly_their_part(model, tmp_path):
 
 
 def test_switches_and_lora_become_freeze_patterns_and_lora_table(dataset, base, tmp_path):
-    params = TrainParams(backend="cosmos-rl", train_vision=False, lora=True, lora_rank=8)
+    params = resolved(TrainParams(backend="cosmos-rl", train_vision=False, lora=True, lora_rank=8))
     run, _ = prepare_run(params, FORMAT, base, dataset, tmp_path)
     config = tomllib.loads((run / "run.toml").read_text())
     assert config["policy"]["freeze_pattern"] == [FREEZE_PATTERNS["train_vision"]]
@@ -148,7 +149,7 @@ def _executable(folder: Path, body: str) -> str:
 def test_a_run_that_exports_nothing_is_an_error_naming_the_log(dataset, base, tmp_path):
     """cosmos-rl's launcher exits 0 even when a worker crashed: the export is what counts."""
     crashed = _executable(tmp_path, "print('worker 0: CUDA error: out of memory')\n")
-    params = TrainParams(backend="cosmos-rl", cosmos_rl_executable=crashed)
+    params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=crashed))
     with pytest.raises(CosmosRLError, match=r"(?s)cosmos-rl\.log.*exited with code 0.*out of memory"):
         train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", tmp_path / "live")
 
@@ -160,14 +161,14 @@ def test_exports_left_by_a_crashed_attempt_do_not_count_as_success(dataset, base
     stale.mkdir(parents=True)
     (stale / "00000.safetensors").write_bytes(b"weights of an interrupted run")
     failing = _executable(tmp_path, "import sys\nprint('Process exited as soon as launched')\nsys.exit(1)\n")
-    params = TrainParams(backend="cosmos-rl", cosmos_rl_executable=failing)
+    params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=failing))
     with pytest.raises(CosmosRLError, match=r"(?s)exited with code 1.*before this run: 20, after: 20.*as soon as"):
         train_cosmos_rl(params, FORMAT, base, dataset, output, tmp_path / "live")
     assert not (output / "model").exists()
 
 
 def test_missing_executable_is_a_clear_error(dataset, base, tmp_path):
-    params = TrainParams(backend="cosmos-rl", cosmos_rl_executable=str(tmp_path / "nowhere" / "cosmos-rl"))
+    params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=str(tmp_path / "nowhere" / "cosmos-rl")))
     with pytest.raises(CosmosRLError, match="cosmos_rl_executable.*not found"):
         train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", tmp_path / "live")
 
@@ -186,8 +187,8 @@ def test_exports_are_placed_where_infer_loads_models(dataset, base, tmp_path):
         "    shutil.copytree(config['policy']['model_name_or_path'], f'{out}/step_{step}',\n"
         "                    ignore=shutil.ignore_patterns('tokenizer*', 'preprocessor*', 'chat_template*'))\n"))
     output = tmp_path / "train"
-    summary = train_cosmos_rl(TrainParams(backend="cosmos-rl", cosmos_rl_executable=exporter), FORMAT, base, dataset,
-                              output, tmp_path / "live")
+    params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=exporter))
+    summary = train_cosmos_rl(params, FORMAT, base, dataset, output, tmp_path / "live")
     assert (summary["steps"], summary["backend"], summary["final_loss"]) == (4, "cosmos-rl", 0.75)
     loss = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     # DVCLive numbers optimizer steps from 0 for both backends: cosmos-rl's "Step: 2" (two steps done) logs at 1.
@@ -238,7 +239,7 @@ def test_tiny_models_are_the_same_model_under_cosmos_rls_transformers_4(model, t
 
 
 def test_dataset_script_names_the_file_and_item_of_a_malformed_conversation(dataset, base, tmp_path):
-    run, _ = prepare_run(TrainParams(backend="cosmos-rl"), FORMAT, base, dataset, tmp_path)
+    run, _ = prepare_run(resolved(TrainParams(backend="cosmos-rl")), FORMAT, base, dataset, tmp_path)
     lines = (run / "conversations.jsonl").read_text().splitlines()
     (run / "conversations.jsonl").write_text("\n".join([lines[0], '{"role": "user"', *lines[2:]]) + "\n")
     shown = subprocess.run([sys.executable, "-I", str(run / "cosmos_rl_dataset.py"), "--preview", "3"],

@@ -11,11 +11,12 @@ import pytest
 from av_grounding.curation.filters import covered_fraction, decide, ray_box_entry
 from av_grounding.curation.records import RecordsError, read_records, write_records
 from av_grounding.curation.transform import transform_record
-from av_grounding.curation.validate import ValidationError, check_record, encoded_corners, validate
+from av_grounding.curation.validate import ValidationError, check_record, encoded_corners
 from av_grounding.geometry.boxes import Box3D
 from av_grounding.geometry.codecs import CODECS
 from av_grounding.geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, make_pose, rot_z
 from av_grounding.params import FilterParams, ValidateParams
+from av_grounding.pipeline.validate import validate
 
 CAMERA_HEIGHT = 1.5
 INTRINSICS = [300.0, 300.0, 320.0, 180.0, 640, 360]
@@ -237,8 +238,8 @@ def test_validate_on_real_data_names_the_frame_and_box_of_a_bad_label(curated, t
 
 def test_malformed_records_name_the_file(tmp_path):
     from av_grounding.curation.records import RecordsError
-    from av_grounding.curation.transform import transform
     from av_grounding.params import TransformParams
+    from av_grounding.pipeline.transform import transform
 
     good = frame([("Car", 20.0, 0.0, 0.0, CAR)])
     broken = json.loads(json.dumps(good))
@@ -259,8 +260,8 @@ def test_malformed_records_name_the_file(tmp_path):
 def test_whole_output_stages_keep_no_stale_records(tmp_path):
     """transform (like filter and format) replaces its output folder whole: records of clips that
     left the input leave the output, and a failed run leaves the earlier output in place."""
-    from av_grounding.curation.transform import transform
     from av_grounding.params import TransformParams
+    from av_grounding.pipeline.transform import transform
 
     record = frame([("Car", 20.0, 0.0, 0.0, CAR)])
     write_records(tmp_path / "in", "s_0_1", "camera_front_wide_120fov", [record])
@@ -276,9 +277,9 @@ def test_whole_output_stages_keep_no_stale_records(tmp_path):
 
 
 def test_transform_and_filter_give_the_same_bytes_and_counts_in_one_or_two_processes(curated, tmp_path):
-    from av_grounding.curation.filters import filter_boxes
-    from av_grounding.curation.transform import transform
     from av_grounding.params import TransformParams
+    from av_grounding.pipeline.filter import filter_boxes
+    from av_grounding.pipeline.transform import transform
 
     work, _ = curated
     outputs = {}

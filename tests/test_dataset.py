@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from av_grounding.dataset.answers import AnswerStyle, format_answer, format_number, rounded
-from av_grounding.dataset.build import RECIPE_SAMPLE_BOX, format_dataset
 from av_grounding.dataset.formats import DatasetError, Sample, conversation, read_cosmos, read_qwen, write_cosmos, write_qwen
 from av_grounding.dataset.split import split_clips
 from av_grounding.dataset.tokens import count_qwen, image_tokens
 from av_grounding.params import FormatParams
+from av_grounding.pipeline.format import RECIPE_SAMPLE_BOX, format_dataset
 from av_grounding.shards import ShardError, ShardReader
 
 REPO_PROMPTS = "prompts/av_grounding.yaml"
@@ -177,7 +177,7 @@ def test_over_long_samples_are_dropped_and_counted(filtered):
 
 
 def test_answer_styles_are_compared_on_an_evenly_spaced_sample():
-    from av_grounding.dataset.build import evenly_spaced
+    from av_grounding.pipeline.format import evenly_spaced
 
     assert evenly_spaced(list(range(10)), 20) == list(range(10))
     assert evenly_spaced(list(range(10)), 5) == [0, 2, 4, 6, 8]

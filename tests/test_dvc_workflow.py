@@ -153,7 +153,7 @@ def test_params_changed_while_a_stage_ran_fail_it_before_dvc_records_them(tmp_pa
     """An edit of params.yaml while a stage that DVC runs is working: the stage fails naming the
     key and both values, so DVC records neither the stage nor the new value in dvc.lock."""
     from av_grounding import cli
-    from av_grounding.synth import clips
+    from av_grounding.pipeline import synthesize
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"synthesize": {"num_clips": 1}}))
@@ -162,7 +162,7 @@ def test_params_changed_while_a_stage_ran_fail_it_before_dvc_records_them(tmp_pa
         params.write_text(yaml.safe_dump({"synthesize": {"num_clips": 2}}))
         return {"clips": stage_params.num_clips}
 
-    monkeypatch.setattr(clips, "synthesize", edited_during_the_run)
+    monkeypatch.setattr(synthesize, "synthesize", edited_during_the_run)
     monkeypatch.setenv("DVC_STAGE", "synthesize")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["synthesize", "--params", str(params), "--output", "out", "--metrics", "m.json"]) == 2
@@ -178,19 +178,19 @@ def test_a_change_of_the_code_a_stage_reaches_changes_its_digest(tmp_path, monke
     them, even in a function-level import, starts the stage over."""
     from av_grounding import sources
 
-    train = sources.reached_modules({"av_grounding.training.train"})
+    train = sources.reached_modules({"av_grounding.pipeline.train"})
     assert {"av_grounding.training.hf", "av_grounding.models.builtin", "av_grounding.sources"} <= train.keys()
     assert "av_grounding.synth.render" not in train
     copy = tmp_path / "src"
     shutil.copytree(sources.SRC / "av_grounding", copy / "av_grounding", ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(sources, "SRC", copy)
-    before = {module: sources.code_digest.__wrapped__(module) for module in ("av_grounding.training.train",
-                                                                               "av_grounding.curation.extract")}
+    before = {module: sources.code_digest.__wrapped__(module) for module in ("av_grounding.pipeline.train",
+                                                                               "av_grounding.pipeline.extract")}
     hf = copy / "av_grounding" / "training" / "hf.py"
     hf.write_text(hf.read_text() + "\n# an edit\n")
     after = {module: sources.code_digest.__wrapped__(module) for module in before}
-    assert after["av_grounding.training.train"] != before["av_grounding.training.train"]
-    assert after["av_grounding.curation.extract"] == before["av_grounding.curation.extract"]
+    assert after["av_grounding.pipeline.train"] != before["av_grounding.pipeline.train"]
+    assert after["av_grounding.pipeline.extract"] == before["av_grounding.pipeline.extract"]
 
 
 def test_sigterm_sets_the_output_aside_and_a_failed_rerun_keeps_it(tmp_path, monkeypatch, capsys):
@@ -198,8 +198,8 @@ def test_sigterm_sets_the_output_aside_and_a_failed_rerun_keeps_it(tmp_path, mon
     to ``.<name>.interrupted`` (a rename); the next run gets it back as hard links, and keeps the
     set-aside folder when it fails again, dropping it only once it completes."""
     from av_grounding import cli
-    from av_grounding.inference import infer as infer_module
     from av_grounding.params import ParamsError
+    from av_grounding.pipeline import infer as infer_module
 
     output = tmp_path / "predictions"
     calls = []

@@ -23,12 +23,12 @@ from av_grounding.evaluation.iou import iou_2d_matrix, iou_3d, iou_3d_matrix
 from av_grounding.evaluation.matching import match_centres
 from av_grounding.evaluation.parse import box_scores, parse_answer
 from av_grounding.evaluation.recipe import aligned_iou_matrix, normalise_label, recipe_rectangles
-from av_grounding.evaluation.stage import evaluate
 from av_grounding.evaluation.table import ROWS, lookup
 from av_grounding.geometry.boxes import Box3D
 from av_grounding.geometry.codecs import get_codec
 from av_grounding.geometry.transforms import rot_x, rot_z, wrap_angle
 from av_grounding.params import EvaluateParams, ParamsError, load
+from av_grounding.pipeline.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["car", "truck", "bus"]

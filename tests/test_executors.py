@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from av_grounding import rdshq
-from av_grounding.curation.extract import extract
 from av_grounding.executors import ExecutorError, run_items
-from av_grounding.synth.clips import synthesize
+from av_grounding.pipeline.extract import extract
+from av_grounding.pipeline.synthesize import synthesize
 
 from test_extract import extracted, params_for, tree_digest  # noqa: F401 - fixtures
 from test_s3 import aws_env, s3_endpoint, upload  # noqa: F401 - fixtures

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from av_grounding import rdshq
-from av_grounding.curation.extract import extract
 from av_grounding.curation.records import records_path
 from av_grounding.errors import StageFailed
 from av_grounding.params import ExtractParams, ParamsError, SynthesizeParams
+from av_grounding.pipeline.extract import extract
+from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.shards import ShardReader, partial_path, write_shard
-from av_grounding.synth.clips import clip_id_for, clip_rng, synthesize
+from av_grounding.synth.clips import clip_id_for, clip_rng
 from av_grounding.synth.scene import sample_scene
 from av_grounding.synth.stamp import read_index
 from test_video import decoded_rgb, encode_timed, remux_shifted, zero_timestamps

@@ -14,12 +14,12 @@ import pytest
 
 from av_grounding import rdshq
 from av_grounding.cli import run
-from av_grounding.dataset.build import format_dataset
 from av_grounding.geometry.boxes import Box3D, clipped_edges, edge_segments, project_edges, projected_rectangle
 from av_grounding.geometry.cameras import FThetaCamera
 from av_grounding.geometry.transforms import FLU_TO_RDF, rot_z
 from av_grounding.params import ExtractParams, SynthesizeParams
-from av_grounding.synth.clips import synthesize
+from av_grounding.pipeline.format import format_dataset
+from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.synth.render import RIG
 from conftest import TRAINING_FORMAT, curate, validated
 

@@ -14,13 +14,13 @@ from conftest import TRAINING_FORMAT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from av_grounding.dataset.build import format_dataset, published_tokenizer
 from av_grounding.dataset.formats import Sample, read_cosmos
 from av_grounding.dataset.tokens import qwen_vocabulary
 from av_grounding.models import hub
+from av_grounding.models.inputs import IGNORE, Encoder, TemplateError
 from av_grounding.models.loading import load_model
 from av_grounding.params import ParamsError, TrainParams
-from av_grounding.training.collate import IGNORE, Encoder, TemplateError
+from av_grounding.pipeline.format import format_dataset, published_tokenizer
 
 PUBLISHED_FILES = {"chat_template.json", "config.json", "generation_config.json", "merges.txt",
                    "model.safetensors", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -131,10 +131,10 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     """format -> train (2 steps: full fine-tuning of Cosmos Reason 1, LoRA merged at the end for
     Cosmos Reason 2) -> infer -> evaluate from a renamed tiny-weight hub folder without a system
     prompt; the fine-tuned folder keeps every published file, loads and generates."""
-    from av_grounding.evaluation.stage import evaluate
-    from av_grounding.inference.infer import infer
     from av_grounding.params import EvaluateParams, InferParams
-    from av_grounding.training.train import train
+    from av_grounding.pipeline.evaluate import evaluate
+    from av_grounding.pipeline.infer import infer
+    from av_grounding.pipeline.train import train
 
     kind, folder = published
     fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind, system_prompt=False)
@@ -169,7 +169,7 @@ def test_greedy_answers_do_not_use_the_folders_sampling_settings(published, data
     ``generate`` decodes the same tokens with the file and without it."""
     import shutil
 
-    from av_grounding.inference.generate import generate
+    from av_grounding.models.generate import generate
 
     kind, folder = published
     bare = tmp_path / "bare"
@@ -189,7 +189,7 @@ def test_an_incomplete_or_foreign_model_folder_is_refused_before_any_work(publis
     later; the stage names what is missing first. A model of another architecture is refused too."""
     import shutil
 
-    from av_grounding.training.train import train
+    from av_grounding.pipeline.train import train
 
     kind, folder = published
     broken = tmp_path / "broken"

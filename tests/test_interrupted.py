@@ -22,8 +22,8 @@ from conftest import SMALL, TRAINING_FORMAT
 
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.params import TrainParams
+from av_grounding.pipeline.train import train
 from av_grounding.storage import is_partial
-from av_grounding.training.train import train
 from test_extract import tree_digest
 
 REPO = Path(__file__).resolve().parents[1]

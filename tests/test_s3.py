@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from av_grounding.curation.extract import extract
 from av_grounding.local_s3 import moto_server
 from av_grounding.params import ExtractParams
+from av_grounding.pipeline.extract import extract
 from av_grounding.rdshq import LayoutError
 from av_grounding.storage import StorageError
 from test_extract import tree_digest

@@ -13,7 +13,8 @@ from av_grounding import rdshq
 from av_grounding.geometry.boxes import FACES, Box3D, corners
 from av_grounding.geometry.transforms import apply, invert_pose
 from av_grounding.params import SynthesizeParams
-from av_grounding.synth.clips import clip_rng, render_frame, synthesize
+from av_grounding.pipeline.synthesize import synthesize
+from av_grounding.synth.clips import clip_rng, render_frame
 from av_grounding.synth.raster import rasterize_polygon, raycast_box
 from av_grounding.synth.render import RIG
 from av_grounding.synth.scene import sample_scene

@@ -22,14 +22,14 @@ from test_extract import tree_digest
 from av_grounding import numerics
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
-from av_grounding.inference.generate import generate
-from av_grounding.models.loading import load_model
 from av_grounding.models.builtin import BUILTIN_MODELS, SPECIAL_TOKENS, build_builtin, split_name
+from av_grounding.models.generate import generate
+from av_grounding.models.inputs import IGNORE, Encoder, collate
+from av_grounding.models.loading import load_model
 from av_grounding.params import ParamsError, TrainParams
+from av_grounding.pipeline.train import LaunchError, train
 from av_grounding.storage import is_partial
-from av_grounding.training.collate import IGNORE, Encoder, collate
 from av_grounding.training.loop import STATE_FILE
-from av_grounding.training.train import LaunchError, train
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT = TRAINING_FORMAT
@@ -75,7 +75,7 @@ def trl_training_template(model_type: str) -> str:
 def test_labels_are_the_assistant_mask_of_trls_training_template(tiny, few):
     """An independent reference for the labels: TRL's training template marks the assistant turn
     (answer, <|im_end|> and its newline); the labels are that mask without the newline."""
-    from av_grounding.training.collate import messages_of
+    from av_grounding.models.inputs import messages_of
 
     loaded = load_model(tiny)
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
@@ -366,10 +366,10 @@ def answer_texts(predictions: Path) -> dict[Path, str]:
 
 @pytest.mark.slow
 def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path, monkeypatch):
-    from av_grounding.evaluation.stage import evaluate
-    from av_grounding.inference import infer as stage
-    from av_grounding.inference.infer import infer
     from av_grounding.params import EvaluateParams, InferParams
+    from av_grounding.pipeline import infer as stage
+    from av_grounding.pipeline.evaluate import evaluate
+    from av_grounding.pipeline.infer import infer
 
     caches = []  # the KV cache kind of every generation call
     monkeypatch.setattr(stage, "generate", lambda *args: caches.append(args[-1]) or generate(*args))
@@ -556,7 +556,7 @@ def test_a_model_that_is_no_folder_and_no_loadable_hub_id_fails_at_once(tmp_path
             "unreachable": "nor in the local Hugging Face cache"}[case] in err
     assert case != "unreachable" or "and the hub cannot be reached (ConnectError" in err
     assert not (tmp_path / "out").exists()
-    from av_grounding.training.train import model_source
+    from av_grounding.pipeline.train import model_source
 
     cached_hub_model(tmp_path / "hub", "some-org/cached-model")
     assert model_source("some-org/cached-model") == "some-org/cached-model"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from av_grounding import rdshq
-from av_grounding.curation.extract import extract
 from av_grounding.params import ExtractParams, ParamsError, SynthesizeParams
+from av_grounding.pipeline.extract import extract
+from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.shards import ShardReader
-from av_grounding.synth.clips import synthesize
 from av_grounding.synth.stamp import read_index
 from av_grounding.video import index_video
 from conftest import curate, validated

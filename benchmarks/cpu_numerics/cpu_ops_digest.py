@@ -91,8 +91,8 @@ def built_in_model(folder: Path) -> dict[str, object]:
     from av_grounding.dataset.formats import read_cosmos
     from av_grounding.dataset.prompts import load_prompts
     from av_grounding.models.builtin import build_builtin
+    from av_grounding.models.inputs import Encoder, answer_loss, collate
     from av_grounding.models.loading import load_model
-    from av_grounding.training.collate import Encoder, answer_loss, collate
 
     prompts = load_prompts(Path("prompts/av_grounding.yaml"))
     build_builtin("tiny-qwen2_5_vl", folder, 0, prompts.system, prompts.user, 3136, 40960)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import av
 
-from av_grounding.curation.extract import extract_item
 from av_grounding.params import ExtractParams, SynthesizeParams
-from av_grounding.synth.clips import synthesize
+from av_grounding.pipeline.extract import extract_item
+from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.video import decode_cost, index_video, sample_indices
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py

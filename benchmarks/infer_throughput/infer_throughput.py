@@ -6,7 +6,7 @@ whether the answers are identical.
     ... --decodings dynamic,static --profile   # both KV caches (the static one compiles its
                                                # decoding on CUDA), a profile of decoding per batch size
 
-Runs the `infer` stage's own generation (``inference.generate``: left padding, greedy, one
+Runs the `infer` stage's own generation (``models.generate``: left padding, greedy, one
 log-probability per token) over the first ``--frames`` evaluation frames, once per batch size,
 and compares every run's token ids with the first run's (put batch size 1 first: left padding
 must not change greedy answers; in bf16 a different batch shape can flip a near-tie, which is
@@ -35,10 +35,10 @@ import torch
 import transformers
 
 from av_grounding.dataset.formats import read_cosmos
-from av_grounding.inference.generate import KV_CACHES, generate
+from av_grounding.models.generate import KV_CACHES, generate
+from av_grounding.models.inputs import Encoder
 from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams
-from av_grounding.training.collate import Encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import device_name, profile_summary, synchronize, write_json  # noqa: E402

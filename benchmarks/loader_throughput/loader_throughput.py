@@ -22,8 +22,8 @@ from PIL import Image
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.models.builtin import image_processor_for, task_tokenizer
+from av_grounding.models.inputs import Encoder, collate, within_budget
 from av_grounding.params import FormatParams
-from av_grounding.training.collate import Encoder, collate, within_budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import command_line, machine, timed, write_json  # noqa: E402

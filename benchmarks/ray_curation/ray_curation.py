@@ -26,10 +26,10 @@ import fsspec
 import numpy as np
 
 from av_grounding import rdshq
-from av_grounding.curation.extract import extract
 from av_grounding.params import ExtractParams, SynthesizeParams
+from av_grounding.pipeline.extract import extract
+from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.storage import folder_digest
-from av_grounding.synth.clips import synthesize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import command_line, markdown_table, video_machine, write_json  # noqa: E402

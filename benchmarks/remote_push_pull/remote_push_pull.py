@@ -37,9 +37,9 @@ import s3fs
 
 from av_grounding.local_s3 import moto_server
 from av_grounding.params import SynthesizeParams
+from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.shards import write_shard
 from av_grounding.storage import folder_digest
-from av_grounding.synth.clips import synthesize
 from av_grounding.synth.stamp import stamp_index
 from av_grounding.video import index_video, read_frames
 

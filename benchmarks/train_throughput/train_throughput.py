@@ -11,7 +11,7 @@ Builds the real model class at a shape from its config (``3b``: the Qwen2.5-VL-3
 parameters, baseline figures in docs/recipe.md#reference-figures; ``4b``: the Qwen3-VL-4B shape;
 ``7b`` / ``8b``: the published Cosmos-Reason1-7B / Cosmos-Reason2-8B shapes; or any built-in model
 name),
-random weights, and times the step `train` runs: answer-only loss (``training.collate.answer_loss``),
+random weights, and times the step `train` runs: answer-only loss (``models.inputs.answer_loss``),
 AdamW, gradient clipping. Samples are 1078 tokens, 576 of them image tokens (a 672x672 image, 48x48
 patches), with a 200-token answer. Each variant switches one more optimisation on, as the train
 params do (``vision_attention``, ``fused_kernels``, ``gradient_checkpointing``; pure bf16 weights and
@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from av_grounding.models.flops import DATASHEET_BF16, counts_of_batch, mfu, training_flops
-from av_grounding.training.collate import IGNORE, answer_loss
+from av_grounding.models.inputs import IGNORE, answer_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 # device_time stays importable from here (tests/test_flops.py)

@@ -40,45 +40,45 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "synthesize": StageSpec(
-        SynthesizeParams, "av_grounding.synth.clips:synthesize",
+        SynthesizeParams, "av_grounding.pipeline.synthesize:synthesize",
         {"output": "data/synthetic", "metrics": "metrics/synthesize.json"},
         "Write synthetic clips in the RDS-HQ layout (videos, poses, labels, render truth)."),
     "extract": StageSpec(
-        ExtractParams, "av_grounding.curation.extract:extract",
+        ExtractParams, "av_grounding.pipeline.extract:extract",
         {"output": "data/extracted", "metrics": "metrics/extract.json", "timing": "metrics/timing/extract.json"},
         "Decode every skip_frames-th frame by exact index; write JPEG shards and frame records.", resumable="output"),
     "transform": StageSpec(
-        TransformParams, "av_grounding.curation.transform:transform",
+        TransformParams, "av_grounding.pipeline.transform:transform",
         {"input": "data/extracted", "output": "data/transformed"},
         "Turn world-frame labels into camera-frame boxes (FLU -> RDF) with the chosen box codec."),
     "filter": StageSpec(
-        FilterParams, "av_grounding.curation.filters:filter_boxes",
+        FilterParams, "av_grounding.pipeline.filter:filter_boxes",
         {"input": "data/transformed", "output": "data/filtered", "metrics": "metrics/curation.json"},
         "Drop boxes by distance, field of view, occlusion and depth; count each reason."),
     "validate": StageSpec(
-        ValidateParams, "av_grounding.curation.validate:validate",
+        ValidateParams, "av_grounding.pipeline.validate:validate",
         {"input": "data/filtered", "images": "data/extracted", "plots": "plots/validation",
          "metrics": "metrics/validation.json"},
         "Draw kept boxes on sample frames and check their re-projection residual in pixels."),
     "format": StageSpec(
-        FormatParams, "av_grounding.dataset.build:format_dataset",
+        FormatParams, "av_grounding.pipeline.format:format_dataset",
         {"input": "data/filtered", "images": "data/extracted", "output": "data/dataset",
          "metrics": "metrics/dataset.json", "plots": "plots/dataset"},
         "Write train/eval datasets (Cosmos-RL and Qwen-VL layouts) with a measured token budget."),
     "train": StageSpec(
-        TrainParams, "av_grounding.training.train:train",
+        TrainParams, "av_grounding.pipeline.train:train",
         {"dataset": "data/dataset", "output": "data/train", "metrics": "metrics/train.json", "live": "dvclive/train",
          "timing": "metrics/timing/train.json"},
         "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
         {"fmt": ("format", FormatParams)}, resumable="output"),
     "infer": StageSpec(
-        InferParams, "av_grounding.inference.infer:infer",
+        InferParams, "av_grounding.pipeline.infer:infer",
         {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json",
          "timing": "metrics/timing/infer.json"},
         "Answer the evaluation split with the base model, every checkpoint and the final model.",
         {"fmt": ("format", FormatParams)}, resumable="output"),
     "evaluate": StageSpec(
-        EvaluateParams, "av_grounding.evaluation.stage:evaluate",
+        EvaluateParams, "av_grounding.pipeline.evaluate:evaluate",
         {"dataset": "data/dataset", "predictions": "data/predictions", "metrics": "metrics/eval.json",
          "headline": "metrics/headline.json", "plots": "plots/eval", "gt": None, "pred": None, "out": None},
         "Score predictions (COCO AP2D, oriented AP3D, centre-distance mAP, recipe metrics); "

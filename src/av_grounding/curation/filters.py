@@ -1,4 +1,5 @@
-"""The `filter` stage (docs/formats.md#filter): drop boxes a model cannot or should not see.
+"""The filters of the `filter` stage (docs/formats.md#filter; run by ``pipeline.filter``): drop
+boxes a model cannot or should not see.
 
 Each box is dropped by the first filter that rejects it, and counted under that reason:
   category  its raw type is not in ``label_map`` (pedestrians, cyclists, ...; each such type is
@@ -17,7 +18,6 @@ scored against it: precision and recall of "kept" versus "truly visible".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,6 @@ import numpy as np
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle, ray_box_entry, rectangle_area
 from ..geometry.cameras import Camera, camera_from_record
 from ..params import FilterParams
-from ..storage import atomic_folder, write_json
-from .records import map_record_files
 
 REASONS = ("category", "distance", "fov", "occlusion", "depth")
 
@@ -178,25 +176,3 @@ def filter_file(params: FilterParams, records: list[dict[str, Any]]) -> tuple[li
         counts.empty_frames += not kept
         out_records.append({**record, "objects": kept})
     return out_records, counts
-
-
-def filter_boxes(params: FilterParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
-    """The `filter` stage: kept boxes per frame under ``output``, counts in ``metrics``; in
-    ``params.workers`` processes over records files (the same bytes for any number)."""
-    with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
-        files = map_record_files(filter_file, (params,), input, folder, params.workers, "filter")
-    unmapped: dict[str, int] = {}
-    for counts in files:
-        for raw_type, count in counts.unmapped.items():
-            unmapped[raw_type] = unmapped.get(raw_type, 0) + count
-    scored = [pair for counts in files for pair in counts.scored]
-    summary: dict[str, Any] = {"frames": sum(c.frames for c in files),
-                               "frames_without_boxes": sum(c.empty_frames for c in files),
-                               "boxes_in": len(scored), "boxes_kept": sum(c.kept for c in files),
-                               "removed": {reason: sum(c.removed[reason] for c in files) for reason in REASONS},
-                               "removed_types": dict(sorted(unmapped.items()))}
-    if any(truth is not None for _, truth in scored):
-        summary["against_render_truth"] = score_against_truth(scored, params)
-    if metrics:
-        write_json(metrics, summary)
-    return summary

@@ -1,4 +1,5 @@
-"""The `transform` stage (docs/conventions.md#world-to-camera): world-frame labels -> boxes in camera RDF.
+"""World-frame labels -> boxes in camera RDF, per record (docs/conventions.md#world-to-camera); the
+`transform` stage runs it over every records file (``pipeline.transform``).
 
 Two explicit steps, as the recipe describes them: world -> camera FLU (``P = R * P_world + t``),
 then FLU -> RDF (``x = -y, y = -z, z = x``). Each object keeps its physical box (centre,
@@ -8,7 +9,6 @@ rotation, size) and the nine numbers of the chosen box codec.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +16,6 @@ import numpy as np
 from ..geometry.boxes import Box3D
 from ..geometry.codecs import get_codec
 from ..geometry.transforms import FLU_TO_RDF, RDF_TO_FLU, invert_pose, make_pose
-from ..params import TransformParams
-from ..storage import atomic_folder, write_json
-from .records import map_record_files
 
 FLU_TO_RDF_POSE = make_pose(FLU_TO_RDF, np.zeros(3))
 
@@ -58,13 +55,3 @@ def transform_file(codec: str, records: list[dict[str, Any]]) -> tuple[list[dict
     """One records file: its transformed records, and (frames, boxes)."""
     transformed = [transform_record(r, codec) for r in records]
     return transformed, (len(transformed), sum(len(r["objects"]) for r in transformed))
-
-
-def transform(params: TransformParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
-    """The `transform` stage, in ``params.workers`` processes over records files."""
-    with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
-        counts = map_record_files(transform_file, (params.codec,), input, folder, params.workers, "transform")
-    summary = {"frames": sum(f for f, _ in counts), "boxes": sum(b for _, b in counts), "codec": params.codec}
-    if metrics:
-        write_json(metrics, summary)
-    return summary

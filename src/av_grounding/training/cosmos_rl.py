@@ -32,10 +32,10 @@ from typing import Any
 
 from ..dataset.formats import read_cosmos
 from ..errors import PipelineError
+from ..models.inputs import BudgetError, Encoder, within_budget
 from ..params import FormatParams, TrainParams
 from ..processes import signal_on_parent_death
 from ..storage import atomic_folder, atomic_write_bytes, write_json
-from .collate import BudgetError, Encoder, within_budget
 from .data import global_batch
 from .loop import StepResult, log_step, step_folder, step_folders, timing_record
 
@@ -227,12 +227,10 @@ def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
 
 def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
                 output: Path) -> tuple[Path, dict[str, Any]]:
-    """Write the run folder (conversations, TOML, dataset script); returns it with the budget counts."""
+    """Write the run folder (conversations, TOML, dataset script); returns it with the budget counts.
+    ``params`` are resolved already (``training.config.resolved``, called by the train stage)."""
     import tomli_w
 
-    from .train import resolved
-
-    params = resolved(params)
     run = output / RUN_FOLDER
     run.mkdir(parents=True, exist_ok=True)
     budget = write_conversations(params, fmt, base, dataset, run)
@@ -245,6 +243,9 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
 
 def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
                     output: Path, live_dir: Path, timing: Path | None = None) -> dict[str, Any]:
+    """The cosmos-rl backend: prepare the run folder (``prepare_run``; ``params`` resolved by the
+    caller), run cosmos-rl, and turn its exports and log into checkpoints, DVCLive curves and
+    the run's summary."""
     run, budget = prepare_run(params, fmt, base, dataset, output)
     before = max(exported_steps(run), default=0)  # exports of a crashed earlier attempt
     code, seconds = run_cosmos_rl(params.cosmos_rl_executable, run)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..dataset.formats import Sample
-from .collate import Encoder, Text, collate
+from ..models.inputs import Encoder, Text, collate
 
 
 def global_batch(batch_size: int, grad_accum: int, world: int) -> int:

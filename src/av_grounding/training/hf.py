@@ -29,11 +29,11 @@ import torch
 
 from ..dataset.formats import read_cosmos
 from ..models.flops import counts_of_batch, training_flops
+from ..models.inputs import IGNORE, BudgetError, Encoder, answer_loss, within_budget
 from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
 from . import distributed
-from .collate import IGNORE, BudgetError, Encoder, answer_loss, within_budget
 from .data import StepPlan, loader_workers, step_loader
 from .loop import (STATE_FILE, CheckpointHook, LiveHook, ProgressHook, TimingHook, Trainer, latest_checkpoint,
                    save_folder)
@@ -297,9 +297,6 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
 
 def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
              timing: Path | None = None) -> dict[str, Any]:
-    from .train import resolved
-
-    params = resolved(params)
     zero3 = params.deepspeed is not None
     if zero3:
         from . import zero3 as ds

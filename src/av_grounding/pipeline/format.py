@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 
 from ..curation.records import iter_records
+from ..dataset import tokens
+from ..dataset.answers import AnswerStyle, format_answer, order_boxes, rounded
+from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
+from ..dataset.prompts import load_prompts
+from ..dataset.split import split_clips
 from ..models.builtin import task_tokenizer
 from ..models.hub import build_tokenizer
-from ..training.collate import IGNORE, Encoder
+from ..models.inputs import IGNORE, Encoder
 from ..params import FormatParams, ParamsError
 from ..shards import ShardReader
 from ..storage import atomic_folder, atomic_write_bytes, write_json
-from . import tokens
-from .answers import AnswerStyle, format_answer, order_boxes, rounded
-from .formats import Sample, conversation, write_cosmos, write_qwen
-from .prompts import load_prompts
-from .split import split_clips
 
 # The recipe's own sample box (seed, "Annotation Format"), for comparable token figures.
 RECIPE_SAMPLE_BOX = [{"bbox_3d": [-8.962420703794697, -0.15224466668225012, 18.004403863124224, 5.301581382751465,

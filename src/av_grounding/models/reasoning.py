@@ -11,7 +11,7 @@ Joining follows each model's own inference script:
     blank line between them; a sample without a system prompt gets the instruction alone;
   - ``user`` (Cosmos Reason 2): the user prompt stripped, one blank line, the instruction.
 
-The sample's text changes before it reaches ``training.collate.Encoder``, the one place that
+The sample's text changes before it reaches ``models.inputs.Encoder``, the one place that
 renders prompts. How answers of either form are read: ``evaluation.parse``.
 """
 
@@ -64,7 +64,7 @@ def load_instructions(path: str | Path = REASONING_PROMPTS) -> dict[str, Instruc
 def model_type_of(source: str | Path) -> str:
     """``config.model_type`` of a model folder or hub id (reads config.json only); ParamsError
     naming the model when its config cannot be read."""
-    from ..models.loading import model_type
+    from .loading import model_type
 
     try:
         return model_type(source)

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,33 +27,22 @@ from typing import Any
 
 import yaml
 
-from ..dataset.prompts import load_prompts
 from .. import numerics
+from ..dataset.prompts import load_prompts
 from ..errors import PipelineError
 from ..models.builtin import ARCHITECTURES, BUILTIN_MODELS, build_builtin, split_name
 from ..params import FormatParams, ParamsError, TrainParams
 from ..sources import code_digest
-from ..storage import as_stored, dumps_json, folder_digest, remove_partials, stored_json, write_json
-from . import distributed
-from .cosmos_rl import RUN_FOLDER
+from ..storage import dumps_json, folder_digest, remove_partials, stored_json, write_json
+from ..training import distributed
+from ..training.config import resolved
+from ..training.cosmos_rl import RUN_FOLDER
+from .outputs import Manifest
 
 INPUTS = "inputs.json"
 
-# Peak learning rate of `train.lr: null` for a model that is not built in (a hub id or folder of a
-# pretrained model): a common full fine-tuning rate for 3-8B vision-language models.
-PRETRAINED_LR = 1e-5
 # Seconds to wait for the hub's answer about a model id that is not in the local cache.
 HUB_TIMEOUT_S = 10.0
-
-
-def resolved(params: TrainParams) -> TrainParams:
-    """The params a run uses: ``lr: null`` replaced by the built-in model size's learning rate
-    (``models.builtin.MODEL_SIZES``) or PRETRAINED_LR. (A preset is applied when the params
-    load: ``params.load``.)"""
-    if params.lr is None:
-        lr = split_name(params.model)[0].lr if params.model in BUILTIN_MODELS else PRETRAINED_LR
-        params = dataclasses.replace(params, lr=lr)
-    return params
 
 
 def looks_like_path(model: str) -> bool:
@@ -142,10 +130,9 @@ def start_or_resume(inputs: dict[str, Any], output: Path) -> None:
     """Keep an earlier run's checkpoints only when it was made from ``inputs``; clear them (and
     the backends' resumable state) otherwise. Leftovers of killed writers go either way."""
     remove_partials(output)
-    if stored_json(output / INPUTS) != as_stored(inputs):
-        for stale in ("checkpoints", "model", RUN_FOLDER):
-            shutil.rmtree(output / stale, ignore_errors=True)
-        write_json(output / INPUTS, inputs)
+    manifest = Manifest(output / INPUTS, inputs)
+    if not manifest.matches():
+        manifest.reset(*(output / stale for stale in ("checkpoints", "model", RUN_FOLDER)))
 
 
 def architecture(model: str) -> str:
@@ -208,7 +195,7 @@ def join_launch(params: TrainParams) -> int:
     """This process's rank in its torchrun launch, the process group joined (by DeepSpeed with
     ``train.deepspeed``)."""
     if params.deepspeed is not None:
-        from . import zero3
+        from ..training import zero3
 
         rank, world, _ = zero3.distributed_context()
     else:
@@ -241,11 +228,11 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
     else:
         base = base_model(params, fmt, output)
     if params.backend == "hf":
-        from .hf import train_hf
+        from ..training.hf import train_hf
 
         summary = train_hf(params, fmt, base, dataset, output, live, timing)
     else:
-        from .cosmos_rl import train_cosmos_rl
+        from ..training.cosmos_rl import train_cosmos_rl
 
         summary = train_cosmos_rl(params, fmt, base, dataset, output, live, timing)
     summary["model"] = params.model

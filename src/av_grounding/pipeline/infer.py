@@ -9,7 +9,7 @@ Columns: ``zero_shot``, ``step_NNNNNN``, ``final``, with their training steps in
 was made from (model, parameters, reasoning instruction, evaluation split); a rerun keeps a
 column's answers only when that matches, and then skips the batches already answered, so a rerun
 after a crash continues where it stopped and gives the same answers. ``reasoning`` says what the
-answers were asked for (``infer.reasoning``, see ``inference.reasoning``): ``{"setting": "none"}``, or
+answers were asked for (``infer.reasoning``, see ``models.reasoning``): ``{"setting": "none"}``, or
 ``model`` with the model type and the message that got the instruction.
 """
 
@@ -27,14 +27,15 @@ from tqdm import tqdm
 from .. import numerics
 from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
+from ..models.generate import generate
+from ..models.inputs import Encoder
 from ..models.loading import load_model
+from ..models.reasoning import Instruction, instruction_for, model_type_of, reasoning_record, with_instruction
 from ..params import FormatParams, InferParams, ParamsError
 from ..sources import code_digest
-from ..storage import as_stored, folder_digest, remove_partials, stored_json, write_json
-from ..training.collate import Encoder
+from ..storage import folder_digest, remove_partials, write_json
 from ..training.loop import step_folders
-from .generate import generate
-from .reasoning import Instruction, instruction_for, model_type_of, reasoning_record, with_instruction
+from .outputs import Manifest
 
 MANIFESTS = "manifests"
 
@@ -119,10 +120,9 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
     answers equal uninterrupted ones); a batch whose every answer exists from a run with the same
     inputs (``expected``) is not redone. ``reasoning``: recorded in every prediction file. Returns
     this run's timing: frames resumed, wall time, images/s and generated tokens/s."""
-    manifest = folder.parent / MANIFESTS / f"{folder.name}.json"
-    if stored_json(manifest) != as_stored(expected):
-        shutil.rmtree(folder, ignore_errors=True)
-        write_json(manifest, expected)
+    manifest = Manifest(folder.parent / MANIFESTS / f"{folder.name}.json", expected)
+    if not manifest.matches():
+        manifest.reset(folder)
     batches = [samples[begin: begin + params.batch_size] for begin in range(0, len(samples), params.batch_size)]
     pending = [batch for batch in batches if not all((folder / f"{s.id}.json").exists() for s in batch)]
     started, tokens = time.perf_counter(), 0

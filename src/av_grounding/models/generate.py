@@ -1,5 +1,5 @@
 """Batched generation with left padding, greedy by default, through the same prompt builder as
-training (``training.collate.Encoder``), so images and text match what the model learned."""
+training (``models.inputs.Encoder``), so images and text match what the model learned."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from ..dataset.formats import Sample
 from ..params import KVCache
-from ..training.collate import Encoder, collate
+from .inputs import Encoder, collate
 
 
 KV_CACHES: tuple[str, ...] = typing.get_args(KVCache)

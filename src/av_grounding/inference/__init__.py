@@ -1,1 +1,0 @@
-"""Inference: batched greedy generation with per-box scores, answer parsing."""

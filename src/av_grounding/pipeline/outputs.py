@@ -1,0 +1,59 @@
+"""One rule for every reuse decision of a resumable stage: a manifest records what an output was
+made from, and the output is reused only while that equals what this run would make it from.
+
+``extract`` keeps one per item (``manifests/<clip_id>/<camera>.json``, written last, with the
+item's result), ``train`` one per run (``inputs.json``, written first), ``infer`` one per column
+(``manifests/<column>.json``, written first).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..storage import as_stored, stored_json, write_json
+
+RESULT = "result"  # the key under which ``finish`` stores what the output holds
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest at ``path`` and what this run's output is made from (``expected``: JSON-able,
+    compared as ``write_json`` stores it)."""
+
+    path: Path
+    expected: dict[str, Any]
+
+    def stored(self) -> Any | None:
+        """What the manifest holds; None when it is absent or unreadable."""
+        return stored_json(self.path)
+
+    def matches(self) -> bool:
+        """Whether the stored manifest records ``expected`` (its ``result``, if any, aside)."""
+        stored = self.stored()
+        return isinstance(stored, dict) and {k: v for k, v in stored.items() if k != RESULT} == as_stored(self.expected)
+
+    def reset(self, *stale: Path) -> None:
+        """Clear the earlier output (``stale`` folders and files; absent ones are skipped), then
+        record ``expected``: the output is now being made from it."""
+        _remove(stale)
+        write_json(self.path, self.expected)
+
+    def invalidate(self, *stale: Path) -> None:
+        """Remove the manifest, then the ``stale`` output it described (for an output whose
+        manifest is written last, by ``finish``)."""
+        _remove((self.path, *stale))
+
+    def finish(self, result: Any) -> None:
+        """Record ``expected`` and the output's ``result``: the output is complete."""
+        write_json(self.path, {**self.expected, RESULT: result})
+
+
+def _remove(paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        if Path(path).is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            Path(path).unlink(missing_ok=True)

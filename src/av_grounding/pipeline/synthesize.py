@@ -1,0 +1,35 @@
+"""The `synthesize` stage: ``num_clips`` synthetic clips in the RDS-HQ layout (see
+``synth.clips``, which writes one clip), written in parallel and published whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..executors import run_items
+from ..params import ParamsError, SynthesizeParams
+from ..storage import atomic_folder, write_json
+from ..synth.clips import mount_of, write_clip
+
+
+def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
+    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips; the
+    folder is replaced only once every clip is written."""
+    for camera_name in params.cameras:  # unknown camera or model: fail before any work
+        mount = mount_of(params, camera_name)
+        try:
+            mount.intrinsics(params.camera_model)
+        except ValueError as exc:
+            raise ParamsError(f"synthesize.camera_model {params.camera_model!r}, camera {camera_name!r}: {exc}") from None
+    with atomic_folder(output) as folder:  # a killed run leaves the previous output whole
+        outcome = run_items(write_clip, [(params, i, folder) for i in range(params.num_clips)],
+                            params.workers, "synthesize clips", executor=params.executor,
+                            address=params.ray_address)
+        if outcome.failures:  # the generator's own inputs: a failure is a bug, not bad data
+            raise RuntimeError("synthesize failed for: " + "; ".join(f.describe() for f in outcome.failures))
+    summaries = outcome.results
+    summary = {"clips": len(summaries), "cameras": len(params.cameras),
+               "video_frames": sum(s["frames"] for s in summaries) * len(params.cameras),
+               "tracks": sum(s["tracks"] for s in summaries)}
+    if metrics:
+        write_json(metrics, summary)
+    return summary

@@ -1,0 +1,22 @@
+"""The `transform` stage (docs/conventions.md#world-to-camera): every records file through
+``curation.transform``, world-frame labels -> boxes in camera RDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..curation.records import map_record_files
+from ..curation.transform import transform_file
+from ..params import TransformParams
+from ..storage import atomic_folder, write_json
+
+
+def transform(params: TransformParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
+    """The `transform` stage, in ``params.workers`` processes over records files."""
+    with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
+        counts = map_record_files(transform_file, (params.codec,), input, folder, params.workers, "transform")
+    summary = {"frames": sum(f for f, _ in counts), "boxes": sum(b for _, b in counts), "codec": params.codec}
+    if metrics:
+        write_json(metrics, summary)
+    return summary
