@@ -35,8 +35,8 @@ from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
 from . import distributed
 from .data import StepPlan, loader_workers, step_loader
-from .loop import (STATE_FILE, CheckpointHook, LiveHook, ProgressHook, TimingHook, Trainer, latest_checkpoint,
-                   save_folder)
+from .loop import (STATE_FILE, CheckpointHook, LiveHook, ProgressHook, StepResult, TimingHook, Trainer,
+                   latest_checkpoint, save_folder)
 
 
 def trainable_parameters(model, params: TrainParams):
@@ -166,7 +166,7 @@ class SingleProcessTrainer(Trainer):
             s.optimizer.step()
         s.scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, lr, samples, tokens
+        return StepResult(self.step + 1, loss, grad_norm, lr, 0.0, samples, tokens)
 
     def save_checkpoint(self, folder: Path) -> None:
         s = self.setup
@@ -246,7 +246,8 @@ class ZeRO3Trainer(Trainer):
             self.engine.step()
             losses.append(loss.detach())
         grad_norm = float(self.engine.get_global_grad_norm())
-        return float(torch.stack(losses).float().mean()), grad_norm, lr, samples * s.world, tokens * s.world
+        return StepResult(self.step + 1, float(torch.stack(losses).float().mean()), grad_norm, lr, 0.0,
+                          samples * s.world, tokens * s.world)
 
     def save_checkpoint(self, folder: Path) -> None:
         """Rank 0 writes the gathered Hugging Face model, then every rank its shard of the training
@@ -295,71 +296,135 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
     print(f"train: estimated peak memory {needed.describe()}", file=sys.stderr)
 
 
-def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
-             timing: Path | None = None) -> dict[str, Any]:
-    zero3 = params.deepspeed is not None
-    if zero3:
+@dataclass
+class Process:
+    """Where this process trains: its rank among ``world`` processes, its device, and under
+    ZeRO-3 the DeepSpeed config and the sharded-loading context (which must outlive loading)."""
+
+    rank: int
+    world: int
+    device: str
+    ds_config: dict[str, Any] | None = None
+    sharding: Any = None
+
+    @property
+    def zero3(self) -> bool:
+        return self.ds_config is not None
+
+
+def _setup_process(params: TrainParams) -> Process:
+    """One process, a data-parallel process of a torchrun launch, or a ZeRO-3 process;
+    ``ParamsError`` for LoRA with ZeRO-3."""
+    if params.deepspeed is not None:
         from . import zero3 as ds
 
         if params.lora:
             raise ParamsError("train.lora with train.deepspeed is not supported: LoRA models fit one GPU")
         rank, world, device = ds.distributed_context()
         ds_config = ds.load_config(params.deepspeed, params, world)
-        sharding = ds.sharded_loading(ds_config)  # noqa: F841 (must outlive from_pretrained)
-    elif distributed.launched():
-        rank, world, device = distributed.join()
-    else:
-        rank, world = 0, 1
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    checkpoints = output / "checkpoints"
-    resume_from = latest_checkpoint(checkpoints)
-    # ZeRO-3 restores weights from its own sharded checkpoint, so it always starts from the base.
-    loaded = load_model(base if zero3 else resume_from or base, "float32", None if zero3 else device,
-                        params.attn_implementation, params.vision_attention)
-    encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
-    examples, over_budget = within_budget(encoder, read_cosmos(dataset / "train"))
-    if not examples:
-        raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
-    if params.fused_kernels == "liger" and device != "cpu":
+        return Process(rank, world, device, ds_config, ds.sharded_loading(ds_config))
+    if distributed.launched():
+        return Process(*distributed.join())
+    return Process(0, 1, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _setup_model(params: TrainParams, base: Path, resume_from: Path | None, process: Process) -> tuple[LoadedModel, Any]:
+    """The model in fp32 (from the newest checkpoint, or the base; ZeRO-3 always loads the base and
+    restores its own shards), with Liger kernels and activation checkpointing as asked, and its
+    trainable parts chosen (``trainable_parameters``): (loaded folder, model to train)."""
+    loaded = load_model(base if process.zero3 else resume_from or base, "float32",
+                        None if process.zero3 else process.device, params.attn_implementation,
+                        params.vision_attention)
+    if params.fused_kernels == "liger" and process.device != "cpu":
         from ..models.kernels import use_liger_kernels
 
         use_liger_kernels(loaded.model)
     if params.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()
-    model = trainable_parameters(loaded.model, params)
-    if device != "cpu" and not zero3:
-        check_memory(model, params, examples, device)
+    return loaded, trainable_parameters(loaded.model, params)
+
+
+def _setup_data(loaded: LoadedModel, fmt: FormatParams, dataset: Path) -> tuple[Encoder, list, list[str]]:
+    """The encoder of the format params, the training samples that fit ``model_max_length``
+    (with their text encodings) and one message per sample that does not; ``BudgetError`` when
+    none fits."""
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
+    examples, over_budget = within_budget(encoder, read_cosmos(dataset / "train"))
+    if not examples:
+        raise BudgetError(f"{dataset / 'train'}: no sample fits model_max_length {fmt.model_max_length}")
+    return encoder, examples, over_budget
+
+
+def _setup_optimizer(model, params: TrainParams, process: Process, examples: list,
+                     dataset: Path) -> tuple[torch.optim.Optimizer, StepPlan, int, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters (after the GPU memory check), the step plan, the
+    number of steps and the learning-rate schedule; ``ParamsError`` when a step needs more
+    samples than fit the budget."""
+    if process.device != "cpu" and not process.zero3:
+        check_memory(model, params, examples, process.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # On the CPU, the fused AdamW: its square root is ATen's own (IEEE-exact), where the plain one
     # calls MKL's vector math, whose results depend on the CPU's vendor (numerics.py).
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay, fused=device == "cpu")
-    plan = StepPlan(len(examples), params.batch_size, params.grad_accum, world, params.seed)
+    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay,
+                                  fused=process.device == "cpu")
+    plan = StepPlan(len(examples), params.batch_size, params.grad_accum, process.world, params.seed)
     if plan.per_step > len(examples):
         raise ParamsError(f"train.batch_size x train.grad_accum x processes = {plan.per_step} samples a step, but "
                           f"{dataset / 'train'} has {len(examples)} that fit model_max_length")
     total = params.max_steps or params.epochs * plan.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total, params))
-    setup = Setup(loaded, model, optimizer, scheduler, device, world, params.gradient_checkpointing)
-    bf16 = ds_config["bf16"]["enabled"] if zero3 else device != "cpu" and params.bf16
-    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(checkpoints, params.save_every),
-             TimingHook(timing, device, bf16), ProgressHook()]
+    return optimizer, plan, total, scheduler
+
+
+def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: int, output: Path, live_dir: Path,
+                   timing: Path | None, resume_from: Path | None) -> Trainer:
+    """The trainer of the execution path with its hooks (DVCLive, checkpoints, timing, progress),
+    resumed from ``resume_from`` when there is one."""
+    bf16 = process.ds_config["bf16"]["enabled"] if process.ds_config else process.device != "cpu" and params.bf16
+    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(output / "checkpoints", params.save_every),
+             TimingHook(timing, process.device, bf16), ProgressHook()]
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
-                  hooks=hooks, rank=rank)
-    if zero3:
-        trainer = ZeRO3Trainer(setup, ds.initialize(model, optimizer, scheduler, ds_config), **common)
-    elif world > 1:
+                  hooks=hooks, rank=process.rank)
+    trainer: Trainer
+    if process.ds_config is not None:
+        from . import zero3 as ds
+
+        engine = ds.initialize(setup.model, setup.optimizer, setup.scheduler, process.ds_config)
+        trainer = ZeRO3Trainer(setup, engine, **common)
+    elif process.world > 1:
         trainer = DataParallelTrainer(setup, params, **common)
     else:
         trainer = SingleProcessTrainer(setup, params, **common)
     if resume_from is not None:
         trainer.resume(resume_from)
         trainer.last_checkpoint = resume_from
-    workers = loader_workers(params.loader_workers, device)
+    return trainer
+
+
+def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
+             timing: Path | None = None) -> dict[str, Any]:
+    """Fine-tune ``base`` on ``dataset``'s training split with resolved ``params`` (the recipe:
+    process, model, data, optimizer, trainer, in that order), resuming from the newest checkpoint
+    under ``output/checkpoints``; the final model goes to ``output/model``. Returns the run's
+    summary (steps, samples, samples over the budget, skipped steps, trainable parameters,
+    device, processes, loader workers, peak GPU memory in GiB)."""
+    process = _setup_process(params)
+    resume_from = latest_checkpoint(output / "checkpoints")
+    loaded, model = _setup_model(params, base, resume_from, process)
+    encoder, examples, over_budget = _setup_data(loaded, fmt, dataset)
+    optimizer, plan, total, scheduler = _setup_optimizer(model, params, process, examples, dataset)
+    setup = Setup(loaded, model, optimizer, scheduler, process.device, process.world, params.gradient_checkpointing)
+    trainer = _setup_trainer(params, setup, process, total, output, live_dir, timing, resume_from)
+    workers = loader_workers(params.loader_workers, process.device)
     model.train()
-    trainer.train(step_loader(encoder, examples, plan, rank, trainer.step, total, workers, pin_memory=device != "cpu"))
+    trainer.train(step_loader(encoder, examples, plan, process.rank, trainer.step, total, workers,
+                              pin_memory=process.device != "cpu"))
     trainer.save_model(output / "model")
+    trainable = [p for p in model.parameters() if p.requires_grad]
     return {"steps": total, "samples": len(examples), "samples_over_max_length": len(over_budget),
             "nonfinite_steps_skipped": trainer.nonfinite_steps,
             "trainable_parameters": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainable),
-            "backend": "hf", "device": device.split(":")[0], "processes": world, "loader_workers": workers,
-            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device != "cpu" else None}
+            "backend": "hf", "device": process.device.split(":")[0], "processes": process.world,
+            "loader_workers": workers,
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if process.device != "cpu" else None}

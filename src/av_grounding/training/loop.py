@@ -13,6 +13,7 @@ good steps, so the newest one stays usable.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 import re
 import shutil
@@ -209,21 +210,23 @@ class Trainer(abc.ABC):
         batches = iter(batches)
         for hook in self.hooks:
             hook.before_train(self)
-        while self.step < self.total:
-            started = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(self.grad_accum)]
-            flops, recomputed = self.step_flops(micro_batches)  # on the CPU batches: no device sync
-            loss, grad_norm, lr, samples, tokens = self.run_step(micro_batches)
-            self.step += 1
-            result = StepResult(self.step, loss, grad_norm, lr, time.perf_counter() - started, samples, tokens,
-                                flops, recomputed)
-            if not result.finite:
-                self._count_nonfinite(result)
-                continue
+        try:
+            while self.step < self.total:
+                started = time.perf_counter()
+                micro_batches = [next(batches) for _ in range(self.grad_accum)]
+                flops, recomputed = self.step_flops(micro_batches)  # on the CPU batches: no device sync
+                result = self.run_step(micro_batches)
+                self.step += 1
+                result = dataclasses.replace(result, step=self.step, seconds=time.perf_counter() - started,
+                                             flops=flops, recomputed_flops=recomputed)
+                if not result.finite:
+                    self._count_nonfinite(result)
+                    continue
+                for hook in self.hooks:
+                    hook.after_step(self, result)
+        finally:  # as detectron2's TrainerBase: DVCLive closed, timing written, bar closed, even on failure
             for hook in self.hooks:
-                hook.after_step(self, result)
-        for hook in self.hooks:
-            hook.after_train(self)
+                hook.after_train(self)
 
     def _count_nonfinite(self, result: StepResult) -> None:
         self.nonfinite_steps += 1
@@ -243,10 +246,10 @@ class Trainer(abc.ABC):
         return 0.0, 0.0
 
     @abc.abstractmethod
-    def run_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, float, int, int]:
+    def run_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         """Forward, backward and (if the gradients are finite) the update of one optimizer step:
-        (mean loss, gradient norm before clipping, learning rate used, samples, tokens), the last
-        two over all processes."""
+        its mean loss, gradient norm before clipping, learning rate used, samples and tokens (the
+        last two over all processes); ``train`` fills in the step number, time and FLOPs."""
 
     @abc.abstractmethod
     def save_checkpoint(self, folder: Path) -> None:
