@@ -8,19 +8,27 @@ from av_grounding import numerics
 
 numerics.pin_torch()
 
-from pathlib import Path  # noqa: E402 (imports after the pin: some load PyTorch)
+# Imports after the pin (some load PyTorch); pyproject.toml lets E402 pass in this file.
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from av_grounding.models.builtin import BUILTIN_MODELS  # noqa: E402
-from av_grounding.pipeline.extract import extract  # noqa: E402
-from av_grounding.pipeline.filter import filter_boxes  # noqa: E402
-from av_grounding.pipeline.format import format_dataset  # noqa: E402
-from av_grounding.pipeline.transform import transform  # noqa: E402
-from av_grounding.pipeline.validate import validate  # noqa: E402
-from av_grounding.params import (ExtractParams, FilterParams, FormatParams, SynthesizeParams,  # noqa: E402
-                                 TransformParams, ValidateParams)
-from av_grounding.pipeline.synthesize import synthesize  # noqa: E402
+from av_grounding.local_s3 import moto_server
+from av_grounding.models.builtin import BUILTIN_MODELS
+from av_grounding.params import (
+    ExtractParams,
+    FilterParams,
+    FormatParams,
+    SynthesizeParams,
+    TransformParams,
+    ValidateParams,
+)
+from av_grounding.pipeline.extract import extract
+from av_grounding.pipeline.filter import filter_boxes
+from av_grounding.pipeline.format import format_dataset
+from av_grounding.pipeline.synthesize import synthesize
+from av_grounding.pipeline.transform import transform
+from av_grounding.pipeline.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +58,36 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     synthesize(SMALL, root)
     return root
+
+
+def params_for(root: Path, small_params, **changes) -> ExtractParams:
+    """Extract params for ``root`` (every 7th frame of the small clips' cameras), with ``changes``."""
+    values = dict(input_root=str(root), cameras=small_params.cameras, skip_frames=7, workers=1)
+    values.update(changes)
+    return ExtractParams(**values)
+
+
+@pytest.fixture(scope="module")
+def extracted(synthetic_root, small_params, tmp_path_factory) -> tuple[Path, dict]:
+    """The small synthetic root extracted with ``params_for``'s defaults: (output folder, metrics)."""
+    out = tmp_path_factory.mktemp("extracted")
+    metrics = extract(params_for(synthetic_root, small_params), out, out / "metrics.json")
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """The URL of a moto_server (an S3-compatible server) on a free local port."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Test credentials for the moto_server, in the environment."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
 
 
 

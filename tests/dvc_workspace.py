@@ -61,8 +61,8 @@ def run(workspace: Path, *command: str, timeout: float = COMMAND_TIMEOUT_S, env:
     """Run a command in the workspace (``env``: variables added to ``environment``); its stdout,
     or CommandFailed with everything it printed."""
     try:
-        result = subprocess.run(command, cwd=workspace, env={**environment(workspace), **(env or {})}, capture_output=True,
-                                text=True, timeout=timeout)
+        result = subprocess.run(command, cwd=workspace, env={**environment(workspace), **(env or {})}, check=False,
+                                capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(f"{' '.join(command)} ran over {timeout} s in {workspace}\n"
                             f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}") from exc
@@ -84,7 +84,7 @@ def git(workspace: Path, *args: str) -> str:
 def repository_files() -> list[PurePosixPath]:
     """Tracked and new (not ignored) files of the checkout, minus LEFT_OUT."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+                            cwd=REPO, check=False, capture_output=True, text=True, timeout=60)
     if listed.returncode != 0:
         raise CommandFailed(f"git ls-files failed in {REPO}: pipeline tests need a git checkout\n{listed.stderr}")
     files = {PurePosixPath(name) for name in listed.stdout.split("\0") if name}

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from av_grounding.models.attention import padded_attention, segment_layout, use_packed_vision_attention
 from av_grounding.models.builtin import builtin_config
-from conftest import TINY
 
 
 def per_segment(query, key, value, cu_seqlens, scale):

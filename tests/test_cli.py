@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 from av_grounding.cli import STAGES, main
-from av_grounding.params import (EvaluateParams, ExtractParams, FormatParams, InferParams, ParamsError,
-                                 SynthesizeParams, TrainParams, TransformParams, load)
+from av_grounding.params import (
+    EvaluateParams,
+    ExtractParams,
+    FormatParams,
+    InferParams,
+    ParamsError,
+    SynthesizeParams,
+    TrainParams,
+    TransformParams,
+    load,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +141,8 @@ def test_numbers_outside_their_range_are_refused(cls, values, message):
 
 
 def test_lists_of_steps_and_help_with_the_choices():
-    assert InferParams(checkpoints="40, 80").checkpoints == (40, 80) and InferParams(checkpoints=[40]).checkpoints == (40,)
+    assert InferParams(checkpoints="40, 80").checkpoints == (40, 80)
+    assert InferParams(checkpoints=[40]).checkpoints == (40,)
     result = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--help"], capture_output=True,
                             text=True, cwd=REPO, check=True)
     assert "one of: cosine, constant" in " ".join(result.stdout.split())

@@ -63,7 +63,8 @@ def test_covered_fraction_known_cases():
     assert covered_fraction(target, [np.array([-5.0, -5.0, 20.0, 20.0])]) == 1.0
     assert covered_fraction(target, [np.array([0.0, 0.0, 5.0, 10.0])]) == pytest.approx(0.5)
     # Two overlapping halves count their union once.
-    assert covered_fraction(target, [np.array([0.0, 0.0, 6.0, 10.0]), np.array([4.0, 0.0, 10.0, 5.0])]) == pytest.approx(0.8)
+    halves = [np.array([0.0, 0.0, 6.0, 10.0]), np.array([4.0, 0.0, 10.0, 5.0])]
+    assert covered_fraction(target, halves) == pytest.approx(0.8)
 
 
 def test_covered_fraction_matches_monte_carlo():
@@ -147,7 +148,8 @@ def test_validate_fails_on_a_misplaced_box(curated, tmp_path):
                 obj["bbox_3d"][0] += 0.5  # half a metre sideways
         write_records(broken, path.parent.name, path.stem, records)
     with pytest.raises(ValidationError, match=r"(?s)worst clips \(failing boxes\): \S+ \(\d+\).*worst boxes:\n"
-                                              r"  clip \S+, camera_\w+, frame \d+, box \d+: re-projects [\d.]+ px from its "
+                                              r"  clip \S+, camera_\w+, frame \d+, box \d+: re-projects [\d.]+ px "
+                                              r"from its "
                                               r"render_truth reference.*validate.max_residual_px = 0.5"):
         validate(ValidateParams(sample_count=1), broken, work / "extracted", tmp_path / "plots", tmp_path / "v.json")
     summary = json.loads((tmp_path / "v.json").read_text())
@@ -162,7 +164,8 @@ BESIDE_CAMERA = {
     "camera_model": "pinhole", "width": 640, "height": 360,
     "intrinsics": [312.8333333333333, 312.8333333333333, 321.6333333333333, 248.13333333333333, 640.0, 360.0],
     "camera_to_world": np.eye(4).tolist(),
-    "objects": [{"track_id": "14", "object_type": "Bus", "bbox_3d": [-4.237592, -0.0985, 4.468893, 11.312, 2.597, 3.197, 0.0, -2.191592, 0.0],
+    "objects": [{"track_id": "14", "object_type": "Bus",
+                 "bbox_3d": [-4.237592, -0.0985, 4.468893, 11.312, 2.597, 3.197, 0.0, -2.191592, 0.0],
                  "object_lwh": [11.312, 2.597, 3.197], "object_to_world": np.eye(4).tolist()}]}
 
 
@@ -245,7 +248,8 @@ def test_malformed_records_name_the_file(tmp_path):
     broken = json.loads(json.dumps(good))
     del broken["objects"][0]["object_lwh"]
     write_records(tmp_path / "in", "s_0_1", "camera_front_wide_120fov", [good, broken])
-    with pytest.raises(RecordsError, match=r"camera_front_wide_120fov.json: record 1 \(frame 0\), object 0 lacks \['object_lwh'\]"):
+    with pytest.raises(RecordsError, match=r"camera_front_wide_120fov.json: record 1 \(frame 0\), object 0 "
+                                           r"lacks \['object_lwh'\]"):
         transform(TransformParams(), tmp_path / "in", tmp_path / "out")
     (tmp_path / "in" / "records" / "s_0_1" / "camera_front_wide_120fov.json").write_text("[{\"clip_id\": 1}")
     with pytest.raises(RecordsError, match="unreadable records"):

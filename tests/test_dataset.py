@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from av_grounding.dataset.answers import AnswerStyle, format_answer, format_number, rounded
-from av_grounding.dataset.formats import DatasetError, Sample, conversation, read_cosmos, read_qwen, write_cosmos, write_qwen
+from av_grounding.dataset.formats import (
+    DatasetError,
+    Sample,
+    conversation,
+    read_cosmos,
+    read_qwen,
+    write_cosmos,
+    write_qwen,
+)
 from av_grounding.dataset.split import split_clips
 from av_grounding.dataset.tokens import count_qwen, image_tokens
 from av_grounding.params import FormatParams
@@ -102,12 +110,12 @@ def test_readers_refuse_bad_entries(tmp_path):
         read_cosmos(tmp_path)
     meta[1]["media"] = "images/absent.jpg"
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match="entry 1: 'images/absent.jpg' does not exist"):
+    with pytest.raises(DatasetError, match=r"entry 1: 'images/absent\.jpg' does not exist"):
         read_cosmos(tmp_path)
     (tmp_path / "text" / "s0.json").write_text("{not json")
     meta[1]["media"] = "images/s1.jpg"
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match="s0.json: malformed JSON"):
+    with pytest.raises(DatasetError, match=r"s0\.json: malformed JSON"):
         read_cosmos(tmp_path)
     annotations = json.loads((tmp_path / "annotations.json").read_text())
     annotations[0]["image"] = "/etc/passwd"
@@ -137,10 +145,12 @@ def test_format_stage_writes_split_datasets(filtered):
         assert all(s.id.startswith(tuple(split[name])) for s in cosmos)
         assert {s.answer for s in cosmos} == {s.answer for s in qwen}
     text = json.loads(next((out / "train" / "text").glob("*.json")).read_text())
-    assert text["conversations"][0][1]["content"][0] == {"type": "image", "image": f"images/{text['clip_id']}_{text['camera']}_{text['frame_id']:06d}.jpg"}
+    image = f"images/{text['clip_id']}_{text['camera']}_{text['frame_id']:06d}.jpg"
+    assert text["conversations"][0][1]["content"][0] == {"type": "image", "image": image}
     answer = json.loads(text["conversations"][0][2]["content"][0]["text"])
     assert [a["bbox_3d"] for a in answer] == [a["bbox_3d"] for a in text["annotations"]]
-    assert summary["tokens"]["answer_per_box"]["configured"] < summary["tokens"]["answer_per_box"]["full_precision_spaced"]
+    per_box = summary["tokens"]["answer_per_box"]
+    assert per_box["configured"] < per_box["full_precision_spaced"]
     assert (filtered / "plots" / "answer_tokens.png").exists()
 
 

@@ -44,8 +44,8 @@ def numpy_dispatch() -> list[str]:
 
 def openblas_core(environment: dict[str, str]) -> str:
     """The kernel OpenBLAS picks under ``environment``, as it reports it (OPENBLAS_VERBOSE=2)."""
-    result = subprocess.run([sys.executable, "-c", "import numpy"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, **environment, "OPENBLAS_VERBOSE": "2"})
+    result = subprocess.run([sys.executable, "-c", "import numpy"], check=False, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, **environment, "OPENBLAS_VERBOSE": "2"})
     return next((line.split(":", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("Core:")),
                 "unknown")
 
@@ -53,7 +53,7 @@ def openblas_core(environment: dict[str, str]) -> str:
 def torch_kernels(environment: dict[str, str]) -> str:
     """The ATen kernels PyTorch would pick under ``environment`` if nothing pinned them."""
     result = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, **environment})
+                            check=False, capture_output=True, text=True, timeout=120, env={**os.environ, **environment})
     return result.stdout.strip()
 
 
@@ -86,7 +86,7 @@ def test_a_fresh_clone_on_another_kind_of_machine_reproduces_every_output(tmp_pa
                  if recorded[0][stage] != recorded[1][stage]}
     assert not differing, f"outputs in dvc.lock differ between two kinds of machine {kinds}: {differing}"
     # What a reviewer runs: no warning, no changed metric; git sees only the worker counts.
-    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD"], cwd=second, capture_output=True,
-                          text=True, env=environment(second), timeout=120)
+    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD"], cwd=second, check=False,
+                          capture_output=True, text=True, env=environment(second), timeout=120)
     assert (diff.returncode, diff.stdout, diff.stderr) == (0, "", ""), diff
     assert git(second, "status", "--porcelain").split() == ["M", "dvc.lock", "M", "params.yaml"]

@@ -69,11 +69,14 @@ def coco_reference(images):
     dts = []
     for image_id, (g_rects, g_labels, d_rects, d_labels, d_scores) in enumerate(images, start=1):
         gt["images"].append({"id": image_id, "width": 640, "height": 360})
-        for r, l in zip(g_rects, g_labels):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": LABELS.index(l) + 1,
-                                      "bbox": [r[0], r[1], r[2] - r[0], r[3] - r[1]], "area": (r[2] - r[0]) * (r[3] - r[1]), "iscrowd": 0})
-        for r, l, s in zip(d_rects, d_labels, d_scores):
-            dts.append({"image_id": image_id, "category_id": LABELS.index(l) + 1, "bbox": [r[0], r[1], r[2] - r[0], r[3] - r[1]], "score": s})
+        for r, label in zip(g_rects, g_labels):
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
+                                      "category_id": LABELS.index(label) + 1,
+                                      "bbox": [r[0], r[1], r[2] - r[0], r[3] - r[1]],
+                                      "area": (r[2] - r[0]) * (r[3] - r[1]), "iscrowd": 0})
+        for r, label, s in zip(d_rects, d_labels, d_scores):
+            dts.append({"image_id": image_id, "category_id": LABELS.index(label) + 1,
+                        "bbox": [r[0], r[1], r[2] - r[0], r[3] - r[1]], "score": s})
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = gt
@@ -97,7 +100,8 @@ def test_ap2d_equals_pycocotools(seed):
         n_gt, n_dt = int(rng.integers(0, 8)), int(rng.integers(0, 10))
         g = random_rects(rng, n_gt)
         # Detections: jittered truths plus random ones, some tied scores.
-        d = np.concatenate([g[: n_dt // 2] + rng.normal(0, 4, (min(n_gt, n_dt // 2), 4)), random_rects(rng, n_dt - min(n_gt, n_dt // 2))])
+        d = np.concatenate([g[: n_dt // 2] + rng.normal(0, 4, (min(n_gt, n_dt // 2), 4)),
+                            random_rects(rng, n_dt - min(n_gt, n_dt // 2))])
         d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 1)
         g_labels = list(rng.choice(LABELS, n_gt))
         matched = min(n_gt, n_dt // 2)  # jittered truths keep their label, the rest is random
@@ -144,11 +148,12 @@ def test_standalone_ap2d_with_per_box_scores_equals_pycocotools(tmp_path, seed):
         dt_labels = gt_labels[:len(jittered)] + list(rng.choice(LABELS, len(dt) - len(jittered)))
         scores = [float(s) for s in np.round(rng.uniform(0, 1, len(dt)), 1)]  # ties
         name = f"{index:03d}"
-        truth[name] = [{"label": l, "bbox_3d": b} for l, b in zip(gt_labels, gt)]
+        truth[name] = [{"label": label, "bbox_3d": b} for label, b in zip(gt_labels, gt)]
         if rng.random() < 0.1:  # no answer at all: zero predictions
             dt, dt_labels, scores = [], [], []
         else:
-            answers[name] = [{"label": l, "bbox_3d": b, "score": s} for l, b, s in zip(dt_labels, dt, scores)]
+            answers[name] = [{"label": label, "bbox_3d": b, "score": s}
+                             for label, b, s in zip(dt_labels, dt, scores)]
         images.append(([projected_rect(b) for b in gt], gt_labels, [projected_rect(b) for b in dt], dt_labels, scores))
     write_frames(tmp_path / "gt", truth)
     write_frames(tmp_path / "pred", answers, pred=True)
@@ -167,7 +172,10 @@ def monte_carlo_iou(a: Box3D, b: Box3D, samples=400_000, seed=0):
     corners = np.concatenate([a.corners(), b.corners()])
     lo, hi = corners.min(0), corners.max(0)
     points = rng.uniform(lo, hi, (samples, 3))
-    inside = lambda box: (np.abs((points - box.center) @ box.rotation) <= box.lwh / 2).all(1)
+
+    def inside(box: Box3D) -> np.ndarray:
+        return (np.abs((points - box.center) @ box.rotation) <= box.lwh / 2).all(1)
+
     ia, ib = inside(a), inside(b)
     return (ia & ib).sum() / (ia | ib).sum()
 
@@ -195,10 +203,12 @@ def test_iou3d_matches_shapely_for_upright_boxes(seed):
     rng = np.random.default_rng(seed + 10)
     boxes = []
     for _ in range(2):
-        yaw, lwh, centre = rng.uniform(-3, 3), rng.uniform(1, 5, 3), np.array([*rng.normal(0, 1, 2), rng.uniform(0, 0.5)])
+        yaw, lwh = rng.uniform(-3, 3), rng.uniform(1, 5, 3)
+        centre = np.array([*rng.normal(0, 1, 2), rng.uniform(0, 0.5)])
         boxes.append(Box3D(centre, rot_z(yaw), lwh))
     footprints = [Polygon(b.corners()[:4, :2]) for b in boxes]
-    z_overlap = max(0.0, min(b.center[2] + b.lwh[2] / 2 for b in boxes) - max(b.center[2] - b.lwh[2] / 2 for b in boxes))
+    z_overlap = max(0.0, min(b.center[2] + b.lwh[2] / 2 for b in boxes)
+                    - max(b.center[2] - b.lwh[2] / 2 for b in boxes))
     inter = footprints[0].intersection(footprints[1]).area * z_overlap
     expected = inter / (np.prod(boxes[0].lwh) + np.prod(boxes[1].lwh) - inter)
     assert iou_3d(*boxes) == pytest.approx(expected, abs=1e-9)
@@ -261,7 +271,8 @@ DRAFT = '{"bbox_3d":[9,9,9,4,5,6,0,0.5,0],"label":"bus"}'
     # debris: digits that are no number
     ('[{"bbox_3d":[0.14.95,1,2,3,4,5,6,7,8],"label":"car"}]', [], "failed", False),
     ('[{"bbox_3d":[1,2,3],"label":"car"}]', [], "failed", True),
-    ('[{"bbox_3d":["a",2,3,4,5,6,7,8,9],"label":"car"}, {"bbox_3d":[1,2,3,4,5,6,0,0,0],"label":7}]', [], "failed", True),
+    ('[{"bbox_3d":["a",2,3,4,5,6,7,8,9],"label":"car"}, {"bbox_3d":[1,2,3,4,5,6,0,0,0],"label":7}]', [], "failed",
+     True),
     ('[{"bbox_3d":[1,2,3,4,5,6,0,0,0],"label":"bus"}, 5]', ["bus"], "ok", True),
 ])
 def test_parsing(text, labels, status, valid_json):
@@ -305,18 +316,20 @@ def write_frames(folder: Path, frames: dict, pred: bool = False):
         if pred:
             document = content if isinstance(content, dict) else {"annotations": content}
         else:
-            document = {"frame_id": 0, "camera": "camera_front_wide_120fov", "camera_params": CAMERA, "annotations": content}
+            document = {"frame_id": 0, "camera": "camera_front_wide_120fov", "camera_params": CAMERA,
+                        "annotations": content}
         (folder / f"{name}.json").write_text(json.dumps(document))
 
 
 def boxes(values, labels, scores=None):
-    out = [{"label": l, "bbox_3d": v} for v, l in zip(values, labels)]
+    out = [{"label": label, "bbox_3d": v} for v, label in zip(values, labels)]
     for box, score in zip(out, scores or []):
         box["score"] = score
     return out
 
 
-def score_files(tmp_path, truth: dict, answers: dict, params: EvaluateParams = EvaluateParams()) -> dict:
+def score_files(tmp_path, truth: dict, answers: dict, params: EvaluateParams | None = None) -> dict:
+    params = params or EvaluateParams()
     write_frames(tmp_path / "gt", truth)
     write_frames(tmp_path / "pred", answers, pred=True)
     result = evaluate(params, gt=tmp_path / "gt", pred=tmp_path / "pred", out=tmp_path / "out.json")
@@ -374,7 +387,8 @@ def test_bad_scores_are_an_error_naming_the_file_and_box(tmp_path, scores, where
 
 def test_scores_on_some_boxes_only_is_an_error(tmp_path):
     write_frames(tmp_path / "gt", {"a": boxes(CARS[:2], ["car", "car"])})
-    write_frames(tmp_path / "pred", {"a": [{**boxes(CARS[:1], ["car"], [0.5])[0]}, *boxes(CARS[1:2], ["car"])]}, pred=True)
+    write_frames(tmp_path / "pred", {"a": [{**boxes(CARS[:1], ["car"], [0.5])[0]}, *boxes(CARS[1:2], ["car"])]},
+                 pred=True)
     with pytest.raises(EvaluationError, match=r"a\.json: box 1 .* has no 'score'"):
         load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos")
 
@@ -382,7 +396,8 @@ def test_scores_on_some_boxes_only_is_an_error(tmp_path):
 def test_absurd_and_short_boxes_are_dropped_and_counted_never_a_crash(tmp_path):
     truth = {"a": boxes(CARS, ["car", "car", "bus"])}
     absurd = [1e308, *CARS[1][1:]]
-    answer = {"a": {"raw_text": json.dumps(boxes([CARS[0], absurd, CARS[1][:8], CARS[2]], ["car", "car", "car", "bus"]))}}
+    answer = {"a": {"raw_text": json.dumps(boxes([CARS[0], absurd, CARS[1][:8], CARS[2]],
+                                                 ["car", "car", "car", "bus"]))}}
     metrics = score_files(tmp_path, truth, answer)
     assert metrics["answers"]["boxes_emitted"] == 4 and metrics["answers"]["boxes_kept"] == 2
     assert metrics["answers"]["boxes_dropped"]["absurd_magnitude"] == 1
@@ -401,7 +416,7 @@ def test_zero_size_box_writes_no_nan(tmp_path):
 def test_honest_parse_accounting_per_column(tmp_path):
     truth = {name: boxes(CARS[:1], ["car"]) for name in "abcde"}
     answers = {"a": {"raw_text": json.dumps(boxes(CARS[:1], ["car"]))},
-               "b": {"raw_text": "[{'bbox_3d': %s, 'label': 'car'}]" % CARS[0]},
+               "b": {"raw_text": f"[{{'bbox_3d': {CARS[0]}, 'label': 'car'}}]"},
                "c": {"raw_text": '[{"bbox_3d": [0.14.95, 1, 2, 3, 4, 5, 6, 7, 8], "label": "car"}]'},
                "d": {"raw_text": "no vehicles"}}
     metrics = score_files(tmp_path, truth, answers)
@@ -414,7 +429,8 @@ def test_honest_parse_accounting_per_column(tmp_path):
 def test_recipe_bug_case_one_of_three_correct_is_a_third(tmp_path):
     shifted = [CARS[0], [v + (5.0 if i == 0 else 0.0) for i, v in enumerate(CARS[1])],
                [v + (9.0 if i == 0 else 0.0) for i, v in enumerate(CARS[2])]]
-    metrics = score_files(tmp_path, {"a": boxes(CARS, ["car", "car", "bus"])}, {"a": boxes(shifted, ["car", "car", "bus"])})
+    metrics = score_files(tmp_path, {"a": boxes(CARS, ["car", "car", "bus"])},
+                          {"a": boxes(shifted, ["car", "car", "bus"])})
     # The recipe rebuilt counts as int(33.33 / 100 * 3) = 0 and reported 0 %.
     assert metrics["recipe"]["iou_accuracy_pct"] == approx(100 / 3)
     assert metrics["recipe"]["correct"] == 1
@@ -441,7 +457,8 @@ def moved(dx: float, box=UNIT) -> list[float]:
 
 
 def test_recipe_labels_are_normalised():
-    assert [normalise_label(l) for l in ("Car_5", " TRUCK ", "van_100", "bus")] == ["car", "truck", "van", "bus"]
+    labels = ("Car_5", " TRUCK ", "van_100", "bus")
+    assert [normalise_label(label) for label in labels] == ["car", "truck", "van", "bus"]
 
 
 def test_recipe_iou_is_axis_aligned_and_ignores_rotation():
@@ -511,12 +528,13 @@ def test_one_centre_matcher_keeps_every_pair_it_can_within_the_limit():
 
 def test_config_asserts_its_consistency(tmp_path):
     assert EvaluationConfig.from_params(EvaluateParams()).tp_distance_m in CONFIG.distance_thresholds_m
-    with pytest.raises(ConfigError, match="tp_distance_m .* must be one of"):
+    with pytest.raises(ConfigError, match=r"tp_distance_m .* must be one of"):
         EvaluationConfig(tp_distance_m=3.0)
     with pytest.raises(ConfigError, match="depth_bins_m"):
         EvaluationConfig(depth_bins_m=(35.0, 10.0))
     (tmp_path / "params.yaml").write_text("evaluate:\n  distance_thresholds_m: [1.0, 2.0]\n  tp_distance_m: 2.0\n")
-    assert EvaluationConfig.from_params(load(EvaluateParams, "evaluate", tmp_path / "params.yaml")).distance_thresholds_m == (1.0, 2.0)
+    loaded = load(EvaluateParams, "evaluate", tmp_path / "params.yaml")
+    assert EvaluationConfig.from_params(loaded).distance_thresholds_m == (1.0, 2.0)
     with pytest.raises(ParamsError):
         load(EvaluateParams, "evaluate", tmp_path / "params.yaml", {"tp_distance_m": "far"})
 
@@ -535,7 +553,8 @@ def test_params_yaml_repeats_every_evaluate_default():
 
 def run_standalone(tmp_path, gt: Path, pred: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--gt", str(gt), "--pred", str(pred),
-                           "--out", str(tmp_path / "scores.json")], capture_output=True, text=True, cwd=tmp_path)
+                           "--out", str(tmp_path / "scores.json")], check=False, capture_output=True, text=True,
+                          cwd=tmp_path)
 
 
 def test_standalone_command(tmp_path):
@@ -574,7 +593,8 @@ def test_bad_folders_are_clear_errors(tmp_path, case, message):
     elif case == "split_as_gt":
         gt = tmp_path / "split"
         shutil.copytree(tmp_path / "gt", gt / "text")
-        (gt / "meta.json").write_text(json.dumps([{"id": "a", "media": "images/a.jpg", "conversations": "text/a.json"}]))
+        (gt / "meta.json").write_text(json.dumps([{"id": "a", "media": "images/a.jpg",
+                                                   "conversations": "text/a.json"}]))
     elif case == "missing_gt":
         gt = tmp_path / "nowhere"
     elif case == "bad_gt_box":
@@ -583,7 +603,8 @@ def test_bad_folders_are_clear_errors(tmp_path, case, message):
         write_frames(gt, {"a": boxes([[*CARS[0][:3], -4.5, *CARS[0][4:]]], ["car"])})
     elif case in ("text_in_camera", "unknown_codec"):
         record = json.loads((gt / "a.json").read_text())
-        record.update({"camera_params": {**CAMERA, "fx": "wide"}} if case == "text_in_camera" else {"box_codec": "bogus"})
+        record.update({"camera_params": {**CAMERA, "fx": "wide"}} if case == "text_in_camera"
+                      else {"box_codec": "bogus"})
         (gt / "a.json").write_text(json.dumps(record))
     elif case == "scores_length":
         write_frames(pred, {"a": {"annotations": boxes(CARS[:1], ["car"]), "scores": [0.3, 0.2]}}, pred=True)
@@ -625,9 +646,9 @@ def unreadable_json_is_a_failed_answer_or_an_error(tmp_path, where: str, bad: st
     write_frames(tmp_path / "pred", {"a": truth["a"], "b": {"raw_text": f"```json\n{bad}\n```"}
                                      if where == "answer" else truth["b"]}, pred=True)
     if where == "gt":
-        (tmp_path / "gt" / "b.json").write_text('{"camera_params": %s, "annotations": %s}' % (json.dumps(CAMERA), bad))
+        (tmp_path / "gt" / "b.json").write_text(f'{{"camera_params": {json.dumps(CAMERA)}, "annotations": {bad}}}')
     elif where == "pred":
-        (tmp_path / "pred" / "b.json").write_text('{"annotations": %s}' % bad)
+        (tmp_path / "pred" / "b.json").write_text(f'{{"annotations": {bad}}}')
     if where == "answer":
         metrics = evaluate(EvaluateParams(), gt=tmp_path / "gt", pred=tmp_path / "pred", out=tmp_path / "out.json")
         assert metrics["answers"]["failed"] == approx(0.5) and metrics["answers"]["ok"] == approx(0.5)
@@ -806,14 +827,15 @@ def stage_outputs(dataset, tmp_path_factory):
 def test_stage_writes_only_strict_json(stage_outputs):
     root, results, *_ = stage_outputs
     written = sorted(root.glob("metrics/*.json")) + sorted(root.glob("plots/**/*.json"))
-    assert {p.name for p in written} >= {"eval.json", "metrics_vs_steps.json", "precision_recall.json", "error_vs_distance.json"}
+    assert {p.name for p in written} >= {"eval.json", "metrics_vs_steps.json", "precision_recall.json",
+                                         "error_vs_distance.json"}
     for path in written:
         strict_loads(path.read_text())
     assert strict_loads((root / "metrics" / "eval.json").read_text()) == results
 
 
 def test_stage_metrics_of_each_column(stage_outputs):
-    root, results, records, _ = stage_outputs
+    _, results, records, _ = stage_outputs
     assert list(results) == ["zero_shot", "step_000002", "final"]
     truth = [box for record in records.values() for box in record["annotations"]]
     depths = [box["bbox_3d"][2] for box in truth]
@@ -846,7 +868,7 @@ def test_results_table_matches_the_metrics(stage_outputs):
 
 
 def test_stage_plots_and_overlays(stage_outputs):
-    root, results, _, dataset = stage_outputs
+    root, _, _, dataset = stage_outputs
     rows = strict_loads((root / "plots" / "metrics_vs_steps.json").read_text())
     assert [r["step"] for r in rows] == [0, 2, 4] and rows[0]["recall"] == 0.0
     assert rows[0]["valid_json"] == 0.0 and rows[1]["ap3d"] == approx(1.0)

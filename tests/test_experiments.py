@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from av_grounding.evaluation.table import HEADLINE_METRICS
-from dvc_workspace import REPO, DATA_STAGES, CommandFailed, commit_all, dvc, environment, make_workspace, run
+
+from dvc_workspace import DATA_STAGES, REPO, CommandFailed, commit_all, dvc, environment, make_workspace, run
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +53,15 @@ def experiments(tmp_path_factory) -> dict:
     workspace = make_workspace(tmp_path_factory.mktemp("experiments") / "repo")
     dvc(workspace, "repro", *DATA_STAGES)
     commit_all(workspace, "Baseline data")
-    logs = {FOREGROUND: dvc(workspace, "exp", "run", "--name", FOREGROUND, "-S", f"train.lr={LEARNING_RATES[FOREGROUND]}")}
+    logs = {FOREGROUND: dvc(workspace, "exp", "run", "--name", FOREGROUND, "-S",
+                            f"train.lr={LEARNING_RATES[FOREGROUND]}")}
     for name in QUEUED:
         dvc(workspace, "exp", "run", "--queue", "--name", name, "-S", f"train.lr={LEARNING_RATES[name]}")
     # The worker outlives `queue start` and keeps its output streams: give it a file, not a pipe.
     with open(workspace.parent / "queue-worker.log", "w") as worker_log:
         started = subprocess.run([sys.executable, "-m", "dvc", "queue", "start"], cwd=workspace,
-                                 env=environment(workspace), stdout=worker_log, stderr=subprocess.STDOUT, timeout=120)
+                                 env=environment(workspace), check=False, stdout=worker_log, stderr=subprocess.STDOUT,
+                                 timeout=120)
     assert started.returncode == 0, (workspace.parent / "queue-worker.log").read_text()
     try:
         wait_for_queue(workspace, QUEUED)
@@ -102,7 +105,8 @@ def test_exp_show_lists_every_experiment_with_its_params_and_metrics(experiments
     for name, data in runs.items():
         assert _params(data)["train"]["lr"] == LEARNING_RATES[name]
         # DVC leaves out nulls (precision and the recipe's mean IoU when no box matched) and empty columns
-        assert {key for key, _ in HEADLINE_METRICS} - {"precision", "r_miou"} <= set(_metric(data, "metrics/headline.json"))
+        expected = {key for key, _ in HEADLINE_METRICS} - {"precision", "r_miou"}
+        assert expected <= set(_metric(data, "metrics/headline.json"))
         assert set(data["metrics"]) == {"metrics/headline.json", "dvclive/train/metrics.json"}, "only headline metrics"
         assert data["outs"]["data/dataset"]["hash"] == baseline["outs"]["data/dataset"]["hash"], name
     losses = {name: _metric(data, "dvclive/train/metrics.json")["train"]["loss"] for name, data in runs.items()}

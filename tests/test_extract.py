@@ -15,6 +15,7 @@ import cv2
 import fsspec
 import numpy as np
 import pytest
+from conftest import params_for
 
 from av_grounding import rdshq
 from av_grounding.curation.records import records_path
@@ -26,25 +27,13 @@ from av_grounding.shards import ShardReader, partial_path, write_shard
 from av_grounding.synth.clips import clip_id_for, clip_rng
 from av_grounding.synth.scene import sample_scene
 from av_grounding.synth.stamp import read_index
+
 from test_video import decoded_rgb, encode_timed, remux_shifted, zero_timestamps
-
-
-def params_for(root: Path, small_params, **changes) -> ExtractParams:
-    values = dict(input_root=str(root), cameras=small_params.cameras, skip_frames=7, workers=1)
-    values.update(changes)
-    return ExtractParams(**values)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def extracted(synthetic_root, small_params, tmp_path_factory):
-    out = tmp_path_factory.mktemp("extracted")
-    metrics = extract(params_for(synthetic_root, small_params), out, out / "metrics.json")
-    return out, metrics
 
 
 def test_every_item_writes_the_exact_frames(extracted, small_params):
@@ -100,7 +89,8 @@ def test_a_bad_video_is_reported_and_the_rest_completes(synthetic_root, small_pa
     missing = Path(rdshq.video_path(str(root), "pinhole", "camera_cross_left_120fov", clip_ids[1]))
     missing.unlink()
     out = tmp_path / "out"
-    metrics = extract(params_for(root, small_params, workers=2, max_failed_fraction=0.5), out, tmp_path / "metrics.json")
+    metrics = extract(params_for(root, small_params, workers=2, max_failed_fraction=0.5), out,
+                      tmp_path / "metrics.json")
     assert metrics["items_failed"] == 2
     assert metrics["frames_written"] == 2 * 4
     failures = json.loads((out / "failures.json").read_text())
@@ -215,7 +205,8 @@ def test_bad_objects_are_dropped_counted_by_reason_and_named(synthetic_root, sma
     named = {entry["track_id"]: entry for entry in report["objects_dropped_first"]}
     assert sorted(named) == sorted(tracks[:4])
     assert named[tracks[0]]["where"] == f"{root}/all_object_info/{clip_ids[0]}.tar: {clip_ids[0]}.{key}"
-    assert named[tracks[0]]["problem"] == "object_lwh not positive ([-3.5, " + named[tracks[0]]["problem"].split(", ", 1)[1]
+    problem = named[tracks[0]]["problem"]
+    assert problem == "object_lwh not positive ([-3.5, " + problem.split(", ", 1)[1]
     for camera in small_params.cameras:
         first = json.loads((out / "records" / clip_ids[0] / f"{camera}.json").read_text())[0]
         assert first["frame_index"] == 0 and not {o["track_id"] for o in first["objects"]} & set(tracks[:4])
@@ -255,8 +246,8 @@ def test_a_clip_id_that_is_not_an_rds_hq_id_fails_once(synthetic_root, small_par
     metrics = extract(params_for(root, small_params, max_failed_fraction=0.5), tmp_path / "out")
     assert metrics["items"] == 3 and metrics["items_failed"] == 1 and metrics["frames_written"] == 8
     assert [f.describe() for f in metrics["failures"]] == [
-        f"{dotted}: {root}/all_object_info/{dotted}.tar: clip id {dotted!r} contains a '.': tar members are named "
-        "'<clip_id>.<key>' and split at the first '.', so a clip id cannot hold one; rename the clip"]
+        (f"{dotted}: {root}/all_object_info/{dotted}.tar: clip id {dotted!r} contains a '.': tar members are named "
+         "'<clip_id>.<key>' and split at the first '.', so a clip id cannot hold one; rename the clip")]
 
 
 def test_parameter_errors_fail_once_before_any_work(synthetic_root, small_params, tmp_path, capsys):
@@ -353,7 +344,8 @@ def test_an_edit_list_hiding_lead_in_packets_is_read_as_a_player_shows_it(long_r
     assert (metrics["items_failed"], metrics["video_frames"], metrics["frames_missing"]) == (0, 87, 1)
     frames = extracted_frames(tmp_path / "out", clip_id)
     assert [(r["frame_index"], stamp) for r, stamp in frames] == [(0, 3), (29, 32), (58, 61)]
-    assert [r["timestamp_s"] for r, _ in frames] == [0.0, pytest.approx(29 / 30, abs=1e-6), pytest.approx(58 / 30, abs=1e-6)]
+    assert [r["timestamp_s"] for r, _ in frames] == [0.0, pytest.approx(29 / 30, abs=1e-6),
+                                                     pytest.approx(58 / 30, abs=1e-6)]
 
 
 def drop_frames_40_to_44(source: Path, destination: Path) -> None:

@@ -24,8 +24,16 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from av_grounding.models.builtin import SPECIAL_TOKENS, builtin_config
-from av_grounding.models.flops import (Flops, StepCounts, counts_of_batch, forward_flops, language_flops, mfu,
-                                       training_flops, window_lengths)
+from av_grounding.models.flops import (
+    Flops,
+    StepCounts,
+    counts_of_batch,
+    forward_flops,
+    language_flops,
+    mfu,
+    training_flops,
+    window_lengths,
+)
 from av_grounding.models.inputs import IGNORE, Encoded, answer_loss, collate
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput"  # train_throughput.py

@@ -11,6 +11,7 @@ import shutil
 import fsspec
 import numpy as np
 import pytest
+from conftest import TRAINING_FORMAT, curate, validated
 
 from av_grounding import rdshq
 from av_grounding.cli import run
@@ -21,7 +22,6 @@ from av_grounding.params import ExtractParams, SynthesizeParams
 from av_grounding.pipeline.format import format_dataset
 from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.synth.render import RIG
-from conftest import TRAINING_FORMAT, curate, validated
 
 FTHETA = SynthesizeParams(camera_model="ftheta", cameras=("camera_front_wide_120fov", "camera_rear_left_70fov"),
                           num_clips=2, duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,

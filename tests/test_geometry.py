@@ -66,7 +66,8 @@ def test_ftheta_round_trip_pixel_ray_pixel(values):
 
 def test_ftheta_forward_polynomial_and_affine_round_trip():
     backward = FThetaCamera.from_array(FTHETA_BACKWARD)
-    forward = FThetaCamera.from_array(np.array([957.0, 760.0, 1920, 1080, *backward.forward, 0.0, 1.001, 0.002, -0.001]))
+    forward = FThetaCamera.from_array(np.array([957.0, 760.0, 1920, 1080, *backward.forward, 0.0,
+                                                1.001, 0.002, -0.001]))
     assert not forward.stored_backward
     rng = np.random.default_rng(1)
     pixels = rng.uniform([100, 100], [1800, 1000], size=(2000, 2))
@@ -143,4 +144,5 @@ def test_world_to_camera_composition():
     camera_to_world = make_pose(rot_z(0.4) @ rot_y(0.05) @ RDF_TO_FLU, np.array([10.0, 2.0, 1.5]))
     world_to_flu = make_pose(RDF_TO_FLU, np.zeros(3)) @ invert_pose(camera_to_world)
     point = np.array([30.0, -4.0, 0.7])
-    np.testing.assert_allclose(FLU_TO_RDF @ apply(world_to_flu, point), apply(invert_pose(camera_to_world), point), atol=1e-12)
+    np.testing.assert_allclose(FLU_TO_RDF @ apply(world_to_flu, point), apply(invert_pose(camera_to_world), point),
+                               atol=1e-12)

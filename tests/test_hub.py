@@ -171,7 +171,7 @@ def test_greedy_answers_do_not_use_the_folders_sampling_settings(published, data
 
     from av_grounding.models.generate import generate
 
-    kind, folder = published
+    _, folder = published
     bare = tmp_path / "bare"
     shutil.copytree(folder, bare)
     (bare / "generation_config.json").unlink()
@@ -198,7 +198,8 @@ def test_an_incomplete_or_foreign_model_folder_is_refused_before_any_work(publis
         (broken / name).unlink()
     params = TrainParams(model=str(broken), max_steps=1, batch_size=1)
     fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind)
-    with pytest.raises(ParamsError, match=r"not a model folder; it lacks tokenizer.json \(or vocab.json and merges.txt\)"):
+    with pytest.raises(ParamsError,
+                       match=r"not a model folder; it lacks tokenizer.json \(or vocab.json and merges.txt\)"):
         train(params, fmt, tmp_path, tmp_path / "out", None, tmp_path / "live")
     config = json.loads((folder / "config.json").read_text())
     foreign = tmp_path / "foreign"

@@ -24,6 +24,7 @@ from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.params import TrainParams
 from av_grounding.pipeline.train import train
 from av_grounding.storage import is_partial
+
 from test_extract import tree_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +51,14 @@ def stage(name: str, *args: str) -> list[str]:
 
 
 def run(argv: list[str]) -> None:
-    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, *argv], check=False, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def run_killed(argv: list[str], n: int) -> None:
     """Run the stage script, killed with SIGKILL at its n-th ``os.replace``."""
     result = subprocess.run([sys.executable, "-c", KILL_AT_NTH_REPLACE.format(n=n, argv=argv)],
-                            capture_output=True, text=True, cwd=REPO)
+                            check=False, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == -signal.SIGKILL, f"not killed (exit {result.returncode}): {result.stderr[-3000:]}"
 
 
@@ -100,8 +101,8 @@ def test_killed_extract_resumes_to_the_same_bytes(synthetic_root, tmp_path):
                 "--timing", str(tmp_path / "clean-timing.json")])
     out = tmp_path / "out"
     # Each item moves its shard, records and manifest into place: the 5th move is the second item's records.
-    run_killed(argv + ["--output", str(out), "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json")],
-               n=5)
+    run_killed(argv + ["--output", str(out), "--metrics", str(tmp_path / "m.json"),
+                       "--timing", str(tmp_path / "t.json")], n=5)
     assert [p.name.split(".")[1:3] for p in partial_files(out)] == [[SMALL.cameras[1], "json"]]
     run(argv + ["--output", str(out), "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json")])
     assert_like_uninterrupted(out, tmp_path / "clean")
@@ -112,8 +113,8 @@ def test_killed_extract_resumes_to_the_same_bytes(synthetic_root, tmp_path):
 
 def test_killed_format_reruns_to_the_same_bytes(curated, tmp_path):
     work, _ = curated
-    argv = stage("format", "--params", str(tmp_path / "none.yaml"), "--prompts", TRAINING_FORMAT.prompts, "--eval-clips", "1",
-                 "--input", str(work / "filtered"), "--images", str(work / "extracted"))
+    argv = stage("format", "--params", str(tmp_path / "none.yaml"), "--prompts", TRAINING_FORMAT.prompts,
+                 "--eval-clips", "1", "--input", str(work / "filtered"), "--images", str(work / "extracted"))
     run(argv + ["--output", str(tmp_path / "clean"), "--metrics", str(tmp_path / "clean.json"),
                 "--plots", str(tmp_path / "clean_plots")])
     out = tmp_path / "out"

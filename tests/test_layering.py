@@ -126,7 +126,7 @@ def test_no_library_module_writes_a_metrics_file(module):
     assert not found, f"{module} takes or writes a metrics file, which only pipeline/ does: {found}"
 
 
-@pytest.mark.parametrize(("lower", "upper"), [("models", "training"), ("dataset", "models"),
+@pytest.mark.parametrize("lower, upper", [("models", "training"), ("dataset", "models"),
                                                ("dataset", "training"), ("training", "pipeline")])
 def test_no_arrow_runs_back_up(lower, upper):
     """``models/`` (the input contract, generation) stands below ``training/``, ``dataset/`` below

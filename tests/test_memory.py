@@ -46,6 +46,7 @@ def test_frozen_parts_need_no_gradients_or_optimizer_state():
 def test_a_run_that_does_not_fit_is_refused_with_its_parts():
     needed = MemoryEstimate(weights=40 * GIB, gradients=40 * GIB, optimizer=80 * GIB, activations=3 * GIB)
     with pytest.raises(ParamsError, match=r"about 163.0 GiB \(weights 40.0, gradients 40.0, optimizer 80.0, "
-                                          r"activations 3.0 GiB\) per step, but NVIDIA H200 has 139.8 GiB: .*train.lora"):
+                                          r"activations 3.0 GiB\) per step, but NVIDIA H200 has 139.8 GiB: "
+                                          r".*train.lora"):
         check_fits(needed, int(139.8 * GIB), "NVIDIA H200")
     check_fits(needed, 164 * GIB, "NVIDIA H200")

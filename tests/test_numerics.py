@@ -25,7 +25,7 @@ MKL_CBWR_COMPATIBLE = "3"  # mkl_cbwr.h
 
 
 def run_python(code: str, environment: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **environment})
 
 

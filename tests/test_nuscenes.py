@@ -118,4 +118,5 @@ def test_the_random_cases_reach_every_branch_of_the_metric():
                 if result.ap == 0 and result.matches:
                     seen.add("clipped to 0 despite true positives")
                 seen.add("errors capped" if result.errors["trans_err"] == 1.0 else "errors averaged")
-    assert seen >= {"partial AP", "AP 0", "clipped to 0 despite true positives", "errors capped", "errors averaged"}, seen
+    assert seen >= {"partial AP", "AP 0", "clipped to 0 despite true positives", "errors capped",
+                    "errors averaged"}, seen

@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = (
 
 def run_checked(command: list[str], what: str) -> subprocess.CompletedProcess:
     """Run a command in the repository; fail the test with its output if it fails."""
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True,
                             timeout=COMMAND_TIMEOUT_S)
     if result.returncode != 0:
         pytest.fail(f"{what} failed ({' '.join(command)}):\n{result.stdout}\n{result.stderr}")
@@ -131,7 +131,7 @@ def browse(chromium: Path, page: Path, profile: Path) -> tuple[PlotContainers, s
     """Open the page in headless Chromium: its vega containers, its DOM and its console errors."""
     result = subprocess.run(
         [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", page.as_uri()],
-        capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
     if result.returncode != 0 or "</html>" not in result.stdout:
         pytest.fail(f"chromium could not load {page} (exit {result.returncode}):\n{result.stderr}")
     console_errors = [line for line in result.stderr.splitlines()

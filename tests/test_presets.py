@@ -184,7 +184,7 @@ def test_image_tokens_per_frame_of_each_presets_budget(preset, size, resized, co
 def test_format_prints_one_line_per_frame_size(capsys):
     print_image_budget([(640, 360), (1280, 720), (640, 360)], "qwen2_5_vl", 3136, 40960)
     assert capsys.readouterr().err.splitlines() == [
-        "format: image tokens per frame at min_pixels 3136, max_pixels 40960: 640x360 -> 252x140, 45 tokens "
-        "(qwen2_5_vl, 28 px each)",
-        "format: image tokens per frame at min_pixels 3136, max_pixels 40960: 1280x720 -> 252x140, 45 tokens "
-        "(qwen2_5_vl, 28 px each)"]
+        ("format: image tokens per frame at min_pixels 3136, max_pixels 40960: 640x360 -> 252x140, 45 tokens "
+         "(qwen2_5_vl, 28 px each)"),
+        ("format: image tokens per frame at min_pixels 3136, max_pixels 40960: 1280x720 -> 252x140, 45 tokens "
+         "(qwen2_5_vl, 28 px each)")]

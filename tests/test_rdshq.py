@@ -60,7 +60,7 @@ def test_a_member_of_another_clip_is_named_with_its_clip():
     with pytest.raises(rdshq.LayoutError, match=r"vehicle_pose/s_1_2.tar: member './other_1_2.000001.vehicle_pose.npy' "
                                                 r"belongs to clip 'other_1_2', not to this tar's clip 's_1_2'"):
         rdshq.decode_tar(data, "s_1_2", "vehicle_pose/s_1_2.tar")
-    with pytest.raises(rdshq.LayoutError, match="member 'README' is not named '<clip_id>.<key>'"):
+    with pytest.raises(rdshq.LayoutError, match=r"member 'README' is not named '<clip_id>\.<key>'"):
         rdshq.decode_tar(tar_of(["README"]), "s_1_2", "vehicle_pose/s_1_2.tar")
 
 
@@ -115,11 +115,11 @@ def test_clip_labels_round_trip(tmp_path):
 
 def test_errors_name_the_file(tmp_path):
     fs = fsspec.filesystem("file")
-    with pytest.raises(rdshq.LayoutError, match="pose/s_1_2.tar: missing"):
+    with pytest.raises(rdshq.LayoutError, match=r"pose/s_1_2\.tar: missing"):
         rdshq.read_tar(fs, str(tmp_path), "pose", "s_1_2")
     (tmp_path / "pose").mkdir()
     (tmp_path / "pose" / "s_1_2.tar").write_bytes(b"not a tar at all" * 40)
-    with pytest.raises(rdshq.LayoutError, match="s_1_2.tar: unreadable clip tar"):
+    with pytest.raises(rdshq.LayoutError, match=r"s_1_2\.tar: unreadable clip tar"):
         rdshq.read_tar(fs, str(tmp_path), "pose", "s_1_2")
     rdshq.write_tar(tmp_path, "vehicle_pose", "other_1_2", {"000000.vehicle_pose.npy": np.eye(4)})
     (tmp_path / "vehicle_pose" / "other_1_2.tar").rename(tmp_path / "vehicle_pose" / "s_1_2.tar")

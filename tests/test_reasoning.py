@@ -16,14 +16,14 @@ from PIL import Image
 from av_grounding.dataset.formats import Sample, conversation, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.evaluation.parse import box_scores, parse_answer
-from av_grounding.models.generate import Generated
-from av_grounding.pipeline import infer as stage
-from av_grounding.pipeline.infer import column_instruction, infer, prediction_record
-from av_grounding.models.reasoning import (instruction_for, load_instructions, model_type_of, with_instruction)
 from av_grounding.models.builtin import builtin_config, task_tokenizer
+from av_grounding.models.generate import Generated
 from av_grounding.models.inputs import Encoder
 from av_grounding.models.loading import LoadedModel
+from av_grounding.models.reasoning import instruction_for, load_instructions, model_type_of, with_instruction
 from av_grounding.params import FormatParams, InferParams, ParamsError
+from av_grounding.pipeline import infer as stage
+from av_grounding.pipeline.infer import column_instruction, infer, prediction_record
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = REPO / "prompts" / "reasoning.yaml"

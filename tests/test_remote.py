@@ -17,7 +17,6 @@ import s3fs
 
 from dvc_workspace import dvc, make_workspace, run
 from test_extract import tree_digest
-from test_s3 import aws_env, s3_endpoint  # noqa: F401  (fixtures: moto_server on a free port, its credentials)
 
 PUSHED = ("synthetic", "extracted", "transformed", "filtered")
 BUCKET = "av-grounding-test"
@@ -34,7 +33,7 @@ def remote_file_md5s(fs: s3fs.S3FileSystem, url: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_push_then_pull_into_an_empty_workspace(tmp_path, s3_endpoint, aws_env):  # noqa: F811
+def test_push_then_pull_into_an_empty_workspace(tmp_path, s3_endpoint, aws_env):
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
     fs.mkdir(BUCKET)
     workspace = make_workspace(tmp_path / "workspace")

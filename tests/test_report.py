@@ -12,6 +12,7 @@ import yaml
 
 from av_grounding.evaluation.table import headline
 from av_grounding.report import main
+
 from dvc_workspace import REPO, commit_all, git, make_workspace, run, write_params
 
 BASE_EVAL = {"final": {"ap3d": {"ap": 0.125, "ap25": 0.5}, "frames": 30}}
@@ -76,7 +77,8 @@ def full_eval(ap3d: float) -> dict:
     """A final column with every headline metric (AP3D varied, the rest fixed)."""
     final = {"ap2d": {"ap": 0.1, "ap50": 0.2}, "ap3d": {"ap": ap3d, "ap25": 0.3}, "center_distance": {"map": 0.05},
              "matching": {"recall": 0.4, "label_accuracy": None},
-             "recipe": {"mean_iou": 0.2, "iou_accuracy_pct": 5.0, "label_accuracy_pct": 60.0, "ap2d": 0.1, "ap3d": 0.02}}
+             "recipe": {"mean_iou": 0.2, "iou_accuracy_pct": 5.0, "label_accuracy_pct": 60.0, "ap2d": 0.1,
+                        "ap3d": 0.02}}
     return {"final": final, "zero_shot": {"ap3d": {"ap": 0.0}}}
 
 
@@ -114,7 +116,8 @@ def test_pr_workflow_reproduces_then_comments_the_report():
     assert uses[:3] == ["actions/checkout", "actions/setup-python", "iterative/setup-cml"], uses
     assert steps[0]["with"]["fetch-depth"] == 0, "the base branch must be fetched for the diff"
     commands = [step.get("run", "") for step in steps]
-    repro, comment = (index for index, command in enumerate(commands) if "make repro" in command or "cml comment" in command)
+    repro, comment = (index for index, command in enumerate(commands)
+                      if "make repro" in command or "cml comment" in command)
     assert repro < comment, f"{workflow_file}: the report must come after `make repro`"
     assert "make report" in commands[comment] and "cml comment create" in commands[comment], commands[comment]
     assert steps[comment]["env"]["REPO_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"

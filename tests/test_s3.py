@@ -12,20 +12,8 @@ from av_grounding.params import ExtractParams
 from av_grounding.pipeline.extract import extract
 from av_grounding.rdshq import LayoutError
 from av_grounding.storage import StorageError
+
 from test_extract import tree_digest
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
 
 
 def upload(root: Path, endpoint: str, bucket: str, prefix: str) -> None:
@@ -71,8 +59,7 @@ def test_missing_bucket_fails_once_naming_it(s3_endpoint, aws_env, tmp_path):
 
 def test_wrong_credentials_fail_once_saying_access_denied(aws_env, monkeypatch, tmp_path):
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # this moto_server checks credentials
-    with moto_server() as endpoint:
-        with pytest.raises(StorageError, match=r"s3://rdshq/clips: access denied \(.*Access Key Id.*\); check the "
-                                               r"credentials"):
-            extract(ExtractParams(input_root="s3://rdshq/clips", s3_endpoint_url=endpoint), tmp_path / "out")
+    with moto_server() as endpoint, pytest.raises(StorageError, match=r"s3://rdshq/clips: access denied "
+                                                                      r"\(.*Access Key Id.*\); check the credentials"):
+        extract(ExtractParams(input_root="s3://rdshq/clips", s3_endpoint_url=endpoint), tmp_path / "out")
     assert not (tmp_path / "out").exists()

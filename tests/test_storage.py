@@ -8,8 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from av_grounding.storage import (StorageError, atomic_folder, atomic_write_bytes, canonical, dumps_json,
-                                  remove_partials, write_json)
+from av_grounding.storage import (
+    StorageError,
+    atomic_folder,
+    atomic_write_bytes,
+    canonical,
+    dumps_json,
+    remove_partials,
+    write_json,
+)
 
 
 def test_atomic_folder_replaces_only_when_complete(tmp_path):
@@ -17,11 +24,10 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
     with atomic_folder(folder) as tmp:
         tmp.mkdir()
         (tmp / "weights").write_text("first")
-    with pytest.raises(RuntimeError):
-        with atomic_folder(folder) as tmp:
-            tmp.mkdir()
-            (tmp / "weights").write_text("half of the second")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as tmp:  # noqa: PT012 - a crash in the middle of a write
+        tmp.mkdir()
+        (tmp / "weights").write_text("half of the second")
+        raise RuntimeError("killed")
     assert (folder / "weights").read_text() == "first"
     with atomic_folder(folder) as tmp:  # the rerun clears the crashed attempt's leftover
         tmp.mkdir()

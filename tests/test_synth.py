@@ -19,6 +19,7 @@ from av_grounding.synth.raster import rasterize_polygon, raycast_box
 from av_grounding.synth.render import RIG
 from av_grounding.synth.scene import sample_scene
 from av_grounding.video import index_video
+
 from test_extract import tree_digest
 
 
@@ -59,7 +60,7 @@ def front_view(small_params):
 
 
 def test_hidden_car_is_occluded_and_blocker_is_visible(front_view):
-    _, _, view, truth = front_view
+    _, _, _, truth = front_view
     assert truth["0"]["visible_fraction"] == 1.0  # the truck/bus right ahead
     assert truth["1"]["unoccluded_pixels"] > 0 and truth["1"]["visible_fraction"] < 0.05  # the car behind it
 
@@ -71,7 +72,8 @@ def test_truth_matches_the_id_buffer_and_projection(front_view, small_params):
     for track_id, entry in truth.items():
         assert entry["visible_pixels"] == int((view.object_ids == ids[track_id]).sum())
         assert 0.0 <= entry["visible_fraction"] <= 1.0
-        box = apply(world_to_camera, corners(scene.tracks[ids[track_id]].pose(0.0), np.array(scene.tracks[ids[track_id]].lwh)))
+        track = scene.tracks[ids[track_id]]
+        box = apply(world_to_camera, corners(track.pose(0.0), np.array(track.lwh)))
         if entry["corners_px"] is not None:
             np.testing.assert_allclose(entry["corners_px"], camera.project(box), atol=1e-3)
             if entry["visible_fraction"] == 1.0 and entry["unoccluded_pixels"] > 50:

@@ -17,7 +17,6 @@ import pytest
 import torch
 from conftest import TINY, TRAINING_FORMAT, format_for
 from torch.utils._python_dispatch import TorchDispatchMode
-from test_extract import tree_digest
 
 from av_grounding import numerics
 from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
@@ -30,6 +29,8 @@ from av_grounding.params import ParamsError, TrainParams
 from av_grounding.pipeline.train import LaunchError, train
 from av_grounding.storage import is_partial
 from av_grounding.training.loop import STATE_FILE
+
+from test_extract import tree_digest
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT = TRAINING_FORMAT
@@ -90,7 +91,8 @@ def test_labels_are_the_assistant_mask_of_trls_training_template(tiny, few):
         mask[-1] = 0
         # The template holds one image placeholder; the encoder expands it to the image's tokens.
         image_tokens = encoded.input_ids.count(encoder.image_pad)
-        expanded = [m for i, m in zip(templated["input_ids"], mask) for _ in range(image_tokens if i == encoder.image_pad else 1)]
+        expanded = [m for i, m in zip(templated["input_ids"], mask)
+                    for _ in range(image_tokens if i == encoder.image_pad else 1)]
         assert [label != IGNORE for label in encoded.labels] == [bool(m) for m in expanded]
         assert image_tokens == int(encoded.image_grid_thw.prod()) // 4
 
@@ -140,8 +142,8 @@ def test_training_and_generation_call_no_operator_whose_cpu_result_depends_on_th
     AMD whatever is pinned: neither architecture's training step (the optimizer included) nor
     its generation may reach it."""
     with OperatorNames() as recorder:
-        train(TrainParams(model=model, max_steps=2, batch_size=2, save_every=0), format_for(model), few, tmp_path / "out", None,
-              tmp_path / "live")
+        train(TrainParams(model=model, max_steps=2, batch_size=2, save_every=0), format_for(model), few,
+              tmp_path / "out", None, tmp_path / "live")
         loaded = load_model(tmp_path / "out" / "model")
         encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
         generate(loaded.model, encoder, read_cosmos(few / "train")[:2], max_new_tokens=4)
@@ -314,8 +316,9 @@ def test_train_gpus_starts_its_own_processes_under_torchrun(few, tmp_path, capfd
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
     assert len(loss_curve(tmp_path / "live")) == 2
     capfd.readouterr()
-    with pytest.raises(LaunchError, match=r"train.gpus 2: the training processes under torchrun exited with status 1"), \
-            pytest.warns(UserWarning):
+    with pytest.raises(LaunchError,
+                       match=r"train.gpus 2: the training processes under torchrun exited with status 1"), \
+            pytest.warns(UserWarning, match="train.gpus 2 on a machine without GPUs"):
         train(TrainParams(gpus=2, max_steps=2, batch_size=2, save_every=0), FORMAT, few, tmp_path / "bad", None,
               tmp_path / "live-bad")  # 2 processes x 2 samples: more than the 3 training samples
     assert "error: train.batch_size x train.grad_accum x processes = 4 samples a step" in capfd.readouterr().err
@@ -374,7 +377,8 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path, m
     caches = []  # the KV cache kind of every generation call
     monkeypatch.setattr(stage, "generate", lambda *args: caches.append(args[-1]) or generate(*args))
 
-    train(TrainParams(max_steps=4, save_every=2, batch_size=2), FORMAT, dataset, tmp_path / "train", None, tmp_path / "live")
+    train(TrainParams(max_steps=4, save_every=2, batch_size=2), FORMAT, dataset, tmp_path / "train", None,
+          tmp_path / "live")
     summary = infer(InferParams(max_new_tokens=24, batch_size=4), FORMAT, dataset, tmp_path / "train",
                     tmp_path / "predictions", tmp_path / "infer.json", tmp_path / "timing.json")
     assert list(summary) == ["zero_shot", "step_000002", "final"]
@@ -407,7 +411,8 @@ def test_infer_and_evaluate_write_columns_metrics_and_plots(dataset, tmp_path, m
                   tmp_path / "train", tmp_path / "rerun")
     assert all(v["frames_resumed"] == 0 for v in rerun.values()) and list(rerun) == ["zero_shot", "final"]
     assert tree_digest(tmp_path / "rerun") == tree_digest(tmp_path / "changed") and list(other) == list(rerun)
-    results = evaluate(EvaluateParams(overlays=2), dataset, tmp_path / "predictions", tmp_path / "eval.json", tmp_path / "plots")
+    results = evaluate(EvaluateParams(overlays=2), dataset, tmp_path / "predictions", tmp_path / "eval.json",
+                       tmp_path / "plots")
     assert list(results) == ["zero_shot", "step_000002", "final"]
     assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))
     for name in ("precision_recall.png", "metrics_vs_steps.json", "error_vs_distance.png"):
@@ -428,7 +433,7 @@ def test_a_diverging_run_stops_with_an_error_naming_the_step(few, tmp_path):
                 "--max-steps", "6", "--save-every", "1",
                 "--batch-size", "3", "--lr", "1e30", "--warmup-ratio", "0", *extra]
 
-    run = subprocess.run(command("out"), capture_output=True, text=True)
+    run = subprocess.run(command("out"), check=False, capture_output=True, text=True)
     assert run.returncode != 0
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: step 2: loss ") and "non-finite" in last_line, run.stderr[-2000:]
@@ -436,15 +441,16 @@ def test_a_diverging_run_stops_with_an_error_naming_the_step(few, tmp_path):
     assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out.json").exists()
     assert not (tmp_path / "out" / "checkpoints" / "step_000002").exists()
     load_model(tmp_path / "out" / "checkpoints" / "step_000001")
-    skipping = subprocess.run(command("skip", "--max-nonfinite-steps", "2"), capture_output=True, text=True)
+    skipping = subprocess.run(command("skip", "--max-nonfinite-steps", "2"), check=False, capture_output=True,
+                              text=True)
     assert "error: step 4: loss " in skipping.stderr and "3 such step(s)" in skipping.stderr, skipping.stderr[-2000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", BUILTIN_MODELS)
 def test_every_builtin_size_trains_saves_reloads_and_generates(model, few, tmp_path):
-    train(TrainParams(model=model, max_steps=1, batch_size=1, save_every=0), format_for(model), few, tmp_path / "out", None,
-          tmp_path / "live")
+    train(TrainParams(model=model, max_steps=1, batch_size=1, save_every=0), format_for(model), few,
+          tmp_path / "out", None, tmp_path / "live")
     size, architecture = split_name(model)
     loaded = load_model(tmp_path / "out" / "model")
     config = loaded.model.config

@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 
 from av_grounding.synth.stamp import read_index, stamp_index
-from av_grounding.video import (VideoError, choose_strategy, decode_cost, encode_video, index_video,
-                                read_frames, sample_indices)
+from av_grounding.video import (
+    VideoError,
+    choose_strategy,
+    decode_cost,
+    encode_video,
+    index_video,
+    read_frames,
+    sample_indices,
+)
 
 FRAMES = 95  # not a multiple of the keyframe interval
 
@@ -49,7 +56,7 @@ def test_index_reads_frames_and_keyframes(video):
 @pytest.mark.parametrize("skip", [1, 7, 30])
 @pytest.mark.parametrize("strategy", ["auto", "decode_all", "seek", "keyframes"])
 def test_exact_frames(video, skip, strategy):
-    path, interval = video
+    path, _ = video
     targets = sample_indices(FRAMES, skip)
     index = index_video(path)
     if strategy != "auto" and decode_cost(index, targets, strategy) == float("inf"):
@@ -88,11 +95,11 @@ def test_seek_decodes_less_than_decode_all_when_targets_are_sparse(tmp_path):
 def test_corrupt_and_truncated_videos_name_the_file(tmp_path, video):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00" * 4096)
-    with pytest.raises(VideoError, match="garbage.mp4"):
+    with pytest.raises(VideoError, match=r"garbage\.mp4"):
         index_video(garbage, "garbage.mp4")
     path, _ = video
     data = path.read_bytes()
-    with pytest.raises(VideoError, match="truncated.mp4"):
+    with pytest.raises(VideoError, match=r"truncated\.mp4"):
         read_frames(data[: len(data) // 3], sample_indices(FRAMES, 30), "auto", "truncated.mp4")
 
 

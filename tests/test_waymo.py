@@ -11,6 +11,7 @@ import cv2
 import fsspec
 import numpy as np
 import pytest
+from conftest import curate, validated
 
 from av_grounding import rdshq
 from av_grounding.params import ExtractParams, ParamsError, SynthesizeParams
@@ -19,7 +20,6 @@ from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.shards import ShardReader
 from av_grounding.synth.stamp import read_index
 from av_grounding.video import index_video
-from conftest import curate, validated
 
 WAYMO = SynthesizeParams(layout="waymo", fps=10, cameras=("front", "side_left"), num_clips=1, duration_s=1.5,
                          width=320, height=180, num_vehicles=8, num_pedestrians=2, workers=1)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import REPO, command_line, machine, markdown_table, write_json  # noqa: E402
+from common import REPO, command_line, machine, markdown_table, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = {"pinned": "as the stages run", "native": "no pin: this machine's own kernels and threads",
@@ -125,11 +125,11 @@ def markdown(report: dict) -> str:
              s[mode]["infer_wall_s"], s[mode]["distinct_weights"]] for mode in s]
     return "\n".join([
         "# The cost of the same CPU results on every machine", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, native ATen kernels {report['native_kernels']}; torch "
-        f"{report['torch']}. Command: `{report['command']}`.", "",
-        f"Tiny model (`{report['model']}`), {report['steps']} training steps, then `infer` of the final model on "
-        f"the evaluation split; medians of {report['repeats']} runs per mode, the modes taking turns; every run a "
-        "fresh process, model building and loading included. CPU seconds are user + system of all threads.", "",
+        (f"Machine: {m['cpu']}, {m['cores']} cores, native ATen kernels {report['native_kernels']}; torch "
+         f"{report['torch']}. Command: `{report['command']}`."), "",
+        (f"Tiny model (`{report['model']}`), {report['steps']} training steps, then `infer` of the final model on "
+         f"the evaluation split; medians of {report['repeats']} runs per mode, the modes taking turns; every run a "
+         "fresh process, model building and loading included. CPU seconds are user + system of all threads."), "",
         *markdown_table(["mode", "train CPU s", "train wall s", "infer CPU s", "infer wall s", "distinct weights"],
                         rows), "",
         "Every mode is deterministic on one machine; only the pinned weights are the same on every machine.", ""])
@@ -143,7 +143,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: %(default)s")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")
-    parser.add_argument("--name", default="cpu_numerics", help="results file name, without suffix (default: %(default)s)")
+    parser.add_argument("--name", default="cpu_numerics",
+                        help="results file name, without suffix (default: %(default)s)")
     args = parser.parse_args()
     unknown = set(args.modes.split(",")) - set(MODES)
     if unknown:
@@ -156,7 +157,8 @@ def main() -> int:
             for mode in args.modes.split(","):
                 runs.append(one_round(mode, args.model, args.dataset.resolve(), args.steps, Path(tmp) / str(repeat)))
                 print(json.dumps(runs[-1]), flush=True)
-    report = {"machine": machine(), "torch": torch.__version__, "native_kernels": torch.backends.cpu.get_cpu_capability(),
+    report = {"machine": machine(), "torch": torch.__version__,
+              "native_kernels": torch.backends.cpu.get_cpu_capability(),
               "model": args.model, "steps": args.steps, "repeats": args.repeats,
               "command": command_line(__file__),
               "runs": runs, "summary": summary(runs)}

@@ -39,8 +39,10 @@ def exact(*shape: int, scale: float = 1.0) -> torch.Tensor:
 
 
 def operators() -> dict[str, str]:
-    out = {"mm_small": digest(exact(300, 64) @ exact(64, 256)), "mm_large": digest(exact(512, 1024) @ exact(1024, 768)),
-           "mm_long_k": digest(exact(16, 4096) @ exact(4096, 16)), "bmm": digest(torch.bmm(exact(8, 30, 16), exact(8, 16, 30))),
+    out = {"mm_small": digest(exact(300, 64) @ exact(64, 256)),
+           "mm_large": digest(exact(512, 1024) @ exact(1024, 768)),
+           "mm_long_k": digest(exact(16, 4096) @ exact(4096, 16)),
+           "bmm": digest(torch.bmm(exact(8, 30, 16), exact(8, 16, 30))),
            "linear": digest(F.linear(exact(77, 64), exact(192, 64), exact(192)))}
     q, k, v = (exact(2, 4, 300, 16).requires_grad_(True) for _ in range(3))
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -52,7 +54,8 @@ def operators() -> dict[str, str]:
                  "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "erf": torch.erf,
                  "sqrt": lambda t: torch.sqrt(t.abs() + 0.1), "rsqrt": lambda t: torch.rsqrt(t.abs() + 0.1),
                  "pow": lambda t: torch.pow(t.abs() + 0.1, 1.7), "softmax": lambda t: torch.softmax(t, -1),
-                 "log_softmax": lambda t: torch.log_softmax(t, -1), "sum": lambda t: t.sum(0), "mean": lambda t: t.mean(-1),
+                 "log_softmax": lambda t: torch.log_softmax(t, -1), "sum": lambda t: t.sum(0),
+                 "mean": lambda t: t.mean(-1),
                  "norm": lambda t: t.norm(dim=-1), "cumsum": lambda t: t.cumsum(0), "var": lambda t: t.var(-1),
                  "layer_norm": lambda t: F.layer_norm(t, (64,)),
                  "rms_norm": lambda t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6)}
@@ -64,7 +67,8 @@ def operators() -> dict[str, str]:
                cross_entropy=digest(F.cross_entropy(exact(50, 500, scale=3), torch.from_numpy(RNG.integers(0, 500, 50)))
                                     .reshape(1)))
     generator = torch.Generator().manual_seed(0)
-    out.update(randn=digest(torch.randn(1000, generator=generator)), randn_short=digest(torch.randn(7, generator=generator)),
+    out.update(randn=digest(torch.randn(1000, generator=generator)),
+               randn_short=digest(torch.randn(7, generator=generator)),
                rand=digest(torch.rand(1000, generator=generator)))
     torch.manual_seed(1)
     out["normal_init"] = digest(torch.nn.init.normal_(torch.empty(500, 64)))
@@ -107,7 +111,8 @@ def built_in_model(folder: Path) -> dict[str, object]:
     loss, _ = answer_loss(loaded.model, collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad))
     loss.backward()
     out["loss"] = float(loss.detach())
-    out.update({f"grad:{name}": digest(p.grad) for name, p in sorted(loaded.model.named_parameters()) if p.grad is not None})
+    out.update({f"grad:{name}": digest(p.grad) for name, p in sorted(loaded.model.named_parameters())
+                if p.grad is not None})
     return out
 
 

@@ -13,6 +13,7 @@ Writes benchmarks/extract_throughput/results/extract_throughput.{json,md} with t
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.video import decode_cost, index_video, sample_indices
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import command_line, markdown_table, timed, video_machine, write_json  # noqa: E402
+from common import command_line, markdown_table, timed, video_machine, write_json
 
 CAMERA = "camera_front_wide_120fov"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,6 +46,12 @@ def bare_decode(path: Path, convert: bool) -> int:
                 frame.to_ndarray(format="bgr24")
             count += 1
     return count
+
+
+def fresh_extract(params: ExtractParams, clip_id: str, out: Path):
+    """``extract_item`` into an emptied ``out``; its result."""
+    shutil.rmtree(out, ignore_errors=True)
+    return extract_item(params, clip_id, CAMERA, out)
 
 
 def main() -> None:
@@ -68,7 +75,7 @@ def main() -> None:
         videos[label] = {"frames": index.frame_count, "keyframes": len(index.keyframes),
                          "megabytes": round(video.stat().st_size / 2**20, 2)}
         for convert in (False, True):
-            seconds = best_of(args.repeats, lambda: bare_decode(video, convert))
+            seconds = best_of(args.repeats, functools.partial(bare_decode, video, convert))
             rows.append({"video": label, "method": "pyav_decode_all" + ("+bgr" if convert else ""),
                          "skip_frames": 1, "frames_out": index.frame_count, "seconds": round(seconds, 3),
                          "frames_out_per_s": round(index.frame_count / seconds, 1),
@@ -82,13 +89,11 @@ def main() -> None:
                 extract_params = ExtractParams(input_root=str(root), cameras=(CAMERA,), skip_frames=skip,
                                                strategy=strategy, workers=1)
 
-                def run():
-                    shutil.rmtree(out, ignore_errors=True)
-                    return extract_item(extract_params, clip_id, CAMERA, out)
-
+                run = functools.partial(fresh_extract, extract_params, clip_id, out)
                 result = run()
                 seconds = best_of(args.repeats, run)
-                rows.append({"video": label, "method": f"extract_{strategy}" + (f" ({result.strategy})" if strategy == "auto" else ""),
+                method = f"extract_{strategy}" + (f" ({result.strategy})" if strategy == "auto" else "")
+                rows.append({"video": label, "method": method,
                              "skip_frames": skip, "frames_out": result.frames_written,
                              "decoded_frames": result.decoded_frames, "seconds": round(seconds, 3),
                              "frames_out_per_s": round(result.frames_written / seconds, 1),
@@ -97,12 +102,13 @@ def main() -> None:
     report = {"command": command_line(__file__), "machine": video_machine(), "videos": videos, "results": rows}
     write_json(RESULTS / "extract_throughput.json", report)
     lines = ["# Extract throughput at 1080p\n", f"Command: `{report['command']}`  ",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
-             f"{report['machine']['python']}, PyAV {report['machine']['pyav']}\n",
+             (f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
+              f"{report['machine']['python']}, PyAV {report['machine']['pyav']}\n"),
              "Videos: " + "; ".join(f"{k}: {v['frames']} frames, {v['keyframes']} keyframes, {v['megabytes']} MiB"
                                    for k, v in videos.items()) + "\n",
              "Times are the best of the repeats. `video_frames_per_s` = frames of the whole video / time.\n",
-             *markdown_table(["video", "method", "skip", "frames out", "decoded", "s", "frames out/s", "video frames/s"],
+             *markdown_table(["video", "method", "skip", "frames out", "decoded", "s", "frames out/s",
+                              "video frames/s"],
                              [[r["video"], r["method"], r["skip_frames"], r["frames_out"],
                                r.get("decoded_frames", r["frames_out"]), r["seconds"], r["frames_out_per_s"],
                                r["video_frames_per_s"]] for r in rows])]

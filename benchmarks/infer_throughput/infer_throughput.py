@@ -41,7 +41,7 @@ from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import device_name, profile_summary, synchronize, write_json  # noqa: E402
+from common import device_name, profile_summary, synchronize, write_json
 
 
 def run(model, encoder, samples, batch_size: int, max_new_tokens: int, device: str,
@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--decodings", default="static", type=kv_caches,
                         help=f"comma-separated KV caches: {', '.join(KV_CACHES)}")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), help="bfloat16 on CUDA, float32 on CPU unless given")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"),
+                        help="bfloat16 on CUDA, float32 on CPU unless given")
     parser.add_argument("--profile", action="store_true", help="profile decoding steps per batch size")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

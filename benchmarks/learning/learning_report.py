@@ -1,7 +1,8 @@
 """Write benchmarks/learning/results/learning.md and its plots from the folders benchmarks/learning/learning.sh
 fills.
 
-    python benchmarks/learning/learning_report.py benchmarks/learning/results --out benchmarks/learning/results/learning.md
+    python benchmarks/learning/learning_report.py benchmarks/learning/results \\
+        --out benchmarks/learning/results/learning.md
 
 Each folder under the results root is one run (``<size>-<architecture>``) holding the run's
 metrics (``eval.json``, ``train.json``, ``infer.json``, ``dataset.json``, ...), ``columns.json``
@@ -65,8 +66,8 @@ def plot(folder: Path, results: dict, steps: dict, image: Path) -> None:
     for path, name in GOAL_NAMES.items():
         values = [lookup(results[column], path) for column in order]
         axes[1].plot([steps[c] for c in order], [np.nan if v is None else v for v in values], marker="o", label=name)
-    axes[1].set(xlabel="training step (0: zero-shot)", ylabel="score", ylim=(0, 1), xlim=(-50, max(steps.values()) * 1.05),
-                title="Held-out metrics by step")
+    axes[1].set(xlabel="training step (0: zero-shot)", ylabel="score", ylim=(0, 1),
+                xlim=(-50, max(steps.values()) * 1.05), title="Held-out metrics by step")
     axes[1].legend(fontsize=8)
     figure.suptitle(folder.name)
     figure.tight_layout()
@@ -94,20 +95,22 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     image_tokens = dataset["tokens"]["image_per_frame"][fmt["model_family"]]["mean"]
     architecture = folder.name.split("-", 1)[1]
     last = max(steps, key=lambda column: (steps[column], column == "final"))  # the final model where evaluated
+    peak_memory = f"; peak GPU memory {train['peak_gpu_memory_gib']} GiB" if train["peak_gpu_memory_gib"] else ""
     lines = [
         f"## {ARCHITECTURES.get(architecture, architecture)}: `{tp['model']}`\n",
-        f"- Data: {dataset['samples']['train']:,} training frames from {dataset['clips']['train']} clips, "
-        f"{dataset['samples']['eval']:,} evaluation frames from {dataset['clips']['eval']} held-out clips; "
-        f"{dataset['boxes']:,} boxes in all; rendered at {params['synthesize']['width']}x{params['synthesize']['height']}, "
-        f"seen by the model at up to {fmt['max_pixels']:,} pixels ({image_tokens:.0f} image tokens a frame).",
-        f"- Training: {train['trainable_parameters'] / 1e6:.1f}M parameters, all trained, random initialisation; "
-        f"{train['steps']} steps of {tp['batch_size']} samples, AdamW lr {train['lr']:g}, {tp['schedule']} after "
-        f"{tp['warmup_ratio']:.0%} warmup, on {train['device']}"
-        f"{' with bf16 autocast' if train['device'] == 'cuda' and tp['bf16'] else ''}; "
-        f"{samples_per_s.median():.0f} samples/s (median), "
-        f"{train['steps'] * tp['batch_size'] / samples_per_s.median() / 60:.1f} minutes of steps"
-        f"{'; peak GPU memory %s GiB' % train['peak_gpu_memory_gib'] if train['peak_gpu_memory_gib'] else ''}; "
-        f"final loss {curve(folder, 'loss')['loss'].iloc[-50:].mean():.3f} (mean of the last 50 steps).",
+        (f"- Data: {dataset['samples']['train']:,} training frames from {dataset['clips']['train']} clips, "
+         f"{dataset['samples']['eval']:,} evaluation frames from {dataset['clips']['eval']} held-out clips; "
+         f"{dataset['boxes']:,} boxes in all; rendered at "
+         f"{params['synthesize']['width']}x{params['synthesize']['height']}, "
+         f"seen by the model at up to {fmt['max_pixels']:,} pixels ({image_tokens:.0f} image tokens a frame)."),
+        (f"- Training: {train['trainable_parameters'] / 1e6:.1f}M parameters, all trained, random initialisation; "
+         f"{train['steps']} steps of {tp['batch_size']} samples, AdamW lr {train['lr']:g}, {tp['schedule']} after "
+         f"{tp['warmup_ratio']:.0%} warmup, on {train['device']}"
+         f"{' with bf16 autocast' if train['device'] == 'cuda' and tp['bf16'] else ''}; "
+         f"{samples_per_s.median():.0f} samples/s (median), "
+         f"{train['steps'] * tp['batch_size'] / samples_per_s.median() / 60:.1f} minutes of steps"
+         f"{peak_memory}; "
+         f"final loss {curve(folder, 'loss')['loss'].iloc[-50:].mean():.3f} (mean of the last 50 steps)."),
         inference_line(folder, params),
         "",
         results_markdown(results, steps).replace("# Results by training step", "### Results by training step"),

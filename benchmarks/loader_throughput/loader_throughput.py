@@ -26,7 +26,7 @@ from av_grounding.models.inputs import Encoder, collate, within_budget
 from av_grounding.params import FormatParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import command_line, machine, timed, write_json  # noqa: E402
+from common import command_line, machine, timed, write_json
 
 
 def decode(path: Path) -> Image.Image:

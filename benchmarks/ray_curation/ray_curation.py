@@ -32,7 +32,7 @@ from av_grounding.pipeline.synthesize import synthesize
 from av_grounding.storage import folder_digest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import command_line, markdown_table, video_machine, write_json  # noqa: E402
+from common import command_line, markdown_table, video_machine, write_json
 
 CAMERAS = ("camera_front_wide_120fov", "camera_cross_left_120fov")
 ATTRIBUTES = ("pose", "vehicle_pose", "pinhole_intrinsic", "all_object_info", rdshq.RENDER_TRUTH)
@@ -109,14 +109,14 @@ def main() -> None:
               "video": f"1920x1080, {args.duration_s:g} s at 30 fps, keyframe every 30 frames", "results": rows}
     write_json(RESULTS / "ray_curation.json", report)
     lines = ["# Curation rate per core: local process pool and Ray\n", f"Command: `{command}`  ",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
-             f"{report['machine']['python']}, PyAV {report['machine']['pyav']}\n",
-             f"Input: {report['items']} (clip, camera) items, each a {report['video']} video; "
-             "extract with skip_frames 30 (frames 0, 30, 60, ...: keyframes only). Every run wrote the same bytes.\n",
-             "`load before`: the machine's 1-minute load average as the run started (other users' "
-             "processes share the cores: above 0 the rates are low by that share).\n",
-             "`per core-second`: frames / (wall s x cores); `per CPU-second`: frames / CPU seconds the "
-             "items' processes used (all their threads), which other users' load lowers much less.\n",
+             (f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
+              f"{report['machine']['python']}, PyAV {report['machine']['pyav']}\n"),
+             (f"Input: {report['items']} (clip, camera) items, each a {report['video']} video; "
+              "extract with skip_frames 30 (frames 0, 30, 60, ...: keyframes only). Every run wrote the same bytes.\n"),
+             ("`load before`: the machine's 1-minute load average as the run started (other users' "
+              "processes share the cores: above 0 the rates are low by that share).\n"),
+             ("`per core-second`: frames / (wall s x cores); `per CPU-second`: frames / CPU seconds the "
+              "items' processes used (all their threads), which other users' load lowers much less.\n"),
              *markdown_table(["executor", "cores", "frames written", "wall s", "frames/s", "per core-second", "CPU s",
                               "per CPU-second", "load before"],
                              [[r[key] for key in ("executor", "cores", "frames_written", "wall_s", "frames_per_s",

@@ -26,8 +26,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import dvc
@@ -44,7 +44,7 @@ from av_grounding.synth.stamp import stamp_index
 from av_grounding.video import index_video, read_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import command_line, markdown_table, video_machine, write_json  # noqa: E402
+from common import command_line, markdown_table, video_machine, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES_PER_FOLDER = 20
@@ -75,6 +75,8 @@ def write_frames(videos: list[Path], count: int, images: Path) -> None:
     digests = set()
     for number, bgr in zip(range(count), distinct_frames(videos)):
         ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for frame {number}")
         data = jpeg.tobytes()
         digests.add(hashlib.sha256(data).hexdigest())
         path = images / f"{number // FILES_PER_FOLDER:06d}" / f"{number:06d}.jpg"
@@ -94,7 +96,8 @@ def write_shards(files: Path, images: Path, frames_per_shard: int) -> None:
 
 def dvc_command(repo: Path, env: dict[str, str], *args: str) -> float:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, check=False, capture_output=True,
+                            text=True)
     if result.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed in {repo}:\n{result.stdout}\n{result.stderr}")
     return time.perf_counter() - start
@@ -167,15 +170,16 @@ def main() -> None:
     m = report["machine"]
     lines = ["# DVC push / pull to an S3-compatible server: files against shards\n",
              f"Command: `{report['command']}`  ",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, DVC {m['dvc']}, moto_server {m['moto']} "
-             "on loopback (no S3 request latency: real S3 widens the gap)\n",
-             f"Images: distinct {report['image_size']} synthetic frames, JPEG quality {JPEG_QUALITY}. Times are whole "
-             f"`dvc push` / `dvc pull` commands (best of {args.repeats}), DVC's default jobs; pull starts from an "
-             "empty cache and workspace and is checked file by file.\n",
+             (f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, DVC {m['dvc']}, moto_server {m['moto']} "
+              "on loopback (no S3 request latency: real S3 widens the gap)\n"),
+             (f"Images: distinct {report['image_size']} synthetic frames, JPEG quality {JPEG_QUALITY}. Times are whole "
+              f"`dvc push` / `dvc pull` commands (best of {args.repeats}), DVC's default jobs; pull starts from an "
+              "empty cache and workspace and is checked file by file.\n"),
              *markdown_table(["frames", "layout", "files", "MiB", "push s", "pull s", "push MiB/s", "pull MiB/s",
                               "push speed-up", "pull speed-up"],
                              [[r["frames"], r["layout"], r["files"], r["mib"], r["push_s"], r["pull_s"],
-                               r["push_mib_per_s"], r["pull_mib_per_s"], f"{r['push_speedup']}x", f"{r['pull_speedup']}x"]
+                               r["push_mib_per_s"], r["pull_mib_per_s"], f"{r['push_speedup']}x",
+                               f"{r['pull_speedup']}x"]
                               for r in rows])]
     (RESULTS / "remote_push_pull.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

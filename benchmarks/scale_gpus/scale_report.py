@@ -1,7 +1,8 @@
 """Write benchmarks/scale_gpus/results/scale_gpus.md and its loss plot from the folder
 benchmarks/scale_gpus/scale_gpus.sh fills.
 
-    python benchmarks/scale_gpus/scale_report.py benchmarks/scale_gpus/results --out benchmarks/scale_gpus/results/scale_gpus.md
+    python benchmarks/scale_gpus/scale_report.py benchmarks/scale_gpus/results \\
+        --out benchmarks/scale_gpus/results/scale_gpus.md
 
 Per run: samples/s (median over the steps after the first ``WARMUP_STEPS``: start-up, CUDA and
 Triton compilation), the ratio to its one-GPU reference and the scaling efficiency

@@ -22,7 +22,7 @@ from av_grounding.models.builtin import build_builtin
 from av_grounding.params import FormatParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train_throughput"))  # the shapes
-from train_throughput import config_of  # noqa: E402
+from train_throughput import config_of
 
 
 def save_shape(shape: str, folder: Path, device: str) -> int:

@@ -3,9 +3,11 @@
     python benchmarks/train_throughput/train_throughput.py --shape 3b \\
         --out benchmarks/train_throughput/results/train_throughput_h200.json
     python benchmarks/train_throughput/train_throughput.py --shape 4b --out ...   # the Qwen3-VL-4B shape
-    python benchmarks/train_throughput/train_throughput.py --shape 7b --out ...   # Cosmos-Reason1-7B's shape (8b: Cosmos-Reason2-8B's)
+    python benchmarks/train_throughput/train_throughput.py --shape 7b --out ...   # Cosmos-Reason1-7B's shape
+    python benchmarks/train_throughput/train_throughput.py --shape 8b --out ...   # Cosmos-Reason2-8B's shape
     python benchmarks/train_throughput/train_throughput.py --shape small-qwen2_5_vl --batch-size 32 --out ...
-    python benchmarks/train_throughput/train_throughput.py --shape tiny-qwen2_5_vl --device cpu --steps 3 --out /tmp/t.json  # dry run
+    python benchmarks/train_throughput/train_throughput.py --shape tiny-qwen2_5_vl --device cpu --steps 3 \\
+        --out /tmp/t.json  # dry run
 
 Builds the real model class at a shape from its config (``3b``: the Qwen2.5-VL-3B shape, 3.75B
 parameters, baseline figures in docs/recipe.md#reference-figures; ``4b``: the Qwen3-VL-4B shape;
@@ -49,7 +51,7 @@ from av_grounding.models.inputs import IGNORE, answer_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 # device_time stays importable from here (tests/test_flops.py)
-from common import device_name, device_time, profile_summary, synchronize, write_json  # noqa: E402, F401
+from common import device_name, device_time, profile_summary, synchronize, write_json  # noqa: F401
 
 IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
 
@@ -234,9 +236,9 @@ def run(shape: str, variant: Variant, size: int, steps: int, device: str, with_p
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.startswith("cuda"))
     inputs = batch(size, model.config.vision_config.patch_size, device)
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
-    autocast = variant.master_fp32 and not device == "cpu"
+    autocast = variant.master_fp32 and device != "cpu"
     times, first = [], None
-    for index in range(steps):
+    for _ in range(steps):
         synchronize(device)
         started = time.perf_counter()
         result = step(model, optimizer, inputs, autocast, device)
@@ -287,12 +289,13 @@ def main() -> None:
         profile = args.profile and index in (0, len(chosen) - 1)
         try:
             result = run(args.shape, variant, args.batch_size, args.steps, args.device, profile, peak, datasheet)
-        except Exception as exc:  # one variant failing (out of memory, a kernel's version) leaves the others
+        except Exception as exc:  # noqa: BLE001 - one variant failing (out of memory, a kernel's version) leaves the others
             result = {**asdict(variant), "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         base = report["runs"][0] if report["runs"] else result
         if "first_loss" in result and "first_loss" in base:
             result["loss_rel_diff"] = abs(result["first_loss"] - base["first_loss"]) / abs(base["first_loss"])
-            result["grad_norm_rel_diff"] = abs(result["first_grad_norm"] - base["first_grad_norm"]) / base["first_grad_norm"]
+            result["grad_norm_rel_diff"] = (abs(result["first_grad_norm"] - base["first_grad_norm"])
+                                            / base["first_grad_norm"])
         report["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
         write_json(args.out, report)  # after every variant: a run stopped early keeps what it measured

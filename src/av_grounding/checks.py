@@ -86,7 +86,8 @@ def intrinsics_problem(model: str, value: Any) -> Problem | None:
     lengths = INTRINSICS_LENGTHS[model]
     if values is None or values.ndim != 1 or len(values) not in lengths:
         shape = None if values is None else values.shape
-        return Problem("wrong length", f"shape {shape}; {model} intrinsics have {' or '.join(map(str, lengths))} values")
+        return Problem("wrong length",
+                       f"shape {shape}; {model} intrinsics have {' or '.join(map(str, lengths))} values")
     if (problem := _non_finite(values)) is not None:
         return problem
     width, height = (values[i] for i in IMAGE_SIZE_AT[model])

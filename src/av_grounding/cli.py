@@ -13,19 +13,33 @@ import dataclasses
 import importlib
 import signal
 import sys
-import warnings
 import typing
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from . import numerics, workspace
 from . import params as params_module
 from .errors import PipelineError
-from .params import (FROM_FILE, PRESET_SECTIONS, PRESETS, EvaluateParams, ExtractParams, FilterParams, FormatParams,
-                     InferParams, SynthesizeParams, TrainParams, TransformParams, ValidateParams, choices)
+from .params import (
+    FROM_FILE,
+    PRESET_SECTIONS,
+    PRESETS,
+    EvaluateParams,
+    ExtractParams,
+    FilterParams,
+    FormatParams,
+    InferParams,
+    SynthesizeParams,
+    TrainParams,
+    TransformParams,
+    ValidateParams,
+    choices,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,8 @@ class StageSpec:
     paths: dict[str, str]  # keyword -> default path, each an option --<keyword>
     summary: str
     sections: dict[str, tuple[str, type]] = dataclasses.field(default_factory=dict)  # keyword -> other params read
-    resumable: str | None = None  # the path keyword of the folder where it keeps finished work (set aside when interrupted)
+    # The path keyword of the folder where it keeps finished work (set aside when interrupted).
+    resumable: str | None = None
 
 
 STAGES: dict[str, StageSpec] = {
@@ -73,8 +88,8 @@ STAGES: dict[str, StageSpec] = {
         {"fmt": ("format", FormatParams)}, resumable="output"),
     "infer": StageSpec(
         InferParams, "av_grounding.pipeline.infer:infer",
-        {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions", "metrics": "metrics/infer.json",
-         "timing": "metrics/timing/infer.json"},
+        {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions",
+         "metrics": "metrics/infer.json", "timing": "metrics/timing/infer.json"},
         "Answer the evaluation split with the base model, every checkpoint and the final model.",
         {"fmt": ("format", FormatParams)}, resumable="output"),
     "evaluate": StageSpec(
@@ -165,9 +180,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             workspace.done(output)
         if workspace.run_by_dvc():
             reread, reread_others = _stage_params(spec, args)
-            workspace.check_unchanged({args.stage: stage_params, **{spec.sections[k][0]: v for k, v in others.items()}},
-                                      {args.stage: reread, **{spec.sections[k][0]: v for k, v in reread_others.items()}},
-                                      Path(args.params))
+            workspace.check_unchanged(
+                {args.stage: stage_params, **{spec.sections[k][0]: v for k, v in others.items()}},
+                {args.stage: reread, **{spec.sections[k][0]: v for k, v in reread_others.items()}},
+                Path(args.params))
     return result
 
 

@@ -5,8 +5,8 @@ other exception is a bug and shows its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 class PipelineError(Exception):

@@ -23,9 +23,10 @@ import threading
 import time
 import traceback
 import typing
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 

@@ -92,6 +92,6 @@ def pin_torch() -> None:
             raise NumericsError(f"PyTorch's CPU kernels were chosen ({capability}) before "
                                 "av_grounding.numerics.pin_environment() ran: call it before computing any tensor")
         warnings.warn(f"this CPU runs PyTorch's {capability} kernels, not {ATEN_CAPABILITY}: trained weights and "
-                      "answers will differ from those of other machines")
+                      "answers will differ from those of other machines", stacklevel=1)
     torch.set_num_threads(CPU_THREADS)
     torch.backends.mkldnn.enabled = False

@@ -13,9 +13,10 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 
@@ -175,10 +176,10 @@ class FilterParams(Checked):
 
     label_map: Mapping[str, str] = param(DEFAULT_LABEL_MAP, "raw object type -> output label; other types are dropped")
     max_distance_m: float = param(100.0, "drop boxes whose centre is farther from the camera", minimum=0.0)
-    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image (0: any overlap)",
-                                         minimum=0.0, maximum=1.0)
-    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' 2D boxes "
-                                         "(above 1: never)", minimum=0.0)
+    min_in_image_fraction: float = param(0.0, "drop boxes with less of their projected 2D box inside the image "
+                                         "(0: any overlap)", minimum=0.0, maximum=1.0)
+    occlusion_max_covered: float = param(0.95, "drop boxes whose 2D box is covered this much by closer objects' "
+                                         "2D boxes (above 1: never)", minimum=0.0)
     depth_min_visible: float = param(0.1, "drop boxes with fewer lines of sight reaching them before a closer 3D box",
                                      minimum=0.0, maximum=1.0)
     depth_rays_per_side: int = param(12, "lines of sight per box: a grid of N x N over its 2D box", minimum=1)
@@ -349,7 +350,8 @@ class InferParams(Checked):
     vision_attention: VisionAttention = param("packed", "packed or per_segment, as train.vision_attention")
     kv_cache: KVCache = param("static", "generation's KV cache: static (preallocated; on CUDA transformers then "
                                         "compiles the decoding step: 82M model on an H200 3-20x faster, "
-                                        "benchmarks/infer_throughput/results/infer_throughput.md) or dynamic (grows per token)")
+                                        "benchmarks/infer_throughput/results/infer_throughput.md) or dynamic "
+                                        "(grows per token)")
     reasoning: Literal["none", "model"] = param(
         "none", "none: the prompts as trained (plain JSON answers); model: each model's published reasoning "
                 "instruction (prompts/reasoning.yaml, chosen by the model folder's config.model_type), in the message "
@@ -364,8 +366,8 @@ class EvaluateParams(Checked):
 
     codec: CodecName = param("cosmos", "box convention of files that do not name one (box_codec key)")
     depth_bins_m: tuple[float, float] = param((10.0, 35.0), "near / medium / far limits of AP3D by depth, in metres")
-    distance_thresholds_m: tuple[float, ...] = param((0.5, 1.0, 2.0, 4.0),
-                                                     "ground-plane centre distances of the centre-distance mAP (nuScenes)")
+    distance_thresholds_m: tuple[float, ...] = param(
+        (0.5, 1.0, 2.0, 4.0), "ground-plane centre distances of the centre-distance mAP (nuScenes)")
     tp_distance_m: float = param(2.0, "distance threshold whose true positives give the TP errors; "
                                       "one of distance_thresholds_m")
     match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
@@ -551,7 +553,7 @@ def replaced_by_preset(cls: type, file_values: Mapping[str, Any], changes: Mappi
 
 
 def load(cls: type, section: str, path: str | Path = "params.yaml",
-         overrides: dict[str, Any] | None = None, preset: str | None | _FromFile = FROM_FILE) -> Any:
+         overrides: dict[str, Any] | None = None, preset: str | _FromFile | None = FROM_FILE) -> Any:
     """Read ``section`` of the params file (missing file or section: defaults), replace the keys its
     preset names (the file's top-level ``preset``, or ``preset`` when given: ``--preset``), then
     apply ``overrides`` (command-line options, which win over the preset).
@@ -584,7 +586,7 @@ def load(cls: type, section: str, path: str | Path = "params.yaml",
         source = f"{path}:{section} (with preset {name} and command-line overrides)"
         if replaced := replaced_by_preset(cls, values, changes, source):
             warnings.warn(f"{path}:{section}: preset {name} replaces {', '.join(replaced)} (a stage's command-line "
-                          f"options win over a preset, params.yaml values do not)")
+                          f"options win over a preset, params.yaml values do not)", stacklevel=1)
     values.update(changes)
     values.update(overrides or {})
     return cls(**checked(cls, values, source))

@@ -70,7 +70,7 @@ class ClipId:
     end_us: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ClipId":
+    def parse(cls, text: str) -> ClipId:
         """Raises ``LayoutError`` saying what is wrong with ``text``."""
         if "." in text:
             raise LayoutError(f"clip id {text!r} contains a '.': tar members are named '<clip_id>.<key>' "
@@ -111,7 +111,8 @@ def encode_tar(clip_id: str, members: dict[str, Any]) -> bytes:
             if key.endswith(".npy"):
                 payload = io.BytesIO()
                 array = np.asarray(value)  # intrinsics as given: see storage.EXACT_KEYS
-                np.save(payload, array if key.startswith(INTRINSIC_ATTRIBUTES) else canonical(array), allow_pickle=False)
+                np.save(payload, array if key.startswith(INTRINSIC_ATTRIBUTES) else canonical(array),
+                        allow_pickle=False)
                 data = payload.getvalue()
             elif key.endswith(".json"):
                 data = dumps_json(value, compact=True).encode()
@@ -229,7 +230,8 @@ def read_clip_labels(fs: fsspec.AbstractFileSystem, root: str, clip_id: str,
         if key not in intrinsics:
             raise LayoutError(f"{tar_path(root, intrinsic_name, clip_id)}: no member {clip_id}.{key}")
         if (problem := intrinsics_problem(camera_model, intrinsics[key])) is not None:
-            raise LayoutError(f"{tar_path(root, intrinsic_name, clip_id)}: member {clip_id}.{key}: intrinsics {problem}")
+            raise LayoutError(f"{tar_path(root, intrinsic_name, clip_id)}: member {clip_id}.{key}: "
+                              f"intrinsics {problem}")
         labels.intrinsics[cam] = np.asarray(intrinsics[key], dtype=np.float64)
     vehicle = read_tar(fs, root, "vehicle_pose", clip_id)
     labels.vehicle_poses = _frames_of(vehicle, "vehicle_pose.npy", tar_path(root, "vehicle_pose", clip_id))

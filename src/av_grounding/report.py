@@ -5,7 +5,8 @@ the headline metrics of the final model (``final`` in ``metrics/eval.json``: AP2
 centre-distance mAP, recall, label accuracy, the recipe's metrics) at the base and in the
 workspace, then ``dvc metrics diff <base> --md``, then ``dvc params diff <base> --md``, and last,
 folded, the timing of the workspace's last run (``metrics/timing/*.json``: wall times and
-rates, which differ on every run and so are no DVC metric and have no base to compare with). CI posts it as a pull-request comment (``.github/workflows/pr-report.yml``). Not a
+rates, which differ on every run and so are no DVC metric and have no base to compare with).
+CI posts it as a pull-request comment (``.github/workflows/pr-report.yml``). Not a
 pipeline stage: it reads what the stages wrote and git history, so it lives beside the stage
 CLI, not in it.
 """
@@ -19,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .evaluation.table import HEADLINE_ROWS, lookup
-
 from .errors import PipelineError
+from .evaluation.table import HEADLINE_ROWS, lookup
 
 DVC_TIMEOUT_S = 300
 EVAL_METRICS = "metrics/eval.json"
@@ -37,7 +37,7 @@ def dvc_diff(kind: str, base: str, repo: Path) -> str:
     (DVC then prints nothing or only the table's header)."""
     command = [sys.executable, "-m", "dvc", kind, "diff", base, "--md"]
     try:
-        result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=DVC_TIMEOUT_S)
+        result = subprocess.run(command, cwd=repo, check=False, capture_output=True, text=True, timeout=DVC_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise ReportError(f"`dvc {kind} diff {base}` in {repo} ran over {DVC_TIMEOUT_S} s") from exc
     if result.returncode != 0:
@@ -71,7 +71,8 @@ def eval_metrics(revision: str | None, repo: Path) -> dict[str, Any] | None:
     if revision is None:
         path = repo / EVAL_METRICS
         return json.loads(path.read_text()) if path.exists() else None
-    shown = subprocess.run(["git", "show", f"{revision}:{EVAL_METRICS}"], cwd=repo, capture_output=True, text=True)
+    shown = subprocess.run(["git", "show", f"{revision}:{EVAL_METRICS}"], cwd=repo, check=False, capture_output=True,
+                           text=True)
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Iterator
 
 from .errors import PipelineError
 
@@ -63,9 +63,9 @@ def write_shard(path: str | Path) -> Iterator[ShardWriter]:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
-        with open(partial, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-                yield ShardWriter(archive, path)
+        with open(partial, "wb") as handle, tarfile.open(fileobj=handle, mode="w",
+                                                         format=tarfile.USTAR_FORMAT) as archive:
+            yield ShardWriter(archive, path)
         os.chmod(partial, 0o644)
         os.replace(partial, path)
     except BaseException:

@@ -75,7 +75,7 @@ def reached_modules(modules: set[str]) -> dict[str, Path]:
     return reached
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_digest(*modules: str) -> str:
     """sha256 over the files ``modules`` reach (``reached_modules``; a module that is read as a
     file rather than imported, such as a script handed to another program, is named here too):

@@ -14,9 +14,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -130,7 +131,8 @@ def non_finite_at(obj: Any, where: str = "") -> str | None:
         return None if math.isfinite(obj) else where or "the top level"
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
-        found = non_finite_at(value, f"{where}[{key}]" if not isinstance(key, str) else f"{where}.{key}" if where else key)
+        found = non_finite_at(value, f"{where}[{key}]" if not isinstance(key, str)
+                              else f"{where}.{key}" if where else key)
         if found:
             return found
     return None

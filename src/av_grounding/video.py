@@ -24,10 +24,10 @@ from __future__ import annotations
 import collections
 import functools
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
 import av
 import numpy as np
@@ -64,7 +64,7 @@ def x264_cpu_flags() -> str | None:
     if line is None or "avx512f" not in line.split():
         return None
     present = set(line.split(":", 1)[1].split())
-    return ",".join(name for name, cpu in _X264_CPU_FLAGS if cpu in present or name == "MMX2" and "sse" in present)
+    return ",".join(name for name, cpu in _X264_CPU_FLAGS if cpu in present or (name == "MMX2" and "sse" in present))
 
 
 class VideoError(PipelineError, RuntimeError):
@@ -294,7 +294,7 @@ def read_frames(source: Source, targets: list[int], strategy: str = "auto", name
 
 
 def _decode(container, stream, index: VideoIndex, wanted: list[int],
-            found: dict[int, "DecodedFrame"], seek: bool) -> int:
+            found: dict[int, DecodedFrame], seek: bool) -> int:
     """Walk the decoder forward through the targets, jumping to keyframes where ``seek`` pays."""
     wanted_set, decoded, position = set(wanted), 0, 0
     frames = container.decode(stream)

@@ -34,8 +34,8 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import PipelineError
 
@@ -81,8 +81,8 @@ def exclusive(root: Path = Path(".")) -> Iterator[None]:
             stack.enter_context(rwlock(str(folder), localfs, command, [], [WORKSPACE], False))
         except LockError as exc:
             blockers = " ".join(str(exc).split("\n\n")[0].split())  # DVC's message names PID and command
-            raise WorkspaceError(f"{root.resolve().name}: another run holds this workspace ({blockers}); run experiments "
-                                 "side by side with `dvc exp run --queue` or `--temp`") from None
+            raise WorkspaceError(f"{root.resolve().name}: another run holds this workspace ({blockers}); run "
+                                 "experiments side by side with `dvc exp run --queue` or `--temp`") from None
         yield
 
 
@@ -97,7 +97,8 @@ def check_unchanged(used: dict[str, object], reread: dict[str, object], path: Pa
         after = reread[section]
         if after != before:
             key, old, new = next((name, getattr(before, name), getattr(after, name))
-                                 for name in before.__dataclass_fields__ if getattr(before, name) != getattr(after, name))
+                                 for name in before.__dataclass_fields__
+                                 if getattr(before, name) != getattr(after, name))
             raise WorkspaceError(f"{path}: {section}.{key} changed from {old!r} to {new!r} while the stage ran "
                                  "(another `dvc exp run` or an edit); its outputs were made with the first value, "
                                  "so DVC must not record the second: restore the file and rerun")

@@ -69,7 +69,7 @@ class ItemResult:
         return values
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "ItemResult":
+    def from_json(cls, values: dict[str, Any]) -> ItemResult:
         nested = {key: tuple(tuple(entry) for entry in values[key]) for key in ("frame_failures", "dropped")}
         nested["missing_frames"] = tuple(values["missing_frames"])
         return cls(**{**values, **nested, "resumed": True})
@@ -183,7 +183,7 @@ def frame_record(labels: rdshq.ClipLabels, params: ExtractParams, camera: str, f
         "frame_index": frame.index,
         "pose_frame_index": pose_frame,
         "timestamp_s": round(frame.time_s, 6),
-        "timestamp_us": None if clip.start_us is None else clip.start_us + int(round(frame.time * 1_000_000)),
+        "timestamp_us": None if clip.start_us is None else clip.start_us + round(frame.time * 1_000_000),
         "image_shard": image_shard(labels.clip_id, name),
         "image_member": image_member(frame.index),
         "width": width,

@@ -44,7 +44,8 @@ def covered_fraction(target: np.ndarray, others: list[np.ndarray]) -> float:
     ys = np.unique(np.concatenate([[target[1], target[3]], *[c[[1, 3]] for c in clipped]]))
     covered = np.zeros((len(ys) - 1, len(xs) - 1), dtype=bool)
     for c in clipped:
-        covered[np.searchsorted(ys, c[1]):np.searchsorted(ys, c[3]), np.searchsorted(xs, c[0]):np.searchsorted(xs, c[2])] = True
+        rows = slice(np.searchsorted(ys, c[1]), np.searchsorted(ys, c[3]))
+        covered[rows, np.searchsorted(xs, c[0]):np.searchsorted(xs, c[2])] = True
     cell_areas = np.outer(np.diff(ys), np.diff(xs))
     return float((cell_areas * covered).sum() / area)
 
@@ -156,7 +157,7 @@ class FileCounts:
 def filter_file(params: FilterParams, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], FileCounts]:
     """One records file: its records with only the kept boxes (labelled, with their measured
     fractions), and the counts."""
-    counts = FileCounts({reason: 0 for reason in REASONS}, {})
+    counts = FileCounts(dict.fromkeys(REASONS, 0), {})
     out_records = []
     for record in records:
         kept = []

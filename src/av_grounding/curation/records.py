@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import PipelineError
 from ..storage import non_finite_at, write_json
@@ -68,7 +69,8 @@ def _map_file(fn: Callable, args: tuple, path: Path, output: Path, clip_id: str,
     try:
         write_records(output, clip_id, camera, records)
     except OSError as exc:  # the output's fault (full disk, read-only), not the input file's
-        raise RecordsError(f"output {records_path(output, clip_id, camera)} not written: {exc.strerror or exc}") from exc
+        raise RecordsError(f"output {records_path(output, clip_id, camera)} not written: "
+                           f"{exc.strerror or exc}") from exc
     return result
 
 

@@ -22,6 +22,7 @@ def load_prompts(path: str | Path) -> Prompts:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError(f"{path} (format.prompts): cannot read prompts: {exc}") from exc
-    if not isinstance(document, dict) or not all(isinstance(document.get(k), str) for k in ("system_prompt", "user_prompt")):
+    if not isinstance(document, dict) or not all(isinstance(document.get(k), str)
+                                                 for k in ("system_prompt", "user_prompt")):
         raise ParamsError(f"{path} (format.prompts): needs string keys 'system_prompt' and 'user_prompt'")
     return Prompts(document["system_prompt"], document["user_prompt"])

@@ -19,7 +19,8 @@ def split_clips(clip_ids: list[str], eval_count: int, eval_clip_ids: tuple[str, 
         held_out = sorted(set(eval_clip_ids))
     else:
         if not 0 <= eval_count < len(ids) or (eval_count == 0 and not ids):
-            raise ParamsError(f"format.eval_clips = {eval_count} must leave at least one of {len(ids)} clips for training")
+            raise ParamsError(f"format.eval_clips = {eval_count} must leave at least one of {len(ids)} clips "
+                              "for training")
         order = np.random.default_rng(seed).permutation(len(ids))
         held_out = sorted(ids[i] for i in order[:eval_count])
     return [c for c in ids if c not in held_out], held_out

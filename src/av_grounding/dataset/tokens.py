@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from typing import Iterable, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 MERGE_FACTOR = {"qwen2_5_vl": 28, "qwen3_vl": 32}
 

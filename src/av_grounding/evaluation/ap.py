@@ -44,8 +44,8 @@ class APResult:
 def _match_image(image: ImageBoxes, label: str, thresholds: list[float], max_dets: int):
     """COCOeval.evaluateImg for one image and class: greedy matching in score order, truths
     marked ignore sorted last. Returns (scores, TxD matched flags, TxD ignore flags, truths kept)."""
-    g = [i for i, l in enumerate(image.gt_labels) if l == label]
-    d = [i for i, l in enumerate(image.dt_labels) if l == label]
+    g = [i for i, name in enumerate(image.gt_labels) if name == label]
+    d = [i for i, name in enumerate(image.dt_labels) if name == label]
     gt_ignore = image.gt_ignore[g] if image.gt_ignore is not None else np.zeros(len(g), dtype=bool)
     g = [g[i] for i in np.argsort(gt_ignore, kind="mergesort")]
     gt_ignore = np.sort(gt_ignore, kind="mergesort")
@@ -175,12 +175,13 @@ def _rank_and_match(images: list[DistanceImage], label: str, threshold: float) -
     """The devkit's ``accumulate`` loop: detections by descending score (ties: later first), each
     taking the nearest free truth of its class in its image when nearer than ``threshold``."""
     ranked = sorted(((float(score), i, d) for i, image in enumerate(images)
-                     for d, (l, score) in enumerate(zip(image.dt_labels, image.dt_scores)) if l == label), reverse=True)
+                     for d, (name, score) in enumerate(zip(image.dt_labels, image.dt_scores)) if name == label),
+                    reverse=True)
     taken = [np.zeros(len(image.gt_labels), dtype=bool) for image in images]
     result = _Ranked()
     for score, i, d in ranked:
         image = images[i]
-        candidates = [g for g, l in enumerate(image.gt_labels) if l == label and not taken[i][g]]
+        candidates = [g for g, name in enumerate(image.gt_labels) if name == label and not taken[i][g]]
         distances = np.linalg.norm(image.gt_centres[candidates] - image.dt_centres[d], axis=1) if candidates else []
         best = int(np.argmin(distances)) if candidates else -1
         result.scores.append(score)
@@ -211,7 +212,7 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
     to the highest recall reached (1 when that is not above ``min_recall``). The devkit finds the
     highest recall by the first zero among the interpolated scores; it is found here from the
     recall itself, which agrees for scores that are not 0 and also holds for log-probabilities."""
-    positives = sum(l == label for image in images for l in image.gt_labels)
+    positives = sum(name == label for image in images for name in image.gt_labels)
     if positives == 0:
         return DistanceAP(None, [], dict.fromkeys(TP_ERRORS))
     ranked = _rank_and_match(images, label, threshold)
@@ -219,11 +220,11 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
         return DistanceAP(0.0, [], dict.fromkeys(TP_ERRORS, 1.0))
     tp = np.cumsum(ranked.hits)
     recall, precision = tp / positives, tp / np.arange(1, len(tp) + 1)
-    first = int(round(100 * min_recall)) + 1
+    first = round(100 * min_recall) + 1
     sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
     ap = float(np.clip(sampled[first:] - min_precision, 0, None).mean() / (1.0 - min_precision))
     score_at = np.interp(RECALL_POINTS, recall, ranked.scores, right=0)
-    last = int(np.flatnonzero(RECALL_POINTS <= recall[-1])[-1])  # the highest recall point reached
+    last = int(np.flatnonzero(recall[-1] >= RECALL_POINTS)[-1])  # the highest recall point reached
     matched_scores = np.asarray([s for s, hit in zip(ranked.scores, ranked.hits) if hit])[::-1]
     errors = {}
     for name, values in ranked.errors.items():

@@ -50,7 +50,8 @@ class EvaluationConfig:
         if self.codec not in CODECS:
             raise ConfigError(f"evaluate.codec: unknown box codec {self.codec!r}; choose from {sorted(CODECS)}")
         if not self.distance_thresholds_m or min(self.distance_thresholds_m) <= 0:
-            raise ConfigError(f"evaluate.distance_thresholds_m must be positive distances, got {self.distance_thresholds_m}")
+            raise ConfigError("evaluate.distance_thresholds_m must be positive distances, "
+                              f"got {self.distance_thresholds_m}")
         if self.tp_distance_m not in self.distance_thresholds_m:
             raise ConfigError(f"evaluate.tp_distance_m ({self.tp_distance_m}) must be one of "
                               f"evaluate.distance_thresholds_m {list(self.distance_thresholds_m)}")
@@ -60,7 +61,7 @@ class EvaluationConfig:
             raise ConfigError(f"evaluate.match_distance_m must be positive, got {self.match_distance_m}")
 
     @classmethod
-    def from_params(cls, params: EvaluateParams) -> "EvaluationConfig":
+    def from_params(cls, params: EvaluateParams) -> EvaluationConfig:
         return cls(codec=params.codec, depth_bins_m=tuple(params.depth_bins_m),
                    distance_thresholds_m=tuple(params.distance_thresholds_m), tp_distance_m=params.tp_distance_m,
                    match_distance_m=params.match_distance_m)

@@ -17,8 +17,16 @@ from .frames import Frame
 from .iou import iou_2d_matrix, iou_3d_matrix
 from .matching import match_centres
 from .recipe import recipe_frame
-from .results import (AnswerAccounting, AP2DMetrics, AP3DMetrics, CenterDistanceMetrics, ColumnResult,
-                      MatchingMetrics, RecipeMetrics, ratio)
+from .results import (
+    AnswerAccounting,
+    AP2DMetrics,
+    AP3DMetrics,
+    CenterDistanceMetrics,
+    ColumnResult,
+    MatchingMetrics,
+    RecipeMetrics,
+    ratio,
+)
 
 
 @dataclass

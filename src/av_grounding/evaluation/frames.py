@@ -96,7 +96,8 @@ def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int, b
             return camera, camera.width, camera.height, False
         params = record.get("camera_params")
         if not isinstance(params, dict) or not {"fx", "fy", "cx", "cy"} <= set(params):
-            raise EvaluationError(f"{source}: needs 'intrinsics' + 'camera_model' or 'camera_params' {{fx, fy, cx, cy}}")
+            raise EvaluationError(f"{source}: needs 'intrinsics' + 'camera_model' or "
+                                  "'camera_params' {fx, fy, cx, cy}")
         fx, fy, cx, cy = (float(params[k]) for k in ("fx", "fy", "cx", "cy"))
         guessed = "width" not in record or "height" not in record
         width = int(record.get("width", round(2 * cx)))
@@ -270,8 +271,9 @@ def resolve_scores(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -
     listed = document.get("scores")
     if listed is not None and boxes:
         if not isinstance(listed, list) or len(listed) != len(boxes):
+            has = len(listed) if isinstance(listed, list) else repr(listed)
             raise EvaluationError(f"{path}: 'scores' must be a list of one score per box; it has "
-                                  f"{len(listed) if isinstance(listed, list) else repr(listed)} for {len(boxes)} box(es)")
+                                  f"{has} for {len(boxes)} box(es)")
         return _checked_scores(listed, boxes, path), "list"
     return order_scores(len(boxes)), "order"
 

@@ -78,15 +78,16 @@ def _assigned(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[keep], cols[keep]
 
 
-def frame_ap(iou: np.ndarray, gt_labels: list[str], pred_labels: list[str], thresholds: tuple[float, ...]) -> np.ndarray:
+def frame_ap(iou: np.ndarray, gt_labels: list[str], pred_labels: list[str],
+             thresholds: tuple[float, ...]) -> np.ndarray:
     """The evaluator's "AP" of one frame at each threshold: for each normalised label of the
     ground truth, Hungarian on ``1 - IoU`` with pairs below the threshold forbidden, pairs kept /
     predictions of that label (0 without any); the mean over labels. ``iou``: a GxP matrix
     (truth x prediction). A frame without ground truth gives zeros."""
     per_label = []
     for label in sorted(set(gt_labels)):
-        g = [i for i, l in enumerate(gt_labels) if l == label]
-        p = [j for j, l in enumerate(pred_labels) if l == label]
+        g = [i for i, name in enumerate(gt_labels) if name == label]
+        p = [j for j, name in enumerate(pred_labels) if name == label]
         if not p:
             per_label.append(np.zeros(len(thresholds)))
             continue
@@ -117,7 +118,7 @@ def recipe_frame(gt_labels: list[str], gt_values: np.ndarray, pred_labels: list[
                  camera: dict[str, float] | None, thresholds: tuple[float, ...], iou_threshold: float) -> RecipeFrame:
     """Score one frame. ``gt_values`` Gx9, ``pred_values`` Px9 (the nine numbers as written);
     ``camera``: ``fx, fy, cx, cy`` when the frame has pinhole parameters, else None."""
-    gt_norm, pred_norm = [normalise_label(l) for l in gt_labels], [normalise_label(l) for l in pred_labels]
+    gt_norm, pred_norm = [normalise_label(name) for name in gt_labels], [normalise_label(name) for name in pred_labels]
     frame = RecipeFrame(len(gt_labels), len(pred_labels))
     if not gt_labels:
         frame.ap3d = np.zeros(len(thresholds))

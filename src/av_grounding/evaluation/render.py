@@ -6,6 +6,7 @@ autoscaled; a plot with nothing to draw says "no matches"; null metrics are skip
 from __future__ import annotations
 
 import io
+import itertools
 import zlib
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def plot_error_against_distance(pairs: list[tuple[float, float]], column: str, f
     errors = np.array([e for _, e in pairs])
     edges = np.arange(0, max(distances.max(initial=0) + 10, 20), 10)
     rows = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         inside = (distances >= low) & (distances < high)
         if inside.any():
             rows.append({"distance_m": float(low + 5), "mean_error_m": round(float(errors[inside].mean()), 4),
@@ -178,16 +179,18 @@ def _dashed(canvas: np.ndarray, line: np.ndarray, colour: tuple[int, int, int], 
     """Draw a pixel polyline as dashes of ``dash_px`` with gaps of the same length, clipped to
     the canvas."""
     height, width = canvas.shape[:2]
-    for a, b in zip(line[:-1], line[1:]):
-        visible, a, b = cv2.clipLine((0, 0, width, height), tuple(np.round(a).astype(int).tolist()),
-                                     tuple(np.round(b).astype(int).tolist()))
+    for first, second in itertools.pairwise(line):
+        visible, clipped_a, clipped_b = cv2.clipLine((0, 0, width, height),
+                                                     tuple(np.round(first).astype(int).tolist()),
+                                                     tuple(np.round(second).astype(int).tolist()))
         if not visible:
             continue
-        a, b = np.array(a, float), np.array(b, float)
+        a, b = np.array(clipped_a, float), np.array(clipped_b, float)
         pieces = max(1, int(np.linalg.norm(b - a) / dash_px))
         for k in range(0, pieces, 2):
             start, end = a + (b - a) * k / pieces, a + (b - a) * min(k + 1, pieces) / pieces
-            cv2.line(canvas, tuple(np.round(start).astype(int)), tuple(np.round(end).astype(int)), colour, 1, cv2.LINE_AA)
+            cv2.line(canvas, tuple(np.round(start).astype(int)), tuple(np.round(end).astype(int)), colour, 1,
+                     cv2.LINE_AA)
 
 
 def _legend(width: int, column: str, labels: list[str]) -> np.ndarray:
@@ -239,5 +242,7 @@ def write_overlays(frames: list[Frame], images: Path, folder: Path, count: int, 
         if image is None:
             continue
         ok, jpeg = cv2.imencode(".jpg", draw_overlay(frame, image, column), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise RuntimeError(f"{folder / f'{frame.id}.jpg'}: JPEG encoding failed")
         atomic_write_bytes(folder / f"{frame.id}.jpg", jpeg.tobytes())
     return len(chosen)

@@ -177,6 +177,7 @@ class ColumnResult:
     def serialize(self) -> dict[str, Any]:
         return rounded({"frames": self.frames, "gt_boxes": self.gt_boxes, "pred_boxes": self.pred_boxes,
                         "boxes_per_frame": ratio(self.pred_boxes, self.frames),
-                        "answers": self.answers.serialize(), "ap2d": self.ap2d.serialize(), "ap3d": self.ap3d.serialize(),
+                        "answers": self.answers.serialize(), "ap2d": self.ap2d.serialize(),
+                        "ap3d": self.ap3d.serialize(),
                         "center_distance": self.center_distance.serialize(), "matching": self.matching.serialize(),
                         "recipe": self.recipe.serialize()})

@@ -76,7 +76,8 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 for key, path in HEADLINE_METRICS}
 
     last = "final" if "final" in results else list(results)[-1]
-    return {**short(results[last]), "columns": {name: short(metrics) for name, metrics in results.items() if name != last}}
+    return {**short(results[last]),
+            "columns": {name: short(metrics) for name, metrics in results.items() if name != last}}
 
 
 def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:

@@ -49,7 +49,7 @@ class Box3D:
     lwh: np.ndarray
 
     @classmethod
-    def from_pose(cls, object_to_camera: np.ndarray, lwh) -> "Box3D":
+    def from_pose(cls, object_to_camera: np.ndarray, lwh) -> Box3D:
         return cls(object_to_camera[:3, 3].copy(), object_to_camera[:3, :3].copy(), np.asarray(lwh, float))
 
     def corners(self) -> np.ndarray:

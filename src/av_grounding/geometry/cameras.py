@@ -28,7 +28,7 @@ class Camera(Protocol):
 
     def rays(self) -> np.ndarray: ...
 
-    def resized(self, width: int, height: int) -> "Camera": ...
+    def resized(self, width: int, height: int) -> Camera: ...
 
     def to_array(self) -> np.ndarray: ...
 
@@ -51,14 +51,14 @@ class PinholeCamera:
     height: int
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> "PinholeCamera":
+    def from_array(cls, values: np.ndarray) -> PinholeCamera:
         fx, fy, cx, cy, w, h = (float(v) for v in np.asarray(values)[:6])
-        return cls(fx, fy, cx, cy, int(round(w)), int(round(h)))
+        return cls(fx, fy, cx, cy, round(w), round(h))
 
     def to_array(self) -> np.ndarray:
         return np.array([self.fx, self.fy, self.cx, self.cy, self.width, self.height], dtype=np.float64)
 
-    def resized(self, width: int, height: int) -> "PinholeCamera":
+    def resized(self, width: int, height: int) -> PinholeCamera:
         """The same camera for an image scaled to ``width`` x ``height`` (pixel-corner convention)."""
         sx, sy = width / self.width, height / self.height
         return PinholeCamera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
@@ -141,7 +141,7 @@ class FThetaCamera:
     edge_slope: float = 1.0  # dr/dtheta at max_theta, in pixels per radian
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> "FThetaCamera":
+    def from_array(cls, values: np.ndarray) -> FThetaCamera:
         """Build from the RDS-HQ array; raises ``ValueError`` for a wrong length or a mapping that
         does not increase up to the image corners."""
         values = np.asarray(values, dtype=np.float64)
@@ -157,11 +157,11 @@ class FThetaCamera:
         else:
             theta_max = float(_newton_inverse(poly, np.array(max_radius), np.array(np.pi / 2)))
             forward, backward = poly, _fit_inverse(poly, theta_max)
-        camera = cls(float(cx), float(cy), int(round(width)), int(round(height)), tuple(forward),
+        camera = cls(float(cx), float(cy), round(float(width)), round(float(height)), tuple(forward),
                      tuple(backward), affine, max_radius, is_backward)
         return camera._with_edge()
 
-    def _with_edge(self) -> "FThetaCamera":
+    def _with_edge(self) -> FThetaCamera:
         """This camera with ``max_theta``, ``edge_radius`` and ``edge_slope`` set (toolkit rule)."""
         w, h = self.width - 1, self.height - 1
         pixels = np.array([[0, 0], [w, 0], [0, h], [w, h]], dtype=float)
@@ -239,7 +239,7 @@ class FThetaCamera:
         """(h, w, 3) unit rays through every pixel centre (a distance along such a ray is metres)."""
         return self.unproject(_pixel_centres(self.width, self.height))
 
-    def resized(self, width: int, height: int) -> "FThetaCamera":
+    def resized(self, width: int, height: int) -> FThetaCamera:
         """The same camera for an image scaled to ``width`` x ``height``. The radius scales by
         ``sy = height / self.height`` (backward coefficient k divided by ``sy**k``, forward ones
         multiplied by ``sy``) and a different horizontal scale ``sx`` goes into the affine's first

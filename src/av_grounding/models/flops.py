@@ -4,8 +4,8 @@ counted from the operations that run, not as 6 x parameters x tokens.
 6N charges every parameter for every token. In these models the vision tower runs on its
 patches (four per image token, and it never sees text), the language model on its tokens, and
 the output layer (hidden x 152k vocabulary: 0.55B of Cosmos-Reason1-7B's 8.29B parameters, most
-of a small model's) only at the positions whose logits are computed: ``models.inputs.answer_loss`` keeps the positions where
-some row of the batch has a label. Counted here, per part (shapes from the transformers
+of a small model's) only at the positions whose logits are computed: ``models.inputs.answer_loss``
+keeps the positions where some row of the batch has a label. Counted here, per part (shapes from the transformers
 modeling files of ``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration``):
 
 vision (per image of t x h x w patches, hidden ``d``, MLP width ``i``, ``p = t*h*w`` patches):

@@ -12,7 +12,6 @@ from ..dataset.formats import Sample
 from ..params import KVCache
 from .inputs import Encoder, collate
 
-
 KV_CACHES: tuple[str, ...] = typing.get_args(KVCache)
 
 
@@ -52,7 +51,8 @@ def generate(model, encoder: Encoder, samples: list[Sample], max_new_tokens: int
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache {kv_cache!r}: one of {', '.join(KV_CACHES)}")
     tokenizer = encoder.tokenizer
-    batch = collate([encoder.encode(s, with_answer=False) for s in samples], tokenizer.pad_token_id, encoder.image_pad, left_pad=True)
+    batch = collate([encoder.encode(s, with_answer=False) for s in samples], tokenizer.pad_token_id, encoder.image_pad,
+                    left_pad=True)
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     model.eval()
     recorder = GreedyLogProbs()

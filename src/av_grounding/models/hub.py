@@ -137,7 +137,8 @@ def vocabulary_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
             continue
         parts = _split_by_lower_ranks(token, ranks)
         if len(parts) != 2:
-            raise HubFolderError(f"qwen.tiktoken: token {token!r} (rank {ranks[token]}) is not one merge of lower ranks")
+            raise HubFolderError(f"qwen.tiktoken: token {token!r} (rank {ranks[token]}) is not one merge of "
+                                 "lower ranks")
         merges.append((text(parts[0]), text(parts[1])))
     return vocab, merges
 

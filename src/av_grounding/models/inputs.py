@@ -107,7 +107,8 @@ class Encoder:
         full = self.tokenizer.apply_chat_template(messages_of(sample, True), tokenize=False)
         expected = prompt + sample.answer + "<|im_end|>"
         if not full.startswith(expected) or full[len(expected):].strip("\n"):
-            raise TemplateError(f"sample {sample.id}: the chat template of {self.tokenizer.name_or_path or 'the model'} "
+            template = self.tokenizer.name_or_path or "the model"
+            raise TemplateError(f"sample {sample.id}: the chat template of {template} "
                                 f"renders the assistant turn as {full[len(prompt) - 10:]!r}, not the answer and "
                                 "<|im_end|>: labels would train on what it adds")
         return full

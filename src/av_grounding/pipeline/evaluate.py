@@ -14,7 +14,8 @@ from ..evaluation.config import EvaluationConfig
 from ..evaluation.evaluate import PlotData, evaluate_frames
 from ..evaluation.frames import EvaluationError, Frame, load_frames
 from ..evaluation.render import plot_against_steps, plot_error_against_distance, plot_pr_curves, write_overlays
-from ..evaluation.table import headline as headline_metrics, results_markdown
+from ..evaluation.table import headline as headline_metrics
+from ..evaluation.table import results_markdown
 from ..params import EvaluateParams
 from ..storage import atomic_write_bytes, write_json
 

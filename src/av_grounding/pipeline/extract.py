@@ -39,7 +39,6 @@ from ..sources import code_digest
 from ..storage import StorageError, file_digest, filesystem, is_local, reading, remove_partials, write_json
 from .outputs import RESULT, Manifest
 
-
 MANIFEST_PARAMS = ("camera_model", "skip_frames", "jpeg_quality")  # what shapes an item's output
 
 
@@ -131,8 +130,8 @@ def select_clips(fs: fsspec.AbstractFileSystem, root: str, params: ExtractParams
         listed = read_sequence_ids(params.sequence_ids_file, params)
         chosen = [clip_id for clip_id in listed if clip_id in present]
         if not chosen:
-            raise ParamsError(f"extract.sequence_ids_file {params.sequence_ids_file}: none of its {len(listed)} clip id(s) "
-                              f"is under {url} (it holds {len(present)} clips)")
+            raise ParamsError(f"extract.sequence_ids_file {params.sequence_ids_file}: none of its {len(listed)} "
+                              f"clip id(s) is under {url} (it holds {len(present)} clips)")
         skipped = [Failure(clip_id, f"{rdshq.tar_path(url, 'all_object_info', clip_id)}: missing (listed in "
                                     f"{params.sequence_ids_file})") for clip_id in listed if clip_id not in present]
         return chosen, skipped

@@ -4,13 +4,14 @@ Output under the dataset folder:
   split.json                    which clips went where (evaluation reads it)
   train/ and eval/, each with   meta.json, text/, images/      (Cosmos-RL)
                                 annotations.json               (Qwen-VL fine-tune)
-A sample whose prompt + image + answer tokens exceed ``model_max_length`` is dropped and
-counted, never truncated. Tokens are counted as the published checkpoints count them: the
-conversation rendered by the published chat template of ``model_family`` and tokenized with the
-real Qwen vocabulary (``models.hub``), through the encoder training and inference use; each
-sample's counts are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extract's shards into ``images/<id>.jpg``,
-the layout every reader expects; dvc.yaml keeps this folder off the DVC remote (``push: false``):
-`dvc repro` rebuilds it from the pulled shards faster than DVC moves one object per sample.
+A sample whose prompt + image + answer tokens exceed ``model_max_length`` is dropped and counted,
+never truncated. Tokens are counted as the published checkpoints count them: the conversation
+rendered by the published chat template of ``model_family`` and tokenized with the real Qwen
+vocabulary (``models.hub``), through the encoder training and inference use; each sample's counts
+are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extract's shards into
+``images/<id>.jpg``, the layout every reader expects; dvc.yaml keeps this folder off the DVC remote
+(``push: false``): `dvc repro` rebuilds it from the pulled shards faster than DVC moves one object
+per sample.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     frames = [record for _, _, records in iter_records(input) for record in records]
     train_clips, eval_clips = split_clips([r["clip_id"] for r in frames], params.eval_clips, params.eval_clip_ids,
                                           params.split_seed)
-    split_of = {**{c: "train" for c in train_clips}, **{c: "eval" for c in eval_clips}}
+    split_of = {**dict.fromkeys(train_clips, "train"), **dict.fromkeys(eval_clips, "eval")}
     system = prompts.system if params.system_prompt else ""
     encoder = Encoder(published_tokenizer(params.model_family), None, params.min_pixels, params.max_pixels,
                       max_length=10**9)

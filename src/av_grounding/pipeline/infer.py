@@ -132,7 +132,8 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
         torch.compiler.reset()
         loaded = load_model(source, "bfloat16" if device == "cuda" else "float32", device,
                             vision_attention=params.vision_attention)
-        encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, fmt.model_max_length)
+        encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels,
+                          fmt.model_max_length)
         for batch in tqdm(pending, desc=f"infer {folder.name}", unit="batch"):
             answers = generate(loaded.model, encoder, batch, params.max_new_tokens, device, params.kv_cache)
             for sample, result in zip(batch, answers):

@@ -19,7 +19,8 @@ def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = No
         try:
             mount.intrinsics(params.camera_model)
         except ValueError as exc:
-            raise ParamsError(f"synthesize.camera_model {params.camera_model!r}, camera {camera_name!r}: {exc}") from None
+            raise ParamsError(f"synthesize.camera_model {params.camera_model!r}, camera {camera_name!r}: "
+                              f"{exc}") from None
     with atomic_folder(output) as folder:  # a killed run leaves the previous output whole
         outcome = run_items(write_clip, [(params, i, folder) for i in range(params.num_clips)],
                             params.workers, "synthesize clips", executor=params.executor,

@@ -59,7 +59,7 @@ def check_hub_model(model: str) -> None:
     HF_HUB_OFFLINE set, only the cache counts."""
     import httpx
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 
     not_here = (f"train.model {model!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}), a local folder "
                 f"nor in the local Hugging Face cache ({constants.HF_HUB_CACHE})")
@@ -176,7 +176,8 @@ def train_processes(params: TrainParams, fmt: FormatParams, dataset: Path, outpu
     if torch.cuda.is_available() and torch.cuda.device_count() < params.gpus:
         raise ParamsError(f"train.gpus {params.gpus}, but {torch.cuda.device_count()} GPU(s) are visible")
     if not torch.cuda.is_available():
-        warnings.warn(f"train.gpus {params.gpus} on a machine without GPUs: {params.gpus} CPU processes (gloo)")
+        warnings.warn(f"train.gpus {params.gpus} on a machine without GPUs: {params.gpus} CPU processes (gloo)",
+                      stacklevel=1)
     with tempfile.TemporaryDirectory(prefix="train-launch-") as tmp:
         params_file, summary = Path(tmp) / "params.yaml", Path(metrics) if metrics else Path(tmp) / "train.json"
         plain = json.loads(json.dumps({"train": dataclasses.asdict(params), "format": dataclasses.asdict(fmt)},

@@ -19,7 +19,6 @@ from ..params import ValidateParams
 from ..shards import ShardError, ShardReader
 from ..storage import atomic_write_bytes, write_json
 
-
 SHOWN_WORST = 5  # clips, and frames or boxes, named in metrics and messages
 
 
@@ -38,7 +37,8 @@ def summarise(frames: list[list[Finding]], images_drawn: int) -> dict[str, Any]:
     for finding in failing:
         kind = "residual" if finding.residual_px is not None else finding.problem.split(" (")[0]
         problems[kind] = problems.get(kind, 0) + 1
-    worst_per_frame = [max((f.residual_px for f in frame if f.residual_px is not None), default=None) for frame in frames]
+    worst_per_frame = [max((f.residual_px for f in frame if f.residual_px is not None), default=None)
+                       for frame in frames]
     residuals = [r for r in worst_per_frame if r is not None]
     overall = residual_summary([f.residual_px for f in measured])
     return {
@@ -82,7 +82,8 @@ def failure_message(failing: list[Finding], total: int, metrics: Path | None) ->
 def draw_sample(records: list[dict[str, Any]], params: ValidateParams, images: Path, plots: Path) -> int:
     """Draw ``sample_count`` frames (seeded choice) with their boxes into ``plots``."""
     rng = np.random.default_rng(params.seed)
-    chosen = sorted(rng.choice(len(records), size=min(params.sample_count, len(records)), replace=False)) if records else []
+    chosen = (sorted(rng.choice(len(records), size=min(params.sample_count, len(records)), replace=False))
+              if records else [])
     plots.mkdir(parents=True, exist_ok=True)
     for stale in plots.glob("*.jpg"):
         stale.unlink()
@@ -93,13 +94,16 @@ def draw_sample(records: list[dict[str, Any]], params: ValidateParams, images: P
         image = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise ShardError(f"{images / record['image_shard']}: member {record['image_member']} is not an image")
+        path = plots / f"{record['clip_id'][:8]}_{record['camera']}_{record['frame_index']:06d}.jpg"
         ok, jpeg = cv2.imencode(".jpg", draw_boxes(image, record), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        atomic_write_bytes(plots / f"{record['clip_id'][:8]}_{record['camera']}_{record['frame_index']:06d}.jpg",
-                           jpeg.tobytes())
+        if not ok:
+            raise RuntimeError(f"{path}: JPEG encoding failed")
+        atomic_write_bytes(path, jpeg.tobytes())
     return len(chosen)
 
 
-def validate(params: ValidateParams, input: Path, images: Path, plots: Path, metrics: Path | None = None) -> dict[str, Any]:
+def validate(params: ValidateParams, input: Path, images: Path, plots: Path,
+             metrics: Path | None = None) -> dict[str, Any]:
     """The `validate` stage: metrics of every check, drawings of a sample of sound frames with
     boxes; ``ValidationError`` naming the worst clips, frames and boxes when any check failed."""
     frames: list[list[Finding]] = []

@@ -12,6 +12,7 @@ rendered at ``width`` x ``height`` (per 1920x1080 of native size).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,12 @@ def clip_id_for(rng: np.random.Generator, clip_index: int, duration_s: float, la
     drawn = rng.bytes(16)
     if layout == "waymo":
         start_ms = 100_000 + clip_index * 60_000
-        end_ms = start_ms + int(round(duration_s * 1000))
+        end_ms = start_ms + round(duration_s * 1000)
         run = int.from_bytes(drawn[:8], "big")
         return f"{run}_{start_ms // 1000}_{start_ms % 1000:03d}_{end_ms // 1000}_{end_ms % 1000:03d}"
     session = uuid.UUID(bytes=drawn, version=4)
     start = FIRST_START_US + clip_index * 3_600_000_000
-    return f"{session}_{start}_{start + int(round(duration_s * 1e6))}"
+    return f"{session}_{start}_{start + round(duration_s * 1e6)}"
 
 
 def object_labels(scene: Scene, t: float, layout: str = "rdshq") -> dict[str, dict]:
@@ -113,8 +114,8 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
     rng = clip_rng(params, clip_index)
     clip_id = clip_id_for(rng, clip_index, params.duration_s, params.layout)
     scene = sample_scene(rng, params.num_vehicles, params.num_pedestrians, params.duration_s)
-    pose_frames = int(round(params.duration_s * rdshq.POSE_RATE_HZ))
-    video_frames = int(round(params.duration_s * params.fps))
+    pose_frames = round(params.duration_s * rdshq.POSE_RATE_HZ)
+    video_frames = round(params.duration_s * params.fps)
     labels = rdshq.ClipLabels(clip_id)
     truth: dict[int, dict[str, dict]] = {pose_frame(k, params.fps): {} for k in range(video_frames)}
     for frame in range(pose_frames):
@@ -129,7 +130,8 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
             f: labels.vehicle_poses[f] @ mount.camera_to_rig() for f in range(pose_frames)}
         rays = camera.rays()
 
-        def frames():
+        def frames(camera_name: str, rays: np.ndarray) -> Iterator[np.ndarray]:
+            """The camera's video frames, in order; records each frame's render truth as it goes."""
             for frame in range(video_frames):
                 view, frame_truth = render_frame(scene, params, camera_name, frame, rays)
                 truth[pose_frame(frame, params.fps)][camera_name] = frame_truth
@@ -137,7 +139,7 @@ def write_clip(params: SynthesizeParams, clip_index: int, root: Path) -> dict:
 
         path = Path(rdshq.video_path(str(root), params.camera_model, camera_name, clip_id))
         path.parent.mkdir(parents=True, exist_ok=True)
-        encode_video(path, frames(), params.fps, params.crf, params.preset, params.keyframe_interval)
+        encode_video(path, frames(camera_name, rays), params.fps, params.crf, params.preset, params.keyframe_interval)
     rdshq.write_clip_labels(root, labels, params.camera_model)
     rdshq.write_tar(root, rdshq.RENDER_TRUTH, clip_id, {
         f"{f:06d}.{rdshq.RENDER_TRUTH}.json": per_camera for f, per_camera in truth.items()})

@@ -14,7 +14,7 @@ import numpy as np
 from ..geometry.boxes import FACES, Box3D, corners, edge_segments, projected_rectangle
 from ..geometry.cameras import NEAR_M, Camera, PinholeCamera, camera_from_record
 from ..geometry.transforms import RDF_TO_FLU, apply, invert_pose, make_pose, rot_z
-from .raster import raycast_box, rasterize_polygon
+from .raster import rasterize_polygon, raycast_box
 from .scene import CENTRE_LINE, DASHED_LINES, ROAD_EDGES, SIDEWALK_WIDTH, Scene
 
 SUN = np.array([0.4, 0.3, 0.85]) / np.linalg.norm([0.4, 0.3, 0.85])

@@ -10,7 +10,6 @@ import dataclasses
 from ..models.builtin import BUILTIN_MODELS, split_name
 from ..params import TrainParams
 
-
 # Peak learning rate of `train.lr: null` for a model that is not built in (a hub id or folder of a
 # pretrained model): a common full fine-tuning rate for 3-8B vision-language models.
 PRETRAINED_LR = 1e-5

@@ -212,7 +212,8 @@ def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
     with open(run / LOG, "a") as log:  # a resumed run adds to the log of the crashed one
         process = subprocess.Popen([executable, "--config", "run.toml", SCRIPT], cwd=run, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace",
-                                   preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))
+                                   # prctl(PR_SET_PDEATHSIG) must run in the child: only preexec_fn can
+                                   preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))  # noqa: PLW1509
         try:
             for line in process.stdout:
                 log.write(line)

@@ -46,7 +46,8 @@ class GroundingSFTDataset:
         try:
             item = json.loads(line)
         except ValueError as exc:
-            raise ValueError(f"{self.path}: conversation {index} (byte {self.offsets[index]}) is not JSON: {exc}") from None
+            raise ValueError(f"{self.path}: conversation {index} (byte {self.offsets[index]}) is not JSON: "
+                             f"{exc}") from None
         if not isinstance(item, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in item):
             raise ValueError(f"{self.path}: conversation {index} is not a list of role/content messages")
         for message in item:

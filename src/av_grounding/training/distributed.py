@@ -30,7 +30,8 @@ def run_under_torchrun(processes: int, argv: list[str]) -> int:
     gets SIGTERM and is waited for. torchrun then ends its processes: none runs on orphaned."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "av_grounding.cli", *argv]
-    launcher = subprocess.Popen(command, preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))
+    # prctl(PR_SET_PDEATHSIG) must run in the child, between fork and exec: only preexec_fn can do that
+    launcher = subprocess.Popen(command, preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))  # noqa: PLW1509
     try:
         return launcher.wait()
     except BaseException:  # KeyboardInterrupt, or SIGTERM turned into an exception: let torchrun clean up

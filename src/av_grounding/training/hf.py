@@ -1,17 +1,17 @@
 """The `hf` backend: supervised fine-tuning on transformers + PyTorch, one process or many.
 
-Assistant-only loss, AdamW with linear warmup and cosine decay, gradient clipping and
-accumulation, full fine-tuning with switches for vision tower / projector / language model or
-LoRA (peft), bf16 autocast and gradient checkpointing on GPUs; under torchrun, data parallel
-(PyTorch DistributedDataParallel) or DeepSpeed ZeRO-3 (``train.deepspeed``, see zero3.py). The loop is ``loop.Trainer``; this module
-builds the model, optimizer and data, and holds the three execution paths: one process
-(``SingleProcessTrainer``), data parallel over the processes of a torchrun launch
-(``DataParallelTrainer``: a whole replica per GPU, for models that fit one) and DeepSpeed ZeRO-3
-(``ZeRO3Trainer``: for models that do not). Checkpoints are Hugging Face folders (weights, tokenizer, image processor)
-plus ``trainer_state.pt``; a rerun resumes from the newest complete one and ends with the same
-weights as an uninterrupted run. DVCLive logs loss, learning rate and gradient norm per optimizer
-step; the timing file their wall time, samples/s, tokens/s and the model FLOP/s of rank 0
-(``step_flops``: counted from the operations, ``models.flops``).
+Assistant-only loss, AdamW with linear warmup and cosine decay, gradient clipping and accumulation,
+full fine-tuning with switches for vision tower / projector / language model or LoRA (peft), bf16
+autocast and gradient checkpointing on GPUs; under torchrun, data parallel (PyTorch
+DistributedDataParallel) or DeepSpeed ZeRO-3 (``train.deepspeed``, see zero3.py). The loop is
+``loop.Trainer``; this module builds the model, optimizer and data, and holds the three execution
+paths: one process (``SingleProcessTrainer``), data parallel over the processes of a torchrun
+launch (``DataParallelTrainer``: a whole replica per GPU, for models that fit one) and DeepSpeed
+ZeRO-3 (``ZeRO3Trainer``: for models that do not). Checkpoints are Hugging Face folders (weights,
+tokenizer, image processor) plus ``trainer_state.pt``; a rerun resumes from the newest complete one
+and ends with the same weights as an uninterrupted run. DVCLive logs loss, learning rate and
+gradient norm per optimizer step; the timing file their wall time, samples/s, tokens/s and the
+model FLOP/s of rank 0 (``step_flops``: counted from the operations, ``models.flops``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,17 @@ from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
 from . import distributed
 from .data import StepPlan, loader_workers, step_loader
-from .loop import (STATE_FILE, CheckpointHook, LiveHook, ProgressHook, StepResult, TimingHook, Trainer,
-                   latest_checkpoint, save_folder)
+from .loop import (
+    STATE_FILE,
+    CheckpointHook,
+    LiveHook,
+    ProgressHook,
+    StepResult,
+    TimingHook,
+    Trainer,
+    latest_checkpoint,
+    save_folder,
+)
 
 
 def trainable_parameters(model, params: TrainParams):
@@ -153,8 +162,8 @@ class SingleProcessTrainer(Trainer):
         lr = s.scheduler.get_last_lr()[0]
         # Counted on the host copies: counting on the device would wait for it each micro-batch.
         tokens, samples = sum(map(_tokens, micro_batches)), sum(len(b["input_ids"]) for b in micro_batches)
-        for index, batch in enumerate(micro_batches):
-            batch = _to_device(batch, s.device)
+        for index, host_batch in enumerate(micro_batches):
+            batch = _to_device(host_batch, s.device)
             with self.accumulating(index, len(micro_batches)):
                 with torch.autocast(device_type=s.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
                     loss, _ = answer_loss(self.forward_model, batch)
@@ -328,7 +337,8 @@ def _setup_process(params: TrainParams) -> Process:
     return Process(0, 1, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _setup_model(params: TrainParams, base: Path, resume_from: Path | None, process: Process) -> tuple[LoadedModel, Any]:
+def _setup_model(params: TrainParams, base: Path, resume_from: Path | None,
+                 process: Process) -> tuple[LoadedModel, Any]:
     """The model in fp32 (from the newest checkpoint, or the base; ZeRO-3 always loads the base and
     restores its own shards), with Liger kernels and activation checkpointing as asked, and its
     trainable parts chosen (``trainable_parameters``): (loaded folder, model to train)."""

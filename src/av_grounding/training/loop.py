@@ -19,9 +19,10 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 import torch
 from tqdm import tqdm
@@ -184,13 +185,13 @@ def latest_checkpoint(folder: Path) -> Path | None:
 class HookBase:
     """Called by ``Trainer.train`` around the loop and after every optimizer step."""
 
-    def before_train(self, trainer: "Trainer") -> None:
+    def before_train(self, trainer: Trainer) -> None:
         pass
 
-    def after_step(self, trainer: "Trainer", result: StepResult) -> None:
+    def after_step(self, trainer: Trainer, result: StepResult) -> None:
         pass
 
-    def after_train(self, trainer: "Trainer") -> None:
+    def after_train(self, trainer: Trainer) -> None:
         pass
 
 
@@ -324,8 +325,8 @@ class ProgressHook(HookBase):
 
     def after_step(self, trainer: Trainer, result: StepResult) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {result.loss:.4f}, {result.samples / max(result.seconds, 1e-9):.2f} samples/s",
-                                     refresh=False)
+            rate = result.samples / max(result.seconds, 1e-9)
+            self.bar.set_postfix_str(f"loss {result.loss:.4f}, {rate:.2f} samples/s", refresh=False)
             self.bar.update()
 
     def after_train(self, trainer: Trainer) -> None:
