@@ -39,6 +39,7 @@ from .params import (
     TransformParams,
     ValidateParams,
     choices,
+    field_default,
 )
 
 
@@ -46,7 +47,7 @@ from .params import (
 class StageSpec:
     params_cls: type
     entry: str  # "module:function" taking (params, **paths)
-    paths: dict[str, str]  # keyword -> default path, each an option --<keyword>
+    paths: dict[str, str | None]  # keyword -> default path (None: none), each an option --<keyword>
     summary: str
     sections: dict[str, tuple[str, type]] = dataclasses.field(default_factory=dict)  # keyword -> other params read
     # The path keyword of the folder where it keeps finished work (set aside when interrupted).
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = sub.add_argument_group(f"parameters (section '{name}' of the params file)")
         hints = typing.get_type_hints(spec.params_cls)
         for field in dataclasses.fields(spec.params_cls):
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            default = field_default(field)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else (
                 dict(default) if isinstance(default, Mapping) else default)
             allowed = choices(hints[field.name])

@@ -92,6 +92,7 @@ def run_items(fn: Callable[..., Any], items: Sequence[tuple], workers: int, desc
         try:
             for index, measured, exc in settled:
                 if exc is None:
+                    assert measured is not None  # a settled item has its result or its exception
                     slots[index], cpu = measured
                     cpu_s += cpu
                 else:

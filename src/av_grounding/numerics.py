@@ -94,4 +94,5 @@ def pin_torch() -> None:
         warnings.warn(f"this CPU runs PyTorch's {capability} kernels, not {ATEN_CAPABILITY}: trained weights and "
                       "answers will differ from those of other machines", stacklevel=1)
     torch.set_num_threads(CPU_THREADS)
-    torch.backends.mkldnn.enabled = False
+    # torch's stub types the flag as the ContextProp descriptor that implements it
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]

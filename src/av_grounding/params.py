@@ -94,6 +94,8 @@ class Checked:
     """Base of the parameter classes: every field is checked (type, fixed choices, range) when an
     instance is made, from the params file or in code; lists become tuples."""
 
+    __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = coerce(type(self), field.name, getattr(self, field.name), type(self).__name__)
@@ -533,9 +535,18 @@ def preset_changes(name: Any, section: str, where: str) -> dict[str, Any]:
     return dict(PRESETS[name].get(section, {}))
 
 
+def field_default(field: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (its default, or a fresh value of its factory);
+    TypeError for a field without one."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f"field {field.name!r} has no default")
+
+
 def _default(cls: type, name: str) -> Any:
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return field_default(next(f for f in dataclasses.fields(cls) if f.name == name))
 
 
 def replaced_by_preset(cls: type, file_values: Mapping[str, Any], changes: Mapping[str, Any],

@@ -138,7 +138,9 @@ def decode_tar(data: bytes, clip_id: str, source: str) -> dict[str, Any]:
                 if key in members:  # two copies (or ``x`` and ``./x``): which one is meant is unknown
                     raise LayoutError(f"{source}: member {clip_id}.{key} appears twice (last as {info.name!r}); "
                                       "a clip tar holds each member once")
-                payload = archive.extractfile(info).read()
+                member = archive.extractfile(info)
+                assert member is not None  # a regular file (isfile above)
+                payload = member.read()
                 if key.endswith(".npy"):
                     members[key] = np.load(io.BytesIO(payload), allow_pickle=False)
                 elif key.endswith(".json"):

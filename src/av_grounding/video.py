@@ -88,7 +88,7 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: 
             # (measured: 1 and 2 cores gave different files); one thread everywhere, since
             # synthesize runs clips in parallel instead.
             stream.codec_context.thread_count = 1
-            options = {"crf": str(crf), "preset": preset}
+            options: dict[str, object] = {"crf": str(crf), "preset": preset}
             if x264_cpu_flags():
                 options["x264-params"] = f"asm={x264_cpu_flags()}"
             if keyframe_interval:
@@ -192,6 +192,8 @@ def index_video(source: Source, name: str = "video") -> VideoIndex:
             raise VideoError(f"{name}: truncated: its index lists {stream.frames} frames but the file holds "
                              f"only {demuxed}")
         start = stream.start_time if stream.start_time is not None else min(p for p, _ in shown)
+        if stream.time_base is None:
+            raise VideoError(f"{name}: the video stream has no time base")
         index = VideoIndex(fps, Fraction(stream.time_base), start, (), ())
         indexed = [(index.index_of(pts), key) for pts, key in shown if pts >= start]
         check_distinct_times(indexed, name)

@@ -36,6 +36,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import PipelineError
 
@@ -86,7 +87,7 @@ def exclusive(root: Path = Path(".")) -> Iterator[None]:
         yield
 
 
-def check_unchanged(used: dict[str, object], reread: dict[str, object], path: Path) -> None:
+def check_unchanged(used: dict[str, Any], reread: dict[str, Any], path: Path) -> None:
     """Fail when the parameters read again from ``path`` at the end of a stage differ from those
     it ran with (section -> params dataclass, both).
 

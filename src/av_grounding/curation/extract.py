@@ -101,7 +101,8 @@ def checked_objects(objects: dict[int, dict[str, Any]], clip_id: str, url: str
     frame whose member is not an object of tracks: its objects are unknown, so the video frames
     that need it fail (``unusable_labels``) rather than be written without objects."""
     clean: dict[int, dict[str, Any]] = {}
-    dropped, unusable = [], {}
+    dropped: list[tuple[str, str, str]] = []
+    unusable: dict[int, str] = {}
     source = rdshq.tar_path(url, "all_object_info", clip_id)
     for frame, tracks in sorted(objects.items()):
         key = f"{clip_id}.{rdshq.frame_key(frame, 'all_object_info', '.json')}"

@@ -82,7 +82,8 @@ def decide(record: dict[str, Any], params: FilterParams) -> list[Decision]:
     segments = edge_segments(record["camera_model"])
     objects = record["objects"]
     boxes = [Box3D(np.array(o["center"]), np.array(o["rotation"]), np.array(o["object_lwh"])) for o in objects]
-    rects, in_image = [], []
+    rects: list[np.ndarray | None] = []
+    in_image: list[float] = []
     for box in boxes:
         rect = projected_rectangle(box.corners(), camera, segments)
         if rect is None:
@@ -95,16 +96,17 @@ def decide(record: dict[str, Any], params: FilterParams) -> list[Decision]:
         in_image.append(rectangle_area(clipped) / full if full > 0 else 0.0)
     decisions = []
     for i, obj in enumerate(objects):
-        closer = [rects[j] for j in range(len(objects))
-                  if j != i and rects[j] is not None and objects[j]["distance_m"] < obj["distance_m"]]
-        covered = covered_fraction(rects[i], closer) if rects[i] is not None else 1.0
-        visible = (visible_fraction(i, boxes, rects[i], camera, params.depth_rays_per_side)
-                   if rects[i] is not None and rectangle_area(rects[i]) > 0 else 0.0)
+        rect = rects[i]
+        closer = [other for j, other in enumerate(rects)
+                  if j != i and other is not None and objects[j]["distance_m"] < obj["distance_m"]]
+        covered = covered_fraction(rect, closer) if rect is not None else 1.0
+        visible = (visible_fraction(i, boxes, rect, camera, params.depth_rays_per_side)
+                   if rect is not None and rectangle_area(rect) > 0 else 0.0)
         if obj["object_type"] not in params.label_map:
             reason = "category"
         elif obj["distance_m"] > params.max_distance_m:
             reason = "distance"
-        elif rects[i] is None or in_image[i] < params.min_in_image_fraction or rectangle_area(rects[i]) <= 0:
+        elif rect is None or in_image[i] < params.min_in_image_fraction or rectangle_area(rect) <= 0:
             reason = "fov"
         elif covered >= params.occlusion_max_covered:
             reason = "occlusion"

@@ -79,8 +79,9 @@ def draw_boxes(image: np.ndarray, record: dict[str, Any]) -> np.ndarray:
         face = box[list(HEADING_FACE)]
         if camera.valid(face).all():
             pts = camera.project(face)
-            cv2.line(canvas, *(np.round(pts[[0, 2]] * 4).astype(np.int32)), colour, 1, cv2.LINE_AA, shift=2)
-            cv2.line(canvas, *(np.round(pts[[1, 3]] * 4).astype(np.int32)), colour, 1, cv2.LINE_AA, shift=2)
+            corner_0, corner_1, corner_2, corner_3 = np.round(pts * 4).astype(np.int32).tolist()
+            cv2.line(canvas, corner_0, corner_2, colour, 1, cv2.LINE_AA, shift=2)
+            cv2.line(canvas, corner_1, corner_3, colour, 1, cv2.LINE_AA, shift=2)
     return canvas
 
 
@@ -120,8 +121,8 @@ def box_problem(obj: dict[str, Any], codec_name: str) -> str | None:
     """What is wrong with one box's numbers, before any projection (the records reader has
     refused NaN and infinity already)."""
     if (found := object_problem(obj)) is not None:
-        field, problem = found
-        return f"{field} {problem}"
+        field, wrong = found
+        return f"{field} {wrong}"
     if (problem := size_problem(get_codec(codec_name).decode(obj["bbox_3d"]).lwh)) is not None:
         return f"bbox_3d sizes {problem}"
     return None

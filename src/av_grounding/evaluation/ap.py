@@ -226,7 +226,7 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
     score_at = np.interp(RECALL_POINTS, recall, ranked.scores, right=0)
     last = int(np.flatnonzero(recall[-1] >= RECALL_POINTS)[-1])  # the highest recall point reached
     matched_scores = np.asarray([s for s, hit in zip(ranked.scores, ranked.hits) if hit])[::-1]
-    errors = {}
+    errors: dict[str, float | None] = {}
     for name, values in ranked.errors.items():
         running_mean = np.cumsum(values) / np.arange(1, len(values) + 1)
         curve = np.interp(score_at[::-1], matched_scores, running_mean[::-1])[::-1]

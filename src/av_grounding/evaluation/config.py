@@ -33,7 +33,7 @@ class EvaluationConfig:
     """
 
     codec: str = "cosmos"
-    depth_bins_m: tuple[float, float] = (10.0, 35.0)
+    depth_bins_m: tuple[float, ...] = (10.0, 35.0)
     distance_thresholds_m: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     tp_distance_m: float = 2.0
     match_distance_m: float = 2.0

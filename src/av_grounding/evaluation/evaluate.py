@@ -97,14 +97,15 @@ def center_distance_metrics(frames: list[Frame], labels: list[str], config: Eval
                             f.gt.headings, f.pred.labels, f.pred.scores, f.pred.centres[:, [0, 2]],
                             np.array([b.lwh for b in f.pred.boxes]).reshape(-1, 3), f.pred.headings)
               for f in frames]
-    table, class_errors, true_positives = {}, {name: [] for name in TP_ERRORS}, 0
+    class_errors: dict[str, list[float]] = {name: [] for name in TP_ERRORS}
+    table, true_positives = {}, 0
     for threshold in config.distance_thresholds_m:
         results = [distance_ap(images, label, threshold, config.min_recall, config.min_precision) for label in labels]
         table[threshold] = _mean([r.ap for r in results if r.ap is not None])
         if threshold == config.tp_distance_m:
             true_positives = sum(len(r.matches) for r in results)
             for name in TP_ERRORS:
-                class_errors[name] = [r.errors[name] for r in results if r.errors[name] is not None]
+                class_errors[name] = [error for r in results if (error := r.errors[name]) is not None]
     defined = [v for v in table.values() if v is not None]
     return CenterDistanceMetrics(_mean(defined), table, config.tp_distance_m, true_positives,
                                  _mean(class_errors["trans_err"]), _mean(class_errors["scale_err"]),
@@ -152,12 +153,12 @@ def recipe_metrics(frames: list[Frame], config: EvaluationConfig) -> RecipeMetri
 
 def answer_accounting(frames: list[Frame]) -> AnswerAccounting:
     """Parse outcomes of the column's answers (``AnswerAccounting``)."""
-    dropped = Counter()
+    dropped = Counter[str]()
     for frame in frames:
         dropped.update(frame.dropped)
     return AnswerAccounting(len(frames), sum(f.valid_json for f in frames), dict(Counter(f.status for f in frames)),
                             sum(f.emitted for f in frames), sum(len(f.pred) for f in frames), dict(dropped),
-                            dict(Counter(f.score_source for f in frames if len(f.pred))))
+                            dict(Counter(f.score_source for f in frames if len(f.pred) and f.score_source is not None)))
 
 
 def evaluate_frames(frames: list[Frame], config: EvaluationConfig) -> tuple[ColumnResult, PlotData]:

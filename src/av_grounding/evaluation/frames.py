@@ -136,8 +136,8 @@ def pinhole_parameters(record: dict[str, Any]) -> dict[str, float] | None:
     return None
 
 
-def box_set(labels: list[str], values: list[list[float]], scores: list[float], codec: str, camera: Camera,
-            width: int, height: int) -> BoxSet:
+def box_set(labels: list[str], values: list[list[float]], scores: list[float] | np.ndarray, codec: str,
+            camera: Camera, width: int, height: int) -> BoxSet:
     """Decode N boxes (nine numbers each, in ``codec``'s convention) once: see ``BoxSet``."""
     decoder = get_codec(codec)
     boxes = [decoder.decode(v) for v in values]
@@ -342,7 +342,8 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
                          np.ones(len(annotations)), codec, camera, width, height)
         except ValueError as exc:
             raise EvaluationError(f"{path}: {exc}") from None
-        parsed, scores, source = ParsedAnswer(status="failed", valid_json=False), [], None
+        scores: list[float] = []
+        parsed, source = ParsedAnswer(status="failed", valid_json=False), None
         if path.name in available:
             parsed, scores, source = read_prediction(pred_dir / path.name)
         pred = box_set([b["label"] for b in parsed.boxes], [b["bbox_3d"] for b in parsed.boxes], scores,

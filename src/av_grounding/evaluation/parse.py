@@ -169,6 +169,7 @@ def parse_items(items: list[Any], spans: list[tuple[int, int]] | None = None, va
         if reason:
             parsed.dropped[reason] += 1
             continue
+        assert box is not None  # check_box gives a box exactly when it gives no reason
         box["span"] = spans[object_index - 1] if spans and len(spans) == objects else None
         parsed.boxes.append(box)
     if not parsed.boxes and (parsed.dropped or not valid_json):
@@ -197,11 +198,11 @@ def _parse_json(text: str, start: int, end: int) -> ParsedAnswer:
     close, spans = _scan(text, first, end)
     block = text[first: close if close is not None else end]
     try:
-        value, valid, dropped = _strict_json(block), True, Counter()
+        value, valid, dropped = _strict_json(block), True, Counter[str]()
     except RecursionError:  # nested deeper than Python reads: no answer
         return ParsedAnswer(status="failed", valid_json=False)
     except ValueError:  # not JSON, or an integer longer than Python converts (json-repair fails on it too)
-        valid, dropped = False, Counter()
+        valid, dropped = False, Counter[str]()
         if close is None:  # cut off: keep the complete objects, count the partial one
             cut = spans[-1][1] if spans else first + (text[first] == "[")
             if "{" in text[cut:end]:

@@ -101,7 +101,7 @@ def _series_colours(plt) -> list[tuple[float, float, float]]:
 
 
 def _plot_series(axis, rows: list[dict[str, Any]], keys: tuple[str, ...], colours: list,
-                 matched: dict[str, int | None]) -> None:
+                 matched: dict[str, float | None]) -> None:
     """One line per metric, each its own colour; the recipe's metrics dashed with square markers.
     Label accuracy is over matched pairs only: each of its points says how many (``n=``)."""
     for key, colour in zip(keys, colours):

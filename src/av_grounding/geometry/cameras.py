@@ -17,8 +17,11 @@ NEAR_M = 0.1  # points closer than this along the optical axis are not projected
 
 
 class Camera(Protocol):
-    width: int
-    height: int
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
 
     def project(self, points: np.ndarray) -> np.ndarray: ...
 
@@ -85,7 +88,7 @@ class PinholeCamera:
                          np.ones(pixels.shape[:2])], axis=-1)
 
 
-def _poly(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _poly(coefficients: np.ndarray, x: np.ndarray | float) -> np.ndarray:
     return np.polynomial.polynomial.polyval(x, coefficients)
 
 
@@ -149,7 +152,7 @@ class FThetaCamera:
             raise ValueError(f"f-theta intrinsics need 11 or 14 values, got {len(values)}")
         cx, cy, width, height = values[:4]
         poly, is_backward = values[4:10], bool(values[10])
-        affine = tuple(float(a) for a in values[11:14]) if len(values) == 14 else (1.0, 0.0, 0.0)
+        affine = (float(values[11]), float(values[12]), float(values[13])) if len(values) == 14 else (1.0, 0.0, 0.0)
         corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], dtype=float)
         max_radius = float(np.linalg.norm(corners - [cx, cy], axis=1).max())
         if is_backward:

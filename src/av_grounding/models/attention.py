@@ -55,9 +55,10 @@ def padded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     query, key, value: (heads, tokens, head_dim); cu_seqlens: (segments + 1,) int boundaries.
     Returns (tokens, heads, head_dim)."""
     index, valid = segment_layout(cu_seqlens)
-    gathered = [t[:, index].transpose(0, 1) for t in (query, key, value)]  # (segments, heads, longest, dim)
+    # (segments, heads, longest, dim) each
+    q, k, v = (t[:, index].transpose(0, 1) for t in (query, key, value))
     mask = None if bool(valid.all()) else valid[:, None, None, :]
-    out = F.scaled_dot_product_attention(*gathered, attn_mask=mask, scale=scale)  # (segments, heads, longest, dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (segments, heads, longest, dim)
     return out.transpose(1, 2)[valid]  # (tokens, heads, dim), segments in order
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,8 +117,7 @@ def build_tokenizer(corpus: list[str], template: str):
     trainer_tokenizer.train_from_iterator(corpus, trainer)
     trained = trainer_tokenizer.model
     vocab = trainer_tokenizer.get_vocab()
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in _merges_of(trainer_tokenizer)]
+    merges = [_pair(m) for m in _merges_of(trainer_tokenizer)]
     # Unreachable filler entries keep the special tokens at their real ids.
     taken = set(vocab.values())
     for index in range(VOCAB_SIZE):
@@ -141,6 +141,12 @@ def task_tokenizer(system: str, user: str, arch: str = "qwen2_5_vl"):
     from .hub import chat_template
 
     return build_tokenizer(task_corpus(system, user), chat_template(arch))
+
+
+def _pair(merge: str | list[str]) -> tuple[str, str]:
+    """One BPE merge as a pair: tokenizers writes ``"a b"`` or ``["a", "b"]`` by version."""
+    first, second = merge.split(" ") if isinstance(merge, str) else merge
+    return first, second
 
 
 def _merges_of(tokenizer) -> list:
@@ -169,9 +175,10 @@ def builtin_config(name: str):
                 pad_token_id=SPECIAL_TOKENS["<|endoftext|>"])
     vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=size.vision_intermediate,
                   num_heads=size.vision_heads, out_hidden_size=size.hidden)
-    special = dict(image_token_id=SPECIAL_TOKENS["<|image_pad|>"], video_token_id=SPECIAL_TOKENS["<|video_pad|>"],
-                   vision_start_token_id=SPECIAL_TOKENS["<|vision_start|>"],
-                   vision_end_token_id=SPECIAL_TOKENS["<|vision_end|>"])
+    special: dict[str, Any] = dict(image_token_id=SPECIAL_TOKENS["<|image_pad|>"],
+                                   video_token_id=SPECIAL_TOKENS["<|video_pad|>"],
+                                   vision_start_token_id=SPECIAL_TOKENS["<|vision_start|>"],
+                                   vision_end_token_id=SPECIAL_TOKENS["<|vision_end|>"])
     if arch == "qwen2_5_vl":
         return Qwen2_5_VLConfig(
             text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,

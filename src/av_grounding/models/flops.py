@@ -113,7 +113,7 @@ def counts_of_batch(inputs) -> StepCounts:
     ids, labels = inputs["input_ids"], inputs["labels"]
     rows, width = ids.shape
     positions = int((labels[:, 1:] != IGNORE).any(dim=0).sum())
-    grids = tuple(tuple(int(x) for x in row) for row in inputs["image_grid_thw"].tolist())
+    grids = tuple((int(t), int(h), int(w)) for t, h, w in inputs["image_grid_thw"].tolist())
     return StepCounts(grids, (width,) * rows, rows * positions)
 
 

@@ -167,8 +167,10 @@ def build_tokenizer(model_type: str):
     from transformers import Qwen2Tokenizer
 
     vocab, merges = vocabulary_and_merges()
-    tokenizer = Qwen2Tokenizer(vocab=dict(vocab), merges=list(merges), unk_token=None, eos_token=None,
-                               pad_token=None, errors="replace", model_max_length=TOKENIZER_MAX_LENGTH[model_type])
+    # transformers annotates merges as strings and the special tokens as str; it takes pairs and None
+    tokenizer = Qwen2Tokenizer(vocab=dict(vocab), merges=list(merges), unk_token=None, eos_token=None,  # type: ignore[arg-type]
+                               pad_token=None, errors="replace",  # type: ignore[arg-type]
+                               model_max_length=TOKENIZER_MAX_LENGTH[model_type])
     tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)
                           for _, content, special in added_tokens(model_type)])
     tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
@@ -218,7 +220,7 @@ def write_tokenizer(model_type: str, folder: Path) -> None:
 
 # The published shapes (docs/hub_checkpoints.md). "tiny" keeps every field and token id and shrinks the
 # widths and depths to a few million parameters (the 152k-entry embedding is most of them).
-SHAPES = {
+SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen2_5_vl", "full"): dict(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064,
                                  vision_depth=32, vision_hidden=1280, vision_heads=16, vision_intermediate=3420,
                                  fullatt=[7, 15, 23, 31], mrope=[16, 24, 24]),

@@ -70,7 +70,8 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
 
         use_packed_vision_attention(model)
     if device is not None:
-        model = model.to(device)
+        # transformers wraps PreTrainedModel.to in a decorator whose stub drops the bound self
+        model = model.to(device)  # type: ignore[arg-type]
     return LoadedModel(model, load_tokenizer(source), load_image_processor(source), str(source))
 
 

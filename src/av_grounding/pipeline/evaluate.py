@@ -58,22 +58,60 @@ def write_plots(results: dict[str, dict[str, Any]], steps: dict[str, int], final
 def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: Path | None = None,
              metrics: Path | None = None, plots: Path | None = None, gt: Path | None = None,
              pred: Path | None = None, out: Path | None = None, headline: Path | None = None) -> dict[str, Any]:
-    """Score every column of ``predictions`` against ``dataset``'s evaluation split (or, with
-    ``gt``/``pred``/``out``, one folder against another) and write the outputs named: the full
-    metrics to ``metrics``, the headline per column (``table.HEADLINE_METRICS``) to ``headline``;
-    returns the serialized metrics. EvaluationError (a ValueError naming the file) for bad input."""
-    config = EvaluationConfig.from_params(params)
+    """The stage's entry point (what ``cli.py`` calls with every path option): with ``gt``,
+    ``pred`` and ``out``, ``evaluate_folder``; otherwise ``evaluate_columns``. Returns what
+    that returns.
+
+    Raises:
+        EvaluationError: some but not all of ``gt``/``pred``/``out`` given, or neither ``dataset``
+            and ``predictions`` nor the three; and whatever the mode raises.
+    """
     if gt or pred or out:
         if not (gt and pred and out):
             raise EvaluationError("standalone use needs all of --gt, --pred and --out")
-        check_output_file(out)
-        result, _ = evaluate_frames(load_frames(gt, pred, config.codec), config)
-        serialized = result.serialize()
-        try:
-            write_json(out, serialized)
-        except OSError as exc:  # what the check before scoring cannot see (a full disk, a race)
-            raise EvaluationError(f"{out}: scores not written ({exc.strerror or exc})") from None
-        return serialized
+        return evaluate_folder(params, gt, pred, out)
+    if dataset is None or predictions is None:
+        raise EvaluationError("scoring prediction columns needs --dataset and --predictions")
+    return evaluate_columns(params, dataset, predictions, metrics, plots, headline)
+
+
+def evaluate_folder(params: EvaluateParams, gt: Path, pred: Path, out: Path) -> dict[str, Any]:
+    """Standalone scoring: the prediction files of ``pred`` against the ground-truth files of
+    ``gt`` (one JSON file per frame, matched by name; docs/formats.md), all metrics of one column
+    written to ``out`` (strict JSON) and returned.
+
+    Raises:
+        EvaluationError: ``out`` cannot be written (checked before scoring), or an input file is
+            missing or malformed (the message names it).
+        ConfigError: ``params`` are inconsistent (``EvaluationConfig``).
+    """
+    config = EvaluationConfig.from_params(params)
+    check_output_file(out)
+    result, _ = evaluate_frames(load_frames(gt, pred, config.codec), config)
+    serialized = result.serialize()
+    try:
+        write_json(out, serialized)
+    except OSError as exc:  # what the check before scoring cannot see (a full disk, a race)
+        raise EvaluationError(f"{out}: scores not written ({exc.strerror or exc})") from None
+    return serialized
+
+
+def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, metrics: Path | None = None,
+                     plots: Path | None = None, headline: Path | None = None) -> dict[str, Any]:
+    """The pipeline's scoring: every column of ``predictions`` (``columns.json``: zero-shot, each
+    checkpoint, final, with their training steps) against ``dataset``'s evaluation split
+    (``eval/text``), in step order. Writes the full metrics per column to ``metrics``, the
+    headline per column (``table.HEADLINE_METRICS``) to ``headline``, and to ``plots`` the
+    results table, the curves of the last column, metrics against steps and ``params.overlays``
+    overlay images; each only when its path is given. Returns column name -> serialized metrics
+    (scores in 0..1, distances in metres, percentages where the name says ``_pct``).
+
+    Raises:
+        EvaluationError: ``columns.json`` is missing (infer has not run) or a prediction or
+            ground-truth file is malformed (the message names it).
+        ConfigError: ``params`` are inconsistent (``EvaluationConfig``).
+    """
+    config = EvaluationConfig.from_params(params)
     steps = _columns(predictions)
     results, final = {}, None
     for name in sorted(steps, key=lambda n: (steps[n], n == "final")):

@@ -67,8 +67,9 @@ def reusable(output: Path, clip_id: str, camera: str, manifest: Manifest) -> Ite
     complete = records_path(output, clip_id, camera).is_file() and (output / image_shard(clip_id, camera)).is_file()
     if not complete or not manifest.matches():
         return None
+    stored = manifest.stored()
     try:
-        return ItemResult.from_json(manifest.stored()[RESULT])
+        return ItemResult.from_json(stored[RESULT]) if stored is not None else None
     except (KeyError, TypeError):
         return None  # a manifest of another version: redo the item
 

@@ -136,7 +136,9 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     counts = Counts()
     per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
     image_sources: dict[str, tuple[str, str]] = {}  # sample id -> (shard, member) under ``images``
-    answer_token_counts, image_token_counts, all_answers = [], {f: [] for f in tokens.MERGE_FACTOR}, []
+    answer_token_counts: list[int] = []
+    image_token_counts: dict[str, list[int]] = {f: [] for f in tokens.MERGE_FACTOR}
+    all_answers: list[list[dict[str, Any]]] = []
     shortest_over: dict[str, tuple[int, str]] = {}  # split -> tokens of its shortest sample over the budget
     for record in sorted(frames, key=sample_id):
         counts.frames_in += 1

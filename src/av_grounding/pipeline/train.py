@@ -140,9 +140,10 @@ def architecture(model: str) -> str:
     folder's or hub id's config.json (never from its name)."""
     from ..models.loading import model_type
 
-    if model in BUILTIN_MODELS:
+    source = model_source(model)  # None for a built-in model
+    if source is None:
         return split_name(model)[1]
-    return model_type(model_source(model))
+    return model_type(source)
 
 
 def check_family(model: str, fmt: FormatParams, dataset: Path) -> None:

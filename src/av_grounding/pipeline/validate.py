@@ -35,17 +35,18 @@ def summarise(frames: list[list[Finding]], images_drawn: int) -> dict[str, Any]:
     failing = [f for f in every if f.problem is not None]
     problems: dict[str, int] = {}
     for finding in failing:
-        kind = "residual" if finding.residual_px is not None else finding.problem.split(" (")[0]
+        kind = "residual" if finding.residual_px is not None else (finding.problem or "").split(" (")[0]
         problems[kind] = problems.get(kind, 0) + 1
     worst_per_frame = [max((f.residual_px for f in frame if f.residual_px is not None), default=None)
                        for frame in frames]
     residuals = [r for r in worst_per_frame if r is not None]
-    overall = residual_summary([f.residual_px for f in measured])
+    overall = residual_summary([f.residual_px for f in measured if f.residual_px is not None])
     return {
         "boxes_checked": len(measured),
         "mean_residual_px": overall["mean_residual_px"],
         "max_residual_px": overall["max_residual_px"],
-        "by_reference": {source: residual_summary([f.residual_px for f in measured if f.reference == source])
+        "by_reference": {source: residual_summary([f.residual_px for f in measured
+                                                   if f.residual_px is not None and f.reference == source])
                          for source in ("render_truth", "raw_labels")},
         "boxes_failed": len(failing),
         "problems": dict(sorted(problems.items())),

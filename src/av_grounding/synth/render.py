@@ -204,6 +204,7 @@ def _window(box: np.ndarray, camera: Camera) -> tuple[int, int, int, int]:
         y1 = min(int(np.ceil(px[:, 1].max())) + 1, camera.height)
         return x0, y0, x1, y1
     rect = projected_rectangle(box, camera, edge_segments("ftheta"))
+    assert rect is not None  # a box wholly in front of the near plane projects
     return (max(int(np.floor(rect[0])) - 2, 0), max(int(np.floor(rect[1])) - 2, 0),
             min(int(np.ceil(rect[2])) + 3, camera.width), min(int(np.ceil(rect[3])) + 3, camera.height))
 

@@ -95,11 +95,13 @@ class Scene:
 
 def _jittered_size(rng: np.random.Generator, cls: ObjectClass) -> tuple[float, float, float]:
     scale = rng.uniform(0.92, 1.08, size=3)
-    return tuple(float(round(v, 3)) for v in np.asarray(cls.lwh) * scale)
+    length, width, height = (float(round(v, 3)) for v in np.asarray(cls.lwh) * scale)
+    return length, width, height
 
 
 def _jittered_colour(rng: np.random.Generator, cls: ObjectClass) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.clip(np.asarray(cls.colour) + rng.uniform(-0.08, 0.08, 3), 0, 1))
+    red, green, blue = (float(v) for v in np.clip(np.asarray(cls.colour) + rng.uniform(-0.08, 0.08, 3), 0, 1))
+    return red, green, blue
 
 
 def _collide(a: Track, b: Track, times: np.ndarray, margin: float = 1.5) -> bool:

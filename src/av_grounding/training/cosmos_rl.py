@@ -214,6 +214,7 @@ def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
                                    stderr=subprocess.STDOUT, text=True, errors="replace",
                                    # prctl(PR_SET_PDEATHSIG) must run in the child: only preexec_fn can
                                    preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM))  # noqa: PLW1509
+        assert process.stdout is not None  # stdout=PIPE
         try:
             for line in process.stdout:
                 log.write(line)

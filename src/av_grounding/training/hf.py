@@ -169,13 +169,13 @@ class SingleProcessTrainer(Trainer):
                     loss, _ = answer_loss(self.forward_model, batch)
                 (loss / len(micro_batches)).backward()
             losses.append(loss.detach())
-        loss, samples, tokens = self.over_processes(torch.stack(losses).float().mean(), samples, tokens)
+        mean_loss, samples, tokens = self.over_processes(torch.stack(losses).float().mean(), samples, tokens)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.params.grad_clip))
-        if math.isfinite(grad_norm) and math.isfinite(loss):
+        if math.isfinite(grad_norm) and math.isfinite(mean_loss):
             s.optimizer.step()
         s.scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
-        return StepResult(self.step + 1, loss, grad_norm, lr, 0.0, samples, tokens)
+        return StepResult(self.step + 1, mean_loss, grad_norm, float(lr), 0.0, samples, tokens)
 
     def save_checkpoint(self, folder: Path) -> None:
         s = self.setup
@@ -216,8 +216,9 @@ class DataParallelTrainer(SingleProcessTrainer):
         return self.forward_model.no_sync() if index < count - 1 else contextlib.nullcontext()
 
     def over_processes(self, loss: torch.Tensor, samples: int, tokens: int) -> tuple[float, int, int]:
-        loss_sum, samples, tokens = distributed.sum_over_processes([float(loss), samples, tokens], self.setup.device)
-        return loss_sum / self.setup.world, int(samples), int(tokens)
+        loss_sum, sample_sum, token_sum = distributed.sum_over_processes([float(loss), samples, tokens],
+                                                                         self.setup.device)
+        return loss_sum / self.setup.world, int(sample_sum), int(token_sum)
 
     def save_checkpoint(self, folder: Path) -> None:
         if self.rank == 0:
@@ -255,7 +256,7 @@ class ZeRO3Trainer(Trainer):
             self.engine.step()
             losses.append(loss.detach())
         grad_norm = float(self.engine.get_global_grad_norm())
-        return StepResult(self.step + 1, float(torch.stack(losses).float().mean()), grad_norm, lr, 0.0,
+        return StepResult(self.step + 1, float(torch.stack(losses).float().mean()), grad_norm, float(lr), 0.0,
                           samples * s.world, tokens * s.world)
 
     def save_checkpoint(self, folder: Path) -> None:
@@ -337,7 +338,7 @@ def _setup_process(params: TrainParams) -> Process:
     return Process(0, 1, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _setup_model(params: TrainParams, base: Path, resume_from: Path | None,
+def _setup_model(params: TrainParams, base: Path | str, resume_from: Path | None,
                  process: Process) -> tuple[LoadedModel, Any]:
     """The model in fp32 (from the newest checkpoint, or the base; ZeRO-3 always loads the base and
     restores its own shards), with Liger kernels and activation checkpointing as asked, and its
@@ -372,6 +373,8 @@ def _setup_optimizer(model, params: TrainParams, process: Process, examples: lis
     samples than fit the budget."""
     if process.device != "cpu" and not process.zero3:
         check_memory(model, params, examples, process.device)
+    if params.lr is None:
+        raise ValueError("train.lr is null: train_hf takes resolved params (training.config.resolved)")
     trainable = [p for p in model.parameters() if p.requires_grad]
     # On the CPU, the fused AdamW: its square root is ATen's own (IEEE-exact), where the plain one
     # calls MKL's vector math, whose results depend on the CPU's vendor (numerics.py).
@@ -411,7 +414,7 @@ def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: i
     return trainer
 
 
-def train_hf(params: TrainParams, fmt: FormatParams, base: Path, dataset: Path, output: Path, live_dir: Path,
+def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path, output: Path, live_dir: Path,
              timing: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` on ``dataset``'s training split with resolved ``params`` (the recipe:
     process, model, data, optimizer, trainer, in that order), resuming from the newest checkpoint

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -31,6 +31,9 @@ from ..errors import PipelineError
 from ..models.flops import DATASHEET_BF16, mfu
 from ..models.loading import make_portable
 from ..storage import atomic_folder, write_json
+
+if TYPE_CHECKING:
+    from dvclive import Live
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
@@ -118,9 +121,9 @@ def timing_record(results: list[StepResult], wall_s: float, device: str | None =
     ``mfu_datasheet``: ``model_tflops_per_s`` over ``peak_flops_per_s`` (the datasheet's bf16
     rate, ``models.flops.DATASHEET_BF16``), only where that peak is known."""
     seconds = sum(r.seconds for r in results)
-    tokens = None if any(r.tokens is None for r in results) else sum(r.tokens for r in results)
+    tokens = None if any(r.tokens is None for r in results) else sum(r.tokens or 0 for r in results)
     flops, recomputed = sum(r.flops for r in results), sum(r.recomputed_flops for r in results)
-    record = {"wall_s": round(wall_s, 2), "steps_run": len(results), "step_seconds": round(seconds, 2),
+    record: dict[str, Any] = {"wall_s": round(wall_s, 2), "steps_run": len(results), "step_seconds": round(seconds, 2),
               "samples_per_s": _rate(sum(r.samples for r in results), seconds), "tokens_per_s": _rate(tokens, seconds),
               "model_tflops_per_s": _tflops(flops, seconds)}
     if flops > 0:
@@ -293,7 +296,8 @@ class TimingHook(HookBase):
     ``models.flops.DATASHEET_BF16`` adds ``mfu_datasheet``."""
 
     def __init__(self, path: Path | None, device: str = "cpu", bf16: bool = False):
-        self.path, self.results, self.started = path, [], 0.0
+        self.path, self.started = path, 0.0
+        self.results: list[StepResult] = []
         self.device, self.bf16 = device, bf16
 
     def before_train(self, trainer: Trainer) -> None:
@@ -338,7 +342,8 @@ class LiveHook(HookBase):
     """Loss, learning rate and gradient norm to DVCLive (rank 0 only)."""
 
     def __init__(self, live_dir: Path, resume: bool):
-        self.live_dir, self.resume, self.live = live_dir, resume, None
+        self.live_dir, self.resume = live_dir, resume
+        self.live: Live | None = None
 
     def before_train(self, trainer: Trainer) -> None:
         from dvclive import Live
