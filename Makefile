@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install lock repro test test-tools clean npm-install plots plots-diff remote exps exps-recipe
+.PHONY: install lock repro test test-tools lint clean npm-install plots plots-diff remote exps exps-recipe
 
 LOCK := requirements.lock
 
@@ -40,6 +40,13 @@ repro: $(INSTALLED)
 
 test: $(INSTALLED) test-tools
 	pytest
+
+# `make lint`: ruff over the whole tree with the rules of pyproject.toml's [tool.ruff], then mypy
+# over the package with its [tool.mypy] settings, at the versions requirements.lock pins (the
+# test extra). CI runs it before `make test` (.ci/run).
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/mypy src
 
 # tests/test_offline_plots.py needs npm (for `npm ci`) and headless Chromium: Debian's packages,
 # installed with apt (as root) when missing.
