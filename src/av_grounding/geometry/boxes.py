@@ -31,12 +31,14 @@ EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4]
 
 
 def body_corners(lwh: np.ndarray) -> np.ndarray:
-    """(8, 3) corners of a box of size (l, w, h) centred at the origin of its own frame."""
+    """(8, 3) corners, in the module's corner order, of a box of size ``lwh`` = (length, width,
+    height) in metres, centred at the origin of its own FLU body frame."""
     return CORNER_SIGNS * (np.asarray(lwh, dtype=np.float64) / 2.0)
 
 
 def corners(object_to_frame: np.ndarray, lwh: np.ndarray) -> np.ndarray:
-    """(8, 3) corners of a box placed by a 4x4 object pose in some frame."""
+    """(8, 3) corners (metres, the module's corner order) of a box of size ``lwh`` (length, width,
+    height) placed by the (4, 4) pose ``object_to_frame``, in that frame's coordinates."""
     return apply(object_to_frame, body_corners(lwh))
 
 
@@ -50,17 +52,21 @@ class Box3D:
 
     @classmethod
     def from_pose(cls, object_to_camera: np.ndarray, lwh) -> Box3D:
+        """The box at the (4, 4) pose ``object_to_camera`` (centre: its translation in metres;
+        rotation: its (3, 3) block) with size ``lwh`` (length, width, height in metres)."""
         return cls(object_to_camera[:3, 3].copy(), object_to_camera[:3, :3].copy(), np.asarray(lwh, float))
 
     def corners(self) -> np.ndarray:
+        """(8, 3) corners in camera RDF (metres), in the module's corner order."""
         return self.center + body_corners(self.lwh) @ self.rotation.T
 
 
 def ray_box_entry(rays: np.ndarray, box: Box3D, min_distance: float | np.ndarray = 0.0) -> np.ndarray:
     """Distance along each of the (n, 3) rays from the camera centre to where it enters ``box``,
     at least ``min_distance`` (a scalar or one per ray: the camera inside the box, or a ray cut by
-    the near plane, meets it at that distance); ``inf`` where it misses. Distances are in units
-    of the ray's length (slab test in the box frame)."""
+    the near plane, meets it at that distance); ``inf`` where it misses. Returns (n,) distances in
+    units of each ray's length (metres for unit rays; depth for ``PinholeCamera.rays``), from a
+    slab test in the box frame."""
     local = rays @ box.rotation  # ray directions in the box frame
     start = -box.rotation.T @ box.center  # camera centre in the box frame
     half = box.lwh / 2.0
@@ -75,7 +81,8 @@ def ray_box_entry(rays: np.ndarray, box: Box3D, min_distance: float | np.ndarray
 
 
 def box_face_at(points: np.ndarray, box: Box3D) -> np.ndarray:
-    """Index into ``FACES`` of the face nearest to each of the (n, 3) points on ``box``'s surface."""
+    """(n,) indices into ``FACES``: the face nearest to each of the (n, 3) points (camera RDF,
+    metres) on ``box``'s surface."""
     local = (points - box.center) @ box.rotation / (box.lwh / 2.0)
     axis = np.abs(local).argmax(axis=1)
     positive = np.take_along_axis(local, axis[:, None], axis=1)[:, 0] > 0
@@ -84,13 +91,15 @@ def box_face_at(points: np.ndarray, box: Box3D) -> np.ndarray:
 
 
 def edge_segments(camera_model: str) -> int:
-    """Pieces per edge so that projected edges follow the model's curvature (pinhole: straight)."""
+    """Pieces per edge so that projected edges follow the model's curvature: 1 for ``pinhole``
+    (straight), 16 for any other model (f-theta edges bend)."""
     return 1 if camera_model == "pinhole" else 16
 
 
 def clipped_edges(box_corners: np.ndarray, segments: int = 1) -> list[np.ndarray]:
-    """The 12 edges as 3D segments, each split into ``segments`` pieces (f-theta edges bend in
-    the image) and cut at the near plane z = NEAR_M."""
+    """The 12 edges of (8, 3) ``box_corners`` (camera RDF, metres) as (2, 3) segments, each edge
+    split into ``segments`` pieces (f-theta edges bend in the image) and cut at the near plane
+    z = NEAR_M; pieces wholly behind it are left out, so the list has up to ``12 * segments``."""
     steps = np.linspace(0.0, 1.0, segments + 1)
     polylines = []
     for a, b in EDGES:
@@ -115,14 +124,16 @@ def _clip_segment(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
 
 
 def project_edges(box_corners: np.ndarray, camera: Camera, segments: int = 1) -> list[np.ndarray]:
-    """Pixel polylines of the box's visible-side-of-near-plane edges."""
+    """The pieces of ``clipped_edges`` in front of the near plane, projected: (2, 2) pixel
+    segments (u, v), not clipped to the image; empty when the box lies wholly behind the plane."""
     pieces = clipped_edges(box_corners, segments)
     return list(camera.project(np.stack(pieces))) if pieces else []
 
 
 def projected_rectangle(box_corners: np.ndarray, camera: Camera, segments: int = 1) -> np.ndarray | None:
-    """Axis-aligned ``[x0, y0, x1, y1]`` around the projection (not clipped to the image);
-    ``None`` when the box lies wholly behind the camera."""
+    """(4,) axis-aligned ``[x0, y0, x1, y1]`` (pixels, x0 <= x1, y0 <= y1) around the projection
+    of the (8, 3) ``box_corners`` (camera RDF, metres), not clipped to the image; ``None`` when
+    the box lies wholly behind the near plane."""
     edges = project_edges(box_corners, camera, segments)
     if not edges:
         return None
@@ -131,9 +142,13 @@ def projected_rectangle(box_corners: np.ndarray, camera: Camera, segments: int =
 
 
 def clip_rectangle(rect: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(4,) ``rect`` = ``[x0, y0, x1, y1]`` (pixels) clipped to the image ``[0, width] x [0,
+    height]``: x0 and x1 to [0, width], y0 and y1 to [0, height]. A rectangle wholly outside the
+    image comes out with zero width or height (``rectangle_area`` 0); the order is kept, not fixed."""
     return np.array([np.clip(rect[0], 0, width), np.clip(rect[1], 0, height),
                      np.clip(rect[2], 0, width), np.clip(rect[3], 0, height)])
 
 
 def rectangle_area(rect: np.ndarray) -> float:
+    """Area in square pixels of an ``[x0, y0, x1, y1]`` rectangle; 0 when x1 <= x0 or y1 <= y0."""
     return float(max(rect[2] - rect[0], 0.0) * max(rect[3] - rect[1], 0.0))

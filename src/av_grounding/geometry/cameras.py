@@ -17,23 +17,42 @@ NEAR_M = 0.1  # points closer than this along the optical axis are not projected
 
 
 class Camera(Protocol):
-    @property
-    def width(self) -> int: ...
+    """What every camera model offers (``PinholeCamera``, ``FThetaCamera``); points in camera RDF
+    (metres), pixels ``(u, v)`` in the continuous convention of the module docstring."""
 
     @property
-    def height(self) -> int: ...
+    def width(self) -> int:
+        """Image width in pixels."""
+        ...
 
-    def project(self, points: np.ndarray) -> np.ndarray: ...
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        ...
 
-    def unproject(self, pixels: np.ndarray) -> np.ndarray: ...
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """(..., 2) pixels of (..., 3) points; meaningful only where ``valid``."""
+        ...
 
-    def valid(self, points: np.ndarray) -> np.ndarray: ...
+    def unproject(self, pixels: np.ndarray) -> np.ndarray:
+        """(..., 3) rays in camera RDF through (..., 2) pixels; ``project`` maps them back."""
+        ...
 
-    def rays(self) -> np.ndarray: ...
+    def valid(self, points: np.ndarray) -> np.ndarray:
+        """(...,) bool: which of the (..., 3) points the model images."""
+        ...
 
-    def resized(self, width: int, height: int) -> Camera: ...
+    def rays(self) -> np.ndarray:
+        """(height, width, 3) rays through every pixel centre."""
+        ...
 
-    def to_array(self) -> np.ndarray: ...
+    def resized(self, width: int, height: int) -> Camera:
+        """The same camera for the image scaled to ``width`` x ``height`` pixels."""
+        ...
+
+    def to_array(self) -> np.ndarray:
+        """The intrinsics as RDS-HQ stores them (float64)."""
+        ...
 
 
 def _pixel_centres(width: int, height: int) -> np.ndarray:
@@ -55,10 +74,13 @@ class PinholeCamera:
 
     @classmethod
     def from_array(cls, values: np.ndarray) -> PinholeCamera:
+        """From the RDS-HQ array ``[fx, fy, cx, cy, w, h]`` (pixels; values past the sixth are
+        ignored), width and height rounded to whole pixels. ``ValueError`` for fewer than six."""
         fx, fy, cx, cy, w, h = (float(v) for v in np.asarray(values)[:6])
         return cls(fx, fy, cx, cy, round(w), round(h))
 
     def to_array(self) -> np.ndarray:
+        """(6,) float64 ``[fx, fy, cx, cy, width, height]`` (pixels)."""
         return np.array([self.fx, self.fy, self.cx, self.cy, self.width, self.height], dtype=np.float64)
 
     def resized(self, width: int, height: int) -> PinholeCamera:
@@ -67,17 +89,22 @@ class PinholeCamera:
         return PinholeCamera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
 
     def project(self, points: np.ndarray) -> np.ndarray:
-        """Pixels of (..., 3) points; only meaningful where ``valid``."""
+        """(..., 2) pixels ``(u, v)`` of (..., 3) points in camera RDF (metres); meaningful only
+        where ``valid`` (not checked: z = 0 gives inf, a point behind the camera a mirrored pixel)."""
         z = points[..., 2]
         return np.stack([self.fx * points[..., 0] / z + self.cx,
                          self.fy * points[..., 1] / z + self.cy], axis=-1)
 
     def unproject(self, pixels: np.ndarray) -> np.ndarray:
+        """(..., 3) unit rays in camera RDF (z > 0) through (..., 2) pixels ``(u, v)``: ``project``
+        maps any point along a ray back to its pixel."""
         rays = np.stack([(pixels[..., 0] - self.cx) / self.fx, (pixels[..., 1] - self.cy) / self.fy,
                          np.ones(pixels.shape[:-1])], axis=-1)
         return rays / np.linalg.norm(rays, axis=-1, keepdims=True)
 
     def valid(self, points: np.ndarray) -> np.ndarray:
+        """(...,) bool: which (..., 3) points lie at least ``NEAR_M`` metres in front of the
+        camera (z >= NEAR_M)."""
         return points[..., 2] >= NEAR_M
 
     def rays(self) -> np.ndarray:
@@ -187,6 +214,8 @@ class FThetaCamera:
 
     @property
     def stored_polynomial(self) -> tuple[float, ...]:
+        """The six coefficients RDS-HQ stores, lowest power first: the backward polynomial
+        (radians of pixels) when ``stored_backward``, else the forward one (pixels of radians)."""
         return self.backward if self.stored_backward else self.forward
 
     def _poly_radius(self, theta: np.ndarray) -> np.ndarray:
@@ -210,14 +239,17 @@ class FThetaCamera:
                         self.edge_radius + (theta - self.max_theta) * self.edge_slope)
 
     def theta_of(self, radius: np.ndarray) -> np.ndarray:
-        """Inverse of ``radius_of``."""
+        """Ray angle to the optical axis (radians) at ``radius`` pixels from the principal point
+        (before the affine), any shape: the inverse of ``radius_of``, linear beyond
+        ``edge_radius``."""
         radius = np.asarray(radius, dtype=np.float64)
         inside = self._poly_theta(np.minimum(radius, self.edge_radius))
         return np.where(radius <= self.edge_radius, inside,
                         self.max_theta + (radius - self.edge_radius) / self.edge_slope)
 
     def project(self, points: np.ndarray) -> np.ndarray:
-        """Pixels of (..., 3) points; only calibrated where ``valid``."""
+        """(..., 2) pixels ``(u, v)`` of (..., 3) points in camera RDF (metres); calibrated only
+        where ``valid`` (beyond ``max_theta`` the radius grows linearly, see the class docstring)."""
         xy = points[..., :2]
         rho = np.linalg.norm(xy, axis=-1)
         theta = np.arctan2(rho, points[..., 2])
@@ -226,7 +258,8 @@ class FThetaCamera:
         return np.array([self.cx, self.cy]) + (radius[..., None] * unit) @ self._matrix.T
 
     def unproject(self, pixels: np.ndarray) -> np.ndarray:
-        """Unit rays (..., 3) of (..., 2) pixels."""
+        """(..., 3) unit rays in camera RDF through (..., 2) pixels ``(u, v)``: ``project`` maps any
+        point along a ray back to its pixel."""
         offset = (pixels - np.array([self.cx, self.cy])) @ np.linalg.inv(self._matrix).T
         radius = np.linalg.norm(offset, axis=-1)
         theta = self.theta_of(radius)
@@ -234,6 +267,8 @@ class FThetaCamera:
         return np.concatenate([np.sin(theta)[..., None] * unit, np.cos(theta)[..., None]], axis=-1)
 
     def valid(self, points: np.ndarray) -> np.ndarray:
+        """(...,) bool: which (..., 3) points lie within the calibrated angle ``max_theta`` of the
+        optical axis and at least ``NEAR_M`` metres from the camera centre."""
         rho = np.linalg.norm(points[..., :2], axis=-1)
         theta = np.arctan2(rho, points[..., 2])
         return (theta <= self.max_theta) & (np.linalg.norm(points, axis=-1) >= NEAR_M)
@@ -265,7 +300,9 @@ class FThetaCamera:
 
 
 def camera_from_record(model: str, intrinsics: list[float] | np.ndarray) -> Camera:
-    """The camera of a frame record (``camera_model`` and ``intrinsics`` keys)."""
+    """The camera of a frame record: its ``camera_model`` (``pinhole`` or ``ftheta``) and
+    ``intrinsics`` (the RDS-HQ array of that model, ``from_array``). ``ValueError`` for another
+    model, or intrinsics the model's ``from_array`` refuses."""
     if model == "pinhole":
         return PinholeCamera.from_array(np.asarray(intrinsics))
     if model == "ftheta":

@@ -51,21 +51,34 @@ def _yxz_angles(matrix: np.ndarray) -> tuple[float, float, float]:
 
 
 class BoxCodec(Protocol):
+    """One convention for the nine numbers of a box (the module docstring describes both)."""
+
     name: str
 
-    def encode(self, box: Box3D) -> np.ndarray: ...
+    def encode(self, box: Box3D) -> np.ndarray:
+        """(9,) float64 numbers of a physical box in camera RDF."""
+        ...
 
-    def decode(self, values) -> Box3D: ...
+    def decode(self, values) -> Box3D:
+        """The physical box of nine numbers (a sequence or (9,) array)."""
+        ...
 
 
 class CosmosCodec:
+    """The recipe's convention (``cosmos``): centre and (length, width, height) in metres, then
+    roll, pitch, yaw in radians, ``R = Ry(pitch) @ Rx(roll) @ Rz(yaw)`` on the FLU body box."""
+
     name = "cosmos"
 
     def encode(self, box: Box3D) -> np.ndarray:
+        """(9,) float64 ``[x, y, z, length, width, height, roll, pitch, yaw]`` of ``box``
+        (metres, radians in [-pi, pi]); no -0.0."""
         pitch, roll, yaw = _yxz_angles(box.rotation @ FLU_TO_RDF.T)
         return np.array([*box.center, *box.lwh, roll, pitch, yaw], dtype=np.float64) + 0.0  # no -0.0
 
     def decode(self, values) -> Box3D:
+        """The ``Box3D`` of nine numbers in this convention (metres, radians); values past the
+        ninth are ignored, fewer raise ``IndexError``."""
         v = np.asarray(values, dtype=np.float64)
         rotation = rot_y(v[7]) @ rot_x(v[6]) @ rot_z(v[8]) @ FLU_TO_RDF
         return Box3D(v[:3].copy(), rotation, v[3:6].copy())
@@ -76,14 +89,22 @@ _QWEN_LOCAL_TO_BODY = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.
 
 
 class Qwen3VLCodec:
+    """Qwen3-VL's pretraining convention (``qwen3vl``): centre in metres, extents along the box's
+    local axes (a car: length, height, width) in metres, then three angles in units of pi,
+    ``R = Rz(a8*pi) @ Ry(a7*pi) @ Rx(a6*pi)``."""
+
     name = "qwen3vl"
 
     def encode(self, box: Box3D) -> np.ndarray:
+        """(9,) float64 ``[x, y, z, length, height, width, a6, a7, a8]`` of ``box`` (metres;
+        angles in units of pi, in [-1, 1]); no -0.0."""
         z, y, x = np.array(_zyx_angles(box.rotation @ _QWEN_LOCAL_TO_BODY)) / np.pi
         length, width, height = box.lwh
         return np.array([*box.center, length, height, width, x, y, z], dtype=np.float64) + 0.0  # no -0.0
 
     def decode(self, values) -> Box3D:
+        """The ``Box3D`` of nine numbers in this convention (metres, angles in units of pi); values
+        past the ninth are ignored, fewer raise ``IndexError``."""
         v = np.asarray(values, dtype=np.float64)
         local = rot_z(v[8] * np.pi) @ rot_y(v[7] * np.pi) @ rot_x(v[6] * np.pi)
         return Box3D(v[:3].copy(), local @ _QWEN_LOCAL_TO_BODY.T, np.array([v[3], v[5], v[4]]))
@@ -93,6 +114,7 @@ CODECS: dict[str, BoxCodec] = {"cosmos": CosmosCodec(), "qwen3vl": Qwen3VLCodec(
 
 
 def get_codec(name: str) -> BoxCodec:
+    """The codec called ``name`` (``CODECS``); ``ValueError`` naming the choices for another."""
     try:
         return CODECS[name]
     except KeyError:

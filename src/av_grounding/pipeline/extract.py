@@ -46,6 +46,7 @@ SHOWN_DROPPED = 20  # dropped objects named in failures.json (all are counted in
 
 
 def manifest_path(root: Path, clip_id: str, camera: str) -> Path:
+    """``<root>/manifests/<clip_id>/<camera>.json``: the manifest of one item's output."""
     return Path(root) / "manifests" / clip_id / f"{camera}.json"
 
 
@@ -268,13 +269,39 @@ def curation_rate(outcome: Outcome, executor: str) -> dict[str, Any]:
 
 def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
             timing: Path | None = None) -> dict[str, Any]:
-    """The `extract` stage over every (clip, camera). Parameter errors fail at once, before any
-    item runs; item and frame failures are counted, and fail the stage (``StageFailed``) when
-    more than ``max_failed_fraction`` of the items, or of the frames, failed.
+    """The `extract` stage over every (clip, camera) item: every ``skip_frames``-th frame of the
+    item's video as JPEG, with a record per frame; an item whose manifest matches this run is
+    reused. Parameter errors fail at once, before any item runs; item and frame failures are
+    counted, and fail the stage when too many failed.
 
-    ``metrics`` gets the counts of the whole output (the same on every run, resumed or not);
-    ``timing`` the run's timing and the items it resumed (``curation_rate``), kept apart so that
-    a rerun leaves the stage's recorded outputs as they were."""
+    Args:
+        params: the ``extract`` section: input root (a folder or ``s3://`` URL in the RDS-HQ
+            layout), clips, cameras and their output names, frame step, decode strategy,
+            workers or Ray, ``max_failed_fraction``.
+        output: the folder written: ``records/<clip_id>/<camera>.json`` (one record per frame:
+            intrinsics, camera and ego pose, objects), ``images/<clip_id>/<camera>.tar`` (the
+            JPEGs, one shard per item), ``manifests/`` (what each item was made from) and
+            ``failures.json``; items of earlier runs that this run did not select are removed.
+        metrics: the summary as JSON (counts of the whole output: the same on every run,
+            resumed or not), when given.
+        timing: the run's rates and the items it resumed (``curation_rate``), when given; kept
+            apart so that a rerun leaves the stage's recorded outputs as they were.
+
+    Returns:
+        The summary (``clips``, ``items``, ``items_failed``, ``frames_written``,
+        ``frames_failed``, ``frames_without_labels``, ``objects_dropped``, ``video_frames``,
+        ``frames_missing``, ``decoded_frames``, ``strategy``: items per decode strategy), plus
+        ``items_resumed`` and ``failures`` (``Failure`` objects), which the metrics leave out.
+
+    Raises:
+        ParamsError: bad cameras or camera names, an unreadable or unmatched
+            ``sequence_ids_file``, an input root that is a file.
+        StorageError: the input cannot be read (credentials, endpoint) or an output folder
+            cannot be written.
+        LayoutError: the input root is not in the RDS-HQ layout.
+        StageFailed: more than ``max_failed_fraction`` of the items, or of the frames, failed
+            (``failures.json`` and the metrics are written first).
+    """
     fs, root = filesystem(params.input_root, params.s3_endpoint_url, params.s3_profile)
     with reading(params.input_root):
         clip_ids, skipped = select_clips(fs, root, params)

@@ -13,8 +13,26 @@ from ..storage import atomic_folder, write_json
 
 
 def filter_boxes(params: FilterParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
-    """The `filter` stage: kept boxes per frame under ``output``, counts in ``metrics``; in
-    ``params.workers`` processes over records files (the same bytes for any number)."""
+    """The `filter` stage: every box through the filters of ``curation.filters`` (category,
+    distance in metres, field of view, 2D occlusion, 3D depth by ray casting); in
+    ``params.workers`` processes over records files (the same bytes for any number).
+
+    Args:
+        params: the ``filter`` section (label map, limits, rays per side, workers).
+        input: transform's output folder (``records/<clip_id>/<camera>.json``).
+        output: the same layout, each record with only its kept boxes (labelled, with their
+            measured fractions); replaced whole.
+        metrics: the summary as JSON, when given.
+
+    Returns:
+        ``frames``, ``frames_without_boxes``, ``boxes_in``, ``boxes_kept``, ``removed`` (boxes per
+        filter reason), ``removed_types`` (raw types outside the label map, counted), and for
+        synthetic clips ``against_render_truth`` (precision and recall of the occlusion and
+        depth decisions against the renderer's truth).
+
+    Raises:
+        RecordsError: ``input`` is missing or a records file is unreadable or malformed.
+    """
     with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
         files = map_record_files(filter_file, (params,), input, folder, params.workers, "filter")
     unmapped: dict[str, int] = {}

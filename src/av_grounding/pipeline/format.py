@@ -54,14 +54,19 @@ STYLE_VARIANTS = {
 
 
 def answer_style(params: FormatParams) -> AnswerStyle:
+    """How answers are written (decimals, size decimals, trimmed zeros, compact JSON) per ``params``."""
     return AnswerStyle(params.decimals, params.size_decimals, params.trim_zeros, params.compact_json)
 
 
 def sample_id(record: dict[str, Any]) -> str:
+    """``<clip_id>_<camera>_<frame_index:06d>``: a frame record's sample id (and image file stem)."""
     return f"{record['clip_id']}_{record['camera']}_{record['frame_index']:06d}"
 
 
 def annotation_record(record: dict[str, Any], boxes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sample's Cosmos-RL record: frame, clip and camera, the camera model with its
+    ``camera_params`` (pinhole ``fx, fy, cx, cy``; f-theta ``cx, cy``; pixels) and RDS-HQ
+    ``intrinsics``, the image size in pixels, the box codec and ``boxes`` as ``annotations``."""
     intrinsics = record["intrinsics"]
     camera_params = ({"fx": intrinsics[0], "fy": intrinsics[1], "cx": intrinsics[2], "cy": intrinsics[3]}
                      if record["camera_model"] == "pinhole" else {"cx": intrinsics[0], "cy": intrinsics[1]})
@@ -93,6 +98,7 @@ def tokens_per_box(answers: list[list[dict[str, Any]]], style: AnswerStyle, coun
 
 
 def distribution(values: list[int]) -> dict[str, float]:
+    """``mean``, ``p50``, ``p95`` and ``max`` of token counts; all 0.0 for no values."""
     if not values:
         return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
     array = np.asarray(values, dtype=float)
@@ -102,6 +108,8 @@ def distribution(values: list[int]) -> dict[str, float]:
 
 @dataclass
 class Counts:
+    """Frames read, and frames, boxes and samples left out, by reason."""
+
     frames_in: int = 0
     empty_frames_skipped: int = 0
     boxes_over_max_boxes: int = 0
@@ -123,6 +131,32 @@ def check_every_split_keeps_a_sample(params: FormatParams, per_split: dict[str, 
 
 def format_dataset(params: FormatParams, input: Path, images: Path, output: Path, metrics: Path | None = None,
                    plots: Path | None = None) -> dict[str, Any]:
+    """The `format` stage: curated frames split by clip into train and eval, written in both
+    layouts from one source, with token budgets counted as the published checkpoints count them.
+
+    Args:
+        params: the ``format`` section (prompts, split, answer style, box order and limit, image
+            pixel limits, ``model_max_length`` in tokens, model family).
+        input: filter's output folder (``records/<clip_id>/<camera>.json``).
+        images: extract's output folder (the JPEG shards the images are copied from).
+        output: the dataset folder (see the module docstring: ``split.json``, ``train/`` and
+            ``eval/`` in both layouts); replaced whole.
+        metrics: the summary as JSON, when given.
+        plots: the folder of ``answer_tokens.png`` and ``.csv`` (answer tokens per frame), when
+            given.
+
+    Returns:
+        The summary: ``samples`` and ``clips`` per split, ``boxes``, frames in and left out by
+        reason (empty, over ``max_boxes``, over ``model_max_length``), and ``tokens``: answer,
+        prompt and image tokens per frame or box (mean, p50, p95, max) with the Qwen vocabulary
+        and the built-in models' task tokenizer, per answer style.
+
+    Raises:
+        ParamsError: the split cannot be made (``eval_clips``, ``eval_clip_ids``),
+            ``model_max_length`` drops every sample of a split, or the prompts file is unreadable.
+        RecordsError: ``input`` is missing or a records file is unreadable or malformed.
+        ShardError: a frame's image is missing from extract's shards.
+    """
     prompts = load_prompts(params.prompts)
     style = answer_style(params)
     frames = [record for _, _, records in iter_records(input) for record in records]

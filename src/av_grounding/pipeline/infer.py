@@ -151,9 +151,29 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
 def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, output: Path,
           metrics: Path | None = None, timing: Path | None = None) -> dict[str, Any]:
     """The `infer` stage: every column's answers on the evaluation split, resumed where a run
-    with the same inputs stopped. ``metrics`` describe every column's whole output (frames,
-    step: the same whether resumed or not); ``timing`` what this run did (frames resumed, wall
-    time, rates). Returns both, by column. CPU numerics are pinned first (``numerics``)."""
+    with the same inputs stopped. CPU numerics are pinned first (``numerics``).
+
+    Args:
+        params: the ``infer`` section (columns: zero-shot, checkpoints; batch size, new tokens,
+            KV cache, reasoning instruction).
+        fmt: the ``format`` section (image pixel limits, ``model_max_length``).
+        dataset: format's output folder (its ``eval/`` split in the Cosmos-RL layout).
+        train: train's output folder (``run.json``, ``checkpoints/``, ``model/``).
+        output: the predictions folder (module docstring: ``<column>/<id>.json``,
+            ``columns.json``, ``manifests/``); columns and frames not in this run are removed.
+        metrics: per column its training ``step`` and ``frames`` (the same whether resumed or
+            not), when given.
+        timing: per column what this run did (frames resumed, wall seconds, images/s,
+            generated tokens/s), when given.
+
+    Returns:
+        Per column the metrics and the timing together.
+
+    Raises:
+        DatasetError: ``run.json`` or the evaluation split is missing or unreadable.
+        ParamsError: a checkpoint step ``infer.checkpoints`` names does not exist, or a model
+            has no reasoning instruction for ``infer.reasoning: model``.
+    """
     numerics.pin_torch()
     samples = read_cosmos(dataset / "eval")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,8 +12,26 @@ from ..synth.clips import mount_of, write_clip
 
 
 def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
-    """The `synthesize` stage: ``num_clips`` clips under ``output``, in parallel over clips; the
-    folder is replaced only once every clip is written."""
+    """The `synthesize` stage: ``params.num_clips`` clips in the RDS-HQ layout, rendered in
+    parallel over clips (``params.workers`` processes, or Ray).
+
+    Args:
+        params: the ``synthesize`` section (layout, cameras, lens model, duration, image size,
+            scene, video encoding).
+        output: the RDS-HQ root written: per camera ``<model>_<camera>/<clip_id>.mp4`` (H.264),
+            the ``pose``, ``vehicle_pose``, intrinsics and ``all_object_info`` tars and
+            ``render_truth``. Replaced only once every clip is written: a killed run leaves the
+            previous folder whole.
+        metrics: where the summary is written as JSON, when given.
+
+    Returns:
+        The summary: ``clips``, ``cameras`` (per clip), ``video_frames`` (over all clips and
+        cameras) and ``tracks`` (objects over all clips).
+
+    Raises:
+        ParamsError: a camera the layout's rig lacks, or a lens model it cannot use; before any work.
+        RuntimeError: a clip failed to render (a bug: the generator makes its own inputs).
+    """
     for camera_name in params.cameras:  # unknown camera or model: fail before any work
         mount = mount_of(params, camera_name)
         try:

@@ -209,10 +209,36 @@ def join_launch(params: TrainParams) -> int:
 
 def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, metrics: Path | None = None,
           live: Path = Path("dvclive/train"), timing: Path | None = None) -> dict[str, Any]:
-    """The `train` stage: fine-tune from the base model (or resume a run made from the same
-    inputs) into ``output``; ``metrics`` gets the run's summary, ``live`` its DVCLive curves,
-    ``timing`` its wall time and rates. CPU numerics are pinned first (``numerics.pin_torch``),
-    so the weights are the same on every x86-64 CPU."""
+    """The `train` stage: fine-tune from the base model, or resume a run made from the same
+    inputs, with the ``params.backend`` backend (``hf``; ``cosmos-rl``); with ``train.gpus`` > 1
+    and the hf backend, as that many processes under torchrun. CPU numerics are pinned first
+    (``numerics.pin_torch``), so the weights are the same on every x86-64 CPU.
+
+    Args:
+        params: the ``train`` section (model, backend, steps, batch, learning rate: ``null``
+            resolves to the model's, ``training.config.resolved``).
+        fmt: the ``format`` section (image pixel limits, ``model_max_length``, model family, prompts).
+        dataset: format's output folder (its ``train/`` split is trained on).
+        output: the training folder (module docstring: ``base/``, ``checkpoints/``, ``model/``,
+            ``run.json``, ``inputs.json``).
+        metrics: the summary as JSON (rank 0), when given.
+        live: the DVCLive folder (loss, learning rate, gradient norm per optimizer step).
+        timing: wall time, samples/s, tokens/s and model TFLOP/s per step, when given.
+
+    Returns:
+        The backend's summary (``steps``, ``samples``, ``samples_over_max_length``, trainable
+        parameters, device, processes, peak GPU memory in GiB, ...) with ``model`` and the
+        resolved ``lr``.
+
+    Raises:
+        ParamsError: a model that is not built in, no model folder and no reachable hub id; an
+            architecture this pipeline does not train or other than the dataset's; batch
+            settings the data or the memory cannot hold; more ``gpus`` than are visible.
+        LaunchError: a process of a ``train.gpus`` launch failed.
+        TrainingDivergedError: the loss or gradient norm became non-finite more often than
+            ``max_nonfinite_steps`` allows.
+        CosmosRLError: the cosmos-rl backend's launcher is missing or its run failed.
+    """
     # A missing folder, an unreachable hub id or another architecture fails before any work.
     check_family(params.model, fmt, dataset)
     if params.backend == "hf" and params.gpus > 1 and not distributed.launched():

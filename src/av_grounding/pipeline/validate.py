@@ -23,6 +23,8 @@ SHOWN_WORST = 5  # clips, and frames or boxes, named in metrics and messages
 
 
 def residual_summary(values: list[float]) -> dict[str, Any]:
+    """``boxes`` (how many residuals), ``mean_residual_px`` and ``max_residual_px`` (pixels,
+    6 decimals; None without residuals) of re-projection residuals in pixels."""
     return {"boxes": len(values),
             "mean_residual_px": round(float(np.mean(values)), 6) if values else None,
             "max_residual_px": round(float(np.max(values)), 6) if values else None}
@@ -105,8 +107,29 @@ def draw_sample(records: list[dict[str, Any]], params: ValidateParams, images: P
 
 def validate(params: ValidateParams, input: Path, images: Path, plots: Path,
              metrics: Path | None = None) -> dict[str, Any]:
-    """The `validate` stage: metrics of every check, drawings of a sample of sound frames with
-    boxes; ``ValidationError`` naming the worst clips, frames and boxes when any check failed."""
+    """The `validate` stage: every kept box through the checks of ``curation.validate`` (finite
+    numbers, rigid poses, positive sizes, re-projection through the codec and camera model
+    against a reference), and a sample of sound frames drawn with their boxes.
+
+    Args:
+        params: the ``validate`` section (sample count and seed, ``max_residual_px``).
+        input: filter's output folder (``records/<clip_id>/<camera>.json``).
+        images: extract's output folder (the JPEG shards under ``images/``).
+        plots: the folder of the drawn sample (``<clip>_<camera>_<frame>.jpg``; earlier JPEGs
+            there are removed).
+        metrics: the summary as JSON, when given; written before any failure is raised.
+
+    Returns:
+        The summary: boxes checked, mean and max residual in pixels (overall and by reference:
+        ``render_truth`` or ``raw_labels``), boxes failed, problems by kind, per-frame counts,
+        the worst findings, and the number of images drawn.
+
+    Raises:
+        ValidationError: any box or frame failed a check (a residual above ``max_residual_px``
+            pixels, or a bad number); the message names the worst clips, frames and boxes.
+        RecordsError: ``input`` is missing or a records file is unreadable or malformed.
+        ShardError: a sampled frame's image is missing from its shard or is not an image.
+    """
     frames: list[list[Finding]] = []
     drawable: list[dict[str, Any]] = []
     for _, _, records in iter_records(input):
