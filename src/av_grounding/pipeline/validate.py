@@ -115,8 +115,8 @@ def validate(params: ValidateParams, input: Path, images: Path, plots: Path,
         params: the ``validate`` section (sample count and seed, ``max_residual_px``).
         input: filter's output folder (``records/<clip_id>/<camera>.json``).
         images: extract's output folder (the JPEG shards under ``images/``).
-        plots: the folder of the drawn sample (``<clip>_<camera>_<frame>.jpg``; earlier JPEGs
-            there are removed).
+        plots: the folder of the drawn sample (``<first 8 characters of the clip id>_<camera>_
+            <frame index:06d>.jpg``; earlier JPEGs there are removed).
         metrics: the summary as JSON, when given; written before any failure is raised.
 
     Returns:
