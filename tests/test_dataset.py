@@ -87,7 +87,7 @@ def make_samples(folder, count=3):
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "images" / f"{sid}.jpg").write_bytes(b"jpeg")
         samples.append(Sample(sid, folder / "images" / f"{sid}.jpg", "system text", "user text", f'[{{"n":{i}}}]'))
-    write_cosmos(folder, [(s.id, {"frame_id": i}, conversation(s.id, s.system, s.user, s.answer))
+    write_cosmos(folder, [(s.id, {"frame_id": i}, conversation(f"images/{s.id}.jpg", s.system, s.user, s.answer))
                           for i, s in enumerate(samples)])
     write_qwen(folder, samples)
     return samples

@@ -133,7 +133,8 @@ def small_copy(dataset: Path, folder: Path, counts: dict[str, int]) -> Path:
         (folder / split / "images").mkdir(parents=True)
         for sample in chosen:
             shutil.copy(sample.image, folder / split / "images" / f"{sample.id}.jpg")
-        write_cosmos(folder / split, [(s.id, {}, conversation(s.id, s.system, s.user, s.answer)) for s in chosen])
+        write_cosmos(folder / split, [(s.id, {}, conversation(f"images/{s.id}.jpg", s.system, s.user, s.answer))
+                                      for s in chosen])
     return folder
 
 

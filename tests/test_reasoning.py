@@ -186,7 +186,8 @@ def stage_inputs(folder: Path, config, user: str = PROMPTS.user) -> tuple[Path, 
     dataset, train = folder / "dataset", folder / "train"
     (dataset / "eval" / "images").mkdir(parents=True)
     Image.new("RGB", (56, 56)).save(dataset / "eval" / "images" / "f0.jpg")
-    write_cosmos(dataset / "eval", [("f0", {"annotations": []}, conversation("f0", PROMPTS.system, user, "[]"))])
+    write_cosmos(dataset / "eval",
+                 [("f0", {"annotations": []}, conversation("images/f0.jpg", PROMPTS.system, user, "[]"))])
     config.save_pretrained(train / "model")
     (train / "run.json").write_text(json.dumps({"base": str(train / "model"), "steps": 0, "inputs_sha256": "x"}))
     return dataset, train

@@ -46,7 +46,7 @@ def few(dataset, tmp_path_factory):
     (folder / "images").mkdir(parents=True)
     for s in chosen:
         shutil.copy(s.image, folder / "images" / f"{s.id}.jpg")
-    write_cosmos(folder, [(s.id, {}, conversation(s.id, s.system, s.user, s.answer)) for s in chosen])
+    write_cosmos(folder, [(s.id, {}, conversation(f"images/{s.id}.jpg", s.system, s.user, s.answer)) for s in chosen])
     return folder.parent
 
 

@@ -35,14 +35,17 @@ class Sample:
     answer: str
 
 
-def conversation(sample_id: str, system: str, user: str, answer: str) -> list[dict[str, Any]]:
-    """System (absent when ``system`` is empty), user (image, then text) and assistant turns."""
-    return [
-        *([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []),
-        {"role": "user", "content": [{"type": "image", "image": f"images/{sample_id}.jpg"},
-                                     {"type": "text", "text": user}]},
-        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-    ]
+def conversation(image: str, system: str, user: str, answer: str | None = None) -> list[dict[str, Any]]:
+    """The one conversation of a sample, for the dataset files, training, inference and the token
+    budget alike: system (absent when ``system`` is empty), user (the image at path ``image``,
+    then the text) and the assistant's answer (absent when ``answer`` is None: a prompt)."""
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": user}]})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
 
 
 def write_cosmos(folder: Path, entries: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> None:

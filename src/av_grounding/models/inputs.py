@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..dataset.formats import Sample
+from ..dataset.formats import Sample, conversation
 from ..errors import PipelineError
 
 IMAGE_PAD = "<|image_pad|>"
@@ -35,14 +35,8 @@ class TemplateError(PipelineError, ValueError):
 
 
 def messages_of(sample: Sample, with_answer: bool) -> list[dict[str, Any]]:
-    """The conversation of a sample: system (only when the sample has a system prompt), user
-    (the image, then the text) and, ``with_answer``, the assistant's answer."""
-    messages = [{"role": "system", "content": [{"type": "text", "text": sample.system}]}] if sample.system else []
-    messages.append({"role": "user", "content": [{"type": "image", "image": str(sample.image)},
-                                                 {"type": "text", "text": sample.user}]})
-    if with_answer:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": sample.answer}]})
-    return messages
+    """The sample's conversation (``dataset.formats.conversation``), with the answer or as a prompt."""
+    return conversation(str(sample.image), sample.system, sample.user, sample.answer if with_answer else None)
 
 
 @dataclass

@@ -204,7 +204,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         all_answers.append(exact)
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
         per_split[split].append((sample, {**annotation_record(record, boxes), "tokens": budget},
-                                 conversation(sid, system, prompts.user, answer)))
+                                 conversation(f"images/{sid}.jpg", system, prompts.user, answer)))
         image_sources[sid] = (record["image_shard"], record["image_member"])
     check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)

@@ -79,8 +79,10 @@ def write_conversations(params: TrainParams, fmt: FormatParams, base: Path | str
     encoder = Encoder(load_tokenizer(base), load_image_processor(base), fmt.min_pixels, fmt.max_pixels,
                       fmt.model_max_length)
     kept, over_budget = within_budget(encoder, read_cosmos(dataset / "train"))
+    # cosmos-rl's packer reads string contents and the image's pixel budget from its part; the
+    # turns are those of dataset.formats.conversation (no system turn without a system prompt).
     lines = [json.dumps([
-        {"role": "system", "content": sample.system},
+        *([{"role": "system", "content": sample.system}] if sample.system else []),
         {"role": "user", "content": [
             {"type": "image", "image": relative(sample.image, run), "min_pixels": fmt.min_pixels,
              "max_pixels": fmt.max_pixels},
