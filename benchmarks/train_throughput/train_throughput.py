@@ -109,26 +109,10 @@ def config_of(shape: str):
             vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
                                patch_size=16, num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17]),
             **special)
-    untied = {**special, "tie_word_embeddings": False}
-    if shape == "7b":
-        return Qwen2_5_VLConfig(
-            text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
-                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                              "mrope_section": [16, 24, 24]}),
-            vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                               fullatt_block_indexes=[7, 15, 23, 31], window_size=112),
-            **untied)
-    if shape == "8b":
-        return Qwen3VLConfig(
-            text_config=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                             num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                             max_position_embeddings=262144,
-                             rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
-                                              "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
-            vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
-                               patch_size=16, num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
-            **untied)
+    if shape in ("7b", "8b"):  # the published shapes, as models/hub.py writes their config.json
+        from av_grounding.models.hub import config_object
+
+        return config_object("qwen2_5_vl" if shape == "7b" else "qwen3_vl")
     return builtin_config(shape)
 
 
