@@ -21,6 +21,7 @@ from av_grounding.dataset.prompts import load_prompts
 from av_grounding.models.builtin import build_builtin
 from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams, TrainParams
+from av_grounding.pipeline.reporting import report_hooks
 from av_grounding.training.config import resolved
 from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, prepare_run, train_cosmos_rl
 
@@ -151,7 +152,7 @@ def test_a_run_that_exports_nothing_is_an_error_naming_the_log(dataset, base, tm
     crashed = _executable(tmp_path, "print('worker 0: CUDA error: out of memory')\n")
     params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=crashed))
     with pytest.raises(CosmosRLError, match=r"(?s)cosmos-rl\.log.*exited with code 0.*out of memory"):
-        train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", tmp_path / "live")
+        train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", report_hooks(tmp_path / "live", None))
 
 
 def test_exports_left_by_a_crashed_attempt_do_not_count_as_success(dataset, base, tmp_path):
@@ -163,14 +164,14 @@ def test_exports_left_by_a_crashed_attempt_do_not_count_as_success(dataset, base
     failing = _executable(tmp_path, "import sys\nprint('Process exited as soon as launched')\nsys.exit(1)\n")
     params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=failing))
     with pytest.raises(CosmosRLError, match=r"(?s)exited with code 1.*before this run: 20, after: 20.*as soon as"):
-        train_cosmos_rl(params, FORMAT, base, dataset, output, tmp_path / "live")
+        train_cosmos_rl(params, FORMAT, base, dataset, output, report_hooks(tmp_path / "live", None))
     assert not (output / "model").exists()
 
 
 def test_missing_executable_is_a_clear_error(dataset, base, tmp_path):
     params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=str(tmp_path / "nowhere" / "cosmos-rl")))
     with pytest.raises(CosmosRLError, match=r"cosmos_rl_executable.*not found"):
-        train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", tmp_path / "live")
+        train_cosmos_rl(params, FORMAT, base, dataset, tmp_path / "train", report_hooks(tmp_path / "live", None))
 
 
 def test_exports_are_placed_where_infer_loads_models(dataset, base, tmp_path):
@@ -189,8 +190,12 @@ def test_exports_are_placed_where_infer_loads_models(dataset, base, tmp_path):
         "                    ignore=shutil.ignore_patterns('tokenizer*', 'preprocessor*', 'chat_template*'))\n"))
     output = tmp_path / "train"
     params = resolved(TrainParams(backend="cosmos-rl", cosmos_rl_executable=exporter))
-    summary = train_cosmos_rl(params, FORMAT, base, dataset, output, tmp_path / "live")
+    summary = train_cosmos_rl(params, FORMAT, base, dataset, output,
+                              report_hooks(tmp_path / "live", tmp_path / "timing.json"))
     assert (summary["steps"], summary["backend"], summary["final_loss"]) == (4, "cosmos-rl", 0.75)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["per_step"]["step"] == [2, 4] and timing["step_seconds"] == 0.5  # cosmos-rl's step timer
+    assert timing["model_tflops_per_s"] is None  # not counted for cosmos-rl
     loss = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     # DVCLive numbers optimizer steps from 0 for both backends: cosmos-rl's "Step: 2" (two steps done) logs at 1.
     assert [line.split("\t")[:2] for line in loss[1:]] == [["1", "1.5"], ["3", "0.75"]]

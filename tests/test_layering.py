@@ -1,5 +1,5 @@
 """The package keeps its floors: ``pipeline/`` (one module per stage) on top of libraries that
-write no metrics files, no import cycle, and no arrow running back up.
+write no metrics files, DVCLive curves or timing files, no import cycle, and no arrow running back up.
 
 Imports are read with ``ast`` (``av_grounding.sources``, function-level imports included), never
 executed. A module's own enclosing packages are not counted as its dependencies: Python runs
@@ -99,31 +99,41 @@ def test_only_the_cli_runs_the_pipeline_and_nothing_imports_it():
     assert not importers, importers
 
 
-def writes_metrics(path: Path) -> list[str]:
-    """Where a module takes or writes a metrics file: a parameter named ``metrics`` annotated as a
-    path, or ``write_json(metrics, ...)``."""
+REPORTS = ("metrics", "timing", "live", "live_dir")  # the stages' report paths, as their parameters are named
+
+
+def writes_reports(path: Path) -> list[str]:
+    """Where a module takes or writes a stage's report: a parameter named as one of REPORTS and
+    annotated as a path, ``write_json(<one of REPORTS>, ...)``, or an import of DVCLive."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
-                if arg.arg == "metrics" and arg.annotation is not None and "Path" in ast.unparse(arg.annotation):
-                    found.append(f"{path.name}:{node.lineno} {node.name}(metrics: {ast.unparse(arg.annotation)})")
+                if arg.arg in REPORTS and arg.annotation is not None and "Path" in ast.unparse(arg.annotation):
+                    found.append(f"{path.name}:{node.lineno} {node.name}({arg.arg}: {ast.unparse(arg.annotation)})")
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "write_json"
-                and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "metrics"):
-            found.append(f"{path.name}:{node.lineno} write_json(metrics, ...)")
+                and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in REPORTS):
+            found.append(f"{path.name}:{node.lineno} write_json({node.args[0].id}, ...)")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            found += [f"{path.name}:{node.lineno} import {name}" for name in names if name.split(".")[0] == "dvclive"]
     return found
 
 
-def test_the_checker_sees_a_metrics_writer(tmp_path):
+def test_the_checker_sees_a_report_writer(tmp_path):
     source = tmp_path / "stage.py"
-    source.write_text("def stage(params, metrics: Path | None = None):\n    write_json(metrics, {})\n")
-    assert writes_metrics(source) == ["stage.py:1 stage(metrics: Path | None)", "stage.py:2 write_json(metrics, ...)"]
+    source.write_text("def stage(params, metrics: Path | None = None, live_dir: Path = None):\n"
+                      "    from dvclive import Live\n    write_json(metrics, {})\n    write_json(timing, {})\n")
+    assert writes_reports(source) == ["stage.py:1 stage(metrics: Path | None)", "stage.py:1 stage(live_dir: Path)",
+                                      "stage.py:2 import dvclive", "stage.py:3 write_json(metrics, ...)",
+                                      "stage.py:4 write_json(timing, ...)"]
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith(PIPELINE)))
-def test_no_library_module_writes_a_metrics_file(module):
-    found = writes_metrics(MODULES[module])
-    assert not found, f"{module} takes or writes a metrics file, which only pipeline/ does: {found}"
+def test_no_library_module_writes_a_stage_report(module):
+    """Metrics files, DVCLive curves and timing files are written by ``pipeline/`` alone."""
+    found = writes_reports(MODULES[module])
+    assert not found, f"{module} takes or writes a stage's report, which only pipeline/ does: {found}"
 
 
 @pytest.mark.parametrize("lower, upper", [("models", "training"), ("dataset", "models"),

@@ -162,10 +162,11 @@ def test_timing_reports_model_flops_counted_from_each_steps_batches(model, few, 
     from transformers import AutoConfig
 
     from av_grounding.models.flops import counts_of_batch, training_flops
-    from av_grounding.training import hf, loop
+    from av_grounding.pipeline import reporting
+    from av_grounding.training import hf
 
     yielded, records = [], []
-    real_loader, real_record = hf.step_loader, loop.timing_record
+    real_loader, real_record = hf.step_loader, reporting.timing_record
 
     def recording_loader(*args, **kwargs):
         for batch in real_loader(*args, **kwargs):
@@ -177,7 +178,7 @@ def test_timing_reports_model_flops_counted_from_each_steps_batches(model, few, 
         return real_record(results, *args)
 
     monkeypatch.setattr(hf, "step_loader", recording_loader)
-    monkeypatch.setattr(loop, "timing_record", recording_record)
+    monkeypatch.setattr(reporting, "timing_record", recording_record)
     params = TrainParams(model=model, max_steps=2, batch_size=1, grad_accum=2, save_every=0,
                          gradient_checkpointing=True)
     summary = train(params, format_for(model), few, tmp_path / "out", tmp_path / "train.json", tmp_path / "live",
@@ -205,7 +206,8 @@ def test_timing_reports_model_flops_counted_from_each_steps_batches(model, few, 
 
 def test_timing_record_rates_and_datasheet_mfu():
     from av_grounding.models.flops import DATASHEET_BF16
-    from av_grounding.training.loop import StepResult, timing_record
+    from av_grounding.pipeline.reporting import timing_record
+    from av_grounding.training.loop import StepResult
 
     steps = [StepResult(1, 1.0, 1.0, 1e-3, 3.0, 4, 100, 6e12, 2e12), StepResult(2, 1.0, 1.0, 1e-3, 1.0, 4, 100, 2e12)]
     record = timing_record(steps, 5.0, "NVIDIA H200", DATASHEET_BF16["NVIDIA H200"])

@@ -18,6 +18,7 @@ from ..evaluation.table import headline as headline_metrics
 from ..evaluation.table import results_markdown
 from ..params import EvaluateParams
 from ..storage import atomic_write_bytes, write_json
+from .outputs import write_report
 
 
 def _columns(predictions: Path) -> dict[str, int]:
@@ -119,10 +120,8 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
         result, data = evaluate_frames(frames, config)
         results[name] = result.serialize()
         final = (name, frames, data)
-    if metrics:
-        write_json(metrics, results)
-    if headline:
-        write_json(headline, headline_metrics(results))
+    write_report(metrics, results)
+    write_report(headline, headline_metrics(results))
     if plots and final:
         write_plots(results, steps, final, dataset / "eval" / "images", plots, params.overlays)
     return results

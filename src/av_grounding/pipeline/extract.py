@@ -37,7 +37,7 @@ from ..executors import Failure, Outcome, run_items
 from ..params import ExtractParams, ParamsError
 from ..sources import code_digest
 from ..storage import StorageError, file_digest, filesystem, is_local, reading, remove_partials, write_json
-from .outputs import RESULT, Manifest
+from .outputs import RESULT, Manifest, write_report
 
 MANIFEST_PARAMS = ("camera_model", "skip_frames", "jpeg_quality")  # what shapes an item's output
 
@@ -332,10 +332,8 @@ def extract(params: ExtractParams, output: Path, metrics: Path | None = None,
         "strategy": dict(sorted(strategies.items())),
     }
     write_json(output / "failures.json", report)
-    if metrics:
-        write_json(metrics, summary)
-    if timing:
-        write_json(timing, curation_rate(outcome, params.executor))
+    write_report(metrics, summary)
+    write_report(timing, curation_rate(outcome, params.executor))
     frame_failures = [Failure(f"{f['item']} frame {f['frame']}", f["error"]) for f in report["frames"]]
     lacking = [Failure(m["item"], m["error"]) for m in report["missing_frames"]]  # one line per item
     lost = [*(f.describe() for f in frame_failures),  # failed and missing frames count alike

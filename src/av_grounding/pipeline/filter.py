@@ -9,7 +9,8 @@ from typing import Any
 from ..curation.filters import REASONS, filter_file, score_against_truth
 from ..curation.records import map_record_files
 from ..params import FilterParams
-from ..storage import atomic_folder, write_json
+from ..storage import atomic_folder
+from .outputs import write_report
 
 
 def filter_boxes(params: FilterParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
@@ -47,6 +48,5 @@ def filter_boxes(params: FilterParams, input: Path, output: Path, metrics: Path 
                                "removed_types": dict(sorted(unmapped.items()))}
     if any(truth is not None for _, truth in scored):
         summary["against_render_truth"] = score_against_truth(scored, params)
-    if metrics:
-        write_json(metrics, summary)
+    write_report(metrics, summary)
     return summary

@@ -37,6 +37,7 @@ from ..models.inputs import IGNORE, Encoder
 from ..params import FormatParams, ParamsError
 from ..shards import ShardReader
 from ..storage import atomic_folder, atomic_write_bytes, write_json
+from .outputs import write_report
 
 # The recipe's own sample box (seed, "Annotation Format"), for comparable token figures.
 RECIPE_SAMPLE_BOX = [{"bbox_3d": [-8.962420703794697, -0.15224466668225012, 18.004403863124224, 5.301581382751465,
@@ -253,8 +254,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             },
         },
     }
-    if metrics:
-        write_json(metrics, summary)
+    write_report(metrics, summary)
     if plots:
         plot_answer_tokens(answer_token_counts, plots)
     tokens.print_image_budget({(r["width"], r["height"]) for r in frames}, params.model_family, params.min_pixels,

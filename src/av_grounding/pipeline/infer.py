@@ -35,7 +35,7 @@ from ..params import FormatParams, InferParams, ParamsError
 from ..sources import code_digest
 from ..storage import folder_digest, remove_partials, write_json
 from ..training.loop import step_folders
-from .outputs import Manifest
+from .outputs import Manifest, write_report
 
 MANIFESTS = "manifests"
 
@@ -194,8 +194,6 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
         times[column] = infer_column(params, fmt, prompted[column], source, output / column, expected, device,
                                      reasoning_record(params.reasoning, instructions[column], with_text=False))
         summary[column] = {"step": step, "frames": len(samples)}
-    if metrics:
-        write_json(metrics, summary)
-    if timing:
-        write_json(timing, times)
+    write_report(metrics, summary)
+    write_report(timing, times)
     return {column: {**summary[column], **times[column]} for column in summary}

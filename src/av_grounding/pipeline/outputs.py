@@ -1,5 +1,7 @@
-"""One rule for every reuse decision of a resumable stage: a manifest records what an output was
-made from, and the output is reused only while that equals what this run would make it from.
+"""What every stage writes besides its data: its reports (``write_report``: the metrics file DVC
+tracks, the timing file), and for a resumable stage one rule for every reuse decision: a manifest
+records what an output was made from, and the output is reused only while that equals what this
+run would make it from.
 
 ``extract`` keeps one per item (``manifests/<clip_id>/<camera>.json``, written last, with the
 item's result), ``train`` one per run (``inputs.json``, written first), ``infer`` one per column
@@ -16,6 +18,14 @@ from typing import Any
 from ..storage import as_stored, stored_json, write_json
 
 RESULT = "result"  # the key under which ``finish`` stores what the output holds
+
+
+def write_report(path: Path | None, content: Any) -> None:
+    """A stage's report (its summary as the metrics file, or its timing file) written as strict,
+    canonical JSON (``storage.write_json``, atomically) where the caller gave its path; nothing
+    where it gave None (a stage run from Python for its return value)."""
+    if path is not None:
+        write_json(path, content)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..executors import run_items
 from ..params import ParamsError, SynthesizeParams
-from ..storage import atomic_folder, write_json
+from ..storage import atomic_folder
 from ..synth.clips import mount_of, write_clip
+from .outputs import write_report
 
 
 def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = None) -> dict:
@@ -49,6 +50,5 @@ def synthesize(params: SynthesizeParams, output: Path, metrics: Path | None = No
     summary = {"clips": len(summaries), "cameras": len(params.cameras),
                "video_frames": sum(s["frames"] for s in summaries) * len(params.cameras),
                "tracks": sum(s["tracks"] for s in summaries)}
-    if metrics:
-        write_json(metrics, summary)
+    write_report(metrics, summary)
     return summary

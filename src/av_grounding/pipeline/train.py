@@ -37,7 +37,8 @@ from ..storage import dumps_json, folder_digest, remove_partials, stored_json, w
 from ..training import distributed
 from ..training.config import resolved
 from ..training.cosmos_rl import RUN_FOLDER
-from .outputs import Manifest
+from .outputs import Manifest, write_report
+from .reporting import report_hooks
 
 INPUTS = "inputs.json"
 
@@ -255,19 +256,19 @@ def train(params: TrainParams, fmt: FormatParams, dataset: Path, output: Path, m
         distributed.barrier()
     else:
         base = base_model(params, fmt, output)
+    hooks = report_hooks(live, timing)
     if params.backend == "hf":
         from ..training.hf import train_hf
 
-        summary = train_hf(params, fmt, base, dataset, output, live, timing)
+        summary = train_hf(params, fmt, base, dataset, output, hooks)
     else:
         from ..training.cosmos_rl import train_cosmos_rl
 
-        summary = train_cosmos_rl(params, fmt, base, dataset, output, live, timing)
+        summary = train_cosmos_rl(params, fmt, base, dataset, output, hooks)
     summary["model"] = params.model
     summary["lr"] = params.lr
     if rank == 0:
         write_json(output / "run.json", {"base": str(base), "steps": summary["steps"],
                                          "inputs_sha256": hashlib.sha256(dumps_json(inputs).encode()).hexdigest()})
-        if metrics:
-            write_json(metrics, summary)
+        write_report(metrics, summary)
     return summary

@@ -9,7 +9,8 @@ from typing import Any
 from ..curation.records import map_record_files
 from ..curation.transform import transform_file
 from ..params import TransformParams
-from ..storage import atomic_folder, write_json
+from ..storage import atomic_folder
+from .outputs import write_report
 
 
 def transform(params: TransformParams, input: Path, output: Path, metrics: Path | None = None) -> dict[str, Any]:
@@ -33,6 +34,5 @@ def transform(params: TransformParams, input: Path, output: Path, metrics: Path 
     with atomic_folder(output) as folder:  # replaced whole: no stale or half-written records
         counts = map_record_files(transform_file, (params.codec,), input, folder, params.workers, "transform")
     summary = {"frames": sum(f for f, _ in counts), "boxes": sum(b for _, b in counts), "codec": params.codec}
-    if metrics:
-        write_json(metrics, summary)
+    write_report(metrics, summary)
     return summary

@@ -17,7 +17,8 @@ from ..curation.records import iter_records
 from ..curation.validate import Finding, ValidationError, check_record, draw_boxes
 from ..params import ValidateParams
 from ..shards import ShardError, ShardReader
-from ..storage import atomic_write_bytes, write_json
+from ..storage import atomic_write_bytes
+from .outputs import write_report
 
 SHOWN_WORST = 5  # clips, and frames or boxes, named in metrics and messages
 
@@ -139,8 +140,7 @@ def validate(params: ValidateParams, input: Path, images: Path, plots: Path,
             if record["objects"] and not any(f.problem and f.residual_px is None for f in findings):
                 drawable.append(record)
     summary = summarise(frames, draw_sample(drawable, params, images, plots))
-    if metrics:
-        write_json(metrics, summary)
+    write_report(metrics, summary)
     failing = [f for frame in frames for f in frame if f.problem is not None]
     if failing:
         raise ValidationError(failure_message(failing, sum(len(frame) for frame in frames), metrics)

@@ -25,7 +25,8 @@ import re
 import shutil
 import signal
 import subprocess
-import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,9 @@ from ..errors import PipelineError
 from ..models.inputs import BudgetError, Encoder, within_budget
 from ..params import FormatParams, TrainParams
 from ..processes import signal_on_parent_death
-from ..storage import atomic_folder, atomic_write_bytes, write_json
+from ..storage import atomic_folder, atomic_write_bytes
 from .data import global_batch
-from .loop import StepResult, log_step, step_folder, step_folders, timing_record
+from .loop import HookBase, StepResult, step_folder, step_folders
 
 RUN_FOLDER = "cosmos-rl"
 # With an explicit timestamp cosmos-rl writes straight into output_dir (<output_dir>/safetensors/
@@ -191,26 +192,31 @@ def training_curve(log: Path) -> dict[int, dict[str, float]]:
     return dict(sorted(curve.items()))
 
 
-def log_curve(curve: dict[int, dict[str, float]], samples_per_step: int, live_dir: Path, timing: Path | None,
-              wall_s: float) -> None:
-    """cosmos-rl's steps to DVCLive, and their times (its step timer) to the timing file."""
-    from dvclive import Live
+@dataclass
+class ExternalRun:
+    """cosmos-rl's run as the hooks see it (``loop.RunState``): rank 0 of this process, the
+    last step it reported (0 before it starts: its log is replayed whole, the steps of a crashed
+    earlier attempt included, so the curve is rewritten rather than continued), its last step;
+    its device and precision are cosmos-rl's own."""
 
-    results = [StepResult(step, values["loss"], values["grad_norm"], values["lr"], values["seconds"], samples_per_step)
-               for step, values in curve.items()]
-    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        for result in results:
-            log_step(live, result)
-    if timing is not None:
-        write_json(timing, timing_record(results, wall_s))
+    total: int
+    step: int = 0
+    rank: int = 0
+    device: str = "cosmos-rl"
+    bf16: bool = False
 
 
-def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
-    """Run cosmos-rl in the run folder, its output teed to the log; returns exit code and seconds."""
+def step_results(curve: dict[int, dict[str, float]], samples_per_step: int) -> list[StepResult]:
+    """cosmos-rl's logged steps as ``StepResult`` (its step timer's seconds; tokens and FLOPs unknown)."""
+    return [StepResult(step, values["loss"], values["grad_norm"], values["lr"], values["seconds"], samples_per_step)
+            for step, values in curve.items()]
+
+
+def run_cosmos_rl(executable: str, run: Path) -> int:
+    """Run cosmos-rl in the run folder, its output teed to the log; returns its exit code."""
     if shutil.which(executable) is None:
         raise CosmosRLError(f"train.cosmos_rl_executable {executable!r} not found: install cosmos-rl in its own "
                             "environment (it needs transformers<5 and av<19) and point the param at its launcher")
-    started = time.perf_counter()
     with open(run / LOG, "a") as log:  # a resumed run adds to the log of the crashed one
         process = subprocess.Popen([executable, "--config", "run.toml", SCRIPT], cwd=run, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -226,7 +232,7 @@ def run_cosmos_rl(executable: str, run: Path) -> tuple[int, float]:
             process.terminate()
             process.wait()
             raise
-    return code, time.perf_counter() - started
+    return code
 
 
 def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
@@ -246,21 +252,32 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
 
 
 def train_cosmos_rl(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path,
-                    output: Path, live_dir: Path, timing: Path | None = None) -> dict[str, Any]:
+                    output: Path, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
     """The cosmos-rl backend: prepare the run folder (``prepare_run``; ``params`` resolved by the
-    caller), run cosmos-rl, and turn its exports and log into checkpoints, DVCLive curves and
-    the run's summary."""
+    caller), run cosmos-rl, and turn its exports into checkpoints and the run's summary. The
+    ``hooks`` (the stage's reporting) bracket the run and see each step of its log
+    (``step_results``: every step logged so far, also those of a crashed earlier attempt)."""
     run, budget = prepare_run(params, fmt, base, dataset, output)
     before = max(exported_steps(run), default=0)  # exports of a crashed earlier attempt
-    code, seconds = run_cosmos_rl(params.cosmos_rl_executable, run)
-    exports = exported_steps(run)
-    if code != 0 or max(exports, default=0) <= before:
-        tail = (run / LOG).read_text(errors="replace").splitlines()[-25:]
-        raise CosmosRLError(f"{run / LOG}: cosmos-rl exited with code {code} and exported no new safetensors under "
-                            f"{run / OUTPUTS / 'safetensors'} (newest step before this run: {before}, after: "
-                            f"{max(exports, default=0)}); its last lines:\n" + "\n".join(tail))
-    curve = training_curve(run / LOG)
-    log_curve(curve, global_batch(params.batch_size, params.grad_accum, params.gpus), live_dir, timing, seconds)
+    seen = ExternalRun(params.max_steps or 0)
+    for hook in hooks:
+        hook.before_train(seen)
+    try:
+        code = run_cosmos_rl(params.cosmos_rl_executable, run)
+        exports = exported_steps(run)
+        if code != 0 or max(exports, default=0) <= before:
+            tail = (run / LOG).read_text(errors="replace").splitlines()[-25:]
+            raise CosmosRLError(f"{run / LOG}: cosmos-rl exited with code {code} and exported no new safetensors "
+                                f"under {run / OUTPUTS / 'safetensors'} (newest step before this run: {before}, "
+                                f"after: {max(exports, default=0)}); its last lines:\n" + "\n".join(tail))
+        curve = training_curve(run / LOG)
+        for result in step_results(curve, global_batch(params.batch_size, params.grad_accum, params.gpus)):
+            seen.step = result.step
+            for hook in hooks:
+                hook.after_step(seen, result)
+    finally:
+        for hook in hooks:
+            hook.after_train(seen)
     *earlier, last = exports
     for step in earlier:
         place_export(exports[step], base, step_folder(output / "checkpoints", step))

@@ -9,9 +9,10 @@ paths: one process (``SingleProcessTrainer``), data parallel over the processes 
 launch (``DataParallelTrainer``: a whole replica per GPU, for models that fit one) and DeepSpeed
 ZeRO-3 (``ZeRO3Trainer``: for models that do not). Checkpoints are Hugging Face folders (weights,
 tokenizer, image processor) plus ``trainer_state.pt``; a rerun resumes from the newest complete one
-and ends with the same weights as an uninterrupted run. DVCLive logs loss, learning rate and
-gradient norm per optimizer step; the timing file their wall time, samples/s, tokens/s and the
-model FLOP/s of rank 0 (``step_flops``: counted from the operations, ``models.flops``).
+and ends with the same weights as an uninterrupted run. Each step's ``StepResult`` (loss,
+learning rate, gradient norm, time, samples, tokens and rank 0's model FLOPs, ``step_flops``:
+counted from the operations, ``models.flops``) goes to the caller's hooks: the `train` stage's
+DVCLive curve and timing file (``pipeline/reporting.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import copy
 import io
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,9 @@ from .data import StepPlan, loader_workers, step_loader
 from .loop import (
     STATE_FILE,
     CheckpointHook,
-    LiveHook,
+    HookBase,
     ProgressHook,
     StepResult,
-    TimingHook,
     Trainer,
     latest_checkpoint,
     save_folder,
@@ -389,15 +390,14 @@ def _setup_optimizer(model, params: TrainParams, process: Process, examples: lis
     return optimizer, plan, total, scheduler
 
 
-def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: int, output: Path, live_dir: Path,
-                   timing: Path | None, resume_from: Path | None) -> Trainer:
-    """The trainer of the execution path with its hooks (DVCLive, checkpoints, timing, progress),
-    resumed from ``resume_from`` when there is one."""
+def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: int, output: Path,
+                   hooks: Sequence[HookBase], resume_from: Path | None) -> Trainer:
+    """The trainer of the execution path with its hooks (checkpoints, progress, then the caller's
+    ``hooks``), resumed from ``resume_from`` when there is one."""
     bf16 = process.ds_config["bf16"]["enabled"] if process.ds_config else process.device != "cpu" and params.bf16
-    hooks = [LiveHook(live_dir, resume_from is not None), CheckpointHook(output / "checkpoints", params.save_every),
-             TimingHook(timing, process.device, bf16), ProgressHook()]
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
-                  hooks=hooks, rank=process.rank)
+                  hooks=[CheckpointHook(output / "checkpoints", params.save_every), ProgressHook(), *hooks],
+                  rank=process.rank, device=process.device, bf16=bf16)
     trainer: Trainer
     if process.ds_config is not None:
         from . import zero3 as ds
@@ -414,11 +414,12 @@ def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: i
     return trainer
 
 
-def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path, output: Path, live_dir: Path,
-             timing: Path | None = None) -> dict[str, Any]:
+def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: Path, output: Path,
+             hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
     """Fine-tune ``base`` on ``dataset``'s training split with resolved ``params`` (the recipe:
     process, model, data, optimizer, trainer, in that order), resuming from the newest checkpoint
-    under ``output/checkpoints``; the final model goes to ``output/model``. Returns the run's
+    under ``output/checkpoints``; the final model goes to ``output/model``. ``hooks`` (the
+    stage's reporting) run after the trainer's own (checkpoints, progress). Returns the run's
     summary (steps, samples, samples over the budget, skipped steps, trainable parameters,
     device, processes, loader workers, peak GPU memory in GiB)."""
     process = _setup_process(params)
@@ -427,7 +428,7 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: 
     encoder, examples, over_budget = _setup_data(loaded, fmt, dataset)
     optimizer, plan, total, scheduler = _setup_optimizer(model, params, process, examples, dataset)
     setup = Setup(loaded, model, optimizer, scheduler, process.device, process.world, params.gradient_checkpointing)
-    trainer = _setup_trainer(params, setup, process, total, output, live_dir, timing, resume_from)
+    trainer = _setup_trainer(params, setup, process, total, output, hooks, resume_from)
     workers = loader_workers(params.loader_workers, process.device)
     model.train()
     trainer.train(step_loader(encoder, examples, plan, process.rank, trainer.step, total, workers,

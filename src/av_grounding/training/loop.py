@@ -1,8 +1,9 @@
 """One training loop for every execution path, in the manner of detectron2's ``engine/train_loop``:
 ``Trainer.train()`` iterates optimizer steps; each execution path (one process, DeepSpeed
 ZeRO-3) implements only ``run_step()`` and how it saves; checkpoints and DVCLive logging are
-hooks. Also here, shared with the cosmos-rl backend: the step folder names and the per-step
-DVCLive record.
+hooks (the ones writing the stage's reports, DVCLive and the timing file, are the pipeline's:
+``pipeline/reporting.py``). Also here, shared with the cosmos-rl backend: the step folder names
+and ``StepResult``.
 
 A non-finite loss or gradient norm never passes silently: the step's update is skipped and
 counted, and once more than ``max_nonfinite_steps`` such steps happened (default 0: the first)
@@ -22,18 +23,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 import torch
 from tqdm import tqdm
 
 from ..errors import PipelineError
-from ..models.flops import DATASHEET_BF16, mfu
 from ..models.loading import make_portable
-from ..storage import atomic_folder, write_json
-
-if TYPE_CHECKING:
-    from dvclive import Live
+from ..storage import atomic_folder
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
@@ -83,64 +80,6 @@ class StepResult:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
-def log_step(live, result: StepResult) -> None:
-    """One DVCLive step (numbered by optimizer step from 0, also after a resume): what the step
-    computed, the same on every run. Its wall time goes to the timing file (``timing_record``)."""
-    live.step = result.step - 1
-    live.log_metric("train/loss", result.loss)
-    live.log_metric("train/lr", result.lr)
-    live.log_metric("train/grad_norm", result.grad_norm)
-    live.next_step()
-
-
-def _rate(count: float | None, seconds: float) -> float | None:
-    return round(count / seconds, 3) if count is not None and seconds > 0 else None
-
-
-def _tflops(flops: float, seconds: float) -> float | None:
-    """TFLOP/s to 4 significant digits (not a fixed number of decimals: a tiny model on a CPU runs
-    well below 0.001; the file then keeps 6 decimals, ``storage.canonical``), None where nothing
-    was counted."""
-    return float(f"{flops / seconds / 1e12:.4g}") if flops > 0 and seconds > 0 else None
-
-
-def timing_record(results: list[StepResult], wall_s: float, device: str | None = None,
-                  peak_flops_per_s: float | None = None) -> dict[str, Any]:
-    """What ``metrics/timing/train.json`` holds: the run's wall time, its overall samples/s and
-    tokens/s over the steps it ran (a resumed run: the steps after the resume; the first step,
-    warm-up included, counts like the others), and per step (columns ``step``, ``seconds``,
-    ``samples_per_s``, ``tokens_per_s``, ``model_tflops_per_s``). Rates are None where the step's
-    tokens are unknown.
-
-    ``model_tflops_per_s``: the model FLOPs of the steps (``StepResult.flops``: counted from the
-    operations, forward + backward, without checkpointing's recomputation) per second of step
-    time, of ONE process (rank 0's micro-batches on its device: with N processes the run does
-    about N times as much); None where not counted (cosmos-rl). ``recompute_tflops_per_s``
-    (only with activation checkpointing): the re-run forward FLOPs alone per second, so the two
-    add up to what the device executed. ``device``: the card's name (GPU runs);
-    ``mfu_datasheet``: ``model_tflops_per_s`` over ``peak_flops_per_s`` (the datasheet's bf16
-    rate, ``models.flops.DATASHEET_BF16``), only where that peak is known."""
-    seconds = sum(r.seconds for r in results)
-    tokens = None if any(r.tokens is None for r in results) else sum(r.tokens or 0 for r in results)
-    flops, recomputed = sum(r.flops for r in results), sum(r.recomputed_flops for r in results)
-    record: dict[str, Any] = {"wall_s": round(wall_s, 2), "steps_run": len(results), "step_seconds": round(seconds, 2),
-              "samples_per_s": _rate(sum(r.samples for r in results), seconds), "tokens_per_s": _rate(tokens, seconds),
-              "model_tflops_per_s": _tflops(flops, seconds)}
-    if flops > 0:
-        record["tflops_per_s_of"] = "one process (rank 0), its own micro-batches"
-    if recomputed > 0:
-        record["recompute_tflops_per_s"] = _tflops(recomputed, seconds)
-    if device is not None:
-        record["device"] = device
-    if peak_flops_per_s and flops > 0 and seconds > 0:
-        record["mfu_datasheet"] = round(mfu(flops, seconds, peak_flops_per_s), 4)
-    record["per_step"] = {"step": [r.step for r in results], "seconds": [round(r.seconds, 4) for r in results],
-                          "samples_per_s": [_rate(r.samples, r.seconds) for r in results],
-                          "tokens_per_s": [_rate(r.tokens, r.seconds) for r in results],
-                          "model_tflops_per_s": [_tflops(r.flops, r.seconds) for r in results]}
-    return record
-
-
 def canonical(state: Any) -> Any:
     """``state`` with every dict's keys in sorted order (ints before strings) and every string
     interned, recursively, so that ``torch.save`` writes the same bytes for the same content: a
@@ -185,16 +124,31 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
+class RunState(Protocol):
+    """What a hook may read of the run it watches: a ``Trainer``, or cosmos-rl's run seen from
+    outside (``training.cosmos_rl.ExternalRun``). ``step``: optimizer steps done (at
+    ``before_train``: where a resumed run starts); ``device``: where rank 0 trains ("cuda:0",
+    "cpu"); ``bf16``: whether the steps compute in bf16 (autocast or bf16 weights)."""
+
+    rank: int
+    step: int
+    total: int
+    device: str
+    bf16: bool
+
+
 class HookBase:
-    """Called by ``Trainer.train`` around the loop and after every optimizer step."""
+    """Called by ``Trainer.train`` around the loop and after every optimizer step (cosmos-rl's
+    backend calls them around its run and once per step of its log). The hooks that write the
+    stage's reports (DVCLive, timing) live in ``pipeline/``; the ones here belong to training."""
 
-    def before_train(self, trainer: Trainer) -> None:
+    def before_train(self, trainer: RunState) -> None:
         pass
 
-    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+    def after_step(self, trainer: RunState, result: StepResult) -> None:
         pass
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer: RunState) -> None:
         pass
 
 
@@ -202,10 +156,11 @@ class Trainer(abc.ABC):
     """Runs optimizer steps from ``step`` (0, or where ``resume`` left it) to ``total - 1``.
     Subclasses implement ``run_step``, saving and resuming."""
 
-    def __init__(self, grad_accum: int, total: int, max_nonfinite_steps: int, hooks: list[HookBase], rank: int = 0):
+    def __init__(self, grad_accum: int, total: int, max_nonfinite_steps: int, hooks: list[HookBase], rank: int = 0,
+                 device: str = "cpu", bf16: bool = False):
         self.grad_accum, self.total, self.step = grad_accum, total, 0
         self.max_nonfinite_steps, self.nonfinite_steps = max_nonfinite_steps, 0
-        self.hooks, self.rank = hooks, rank
+        self.hooks, self.rank, self.device, self.bf16 = hooks, rank, device, bf16
         self.last_checkpoint: Path | None = None
 
     def train(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
@@ -275,7 +230,8 @@ class CheckpointHook(HookBase):
     def __init__(self, root: Path, every: int):
         self.root, self.every = root, every
 
-    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+    def after_step(self, trainer: RunState, result: StepResult) -> None:
+        assert isinstance(trainer, Trainer), "checkpoints are written by this package's trainers"
         if not self.every or result.step % self.every or result.step >= trainer.total:
             return
         folder = step_folder(self.root, result.step)
@@ -288,31 +244,6 @@ class CheckpointHook(HookBase):
                     shutil.rmtree(older / "deepspeed", ignore_errors=True)
 
 
-class TimingHook(HookBase):
-    """The run's timing (``timing_record``: wall time, samples/s, tokens/s, rank 0's model
-    TFLOP/s and, under checkpointing, recompute TFLOP/s) written to ``path`` after training (rank
-    0 only): kept out of DVCLive and the metrics because it differs on every run. On a CUDA
-    ``device`` it names the card, and with ``bf16`` (autocast or bf16 weights) on a card of
-    ``models.flops.DATASHEET_BF16`` adds ``mfu_datasheet``."""
-
-    def __init__(self, path: Path | None, device: str = "cpu", bf16: bool = False):
-        self.path, self.started = path, 0.0
-        self.results: list[StepResult] = []
-        self.device, self.bf16 = device, bf16
-
-    def before_train(self, trainer: Trainer) -> None:
-        self.started = time.perf_counter()
-
-    def after_step(self, trainer: Trainer, result: StepResult) -> None:
-        self.results.append(result)
-
-    def after_train(self, trainer: Trainer) -> None:
-        if self.path is not None and trainer.rank == 0:
-            card = torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else None
-            peak = DATASHEET_BF16.get(card) if card is not None and self.bf16 else None
-            write_json(self.path, timing_record(self.results, time.perf_counter() - self.started, card, peak))
-
-
 class ProgressHook(HookBase):
     """A progress bar of optimizer steps on rank 0 (step, loss, samples/s, elapsed and ETA,
     starting at the step a resumed run starts from). Drawn only where ``file`` is a terminal:
@@ -322,40 +253,17 @@ class ProgressHook(HookBase):
     def __init__(self, file: IO[str] | None = None):
         self.file, self.bar = file, None
 
-    def before_train(self, trainer: Trainer) -> None:
+    def before_train(self, trainer: RunState) -> None:
         if trainer.rank == 0:
             self.bar = tqdm(total=trainer.total, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True,
                             disable=None, file=self.file if self.file is not None else sys.stderr)
 
-    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+    def after_step(self, trainer: RunState, result: StepResult) -> None:
         if self.bar is not None:
             rate = result.samples / max(result.seconds, 1e-9)
             self.bar.set_postfix_str(f"loss {result.loss:.4f}, {rate:.2f} samples/s", refresh=False)
             self.bar.update()
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer: RunState) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-class LiveHook(HookBase):
-    """Loss, learning rate and gradient norm to DVCLive (rank 0 only)."""
-
-    def __init__(self, live_dir: Path, resume: bool):
-        self.live_dir, self.resume = live_dir, resume
-        self.live: Live | None = None
-
-    def before_train(self, trainer: Trainer) -> None:
-        from dvclive import Live
-
-        if trainer.rank == 0:
-            self.live = Live(dir=str(self.live_dir), dvcyaml=None, save_dvc_exp=False, resume=self.resume,
-                             report=None)
-
-    def after_step(self, trainer: Trainer, result: StepResult) -> None:
-        if self.live is not None:
-            log_step(self.live, result)
-
-    def after_train(self, trainer: Trainer) -> None:
-        if self.live is not None:
-            self.live.end()
