@@ -89,6 +89,7 @@ class LiveHook(HookBase):
         self.live: Live | None = None
 
     def before_train(self, trainer: RunState) -> None:
+        """Open the DVCLive run on rank 0 (continuing the curve of a resumed run)."""
         from dvclive import Live
 
         if trainer.rank == 0:
@@ -96,10 +97,12 @@ class LiveHook(HookBase):
                              report=None)
 
     def after_step(self, trainer: RunState, result: StepResult) -> None:
+        """Log the step (``log_step``) on rank 0."""
         if self.live is not None:
             log_step(self.live, result)
 
     def after_train(self, trainer: RunState) -> None:
+        """Close the DVCLive run (its files written), also after a failure."""
         if self.live is not None:
             self.live.end()
 
@@ -114,12 +117,15 @@ class TimingHook(HookBase):
         self.results: list[StepResult] = []
 
     def before_train(self, trainer: RunState) -> None:
+        """Start the wall clock."""
         self.started = time.perf_counter()
 
     def after_step(self, trainer: RunState, result: StepResult) -> None:
+        """Keep the step's result."""
         self.results.append(result)
 
     def after_train(self, trainer: RunState) -> None:
+        """Write the timing file of the steps run (rank 0)."""
         if trainer.rank == 0:
             card = torch.cuda.get_device_name(trainer.device) if trainer.device.startswith("cuda") else None
             peak = DATASHEET_BF16.get(card) if card is not None and trainer.bf16 else None
