@@ -62,6 +62,7 @@ Executor = Literal["local", "ray"]
 CodecName = Literal["cosmos", "qwen3vl"]
 BoxOrder = Literal["nearest", "left_to_right", "track"]
 ModelFamily = Literal["qwen2_5_vl", "qwen3_vl"]
+CameraInput = Literal["none", "prompt", "virtual_camera"]
 Backend = Literal["hf", "cosmos-rl"]
 Preset = Literal["cr1-cosmos-rl", "cr2-cosmos-rl", "cr2-qwen-finetune"]
 Schedule = Literal["cosine", "constant"]
@@ -228,9 +229,18 @@ class FormatParams(Checked):
                             minimum=1)
     model_max_length: int = param(4096, "samples longer than this (prompt + image + answer tokens) are dropped",
                                   minimum=1)
+    camera_input: CameraInput = param(
+        "none", "what tells the model which lens took the image: none; prompt: the intrinsics in the user prompt "
+        "(in the answers' number style); virtual_camera: answer centres in a virtual camera of focal length "
+        "virtual_focal (Omni3D's virtual depth), converted back before evaluation (docs/conventions.md)")
+    virtual_focal: float = param(1.0, "focal length of the virtual camera in image heights (camera_input: "
+                                 "virtual_camera); a lens of this focal length keeps its depths")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.virtual_focal > 0:
+            raise ParamsError(f"format.virtual_focal = {self.virtual_focal}: the virtual camera's focal length must "
+                              "be a positive number of image heights")
         if self.min_pixels > self.max_pixels:
             raise ParamsError(f"format.min_pixels ({self.min_pixels}) exceeds format.max_pixels ({self.max_pixels})")
         if self.eval_clips < 1 and not self.eval_clip_ids:

@@ -12,7 +12,7 @@ Both readers return the same ``Sample`` objects and refuse bad entries with a cl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,17 @@ class DatasetError(PipelineError, ValueError):
 
 @dataclass(frozen=True)
 class Sample:
+    """One training or evaluation sample: its id, the absolute path of its image, the system and
+    user prompts and the answer as the model should write it; ``record``: the Cosmos-RL
+    annotation record it was read from (truth in the real camera, camera, ``virtual_camera``),
+    None for a sample read from the Qwen-VL layout or built in memory."""
+
     id: str
-    image: Path  # absolute path of the image
+    image: Path
     system: str
     user: str
     answer: str
+    record: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def conversation(image: str, system: str, user: str, answer: str | None = None) -> list[dict[str, Any]]:
@@ -117,8 +123,9 @@ def read_cosmos(folder: Path) -> list[Sample]:
         roles = {m.get("role"): m.get("content") for m in conversations[0] if isinstance(m, dict)}
         if not {"user", "assistant"} <= set(roles):
             raise DatasetError(f"{text_path}: conversation needs user and assistant messages")
+        record = {k: v for k, v in document.items() if k != "conversations"} if isinstance(document, dict) else None
         samples.append(Sample(str(entry["id"]), image, _text_of(roles.get("system", "")),
-                              _text_of(roles["user"]), _text_of(roles["assistant"])))
+                              _text_of(roles["user"]), _text_of(roles["assistant"]), record))
     return samples
 
 

@@ -15,6 +15,7 @@ readable file (a folder, a symlink loop) is an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import reprlib
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..dataset.camera_input import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from ..errors import PipelineError
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
 from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
@@ -298,12 +300,28 @@ def _structure(document: Any) -> str:
         else "an empty object"
 
 
+def in_real_camera(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -> ParsedAnswer:
+    """The boxes of an answer written in a virtual camera (the prediction file's
+    ``virtual_camera`` block, ``dataset.camera_input``) moved back into the real camera; the
+    answer as it is when the file has no such block. EvaluationError naming the file for a block
+    without a positive scale."""
+    if VIRTUAL_CAMERA not in document:
+        return parsed
+    try:
+        scale = scale_of(document[VIRTUAL_CAMERA], str(path))
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    return dataclasses.replace(parsed, boxes=boxes_from_virtual(parsed.boxes, scale))
+
+
 def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]:
     """Boxes, their scores and where the scores came from, for one prediction file. The boxes
-    come from ``raw_text`` when the file has it (the model's own answer, parsed), else from
-    ``annotations``; a file that is not JSON is a failed answer (with a warning). EvaluationError
-    naming the file for any other structure (a bare list, ``{}``, ``{"annotations": null}``):
-    scored as failed answers, a whole column saved the wrong way would pass for a bad model."""
+    come from ``raw_text`` when the file has it (the model's own answer, parsed; moved back into
+    the real camera when the file says the answer is in a virtual one, ``in_real_camera``), else
+    from ``annotations`` (always in the real camera); a file that is not JSON is a failed answer
+    (with a warning). EvaluationError naming the file for any other structure (a bare list,
+    ``{}``, ``{"annotations": null}``): scored as failed answers, a whole column saved the wrong
+    way would pass for a bad model."""
     try:
         document = load_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -312,7 +330,7 @@ def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]
     raw, annotations = (document.get(key) if isinstance(document, dict) else None
                         for key in ("raw_text", "annotations"))
     if isinstance(raw, str):
-        parsed = parse_answer(raw)
+        parsed = in_real_camera(parse_answer(raw), document, path)
     elif raw is None and isinstance(annotations, list):
         parsed = parse_items(annotations)
     else:

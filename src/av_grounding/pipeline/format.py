@@ -11,7 +11,9 @@ vocabulary (``models.hub``), through the encoder training and inference use; eac
 are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extract's shards into
 ``images/<id>.jpg``, the layout every reader expects; dvc.yaml keeps this folder off the DVC remote
 (``push: false``): `dvc repro` rebuilds it from the pulled shards faster than DVC moves one object
-per sample.
+per sample. ``camera_input`` (``dataset.camera_input``) adds the intrinsics to the user prompt, or
+writes the answers' centres in a virtual camera: the record's ``annotations`` stay in the real
+camera and its ``virtual_camera`` block gives the scale.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from ..curation.records import iter_records
 from ..dataset import tokens
 from ..dataset.answers import AnswerStyle, format_answer, order_boxes, rounded
+from ..dataset.camera_input import VIRTUAL_CAMERA, boxes_to_virtual, frame_scale, user_prompt, virtual_record
 from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
 from ..dataset.prompts import load_prompts
 from ..dataset.split import split_clips
@@ -185,13 +188,16 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             counts.empty_frames_skipped += 1
             continue
         exact = [{"bbox_3d": o["bbox_3d"], "label": o["label"]} for o in objects]
-        answer = format_answer(exact, style)
+        # Rounded as the record stores it, so that dividing by the stored scale is the exact inverse.
+        scale = round(frame_scale(record, params.virtual_focal), 6) if params.camera_input == "virtual_camera" else None
+        answer = format_answer(exact if scale is None else boxes_to_virtual(exact, scale), style)
+        user = user_prompt(prompts.user, record, params.camera_input, style)
         for family in tokens.MERGE_FACTOR:
             image_token_counts[family].append(tokens.image_tokens(record["width"], record["height"], family,
                                                                   params.min_pixels, params.max_pixels))
         sid = sample_id(record)
         split = split_of[record["clip_id"]]
-        sample = Sample(sid, output / split / "images" / f"{sid}.jpg", system, prompts.user, answer)
+        sample = Sample(sid, output / split / "images" / f"{sid}.jpg", system, user, answer)
         image_count = image_token_counts[params.model_family][-1]
         budget = sample_tokens(encoder, sample, image_count)
         total = sum(budget.values())
@@ -204,8 +210,9 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         answer_token_counts.append(budget["answer"])
         all_answers.append(exact)
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
-        per_split[split].append((sample, {**annotation_record(record, boxes), "tokens": budget},
-                                 conversation(f"images/{sid}.jpg", system, prompts.user, answer)))
+        virtual = {VIRTUAL_CAMERA: virtual_record(params.virtual_focal, scale)} if scale is not None else {}
+        per_split[split].append((sample, {**annotation_record(record, boxes), **virtual, "tokens": budget},
+                                 conversation(f"images/{sid}.jpg", system, user, answer)))
         image_sources[sid] = (record["image_shard"], record["image_member"])
     check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)

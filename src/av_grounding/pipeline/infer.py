@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .. import numerics
+from ..dataset.camera_input import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..models.generate import generate
@@ -67,15 +68,22 @@ def columns(train: Path, params: InferParams, run: dict[str, Any]) -> list[tuple
 
 
 def prediction_record(text: str, token_ids: list[int], logprobs: list[float], tokenizer,
-                      reasoning: dict[str, Any] | None = None) -> dict[str, Any]:
+                      reasoning: dict[str, Any] | None = None,
+                      virtual: dict[str, float] | None = None) -> dict[str, Any]:
     """One frame's prediction file: the boxes parsed from ``text`` (a reasoning draft is never
-    read, ``evaluation.parse``), each box's confidence from the log-probabilities of the tokens
-    of its text (answer tokens only), and ``reasoning``, what the answer was asked for, when given."""
+    read, ``evaluation.parse``) in the real camera, each box's confidence from the
+    log-probabilities of the tokens of its text (answer tokens only), ``reasoning``, what the
+    answer was asked for, when given, and ``virtual``, the sample's ``virtual_camera`` block
+    (``dataset.camera_input``: ``raw_text`` is in that camera), when the dataset wrote one."""
     parsed = parse_answer(text)
+    boxes = [{"label": b["label"], "bbox_3d": b["bbox_3d"]} for b in parsed.boxes]
+    if virtual is not None:
+        boxes = boxes_from_virtual(boxes, scale_of(virtual, "the evaluation record"))
     ends = [len(tokenizer.decode(token_ids[: i + 1], skip_special_tokens=False)) for i in range(len(token_ids))]
-    record = {"annotations": [{"label": b["label"], "bbox_3d": b["bbox_3d"]} for b in parsed.boxes],
-              "raw_text": text, "scores": box_scores(parsed, text, ends, logprobs), "parse_status": parsed.status}
-    return {**record, "reasoning": reasoning} if reasoning is not None else record
+    record = {"annotations": boxes, "raw_text": text, "scores": box_scores(parsed, text, ends, logprobs),
+              "parse_status": parsed.status}
+    return {**record, **({"reasoning": reasoning} if reasoning is not None else {}),
+            **({VIRTUAL_CAMERA: virtual} if virtual is not None else {})}
 
 
 def column_instruction(params: InferParams, source: str) -> Instruction | None:
@@ -140,7 +148,7 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
                 tokens += len(result.token_ids)
                 write_json(folder / f"{sample.id}.json",
                            prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer,
-                                             reasoning))
+                                             reasoning, (sample.record or {}).get(VIRTUAL_CAMERA)))
     elapsed = time.perf_counter() - started
     generated = sum(len(batch) for batch in pending)
     return {"frames_resumed": len(samples) - generated, "wall_s": round(elapsed, 2),

@@ -1,0 +1,90 @@
+"""What tells the model which lens took the image (``format.camera_input``; docs/formats.md).
+
+- ``none``: nothing; the model must infer the lens from the picture.
+- ``prompt``: the intrinsics as a sentence after the user prompt, numbers written as the answers
+  write theirs (Seed1.5-VL gives the intrinsics in the prompt; field-notes section 3).
+- ``virtual_camera``: the answer's box centres in a virtual camera of ``format.virtual_focal``
+  image heights (``geometry.virtual``; Omni3D's virtual depth); the record keeps the boxes in the
+  real camera and says the scale, and every reader of an answer converts back before scoring.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..geometry.cameras import FThetaCamera, PinholeCamera, camera_from_record
+from ..geometry.virtual import focal_length_px, from_virtual, to_virtual, virtual_scale
+from .answers import AnswerStyle, format_number
+
+VIRTUAL_CAMERA = "virtual_camera"  # the record's key: {"focal_per_height", "scale"}
+
+
+def horizontal_fov_deg(camera: FThetaCamera | PinholeCamera) -> float:
+    """Degrees between the rays through the left and right image edges on the principal point's row."""
+    rays = camera.unproject(np.array([[0.0, camera.cy], [float(camera.width), camera.cy]]))
+    return float(np.degrees(np.arccos(np.clip(rays[:, 2], -1.0, 1.0)).sum()))
+
+
+def camera_sentence(record: dict[str, Any], style: AnswerStyle) -> str:
+    """The frame's intrinsics as one sentence, numbers in the answers' style (decimals, trimmed
+    zeros): pinhole focal lengths and principal point; f-theta focal length at the principal
+    point (pixels per radian) and horizontal field of view; the image size. ``ValueError`` for
+    intrinsics ``camera_from_record`` refuses."""
+    camera = camera_from_record(record["camera_model"], record["intrinsics"])
+
+    def number(value: float) -> str:
+        return format_number(value, style.decimals, style.trim_zeros)
+
+    size = f"{camera.width}x{camera.height}"
+    if isinstance(camera, FThetaCamera):
+        return (f"The camera is an f-theta fisheye with a focal length of {number(focal_length_px(camera))} pixels per "
+                f"radian at its principal point ({number(camera.cx)}, {number(camera.cy)}) and a horizontal field of "
+                f"view of {number(horizontal_fov_deg(camera))} degrees; the image is {size} pixels.")
+    assert isinstance(camera, PinholeCamera)
+    return (f"The camera is a pinhole camera with focal lengths fx {number(camera.fx)} and fy {number(camera.fy)} "
+            f"pixels and principal point ({number(camera.cx)}, {number(camera.cy)}); the image is {size} pixels.")
+
+
+def user_prompt(user: str, record: dict[str, Any], kind: str, style: AnswerStyle) -> str:
+    """The user prompt of a frame: ``user``, then with ``kind`` ``prompt`` the camera sentence on a
+    line of its own."""
+    return f"{user}\n{camera_sentence(record, style)}" if kind == "prompt" else user
+
+
+def frame_scale(record: dict[str, Any], focal_per_height: float) -> float:
+    """The frame's ``geometry.virtual.virtual_scale`` from its record's camera."""
+    return virtual_scale(camera_from_record(record["camera_model"], record["intrinsics"]), focal_per_height)
+
+
+def boxes_to_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """Answer boxes (``bbox_3d`` of nine numbers, ``label``) with their centres in the virtual camera."""
+    if not boxes:
+        return []
+    moved = to_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
+    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
+
+
+def boxes_from_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """The inverse of ``boxes_to_virtual``: boxes read from an answer, back in the real camera."""
+    if not boxes:
+        return []
+    moved = from_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
+    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
+
+
+def virtual_record(focal_per_height: float, scale: float) -> dict[str, float]:
+    """What a record or prediction file says about its answer's camera (under ``VIRTUAL_CAMERA``)."""
+    return {"focal_per_height": focal_per_height, "scale": scale}
+
+
+def scale_of(block: Any, source: str) -> float:
+    """The scale of a ``VIRTUAL_CAMERA`` block; ``ValueError`` naming ``source`` unless it is an
+    object whose ``scale`` is a positive finite number."""
+    scale = block.get("scale") if isinstance(block, dict) else None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' must be an object with a positive 'scale' (the answer's "
+                         f"centres are the real ones times it); found {block!r}")
+    return float(scale)

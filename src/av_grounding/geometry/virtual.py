@@ -1,0 +1,63 @@
+"""A virtual camera of one reference focal length, so that a box's depth means the same apparent
+size whichever lens took the image (docs/conventions.md#virtual-camera).
+
+Omni3D / Cube R-CNN (Brazil et al., CVPR 2023, section 3.2) train monocular depth in a virtual
+camera: depth is scaled by ``f_virtual / f``, with focal lengths measured relative to the image
+height, so an object of a given size in image heights has one virtual depth for every lens and
+every image resolution. Here the whole centre is scaled (``x, y, z`` alike), which keeps its ray
+and so its pixel under any central camera model; sizes and angles stay metric and unchanged. The
+inverse divides by the same factor: ``from_virtual(to_virtual(v, s), s) == v`` to rounding.
+
+The focal length of a lens is taken at its principal point: pinhole ``sqrt(fx * fy)``; f-theta
+``dr/dtheta`` at ``theta = 0`` (pixels per radian: the pinhole's ``f`` to first order, since
+``f tan(theta) ~ f theta``) times ``sqrt(det)`` of its affine (the horizontal stretch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .cameras import Camera, FThetaCamera, PinholeCamera
+
+
+def focal_length_px(camera: Camera) -> float:
+    """The lens's focal length at the principal point in pixels (module docstring); ``ValueError``
+    for a camera model without one or a focal length that is not a positive finite number."""
+    if isinstance(camera, PinholeCamera):
+        focal = math.sqrt(camera.fx * camera.fy) if camera.fx * camera.fy > 0 else math.nan
+    elif isinstance(camera, FThetaCamera):
+        slope = 1.0 / camera.backward[1] if camera.stored_backward and camera.backward[1] else camera.forward[1]
+        c, d, e = camera.affine
+        focal = slope * math.sqrt(abs(c - d * e))
+    else:
+        raise ValueError(f"no focal length for a {type(camera).__name__}")
+    if not (math.isfinite(focal) and focal > 0):
+        raise ValueError(f"the camera's focal length at its principal point is {focal} px, not a positive number")
+    return focal
+
+
+def virtual_scale(camera: Camera, focal_per_height: float) -> float:
+    """``s = focal_per_height * height / f``: the factor that takes a centre from ``camera`` into
+    the virtual camera whose focal length is ``focal_per_height`` image heights (dimensionless).
+    The same for ``camera.resized(...)`` at any resolution of the same aspect ratio.
+    ``ValueError`` for a non-positive ``focal_per_height`` or a camera without a focal length."""
+    if not (math.isfinite(focal_per_height) and focal_per_height > 0):
+        raise ValueError(f"virtual focal length {focal_per_height} image heights is not a positive number")
+    return focal_per_height * camera.height / focal_length_px(camera)
+
+
+def to_virtual(values: np.ndarray, scale: float) -> np.ndarray:
+    """Nx9 boxes (any codec: the first three numbers are the centre in metres) with their centres
+    multiplied by ``scale`` (``virtual_scale``); sizes and angles unchanged. A new array."""
+    moved = np.array(values, dtype=np.float64).reshape(-1, 9)
+    moved[:, :3] *= scale
+    return moved
+
+
+def from_virtual(values: np.ndarray, scale: float) -> np.ndarray:
+    """The inverse of ``to_virtual``: Nx9 boxes with their centres divided by ``scale``. A new array."""
+    moved = np.array(values, dtype=np.float64).reshape(-1, 9)
+    moved[:, :3] /= scale
+    return moved

@@ -1,0 +1,139 @@
+"""``format.camera_input``: the intrinsics in the prompt, or answers in a virtual camera that
+infer and the evaluator turn back into the real camera (issue: camera-aware inputs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from av_grounding.dataset.answers import AnswerStyle
+from av_grounding.dataset.camera_input import VIRTUAL_CAMERA, camera_sentence, frame_scale
+from av_grounding.dataset.formats import read_cosmos
+from av_grounding.evaluation.frames import EvaluationError
+from av_grounding.evaluation.parse import parse_answer
+from av_grounding.params import EvaluateParams, FormatParams, ParamsError
+from av_grounding.pipeline.evaluate import evaluate_folder
+from av_grounding.pipeline.format import format_dataset
+from av_grounding.pipeline.infer import prediction_record
+
+REPO_PROMPTS = "prompts/av_grounding.yaml"
+STYLE = AnswerStyle(2, None, True, True)
+
+
+@pytest.fixture(scope="module")
+def formatted(curated, tmp_path_factory):
+    """The curated frames formatted three ways: camera_input none, prompt, virtual_camera."""
+    root = tmp_path_factory.mktemp("camera_input")
+    for kind in ("none", "prompt", "virtual_camera"):
+        format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, camera_input=kind), curated[0] / "filtered",
+                       curated[0] / "extracted", root / kind)
+    return root
+
+
+def test_the_camera_sentence_by_hand():
+    pinhole = {"camera_model": "pinhole", "intrinsics": [184.752, 184.752, 320.0, 180.0, 640, 360]}
+    assert camera_sentence(pinhole, STYLE) == ("The camera is a pinhole camera with focal lengths fx 184.75 and fy "
+                                               "184.75 pixels and principal point (320, 180); the image is 640x360 "
+                                               "pixels.")
+    # f-theta: r = theta / 1e-3 px (an equidistant lens of 1000 px/rad), 1920 px wide around cx 960:
+    # the edges are 960 px = 0.96 rad from the axis, 110.01 degrees in all.
+    ftheta = {"camera_model": "ftheta", "intrinsics": [960.0, 540.0, 1920, 1080, 0.0, 1e-3, 0, 0, 0, 0, 1.0]}
+    assert camera_sentence(ftheta, STYLE) == ("The camera is an f-theta fisheye with a focal length of 1000 pixels "
+                                              "per radian at its principal point (960, 540) and a horizontal field "
+                                              "of view of 110.01 degrees; the image is 1920x1080 pixels.")
+
+
+def test_prompt_puts_each_frames_intrinsics_after_the_user_prompt(formatted):
+    plain = {s.id: s for s in read_cosmos(formatted / "none" / "train")}
+    prompted = read_cosmos(formatted / "prompt" / "train")
+    assert [s.id for s in prompted] == list(plain)
+    lenses = set()
+    for sample in prompted:
+        assert sample.answer == plain[sample.id].answer  # only the prompt changes
+        first, camera = sample.user.rsplit("\n", 1)
+        assert first == plain[sample.id].user and camera == camera_sentence(sample.record, STYLE)
+        fx = sample.record["intrinsics"][0]
+        assert f"fx {fx:.2f}".rstrip("0").rstrip(".") in camera
+        lenses.add(camera)
+    assert len(lenses) >= 2  # the fixture's two cameras are told apart
+
+
+def test_virtual_camera_answers_scale_centres_and_records_keep_the_truth(formatted):
+    plain = {s.id: s for s in read_cosmos(formatted / "none" / "eval")}
+    params = FormatParams(prompts=REPO_PROMPTS, eval_clips=1, camera_input="virtual_camera")
+    scales = set()
+    for sample in read_cosmos(formatted / "virtual_camera" / "eval"):
+        record = sample.record
+        assert record["annotations"] == plain[sample.id].record["annotations"]  # truth stays in the real camera
+        block = record[VIRTUAL_CAMERA]
+        assert block["focal_per_height"] == 1.0
+        assert block["scale"] == pytest.approx(frame_scale(record, params.virtual_focal), abs=1e-6)
+        fx, fy = record["intrinsics"][:2]
+        assert block["scale"] == pytest.approx(record["height"] / np.sqrt(fx * fy), abs=1e-6)
+        scales.add(block["scale"])
+        answer = [b["bbox_3d"] for b in parse_answer(sample.answer).boxes]
+        truth = [b["bbox_3d"] for b in record["annotations"]]
+        assert len(answer) == len(truth)
+        for virtual, real in zip(answer, truth):
+            # centres: the (rounded) truth times the scale, rounded again; the rest as in the plain answer
+            np.testing.assert_allclose(np.array(virtual[:3]) / block["scale"], real[:3],
+                                       atol=0.005 / block["scale"] + 0.005 + 1e-9)
+            assert virtual[3:] == real[3:]
+
+
+def _write_predictions(folder, samples, with_block: bool):
+    """Each sample's own answer as its prediction, as infer writes it (``prediction_record``)."""
+    from av_grounding.models.builtin import task_tokenizer
+
+    tokenizer = task_tokenizer("system", "user")
+    folder.mkdir(parents=True)
+    for sample in samples:
+        ids = tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
+        block = sample.record[VIRTUAL_CAMERA] if with_block else None
+        record = prediction_record(sample.answer, ids, [-0.1] * len(ids), tokenizer, None, block)
+        (folder / f"{sample.id}.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_path):
+    """Perfect virtual answers score as perfect real ones once converted back, by infer (the
+    annotations it writes) and by the evaluator (raw_text plus the block); read without the
+    block they are the scaled boxes, and score far worse."""
+    samples = read_cosmos(formatted / "virtual_camera" / "eval")
+    gt = formatted / "virtual_camera" / "eval" / "text"
+    params = EvaluateParams()
+    converted = evaluate_folder(params, gt, _write_predictions(tmp_path / "with", samples, True),
+                                tmp_path / "with.json")
+    ignored = evaluate_folder(params, gt, _write_predictions(tmp_path / "without", samples, False),
+                              tmp_path / "without.json")
+    assert converted["ap3d"]["ap"] > 0.95 and converted["center_distance"]["map"] > 0.95
+    assert ignored["center_distance"]["map"] < 0.5 * converted["center_distance"]["map"]
+    written = json.loads(next((tmp_path / "with").glob("*.json")).read_text())
+    sample = next(s for s in samples if s.id == next((tmp_path / "with").glob("*.json")).stem)
+    for box, truth in zip(written["annotations"], sample.record["annotations"]):
+        np.testing.assert_allclose(box["bbox_3d"][:3], truth["bbox_3d"][:3], atol=0.011)
+    only_boxes = tmp_path / "annotations_only"
+    only_boxes.mkdir()
+    for path in (tmp_path / "with").glob("*.json"):  # annotations alone are read as they are: real
+        record = json.loads(path.read_text())
+        (only_boxes / path.name).write_text(json.dumps({"annotations": record["annotations"]}))
+    assert evaluate_folder(params, gt, only_boxes, tmp_path / "only.json")["ap3d"]["ap"] == converted["ap3d"]["ap"]
+
+
+@pytest.mark.parametrize("block", [{"scale": 0}, {"scale": "2"}, {"focal_per_height": 1.0}, [1.5], None])
+def test_a_bad_virtual_camera_block_is_an_error_naming_the_file(formatted, tmp_path, block):
+    sample = read_cosmos(formatted / "virtual_camera" / "eval")[0]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / f"{sample.id}.json").write_text(json.dumps({"raw_text": sample.answer, VIRTUAL_CAMERA: block}))
+    with pytest.raises(EvaluationError, match=rf"{sample.id}\.json: 'virtual_camera' must be an object with a "
+                                              "positive 'scale'"):
+        evaluate_folder(EvaluateParams(), formatted / "virtual_camera" / "eval" / "text", pred, tmp_path / "o.json")
+
+
+@pytest.mark.parametrize("focal", [0.0, -1.0, float("nan")])
+def test_a_virtual_focal_that_is_not_positive_is_refused(focal):
+    with pytest.raises(ParamsError, match="virtual_focal"):
+        FormatParams(virtual_focal=focal)
