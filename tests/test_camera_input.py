@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from av_grounding.dataset.answers import AnswerStyle
-from av_grounding.dataset.camera_input import VIRTUAL_CAMERA, camera_sentence, frame_scale
+from av_grounding.dataset.camera_input import camera_sentence, frame_scale
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.evaluation.frames import EvaluationError
 from av_grounding.evaluation.parse import parse_answer
+from av_grounding.geometry.virtual import VIRTUAL_CAMERA
 from av_grounding.params import EvaluateParams, FormatParams, ParamsError
 from av_grounding.pipeline.evaluate import evaluate_folder
 from av_grounding.pipeline.format import format_dataset

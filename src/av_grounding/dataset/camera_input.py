@@ -10,16 +10,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from ..geometry.cameras import FThetaCamera, PinholeCamera, camera_from_record
-from ..geometry.virtual import focal_length_px, from_virtual, to_virtual, virtual_scale
+from ..geometry.virtual import focal_length_px, virtual_scale
 from .answers import AnswerStyle, format_number
-
-VIRTUAL_CAMERA = "virtual_camera"  # the record's key: {"focal_per_height", "scale"}
 
 
 def horizontal_fov_deg(camera: FThetaCamera | PinholeCamera) -> float:
@@ -57,34 +54,3 @@ def user_prompt(user: str, record: dict[str, Any], kind: str, style: AnswerStyle
 def frame_scale(record: dict[str, Any], focal_per_height: float) -> float:
     """The frame's ``geometry.virtual.virtual_scale`` from its record's camera."""
     return virtual_scale(camera_from_record(record["camera_model"], record["intrinsics"]), focal_per_height)
-
-
-def boxes_to_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
-    """Answer boxes (``bbox_3d`` of nine numbers, ``label``) with their centres in the virtual camera."""
-    if not boxes:
-        return []
-    moved = to_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
-    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
-
-
-def boxes_from_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
-    """The inverse of ``boxes_to_virtual``: boxes read from an answer, back in the real camera."""
-    if not boxes:
-        return []
-    moved = from_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
-    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
-
-
-def virtual_record(focal_per_height: float, scale: float) -> dict[str, float]:
-    """What a record or prediction file says about its answer's camera (under ``VIRTUAL_CAMERA``)."""
-    return {"focal_per_height": focal_per_height, "scale": scale}
-
-
-def scale_of(block: Any, source: str) -> float:
-    """The scale of a ``VIRTUAL_CAMERA`` block; ``ValueError`` naming ``source`` unless it is an
-    object whose ``scale`` is a positive finite number."""
-    scale = block.get("scale") if isinstance(block, dict) else None
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' must be an object with a positive 'scale' (the answer's "
-                         f"centres are the real ones times it); found {block!r}")
-    return float(scale)

@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..dataset.camera_input import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from ..errors import PipelineError
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
 from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
 from ..geometry.codecs import get_codec
+from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from .parse import ParsedAnswer, check_box, order_scores, parse_answer, parse_items
 
 ScoreSource = Literal["box", "list", "order"]

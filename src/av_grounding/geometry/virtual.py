@@ -6,7 +6,10 @@ camera: depth is scaled by ``f_virtual / f``, with focal lengths measured relati
 height, so an object of a given size in image heights has one virtual depth for every lens and
 every image resolution. Here the whole centre is scaled (``x, y, z`` alike), which keeps its ray
 and so its pixel under any central camera model; sizes and angles stay metric and unchanged. The
-inverse divides by the same factor: ``from_virtual(to_virtual(v, s), s) == v`` to rounding.
+inverse divides by the same factor: ``from_virtual(to_virtual(v, s), s) == v`` to rounding. A
+dataset record or prediction file whose answer is in a virtual camera says so under
+``VIRTUAL_CAMERA`` (``virtual_record``); ``boxes_to_virtual`` / ``boxes_from_virtual`` move the
+answer boxes (dicts with ``bbox_3d``) of such a file.
 
 The focal length of a lens is taken at its principal point: pinhole ``sqrt(fx * fy)``; f-theta
 ``dr/dtheta`` at ``theta = 0`` (pixels per radian: the pinhole's ``f`` to first order, since
@@ -16,10 +19,13 @@ The focal length of a lens is taken at its principal point: pinhole ``sqrt(fx * 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from .cameras import Camera, FThetaCamera, PinholeCamera
+
+VIRTUAL_CAMERA = "virtual_camera"  # a record's or prediction file's key: {"focal_per_height", "scale"}
 
 
 def focal_length_px(camera: Camera) -> float:
@@ -61,3 +67,34 @@ def from_virtual(values: np.ndarray, scale: float) -> np.ndarray:
     moved = np.array(values, dtype=np.float64).reshape(-1, 9)
     moved[:, :3] /= scale
     return moved
+
+
+def boxes_to_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """Answer boxes (``bbox_3d`` of nine numbers, ``label``) with their centres in the virtual camera."""
+    if not boxes:
+        return []
+    moved = to_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
+    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
+
+
+def boxes_from_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """The inverse of ``boxes_to_virtual``: boxes read from an answer, back in the real camera."""
+    if not boxes:
+        return []
+    moved = from_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
+    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
+
+
+def virtual_record(focal_per_height: float, scale: float) -> dict[str, float]:
+    """What a record or prediction file says about its answer's camera (under ``VIRTUAL_CAMERA``)."""
+    return {"focal_per_height": focal_per_height, "scale": scale}
+
+
+def scale_of(block: Any, source: str) -> float:
+    """The scale of a ``VIRTUAL_CAMERA`` block; ``ValueError`` naming ``source`` unless it is an
+    object whose ``scale`` is a positive finite number."""
+    scale = block.get("scale") if isinstance(block, dict) else None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' must be an object with a positive 'scale' (the answer's "
+                         f"centres are the real ones times it); found {block!r}")
+    return float(scale)

@@ -30,10 +30,11 @@ import numpy as np
 from ..curation.records import iter_records
 from ..dataset import tokens
 from ..dataset.answers import AnswerStyle, format_answer, order_boxes, rounded
-from ..dataset.camera_input import VIRTUAL_CAMERA, boxes_to_virtual, frame_scale, user_prompt, virtual_record
+from ..dataset.camera_input import frame_scale, user_prompt
 from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
 from ..dataset.prompts import load_prompts
 from ..dataset.split import split_clips
+from ..geometry.virtual import VIRTUAL_CAMERA, boxes_to_virtual, virtual_record
 from ..models.builtin import task_tokenizer
 from ..models.hub import build_tokenizer
 from ..models.inputs import IGNORE, Encoder

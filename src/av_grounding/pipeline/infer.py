@@ -25,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from .. import numerics
-from ..dataset.camera_input import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from ..dataset.formats import DatasetError, read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
+from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from ..models.generate import generate
 from ..models.inputs import Encoder
 from ..models.loading import load_model
