@@ -30,6 +30,7 @@ SHRUNK_PARAMS = {
     "validate": {"sample_count": 1},
     "format": {"eval_clips": 1, "max_pixels": 12544},
     "train": {"max_steps": 4, "batch_size": 2, "save_every": 0},
+    "rl": {"steps": 0},  # GRPO on a CPU takes about a minute a step: tests/test_rl.py runs it
     "infer": {"max_new_tokens": 24, "zero_shot": False, "checkpoints": "none"},
     "evaluate": {"overlays": 1},
 }

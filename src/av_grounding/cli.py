@@ -34,6 +34,7 @@ from .params import (
     FilterParams,
     FormatParams,
     InferParams,
+    RLParams,
     SynthesizeParams,
     TrainParams,
     TransformParams,
@@ -87,11 +88,17 @@ STAGES: dict[str, StageSpec] = {
          "timing": "metrics/timing/train.json"},
         "Fine-tune a Cosmos Reason architecture (hf or cosmos-rl backend) on the training split.",
         {"fmt": ("format", FormatParams)}, resumable="output"),
+    "rl": StageSpec(
+        RLParams, "av_grounding.pipeline.rl:rl",
+        {"dataset": "data/dataset", "train": "data/train", "output": "data/rl", "metrics": "metrics/rl.json",
+         "live": "dvclive/rl", "timing": "metrics/timing/rl.json"},
+        "Reinforcement learning after fine-tuning: GRPO (TRL) rewarded by the project's 3D matching.",
+        {"fmt": ("format", FormatParams)}, resumable="output"),
     "infer": StageSpec(
         InferParams, "av_grounding.pipeline.infer:infer",
-        {"dataset": "data/dataset", "train": "data/train", "output": "data/predictions",
+        {"dataset": "data/dataset", "train": "data/train", "rl": "data/rl", "output": "data/predictions",
          "metrics": "metrics/infer.json", "timing": "metrics/timing/infer.json"},
-        "Answer the evaluation split with the base model, every checkpoint and the final model.",
+        "Answer the evaluation split with the base model, every checkpoint, the final model and the RL policies.",
         {"fmt": ("format", FormatParams)}, resumable="output"),
     "evaluate": StageSpec(
         EvaluateParams, "av_grounding.pipeline.evaluate:evaluate",

@@ -348,6 +348,29 @@ PRESET_SECTIONS: tuple[str, ...] = tuple(sorted({section for preset in PRESETS.v
 
 
 @dataclasses.dataclass(frozen=True)
+class RLParams(Checked):
+    """Reinforcement learning after fine-tuning: GRPO (TRL's GRPOTrainer) from the train stage's
+    final model, rewarded by the project's own matching (docs/rl_reward.md)."""
+
+    steps: int = param(2, "GRPO optimizer steps (0: no RL; infer then adds no RL columns)", minimum=0)
+    prompts_per_step: int = param(2, "training frames per step, each answered group_size times", minimum=1)
+    group_size: int = param(4, "answers sampled per frame; GRPO's advantage is the reward against the group's",
+                            minimum=2)
+    lr: float = param(1e-4, "learning rate (AdamW, constant after no warmup)", minimum=0.0)
+    kl: float = param(0.04, "KL coefficient (TRL's beta) against the starting model; 0: no reference model",
+                      minimum=0.0)
+    temperature: float = param(1.0, "sampling temperature of the answers", minimum=0.0)
+    max_answer_tokens: int = param(320, "generation budget of an answer; one cut off is penalised as truncated",
+                                   minimum=1)
+    save_every: int = param(0, "checkpoint (and infer column) every N steps (0: only the final model)", minimum=0)
+    seed: int = param(0, "seed of frame order and sampling", minimum=0)
+    gradient_checkpointing: bool = param(False, "recompute activations to save memory")
+    reward: Mapping[str, float] = param(MappingProxyType({}), "RewardConfig weights and thresholds to change "
+                                        "(evaluation/reward.py), e.g. {duplicate_weight: 1.0}; the others keep "
+                                        "their defaults")
+
+
+@dataclasses.dataclass(frozen=True)
 class InferParams(Checked):
     """Generation on the evaluation split."""
 
@@ -424,6 +447,12 @@ def _coerce_scalar(hint: Any, value: Any) -> Any:
             raise _Mismatch(f"one of {list(typing.get_args(hint))}")
         return value
     if origin in (collections.abc.Mapping, dict):
+        if typing.get_args(hint)[1] is float:  # names to numbers
+            if not isinstance(value, typing.Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for k, v in value.items()):
+                raise _Mismatch("a mapping of names to numbers")
+            return MappingProxyType(dict(sorted(value.items())))  # ints stay ints (integer fields)
         if not isinstance(value, typing.Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise _Mismatch("a mapping of names to names")

@@ -36,16 +36,20 @@ answer scores more.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..geometry.boxes import Box3D
 from ..geometry.codecs import CODECS, get_codec
+from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from .config import ConfigError
+from .frames import EvaluationError, json_files, load_json
 from .iou import iou_3d, iou_3d_matrix
 from .matching import match_centres
 from .parse import check_box, parse_answer
@@ -210,7 +214,8 @@ def _overlong(text: str, n_tokens: int | None, config: RewardConfig) -> bool:
 
 
 def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig | None = None, *,
-           codec: str | None = None, finished: bool = True, n_tokens: int | None = None) -> RewardBreakdown:
+           codec: str | None = None, finished: bool = True, n_tokens: int | None = None,
+           virtual_scale: float | None = None) -> RewardBreakdown:
     """The reward of the answer ``text`` on a frame whose truth is ``truth`` (module docstring).
 
     ``truth``: the frame's boxes as the ground-truth record's ``annotations`` holds them, a list
@@ -219,6 +224,9 @@ def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig |
     ``config.codec``. ``finished``: whether generation stopped at end-of-sequence (False: the
     answer was cut off). ``n_tokens``: the answer's length in tokens, when known. No camera is
     needed: 3D IoU and centre distance are measured in camera RDF metres, whatever the intrinsics.
+    ``virtual_scale``: for a dataset whose answers are in a virtual camera
+    (``format.camera_input: virtual_camera``), the frame's scale (its record's ``virtual_camera``
+    block): the answer's boxes are moved back into the real camera of ``truth`` before matching.
 
     Raises ValueError for an invalid truth box (naming its index and why) or an unknown codec.
     """
@@ -227,6 +235,8 @@ def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig |
     gt_boxes = _truth_boxes(truth)
     gt, gt_xz = _decode(gt_boxes, codec)
     parsed = parse_answer(text)
+    if virtual_scale is not None:
+        parsed = replace(parsed, boxes=boxes_from_virtual(parsed.boxes, virtual_scale))
     pred_all, xz_all = _decode(parsed.boxes, codec)
     repeated = _duplicates(pred_all, config.duplicate_iou)
     keep = [i for i, r in enumerate(repeated) if not r]
@@ -248,3 +258,29 @@ def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig |
     return RewardBreakdown(float(gains - penalties), **{k: float(v) for k, v in parts.items()}, truth=len(gt),
                            predicted=n_pred, duplicates=n_dup, matched=matched, false_positives=unmatched,
                            status=parsed.status)
+
+
+def column_reward(gt_dir: Path, pred_dir: Path, codec: str, config: RewardConfig | None = None) -> dict[str, float]:
+    """The mean reward (``reward``, default weights unless ``config``) of a prediction column's
+    answers, with the mean of every term: per ground-truth file of ``gt_dir`` its prediction in
+    ``pred_dir`` (its ``raw_text``, else its ``annotations`` as JSON; moved back from a virtual
+    camera as the evaluator moves it; a missing or unreadable file is an empty answer). Whether an
+    answer was cut off is not recorded in prediction files: the truncation term stays 0. Keys:
+    each ``RewardBreakdown`` number by name (``total`` the reward). ValueError for a bad truth box."""
+    breakdowns = []
+    for truth_path in json_files(gt_dir):
+        record = load_json(truth_path)
+        pred_path = pred_dir / truth_path.name
+        try:
+            document = load_json(pred_path) if pred_path.is_file() else None
+        except (ValueError, EvaluationError):
+            document = None
+        document = document if isinstance(document, dict) else {}
+        raw, boxes = document.get("raw_text"), document.get("annotations")
+        text = raw if isinstance(raw, str) else json.dumps(boxes) if isinstance(boxes, list) else ""
+        block = document.get(VIRTUAL_CAMERA)
+        scale = scale_of(block, str(pred_path)) if block is not None and isinstance(raw, str) else None
+        breakdowns.append(reward(text, record["annotations"], config, codec=record.get("box_codec") or codec,
+                                 virtual_scale=scale))
+    numbers = [k for k, v in breakdowns[0].serialize().items() if not isinstance(v, str)] if breakdowns else []
+    return {name: sum(float(getattr(b, name)) for b in breakdowns) / len(breakdowns) for name in numbers}

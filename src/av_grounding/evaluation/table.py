@@ -35,6 +35,7 @@ SIGNAL_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("answers failed (share)", ("answers", "failed")),
     ("boxes per frame", ("boxes_per_frame",)),
     ("AP3D near", ("ap3d", "near")),
+    ("GRPO reward (mean, default weights)", ("reward", "total")),
 )
 ROWS = HEADLINE_ROWS + SIGNAL_ROWS
 HEADLINE_DECIMALS = 4
@@ -51,12 +52,16 @@ def lookup(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
 
 
 def column_title(name: str, step: int) -> str:
-    """``zero_shot`` -> ``zero-shot``, ``step_000040`` -> ``step 40``, ``final`` -> ``final (step N)``."""
+    """``zero_shot`` -> ``zero-shot``, ``step_000040`` -> ``step 40``, ``final`` -> ``final (step N)``;
+    the `rl` stage's ``rl_step_...`` -> ``RL step N`` and ``rl_final`` -> ``RL final (step N)``
+    (N: SFT and RL steps together)."""
     if name == "zero_shot":
         return "zero-shot"
-    if name == "final":
-        return f"final (step {step})"
-    return f"step {step}" if name.startswith("step_") else name
+    if name in ("final", "rl_final"):
+        return f"{'RL final' if name == 'rl_final' else 'final'} (step {step})"
+    if name.startswith(("step_", "rl_step_")):
+        return f"{'RL step' if name.startswith('rl_') else 'step'} {step}"
+    return name
 
 
 def results_frame(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from ..evaluation.config import EvaluationConfig
 from ..evaluation.evaluate import PlotData, evaluate_frames
 from ..evaluation.frames import EvaluationError, Frame, load_frames
 from ..evaluation.render import plot_against_steps, plot_error_against_distance, plot_pr_curves, write_overlays
+from ..evaluation.reward import column_reward
 from ..evaluation.table import headline as headline_metrics
 from ..evaluation.table import results_markdown
 from ..params import EvaluateParams
@@ -104,8 +105,10 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
     (``eval/text``), in step order. Writes the full metrics per column to ``metrics``, the
     headline per column (``table.HEADLINE_METRICS``) to ``headline``, and to ``plots`` the
     results table, the curves of the last column, metrics against steps and ``params.overlays``
-    overlay images; each only when its path is given. Returns column name -> serialized metrics
-    (scores in 0..1, distances in metres, percentages where the name says ``_pct``).
+    overlay images; each only when its path is given. Each column's metrics also hold
+    ``reward``: the mean GRPO reward of its answers and of every term (``column_reward``).
+    Returns column name -> serialized metrics (scores in 0..1, distances in metres, percentages
+    where the name says ``_pct``).
 
     Raises:
         EvaluationError: ``columns.json`` is missing (infer has not run) or a prediction or
@@ -118,7 +121,8 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
     for name in sorted(steps, key=lambda n: (steps[n], n == "final")):
         frames = load_frames(dataset / "eval" / "text", predictions / name, config.codec)
         result, data = evaluate_frames(frames, config)
-        results[name] = result.serialize()
+        results[name] = {**result.serialize(),
+                         "reward": column_reward(dataset / "eval" / "text", predictions / name, config.codec)}
         final = (name, frames, data)
     write_report(metrics, results)
     write_report(headline, headline_metrics(results))

@@ -15,7 +15,6 @@ answers were asked for (``infer.reasoning``, see ``models.reasoning``): ``{"sett
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .. import numerics
-from ..dataset.formats import DatasetError, read_cosmos
+from ..dataset.formats import read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
 from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
 from ..models.generate import generate
@@ -34,23 +33,29 @@ from ..models.loading import load_model
 from ..models.reasoning import Instruction, instruction_for, model_type_of, reasoning_record, with_instruction
 from ..params import FormatParams, InferParams, ParamsError
 from ..sources import code_digest
-from ..storage import folder_digest, remove_partials, write_json
+from ..storage import folder_digest, remove_partials, stored_json, write_json
 from ..training.loop import step_folders
-from .outputs import Manifest, write_report
+from .outputs import Manifest, read_run, write_report
 
 MANIFESTS = "manifests"
 
 
-def read_run(train: Path) -> dict[str, Any]:
-    """The training run's ``run.json`` (base, steps, inputs_sha256)."""
-    try:
-        return json.loads((train / "run.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{train / 'run.json'}: unreadable ({exc}); run train first") from exc
+def rl_columns(rl: Path | None, rl_run: Any, params: InferParams, sft_steps: int) -> list[tuple[str, str, int]]:
+    """The `rl` stage's columns after the SFT ones: ``rl_step_NNNNNN`` per RL checkpoint (unless
+    ``infer.checkpoints`` is ``none``) and ``rl_final``, numbered by training steps in all (SFT
+    steps plus RL steps); none without an RL folder or when its ``run.json`` (``rl_run``) made
+    no step."""
+    if rl is None or not isinstance(rl_run, dict) or not rl_run.get("steps"):
+        return []
+    steps = int(rl_run["steps"])
+    chosen = [] if params.checkpoints == "none" else [
+        (f"rl_{folder.name}", str(folder), sft_steps + step)
+        for step, folder in step_folders(rl / "checkpoints").items() if step < steps]
+    return chosen + [("rl_final", str(rl / "model"), sft_steps + steps)]
 
 
 def columns(train: Path, params: InferParams, run: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """(column, model folder or hub id, training step) in step order."""
+    """(column, model folder or hub id, training step) of the SFT run in step order."""
     chosen = [("zero_shot", run["base"], 0)] if params.zero_shot else []
     available = step_folders(train / "checkpoints")
     if params.checkpoints == "all":
@@ -157,7 +162,7 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
 
 
 def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, output: Path,
-          metrics: Path | None = None, timing: Path | None = None) -> dict[str, Any]:
+          metrics: Path | None = None, timing: Path | None = None, rl: Path | None = None) -> dict[str, Any]:
     """The `infer` stage: every column's answers on the evaluation split, resumed where a run
     with the same inputs stopped. CPU numerics are pinned first (``numerics``).
 
@@ -173,12 +178,15 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
             not), when given.
         timing: per column what this run did (frames resumed, wall seconds, images/s,
             generated tokens/s), when given.
+        rl: the `rl` stage's output folder, whose checkpoints and final policy become columns
+            after the SFT ones (``rl_columns``), when given and it trained.
 
     Returns:
         Per column the metrics and the timing together.
 
     Raises:
-        DatasetError: ``run.json`` or the evaluation split is missing or unreadable.
+        MissingInputError: ``run.json`` is missing or unreadable.
+        DatasetError: the evaluation split is missing or unreadable.
         ParamsError: a checkpoint step ``infer.checkpoints`` names does not exist, or a model
             has no reasoning instruction for ``infer.reasoning: model``.
     """
@@ -187,6 +195,10 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = read_run(train)
     chosen = columns(train, params, run)
+    rl_run = stored_json(rl / "run.json") if rl is not None else None
+    extra = rl_columns(rl, rl_run, params, int(run["steps"]))
+    runs: dict[str, Any] = {column: run for column, _, _ in chosen} | {column: rl_run for column, _, _ in extra}
+    chosen += extra
     # Every column's prompts before any work: a model type without a reasoning instruction, or a
     # prompt that already asks for <think>, stops the stage with nothing changed.
     instructions = {column: column_instruction(params, source) for column, source, _ in chosen}
@@ -198,7 +210,7 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
     summary: dict[str, Any] = {}
     times: dict[str, Any] = {}
     for column, source, step in chosen:
-        expected = column_inputs(params, fmt, dataset, run, column, step, instructions[column])
+        expected = column_inputs(params, fmt, dataset, runs[column], column, step, instructions[column])
         times[column] = infer_column(params, fmt, prompted[column], source, output / column, expected, device,
                                      reasoning_record(params.reasoning, instructions[column], with_text=False))
         summary[column] = {"step": step, "frames": len(samples)}

@@ -10,14 +10,29 @@ item's result), ``train`` one per run (``inputs.json``, written first), ``infer`
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import PipelineError
 from ..storage import as_stored, stored_json, write_json
 
 RESULT = "result"  # the key under which ``finish`` stores what the output holds
+
+
+class MissingInputError(PipelineError, FileNotFoundError):
+    """An earlier stage's output this stage reads is missing or unreadable; the message names it."""
+
+
+def read_run(train: Path) -> dict[str, Any]:
+    """The training run's ``run.json`` (base, steps, inputs_sha256); ``MissingInputError`` naming
+    it when it is missing or unreadable."""
+    try:
+        return json.loads((train / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MissingInputError(f"{train / 'run.json'}: unreadable ({exc}); run train first") from exc
 
 
 def write_report(path: Path | None, content: Any) -> None:

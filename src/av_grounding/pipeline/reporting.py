@@ -1,9 +1,10 @@
-"""What the `train` stage reports besides the model: the DVCLive curve (loss, learning rate and
-gradient norm per optimizer step, the same on every run) and the timing file (wall time,
-samples/s, tokens/s and model TFLOP/s, different on every run, so kept out of the metrics). Both
-are training hooks (``training.loop.HookBase``) the stage hands to the backend: the hf backend's
-trainer calls them around its loop, the cosmos-rl backend around its run and once per step of
-its log.
+"""What the `train` and `rl` stages report besides the model: the DVCLive curve (per optimizer
+step what it computed, the same on every run) and the timing file (wall time, samples/s,
+tokens/s and model TFLOP/s, different on every run, so kept out of the metrics). For `train`
+they are training hooks (``training.loop.HookBase``) the stage hands to the backend: the hf
+backend's trainer calls them around its loop, the cosmos-rl backend around its run and once per
+step of its log. For `rl` they are ``transformers.TrainerCallback`` objects TRL's trainer calls
+(``rl_callbacks``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import TrainerCallback
 
 from ..models.flops import DATASHEET_BF16, mfu
 from ..storage import write_json
@@ -135,3 +137,74 @@ class TimingHook(HookBase):
 def report_hooks(live: Path, timing: Path | None) -> list[HookBase]:
     """The `train` stage's reporting hooks: DVCLive into ``live``, and the timing file when given."""
     return [LiveHook(live), *([TimingHook(timing)] if timing is not None else [])]
+
+
+# What the rl stage's DVCLive curve holds of TRL's per-step log (and every ``grounding/`` component).
+RL_CURVE = {"reward": "rl/reward", "reward_std": "rl/reward_std", "kl": "rl/kl", "loss": "rl/loss",
+            "grad_norm": "rl/grad_norm", "completions/mean_length": "rl/answer_tokens",
+            "completions/clipped_ratio": "rl/answers_cut_off"}
+
+
+class RLLiveCallback(TrainerCallback):
+    """TRL's per-step log to DVCLive in ``live_dir`` (the world's process 0 only), numbered by
+    optimizer step from 0 like `train`'s; a resumed run adds to the curve it continues. Only what
+    the step computed (``RL_CURVE`` and the reward's ``grounding/`` components), never its time."""
+
+    def __init__(self, live_dir: Path):
+        self.live_dir = live_dir
+        self.live: Live | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Open the DVCLive run (continuing the curve of a resumed run)."""
+        from dvclive import Live
+
+        if state.is_world_process_zero:
+            self.live = Live(dir=str(self.live_dir), dvcyaml=None, save_dvc_exp=False,
+                             resume=state.global_step > 0, report=None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Log one step's values (logs without a reward, such as the run's summary, are skipped)."""
+        if self.live is None or not logs or "reward" not in logs:
+            return
+        self.live.step = state.global_step - 1
+        for key, value in sorted(logs.items()):
+            name = RL_CURVE.get(key, f"rl/{key}" if key.startswith("grounding/") else None)
+            if name is not None:
+                self.live.log_metric(name, float(value))
+        self.live.next_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Close the DVCLive run (its files written)."""
+        if self.live is not None:
+            self.live.end()
+
+
+class RLTimingCallback(TrainerCallback):
+    """The rl run's ``timing_record`` (wall time, answers/s, seconds per step from TRL's
+    ``step_time``) written to ``path`` when training ends (process 0)."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, 0.0
+        self.results: list[StepResult] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Start the wall clock."""
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Keep one step's time and size."""
+        if logs and "step_time" in logs:
+            answers = args.per_device_train_batch_size * args.world_size
+            self.results.append(StepResult(state.global_step, float(logs.get("loss", 0.0)),
+                                           float(logs.get("grad_norm", 0.0)), float(logs.get("learning_rate", 0.0)),
+                                           float(logs["step_time"]), answers))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Write the timing file of the steps run."""
+        if state.is_world_process_zero:
+            write_json(self.path, timing_record(self.results, time.perf_counter() - self.started))
+
+
+def rl_callbacks(live: Path, timing: Path | None) -> list[TrainerCallback]:
+    """The `rl` stage's reporting callbacks: DVCLive into ``live``, and the timing file when given."""
+    return [RLLiveCallback(live), *([RLTimingCallback(timing)] if timing is not None else [])]

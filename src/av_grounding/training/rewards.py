@@ -29,6 +29,7 @@ from ..evaluation.reward import RewardBreakdown, RewardConfig, reward
 
 TRUTH_COLUMN = "annotations"  # the ground-truth record's key: [{"label", "bbox_3d"}], or its JSON text
 CODEC_COLUMN = "box_codec"  # the ground-truth record's key; absent or None: RewardConfig.codec
+SCALE_COLUMN = "virtual_scale"  # the answer's virtual-camera scale (geometry.virtual); absent or None: real camera
 COSMOS_RL_CONFIG_KEY = "grounding_reward"  # the TOML table [custom.grounding_reward] holds RewardConfig fields
 METRIC_PREFIX = "grounding/"
 
@@ -103,10 +104,11 @@ class GroundingReward:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  completion_ids: Sequence[Sequence[int]] | None = None, *, annotations: Sequence[Any] | None = None,
-                 box_codec: Sequence[str | None] | None = None,
+                 box_codec: Sequence[str | None] | None = None, virtual_scale: Sequence[float | None] | None = None,
                  log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
         """One total reward per completion. ``annotations[i]``, ``box_codec[i]``: the truth
-        columns of completion i's frame (``read_truth``); ``completion_ids[i]``: its token ids
+        columns of completion i's frame (``read_truth``); ``virtual_scale[i]``: its answer's
+        virtual-camera scale (``reward``; None or no column: the real camera); ``completion_ids[i]``: its token ids
         (without them neither truncation nor the token limit is judged). ``log_metric`` (TRL's):
         receives ``component_means`` of the batch. Other columns and TRL's keywords are ignored.
         ValueError for a missing ``annotations`` column, a bad truth value or a bad completion."""
@@ -118,7 +120,8 @@ class GroundingReward:
             finished, n_tokens = self._generation(completion_ids[i] if completion_ids is not None else None)
             breakdowns.append(reward(completion_text(completion), boxes, self.config,
                                      codec=(box_codec[i] if box_codec is not None else None) or codec,
-                                     finished=finished, n_tokens=n_tokens))
+                                     finished=finished, n_tokens=n_tokens,
+                                     virtual_scale=virtual_scale[i] if virtual_scale is not None else None))
         self.last = breakdowns
         if log_metric is not None:
             for name, value in component_means(breakdowns).items():

@@ -1,0 +1,188 @@
+"""The `rl` stage (GRPO through TRL, ``training.grpo``, ``pipeline.rl``): its prompts are the SFT
+encoder's, its reward reads virtual-camera answers, a short run learns, resumes after a crash
+and becomes `infer` columns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import TINY, format_for
+from PIL import Image
+
+from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
+from av_grounding.dataset.prompts import load_prompts
+from av_grounding.evaluation.reward import RewardConfig, column_reward, reward
+from av_grounding.evaluation.table import column_title
+from av_grounding.models.builtin import build_builtin
+from av_grounding.models.inputs import Encoder
+from av_grounding.models.loading import load_model
+from av_grounding.params import FormatParams, InferParams, ParamsError, RLParams
+from av_grounding.pipeline.infer import rl_columns
+from av_grounding.pipeline.rl import rl
+from av_grounding.training.grpo import image_text_processor, prompt_messages
+
+FORMAT = FormatParams(prompts="prompts/av_grounding.yaml")
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_the_processor_gives_the_encoders_prompt_tokens_and_pixels(model, dataset, tmp_path):
+    """What GRPOTrainer feeds the policy (the chat template through the image-only processor)
+    is what SFT trained on and infer asks: the same ids and pixel values."""
+    fmt = format_for(model)
+    prompts = load_prompts(fmt.prompts)
+    folder = build_builtin(model, tmp_path / "model", 0, prompts.system, prompts.user, fmt.min_pixels, fmt.max_pixels)
+    loaded = load_model(folder)
+    processor = image_text_processor(loaded, fmt)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, fmt.min_pixels, fmt.max_pixels, 4096)
+    sample = read_cosmos(dataset / "train")[0]
+    text = processor.apply_chat_template(prompt_messages(sample), add_generation_prompt=True, tokenize=False)
+    with Image.open(sample.image) as image:
+        inputs = processor(text=[text], images=[image.convert("RGB")], return_tensors="pt", add_special_tokens=False)
+    encoded = encoder.encode(sample, with_answer=False)
+    assert inputs["input_ids"][0].tolist() == encoded.input_ids
+    torch.testing.assert_close(inputs["pixel_values"], encoded.pixel_values, rtol=0, atol=0)
+    assert inputs["image_grid_thw"].tolist() == encoded.image_grid_thw.tolist()
+
+
+def test_the_reward_moves_a_virtual_camera_answer_back_before_matching():
+    truth = [{"label": "car", "bbox_3d": [2.0, 1.0, 20.0, 4.5, 1.9, 1.6, 0.0, 0.3, 0.0]}]
+    real = json.dumps(truth)
+    scaled = json.dumps([{**truth[0], "bbox_3d": [4.0, 2.0, 40.0, *truth[0]["bbox_3d"][3:]]}])
+    perfect = reward(real, truth)
+    assert perfect.total == pytest.approx(RewardConfig().maximum)
+    assert reward(scaled, truth, virtual_scale=2.0) == perfect
+    assert reward(scaled, truth).matched == 0  # read as real, the box is 20 m off
+
+
+def test_column_reward_of_perfect_and_missing_answers(dataset, tmp_path):
+    gt = dataset / "eval" / "text"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    names = sorted(p.name for p in gt.glob("*.json"))
+    for name in names[1:]:
+        (pred / name).write_text(json.dumps({"annotations": json.loads((gt / name).read_text())["annotations"]}))
+    means = column_reward(gt, pred, "cosmos")
+    missing = reward("", json.loads((gt / names[0]).read_text())["annotations"]).total
+    expected = ((len(names) - 1) * RewardConfig().maximum + missing) / len(names)
+    assert means["total"] == pytest.approx(expected)
+    assert set(means) >= {"total", "iou", "centre", "duplicate", "false_positive", "malformed"}
+
+
+def test_rl_columns_follow_the_sft_steps_and_are_titled(tmp_path):
+    (tmp_path / "checkpoints" / "step_000002").mkdir(parents=True)
+    run = {"steps": 4}
+    assert rl_columns(tmp_path, run, InferParams(), 100) == [
+        ("rl_step_000002", str(tmp_path / "checkpoints" / "step_000002"), 102),
+        ("rl_final", str(tmp_path / "model"), 104)]
+    assert rl_columns(tmp_path, run, InferParams(checkpoints="none"), 100) == [
+        ("rl_final", str(tmp_path / "model"), 104)]
+    assert rl_columns(tmp_path, {"steps": 0}, InferParams(), 100) == [] == rl_columns(None, run, InferParams(), 1)
+    assert column_title("rl_step_000002", 102) == "RL step 102"
+    assert column_title("rl_final", 104) == "RL final (step 104)"
+
+
+def test_a_bad_reward_key_stops_the_stage_before_any_work(tmp_path):
+    with pytest.raises(ParamsError, match=r"rl\.reward: .*no_such_weight"):
+        rl(RLParams(reward={"no_such_weight": 1.0}), FORMAT, tmp_path / "dataset", tmp_path / "train",
+           tmp_path / "rl")
+    assert not (tmp_path / "rl").exists()
+
+
+@pytest.fixture(scope="module")
+def start(dataset, tmp_path_factory):
+    """A train folder holding a tiny model (``run.json`` as train writes it) and a dataset of two
+    training and two evaluation frames with their truth records."""
+    root = tmp_path_factory.mktemp("rl")
+    for split in ("train", "eval"):
+        chosen = read_cosmos(dataset / split)[:2]
+        folder = root / "data" / split
+        (folder / "images").mkdir(parents=True)
+        for s in chosen:
+            shutil.copy(s.image, folder / "images" / f"{s.id}.jpg")
+        write_cosmos(folder, [(s.id, s.record, conversation(f"images/{s.id}.jpg", s.system, s.user, s.answer))
+                              for s in chosen])
+    prompts = load_prompts(FORMAT.prompts)
+    build_builtin("tiny-qwen2_5_vl", root / "train" / "model", 0, prompts.system, prompts.user, FORMAT.min_pixels,
+                  FORMAT.max_pixels)
+    (root / "train" / "run.json").write_text(json.dumps({"base": str(root / "train" / "model"), "steps": 5,
+                                                         "inputs_sha256": "sft"}))
+    return root
+
+
+# Random answers of a random model all earn the same reward (malformed), which gives GRPO no
+# advantage to follow: a 30-character limit makes their lengths tell them apart, so steps move weights.
+SHORT = RLParams(steps=2, prompts_per_step=1, group_size=2, max_answer_tokens=12, save_every=1, kl=0.04,
+                 reward={"max_answer_chars": 30})
+
+
+def _weights(folder):
+    return load_model(folder).model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def whole(start, tmp_path_factory):
+    """An uninterrupted run of SHORT: (its folder, its summary, its DVCLive folder)."""
+    root = tmp_path_factory.mktemp("whole")
+    summary = rl(SHORT, FORMAT, start / "data", start / "train", root / "rl", root / "rl.json", root / "live",
+                 root / "timing.json")
+    return root / "rl", summary, root / "live"
+
+
+def test_a_run_moves_the_policy_and_logs_every_reward_term(start, whole):
+    folder, summary, live = whole
+    assert summary["steps"] == 2 and summary["answers_per_step"] == 2 and summary["frames"] == 2
+    base, policy = _weights(start / "train" / "model"), _weights(folder / "model")
+    assert any(not torch.equal(base[name], value) for name, value in policy.items()), "GRPO changed no weight"
+    curves = live / "plots" / "metrics" / "rl"
+    assert [line.split("\t")[0] for line in (curves / "reward.tsv").read_text().splitlines()[1:]] == ["0", "1"]
+    assert {p.stem for p in (curves / "grounding").iterdir()} >= {"iou", "centre", "duplicate", "overlong", "total"}
+    assert json.loads((folder / "run.json").read_text())["steps"] == 2
+    assert not (folder / "trainer").exists()  # the resumable state goes once the run completes
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(start, whole, tmp_path, monkeypatch):
+    """Killed after step 2 (before its checkpoint), the rerun continues from step 1's TRL
+    checkpoint (optimizer, scheduler, RNG; the policy from its exported folder, the KL
+    reference still the starting model), trains step 2 only, and ends with the uninterrupted
+    run's weights; the DVCLive curve and the checkpoints are those of one run."""
+    from transformers import TrainerCallback
+
+    from av_grounding.pipeline import rl as stage
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    real = stage.rl_callbacks
+    monkeypatch.setattr(stage, "rl_callbacks", lambda live, timing: [*real(live, timing), Crash()])
+    with pytest.raises(KeyboardInterrupt):
+        rl(SHORT, FORMAT, start / "data", start / "train", tmp_path / "cut", None, tmp_path / "live",
+           tmp_path / "t.json")
+    assert sorted(p.name for p in (tmp_path / "cut" / "trainer").iterdir() if p.is_dir()) == ["checkpoint-1"]
+    monkeypatch.setattr(stage, "rl_callbacks", real)
+    rl(SHORT, FORMAT, start / "data", start / "train", tmp_path / "cut", None, tmp_path / "live",
+       tmp_path / "t.json")
+    assert json.loads((tmp_path / "t.json").read_text())["per_step"]["step"] == [2]
+    resumed, uninterrupted = _weights(tmp_path / "cut" / "model"), _weights(whole[0] / "model")
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+    curve = (tmp_path / "live" / "plots" / "metrics" / "rl" / "reward.tsv").read_text().splitlines()
+    assert curve[1:] == (whole[2] / "plots" / "metrics" / "rl" / "reward.tsv").read_text().splitlines()[1:]
+
+
+def test_rl_columns_are_inferred_after_the_sft_ones(start, whole, tmp_path):
+    from av_grounding.pipeline.infer import infer
+
+    params = InferParams(max_new_tokens=8, batch_size=2, zero_shot=False, checkpoints="none")
+    summary = infer(params, FORMAT, start / "data", start / "train", tmp_path / "predictions", rl=whole[0])
+    assert {name: column["step"] for name, column in summary.items()} == {"final": 5, "rl_final": 7}
+    assert json.loads((tmp_path / "predictions" / "columns.json").read_text()) == {"final": 5, "rl_final": 7}
+    rl(RLParams(steps=0), FORMAT, start / "data", start / "train", tmp_path / "none")  # no RL: no columns
+    assert not (tmp_path / "none" / "model").exists()
+    assert list(infer(params, FORMAT, start / "data", start / "train", tmp_path / "predictions",
+                      rl=tmp_path / "none")) == ["final"]
