@@ -222,7 +222,7 @@ def test_sigterm_sets_the_output_aside_and_a_failed_rerun_keeps_it(tmp_path, mon
     output = tmp_path / "predictions"
     calls = []
 
-    def stage(params, fmt, dataset, train, output, metrics, timing):
+    def stage(params, fmt, dataset, train, output, metrics, timing, rl):
         calls.append(sorted(p.name for p in output.glob("*")) if output.is_dir() else None)
         output.mkdir(exist_ok=True)
         (output / f"batch{len(calls)}.json").write_text("{}")

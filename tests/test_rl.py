@@ -87,8 +87,8 @@ def test_rl_columns_follow_the_sft_steps_and_are_titled(tmp_path):
 def test_a_bad_reward_key_stops_the_stage_before_any_work(tmp_path):
     with pytest.raises(ParamsError, match=r"rl\.reward: .*no_such_weight"):
         rl(RLParams(reward={"no_such_weight": 1.0}), FORMAT, tmp_path / "dataset", tmp_path / "train",
-           tmp_path / "rl")
-    assert not (tmp_path / "rl").exists()
+           tmp_path / "rl", None, tmp_path / "live")
+    assert not (tmp_path / "rl").exists() and not (tmp_path / "live").exists()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,10 @@ def test_rl_columns_are_inferred_after_the_sft_ones(start, whole, tmp_path):
     summary = infer(params, FORMAT, start / "data", start / "train", tmp_path / "predictions", rl=whole[0])
     assert {name: column["step"] for name, column in summary.items()} == {"final": 5, "rl_final": 7}
     assert json.loads((tmp_path / "predictions" / "columns.json").read_text()) == {"final": 5, "rl_final": 7}
-    rl(RLParams(steps=0), FORMAT, start / "data", start / "train", tmp_path / "none")  # no RL: no columns
+    rl(RLParams(steps=0), FORMAT, start / "data", start / "train", tmp_path / "none", None,
+       tmp_path / "live")  # no RL: no columns, an empty curve (DVC's outputs exist)
     assert not (tmp_path / "none" / "model").exists()
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {}
+    assert (tmp_path / "live" / "plots" / "metrics").is_dir()
     assert list(infer(params, FORMAT, start / "data", start / "train", tmp_path / "predictions",
                       rl=tmp_path / "none")) == ["final"]

@@ -14,6 +14,7 @@ from ..evaluation.config import EvaluationConfig
 from ..evaluation.evaluate import PlotData, evaluate_frames
 from ..evaluation.frames import EvaluationError, Frame, load_frames
 from ..evaluation.render import plot_against_steps, plot_error_against_distance, plot_pr_curves, write_overlays
+from ..evaluation.results import rounded
 from ..evaluation.reward import column_reward
 from ..evaluation.table import headline as headline_metrics
 from ..evaluation.table import results_markdown
@@ -122,7 +123,8 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
         frames = load_frames(dataset / "eval" / "text", predictions / name, config.codec)
         result, data = evaluate_frames(frames, config)
         results[name] = {**result.serialize(),
-                         "reward": column_reward(dataset / "eval" / "text", predictions / name, config.codec)}
+                         "reward": rounded(column_reward(dataset / "eval" / "text", predictions / name,
+                                                         config.codec))}
         final = (name, frames, data)
     write_report(metrics, results)
     write_report(headline, headline_metrics(results))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,14 @@ def check_reward(params: RLParams) -> None:
         RewardConfig.from_mapping(dict(params.reward))
     except (ConfigError, TypeError) as exc:
         raise ParamsError(f"rl.reward: {exc}") from None
+
+
+def empty_curve(live: Path) -> None:
+    """The DVCLive folder of a stage that trained no step: no curve, an empty summary (DVC tracks
+    ``metrics.json`` and ``plots/metrics`` as outputs, which must exist)."""
+    shutil.rmtree(live, ignore_errors=True)
+    (live / "plots" / "metrics").mkdir(parents=True)
+    write_json(live / "metrics.json", {})
 
 
 def rl(params: RLParams, fmt: FormatParams, dataset: Path, train: Path, output: Path, metrics: Path | None = None,
@@ -83,7 +92,9 @@ def rl(params: RLParams, fmt: FormatParams, dataset: Path, train: Path, output: 
     if not manifest.matches():
         manifest.reset(*(output / name for name in MADE))
     summary: dict[str, Any] = {"steps": params.steps}
-    if params.steps:
+    if not params.steps:
+        empty_curve(live)
+    else:
         from ..training.grpo import train_grpo
 
         run = train_grpo(params, fmt, train / "model", dataset, output, rl_callbacks(live, timing))

@@ -69,26 +69,26 @@ def prompt_messages(sample: Sample) -> list[dict[str, Any]]:
     return messages
 
 
-def grpo_rows(samples: list[Sample]) -> list[dict[str, Any]]:
-    """One TRL dataset row per sample: ``prompt``, ``image`` (the decoded picture), and the reward's
-    columns ``annotations`` (the truth, JSON text), ``box_codec`` and ``virtual_scale``.
-    ``ValueError`` naming a sample read without its record (the Qwen-VL layout has no truth)."""
+def grpo_dataset(samples: list[Sample]) -> Any:
+    """A ``datasets.Dataset`` of one TRL row per sample: ``prompt``, ``image`` (the file, decoded
+    when a batch reads it: 80k frames are never in memory at once), and the reward's columns
+    ``annotations`` (the truth, JSON text), ``box_codec`` and ``virtual_scale``. ``ValueError``
+    naming a sample read without its record (the Qwen-VL layout has no truth)."""
     import json
 
-    from PIL import Image
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
 
     rows = []
     for sample in samples:
         if sample.record is None:
             raise ValueError(f"sample {sample.id}: no annotation record (read the Cosmos-RL layout)")
         block = sample.record.get(VIRTUAL_CAMERA)
-        with Image.open(sample.image) as image:
-            picture = image.convert("RGB")
-        rows.append({"prompt": prompt_messages(sample), "image": picture,
+        rows.append({"prompt": prompt_messages(sample), "image": str(sample.image),
                      TRUTH_COLUMN: json.dumps(sample.record.get(TRUTH_COLUMN, [])),
                      CODEC_COLUMN: sample.record.get(CODEC_COLUMN),
                      SCALE_COLUMN: None if block is None else scale_of(block, f"sample {sample.id}")})
-    return rows
+    return Dataset.from_list(rows).cast_column("image", ImageFeature(mode="RGB"))
 
 
 def grpo_config(params: RLParams, output: Path, device: str) -> Any:
@@ -155,7 +155,6 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     Raises ``ConfigError`` for ``params.reward`` fields ``RewardConfig`` refuses, ``ValueError``
     for a dataset without annotation records."""
     import torch
-    from datasets import Dataset
 
     config = RewardConfig.from_mapping(dict(params.reward))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -168,7 +167,7 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     loaded.model.config._name_or_path = str(base)
     processor = image_text_processor(loaded, fmt)
     samples = read_cosmos(dataset / "train")
-    rows = Dataset.from_list(grpo_rows(samples))
+    rows = grpo_dataset(samples)
     reward = GroundingReward(config, eos_token_ids=[loaded.tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                                    loaded.tokenizer.eos_token_id])
     trainer = _trainer_class()(model=loaded.model, reward_funcs=[reward],
