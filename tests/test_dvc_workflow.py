@@ -60,9 +60,12 @@ def wait_for(path_glob: str, workspace: Path, process: subprocess.Popen, log: Pa
 def start_exp_run(workspace: Path, log: Path, *args: str) -> subprocess.Popen:
     """`dvc exp run` in its own process group (as a terminal runs it), its output into ``log``."""
     with open(log, "w") as stream:
+        # SIGINT as a terminal's command has it: a suite started in the background (`cmd &` in a
+        # script) ignores SIGINT, and an ignored signal stays ignored in every child it starts.
         return subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run", *args], cwd=workspace,
                                 env=environment(workspace), stdout=stream, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
 
 
 @pytest.fixture(scope="module")
