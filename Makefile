@@ -102,7 +102,7 @@ clean:
 # parameters that differ between them, the final training loss and those headline metrics of the
 # final model that differ (metrics/headline.json; its `columns.*` hold the other checkpoints');
 # `make exps-recipe`: the same with the recipe's five metrics instead of the project's six.
-EXP_SHOW_FLAGS := --only-changed --drop 'Created|State|Executor|(data|src|stages|prompts)/|columns\.|.*grad_norm|step$$|dvclive/.*:train\.lr$$'
+EXP_SHOW_FLAGS := --only-changed --drop 'Created|State|Executor|(data|src|stages|prompts)/|columns\.|.*grad_norm|step$$|dvclive/.*:train\.lr$$|dvclive/rl/.*:rl\.(grounding|answer|kl|loss|reward_std)'
 EXP_SHOW_HEADLINE := --drop 'r_.*'
 EXP_SHOW_RECIPE := --drop '(ap2d|ap2d50|ap3d|cd_map|recall|precision)$$'
 

@@ -107,7 +107,8 @@ def test_exp_show_lists_every_experiment_with_its_params_and_metrics(experiments
         # DVC leaves out nulls (precision and the recipe's mean IoU when no box matched) and empty columns
         expected = {key for key, _ in HEADLINE_METRICS} - {"precision", "r_miou"}
         assert expected <= set(_metric(data, "metrics/headline.json"))
-        assert set(data["metrics"]) == {"metrics/headline.json", "dvclive/train/metrics.json"}, "only headline metrics"
+        assert set(data["metrics"]) == {"metrics/headline.json", "dvclive/train/metrics.json",
+                                        "dvclive/rl/metrics.json"}, "only headline metrics and the curves' summaries"
         assert data["outs"]["data/dataset"]["hash"] == baseline["outs"]["data/dataset"]["hash"], name
     losses = {name: _metric(data, "dvclive/train/metrics.json")["train"]["loss"] for name, data in runs.items()}
     assert len(set(losses.values())) == len(losses), f"learning rates gave equal final losses: {losses}"
