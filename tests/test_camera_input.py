@@ -100,16 +100,23 @@ def _write_predictions(folder, samples, with_block: bool):
 
 def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_path):
     """Perfect virtual answers score as perfect real ones once converted back, by infer (the
-    annotations it writes) and by the evaluator (raw_text plus the block); read without the
-    block they are the scaled boxes, and score far worse."""
+    annotations it writes) and by the evaluator (raw_text plus the block; a file without the
+    block is read in the truth's virtual camera, with a warning); read against truth without
+    a block, the scaled boxes score far worse."""
+    from av_grounding.evaluation.frames import EvaluationWarning
+
     samples = read_cosmos(formatted / "virtual_camera" / "eval")
     gt = formatted / "virtual_camera" / "eval" / "text"
     params = EvaluateParams()
     converted = evaluate_folder(params, gt, _write_predictions(tmp_path / "with", samples, True),
                                 tmp_path / "with.json")
-    ignored = evaluate_folder(params, gt, _write_predictions(tmp_path / "without", samples, False),
-                              tmp_path / "without.json")
+    with pytest.warns(EvaluationWarning, match="read in the truth's virtual camera"):
+        fallback = evaluate_folder(params, gt, _write_predictions(tmp_path / "without", samples, False),
+                                   tmp_path / "without.json")
     assert converted["ap3d"]["ap"] > 0.95 and converted["center_distance"]["map"] > 0.95
+    assert fallback == converted
+    ignored = evaluate_folder(params, formatted / "none" / "eval" / "text", tmp_path / "without",
+                              tmp_path / "ignored.json")
     assert ignored["center_distance"]["map"] < 0.5 * converted["center_distance"]["map"]
     written = json.loads(next((tmp_path / "with").glob("*.json")).read_text())
     sample = next(s for s in samples if s.id == next((tmp_path / "with").glob("*.json")).stem)
@@ -134,7 +141,7 @@ def test_a_bad_virtual_camera_block_is_an_error_naming_the_file(formatted, tmp_p
         evaluate_folder(EvaluateParams(), formatted / "virtual_camera" / "eval" / "text", pred, tmp_path / "o.json")
 
 
-@pytest.mark.parametrize("focal", [0.0, -1.0, float("nan")])
+@pytest.mark.parametrize("focal", [0.0, -1.0, 1e-7, float("inf"), float("nan")])
 def test_a_virtual_focal_that_is_not_positive_is_refused(focal):
     with pytest.raises(ParamsError, match="virtual_focal"):
         FormatParams(virtual_focal=focal)

@@ -296,4 +296,4 @@ def test_cosmos_rl_reward_function_refuses_bad_references_and_configs():
         cosmos_rl_reward("[]", "car at 10 m")
     with pytest.raises(ConfigError, match="unknown key"):
         cosmos_rl_reward("[]", "[]", config=cosmos_config(100, iou=1.0))
-    assert read_truth({"annotations": [], "box_codec": "qwen3vl"}) == ([], "qwen3vl")
+    assert read_truth({"annotations": [], "box_codec": "qwen3vl"}) == ([], "qwen3vl", None)

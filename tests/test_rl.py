@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, format_for
@@ -189,3 +190,60 @@ def test_rl_columns_are_inferred_after_the_sft_ones(start, whole, tmp_path):
     assert (tmp_path / "live" / "plots" / "metrics").is_dir()
     assert list(infer(params, FORMAT, start / "data", start / "train", tmp_path / "predictions",
                       rl=tmp_path / "none")) == ["final"]
+
+
+def test_the_cosmos_rl_reward_reads_a_virtual_camera_record():
+    from av_grounding.training.rewards import cosmos_rl_reward
+
+    truth = [{"label": "car", "bbox_3d": [1.0, 1.0, 20.0, 4.5, 1.9, 1.6, 0.0, 0.3, 0.0]}]
+    record = {"annotations": truth, "virtual_camera": {"focal_per_height": 1.0, "scale": 2.0}}
+    scaled = json.dumps([{**truth[0], "bbox_3d": [2.0, 2.0, 40.0, *truth[0]["bbox_3d"][3:]]}])
+    assert cosmos_rl_reward(scaled, json.dumps(record))[0] == pytest.approx(RewardConfig().maximum)
+    with pytest.raises(ValueError, match="positive number"):
+        reward(scaled, truth, virtual_scale=0.0)
+
+
+def test_a_prediction_without_the_block_is_read_in_the_truths_virtual_camera(tmp_path):
+    """A raw answer saved without its block (an external inference script) on a dataset whose
+    answers are in a virtual camera: read in the truth's camera, with a warning; ``null`` is an
+    error in both the evaluator and the column reward."""
+    from av_grounding.evaluation.frames import EvaluationError, EvaluationWarning, load_frames
+
+    truth = [{"label": "car", "bbox_3d": [1.0, 1.0, 20.0, 4.5, 1.9, 1.6, 0.0, 0.3, 0.0]}]
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    (gt / "a.json").write_text(json.dumps({"annotations": truth, "camera_params": {"fx": 500, "fy": 500, "cx": 320,
+                                           "cy": 180}, "width": 640, "height": 360,
+                                           "virtual_camera": {"focal_per_height": 1.0, "scale": 2.0}}))
+    scaled = json.dumps([{**truth[0], "bbox_3d": [2.0, 2.0, 40.0, *truth[0]["bbox_3d"][3:]]}])
+    (pred / "a.json").write_text(json.dumps({"raw_text": scaled}))
+    with pytest.warns(EvaluationWarning, match="read in the truth's virtual camera"):
+        (frame,) = load_frames(gt, pred, "cosmos")
+    np.testing.assert_allclose(frame.pred.centres, frame.gt.centres)
+    assert column_reward(gt, pred, "cosmos")["total"] == pytest.approx(RewardConfig().maximum)
+    (pred / "a.json").write_text(json.dumps({"raw_text": scaled, "virtual_camera": None}))
+    with pytest.raises(EvaluationError, match="positive 'scale'"):
+        load_frames(gt, pred, "cosmos")
+    with pytest.raises(ValueError, match="positive 'scale'"):
+        column_reward(gt, pred, "cosmos")
+
+
+def test_the_rewards_end_ids_are_the_generation_configs_and_the_tokenizers(start):
+    from av_grounding.training.grpo import end_ids
+
+    loaded = load_model(start / "train" / "model")
+    loaded.model.generation_config.eos_token_id = [151645, 151643]
+    assert end_ids(loaded) == {151645, 151643}
+    loaded.model.generation_config.eos_token_id = None
+    assert end_ids(loaded) >= {151645}
+
+
+def test_rl_params_refuse_a_zero_temperature_and_take_null_or_string_reward_fields(tmp_path):
+    from av_grounding.params import load
+
+    params = tmp_path / "params.yaml"
+    params.write_text("rl:\n  reward: {max_answer_tokens: null, codec: qwen3vl, iou_weight: 0.5, centre_weight: 0.4}\n")
+    loaded = load(RLParams, "rl", params)
+    assert RewardConfig.from_mapping(dict(loaded.reward)).max_answer_tokens is None
+    with pytest.raises(ParamsError, match=r"rl\.temperature = 0\.0"):
+        load(RLParams, "rl", params, {"temperature": 0})

@@ -9,6 +9,7 @@ import collections.abc
 import copyreg
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -238,9 +239,10 @@ class FormatParams(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.virtual_focal > 0:
+        if not (math.isfinite(self.virtual_focal) and self.virtual_focal >= 0.01):
             raise ParamsError(f"format.virtual_focal = {self.virtual_focal}: the virtual camera's focal length must "
-                              "be a positive number of image heights")
+                              "be a number of image heights of at least 0.01 (below, the scale the records keep to 6 "
+                              "decimals loses its precision)")
         if self.min_pixels > self.max_pixels:
             raise ParamsError(f"format.min_pixels ({self.min_pixels}) exceeds format.max_pixels ({self.max_pixels})")
         if self.eval_clips < 1 and not self.eval_clip_ids:
@@ -359,15 +361,22 @@ class RLParams(Checked):
     lr: float = param(1e-4, "learning rate (AdamW, constant after no warmup)", minimum=0.0)
     kl: float = param(0.04, "KL coefficient (TRL's beta) against the starting model; 0: no reference model",
                       minimum=0.0)
-    temperature: float = param(1.0, "sampling temperature of the answers", minimum=0.0)
+    temperature: float = param(1.0, "sampling temperature of the answers (positive: GRPO needs answers that differ)",
+                               minimum=0.0)
     max_answer_tokens: int = param(320, "generation budget of an answer; one cut off is penalised as truncated",
                                    minimum=1)
     save_every: int = param(0, "checkpoint (and infer column) every N steps (0: only the final model)", minimum=0)
     seed: int = param(0, "seed of frame order and sampling", minimum=0)
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    reward: Mapping[str, float] = param(MappingProxyType({}), "RewardConfig weights and thresholds to change "
-                                        "(evaluation/reward.py), e.g. {duplicate_weight: 1.0}; the others keep "
-                                        "their defaults")
+    reward: Mapping[str, float | str | None] = param(
+        MappingProxyType({}), "RewardConfig fields to change (evaluation/reward.py), e.g. {duplicate_weight: 1.0} or "
+        "{max_answer_tokens: null}; the others keep their defaults")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ParamsError(f"rl.temperature = {self.temperature}: sampling needs a positive temperature (at 0 the "
+                              "group's answers are equal and GRPO has no advantage to follow)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,12 +456,12 @@ def _coerce_scalar(hint: Any, value: Any) -> Any:
             raise _Mismatch(f"one of {list(typing.get_args(hint))}")
         return value
     if origin in (collections.abc.Mapping, dict):
-        if typing.get_args(hint)[1] is float:  # names to numbers
+        if typing.get_args(hint)[1] is not str:  # names to scalars: numbers (ints stay ints), strings, null
             if not isinstance(value, typing.Mapping) or not all(
-                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    isinstance(k, str) and (v is None or isinstance(v, (int, float, str))) and not isinstance(v, bool)
                     for k, v in value.items()):
-                raise _Mismatch("a mapping of names to numbers")
-            return MappingProxyType(dict(sorted(value.items())))  # ints stay ints (integer fields)
+                raise _Mismatch("a mapping of names to numbers, strings or null")
+            return MappingProxyType(dict(sorted(value.items())))
         if not isinstance(value, typing.Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise _Mismatch("a mapping of names to names")

@@ -300,13 +300,19 @@ def _structure(document: Any) -> str:
         else "an empty object"
 
 
-def in_real_camera(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -> ParsedAnswer:
-    """The boxes of an answer written in a virtual camera (the prediction file's
-    ``virtual_camera`` block, ``dataset.camera_input``) moved back into the real camera; the
-    answer as it is when the file has no such block. EvaluationError naming the file for a block
-    without a positive scale."""
+def in_real_camera(parsed: ParsedAnswer, document: dict[str, Any], path: Path,
+                   truth_block: Any = None) -> ParsedAnswer:
+    """The boxes of an answer written in a virtual camera moved back into the real camera: by the
+    prediction file's ``virtual_camera`` block (``dataset.camera_input``), else by the ground-truth
+    record's (``truth_block``: the model was trained on answers in that camera; warned); the
+    answer as it is when neither has one. EvaluationError naming the file for a block without a
+    positive scale."""
     if VIRTUAL_CAMERA not in document:
-        return parsed
+        if truth_block is None:
+            return parsed
+        warnings.warn(EvaluationWarning(f"{path}: no '{VIRTUAL_CAMERA}' block, but the ground truth's record has one: "
+                                        "its raw_text is read in the truth's virtual camera"), stacklevel=2)
+        document = {VIRTUAL_CAMERA: truth_block}
     try:
         scale = scale_of(document[VIRTUAL_CAMERA], str(path))
     except ValueError as exc:
@@ -314,7 +320,7 @@ def in_real_camera(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -
     return dataclasses.replace(parsed, boxes=boxes_from_virtual(parsed.boxes, scale))
 
 
-def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]:
+def read_prediction(path: Path, truth_block: Any = None) -> tuple[ParsedAnswer, list[float], ScoreSource]:
     """Boxes, their scores and where the scores came from, for one prediction file. The boxes
     come from ``raw_text`` when the file has it (the model's own answer, parsed; moved back into
     the real camera when the file says the answer is in a virtual one, ``in_real_camera``), else
@@ -330,7 +336,7 @@ def read_prediction(path: Path) -> tuple[ParsedAnswer, list[float], ScoreSource]
     raw, annotations = (document.get(key) if isinstance(document, dict) else None
                         for key in ("raw_text", "annotations"))
     if isinstance(raw, str):
-        parsed = in_real_camera(parse_answer(raw), document, path)
+        parsed = in_real_camera(parse_answer(raw), document, path, truth_block)
     elif raw is None and isinstance(annotations, list):
         parsed = parse_items(annotations)
     else:
@@ -363,7 +369,7 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
         scores: list[float] = []
         parsed, source = ParsedAnswer(status="failed", valid_json=False), None
         if path.name in available:
-            parsed, scores, source = read_prediction(pred_dir / path.name)
+            parsed, scores, source = read_prediction(pred_dir / path.name, record.get(VIRTUAL_CAMERA))
         pred = box_set([b["label"] for b in parsed.boxes], [b["bbox_3d"] for b in parsed.boxes], scores,
                        codec, camera, width, height)
         frames.append(Frame(path.stem, camera, width, height, gt, pred, pinhole_parameters(record),

@@ -228,7 +228,8 @@ def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig |
     (``format.camera_input: virtual_camera``), the frame's scale (its record's ``virtual_camera``
     block): the answer's boxes are moved back into the real camera of ``truth`` before matching.
 
-    Raises ValueError for an invalid truth box (naming its index and why) or an unknown codec.
+    Raises ValueError for an invalid truth box (naming its index and why), an unknown codec or a
+    ``virtual_scale`` that is not a positive number.
     """
     config = config or RewardConfig()
     codec = codec or config.codec
@@ -236,6 +237,8 @@ def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig |
     gt, gt_xz = _decode(gt_boxes, codec)
     parsed = parse_answer(text)
     if virtual_scale is not None:
+        if not (math.isfinite(virtual_scale) and virtual_scale > 0):
+            raise ValueError(f"virtual_scale {virtual_scale} is not a positive number")
         parsed = replace(parsed, boxes=boxes_from_virtual(parsed.boxes, virtual_scale))
     pred_all, xz_all = _decode(parsed.boxes, codec)
     repeated = _duplicates(pred_all, config.duplicate_iou)
@@ -264,8 +267,9 @@ def column_reward(gt_dir: Path, pred_dir: Path, codec: str, config: RewardConfig
     """The mean reward (``reward``, default weights unless ``config``) of a prediction column's
     answers, with the mean of every term: per ground-truth file of ``gt_dir`` its prediction in
     ``pred_dir`` (its ``raw_text``, else its ``annotations`` as JSON; moved back from a virtual
-    camera as the evaluator moves it; a missing or unreadable file is an empty answer). Whether an
-    answer was cut off is not recorded in prediction files: the truncation term stays 0. Keys:
+    camera as the evaluator moves it, ``frames.in_real_camera``; a missing or unreadable file is an
+    empty answer). Whether an answer was cut off is not recorded in prediction files: the
+    truncation term stays 0. Keys:
     each ``RewardBreakdown`` number by name (``total`` the reward). ValueError for a bad truth box."""
     breakdowns = []
     for truth_path in json_files(gt_dir):
@@ -278,8 +282,9 @@ def column_reward(gt_dir: Path, pred_dir: Path, codec: str, config: RewardConfig
         document = document if isinstance(document, dict) else {}
         raw, boxes = document.get("raw_text"), document.get("annotations")
         text = raw if isinstance(raw, str) else json.dumps(boxes) if isinstance(boxes, list) else ""
-        block = document.get(VIRTUAL_CAMERA)
-        scale = scale_of(block, str(pred_path)) if block is not None and isinstance(raw, str) else None
+        block = document[VIRTUAL_CAMERA] if VIRTUAL_CAMERA in document else record.get(VIRTUAL_CAMERA)
+        scale = scale_of(block, str(pred_path)) if isinstance(raw, str) and (
+            VIRTUAL_CAMERA in document or VIRTUAL_CAMERA in record) else None
         breakdowns.append(reward(text, record["annotations"], config, codec=record.get("box_codec") or codec,
                                  virtual_scale=scale))
     numbers = [k for k, v in breakdowns[0].serialize().items() if not isinstance(v, str)] if breakdowns else []

@@ -13,7 +13,8 @@ answer boxes (dicts with ``bbox_3d``) of such a file.
 
 The focal length of a lens is taken at its principal point: pinhole ``sqrt(fx * fy)``; f-theta
 ``dr/dtheta`` at ``theta = 0`` (pixels per radian: the pinhole's ``f`` to first order, since
-``f tan(theta) ~ f theta``) times ``sqrt(det)`` of its affine (the horizontal stretch).
+``f tan(theta) ~ f theta``) times ``sqrt(det)`` of its affine (its geometric-mean scale, as the
+pinhole's ``sqrt(fx * fy)``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def focal_length_px(camera: Camera) -> float:
     if isinstance(camera, PinholeCamera):
         focal = math.sqrt(camera.fx * camera.fy) if camera.fx * camera.fy > 0 else math.nan
     elif isinstance(camera, FThetaCamera):
-        slope = 1.0 / camera.backward[1] if camera.stored_backward and camera.backward[1] else camera.forward[1]
+        if camera.stored_backward:  # theta(r) = b1 r + ...: dr/dtheta = 1 / b1 (no focal length where b1 <= 0)
+            slope = 1.0 / camera.backward[1] if camera.backward[1] > 0 else math.nan
+        else:
+            slope = camera.forward[1]
         c, d, e = camera.affine
         focal = slope * math.sqrt(abs(c - d * e))
     else:

@@ -130,6 +130,15 @@ def _export_callback(loaded: LoadedModel, base: Path, output: Path) -> Any:
     return ExportCheckpoints()
 
 
+def end_ids(loaded: LoadedModel) -> set[int]:
+    """The token ids that end an answer, as GRPOTrainer gathers them: the generation config's
+    ``eos_token_id`` (one id or a list: the published Qwen2.5-VL's holds ``<|im_end|>`` and
+    ``<|endoftext|>``), the tokenizer's, and ``<|im_end|>``."""
+    configured = loaded.model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [] if configured is None else [configured])
+    return ids | {loaded.tokenizer.eos_token_id, loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}
+
+
 def _trainer_class() -> type:
     """TRL's ``GRPOTrainer`` resuming everything but the weights from a checkpoint (optimizer,
     scheduler, RNG, step): ``train_grpo`` loads the policy itself, with the key mapping that
@@ -168,8 +177,7 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     processor = image_text_processor(loaded, fmt)
     samples = read_cosmos(dataset / "train")
     rows = grpo_dataset(samples)
-    reward = GroundingReward(config, eos_token_ids=[loaded.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                                   loaded.tokenizer.eos_token_id])
+    reward = GroundingReward(config, eos_token_ids=end_ids(loaded))
     trainer = _trainer_class()(model=loaded.model, reward_funcs=[reward],
                           args=grpo_config(params, output, device), train_dataset=rows, processing_class=processor,
                           callbacks=[_export_callback(loaded, base, output), *callbacks])

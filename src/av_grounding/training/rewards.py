@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from ..evaluation.reward import RewardBreakdown, RewardConfig, reward
+from ..geometry.virtual import VIRTUAL_CAMERA, scale_of
 
 TRUTH_COLUMN = "annotations"  # the ground-truth record's key: [{"label", "bbox_3d"}], or its JSON text
 CODEC_COLUMN = "box_codec"  # the ground-truth record's key; absent or None: RewardConfig.codec
@@ -34,11 +35,11 @@ COSMOS_RL_CONFIG_KEY = "grounding_reward"  # the TOML table [custom.grounding_re
 METRIC_PREFIX = "grounding/"
 
 
-def read_truth(value: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """(truth boxes, box codec or None) of a truth value: a list of ``{"label", "bbox_3d"}``
-    boxes, a ground-truth record (an object with ``annotations`` and optionally ``box_codec``:
-    a ``text/<id>.json`` file of the Cosmos-RL dataset), or the JSON text of either.
-    ValueError for anything else."""
+def read_truth(value: Any) -> tuple[list[dict[str, Any]], str | None, float | None]:
+    """(truth boxes, box codec or None, virtual-camera scale or None) of a truth value: a list of
+    ``{"label", "bbox_3d"}`` boxes, a ground-truth record (an object with ``annotations`` and
+    optionally ``box_codec`` and a ``virtual_camera`` block: a ``text/<id>.json`` file of the
+    Cosmos-RL dataset), or the JSON text of either. ValueError for anything else."""
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
@@ -47,9 +48,10 @@ def read_truth(value: Any) -> tuple[list[dict[str, Any]], str | None]:
     if isinstance(value, Mapping):
         boxes, codec = value.get(TRUTH_COLUMN), value.get(CODEC_COLUMN)
         if isinstance(boxes, list) and (codec is None or isinstance(codec, str)):
-            return boxes, codec
+            block = value.get(VIRTUAL_CAMERA)
+            return boxes, codec, None if block is None else scale_of(block, "the ground-truth record")
     elif isinstance(value, list):
-        return value, None
+        return value, None, None
     raise ValueError(f"truth must be a list of boxes or a record with an {TRUTH_COLUMN!r} list, got {value!r:.200}")
 
 
@@ -116,12 +118,12 @@ class GroundingReward:
             raise ValueError(f"the dataset needs a {TRUTH_COLUMN!r} column: each frame's truth boxes (read_truth)")
         breakdowns = []
         for i, completion in enumerate(completions):
-            boxes, codec = read_truth(annotations[i])
+            boxes, codec, record_scale = read_truth(annotations[i])
             finished, n_tokens = self._generation(completion_ids[i] if completion_ids is not None else None)
             breakdowns.append(reward(completion_text(completion), boxes, self.config,
                                      codec=(box_codec[i] if box_codec is not None else None) or codec,
                                      finished=finished, n_tokens=n_tokens,
-                                     virtual_scale=virtual_scale[i] if virtual_scale is not None else None))
+                                     virtual_scale=virtual_scale[i] if virtual_scale is not None else record_scale))
         self.last = breakdowns
         if log_metric is not None:
             for name, value in component_means(breakdowns).items():
@@ -135,14 +137,14 @@ def _cosmos_rl_config(config: Any) -> RewardConfig:
     return RewardConfig.from_mapping(custom.get(COSMOS_RL_CONFIG_KEY) or {})
 
 
-def _cosmos_rl_one(text: str, boxes: list[dict[str, Any]], codec: str | None, settings: RewardConfig,
-                   config: Any, tokenizer: Any) -> tuple[float, dict[str, float]]:
+def _cosmos_rl_one(text: str, boxes: list[dict[str, Any]], codec: str | None, scale: float | None,
+                   settings: RewardConfig, config: Any, tokenizer: Any) -> tuple[float, dict[str, float]]:
     n_tokens, finished = None, True
     if tokenizer is not None:
         n_tokens = len(tokenizer.encode(text, add_special_tokens=False))
         limit = getattr(getattr(config, "rollout", None), "max_response_length", None)
         finished = limit is None or n_tokens < limit
-    result = reward(text, boxes, settings, codec=codec, finished=finished, n_tokens=n_tokens)
+    result = reward(text, boxes, settings, codec=codec, finished=finished, n_tokens=n_tokens, virtual_scale=scale)
     return result.total, component_means([result])
 
 
@@ -168,9 +170,9 @@ def cosmos_rl_reward(to_be_evaluated: str | Sequence[str], reference: str | None
     """
     if reference is None:
         raise ValueError("cosmos_rl_reward needs the frame's ground-truth record as reference (get_reference_answer)")
-    boxes, codec = read_truth(reference)
+    boxes, codec, scale = read_truth(reference)
     settings = _cosmos_rl_config(config)
     if isinstance(to_be_evaluated, str):
-        return _cosmos_rl_one(to_be_evaluated, boxes, codec, settings, config, tokenizer)
-    results = [_cosmos_rl_one(text, boxes, codec, settings, config, tokenizer) for text in to_be_evaluated]
+        return _cosmos_rl_one(to_be_evaluated, boxes, codec, scale, settings, config, tokenizer)
+    results = [_cosmos_rl_one(text, boxes, codec, scale, settings, config, tokenizer) for text in to_be_evaluated]
     return [total for total, _ in results], [metrics for _, metrics in results]
