@@ -11,7 +11,11 @@
 #   MODEL=Cosmos-Reason1-7B benchmarks/hub_checkpoints/hub_checkpoints.sh build
 #   MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh run
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
-# STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run.
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
+# STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run; WEIGHTS
+# (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
+# Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
+# DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
 # On the device machine of this workplace the dependencies come as wheels in .whl/device (the
 # DVC, DVCLive, PyAV, Qwen vocabulary, trl and tiktoken wheels of benchmarks/env/device_project_wheels.txt).
 set -uo pipefail
@@ -35,19 +39,22 @@ case "${1:-}" in
     fi
     [ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
     cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    python3 -m dvc config --local cache.type hardlink
     # The data stages once (they do not depend on the model); every run below reuses them.
     time python3 -m dvc repro validate
     ;;
   build)
     export PYTHONPATH=src:${PYTHONPATH:-}
     mkdir -p "$HUB"
-    time python3 -m av_grounding.models.hub "${MODEL:?}" "$HUB/$MODEL" --weights full --device cuda
+    time python3 -m av_grounding.models.hub "${MODEL:?}" "$HUB/$MODEL" --weights "${WEIGHTS:-full}" \
+      --device "${DEVICE:-cuda}" --replace
     du -sh "$HUB/$MODEL"; ls "$HUB/$MODEL"
     ;;
   run)
     cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
     result=$OUT/${TAG:?}
     mkdir -p "$result"
+    git checkout -- params.yaml  # each run from the committed params plus its own -S
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt"
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
       >> "$result/gpu.txt"
@@ -65,8 +72,31 @@ case "${1:-}" in
     cp params.yaml "$result/"; mkdir -p "$result/metrics" && cp -r metrics/*.json metrics/timing "$result/metrics/" 2>/dev/null
     ls -la data/train/model > "$result/final_model_files.txt" 2>&1
     tail -5 "$result/dvc-exp-run.log"
-    rm -rf data/train/model data/train/checkpoints  # 33-35 GB in fp32: room for the next run
+    # 33-35 GB in fp32: room for the next run (the model's files leave the DVC cache too)
+    python3 - <<'PY'
+import json, pathlib, yaml
+lock = yaml.safe_load(open("dvc.lock"))
+cache = pathlib.Path(".dvc/cache/files/md5")
+for out in lock["stages"]["train"]["outs"]:
+    if out["path"] == "data/train/model" and out["md5"].endswith(".dir"):
+        manifest = cache / out["md5"][:2] / out["md5"][2:]
+        for entry in json.loads(manifest.read_text()):
+            (cache / entry["md5"][:2] / entry["md5"][2:]).unlink(missing_ok=True)
+PY
+    rm -rf data/train/model data/train/checkpoints
+    df -h . | tail -1
     exit "$code"
     ;;
-  *) echo "usage: $0 setup|build|run" >&2; exit 2 ;;
+  batch)  # every run of item 5, the most wanted first; one folder on disk at a time
+    self=$(realpath "$0")
+    "$self" setup || exit 1
+    MODEL=Cosmos-Reason1-7B "$self" build || exit 1
+    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
+    rm -rf "$HUB/Cosmos-Reason1-7B"
+    MODEL=Cosmos-Reason2-8B "$self" build || exit 1
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true EXTRA="-S train.lr=1e-4" "$self" run
+    echo "batch done"
+    ;;
+  *) echo "usage: $0 setup|build|run|batch" >&2; exit 2 ;;
 esac
