@@ -166,6 +166,8 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     results = evaluate(EvaluateParams(overlays=0), dataset, tmp_path / "predictions", tmp_path / "eval.json",
                        tmp_path / "plots")
     assert results["final"]["frames"] == len(read_cosmos(dataset / "eval"))
+    # `evaluate.overlays: 0` still leaves the stage's declared output (dvc.yaml), empty
+    assert (tmp_path / "plots" / "overlays").is_dir() and not any((tmp_path / "plots" / "overlays").iterdir())
 
 
 def test_greedy_answers_do_not_use_the_folders_sampling_settings(published, dataset, tmp_path):

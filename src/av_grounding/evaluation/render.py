@@ -233,7 +233,9 @@ def draw_overlay(frame: Frame, image: np.ndarray, column: str) -> np.ndarray:
 
 def write_overlays(frames: list[Frame], images: Path, folder: Path, count: int, column: str) -> int:
     """Overlays of the first ``count`` frames with truth, ``<id>.jpg`` in ``folder`` (stale ones
-    removed); returns how many frames were chosen."""
+    removed; the folder exists afterwards, empty when ``count`` is 0: it is a declared output of
+    the ``evaluate`` stage); returns how many frames were chosen."""
+    folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.jpg"):
         stale.unlink()
     chosen = [f for f in frames if len(f.gt)][:count]
