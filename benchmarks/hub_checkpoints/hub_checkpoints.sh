@@ -61,7 +61,7 @@ case "${1:-}" in
     params=(
       -S "preset=${PRESET:?}" -S "train.model=$HUB/${MODEL:?}" -S "train.max_steps=${STEPS:-10}"
       -S train.save_every=0 -S "train.lora=${LORA:-false}" -S train.loader_workers=8
-      -S infer.zero_shot=false -S infer.checkpoints=none -S infer.max_new_tokens=64
+      -S rl.steps=0 -S infer.zero_shot=false -S infer.checkpoints=none -S infer.max_new_tokens=64
       -S "infer.batch_size=${INFER_BATCH:-8}" -S evaluate.overlays=0
       ${EXTRA:-}
     )
