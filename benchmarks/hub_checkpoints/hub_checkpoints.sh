@@ -36,6 +36,7 @@ case "${1:-}" in
   setup)
     if [ -d .whl/device ] && ! python3 -c "import dvc, av, dvclive, trl" 2>/dev/null; then
       python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/device/*.whl || exit 1
+      export PYTHONPATH=/tmp/proj
     fi
     [ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
     cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
@@ -44,7 +45,7 @@ case "${1:-}" in
     time python3 -m dvc repro validate
     ;;
   build)
-    export PYTHONPATH=src:${PYTHONPATH:-}
+    cd "$WORK" 2>/dev/null; export PYTHONPATH=src:${PYTHONPATH:-}  # the clone: the checkout may be replaced meanwhile
     mkdir -p "$HUB"
     time python3 -m av_grounding.models.hub "${MODEL:?}" "$HUB/$MODEL" --weights "${WEIGHTS:-full}" \
       --device "${DEVICE:-cuda}" --replace
@@ -77,11 +78,16 @@ case "${1:-}" in
 import json, pathlib, yaml
 lock = yaml.safe_load(open("dvc.lock"))
 cache = pathlib.Path(".dvc/cache/files/md5")
-for out in lock["stages"]["train"]["outs"]:
-    if out["path"] == "data/train/model" and out["md5"].endswith(".dir"):
+freed = 0
+for out in lock["stages"].get("train", {}).get("outs", []):
+    if out["path"] == "data/train" and out["md5"].endswith(".dir"):
         manifest = cache / out["md5"][:2] / out["md5"][2:]
         for entry in json.loads(manifest.read_text()):
-            (cache / entry["md5"][:2] / entry["md5"][2:]).unlink(missing_ok=True)
+            file = cache / entry["md5"][:2] / entry["md5"][2:]
+            if entry["relpath"].startswith(("model/", "checkpoints/")) and file.exists():
+                freed += file.stat().st_size
+                file.unlink()
+print(f"freed {freed / 2**30:.1f} GiB of the DVC cache")
 PY
     rm -rf data/train/model data/train/checkpoints
     df -h . | tail -1
