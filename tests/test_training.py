@@ -583,3 +583,26 @@ def test_a_model_that_is_no_folder_and_no_loadable_hub_id_fails_at_once(tmp_path
 
     cached_hub_model(tmp_path / "hub", "some-org/cached-model")
     assert model_source("some-org/cached-model") == "some-org/cached-model"
+
+
+def test_one_step_at_the_recipes_learning_rate_moves_the_trained_bf16_weights_only(few, tmp_path):
+    """`train` with train.precision bf16_stochastic: the model trains and is saved in bf16; one
+    step at lr 2e-7 moves language-model and projector weights (each by lr in expectation: about
+    one element in a thousand of size 0.02 moves by its bf16 step) and none of the frozen vision
+    tower's."""
+    from safetensors.torch import load_file
+
+    model = "tiny-qwen2_5_vl"
+    base = tmp_path / "base"
+    common = dict(model=model, batch_size=3, save_every=0, schedule="constant", warmup_ratio=0.0, train_vision=False)
+    train(TrainParams(max_steps=1, lr=0.0, **common), format_for(model), few, base, None, tmp_path / "live0")
+    params = TrainParams(max_steps=1, lr=2e-7, precision="bf16_stochastic", **common)
+    train(dataclasses.replace(params, model=str(base / "model")), format_for(model), few, tmp_path / "out", None,
+          tmp_path / "live")
+    before = {k: v.bfloat16() for k, v in load_file(str(base / "model" / "model.safetensors")).items()}
+    after = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
+    assert {v.dtype for v in after.values()} == {torch.bfloat16}
+    moved = {name for name in after if not torch.equal(after[name], before[name])}
+    assert not any("visual.blocks" in name or "patch_embed" in name for name in moved)  # frozen
+    assert any("visual.merger" in name for name in moved)  # the projector trains (train_projector)
+    assert any(".layers." in name and "visual" not in name for name in moved)

@@ -71,6 +71,7 @@ Attention = Literal["sdpa", "eager"]
 VisionAttention = Literal["packed", "per_segment"]
 KVCache = Literal["static", "dynamic"]
 FusedKernels = Literal["none", "liger"]
+Precision = Literal["fp32", "bf16_stochastic"]
 Layout = Literal["rdshq", "waymo"]
 CheckpointChoice = Literal["all", "none"]
 
@@ -285,6 +286,12 @@ class TrainParams(Checked):
     lora_alpha: int = param(32, "LoRA alpha")
     lora_dropout: float = param(0.05, "LoRA dropout", minimum=0.0, maximum=1.0)
     bf16: bool = param(True, "bf16 autocast on GPUs (CPU runs stay float32)")
+    precision: Precision = param(
+        "fp32", "hf backend without deepspeed: fp32: fp32 weights, gradients and AdamW moments (16 bytes a trained "
+        "parameter; bf16 compute under autocast when train.bf16); bf16_stochastic: bf16 weights, gradients and "
+        "moments (8 bytes), each AdamW update computed in fp32 and stochastically rounded into bf16 "
+        "(training/optim.py: unbiased, so updates far below bf16's resolution, like the recipe's lr 2e-7, survive "
+        "in expectation where rounding to nearest drops them); the saved model is bf16")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
     fsdp_offload: bool = param(False, "cosmos-rl backend: keep the FSDP-sharded weights, gradients and optimizer "
                                "state in CPU memory (its fsdp_offload). The hf backend has no FSDP and keeps "
@@ -307,6 +314,9 @@ class TrainParams(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.precision != "fp32" and (self.backend != "hf" or self.deepspeed is not None):
+            raise ParamsError(f"train.precision = {self.precision} needs the hf backend without train.deepspeed "
+                              "(cosmos-rl and DeepSpeed keep their own fp32 master weights)")
         if self.fsdp_offload and self.backend == "hf":
             warnings.warn("train.fsdp_offload applies to the cosmos-rl backend; the hf backend keeps the model on "
                           "the GPU" + (" (the DeepSpeed config decides offloading)" if self.deepspeed else ""),

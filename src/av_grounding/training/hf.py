@@ -2,7 +2,8 @@
 
 Assistant-only loss, AdamW with linear warmup and cosine decay, gradient clipping and accumulation,
 full fine-tuning with switches for vision tower / projector / language model or LoRA (peft), bf16
-autocast and gradient checkpointing on GPUs; under torchrun, data parallel (PyTorch
+autocast and gradient checkpointing on GPUs, fp32 weights or bf16 ones with stochastically rounded
+updates (``train.precision``, optim.py); under torchrun, data parallel (PyTorch
 DistributedDataParallel) or DeepSpeed ZeRO-3 (``train.deepspeed``, see zero3.py). The loop is
 ``loop.Trainer``; this module builds the model, optimizer and data, and holds the three execution
 paths: one process (``SingleProcessTrainer``), data parallel over the processes of a torchrun
@@ -47,6 +48,7 @@ from .loop import (
     latest_checkpoint,
     save_folder,
 )
+from .optim import StochasticAdamW
 
 
 def trainable_parameters(model, params: TrainParams):
@@ -341,10 +343,12 @@ def _setup_process(params: TrainParams) -> Process:
 
 def _setup_model(params: TrainParams, base: Path | str, resume_from: Path | None,
                  process: Process) -> tuple[LoadedModel, Any]:
-    """The model in fp32 (from the newest checkpoint, or the base; ZeRO-3 always loads the base and
-    restores its own shards), with Liger kernels and activation checkpointing as asked, and its
-    trainable parts chosen (``trainable_parameters``): (loaded folder, model to train)."""
-    loaded = load_model(base if process.zero3 else resume_from or base, "float32",
+    """The model in fp32, or bf16 with ``train.precision: bf16_stochastic`` (from the newest
+    checkpoint, or the base; ZeRO-3 always loads the base and restores its own shards), with Liger
+    kernels and activation checkpointing as asked, and its trainable parts chosen
+    (``trainable_parameters``): (loaded folder, model to train)."""
+    dtype = "bfloat16" if params.precision == "bf16_stochastic" else "float32"
+    loaded = load_model(base if process.zero3 else resume_from or base, dtype,
                         None if process.zero3 else process.device, params.attn_implementation,
                         params.vision_attention)
     if params.fused_kernels == "liger" and process.device != "cpu":
@@ -377,10 +381,14 @@ def _setup_optimizer(model, params: TrainParams, process: Process, examples: lis
     if params.lr is None:
         raise ValueError("train.lr is null: train_hf takes resolved params (training.config.resolved)")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # On the CPU, the fused AdamW: its square root is ATen's own (IEEE-exact), where the plain one
-    # calls MKL's vector math, whose results depend on the CPU's vendor (numerics.py).
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay,
-                                  fused=process.device == "cpu")
+    optimizer: torch.optim.Optimizer
+    if params.precision == "bf16_stochastic":
+        optimizer = StochasticAdamW(trainable, lr=params.lr, weight_decay=params.weight_decay, seed=params.seed)
+    else:
+        # On the CPU, the fused AdamW: its square root is ATen's own (IEEE-exact), where the plain one
+        # calls MKL's vector math, whose results depend on the CPU's vendor (numerics.py).
+        optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay,
+                                      fused=process.device == "cpu")
     plan = StepPlan(len(examples), params.batch_size, params.grad_accum, process.world, params.seed)
     if plan.per_step > len(examples):
         raise ParamsError(f"train.batch_size x train.grad_accum x processes = {plan.per_step} samples a step, but "

@@ -78,5 +78,6 @@ def check_fits(needed: MemoryEstimate, available: int, device: str) -> None:
         raise ParamsError(
             f"training needs about {needed.describe()} per step, but {device} has {available / GIB:.1f} GiB: "
             "train fewer parts (train.lora, train.train_vision false), enable train.gradient_checkpointing, "
+            "halve weights, gradients and optimizer with train.precision bf16_stochastic, "
             "lower train.batch_size (raising train.grad_accum keeps the step), lower format.max_pixels, or "
             "shard over GPUs (train.gpus with train.deepspeed)")

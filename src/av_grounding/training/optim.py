@@ -1,0 +1,129 @@
+"""AdamW for bf16 weights whose updates survive small learning rates: stochastic rounding.
+
+bf16 keeps 8 bits of mantissa: a weight w moves only by steps of about |w| / 2^8 (its ulp). An
+AdamW update is about the learning rate times the weight's gradient direction, so at the
+recipe's rates (Cosmos Reason 2: 2e-7, field-notes section 2) a weight of size 0.02 would need
+an update of 6e-5 to move at all, and rounding to nearest drops every update: the model does
+not train. Keeping fp32 master weights fixes that at 4 more bytes a parameter (16 in all with
+fp32 gradients and moments: 132 GB for Cosmos-Reason1-7B's 8.29B parameters, beside the
+activations, which then need checkpointing on a 141 GB H200).
+
+Stochastic rounding (Gupta et al. 2015, "Deep Learning with Limited Numerical Precision";
+Zamirai et al. 2020, "Revisiting BFloat16 Training") rounds x up to the next bf16 value with
+probability (x - down) / (up - down) and down otherwise, so E[round(x)] = x: an update smaller
+than the ulp moves the weight with a probability proportional to its size, and over many steps
+(or many weights) the bf16 model follows the fp32 one in expectation. Weights, gradients and
+both moments then all stay bf16: 8 bytes a parameter.
+
+``StochasticAdamW`` computes each step in fp32 exactly as ``torch.optim.AdamW`` does (decoupled
+weight decay, bias-corrected moments; Loshchilov & Hutter 2019) and rounds the new weight and
+both moments stochastically into their bf16 storage. The rounding noise comes from the
+optimizer's own generator, seeded from ``train.seed`` and kept in ``state_dict()``, so a
+resumed run draws the same noise as an uninterrupted one. fp32 parameters get the plain update
+(no rounding): then it equals ``torch.optim.AdamW``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+_LOW_BITS = 1 << 16  # the fp32 mantissa bits that bf16 drops
+_HIGH_MASK = -_LOW_BITS  # 0xFFFF0000 as a signed 32-bit integer
+
+
+def stochastic_round(value: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``value`` (fp32, any shape) rounded to bf16, up or down at random with the probability
+    that makes the expectation exact: adding a uniform 16-bit integer to the low bits of the
+    fp32 pattern, then cutting them, rounds the magnitude up with probability (low bits) / 2^16.
+    Values representable in bf16 come back unchanged; infinities and NaN stay so; a value within
+    one bf16 ulp below the largest finite bf16 can round up to infinity. Returns a bf16 tensor of
+    the same shape on the same device. Raises ``TypeError`` for a tensor that is not fp32."""
+    if value.dtype != torch.float32:
+        raise TypeError(f"stochastic_round takes float32 values, not {value.dtype}")
+    noise = torch.randint(0, _LOW_BITS, value.shape, dtype=torch.int32, device=value.device, generator=generator)
+    bits = value.contiguous().view(torch.int32)
+    rounded = torch.where(torch.isfinite(value), (bits + noise) & _HIGH_MASK, bits)
+    return rounded.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
+class StochasticAdamW(torch.optim.Optimizer):
+    """AdamW whose bf16 parameters and moments are updated in fp32 and stored with stochastic
+    rounding (module docstring). Same hyperparameters and update as ``torch.optim.AdamW``
+    (``lr``, ``betas``, ``eps``, ``weight_decay``); ``seed`` seeds the rounding noise.
+
+    Raises ``ValueError`` for a negative learning rate, epsilon or weight decay, or betas
+    outside [0, 1)."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, seed: int = 0):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"StochasticAdamW: lr {lr}, eps {eps} and weight_decay {weight_decay} must be >= 0")
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"StochasticAdamW: betas {betas} must lie in [0, 1)")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+            self._generators[key] = generator
+        return self._generators[key]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdamW update of every parameter with a gradient (``closure``: as torch's)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                self._update(p, state, lr, beta1, beta2, eps, decay)
+        return loss
+
+    def _update(self, p: torch.Tensor, state: dict[str, Any], lr: float, beta1: float, beta2: float, eps: float,
+                decay: float) -> None:
+        """``torch.optim.AdamW``'s single-tensor update in fp32, stored back with stochastic
+        rounding where the storage is bf16."""
+        step = state["step"]
+        assert p.grad is not None  # step() updates only parameters with a gradient
+        grad = p.grad.float()
+        weight, exp_avg, exp_avg_sq = p.float(), state["exp_avg"].float(), state["exp_avg_sq"].float()
+        weight.mul_(1 - lr * decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+        denominator = (exp_avg_sq.sqrt() / bias2**0.5).add_(eps)
+        weight.addcdiv_(exp_avg, denominator, value=-lr / bias1)
+        for stored, value in ((p, weight), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq)):
+            if stored.dtype == torch.bfloat16:
+                stored.copy_(stochastic_round(value, self._generator(stored.device)))
+            else:
+                stored.copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state plus the rounding generators' states (an exact resume)."""
+        return {**super().state_dict(), "rounding": {key: g.get_state() for key, g in self._generators.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` saved, the rounding generators included."""
+        state_dict = dict(state_dict)
+        rounding = state_dict.pop("rounding", {})
+        super().load_state_dict(state_dict)
+        for key, generator_state in rounding.items():
+            self._generator(torch.device(key)).set_state(generator_state)

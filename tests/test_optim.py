@@ -1,0 +1,128 @@
+"""Stochastic rounding and the AdamW built on it (``training.optim``): the rounding is one of the
+two neighbouring bf16 values and exact in expectation; fp32 parameters get torch's AdamW update;
+an update far below bf16's resolution survives in expectation where rounding to nearest drops it;
+the optimizer resumes exactly. (The `train` stage with it: test_training.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from av_grounding.params import ParamsError, TrainParams
+from av_grounding.training.optim import StochasticAdamW, stochastic_round
+
+
+def neighbours(value: float) -> tuple[float, float]:
+    """The bf16 values either side of a finite fp32 ``value``: cut toward zero, and one bf16 ulp further out."""
+    bits = torch.tensor([value], dtype=torch.float32).view(torch.int32)
+    down = (bits & -65536).view(torch.float32)
+    up = ((bits & -65536) + 65536).view(torch.float32)
+    return float(down), float(up)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False, max_value=2.0**127, min_value=-(2.0**127)))
+def test_a_rounded_value_is_one_of_its_two_bf16_neighbours(value):
+    generator = torch.Generator().manual_seed(0)
+    rounded = stochastic_round(torch.full((64,), value, dtype=torch.float32), generator).float()
+    assert set(rounded.tolist()) <= set(neighbours(value))
+    if float(torch.tensor(value).bfloat16()) == value:  # representable: never moves
+        assert (rounded == value).all()
+
+
+def test_rounding_is_exact_in_expectation_and_keeps_non_finite_values():
+    generator = torch.Generator().manual_seed(1)
+    for value in (1.0 + 2**-10, -3.0e-3 * (1 + 0.3 * 2**-7), 0.02 + 1e-6):
+        down, up = neighbours(value)
+        share = (value - down) / (up - down)  # the probability of rounding away from zero
+        draws = stochastic_round(torch.full((200_000,), value, dtype=torch.float32), generator).float()
+        spread = abs(up - down) * math.sqrt(share * (1 - share) / draws.numel())
+        assert abs(float(draws.double().mean()) - value) < 5 * spread
+    special = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0])
+    out = stochastic_round(special, generator).float()
+    assert out[0] == math.inf and out[1] == -math.inf and math.isnan(out[2]) and (out[3:] == 0).all()
+    with pytest.raises(TypeError, match="float32"):
+        stochastic_round(torch.ones(3, dtype=torch.bfloat16))
+
+
+def test_fp32_parameters_get_torchs_adamw_update():
+    torch.manual_seed(0)
+    ours, reference = torch.nn.Parameter(torch.randn(50, 30)), torch.nn.Parameter(torch.empty(50, 30))
+    reference.data.copy_(ours.data)
+    a = StochasticAdamW([ours], lr=1e-2, weight_decay=0.1, betas=(0.8, 0.95), eps=1e-6)
+    b = torch.optim.AdamW([reference], lr=1e-2, weight_decay=0.1, betas=(0.8, 0.95), eps=1e-6, foreach=False)
+    for _ in range(5):
+        grad = torch.randn(50, 30)
+        ours.grad, reference.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    torch.testing.assert_close(ours.data, reference.data, rtol=1e-6, atol=1e-7)
+
+
+def test_an_update_far_below_bf16_resolution_survives_in_expectation():
+    """The recipe's lr 2e-7 on weights of 1.0 (bf16 step there: 2^-8 down, 2^-7 up). Adam's first
+    step moves each weight by lr (gradient direction), 1/19,500 of the step down: rounding to
+    nearest (torch's AdamW on bf16) drops every update, stochastic rounding moves about one weight
+    in 19,500 by the full step, and the mean weight by lr."""
+    n, lr = 2_000_000, 2e-7
+    ours = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+    nearest = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+    for p in (ours, nearest):
+        p.grad = torch.ones(n, dtype=torch.bfloat16)
+    StochasticAdamW([ours], lr=lr, weight_decay=0.0, seed=3).step()
+    torch.optim.AdamW([nearest], lr=lr, weight_decay=0.0, foreach=False).step()
+    assert (nearest == 1).all()
+    change = 1.0 - ours.detach().double()
+    assert set(change.unique().tolist()) == {0.0, 2**-8}
+    share = lr / 2**-8
+    spread = 2**-8 * math.sqrt(share / n)
+    assert abs(float(change.mean()) - lr) < 5 * spread  # 5 sigma; lr is 12 sigma from 0
+    assert ours.dtype == torch.bfloat16 and nearest.dtype == torch.bfloat16
+
+
+def test_a_resumed_optimizer_continues_exactly():
+    torch.manual_seed(0)
+    start = torch.randn(1000).bfloat16()
+    grads = [torch.randn(1000).bfloat16() for _ in range(4)]
+
+    def run(p, optimizer, steps):
+        for grad in steps:
+            p.grad = grad.clone()
+            optimizer.step()
+
+    straight = torch.nn.Parameter(start.clone())
+    run(straight, StochasticAdamW([straight], lr=1e-3, seed=5), grads)
+    first = torch.nn.Parameter(start.clone())
+    optimizer = StochasticAdamW([first], lr=1e-3, seed=5)
+    run(first, optimizer, grads[:2])
+    saved = optimizer.state_dict()
+    resumed = torch.nn.Parameter(first.detach().clone())
+    again = StochasticAdamW([resumed], lr=1e-3, seed=5)
+    again.load_state_dict(saved)
+    run(resumed, again, grads[2:])
+    assert torch.equal(resumed, straight)
+    fresh = torch.nn.Parameter(first.detach().clone())  # the same state without the generator: other noise
+    other = StochasticAdamW([fresh], lr=1e-3, seed=5)
+    other.load_state_dict({k: v for k, v in saved.items() if k != "rounding"})
+    run(fresh, other, grads[2:])
+    assert not torch.equal(fresh, straight)
+
+
+def test_bad_hyperparameters_are_refused():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="lr"):
+        StochasticAdamW([p], lr=-1.0)
+    with pytest.raises(ValueError, match="betas"):
+        StochasticAdamW([p], lr=1e-3, betas=(0.9, 1.0))
+
+
+def test_only_the_hf_backend_without_deepspeed_takes_it():
+    with pytest.raises(ParamsError, match=r"train\.precision = bf16_stochastic"):
+        TrainParams(precision="bf16_stochastic", backend="cosmos-rl")
+    with pytest.raises(ParamsError, match=r"train\.deepspeed"):
+        TrainParams(precision="bf16_stochastic", deepspeed="configs/deepspeed_zero3.json")
+
