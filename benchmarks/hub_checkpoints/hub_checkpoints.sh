@@ -71,6 +71,7 @@ case "${1:-}" in
     code=$?
     echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
     cp params.yaml "$result/"; mkdir -p "$result/metrics" && cp -r metrics/*.json metrics/timing "$result/metrics/" 2>/dev/null
+    mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
     ls -la data/train/model > "$result/final_model_files.txt" 2>&1
     tail -5 "$result/dvc-exp-run.log"
     # 33-35 GB in fp32: room for the next run (the model's files leave the DVC cache too)
@@ -98,6 +99,9 @@ PY
     "$self" setup || exit 1
     MODEL=Cosmos-Reason1-7B "$self" build || exit 1
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
+    # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing, Liger
+    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-bf16sr EXTRA="-S train.precision=bf16_stochastic \
+      -S train.gradient_checkpointing=false -S train.fused_kernels=liger" "$self" run
     rm -rf "$HUB/Cosmos-Reason1-7B"
     MODEL=Cosmos-Reason2-8B "$self" build || exit 1
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
