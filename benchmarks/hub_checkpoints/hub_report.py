@@ -1,0 +1,79 @@
+"""The table of benchmarks/hub_checkpoints/results/hub_checkpoints.md from the run folders that
+benchmarks/hub_checkpoints/hub_checkpoints.sh writes (one per TAG):
+
+    python benchmarks/hub_checkpoints/hub_report.py benchmarks/hub_checkpoints/results
+
+Each folder holds ``params.yaml`` as the experiment ran, ``metrics/`` (train.json, timing/train.json,
+timing/infer.json, eval.json), ``curves/*.tsv`` (DVCLive) and ``dvc-exp-run.log``. Prints a
+markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing),
+the train stage's rates (samples/s, model TFLOP/s counted from the operations, MFU against the
+card's datasheet bf16 rate), its peak memory against the pre-check's estimate, minutes per 1,000
+samples, loss at the first and last step, and infer's images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import yaml
+from common import markdown_table
+
+from av_grounding.params import TrainParams, load
+
+HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "steps", "samples/s", "min / 1k samples",
+          "TFLOP/s (ops)", "MFU (datasheet)", "peak GiB", "estimated GiB", "loss first -> last", "infer images/s",
+          "exp run"]
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _loss(folder: Path) -> str:
+    path = folder / "curves" / "loss.tsv"
+    if not path.exists():
+        return "-"
+    values = [float(line.split("\t")[-1]) for line in path.read_text().splitlines()[1:] if line.strip()]
+    return f"{values[0]:.3f} -> {values[-1]:.3f}" if values else "-"
+
+
+def _log(folder: Path) -> tuple[str, str]:
+    """(estimated peak GiB, exit and wall time of the experiment) from the run's log."""
+    path = folder / "dvc-exp-run.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    estimate = re.search(r"estimated peak memory ([0-9.]+) GiB", text)
+    ended = re.search(r"dvc exp run exit (\d+) after (\d+) s", text)
+    return (estimate.group(1) if estimate else "-",
+            f"exit {ended.group(1)}, {int(ended.group(2)) / 60:.1f} min" if ended else "did not end")
+
+
+def row(folder: Path) -> list:
+    """One table row of the run in ``folder``."""
+    preset = yaml.safe_load((folder / "params.yaml").read_text()).get("preset")
+    train = load(TrainParams, "train", folder / "params.yaml")  # with the preset's values
+    metrics = _json(folder / "metrics" / "train.json")
+    timing = _json(folder / "metrics" / "timing" / "train.json")
+    infer = _json(folder / "metrics" / "timing" / "infer.json")
+    rate = timing.get("samples_per_s")
+    estimate, ended = _log(folder)
+    return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
+            train.precision, "yes" if train.gradient_checkpointing else "no",
+            timing.get("steps_run", "-"), rate or "-", f"{1000 / rate / 60:.1f}" if rate else "-",
+            timing.get("model_tflops_per_s", "-"), timing.get("mfu_datasheet", "-"),
+            metrics.get("peak_gpu_memory_gib", "-"), estimate, _loss(folder),
+            infer.get("final", {}).get("images_per_s", "-"), ended]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    args = parser.parse_args()
+    folders = sorted(p for p in args.results.iterdir() if (p / "params.yaml").exists())
+    print("\n".join(markdown_table(HEADER, [row(folder) for folder in folders])))
+
+
+if __name__ == "__main__":
+    main()
