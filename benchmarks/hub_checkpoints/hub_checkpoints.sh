@@ -16,8 +16,8 @@
 # (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
 # DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
-# On the device machine of this workplace the dependencies come as wheels in .whl/device (the
-# DVC, DVCLive, PyAV, Qwen vocabulary, trl and tiktoken wheels of benchmarks/env/device_project_wheels.txt).
+# On the device machine of this workplace the dependencies come as wheels in .whl/project
+# (benchmarks/env/device_project_wheels.txt: DVC, DVCLive, PyAV, the Qwen vocabulary, trl, ...).
 set -uo pipefail
 WORK=${WORK:-/tmp/hubrun}
 HUB=${HUB:-/tmp/hub}
@@ -34,11 +34,13 @@ cores=$(nproc)
 
 case "${1:-}" in
   setup)
-    if [ -d .whl/device ] && ! python3 -c "import dvc, av, dvclive, trl" 2>/dev/null; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/device/*.whl || exit 1
+    if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive, trl" 2>/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
       export PYTHONPATH=/tmp/proj
     fi
-    [ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
+    source benchmarks/env/device_checkout.sh || exit 1  # what was sent, committed
+    rm -rf "$WORK" && git clone --quiet . "$WORK" || exit 1
+    git -C "$WORK" log --oneline -1
     cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
     python3 -m dvc config --local cache.type hardlink
     # The data stages once (they do not depend on the model); every run below reuses them.
@@ -67,7 +69,7 @@ case "${1:-}" in
       ${EXTRA:-}
     )
     start=$SECONDS
-    python3 -m dvc exp run -n "$TAG" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
+    python3 -m dvc exp run ${VERBOSE:+-v} -n "$TAG" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
     code=$?
     echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
     cp params.yaml "$result/"; mkdir -p "$result/metrics" && cp -r metrics/*.json metrics/timing "$result/metrics/" 2>/dev/null
@@ -81,8 +83,8 @@ lock = yaml.safe_load(open("dvc.lock"))
 cache = pathlib.Path(".dvc/cache/files/md5")
 freed = 0
 for out in lock["stages"].get("train", {}).get("outs", []):
-    if out["path"] == "data/train" and out["md5"].endswith(".dir"):
-        manifest = cache / out["md5"][:2] / out["md5"][2:]
+    manifest = cache / out["md5"][:2] / out["md5"][2:]
+    if out["path"] == "data/train" and out["md5"].endswith(".dir") and manifest.exists():
         for entry in json.loads(manifest.read_text()):
             file = cache / entry["md5"][:2] / entry["md5"][2:]
             if entry["relpath"].startswith(("model/", "checkpoints/")) and file.exists():
@@ -96,8 +98,14 @@ PY
     ;;
   batch)  # every run of item 5, the most wanted first; one folder on disk at a time
     self=$(realpath "$0")
-    "$self" setup || exit 1
-    MODEL=Cosmos-Reason1-7B "$self" build || exit 1
+    "$self" setup || { echo "batch failed: setup"; exit 1; }
+    # A canary first: the whole flow with tiny weights (a minute), verbose, so a broken environment
+    # shows its traceback before the full-size runs spend the GPU time.
+    HUB=/tmp/canary MODEL=Cosmos-Reason1-7B WEIGHTS=tiny "$self" build \
+      && HUB=/tmp/canary MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=canary STEPS=1 VERBOSE=1 "$self" run \
+      || { echo "batch failed: canary"; exit 1; }
+    rm -rf /tmp/canary
+    MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
     # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing,
     # Liger. A preset wins over params.yaml values, so this run spells out cr1-cosmos-rl's values
@@ -109,7 +117,7 @@ PY
       -S train.gradient_checkpointing=false -S train.precision=bf16_stochastic -S train.fused_kernels=liger" \
       "$self" run
     rm -rf "$HUB/Cosmos-Reason1-7B"
-    MODEL=Cosmos-Reason2-8B "$self" build || exit 1
+    MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"

@@ -37,6 +37,7 @@ export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMIT
 if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
 fi
+source benchmarks/env/device_checkout.sh || exit 1
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
 [ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
@@ -55,7 +56,7 @@ stamped() {  # each line of the log with the wall-clock time it was written: sta
 
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
   local arch=$1 result=$OUT/$SIZE-$1
-  [ -d "$2" ] || git clone --quiet . "$2" || return 1  # the committed state: commit before a run
+  [ -d "$2" ] || git clone --quiet . "$2" || return 1  # what was sent (committed above)
   cd "$2" || return 1
   mkdir -p "$result"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
