@@ -426,6 +426,15 @@ class EvaluateParams(Checked):
                                       "one of distance_thresholds_m")
     match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
     overlays: int = param(6, "evaluation frames drawn with truth and predictions", minimum=0)
+    bootstrap: int = param(1000, "clip-bootstrap replicates of each column's intervals (level 0.95) of AP2D50, AP3D, "
+                                 "centre-distance mAP and recall (intervals_95 in its metrics); 0: none",
+                           minimum=0)
+    bootstrap_seed: int = param(0, "seed of the clip bootstrap's resampling", minimum=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bootstrap == 1:
+            raise ParamsError("evaluate.bootstrap = 1: an interval needs at least 2 replicates (0: none)")
 
 
 @functools.cache

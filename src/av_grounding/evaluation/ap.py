@@ -88,20 +88,63 @@ def _sampled_mean(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(sampled.mean())
 
 
-def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float], max_dets: int = 100) -> APResult:
-    """COCO AP over images for each class and overlap threshold (COCOeval's evaluate and
-    accumulate at one area range, ``max_dets`` detections per image and class)."""
+@dataclass(frozen=True)
+class ClassMatches:
+    """COCOeval's ``evaluateImg`` for one class over every image: it depends on each image
+    alone, so a resampled list of images (``bootstrap.py``) reuses it. Flat over every image's
+    detections in its own score order: ``scores`` (N,), ``matched`` and ``ignored`` flags (TxN);
+    per image (I,): ``starts`` into them, ``counts`` of detections, ``positives`` (truths that
+    count)."""
+
+    scores: np.ndarray
+    matched: np.ndarray
+    ignored: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    positives: np.ndarray
+
+
+def _gather(starts: np.ndarray, counts: np.ndarray, images: np.ndarray | None) -> np.ndarray:
+    """Positions in flat per-image arrays of the images at ``images`` (repeats allowed, in that
+    order; None: every image once)."""
+    if images is None:
+        return np.arange(int(counts.sum()))
+    chosen = counts[images]
+    return np.repeat(starts[images] - (np.cumsum(chosen) - chosen), chosen) + np.arange(int(chosen.sum()))
+
+
+def match_images(images: list[ImageBoxes], labels: list[str], thresholds: list[float],
+                 max_dets: int = 100) -> dict[str, ClassMatches]:
+    """COCOeval's ``evaluate``: per class, each image's matches at every threshold."""
+    out = {}
+    for label in labels:
+        per_image = [_match_image(image, label, thresholds, max_dets) for image in images]
+        counts = np.array([len(p[0]) for p in per_image], dtype=int)
+        out[label] = ClassMatches(np.array([s for p in per_image for s in p[0]], dtype=float),
+                                  np.concatenate([p[1] for p in per_image], axis=1) if per_image
+                                  else np.zeros((len(thresholds), 0)),
+                                  np.concatenate([p[2] for p in per_image], axis=1) if per_image
+                                  else np.zeros((len(thresholds), 0), dtype=bool),
+                                  np.cumsum(counts) - counts, counts, np.array([p[3] for p in per_image], dtype=int))
+    return out
+
+
+def accumulate(matches: dict[str, ClassMatches], thresholds: list[float],
+               images: np.ndarray | None = None) -> APResult:
+    """COCOeval's ``accumulate`` over ``match_images``' output, for the images at positions
+    ``images`` (repeats allowed, in that order; None: all once): equal to ``coco_ap`` of that
+    list of images."""
+    labels = list(matches)
     table = np.full((len(thresholds), len(labels)), np.nan)
     result = APResult()
     for k, label in enumerate(labels):
-        per_image = [_match_image(image, label, thresholds, max_dets) for image in images]
-        positives = sum(p[3] for p in per_image)
+        m = matches[label]
+        positives = int(m.positives.sum() if images is None else m.positives[images].sum())
         if positives == 0:
             continue
-        scores = np.concatenate([np.asarray(p[0], dtype=float) for p in per_image])
-        order = np.argsort(-scores, kind="mergesort")
-        matched = np.concatenate([p[1] for p in per_image], axis=1)[:, order]
-        ignored = np.concatenate([p[2] for p in per_image], axis=1)[:, order]
+        index = _gather(m.starts, m.counts, images)
+        order = index[np.argsort(-m.scores[index], kind="mergesort")]
+        matched, ignored = m.matched[:, order], m.ignored[:, order]
         tps = np.cumsum((matched != 0) & ~ignored, axis=1).astype(float)
         fps = np.cumsum((matched == 0) & ~ignored, axis=1).astype(float)
         for t in range(len(thresholds)):
@@ -116,6 +159,12 @@ def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float]
         result.per_threshold = {th: float(table[t][valid[t]].mean()) for t, th in enumerate(thresholds)}
         result.per_class = {label: float(table[:, k].mean()) for k, label in enumerate(labels) if valid[:, k].any()}
     return result
+
+
+def coco_ap(images: list[ImageBoxes], labels: list[str], thresholds: list[float], max_dets: int = 100) -> APResult:
+    """COCO AP over images for each class and overlap threshold (COCOeval's evaluate and
+    accumulate at one area range, ``max_dets`` detections per image and class)."""
+    return accumulate(match_images(images, labels, thresholds, max_dets), thresholds)
 
 
 @dataclass
@@ -218,11 +267,10 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
     ranked = _rank_and_match(images, label, threshold)
     if not ranked.matches:
         return DistanceAP(0.0, [], dict.fromkeys(TP_ERRORS, 1.0))
+    ap = _interpolated_ap(np.asarray(ranked.hits), positives, min_recall, min_precision)
     tp = np.cumsum(ranked.hits)
-    recall, precision = tp / positives, tp / np.arange(1, len(tp) + 1)
+    recall = tp / positives
     first = round(100 * min_recall) + 1
-    sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
-    ap = float(np.clip(sampled[first:] - min_precision, 0, None).mean() / (1.0 - min_precision))
     score_at = np.interp(RECALL_POINTS, recall, ranked.scores, right=0)
     last = int(np.flatnonzero(recall[-1] >= RECALL_POINTS)[-1])  # the highest recall point reached
     matched_scores = np.asarray([s for s, hit in zip(ranked.scores, ranked.hits) if hit])[::-1]
@@ -232,3 +280,57 @@ def distance_ap(images: list[DistanceImage], label: str, threshold: float, min_r
         curve = np.interp(score_at[::-1], matched_scores, running_mean[::-1])[::-1]
         errors[name] = float(curve[first:last + 1].mean()) if last >= first else 1.0
     return DistanceAP(ap, ranked.matches, errors)
+
+
+def _interpolated_ap(hits: np.ndarray, positives: int, min_recall: float, min_precision: float) -> float:
+    """nuScenes' ``calc_ap`` from the hit flags (N,) of the ranked detections: precision at 101
+    recall points (0 past the last recall), above ``min_recall``, less ``min_precision``."""
+    if not hits.any():
+        return 0.0
+    tp = np.cumsum(hits)
+    recall, precision = tp / positives, tp / np.arange(1, len(tp) + 1)
+    sampled = np.interp(RECALL_POINTS, recall, precision, right=0)
+    first = round(100 * min_recall) + 1
+    return float(np.clip(sampled[first:] - min_precision, 0, None).mean() / (1.0 - min_precision))
+
+
+@dataclass(frozen=True)
+class ClassHits:
+    """``distance_ap``'s matching of one class at one threshold, image by image: it depends on
+    each image alone (a detection takes the nearest free truth of its image, in the image's own
+    score order), so a resampled list of images (``bootstrap.py``) reuses it. Flat over every
+    image's ranked detections: ``scores``, ``hits`` (0/1) and ``within`` (rank in its image),
+    each (N,); per image (I,): ``starts`` into them, ``counts`` of detections, ``positives``
+    (truths of the class)."""
+
+    scores: np.ndarray
+    hits: np.ndarray
+    within: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    positives: np.ndarray
+
+
+def class_hits(images: list[DistanceImage], label: str, threshold: float) -> ClassHits:
+    """Every image's ``_rank_and_match`` for ``label`` at ``threshold`` (metres), flattened."""
+    ranked = [_rank_and_match([image], label, threshold) for image in images]
+    counts = np.array([len(r.scores) for r in ranked], dtype=int)
+    return ClassHits(np.array([s for r in ranked for s in r.scores], dtype=float),
+                     np.array([h for r in ranked for h in r.hits], dtype=int),
+                     np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, dtype=int),
+                     np.cumsum(counts) - counts, counts,
+                     np.array([sum(name == label for name in image.gt_labels) for image in images], dtype=int))
+
+
+def distance_ap_of_hits(table: ClassHits, images: np.ndarray, min_recall: float = 0.1,
+                        min_precision: float = 0.1) -> float | None:
+    """``distance_ap(...).ap`` of the images at positions ``images`` (repeats allowed, in that
+    order) from ``class_hits``: detections ranked as the devkit ranks them (score, then the later
+    image, then the later detection first). None when those images hold no truth of the class."""
+    positives = int(table.positives[images].sum())
+    if positives == 0:
+        return None
+    index = _gather(table.starts, table.counts, images)
+    position = np.repeat(np.arange(len(images)), table.counts[images])
+    order = np.lexsort((table.within[index], -position, -table.scores[index]))
+    return _interpolated_ap(table.hits[index][order], positives, min_recall, min_precision)

@@ -89,14 +89,24 @@ def ap3d_by_depth(frames: list[Frame], images: list[ImageBoxes], labels: list[st
     return out
 
 
+def distance_images(frames: list[Frame]) -> list[DistanceImage]:
+    """The frames' boxes for the centre-distance AP: ground-plane (x-z) centres, sizes and headings."""
+    return [DistanceImage(f.gt.labels, f.gt.centres[:, [0, 2]], np.array([b.lwh for b in f.gt.boxes]).reshape(-1, 3),
+                          f.gt.headings, f.pred.labels, f.pred.scores, f.pred.centres[:, [0, 2]],
+                          np.array([b.lwh for b in f.pred.boxes]).reshape(-1, 3), f.pred.headings)
+            for f in frames]
+
+
+def images_3d(frames: list[Frame]) -> list[ImageBoxes]:
+    """The frames' boxes for AP3D: a PxG matrix of exact 3D IoU per frame."""
+    return _images(frames, [iou_3d_matrix(f.pred.boxes, f.gt.boxes) for f in frames])
+
+
 def center_distance_metrics(frames: list[Frame], labels: list[str], config: EvaluationConfig) -> CenterDistanceMetrics:
     """Centre-distance AP per class and threshold (ground plane x-z), its mean over classes with
     truth, and nuScenes' true-positive errors at ``config.tp_distance_m``: per class as the
     devkit's ``calc_tp``, then the mean over classes with truth."""
-    images = [DistanceImage(f.gt.labels, f.gt.centres[:, [0, 2]], np.array([b.lwh for b in f.gt.boxes]).reshape(-1, 3),
-                            f.gt.headings, f.pred.labels, f.pred.scores, f.pred.centres[:, [0, 2]],
-                            np.array([b.lwh for b in f.pred.boxes]).reshape(-1, 3), f.pred.headings)
-              for f in frames]
+    images = distance_images(frames)
     class_errors: dict[str, list[float]] = {name: [] for name in TP_ERRORS}
     table, true_positives = {}, 0
     for threshold in config.distance_thresholds_m:
@@ -165,15 +175,15 @@ def evaluate_frames(frames: list[Frame], config: EvaluationConfig) -> tuple[Colu
     """Every metric of one column, and the data of its plots. Pairwise overlaps are computed
     once per frame: a PxG matrix of 2D IoU and one of exact 3D IoU."""
     labels = sorted({label for f in frames for label in f.gt.labels})
-    images_3d = _images(frames, [iou_3d_matrix(f.pred.boxes, f.gt.boxes) for f in frames])
+    boxes_3d = images_3d(frames)
     ap2d = coco_ap(images_2d(frames), labels, list(config.coco_thresholds), config.max_detections)
-    ap3d = coco_ap(images_3d, labels, list(config.ap3d_thresholds), config.max_detections)
+    ap3d = coco_ap(boxes_3d, labels, list(config.ap3d_thresholds), config.max_detections)
     matching, errors_by_distance = matching_metrics(frames, config.match_distance_m)
     result = ColumnResult(
         frames=len(frames), gt_boxes=sum(len(f.gt) for f in frames), pred_boxes=sum(len(f.pred) for f in frames),
         answers=answer_accounting(frames),
         ap2d=AP2DMetrics(ap2d.ap, _at(ap2d, 0.5), _at(ap2d, 0.75), ap2d.per_class),
-        ap3d=AP3DMetrics(ap3d.ap, _at(ap3d, 0.25), _at(ap3d, 0.5), ap3d_by_depth(frames, images_3d, labels, config),
+        ap3d=AP3DMetrics(ap3d.ap, _at(ap3d, 0.25), _at(ap3d, 0.5), ap3d_by_depth(frames, boxes_3d, labels, config),
                          ap3d.per_class),
         center_distance=center_distance_metrics(frames, labels, config),
         matching=matching, recipe=recipe_metrics(frames, config))

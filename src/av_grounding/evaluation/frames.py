@@ -71,7 +71,8 @@ class BoxSet:
 class Frame:
     """One evaluation frame: its truth, the predictions and how the answer parsed.
     ``status``: ok | repaired | failed | missing (no prediction file); ``recipe_camera``: the
-    ``fx, fy, cx, cy`` of a pinhole frame (the recipe's "AP2D" needs them), else None."""
+    ``fx, fy, cx, cy`` of a pinhole frame (the recipe's "AP2D" needs them), else None; ``clip``:
+    the record's ``clip_id`` (all cameras of one clip share it)."""
 
     id: str
     camera: Camera
@@ -85,6 +86,7 @@ class Frame:
     emitted: int = 0
     dropped: Counter = field(default_factory=Counter)
     score_source: ScoreSource | None = None
+    clip: str = ""  # the clip (sequence) it comes from: the unit a clip bootstrap resamples; "": its own
 
 
 def camera_of(record: dict[str, Any], source: Path) -> tuple[Camera, int, int, bool]:
@@ -374,7 +376,7 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
                        codec, camera, width, height)
         frames.append(Frame(path.stem, camera, width, height, gt, pred, pinhole_parameters(record),
                             parsed.status if source else "missing", parsed.valid_json, parsed.emitted,
-                            parsed.dropped, source))
+                            parsed.dropped, source, str(record.get("clip_id", path.stem))))
     _warn_about(gt_dir, pred_dir, {path.name for path, _ in truth}, available, guessed_size)
     return frames
 

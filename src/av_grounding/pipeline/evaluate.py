@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.bootstrap import clip_bootstrap
 from ..evaluation.config import EvaluationConfig
 from ..evaluation.evaluate import PlotData, evaluate_frames
 from ..evaluation.frames import EvaluationError, Frame, load_frames
@@ -58,6 +59,15 @@ def write_plots(results: dict[str, dict[str, Any]], steps: dict[str, int], final
     write_overlays(frames, images, plots / "overlays", overlays, name)
 
 
+def intervals(frames: list[Frame], config: EvaluationConfig, params: EvaluateParams) -> dict[str, Any]:
+    """``{"intervals_95": ...}``: the clip-bootstrap intervals of the headline metrics
+    (``evaluation.bootstrap``) with ``params.bootstrap`` replicates; nothing when that is 0."""
+    if not params.bootstrap:
+        return {}
+    result = clip_bootstrap(frames, config, params.bootstrap, params.bootstrap_seed)
+    return {"intervals_95": rounded(result.serialize())}
+
+
 def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: Path | None = None,
              metrics: Path | None = None, plots: Path | None = None, gt: Path | None = None,
              pred: Path | None = None, out: Path | None = None, headline: Path | None = None) -> dict[str, Any]:
@@ -90,8 +100,9 @@ def evaluate_folder(params: EvaluateParams, gt: Path, pred: Path, out: Path) -> 
     """
     config = EvaluationConfig.from_params(params)
     check_output_file(out)
-    result, _ = evaluate_frames(load_frames(gt, pred, config.codec), config)
-    serialized = result.serialize()
+    frames = load_frames(gt, pred, config.codec)
+    result, _ = evaluate_frames(frames, config)
+    serialized = {**result.serialize(), **intervals(frames, config, params)}
     try:
         write_json(out, serialized)
     except OSError as exc:  # what the check before scoring cannot see (a full disk, a race)
@@ -124,7 +135,8 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
         result, data = evaluate_frames(frames, config)
         results[name] = {**result.serialize(),
                          "reward": rounded(column_reward(dataset / "eval" / "text", predictions / name,
-                                                         config.codec))}
+                                                         config.codec)),
+                         **intervals(frames, config, params)}
         final = (name, frames, data)
     write_report(metrics, results)
     write_report(headline, headline_metrics(results))

@@ -1,0 +1,120 @@
+"""Clip-bootstrap 95 % intervals of the headline metrics: AP2D50, AP3D (0.05:0.50), centre-distance
+mAP and recall.
+
+The frames of one clip are not independent samples (the same scene seen by five cameras, tenths
+of a second apart), so the evaluation set is resampled by clip, not by frame: each replicate
+draws as many clips as there are, with replacement, keeps every frame of each drawn clip
+(twice if drawn twice), and recomputes the metric; the interval is the 2.5th and 97.5th
+percentile of the replicates (a percentile interval of the cluster bootstrap: Efron & Tibshirani
+1993, "An Introduction to the Bootstrap", chapters 6 and 13; Field & Welsh 2007, "Bootstrapping
+clustered data"). With few clips the interval is wide and itself uncertain: 12 held-out clips
+give about 12 distinct values of anything one clip decides.
+
+Each replicate's metrics equal the evaluator's (``evaluate.evaluate_frames``) on the resampled
+list of frames, but are computed from per-frame matches made once (``ap.match_images``,
+``ap.class_hits``, the centre matching of ``matching.match_centres``): matching depends on one
+frame alone, so only the ranking across frames and the sums are redone per replicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ap import ClassHits, accumulate, class_hits, distance_ap_of_hits, match_images
+from .config import EvaluationConfig
+from .evaluate import distance_images, images_2d, images_3d
+from .frames import Frame
+from .matching import match_centres
+
+HEADLINE = ("ap2d50", "ap3d", "center_distance_map", "recall")
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A metric's value on all frames and its bootstrap interval [low, high] (None where the
+    metric is undefined, no truth, or where there is one clip only)."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+
+    def serialize(self) -> list[float | None]:
+        return [self.low, self.high]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def metric_functions(frames: list[Frame], config: EvaluationConfig) -> dict[str, Callable[[np.ndarray], float | None]]:
+    """Each headline metric as a function of an array of frame positions (repeats allowed, in
+    that order), from matches made once here. ``frames`` as the evaluator reads them
+    (``frames.load_frames``)."""
+    labels = sorted({label for f in frames for label in f.gt.labels})
+    matches_2d = match_images(images_2d(frames), labels, [0.5], config.max_detections)
+    matches_3d = match_images(images_3d(frames), labels, list(config.ap3d_thresholds), config.max_detections)
+    distance = distance_images(frames)
+    hits: dict[tuple[float, str], ClassHits] = {
+        (t, label): class_hits(distance, label, t) for t in config.distance_thresholds_m for label in labels}
+    matched = np.array([len(match_centres(f.pred.centres[:, [0, 2]], f.gt.centres[:, [0, 2]], config.match_distance_m))
+                        for f in frames])
+    truths = np.array([len(f.gt) for f in frames])
+
+    def centre_map(chosen: np.ndarray) -> float | None:
+        return _mean([_mean([distance_ap_of_hits(hits[t, label], chosen, config.min_recall, config.min_precision)
+                             for label in labels])
+                      for t in config.distance_thresholds_m])
+
+    def recall(chosen: np.ndarray) -> float | None:
+        total = int(truths[chosen].sum())
+        return float(matched[chosen].sum() / total) if total else None
+
+    return {"ap2d50": lambda chosen: accumulate(matches_2d, [0.5], chosen).ap,
+            "ap3d": lambda chosen: accumulate(matches_3d, list(config.ap3d_thresholds), chosen).ap,
+            "center_distance_map": centre_map, "recall": recall}
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """The headline metrics' intervals (``HEADLINE`` -> ``Interval``) from ``replicates``
+    resamplings of ``clips`` clips, drawn with ``seed``."""
+
+    replicates: int
+    clips: int
+    seed: int
+    intervals: dict[str, Interval]
+
+    def serialize(self) -> dict[str, object]:
+        return {"level": LEVEL, "replicates": self.replicates, "clips": self.clips, "seed": self.seed,
+                **{name: interval.serialize() for name, interval in self.intervals.items()}}
+
+
+def clip_bootstrap(frames: list[Frame], config: EvaluationConfig, replicates: int, seed: int = 0) -> BootstrapResult:
+    """The headline metrics (``HEADLINE``) of ``frames`` with clip-bootstrap 95 % intervals from
+    ``replicates`` resamplings drawn by a generator seeded with ``seed`` (deterministic). A
+    replicate where a metric is undefined (no truth drawn) is left out of that metric's
+    percentiles. With one clip there is nothing to resample: every interval is [None, None].
+    Raises ``ValueError`` for fewer than 2 replicates or no frames."""
+    if replicates < 2 or not frames:
+        raise ValueError(f"clip_bootstrap: {replicates} replicates of {len(frames)} frames; an interval needs at "
+                         "least 2 replicates of at least one frame")
+    clips: dict[str, list[int]] = {}
+    for index, frame in enumerate(frames):
+        clips.setdefault(frame.clip or frame.id, []).append(index)
+    members = [np.asarray(clips[name]) for name in sorted(clips)]
+    metrics = metric_functions(frames, config)
+    rng = np.random.default_rng(seed)
+    draws = [np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
+             for _ in range(replicates)]
+    everything = np.arange(len(frames))
+    intervals = {}
+    for name, metric in metrics.items():
+        values = [v for chosen in draws if (v := metric(chosen)) is not None] if len(members) > 1 else []
+        bounds = np.percentile(values, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]) if values else [None, None]
+        intervals[name] = Interval(metric(everything), *(None if b is None else float(b) for b in bounds))
+    return BootstrapResult(replicates, len(members), seed, intervals)

@@ -1,0 +1,97 @@
+"""The clip bootstrap (``evaluation.bootstrap``): a replicate's metrics equal the evaluator's on
+the resampled frames; a two-clip case computed by hand; deterministic; in the stage's metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from av_grounding.evaluation.bootstrap import HEADLINE, clip_bootstrap, metric_functions
+from av_grounding.evaluation.config import EvaluationConfig
+from av_grounding.evaluation.evaluate import evaluate_frames
+from av_grounding.evaluation.frames import load_frames
+from av_grounding.params import EvaluateParams, ParamsError
+from av_grounding.pipeline.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def noisy(dataset, tmp_path_factory):
+    """The evaluation split's truth, answered with shifted centres, a dropped box in every third
+    frame and a false positive in every fourth, scores by order of appearance."""
+    rng = np.random.default_rng(0)
+    predictions = tmp_path_factory.mktemp("bootstrap") / "pred"
+    predictions.mkdir()
+    for index, path in enumerate(sorted((dataset / "eval" / "text").glob("*.json"))):
+        boxes = []
+        for k, box in enumerate(json.loads(path.read_text())["annotations"]):
+            if index % 3 == 0 and k == 0:
+                continue
+            values = list(box["bbox_3d"])
+            values[0] += float(rng.normal(0, 0.6))
+            values[2] += float(rng.normal(0, 1.5))
+            boxes.append({"label": box["label"], "bbox_3d": values})
+        if index % 4 == 0:
+            boxes.append({"label": "car", "bbox_3d": [3.0, 1.0, 20.0, 4.5, 1.9, 1.5, 0.0, 0.3, 0.0]})
+        (predictions / path.name).write_text(json.dumps({"annotations": boxes}))
+    # The test split holds one clip: its five cameras stand in for five clips here.
+    return [dataclasses.replace(f, clip=f.id.split("_camera_")[1].rsplit("_", 1)[0])
+            for f in load_frames(dataset / "eval" / "text", predictions, "cosmos")]
+
+
+def test_a_replicates_metrics_are_the_evaluators_on_the_resampled_frames(noisy):
+    config = EvaluationConfig()
+    metrics = metric_functions(noisy, config)
+    rng = np.random.default_rng(1)
+    for chosen in (np.arange(len(noisy)), np.sort(rng.integers(0, len(noisy), len(noisy))),
+                   rng.integers(0, len(noisy), len(noisy) // 2)):
+        result, _ = evaluate_frames([noisy[i] for i in chosen], config)
+        expected = {"ap2d50": result.ap2d.ap50, "ap3d": result.ap3d.ap,
+                    "center_distance_map": result.center_distance.map, "recall": result.matching.recall}
+        assert all(value is not None for value in expected.values())
+        for name in HEADLINE:
+            assert metrics[name](chosen) == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_two_clips_one_found_one_missed_by_hand(noisy):
+    """Clip A's truths all found, clip B's none, equal truth counts: a replicate's recall is the
+    share of its two draws that are A: 0, 1/2, 1 with chances 1/4, 1/2, 1/4, so the 95 %
+    interval is [0, 1] around 1/2; the all-frames value is 1/2."""
+    first = noisy[0]
+    found = dataclasses.replace(first, clip="A", pred=first.gt)
+    missed = dataclasses.replace(first, clip="B", pred=dataclasses.replace(first.gt, centres=first.gt.centres + 50.0))
+    result = clip_bootstrap([found, missed], EvaluationConfig(), 400, seed=0)
+    recall = result.intervals["recall"]
+    assert (recall.value, recall.low, recall.high) == (0.5, 0.0, 1.0)
+    assert result.clips == 2 and result.replicates == 400
+
+
+def test_the_same_seed_gives_the_same_intervals_and_the_clips_are_the_records(noisy):
+    config = EvaluationConfig()
+    a, b = clip_bootstrap(noisy, config, 50, seed=3), clip_bootstrap(noisy, config, 50, seed=3)
+    assert a == b and a.clips == len({f.clip for f in noisy}) >= 2
+    for interval in a.intervals.values():
+        assert interval.low <= interval.high
+    assert clip_bootstrap(noisy, config, 50, seed=4) != a
+    with pytest.raises(ValueError, match="at least 2 replicates"):
+        clip_bootstrap(noisy, config, 1)
+    with pytest.raises(ParamsError, match=r"evaluate\.bootstrap = 1"):
+        EvaluateParams(bootstrap=1)
+
+
+def test_the_stage_writes_the_intervals_of_each_column(noisy, dataset, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for frame in noisy:
+        source = dataset / "eval" / "text" / f"{frame.id}.json"
+        truth = json.loads(source.read_text())["annotations"]
+        pred.joinpath(source.name).write_text(json.dumps({"annotations": truth}))
+    out = evaluate(EvaluateParams(bootstrap=20), gt=dataset / "eval" / "text", pred=pred, out=tmp_path / "eval.json")
+    written = json.loads((tmp_path / "eval.json").read_text())["intervals_95"]
+    assert written == out["intervals_95"]
+    assert written["replicates"] == 20 and written["level"] == 0.95
+    none = evaluate(EvaluateParams(bootstrap=0), gt=dataset / "eval" / "text", pred=pred, out=tmp_path / "e0.json")
+    assert "intervals_95" not in none
+    assert written["clips"] == 1 and written["ap3d"] == [None, None]  # the files' one clip: no interval
