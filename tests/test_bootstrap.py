@@ -95,3 +95,17 @@ def test_the_stage_writes_the_intervals_of_each_column(noisy, dataset, tmp_path)
     none = evaluate(EvaluateParams(bootstrap=0), gt=dataset / "eval" / "text", pred=pred, out=tmp_path / "e0.json")
     assert "intervals_95" not in none
     assert written["clips"] == 1 and written["ap3d"] == [None, None]  # the files' one clip: no interval
+
+
+def test_the_results_table_shows_each_columns_intervals():
+    from av_grounding.evaluation.table import intervals_markdown
+
+    block = {"level": 0.95, "replicates": 1000, "clips": 12, "seed": 0, "ap2d50": [0.35, 0.51], "ap3d": [0.3, 0.44],
+             "center_distance_map": [None, None], "recall": [0.5, 0.66]}
+    text = intervals_markdown({"step_000002": {"intervals_95": block}, "final": {"intervals_95": block}},
+                              {"step_000002": 2, "final": 4})
+    assert "1000 resamplings of 12 clips" in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "step" not in line}
+    assert rows["AP2D50"] == ["0.3500-0.5100"] * 2 and rows["centre-distance mAP"] == ["-", "-"]
+    assert intervals_markdown({"final": {}}, {"final": 4}) == ""

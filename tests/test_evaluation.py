@@ -23,7 +23,7 @@ from av_grounding.evaluation.iou import iou_2d_matrix, iou_3d, iou_3d_matrix
 from av_grounding.evaluation.matching import match_centres
 from av_grounding.evaluation.parse import box_scores, parse_answer
 from av_grounding.evaluation.recipe import aligned_iou_matrix, normalise_label, recipe_rectangles
-from av_grounding.evaluation.table import ROWS, lookup
+from av_grounding.evaluation.table import INTERVAL_ROWS, ROWS, lookup
 from av_grounding.geometry.boxes import Box3D
 from av_grounding.geometry.codecs import get_codec
 from av_grounding.geometry.transforms import rot_x, rot_z, wrap_angle
@@ -856,7 +856,8 @@ def test_stage_metrics_of_each_column(stage_outputs):
 
 def test_results_table_matches_the_metrics(stage_outputs):
     root, results, *_ = stage_outputs
-    lines = [line for line in (root / "plots" / "results_table.md").read_text().splitlines() if line.startswith("|")]
+    table, intervals = (root / "plots" / "results_table.md").read_text().split("\n95 % intervals: clip bootstrap")
+    lines = [line for line in table.splitlines() if line.startswith("|")]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header, body = cells[0], cells[2:]
     assert header[1:] == ["zero-shot", "step 2", "final (step 4)"]
@@ -865,6 +866,10 @@ def test_results_table_matches_the_metrics(stage_outputs):
         for cell, column in zip(row[1:], results):
             value = lookup(results[column], path)
             assert (cell == "-") if value is None else float(cell) == pytest.approx(value, abs=5e-5), (row[0], column)
+    # then the intervals: the test split's one clip gives none
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in intervals.splitlines() if line.startswith("|")]
+    assert [row[0] for row in rows[2:]] == [label for label, _ in INTERVAL_ROWS]
+    assert all(cell == "-" for row in rows[2:] for cell in row[1:]) and len(rows[0]) == 4
 
 
 def test_stage_plots_and_overlays(stage_outputs):

@@ -95,4 +95,29 @@ def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
                "definitions with two bugs removed; the last rows are signals that move early in training "
                "(`AP3D near`: vehicles closer than the first depth limit). A dash: nothing to measure.\n\n")
     cells = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None only
-    return heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n"
+    return heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n" + intervals_markdown(results, steps)
+
+
+# Rows of the intervals table: (row label, key in a column's ``intervals_95``).
+INTERVAL_ROWS = (("AP2D50", "ap2d50"), ("AP3D (IoU 0.05:0.50)", "ap3d"),
+                 ("centre-distance mAP", "center_distance_map"), ("recall", "recall"))
+
+
+def intervals_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:
+    """The columns' clip-bootstrap 95 % intervals (``intervals_95``, evaluation/bootstrap.py) as a
+    second markdown table, "low-high" per cell; "" when no column has them."""
+    order = [name for name in sorted(results, key=lambda name: (steps[name], name == "final"))
+             if "intervals_95" in results[name]]
+    if not order:
+        return ""
+
+    def cell(bounds: list[float | None] | None) -> str:
+        return "-" if not bounds or None in bounds else f"{bounds[0]:.4f}-{bounds[1]:.4f}"
+
+    first = results[order[0]]["intervals_95"]
+    frame = pd.DataFrame({column_title(name, steps[name]): [cell(results[name]["intervals_95"].get(key))
+                                                            for _, key in INTERVAL_ROWS] for name in order},
+                         index=[label for label, _ in INTERVAL_ROWS])
+    return (f"\n95 % intervals: clip bootstrap, {first['replicates']} resamplings of {first['clips']} clips "
+            "(docs/metrics.md#intervals-how-sure-a-number-is). A dash: no interval (one clip, or nothing to "
+            "measure).\n\n" + frame.to_markdown() + "\n")
