@@ -109,3 +109,12 @@ def test_the_results_table_shows_each_columns_intervals():
             for line in text.splitlines() if line.startswith("| ") and "step" not in line}
     assert rows["AP2D50"] == ["0.3500-0.5100"] * 2 and rows["centre-distance mAP"] == ["-", "-"]
     assert intervals_markdown({"final": {}}, {"final": 4}) == ""
+
+
+def test_frames_without_a_clip_are_resampled_one_by_one_with_a_warning(noisy):
+    from av_grounding.evaluation.frames import EvaluationWarning
+
+    loose = [dataclasses.replace(frame, clip="") for frame in noisy]
+    with pytest.warns(EvaluationWarning, match="no clip_id"):
+        result = clip_bootstrap(loose, EvaluationConfig(), 20)
+    assert result.clips == len(noisy)

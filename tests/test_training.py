@@ -588,7 +588,7 @@ def test_a_model_that_is_no_folder_and_no_loadable_hub_id_fails_at_once(tmp_path
 def test_one_step_at_the_recipes_learning_rate_moves_the_trained_bf16_weights_only(few, tmp_path):
     """`train` with train.precision bf16_stochastic: the model trains and is saved in bf16; one
     step at lr 2e-7 moves language-model and projector weights (each by lr in expectation: about
-    one element in a thousand of size 0.02 moves by its bf16 step) and none of the frozen vision
+    one element in 600 of size 0.02 moves by its bf16 step) and none of the frozen vision
     tower's."""
     from safetensors.torch import load_file
 

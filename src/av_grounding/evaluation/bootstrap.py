@@ -18,6 +18,7 @@ frame alone, so only the ranking across frames and the sums are redone per repli
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import numpy as np
 from .ap import ClassHits, accumulate, class_hits, distance_ap_of_hits, match_images
 from .config import EvaluationConfig
 from .evaluate import distance_images, images_2d, images_3d
-from .frames import Frame
+from .frames import EvaluationWarning, Frame
 from .matching import match_centres
 
 HEADLINE = ("ap2d50", "ap3d", "center_distance_map", "recall")
@@ -99,6 +100,8 @@ def clip_bootstrap(frames: list[Frame], config: EvaluationConfig, replicates: in
     ``replicates`` resamplings drawn by a generator seeded with ``seed`` (deterministic). A
     replicate where a metric is undefined (no truth drawn) is left out of that metric's
     percentiles. With one clip there is nothing to resample: every interval is [None, None].
+    Frames without a clip (ground truth without ``clip_id``) are each their own clip, with an
+    ``EvaluationWarning`` when no frame has one.
     Raises ``ValueError`` for fewer than 2 replicates or no frames."""
     if replicates < 2 or not frames:
         raise ValueError(f"clip_bootstrap: {replicates} replicates of {len(frames)} frames; an interval needs at "
@@ -107,6 +110,9 @@ def clip_bootstrap(frames: list[Frame], config: EvaluationConfig, replicates: in
     for index, frame in enumerate(frames):
         clips.setdefault(frame.clip or frame.id, []).append(index)
     members = [np.asarray(clips[name]) for name in sorted(clips)]
+    if len(members) == len(frames) > 1 and not any(frame.clip for frame in frames):
+        warnings.warn("the ground truth names no clip_id: the bootstrap resamples frames as if independent, so "
+                      "its intervals are too narrow where frames share a clip", EvaluationWarning, stacklevel=2)
     metrics = metric_functions(frames, config)
     rng = np.random.default_rng(seed)
     draws = [np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])

@@ -376,7 +376,7 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
                        codec, camera, width, height)
         frames.append(Frame(path.stem, camera, width, height, gt, pred, pinhole_parameters(record),
                             parsed.status if source else "missing", parsed.valid_json, parsed.emitted,
-                            parsed.dropped, source, str(record.get("clip_id", path.stem))))
+                            parsed.dropped, source, str(record.get("clip_id", ""))))
     _warn_about(gt_dir, pred_dir, {path.name for path, _ in truth}, available, guessed_size)
     return frames
 

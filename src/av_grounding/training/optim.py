@@ -1,6 +1,7 @@
 """AdamW for bf16 weights whose updates survive small learning rates: stochastic rounding.
 
-bf16 keeps 8 bits of mantissa: a weight w moves only by steps of about |w| / 2^8 (its ulp). An
+bf16 keeps 8 significant bits (7 stored): a weight w moves only by steps of 2^-7 to 2^-8 of |w|
+(its ulp). An
 AdamW update is about the learning rate times the weight's gradient direction, so at the
 recipe's rates (Cosmos Reason 2: 2e-7, field-notes section 2) a weight of size 0.02 would need
 an update of 6e-5 to move at all, and rounding to nearest drops every update: the model does
@@ -18,9 +19,11 @@ both moments then all stay bf16: 8 bytes a parameter.
 ``StochasticAdamW`` computes each step in fp32 exactly as ``torch.optim.AdamW`` does (decoupled
 weight decay, bias-corrected moments; Loshchilov & Hutter 2019) and rounds the new weight and
 both moments stochastically into their bf16 storage. The rounding noise comes from the
-optimizer's own generator, seeded from ``train.seed`` and kept in ``state_dict()``, so a
-resumed run draws the same noise as an uninterrupted one. fp32 parameters get the plain update
-(no rounding): then it equals ``torch.optim.AdamW``.
+optimizer's own generator on the parameters' device, seeded from ``train.seed`` and kept in
+``state_dict()`` by device type, so a resumed run draws the same noise as an uninterrupted one;
+in data parallel every process draws the same noise (same seed, same stream), so the replicas
+stay equal, and every process resumes from rank 0's saved state. fp32 parameters get the plain
+update (no rounding): then it equals ``torch.optim.AdamW``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def stochastic_round(value: torch.Tensor, generator: torch.Generator | None = No
     """``value`` (fp32, any shape) rounded to bf16, up or down at random with the probability
     that makes the expectation exact: adding a uniform 16-bit integer to the low bits of the
     fp32 pattern, then cutting them, rounds the magnitude up with probability (low bits) / 2^16.
-    Values representable in bf16 come back unchanged; infinities and NaN stay so; a value within
-    one bf16 ulp below the largest finite bf16 can round up to infinity. Returns a bf16 tensor of
+    Values representable in bf16 come back unchanged; infinities and NaN stay so; a finite value
+    above the largest finite bf16 can round up to infinity. Returns a bf16 tensor of
     the same shape on the same device. Raises ``TypeError`` for a tensor that is not fp32."""
     if value.dtype != torch.float32:
         raise TypeError(f"stochastic_round takes float32 values, not {value.dtype}")
@@ -65,15 +68,20 @@ class StochasticAdamW(torch.optim.Optimizer):
             raise ValueError(f"StochasticAdamW: betas {betas} must lie in [0, 1)")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.seed = seed
-        self._generators: dict[str, torch.Generator] = {}
+        self._rounding: torch.Generator | None = None  # made at the first step, on the parameters' device
+        self._saved: dict[str, Any] | None = None  # a loaded generator state, applied when it is made
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed)
-            self._generators[key] = generator
-        return self._generators[key]
+        """The rounding generator (one per optimizer: its parameters share a device)."""
+        if self._rounding is None:
+            self._rounding = torch.Generator(device=device)
+            self._rounding.manual_seed(self.seed)
+            if self._saved is not None:
+                if self._saved["device_type"] != device.type:
+                    raise ValueError(f"StochasticAdamW: the rounding state was saved on {self._saved['device_type']} "
+                                     f"and cannot continue on {device.type}: resume on the checkpoint's device type")
+                self._rounding.set_state(self._saved["state"])
+        return self._rounding
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -117,13 +125,16 @@ class StochasticAdamW(torch.optim.Optimizer):
                 stored.copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's optimizer state plus the rounding generators' states (an exact resume)."""
-        return {**super().state_dict(), "rounding": {key: g.get_state() for key, g in self._generators.items()}}
+        """torch's optimizer state plus the rounding generator's state and device type (an exact
+        resume; none before the first step)."""
+        rounding = None if self._rounding is None else {"device_type": self._rounding.device.type,
+                                                        "state": self._rounding.get_state()}
+        return {**super().state_dict(), "rounding": rounding if rounding is not None else self._saved}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores what ``state_dict`` saved, the rounding generators included."""
+        """Restores what ``state_dict`` saved; the rounding generator continues from the saved
+        state on whichever device index the parameters are (``ValueError`` at the next step
+        when that device's type is not the saved one)."""
         state_dict = dict(state_dict)
-        rounding = state_dict.pop("rounding", {})
+        self._saved, self._rounding = state_dict.pop("rounding", None), None
         super().load_state_dict(state_dict)
-        for key, generator_state in rounding.items():
-            self._generator(torch.device(key)).set_state(generator_state)
