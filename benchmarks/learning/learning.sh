@@ -13,7 +13,11 @@
 # Usage, on a GPU machine, from the repository root:
 #   OUT=/tmp/out benchmarks/learning/learning.sh                      # both architectures
 #   ARCHS=qwen3_vl OUT=/tmp/out benchmarks/learning/learning.sh       # one
-# SIZE (small), STEPS (2000) and EXTRA (more -S overrides, word-split) change the runs.
+# SIZE (small), STEPS (2000) and EXTRA (more -S overrides, word-split) change the runs; SEED (0)
+# seeds the data (synthesize.seed, format.split_seed) and the initialisation and data order
+# (train.seed), and TAG names a lever run: results then go to <size>-<arch>-s<SEED>-<TAG>
+# (each part only when set; SEED 0 adds none), e.g.
+#   SEED=1 TAG=virtual EXTRA="-S format.camera_input=virtual_camera" OUT=/tmp/out benchmarks/learning/learning.sh
 # With at least one GPU per architecture the experiments run at the same time, each on its own GPU,
 # in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
 # run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
@@ -28,6 +32,8 @@ set -uo pipefail
 ARCHS=${ARCHS:-"qwen2_5_vl qwen3_vl"}
 SIZE=${SIZE:-small}
 STEPS=${STEPS:-2000}
+SEED=${SEED:-0}
+SUFFIX=$( ((SEED)) && printf -- '-s%s' "$SEED")${TAG:+-$TAG}
 OUT=$(realpath -m "${OUT:-benchmarks/learning/results}")
 WORK=${WORK:-/tmp/learning}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -55,7 +61,7 @@ stamped() {  # each line of the log with the wall-clock time it was written: sta
 }
 
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
-  local arch=$1 result=$OUT/$SIZE-$1
+  local arch=$1 result=$OUT/$SIZE-$1$SUFFIX
   [ -d "$2" ] || git clone --quiet . "$2" || return 1  # what was sent (committed above)
   cd "$2" || return 1
   mkdir -p "$result"
@@ -67,11 +73,12 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
     -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$arch"
     -S "train.model=$SIZE-$arch" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
     -S train.warmup_ratio=0.05
+    -S "synthesize.seed=$SEED" -S "format.split_seed=$SEED" -S "train.seed=$SEED"
     -S infer.batch_size=300 -S infer.max_new_tokens=512
     ${EXTRA:-}
   )
   local start=$SECONDS
-  python3 -m dvc exp run -n "learning-$SIZE-$arch" "${params[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
+  python3 -m dvc exp run -n "learning-$SIZE-$arch$SUFFIX" "${params[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
   local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
   for name in synthesize extract curation validation dataset train infer eval; do

@@ -93,8 +93,8 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     plot(folder, results, steps, image)
     fmt, tp = params["format"], params["train"]
     image_tokens = dataset["tokens"]["image_per_frame"][fmt["model_family"]]["mean"]
-    architecture = folder.name.split("-", 1)[1]
-    last = max(steps, key=lambda column: (steps[column], column == "final"))  # the final model where evaluated
+    architecture = fmt["model_family"]
+    last = final_column(results, steps)  # the final model where evaluated
     peak_memory = f"; peak GPU memory {train['peak_gpu_memory_gib']} GiB" if train["peak_gpu_memory_gib"] else ""
     lines = [
         f"## {ARCHITECTURES.get(architecture, architecture)}: `{tp['model']}`\n",
@@ -124,14 +124,66 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     return "\n".join(lines)
 
 
+# (column title, path in a column's metrics, key in its intervals_95) of the table of every run.
+SUMMARY = (("AP2D50", ("ap2d", "ap50"), "ap2d50"), ("AP3D", ("ap3d", "ap"), "ap3d"),
+           ("centre mAP", ("center_distance", "map"), "center_distance_map"),
+           ("recall", ("matching", "recall"), "recall"))
+
+
+def final_column(results: dict, steps: dict) -> str:
+    """The last evaluated model version: ``final`` where it was evaluated."""
+    return max(steps, key=lambda column: (steps[column], column == "final"))
+
+
+def with_interval(column: dict, path: tuple[str, ...], key: str) -> str:
+    """``0.430 [0.350, 0.510]``: a metric and its clip-bootstrap interval (``intervals_95`` of runs
+    evaluated since the bootstrap exists; the value alone before)."""
+    value = lookup(column, path)
+    bounds = column.get("intervals_95", {}).get(key)
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds and None not in bounds else "")
+
+
+def group_of(folder: Path) -> str:
+    """A run's name without its seed part (``-s<seed>``): the runs that differ by seed only."""
+    return "-".join(part for part in folder.name.split("-") if not (part[:1] == "s" and part[1:].isdigit()))
+
+
+def runs_table(folders: list[Path]) -> str:
+    """One row per run (final model, with intervals), then the mean over the seeds of each group
+    of runs that differ by seed only."""
+    rows, values = [], {}
+    for folder in folders:
+        results, steps, params = read(folder, "eval.json"), read(folder, "columns.json"), read(folder, "params.yaml")
+        column = results[final_column(results, steps)]
+        rows.append({"run": folder.name, "architecture": params["format"]["model_family"],
+                     "seed": params["train"].get("seed", 0),
+                     "camera input": params["format"].get("camera_input", "none"),
+                     "max pixels": params["format"]["max_pixels"], "steps": steps[final_column(results, steps)],
+                     **{name: with_interval(column, path, key) for name, path, key in SUMMARY}})
+        values.setdefault(group_of(folder), []).append([lookup(column, path) for _, path, _ in SUMMARY])
+    lines = ["## Every run\n", ("Final model of each run; brackets: clip-bootstrap 95 % intervals "
+                                 "(docs/metrics.md#intervals-how-sure-a-number-is).\n"),
+             pd.DataFrame(rows).to_markdown(index=False), ""]
+    seeded = {group: v for group, v in values.items() if len(v) > 1}
+    if seeded:
+        means = [{"runs": group, "seeds": len(v),
+                  **{name: f"{np.mean([r[i] for r in v if r[i] is not None]):.3f}" for i, (name, _, _) in
+                     enumerate(SUMMARY)}} for group, v in seeded.items()]
+        lines += ["Mean over seeds:\n", pd.DataFrame(means).to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     header = (args.root / "README.md").read_text()
-    sections = []
-    for folder in sorted(p for p in args.root.iterdir() if p.is_dir()):
+    folders = sorted(p for p in args.root.iterdir() if p.is_dir())
+    sections = [runs_table(folders)]
+    for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))
     args.out.write_text(header + "\n" + "\n".join(sections))
