@@ -22,8 +22,10 @@
 # `dvc exp run -S` uses, needs it: now in device_project_wheels.txt), the clone ran the session's
 # first commit (now benchmarks/env/device_checkout.sh), and then every `dvc exp run` stopped after
 # "Reproducing experiment" with "'str' object has no attribute 'read'" (not reproduced on a CPU
-# with the same DVC; hydra-core and omegaconf now at the lock's versions). The canary of `batch`
-# runs verbose to show that traceback if it comes back.
+# with the same DVC). With hydra-core and omegaconf at the lock's versions (1.3.8, 2.3.1; the list
+# had 1.3.2, 2.3.0) and the sent tree committed, a last short call's verbose `dvc exp run` in a
+# fresh clone got past that point and started the stages. The canary of `batch` runs verbose to
+# show the traceback if it comes back.
 set -uo pipefail
 WORK=${WORK:-/tmp/hubrun}
 HUB=${HUB:-/tmp/hub}
