@@ -18,8 +18,8 @@
 # DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
 # On the device machine of this workplace the dependencies come as wheels in .whl/project
 # (benchmarks/env/device_project_wheels.txt: DVC, DVCLive, PyAV, the Qwen vocabulary, trl, ...).
-# Tried on one H200 on 2026-12-05 (two calls, no result): the wheels lacked antlr4 (hydra, which
-# `dvc exp run -S` uses, needs it: now in device_project_wheels.txt), the clone ran the session's
+# Tried on one H200 on 2026-12-05 (two calls, no result): the carried wheel folder lacked antlr4
+# (listed in device_project_wheels.txt; hydra, which `dvc exp run -S` uses, needs it), the clone ran the session's
 # first commit (now benchmarks/env/device_checkout.sh), and then every `dvc exp run` stopped after
 # "Reproducing experiment" with "'str' object has no attribute 'read'" (not reproduced on a CPU
 # with the same DVC). With hydra-core and omegaconf at the lock's versions (1.3.8, 2.3.1; the list
