@@ -118,3 +118,51 @@ def test_frames_without_a_clip_are_resampled_one_by_one_with_a_warning(noisy):
     with pytest.warns(EvaluationWarning, match="no clip_id"):
         result = clip_bootstrap(loose, EvaluationConfig(), 20)
     assert result.clips == len(noisy)
+
+
+def test_a_paired_change_is_exact_for_a_column_against_itself_and_rises_to_perfect_answers(noisy):
+    """Against itself every replicate's difference is 0. The truth itself against the noisy
+    answers, on the same draws: each metric rises (interval above 0), and the paired interval is
+    narrower than the noisy column's own interval."""
+    from av_grounding.evaluation.bootstrap import paired_change
+
+    config = EvaluationConfig()
+    before = clip_bootstrap(noisy, config, 200, seed=2)
+    same = paired_change(before, before)
+    assert all((i.value, i.low, i.high) == (0.0, 0.0, 0.0) for i in same.values())
+    perfect = clip_bootstrap([dataclasses.replace(f, pred=f.gt) for f in noisy], config, 200, seed=2)
+    rise = paired_change(before, perfect)
+    for name in HEADLINE:
+        assert rise[name].low > 0, name
+        assert rise[name].value == pytest.approx(perfect.intervals[name].value - before.intervals[name].value)
+    with pytest.raises(ValueError, match="not drawn on the same"):
+        paired_change(before, clip_bootstrap(noisy, config, 200, seed=3))
+
+
+def test_the_stage_writes_each_columns_change_from_the_column_before(noisy, dataset, tmp_path):
+    """Three columns (noisy answers, noisy again, the truth) on the test split (one clip: values,
+    no intervals): the second's change is exactly 0, the third's positive; the results table
+    has the comparison."""
+    from av_grounding.pipeline.evaluate import evaluate
+
+    predictions = tmp_path / "predictions"
+    columns = {"step_000001": 1, "step_000002": 2, "final": 3}
+    for name in columns:
+        (predictions / name).mkdir(parents=True)
+    for frame in noisy:
+        source = dataset / "eval" / "text" / f"{frame.id}.json"
+        truth = json.loads(source.read_text())["annotations"]
+        answer = [{"label": label, "bbox_3d": [float(v) for v in values]}
+                  for label, values in zip(frame.pred.labels, frame.pred.values)]
+        for name, boxes in (("step_000001", answer), ("step_000002", answer), ("final", truth)):
+            (predictions / name / source.name).write_text(json.dumps({"annotations": boxes}))
+    (predictions / "columns.json").write_text(json.dumps(columns))
+    results = evaluate(EvaluateParams(bootstrap=100, overlays=0), dataset, predictions, tmp_path / "eval.json",
+                       plots=tmp_path / "plots")
+    assert "change_95" not in results["step_000001"]
+    assert results["step_000002"]["change_95"]["from"] == "step_000001"
+    for name in HEADLINE:
+        assert results["step_000002"]["change_95"][name] == {"change": 0.0, "interval": [None, None]}
+        assert results["final"]["change_95"][name]["change"] > 0
+    table = (tmp_path / "plots" / "results_table.md").read_text()
+    assert "Change from the column before" in table and "final (step 3) vs step 2" in table

@@ -866,10 +866,12 @@ def test_results_table_matches_the_metrics(stage_outputs):
         for cell, column in zip(row[1:], results):
             value = lookup(results[column], path)
             assert (cell == "-") if value is None else float(cell) == pytest.approx(value, abs=5e-5), (row[0], column)
-    # then the intervals: the test split's one clip gives none
+    # then the intervals (the test split's one clip gives none), then the changes between columns
+    intervals, changes = intervals.split("\nChange from the column before")
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in intervals.splitlines() if line.startswith("|")]
     assert [row[0] for row in rows[2:]] == [label for label, _ in INTERVAL_ROWS]
     assert all(cell == "-" for row in rows[2:] for cell in row[1:]) and len(rows[0]) == 4
+    assert "| step 2 vs zero-shot" in changes and "final (step 4) vs step 2" in changes
 
 
 def test_stage_plots_and_overlays(stage_outputs):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -89,6 +89,10 @@ class BootstrapResult:
     clips: int
     seed: int
     intervals: dict[str, Interval]
+    # Per metric, its value in each replicate (NaN where undefined), and the frames drawn from:
+    # what a paired comparison of two columns on the same draws needs (``paired_change``).
+    values: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    frames: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def serialize(self) -> dict[str, object]:
         return {"level": LEVEL, "replicates": self.replicates, "clips": self.clips, "seed": self.seed,
@@ -118,9 +122,38 @@ def clip_bootstrap(frames: list[Frame], config: EvaluationConfig, replicates: in
     draws = [np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
              for _ in range(replicates)]
     everything = np.arange(len(frames))
-    intervals = {}
+    intervals, values = {}, {}
     for name, metric in metrics.items():
-        values = [v for chosen in draws if (v := metric(chosen)) is not None] if len(members) > 1 else []
-        bounds = np.percentile(values, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]) if values else [None, None]
-        intervals[name] = Interval(metric(everything), *(None if b is None else float(b) for b in bounds))
-    return BootstrapResult(replicates, len(members), seed, intervals)
+        values[name] = np.array([np.nan if (v := metric(chosen)) is None else v for chosen in draws]
+                                if len(members) > 1 else [], dtype=float)
+        intervals[name] = Interval(metric(everything), *_percentiles(values[name]))
+    return BootstrapResult(replicates, len(members), seed, intervals, values, tuple(f.id for f in frames))
+
+
+def _percentiles(values: np.ndarray) -> tuple[float | None, float | None]:
+    """The 2.5th and 97.5th percentiles of the defined (not NaN) values; None, None without any."""
+    defined = values[~np.isnan(values)]
+    if not len(defined):
+        return None, None
+    low, high = np.percentile(defined, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+    return float(low), float(high)
+
+
+def paired_change(before: BootstrapResult, after: BootstrapResult) -> dict[str, Interval]:
+    """``after`` minus ``before`` per headline metric, with the 95 % interval of that difference
+    over the same resamplings (a paired bootstrap: both columns scored on the same draws of the
+    same clips, so what the clips share cancels and the interval is far narrower than the two
+    intervals side by side). An interval above 0 says the metric rose. Value None where either
+    is undefined. Raises ``ValueError`` when the two were not drawn alike (other frames, clips,
+    replicates or seed)."""
+    if (before.frames, before.clips, before.replicates, before.seed) != (after.frames, after.clips,
+                                                                        after.replicates, after.seed):
+        raise ValueError("paired_change: the two bootstraps were not drawn on the same frames, clips, replicates "
+                         "and seed")
+    out = {}
+    for name, interval in after.intervals.items():
+        earlier = before.intervals[name].value
+        value = None if interval.value is None or earlier is None else interval.value - earlier
+        difference = after.values[name] - before.values[name] if len(after.values[name]) else after.values[name]
+        out[name] = Interval(value, *_percentiles(difference))
+    return out

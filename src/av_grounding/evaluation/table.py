@@ -95,7 +95,8 @@ def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
                "definitions with two bugs removed; the last rows are signals that move early in training "
                "(`AP3D near`: vehicles closer than the first depth limit). A dash: nothing to measure.\n\n")
     cells = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None only
-    return heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n" + intervals_markdown(results, steps)
+    return (heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n" + intervals_markdown(results, steps)
+            + changes_markdown(results, steps))
 
 
 # Rows of the intervals table: (row label, key in a column's ``intervals_95``).
@@ -121,3 +122,30 @@ def intervals_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]
     return (f"\n95 % intervals: clip bootstrap, {first['replicates']} resamplings of {first['clips']} clips "
             "(docs/metrics.md#intervals-how-sure-a-number-is). A dash: no interval (one clip, or nothing to "
             "measure).\n\n" + frame.to_markdown() + "\n")
+
+
+def changes_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:
+    """Each column's change from the column before (``change_95``: the paired clip bootstrap,
+    evaluation/bootstrap.py) as a third markdown table, "+change [low, high]" per cell with
+    "rises" or "falls" where the interval excludes 0; "" when no column has them."""
+    order = [name for name in sorted(results, key=lambda name: (steps[name], name == "final"))
+             if "change_95" in results[name]]
+    if not order:
+        return ""
+
+    def cell(change: dict[str, Any] | None) -> str:
+        if not change or change["change"] is None or None in change["interval"]:
+            return "-"
+        low, high = change["interval"]
+        verdict = " rises" if low > 0 else " falls" if high < 0 else ""
+        return f"{change['change']:+.4f} [{low:+.4f}, {high:+.4f}]{verdict}"
+
+    def title(name: str) -> str:
+        earlier = results[name]["change_95"]["from"]
+        return f"{column_title(name, steps[name])} vs {column_title(earlier, steps[earlier])}"
+
+    frame = pd.DataFrame({title(name): [cell(results[name]["change_95"].get(key)) for _, key in INTERVAL_ROWS]
+                          for name in order}, index=[label for label, _ in INTERVAL_ROWS])
+    return ("\nChange from the column before, with the 95 % interval of the paired difference (both columns "
+            "scored on the same clip resamplings); \"rises\" or \"falls\" only where the interval excludes 0."
+            "\n\n" + frame.to_markdown() + "\n")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.bootstrap import clip_bootstrap
+from ..evaluation.bootstrap import BootstrapResult, Interval, clip_bootstrap, paired_change
 from ..evaluation.config import EvaluationConfig
 from ..evaluation.evaluate import PlotData, evaluate_frames
 from ..evaluation.frames import EvaluationError, Frame, load_frames
@@ -59,13 +59,16 @@ def write_plots(results: dict[str, dict[str, Any]], steps: dict[str, int], final
     write_overlays(frames, images, plots / "overlays", overlays, name)
 
 
-def intervals(frames: list[Frame], config: EvaluationConfig, params: EvaluateParams) -> dict[str, Any]:
-    """``{"intervals_95": ...}``: the clip-bootstrap intervals of the headline metrics
-    (``evaluation.bootstrap``) with ``params.bootstrap`` replicates; nothing when that is 0."""
-    if not params.bootstrap:
-        return {}
-    result = clip_bootstrap(frames, config, params.bootstrap, params.bootstrap_seed)
-    return {"intervals_95": rounded(result.serialize())}
+def bootstrap(frames: list[Frame], config: EvaluationConfig, params: EvaluateParams) -> BootstrapResult | None:
+    """The clip bootstrap of the headline metrics (``evaluation.bootstrap``) with
+    ``params.bootstrap`` replicates; None when that is 0."""
+    return clip_bootstrap(frames, config, params.bootstrap, params.bootstrap_seed) if params.bootstrap else None
+
+
+def change_record(earlier: str, changes: dict[str, Interval]) -> dict[str, Any]:
+    """``change_95`` of a column: the column it is compared with, and per headline metric the
+    change and the 95 % interval of the paired difference (``bootstrap.paired_change``)."""
+    return {"from": earlier, **{name: {"change": c.value, "interval": c.serialize()} for name, c in changes.items()}}
 
 
 def evaluate(params: EvaluateParams, dataset: Path | None = None, predictions: Path | None = None,
@@ -102,7 +105,8 @@ def evaluate_folder(params: EvaluateParams, gt: Path, pred: Path, out: Path) -> 
     check_output_file(out)
     frames = load_frames(gt, pred, config.codec)
     result, _ = evaluate_frames(frames, config)
-    serialized = {**result.serialize(), **intervals(frames, config, params)}
+    sampled = bootstrap(frames, config, params)
+    serialized = {**result.serialize(), **({"intervals_95": rounded(sampled.serialize())} if sampled else {})}
     try:
         write_json(out, serialized)
     except OSError as exc:  # what the check before scoring cannot see (a full disk, a race)
@@ -118,7 +122,10 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
     headline per column (``table.HEADLINE_METRICS``) to ``headline``, and to ``plots`` the
     results table, the curves of the last column, metrics against steps and ``params.overlays``
     overlay images; each only when its path is given. Each column's metrics also hold
-    ``reward``: the mean GRPO reward of its answers and of every term (``column_reward``).
+    ``reward``: the mean GRPO reward of its answers and of every term (``column_reward``), and
+    with ``params.bootstrap`` its clip-bootstrap intervals (``intervals_95``) and, after the
+    first column, the change from the column before with the interval of the paired difference
+    (``change_95``).
     Returns column name -> serialized metrics (scores in 0..1, distances in metres, percentages
     where the name says ``_pct``).
 
@@ -129,14 +136,19 @@ def evaluate_columns(params: EvaluateParams, dataset: Path, predictions: Path, m
     """
     config = EvaluationConfig.from_params(params)
     steps = _columns(predictions)
-    results, final = {}, None
+    results, final, previous = {}, None, None
     for name in sorted(steps, key=lambda n: (steps[n], n == "final")):
         frames = load_frames(dataset / "eval" / "text", predictions / name, config.codec)
         result, data = evaluate_frames(frames, config)
         results[name] = {**result.serialize(),
                          "reward": rounded(column_reward(dataset / "eval" / "text", predictions / name,
-                                                         config.codec)),
-                         **intervals(frames, config, params)}
+                                                         config.codec))}
+        sampled = bootstrap(frames, config, params)
+        if sampled is not None:
+            results[name]["intervals_95"] = rounded(sampled.serialize())
+            if previous is not None:
+                results[name]["change_95"] = rounded(change_record(previous[0], paired_change(previous[1], sampled)))
+            previous = (name, sampled)
         final = (name, frames, data)
     write_report(metrics, results)
     write_report(headline, headline_metrics(results))
