@@ -166,3 +166,21 @@ def test_the_stage_writes_each_columns_change_from_the_column_before(noisy, data
         assert results["final"]["change_95"][name]["change"] > 0
     table = (tmp_path / "plots" / "results_table.md").read_text()
     assert "Change from the column before" in table and "final (step 3) vs step 2" in table
+
+
+def test_the_table_calls_a_change_only_with_enough_clips():
+    from av_grounding.evaluation.table import VERDICT_MIN_CLIPS, changes_markdown
+
+    def results(clips):
+        block = {"replicates": 100, "clips": clips, "level": 0.95, "seed": 0}
+        change = {"from": "step_000001", "recall": {"change": 0.1, "interval": [0.05, 0.15]},
+                  "ap2d50": {"change": -0.1, "interval": [-0.2, -0.01]}}
+        return {"step_000001": {"intervals_95": block}, "final": {"intervals_95": block, "change_95": change}}
+
+    steps = {"step_000001": 1, "final": 2}
+    many, few = changes_markdown(results(VERDICT_MIN_CLIPS), steps), changes_markdown(results(2), steps)
+    assert "+0.1000 [+0.0500, +0.1500] rises" in many and "-0.1000 [-0.2000, -0.0100] falls" in many
+    import re
+
+    assert re.search(r"\[\+0\.0500, \+0\.1500\]\s*\|", few) and re.search(r"\[-0\.2000, -0\.0100\]\s*\|", few)
+    assert "2 clips: too few" in few

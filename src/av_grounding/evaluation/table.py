@@ -124,20 +124,27 @@ def intervals_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]
             "measure).\n\n" + frame.to_markdown() + "\n")
 
 
+# Fewest clips for which the table calls a change "rises" or "falls": a bootstrap over fewer
+# clusters has few distinct resamplings and too short intervals (with 2 clips, 3 distinct ones).
+VERDICT_MIN_CLIPS = 10
+
+
 def changes_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:
     """Each column's change from the column before (``change_95``: the paired clip bootstrap,
     evaluation/bootstrap.py) as a third markdown table, "+change [low, high]" per cell with
-    "rises" or "falls" where the interval excludes 0; "" when no column has them."""
+    "rises" or "falls" where the interval excludes 0 and at least ``VERDICT_MIN_CLIPS`` clips
+    were resampled; "" when no column has them."""
     order = [name for name in sorted(results, key=lambda name: (steps[name], name == "final"))
              if "change_95" in results[name]]
     if not order:
         return ""
+    clips = results[order[0]]["intervals_95"]["clips"]
 
     def cell(change: dict[str, Any] | None) -> str:
         if not change or change["change"] is None or None in change["interval"]:
             return "-"
         low, high = change["interval"]
-        verdict = " rises" if low > 0 else " falls" if high < 0 else ""
+        verdict = "" if clips < VERDICT_MIN_CLIPS else " rises" if low > 0 else " falls" if high < 0 else ""
         return f"{change['change']:+.4f} [{low:+.4f}, {high:+.4f}]{verdict}"
 
     def title(name: str) -> str:
@@ -146,6 +153,7 @@ def changes_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
 
     frame = pd.DataFrame({title(name): [cell(results[name]["change_95"].get(key)) for _, key in INTERVAL_ROWS]
                           for name in order}, index=[label for label, _ in INTERVAL_ROWS])
+    few = (f" ({clips} clips: too few for that; it takes {VERDICT_MIN_CLIPS})" if clips < VERDICT_MIN_CLIPS else "")
     return ("\nChange from the column before, with the 95 % interval of the paired difference (both columns "
-            "scored on the same clip resamplings); \"rises\" or \"falls\" only where the interval excludes 0."
+            f"scored on the same clip resamplings); \"rises\" or \"falls\" only where the interval excludes 0{few}."
             "\n\n" + frame.to_markdown() + "\n")
