@@ -49,7 +49,8 @@ def test_a_replicates_metrics_are_the_evaluators_on_the_resampled_frames(noisy):
                    rng.integers(0, len(noisy), len(noisy) // 2)):
         result, _ = evaluate_frames([noisy[i] for i in chosen], config)
         expected = {"ap2d50": result.ap2d.ap50, "ap3d": result.ap3d.ap,
-                    "center_distance_map": result.center_distance.map, "recall": result.matching.recall}
+                    "center_distance_map": result.center_distance.map, "recall": result.matching.recall,
+                    "precision": result.matching.precision}
         assert all(value is not None for value in expected.values())
         for name in HEADLINE:
             assert metrics[name](chosen) == pytest.approx(expected[name], abs=1e-12), name
@@ -58,13 +59,16 @@ def test_a_replicates_metrics_are_the_evaluators_on_the_resampled_frames(noisy):
 def test_two_clips_one_found_one_missed_by_hand(noisy):
     """Clip A's truths all found, clip B's none, equal truth counts: a replicate's recall is the
     share of its two draws that are A: 0, 1/2, 1 with chances 1/4, 1/2, 1/4, so the 95 %
-    interval is [0, 1] around 1/2; the all-frames value is 1/2."""
+    interval is [0, 1] around 1/2; the all-frames value is 1/2. Both predict as many boxes as
+    there are truths, so precision behaves alike."""
     first = noisy[0]
     found = dataclasses.replace(first, clip="A", pred=first.gt)
     missed = dataclasses.replace(first, clip="B", pred=dataclasses.replace(first.gt, centres=first.gt.centres + 50.0))
     result = clip_bootstrap([found, missed], EvaluationConfig(), 400, seed=0)
     recall = result.intervals["recall"]
     assert (recall.value, recall.low, recall.high) == (0.5, 0.0, 1.0)
+    precision = result.intervals["precision"]
+    assert (precision.value, precision.low, precision.high) == (0.5, 0.0, 1.0)
     assert result.clips == 2 and result.replicates == 400
 
 
@@ -101,7 +105,7 @@ def test_the_results_table_shows_each_columns_intervals():
     from av_grounding.evaluation.table import intervals_markdown
 
     block = {"level": 0.95, "replicates": 1000, "clips": 12, "seed": 0, "ap2d50": [0.35, 0.51], "ap3d": [0.3, 0.44],
-             "center_distance_map": [None, None], "recall": [0.5, 0.66]}
+             "center_distance_map": [None, None], "recall": [0.5, 0.66], "precision": [0.6, 0.7]}
     text = intervals_markdown({"step_000002": {"intervals_95": block}, "final": {"intervals_95": block}},
                               {"step_000002": 2, "final": 4})
     assert "1000 resamplings of 12 clips" in text

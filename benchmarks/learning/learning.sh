@@ -30,35 +30,11 @@
 # .whl/project (benchmarks/env/device_project_wheels.txt); elsewhere `pip install -e .` suffices.
 set -uo pipefail
 ARCHS=${ARCHS:-"qwen2_5_vl qwen3_vl"}
-SIZE=${SIZE:-small}
-STEPS=${STEPS:-2000}
-SEED=${SEED:-0}
-SUFFIX=$( ((SEED)) && printf -- '-s%s' "$SEED")${TAG:+-$TAG}
-OUT=$(realpath -m "${OUT:-benchmarks/learning/results}")
-WORK=${WORK:-/tmp/learning}
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
-  GIT_COMMITTER_EMAIL=benchmark@localhost
-
-if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
-fi
-source benchmarks/env/device_checkout.sh || exit 1
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
-[ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
-if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
-  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
-  export PATH=/tmp/bin:$PATH
-fi
+source benchmarks/learning/learning_common.sh || exit 1
 archs=($ARCHS)
 gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
 parallel=$(( gpus >= ${#archs[@]} && ${#archs[@]} > 1 ))
 cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
-
-stamped() {  # each line of the log with the wall-clock time it was written: stage times
-  local line
-  while IFS= read -r line || [ -n "$line" ]; do printf '%(%T)T %s\n' -1 "$line"; done
-}
 
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
   local arch=$1 result=$OUT/$SIZE-$1$SUFFIX
@@ -67,30 +43,12 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
   mkdir -p "$result"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
     > "$result/gpu.txt" 2>/dev/null
-  local params=(
-    -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$cores"
-    -S extract.skip_frames=1 -S "extract.workers=$cores" -S "transform.workers=$cores" -S "filter.workers=$cores"
-    -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$arch"
-    -S "train.model=$SIZE-$arch" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
-    -S train.warmup_ratio=0.05
-    -S "synthesize.seed=$SEED" -S "format.split_seed=$SEED" -S "train.seed=$SEED"
-    -S infer.batch_size=300 -S infer.max_new_tokens=512
-    ${EXTRA:-}
-  )
+  learning_params "$arch" "$cores"
   local start=$SECONDS
-  python3 -m dvc exp run -n "learning-$SIZE-$arch$SUFFIX" "${params[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
+  python3 -m dvc exp run -n "learning-$SIZE-$arch$SUFFIX" "${PARAMS[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
   local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
-  for name in synthesize extract curation validation dataset train infer eval; do
-    cp "metrics/$name.json" "$result/" 2>/dev/null
-  done
-  cp params.yaml "$result/params.yaml"; cp dvc.lock "$result/dvc.lock"
-  cp data/predictions/columns.json "$result/" 2>/dev/null
-  mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
-  mkdir -p "$result/timing" && cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
-  python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
-  tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
-  mkdir -p "$result/plots" && cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
+  collect_run "$result"
   return "$code"
 }
 

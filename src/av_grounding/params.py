@@ -427,7 +427,7 @@ class EvaluateParams(Checked):
     match_distance_m: float = param(2.0, "centre distance for the precision/recall/error summary")
     overlays: int = param(6, "evaluation frames drawn with truth and predictions", minimum=0)
     bootstrap: int = param(1000, "clip-bootstrap replicates of each column's intervals (level 0.95) of AP2D50, AP3D, "
-                                 "centre-distance mAP and recall (intervals_95 in its metrics); 0: none",
+                                 "centre-distance mAP, recall and precision (intervals_95 in its metrics); 0: none",
                            minimum=0)
     bootstrap_seed: int = param(0, "seed of the clip bootstrap's resampling", minimum=0)
 

@@ -1,5 +1,5 @@
 """Clip-bootstrap 95 % intervals of the headline metrics: AP2D50, AP3D (0.05:0.50), centre-distance
-mAP and recall.
+mAP, recall and precision.
 
 The frames of one clip are not independent samples (the same scene seen by five cameras, tenths
 of a second apart), so the evaluation set is resampled by clip, not by frame: each replicate
@@ -30,7 +30,7 @@ from .evaluate import distance_images, images_2d, images_3d
 from .frames import EvaluationWarning, Frame
 from .matching import match_centres
 
-HEADLINE = ("ap2d50", "ap3d", "center_distance_map", "recall")
+HEADLINE = ("ap2d50", "ap3d", "center_distance_map", "recall", "precision")
 LEVEL = 0.95
 
 
@@ -65,6 +65,7 @@ def metric_functions(frames: list[Frame], config: EvaluationConfig) -> dict[str,
     matched = np.array([len(match_centres(f.pred.centres[:, [0, 2]], f.gt.centres[:, [0, 2]], config.match_distance_m))
                         for f in frames])
     truths = np.array([len(f.gt) for f in frames])
+    predicted = np.array([len(f.pred) for f in frames])
 
     def centre_map(chosen: np.ndarray) -> float | None:
         return _mean([_mean([distance_ap_of_hits(hits[t, label], chosen, config.min_recall, config.min_precision)
@@ -75,9 +76,13 @@ def metric_functions(frames: list[Frame], config: EvaluationConfig) -> dict[str,
         total = int(truths[chosen].sum())
         return float(matched[chosen].sum() / total) if total else None
 
+    def precision(chosen: np.ndarray) -> float | None:
+        total = int(predicted[chosen].sum())
+        return float(matched[chosen].sum() / total) if total else None
+
     return {"ap2d50": lambda chosen: accumulate(matches_2d, [0.5], chosen).ap,
             "ap3d": lambda chosen: accumulate(matches_3d, list(config.ap3d_thresholds), chosen).ap,
-            "center_distance_map": centre_map, "recall": recall}
+            "center_distance_map": centre_map, "recall": recall, "precision": precision}
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
 
 # Rows of the intervals table: (row label, key in a column's ``intervals_95``).
 INTERVAL_ROWS = (("AP2D50", "ap2d50"), ("AP3D (IoU 0.05:0.50)", "ap3d"),
-                 ("centre-distance mAP", "center_distance_map"), ("recall", "recall"))
+                 ("centre-distance mAP", "center_distance_map"), ("recall", "recall"), ("precision", "precision"))
 
 
 def intervals_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) -> str:

@@ -1,0 +1,59 @@
+# Sourced from the repository root by benchmarks/learning/learning.sh and
+# benchmarks/rl_vs_sft/rl_vs_sft.sh: the learning benchmark's settings (SIZE, STEPS, SEED, TAG,
+# OUT, WORK, EXTRA: see learning.sh), the environment on the device machine, and the helpers both
+# scripts use. Defines SUFFIX (the run name's seed and tag part), `stamped`, `learning_params`
+# and `collect_run`.
+SIZE=${SIZE:-small}
+STEPS=${STEPS:-2000}
+SEED=${SEED:-0}
+SUFFIX=$( ((SEED)) && printf -- '-s%s' "$SEED")${TAG:+-$TAG}
+OUT=$(realpath -m "${OUT:-benchmarks/learning/results}")
+WORK=${WORK:-/tmp/learning}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
+  GIT_COMMITTER_EMAIL=benchmark@localhost
+
+if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || return 1
+fi
+source benchmarks/env/device_checkout.sh || return 1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
+[ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
+if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
+  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
+  export PATH=/tmp/bin:$PATH
+fi
+
+stamped() {  # each line of the log with the wall-clock time it was written: stage times
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do printf '%(%T)T %s\n' -1 "$line"; done
+}
+
+learning_params() {  # learning_params <arch> <cores>: the benchmark's -S overrides, into the array PARAMS
+  PARAMS=(
+    -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$2"
+    -S extract.skip_frames=1 -S "extract.workers=$2" -S "transform.workers=$2" -S "filter.workers=$2"
+    -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$1"
+    -S "train.model=$SIZE-$1" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
+    -S train.warmup_ratio=0.05
+    -S "synthesize.seed=$SEED" -S "format.split_seed=$SEED" -S "train.seed=$SEED"
+    -S infer.batch_size=300 -S infer.max_new_tokens=512 -S rl.steps=0
+    ${EXTRA:-}
+  )
+}
+
+collect_run() {  # collect_run <folder>: the experiment in the current clone into <folder>
+  local result=$1
+  mkdir -p "$result/curves" "$result/timing" "$result/plots"
+  cp metrics/*.json "$result/" 2>/dev/null
+  cp params.yaml "$result/params.yaml"; cp dvc.lock "$result/dvc.lock"
+  cp data/predictions/columns.json "$result/" 2>/dev/null
+  cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
+  if [ -n "$(ls dvclive/rl/plots/metrics 2>/dev/null)" ]; then
+    mkdir -p "$result/curves/rl" && cp -r dvclive/rl/plots/metrics/. "$result/curves/rl/"
+  fi
+  cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
+  python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
+  tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Reinforcement learning against more supervised fine-tuning at equal GPU time (issue 27, item 5).
+#
+# From the learning benchmark's SFT model (benchmarks/learning/learning.sh: same data, model and
+# parameters, EXTRA included), two arms on the same held-out frames:
+#   sft: MORE (1000) further SFT steps from the SFT model (`train.model` = its folder; `train.lr`
+#        SFT_LR, default 1e-4: a second cosine cycle at a third of the small model's peak);
+#   rl:  GRPO (the `rl` stage) from the same model for as many steps as fit in the GPU time that
+#        the MORE SFT steps take.
+# Equal time is planned from measurements of this run: the SFT steps' time is the median step
+# time of the SFT model's own training (same model, batch and data) times MORE; the GRPO step time
+# is the median of a short calibration run (CAL steps, default 4). The arms' measured step times
+# are reported beside the plan (timing/*.json of each arm).
+#
+# Usage, on a GPU machine, from the repository root (one architecture and seed per call):
+#   ARCH=qwen3_vl SEED=0 OUT=/tmp/out benchmarks/rl_vs_sft/rl_vs_sft.sh
+# SIZE, STEPS, SEED, TAG, EXTRA, WORK as in learning.sh (a learning run of the same settings in
+# the same clone is reused, not retrained); RL_EXTRA (more -S overrides of the rl section, word-
+# split) and SFT_EXTRA (of the SFT arm) change the arms. Results: $OUT/<size>-<arch>[-s<seed>][-<tag>]/
+#   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing and predictions
+#                     (learning_common.sh's collect_run); base is the SFT model alone
+#   calibration/      the calibration run's rl timing
+#   plan.json         the equal-time plan: SFT step time, GRPO step time, GRPO steps
+#   eval_truth.tar.gz the evaluation split's truth (the report scores the arms on it, paired)
+# then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
+#
+# Order matters: the train stage keeps one model (its outputs persist and are not restored from
+# DVC's run cache), so both runs that need the SFT model (calibration, rl) come before the SFT arm.
+set -uo pipefail
+ARCH=${ARCH:-qwen3_vl}
+MORE=${MORE:-1000}
+CAL=${CAL:-4}
+SFT_LR=${SFT_LR:-1e-4}
+RL_PARAMS=(-S rl.prompts_per_step=32 -S rl.group_size=8 -S rl.max_answer_tokens=512 -S rl.lr=1e-5 -S rl.kl=0.04
+           -S rl.save_every=0 ${RL_EXTRA:-})
+source benchmarks/learning/learning_common.sh || exit 1
+result=$OUT/$SIZE-$ARCH$SUFFIX
+mkdir -p "$result"
+[ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
+cd "$WORK" || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
+learning_params "$ARCH" "$(nproc)"
+BASE=("${PARAMS[@]}" -S infer.zero_shot=false -S infer.checkpoints=none)
+base_model=$WORK.sft-model
+
+experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run, logged, collected
+  local name=$1 folder=$2 start=$SECONDS
+  shift 2
+  mkdir -p "$folder"
+  echo "$(date +%T) $name: dvc exp run $*" >&2
+  python3 -m dvc exp run -n "rlvs-$name-$SIZE-$ARCH$SUFFIX" "$@" 2>&1 | stamped > "$folder/dvc-exp-run.log"
+  local code=${PIPESTATUS[0]}
+  echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$folder/dvc-exp-run.log"
+  collect_run "$folder"
+  (( code == 0 )) || { echo "$name failed (exit $code): $folder/dvc-exp-run.log" >&2; tail -20 "$folder/dvc-exp-run.log" >&2; }
+  return "$code"
+}
+
+median_step() {  # median_step <timing.json>: the median seconds of the steps it lists
+  python3 -c "import json, statistics, sys; print(statistics.median(json.load(open(sys.argv[1]))['per_step']['seconds']))" "$1"
+}
+
+experiment base "$result/base" "${BASE[@]}" || exit 1
+rm -rf "$base_model" && cp -r data/train/model "$base_model" || exit 1
+tar -czf "$result/eval_truth.tar.gz" data/dataset/eval/text || exit 1
+
+experiment calibration "$result/calibration" "${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$CAL" rl || exit 1
+sft_step=$(median_step "$result/base/timing/train.json") || exit 1
+rl_step=$(median_step "$result/calibration/timing/rl.json") || exit 1
+rl_steps=$(python3 -c "import sys; print(max(1, round($MORE * $sft_step / $rl_step)))")
+printf '{"more_sft_steps": %s, "sft_step_s": %s, "sft_seconds_planned": %s, "rl_calibration_steps": %s, "rl_step_s": %s, "rl_steps": %s, "sft_lr": "%s"}\n' \
+  "$MORE" "$sft_step" "$(python3 -c "print(round($MORE * $sft_step, 2))")" "$CAL" "$rl_step" "$rl_steps" "$SFT_LR" \
+  > "$result/plan.json"
+echo "$(date +%T) plan: $(cat "$result/plan.json")" >&2
+
+code=0
+experiment rl "$result/rl" "${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$rl_steps" || code=1
+experiment sft "$result/sft" "${BASE[@]}" -S "train.model=$base_model" -S "train.max_steps=$MORE" -S train.save_every=0 \
+  -S "train.lr=$SFT_LR" ${SFT_EXTRA:-} || code=1
+echo "rl against sft done, exit $code"
+exit "$code"
