@@ -143,6 +143,35 @@ def test_a_paired_change_is_exact_for_a_column_against_itself_and_rises_to_perfe
         paired_change(before, clip_bootstrap(noisy, config, 200, seed=3))
 
 
+def test_the_mean_change_over_runs_pairs_common_draws_and_combines_independent_ones(noisy):
+    """One run: ``paired_change``'s numbers. The same run twice (same frames, same draws): the
+    same numbers again. A second run on other frames (the ids renamed and the order reversed, as
+    another data seed would give): the mean of the two changes, with the replicates of the second
+    run reordered, so the interval differs from the one run's but still excludes 0 for a rise to
+    the truth."""
+    from av_grounding.evaluation.bootstrap import mean_change, paired_change
+
+    config = EvaluationConfig()
+
+    def run(frames):
+        return (clip_bootstrap(frames, config, 200, seed=2),
+                clip_bootstrap([dataclasses.replace(f, pred=f.gt) for f in frames], config, 200, seed=2))
+
+    first = run(noisy)
+    assert mean_change([first]) == paired_change(*first)
+    assert mean_change([first, first]) == paired_change(*first)
+    other = run([dataclasses.replace(f, id=f"other_{f.id}") for f in reversed(noisy)])
+    both, alone = mean_change([first, other]), paired_change(*other)
+    for name in HEADLINE:
+        expected = (paired_change(*first)[name].value + alone[name].value) / 2
+        assert both[name].value == pytest.approx(expected) and both[name].low > 0, name
+    assert any(both[name] != paired_change(*first)[name] for name in HEADLINE)  # the draws were reordered
+    with pytest.raises(ValueError, match="no runs"):
+        mean_change([])
+    with pytest.raises(ValueError, match="replicate counts"):
+        mean_change([first, (clip_bootstrap(noisy, config, 100, seed=2), clip_bootstrap(noisy, config, 100, seed=2))])
+
+
 def test_the_stage_writes_each_columns_change_from_the_column_before(noisy, dataset, tmp_path):
     """Three columns (noisy answers, noisy again, the truth) on the test split (one clip: values,
     no intervals): the second's change is exactly 0, the third's positive; the results table

@@ -162,3 +162,32 @@ def paired_change(before: BootstrapResult, after: BootstrapResult) -> dict[str, 
         difference = after.values[name] - before.values[name] if len(after.values[name]) else after.values[name]
         out[name] = Interval(value, *_percentiles(difference))
     return out
+
+
+def mean_change(pairs: list[tuple[BootstrapResult, BootstrapResult]]) -> dict[str, Interval]:
+    """The mean over runs (training seeds, say) of ``after`` minus ``before`` per headline metric,
+    with the 95 % interval of that mean. Each pair is one run's two columns drawn alike
+    (``paired_change``); replicate i of the mean is the mean of the runs' replicate-i differences.
+    Runs scored on the same frames keep their common draws (a paired design: what the clips share
+    cancels); runs on other frames (another data seed) have their replicates reordered by a
+    permutation seeded with the run's position, so their draws combine as independent, as the
+    runs are. One pair gives ``paired_change``'s numbers. Value None where a run's is undefined.
+    Raises ``ValueError`` for no pairs, a pair not drawn alike, or runs of unequal replicate counts."""
+    if not pairs:
+        raise ValueError("mean_change: no runs")
+    changes = [paired_change(before, after) for before, after in pairs]
+    if len({after.replicates for _, after in pairs}) > 1:
+        raise ValueError("mean_change: the runs' bootstraps have different replicate counts")
+    out = {}
+    for name in pairs[0][1].intervals:
+        values = [change[name].value for change in changes]
+        differences = []
+        for index, (before, after) in enumerate(pairs):
+            difference = after.values[name] - before.values[name]
+            if index and after.frames != pairs[0][1].frames and len(difference):
+                difference = difference[np.random.default_rng(index).permutation(len(difference))]
+            differences.append(difference)
+        mean = None if None in values else float(np.mean(values))
+        usable = all(len(d) for d in differences)
+        out[name] = Interval(mean, *(_percentiles(np.mean(differences, axis=0)) if usable else (None, None)))
+    return out

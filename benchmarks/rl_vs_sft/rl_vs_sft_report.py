@@ -1,0 +1,200 @@
+"""Write benchmarks/rl_vs_sft/results/rl.md and one plot per run from the folders
+benchmarks/rl_vs_sft/rl_vs_sft.sh fills.
+
+    python benchmarks/rl_vs_sft/rl_vs_sft_report.py <root> --out benchmarks/rl_vs_sft/results/rl.md
+
+Each folder under the root is one run (``<size>-<arch>[-s<seed>][-<tag>]``) with ``base/``,
+``sft/`` and ``rl/`` (each a learning-benchmark run folder: metrics, params, curves, timing,
+``predictions.tar.gz``), ``plan.json`` and ``eval_truth.tar.gz``. The three arms are scored again
+here on the same held-out frames with the evaluator's own clip bootstrap, so every comparison is
+paired (``evaluation.bootstrap.paired_change``), and the mean over seeds of each change gets its
+interval from the runs' replicates (``bootstrap.mean_change``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from av_grounding.evaluation.bootstrap import (
+    HEADLINE,
+    BootstrapResult,
+    Interval,
+    clip_bootstrap,
+    mean_change,
+    paired_change,
+)
+from av_grounding.evaluation.config import EvaluationConfig
+from av_grounding.evaluation.frames import load_frames
+from av_grounding.params import EvaluateParams, load
+
+# arm -> (folder of the run, prediction column of the model it compares)
+ARMS = {"SFT model": ("base", "final"), "+ more SFT": ("sft", "final"), "+ RL": ("rl", "rl_final")}
+NAMES = {"ap2d50": "AP2D50", "ap3d": "AP3D", "center_distance_map": "centre mAP", "recall": "recall",
+         "precision": "precision"}
+# The issue's goal: RL minus more SFT at equal GPU time, at least this much (precision: no lower).
+GOAL = {"center_distance_map": 0.05, "ap2d50": 0.03, "precision": 0.0}
+COMPARISONS = (("+ RL", "+ more SFT"), ("+ more SFT", "SFT model"), ("+ RL", "SFT model"))
+HEADER = """# Reinforcement learning against more supervised fine-tuning, at equal GPU time
+
+Written by `python benchmarks/rl_vs_sft/rl_vs_sft_report.py <root> --out <this file>` from the run
+folders `benchmarks/rl_vs_sft/rl_vs_sft.sh` fills (one architecture and seed per run; the script's
+header gives the protocol). From the learning benchmark's SFT model, on its 12 held-out clips:
+`+ more SFT` trains 1,000 further steps, `+ RL` runs GRPO (the `rl` stage) for as many steps as
+fit in the same GPU time. Every model is scored again here on the same frames with the
+evaluator's clip bootstrap, so the changes are paired (docs/metrics.md, "Intervals"). Goal (issue
+27): RL minus more SFT at least +0.05 centre-distance mAP and +0.03 AP2D50, precision no lower.
+"""
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def extract(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def bootstraps(run: Path, scratch: Path) -> dict[str, BootstrapResult]:
+    """Each arm's model scored on the run's evaluation truth, with the evaluator's clip bootstrap
+    (the run's ``evaluate`` params: codec, thresholds, replicates, seed): the same draws for all."""
+    params = load(EvaluateParams, "evaluate", run / "base" / "params.yaml")
+    config = EvaluationConfig.from_params(params)
+    truth = extract(run / "eval_truth.tar.gz", scratch / "truth") / "data" / "dataset" / "eval" / "text"
+    out = {}
+    for arm, (folder, column) in ARMS.items():
+        predictions = extract(run / folder / "predictions.tar.gz", scratch / folder) / "data" / "predictions"
+        frames = load_frames(truth, predictions / column, config.codec)
+        out[arm] = clip_bootstrap(frames, config, max(params.bootstrap, 2), params.bootstrap_seed)
+    return out
+
+
+def cell(interval: Interval, sign: bool = False) -> str:
+    if interval.value is None:
+        return "-"
+    value = f"{interval.value:+.3f}" if sign else f"{interval.value:.3f}"
+    return value + ("" if interval.low is None else f" [{interval.low:+.3f}, {interval.high:+.3f}]" if sign
+                    else f" [{interval.low:.3f}, {interval.high:.3f}]")
+
+
+def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
+    """Per arm: the headline metrics with intervals, the duplicate share of its boxes and its mean
+    reward (the evaluate stage's ``reward`` of that column), its steps and step time."""
+    rows, base_steps = [], read_json(run / "base" / "columns.json")["final"]
+    for arm, (folder, column) in ARMS.items():
+        metrics = read_json(run / folder / "eval.json")[column]
+        reward = metrics.get("reward", {})
+        predicted = reward.get("predicted") or 0
+        timing = run / folder / "timing" / ("rl.json" if folder == "rl" else "train.json")
+        seconds = read_json(timing).get("step_seconds") if timing.exists() and folder != "base" else None
+        steps = read_json(run / folder / "columns.json")[column] + (base_steps if folder == "sft" else 0)
+        rows.append({"model": arm, "steps": steps,
+                     **{NAMES[name]: cell(scored[arm].intervals[name]) for name in HEADLINE},
+                     "duplicate share": "-" if not predicted else f"{reward.get('duplicates', 0) / predicted:.3f}",
+                     "mean reward": "-" if reward.get("total") is None else f"{reward['total']:.3f}",
+                     "time of its steps (s)": "-" if seconds is None else f"{seconds:.0f}"})
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def change_table(changes: dict[tuple[str, str], dict[str, Interval]]) -> str:
+    rows = [{"change": f"{after} minus {before}", **{NAMES[name]: cell(change[name], sign=True) for name in HEADLINE}}
+            for (after, before), change in changes.items()]
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def goal_lines(change: dict[str, Interval]) -> list[str]:
+    """The goal per metric: reached by the value, and whether the interval's low end clears it."""
+    lines = []
+    for name, least in GOAL.items():
+        interval = change[name]
+        if interval.value is None:
+            lines.append(f"- {NAMES[name]}: not measured")
+            continue
+        reached = interval.value >= least
+        sure = interval.low is not None and interval.low >= least
+        lines.append(f"- {NAMES[name]}: RL minus more SFT {interval.value:+.3f} against the goal of at least "
+                     f"{least:+.2f}: {'reached' if reached else f'missed by {least - interval.value:.3f}'}"
+                     f"{' (the interval clears it)' if sure else ' (the interval does not clear it)'}")
+    return lines
+
+
+def plot(run: Path, image: Path) -> None:
+    """GRPO's mean reward, KL and duplicates per answer against steps, and the more-SFT arm's loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = run / "rl" / "curves" / "rl" / "rl"
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for axis, (path, title) in zip(axes, ((curves / "reward.tsv", "GRPO mean reward"), (curves / "kl.tsv", "KL"),
+                                          (curves / "grounding" / "duplicates.tsv", "duplicates per answer"),
+                                          (run / "sft" / "curves" / "loss.tsv", "more SFT: loss"))):
+        if path.exists():
+            table = pd.read_csv(path, sep="\t")
+            axis.plot(table["step"], table.iloc[:, -1])
+        axis.set_title(title)
+        axis.set_xlabel("step")
+    figure.tight_layout()
+    figure.savefig(image, dpi=100)
+    plt.close(figure)
+
+
+def group_of(run: Path) -> str:
+    """A run's name without its seed part: the runs that differ by seed only."""
+    return "-".join(part for part in run.name.split("-") if not (part[:1] == "s" and part[1:].isdigit()))
+
+
+def run_section(run: Path, scored: dict[str, BootstrapResult], image: Path, link: str) -> str:
+    plan = read_json(run / "plan.json")
+    rl_timing = read_json(run / "rl" / "timing" / "rl.json")
+    sft_timing = read_json(run / "sft" / "timing" / "train.json")
+    plot(run, image)
+    changes = {(a, b): paired_change(scored[b], scored[a]) for a, b in COMPARISONS}
+    gpu = (run / "gpu.txt").read_text().strip() if (run / "gpu.txt").exists() else ""
+    timing = (f"Card: {gpu or 'none (nvidia-smi found no GPU)'}. Equal-time plan: {plan['more_sft_steps']} more "
+              f"SFT steps at a median {plan['sft_step_s']:.3f} s (the SFT model's own steps) = "
+              f"{plan['sft_seconds_planned']:.0f} s; GRPO at a median {plan['rl_step_s']:.3f} s a step "
+              f"({plan['rl_calibration_steps']} calibration steps) -> {plan['rl_steps']} steps. Measured: more SFT "
+              f"{sft_timing['step_seconds']:.0f} s of steps ({sft_timing['wall_s']:.0f} s in the loop), GRPO "
+              f"{rl_timing['step_seconds']:.0f} s ({rl_timing['wall_s']:.0f} s).\n")
+    return "\n".join([
+        f"## {run.name}\n", timing,
+        arm_table(run, scored), "Paired changes (the same clip resamplings for every model):\n",
+        change_table(changes), *goal_lines(changes[COMPARISONS[0]]), "", f"![curves]({link})\n"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    runs = sorted(p for p in args.root.iterdir() if (p / "plan.json").exists())
+    if not runs:
+        raise SystemExit(f"{args.root}: no run folder (one with plan.json) under it")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sections, groups = [HEADER], {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in runs:
+            scored = bootstraps(run, Path(scratch) / run.name)
+            image = args.out.parent / f"{run.name}.png"
+            sections.append(run_section(run, scored, image, os.path.relpath(image, args.out.parent)))
+            groups.setdefault(group_of(run), []).append((scored["+ more SFT"], scored["+ RL"]))
+    for group, pairs in groups.items():
+        if len(pairs) > 1:
+            change = mean_change(pairs)
+            sections += [f"## {group}: mean over {len(pairs)} seeds, RL minus more SFT\n",
+                         change_table({("+ RL", "+ more SFT"): change}), *goal_lines(change), ""]
+    args.out.write_text("\n".join(sections) + "\n")
+
+
+if __name__ == "__main__":
+    main()
