@@ -180,14 +180,14 @@ def mean_change(pairs: list[tuple[BootstrapResult, BootstrapResult]]) -> dict[st
         raise ValueError("mean_change: the runs' bootstraps have different replicate counts")
     out = {}
     for name in pairs[0][1].intervals:
-        values = [change[name].value for change in changes]
+        values = [value for change in changes if (value := change[name].value) is not None]
         differences = []
         for index, (before, after) in enumerate(pairs):
             difference = after.values[name] - before.values[name]
             if index and after.frames != pairs[0][1].frames and len(difference):
                 difference = difference[np.random.default_rng(index).permutation(len(difference))]
             differences.append(difference)
-        mean = None if None in values else float(np.mean(values))
+        mean = float(np.mean(values)) if len(values) == len(changes) else None
         usable = all(len(d) for d in differences)
         out[name] = Interval(mean, *(_percentiles(np.mean(differences, axis=0)) if usable else (None, None)))
     return out
