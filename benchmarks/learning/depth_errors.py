@@ -1,0 +1,103 @@
+"""Depth errors of a prediction column, per camera and distance, with depth kept apart from
+finding: which lever the learning benchmark should pull next (issue 26: "choose each next run
+from the last one's measurements").
+
+    python benchmarks/learning/depth_errors.py --truth data/dataset/eval/text \\
+        --predictions data/predictions/final --out depth_errors.md
+
+Each true box is paired with at most one predicted box by the largest 2D overlap of their image
+rectangles (Hungarian assignment, IoU at least 0.5): the model found the vehicle in the image,
+whatever depth it gave it, so the pair isolates depth estimation (the evaluator's centre matching
+within 2 m would drop exactly the far vehicles whose depth is most wrong). For every pair: the
+true depth z (camera RDF, m) and the ratio of predicted to true depth. Per camera, with its focal
+length: how many true boxes were found this way, the median ratio (a bias: 1 is none) and the
+median absolute relative error, overall and per distance band. A bias that differs between
+cameras of different lenses says the model cannot tell the lenses apart (camera-aware input is the
+lever); a ratio near 1 everywhere with a spread growing with distance says the image resolution or
+the answer's precision limits depth (the pixel budget is the lever).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from av_grounding.evaluation.frames import Frame, load_frames
+from av_grounding.evaluation.iou import iou_2d_matrix
+
+BANDS_M = (0.0, 10.0, 20.0, 35.0, 50.0, np.inf)
+MIN_IOU = 0.5
+
+
+def camera_name(frame: Frame) -> str:
+    """The camera of a frame id ``<clip>_camera_<name>_<frame index>``; the whole id otherwise."""
+    return frame.id.split("_camera_", 1)[1].rsplit("_", 1)[0] if "_camera_" in frame.id else frame.id
+
+
+def pairs(frame: Frame) -> list[tuple[int, int]]:
+    """(prediction, truth) index pairs of the 2D assignment with the largest total IoU, IoU >= 0.5."""
+    if not len(frame.pred) or not len(frame.gt):
+        return []
+    overlap = iou_2d_matrix(frame.pred.rectangles, frame.gt.rectangles)
+    rows, cols = linear_sum_assignment(-overlap)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if overlap[r, c] >= MIN_IOU]
+
+
+def table(frames: list[Frame]) -> pd.DataFrame:
+    """One row per true box in front of the camera: camera, focal length (px), true depth (m),
+    whether a prediction overlaps it, and the predicted depth when one does."""
+    rows = []
+    for frame in frames:
+        found = {truth: prediction for prediction, truth in pairs(frame)}
+        for index, centre in enumerate(frame.gt.centres):
+            if centre[2] <= 0:
+                continue
+            predicted = frame.pred.centres[found[index]][2] if index in found else np.nan
+            rows.append({"camera": camera_name(frame), "focal_px": round(getattr(frame.camera, "fx", np.nan)),
+                         "z_m": float(centre[2]), "found": index in found, "z_pred_m": float(predicted)})
+    return pd.DataFrame(rows)
+
+
+def summary(boxes: pd.DataFrame) -> pd.DataFrame:
+    """Per camera and distance band: true boxes, share found in 2D, median depth ratio and median
+    absolute relative depth error of those found."""
+    labels = [f"{low:g}-{high:g}" for low, high in itertools.pairwise(BANDS_M)]
+    boxes = boxes.assign(band=pd.cut(boxes["z_m"], BANDS_M, right=False, labels=labels),
+                         ratio=boxes["z_pred_m"] / boxes["z_m"])
+    boxes["relative_error"] = (boxes["ratio"] - 1).abs()
+
+    def describe(group: pd.DataFrame) -> pd.Series:
+        found = group[group["found"]]
+        return pd.Series({"true boxes": len(group), "found in 2D": round(group["found"].mean(), 3),
+                          "median z ratio": round(found["ratio"].median(), 3) if len(found) else np.nan,
+                          "median abs rel error": round(found["relative_error"].median(), 3) if len(found) else np.nan})
+
+    per_camera = boxes.groupby(["camera", "focal_px"]).apply(describe, include_groups=False)
+    per_band = boxes.groupby(["camera", "band"], observed=True).apply(describe, include_groups=False)
+    overall = boxes.groupby("band", observed=True).apply(describe, include_groups=False)
+    return per_camera, per_band, overall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--truth", type=Path, required=True, help="the evaluation split's text folder")
+    parser.add_argument("--predictions", type=Path, required=True, help="one prediction column's folder")
+    parser.add_argument("--codec", default="cosmos")
+    parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    args = parser.parse_args()
+    per_camera, per_band, overall = summary(table(load_frames(args.truth, args.predictions, args.codec)))
+    args.out.write_text("\n\n".join([
+        (f"# Depth errors: `{args.predictions}`\n\nPairs by 2D overlap (IoU >= {MIN_IOU}); "
+         "ratio = predicted / true depth (camera z)."),
+        "## Per camera\n\n" + per_camera.to_markdown(),
+        "## All cameras, per distance band (m)\n\n" + overall.to_markdown(),
+        "## Per camera and distance band (m)\n\n" + per_band.to_markdown()]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
