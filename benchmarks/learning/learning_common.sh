@@ -55,5 +55,10 @@ collect_run() {  # collect_run <folder>: the experiment in the current clone int
   cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
   python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
   tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  if [ -d data/predictions/final ]; then  # what limits the final model: found and depth by camera and distance
+    python3 benchmarks/learning/depth_errors.py --truth data/dataset/eval/text --predictions data/predictions/final \
+      --codec "$(python3 -c "import yaml; print(yaml.safe_load(open('params.yaml'))['evaluate']['codec'])")" \
+      --out "$result/depth_errors.md"
+  fi
   cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
 }

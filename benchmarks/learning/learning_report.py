@@ -118,10 +118,26 @@ def run_section(folder: Path, image: Path, link: str) -> str:
         goal_table(results[last]),
         f"![{folder.name}]({link})\n",
     ]
+    depth = folder / "depth_errors.md"
+    if depth.exists():
+        lines.append(depth_section(depth))
     notes = folder / "notes.md"
     if notes.exists():
         lines.append(notes.read_text())
     return "\n".join(lines)
+
+
+def depth_section(path: Path) -> str:
+    """The distance-band table of a run's ``depth_errors.md`` (benchmarks/learning/depth_errors.py)
+    under a heading of this report, with a link to the whole file."""
+    text = path.read_text()
+    column = text.splitlines()[0].rsplit(" ", 1)[-1]
+    band = text.split("## All cameras, per distance band (m)", 1)[1].split("\n## ", 1)[0].strip()
+    return "\n".join([f"### Found and depth by distance, column {column}\n",
+                       ("True vehicles by distance (m): how many were answered at all (a ground-plane centre within "
+                        "15 % of the range), found in 2D (image rectangles at IoU 0.5), and the depth of those found; "
+                        f"per camera in [{path.parent.name}/depth_errors.md]({path.parent.name}/depth_errors.md).\n"),
+                       band, ""])
 
 
 # (column title, path in a column's metrics, key in its intervals_95) of the table of every run.
