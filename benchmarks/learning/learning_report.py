@@ -176,6 +176,7 @@ def runs_table(folders: list[Path]) -> str:
         rows.append({"run": folder.name, "architecture": params["format"]["model_family"],
                      "seed": params["train"].get("seed", 0),
                      "camera input": params["format"].get("camera_input", "none"),
+                     "rendered": f"{params['synthesize']['width']}x{params['synthesize']['height']}",
                      "max pixels": params["format"]["max_pixels"], "steps": steps[final_column(results, steps)],
                      **{name: with_interval(column, path, key) for name, path, key in SUMMARY}})
         values.setdefault(group_of(folder), []).append([lookup(column, path) for _, path, _ in SUMMARY])
