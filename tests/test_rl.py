@@ -4,6 +4,7 @@ and becomes `infer` columns."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -174,6 +175,19 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(start
     assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     curve = (tmp_path / "live" / "plots" / "metrics" / "rl" / "reward.tsv").read_text().splitlines()
     assert curve[1:] == (whole[2] / "plots" / "metrics" / "rl" / "reward.tsv").read_text().splitlines()[1:]
+
+
+def test_a_time_budget_stops_the_run_after_the_step_that_reaches_it(start, tmp_path):
+    """A budget below one step's time: the first step completes and the run stops there (of 3);
+    the summary, run.json (which numbers infer's column) and the timing file say one step, and
+    the final policy is written."""
+    params = dataclasses.replace(SHORT, steps=3, save_every=0, time_budget_s=1e-6)
+    summary = rl(params, FORMAT, start / "data", start / "train", tmp_path / "rl", None, tmp_path / "live",
+                 tmp_path / "t.json")
+    assert summary["steps"] == 1
+    assert json.loads((tmp_path / "rl" / "run.json").read_text())["steps"] == 1
+    assert json.loads((tmp_path / "t.json").read_text())["per_step"]["step"] == [1]
+    assert (tmp_path / "rl" / "model" / "config.json").is_file()
 
 
 def test_rl_columns_are_inferred_after_the_sft_ones(start, whole, tmp_path):

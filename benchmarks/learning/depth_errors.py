@@ -52,6 +52,12 @@ def pairs(frame: Frame) -> list[tuple[int, int]]:
     return [(int(r), int(c)) for r, c in zip(rows, cols) if overlap[r, c] >= MIN_IOU]
 
 
+def focal_px(frame: Frame) -> float:
+    """A pinhole camera's horizontal focal length (px, rounded); NaN for other lens models."""
+    focal = getattr(frame.camera, "fx", None)
+    return float(round(focal)) if focal is not None else float("nan")
+
+
 def loose_truths(frame: Frame) -> set[int]:
     """Truths answered at all: the one-to-one assignment of least total ground-plane distance
     between centres, a pair kept within ``LOOSE_RANGE_SHARE`` of the truth's range."""
@@ -76,7 +82,7 @@ def table(frames: list[Frame]) -> pd.DataFrame:
             if centre[2] <= 0:
                 continue
             predicted = frame.pred.centres[found[index]][2] if index in found else np.nan
-            rows.append({"camera": camera_name(frame), "focal_px": round(getattr(frame.camera, "fx", np.nan)),
+            rows.append({"camera": camera_name(frame), "focal_px": focal_px(frame),
                          "z_m": float(centre[2]), "width_px": float(widths[index]), "found": index in found,
                          "loose": index in loose, "z_pred_m": float(predicted)})
     return pd.DataFrame(rows)
@@ -99,7 +105,7 @@ def summary(boxes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
                           "median z ratio": round(found["ratio"].median(), 3) if len(found) else np.nan,
                           "median abs rel error": round(found["relative_error"].median(), 3) if len(found) else np.nan})
 
-    per_camera = boxes.groupby(["camera", "focal_px"]).apply(describe, include_groups=False)
+    per_camera = boxes.groupby(["camera", "focal_px"], dropna=False).apply(describe, include_groups=False)
     per_band = boxes.groupby(["camera", "band"], observed=True).apply(describe, include_groups=False)
     overall = boxes.groupby("band", observed=True).apply(describe, include_groups=False)
     return per_camera, per_band, overall

@@ -44,8 +44,10 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
     > "$result/gpu.txt" 2>/dev/null
   learning_params "$arch" "$cores"
-  local start=$SECONDS
-  python3 -m dvc exp run -n "learning-$SIZE-$arch$SUFFIX" "${PARAMS[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
+  local start=$SECONDS name=learning-$SIZE-$arch$SUFFIX
+  git checkout --quiet -- params.yaml  # the committed params plus this run's overrides, nothing of a run before
+  python3 -m dvc exp remove "$name" >/dev/null 2>&1  # a rerun's name is free again
+  python3 -m dvc exp run -n "$name" "${PARAMS[@]}" 2>&1 | stamped > "$result/dvc-exp-run.log"
   local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
   collect_run "$result"

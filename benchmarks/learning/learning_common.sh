@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
   GIT_COMMITTER_EMAIL=benchmark@localhost
 
-if [ -d .whl/project ] && ! python3 -c "import dvc, av, dvclive" 2>/dev/null; then
+if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || return 1
 fi
 source benchmarks/env/device_checkout.sh || return 1
@@ -55,6 +55,7 @@ collect_run() {  # collect_run <folder>: the experiment in the current clone int
   cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
   python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
   tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  rm -f "$result/depth_errors.md"
   if [ -d data/predictions/final ]; then  # what limits the final model: found and depth by camera and distance
     python3 benchmarks/learning/depth_errors.py --truth data/dataset/eval/text --predictions data/predictions/final \
       --codec "$(python3 -c "import yaml; print(yaml.safe_load(open('params.yaml'))['evaluate']['codec'])")" \

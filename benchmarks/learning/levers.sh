@@ -13,9 +13,13 @@
 # virtual); EXTRA (added to every lever) and SIZE, SEED, WORK as in learning.sh.
 # About 5.5 minutes a lever on one H200 at 600 steps (train 0.28 s a step, one infer column,
 # evaluate), after about 6 minutes of data stages; pixels-2x renders the clips again at 960x540
-# (2.25 times the pixels and image tokens), so it costs about twice as much.
+# (2.25 times the pixels and image tokens), in a clone of its own ($WORK-pixels-2x: a lever that
+# changes synthesize gets one, so the others keep theirs): its data stages again, at about 2.25
+# times their cost, and about twice the training and inference time, some 18 minutes in all
+# (estimates from the committed runs' stage times, not measured). base and pixels-2x together
+# fit one 30-minute session only at fewer steps (STEPS=400).
 # The order follows the committed run's measurements (results/<run>/depth_errors.md): its depth
-# has no bias by lens (median predicted/true depth 0.97-1.03 on all three lenses), while far
+# has no bias by lens (median predicted/true depth 0.97-1.03 on both lens types), while far
 # vehicles are too small to see (35-50 m: 22 px wide, under one image token; 26 % answered), so
 # the pixel budget comes before the camera inputs.
 set -uo pipefail
@@ -32,7 +36,9 @@ code=0
 for lever in ${LEVERS:-base pixels-2x prompt virtual}; do
   [ -n "${OVERRIDES[$lever]+set}" ] || { echo "unknown lever '$lever' (known: ${!OVERRIDES[*]})" >&2; exit 2; }
   echo "$(date +%T) lever $lever: ${OVERRIDES[$lever]:-no override}"
-  ARCHS=$ARCH TAG="$lever-$STEPS" \
+  work=${WORK:-/tmp/learning}
+  [[ ${OVERRIDES[$lever]} == *synthesize.* ]] && work=$work-$lever
+  WORK=$work ARCHS=$ARCH TAG="$lever-$STEPS" \
     EXTRA="-S infer.zero_shot=false -S infer.checkpoints=none -S train.save_every=0 ${OVERRIDES[$lever]} ${EXTRA:-}" \
     benchmarks/learning/learning.sh || code=1
 done

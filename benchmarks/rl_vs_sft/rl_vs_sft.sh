@@ -7,29 +7,31 @@
 #        SFT_LR, default 1e-4: a second cosine cycle at a third of the small model's peak);
 #   rl:  GRPO (the `rl` stage) from the same model for as many steps as fit in the GPU time that
 #        the MORE SFT steps take.
-# Equal time is planned from measurements of this run: the SFT steps' time is the median step
-# time of the SFT model's own training (same model, batch and data) times MORE; the GRPO step time
-# is the median of a short calibration run (CAL steps, default 4). The arms' measured step times
-# are reported beside the plan (timing/*.json of each arm).
+# Equal time: the SFT steps' time is planned as MORE times the mean step time of the SFT model's
+# own training (same model, batch and data, alone on the GPU; its first step, with the warm-up,
+# left out), and GRPO runs until its steps' own time reaches that budget (`rl.time_budget_s`:
+# generation, loss and update of every step, whatever length the answers grow to). The report
+# sets the arms' measured step times side by side (timing/*.json of each arm) and flags a
+# difference of more than 10 %.
 #
 # Usage, on a GPU machine, from the repository root (one architecture and seed per call):
 #   ARCH=qwen3_vl SEED=0 OUT=/tmp/out benchmarks/rl_vs_sft/rl_vs_sft.sh
-# SIZE, STEPS, SEED, TAG, EXTRA, WORK as in learning.sh (a learning run of the same settings in
-# the same clone is reused, not retrained); RL_EXTRA (more -S overrides of the rl section, word-
+# SIZE, STEPS, SEED, TAG, EXTRA, WORK as in learning.sh (a learning run of the same settings and
+# architecture in the same clone, $WORK, is reused, not retrained: learning.sh uses $WORK when it
+# runs one architecture); RL_EXTRA (more -S overrides of the rl section, word-
 # split) and SFT_EXTRA (of the SFT arm) change the arms. Results: $OUT/<size>-<arch>[-s<seed>][-<tag>]/
 #   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing and predictions
 #                     (learning_common.sh's collect_run); base is the SFT model alone
-#   calibration/      the calibration run's rl timing
-#   plan.json         the equal-time plan: SFT step time, GRPO step time, GRPO steps
+#   plan.json         the equal-time plan: SFT step time, the GRPO time budget
 #   eval_truth.tar.gz the evaluation split's truth (the report scores the arms on it, paired)
 # then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
 #
 # Order matters: the train stage keeps one model (its outputs persist and are not restored from
-# DVC's run cache), so both runs that need the SFT model (calibration, rl) come before the SFT arm.
+# DVC's run cache), so the rl arm, which needs the SFT model, comes before the SFT arm.
 set -uo pipefail
 ARCH=${ARCH:-qwen3_vl}
 MORE=${MORE:-1000}
-CAL=${CAL:-4}
+RL_MAX_STEPS=${RL_MAX_STEPS:-10000}  # an upper bound: the time budget ends the run
 SFT_LR=${SFT_LR:-1e-4}
 RL_PARAMS=(-S rl.prompts_per_step=32 -S rl.group_size=8 -S rl.max_answer_tokens=512 -S rl.lr=1e-5 -S rl.kl=0.04
            -S rl.save_every=0 ${RL_EXTRA:-})
@@ -44,11 +46,13 @@ BASE=("${PARAMS[@]}" -S infer.zero_shot=false -S infer.checkpoints=none)
 base_model=$WORK.sft-model
 
 experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run, logged, collected
-  local name=$1 folder=$2 start=$SECONDS
+  local name=rlvs-$1-$SIZE-$ARCH$SUFFIX folder=$2 start=$SECONDS
   shift 2
   mkdir -p "$folder"
   echo "$(date +%T) $name: dvc exp run $*" >&2
-  python3 -m dvc exp run -n "rlvs-$name-$SIZE-$ARCH$SUFFIX" "$@" 2>&1 | stamped > "$folder/dvc-exp-run.log"
+  git checkout --quiet -- params.yaml  # every run from the committed params plus its own overrides
+  python3 -m dvc exp remove "$name" >/dev/null 2>&1  # a rerun's name is free again
+  python3 -m dvc exp run -n "$name" "$@" 2>&1 | stamped > "$folder/dvc-exp-run.log"
   local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$folder/dvc-exp-run.log"
   collect_run "$folder"
@@ -56,25 +60,23 @@ experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run
   return "$code"
 }
 
-median_step() {  # median_step <timing.json>: the median seconds of the steps it lists
-  python3 -c "import json, statistics, sys; print(statistics.median(json.load(open(sys.argv[1]))['per_step']['seconds']))" "$1"
+mean_step() {  # mean_step <timing.json>: the mean seconds of the steps it lists, the first left out
+  python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['per_step']['seconds'][1:]; print(sum(s) / len(s))" "$1"
 }
 
 experiment base "$result/base" "${BASE[@]}" || exit 1
 rm -rf "$base_model" && cp -r data/train/model "$base_model" || exit 1
 tar -czf "$result/eval_truth.tar.gz" data/dataset/eval/text || exit 1
 
-experiment calibration "$result/calibration" "${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$CAL" rl || exit 1
-sft_step=$(median_step "$result/base/timing/train.json") || exit 1
-rl_step=$(median_step "$result/calibration/timing/rl.json") || exit 1
-rl_steps=$(python3 -c "import sys; print(max(1, round($MORE * $sft_step / $rl_step)))")
-printf '{"more_sft_steps": %s, "sft_step_s": %s, "sft_seconds_planned": %s, "rl_calibration_steps": %s, "rl_step_s": %s, "rl_steps": %s, "sft_lr": "%s"}\n' \
-  "$MORE" "$sft_step" "$(python3 -c "print(round($MORE * $sft_step, 2))")" "$CAL" "$rl_step" "$rl_steps" "$SFT_LR" \
-  > "$result/plan.json"
+sft_step=$(mean_step "$result/base/timing/train.json") || exit 1
+budget=$(python3 -c "print(round($MORE * $sft_step, 2))")
+printf '{"more_sft_steps": %s, "sft_step_s": %s, "rl_time_budget_s": %s, "rl_max_steps": %s, "sft_lr": "%s"}\n' \
+  "$MORE" "$sft_step" "$budget" "$RL_MAX_STEPS" "$SFT_LR" > "$result/plan.json"
 echo "$(date +%T) plan: $(cat "$result/plan.json")" >&2
 
 code=0
-experiment rl "$result/rl" "${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$rl_steps" || code=1
+experiment rl "$result/rl" "${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$RL_MAX_STEPS" -S "rl.time_budget_s=$budget" \
+  || code=1
 experiment sft "$result/sft" "${BASE[@]}" -S "train.model=$base_model" -S "train.max_steps=$MORE" -S train.save_every=0 \
   -S "train.lr=$SFT_LR" ${SFT_EXTRA:-} || code=1
 echo "rl against sft done, exit $code"

@@ -378,6 +378,11 @@ class RLParams(Checked):
     save_every: int = param(0, "checkpoint (and infer column) every N steps (0: only the final model)", minimum=0)
     seed: int = param(0, "seed of frame order and sampling", minimum=0)
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
+    time_budget_s: float = param(
+        0.0, "stop at the first step at which the steps' own time (TRL's step_time: generation, loss, update) "
+        "reaches this many seconds, before rl.steps (0: no budget). For comparisons at equal GPU time "
+        "(benchmarks/rl_vs_sft): the steps made then depend on the machine's speed, so the outputs are not the "
+        "same bytes on every machine; a resumed run counts the time from its resume", minimum=0.0)
     reward: Mapping[str, float | str | None] = param(
         MappingProxyType({}), "RewardConfig fields to change (evaluation/reward.py), e.g. {duplicate_weight: 1.0} or "
         "{max_answer_tokens: null}; the others keep their defaults")

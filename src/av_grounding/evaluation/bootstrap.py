@@ -18,6 +18,7 @@ frame alone, so only the ranking across frames and the sums are redone per repli
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,14 +165,27 @@ def paired_change(before: BootstrapResult, after: BootstrapResult) -> dict[str, 
     return out
 
 
+def _order_of(frames: tuple[str, ...], replicates: int) -> np.ndarray:
+    """A permutation of ``replicates`` seeded by the frame ids: runs on the same frames get the
+    same order (their draws stay common), runs on other frames another (their draws combine as
+    independent)."""
+    seed = int.from_bytes(hashlib.sha256("\n".join(frames).encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).permutation(replicates)
+
+
 def mean_change(pairs: list[tuple[BootstrapResult, BootstrapResult]]) -> dict[str, Interval]:
     """The mean over runs (training seeds, say) of ``after`` minus ``before`` per headline metric,
     with the 95 % interval of that mean. Each pair is one run's two columns drawn alike
-    (``paired_change``); replicate i of the mean is the mean of the runs' replicate-i differences.
-    Runs scored on the same frames keep their common draws (a paired design: what the clips share
-    cancels); runs on other frames (another data seed) have their replicates reordered by a
-    permutation seeded with the run's position, so their draws combine as independent, as the
-    runs are. One pair gives ``paired_change``'s numbers. Value None where a run's is undefined.
+    (``paired_change``); replicate i of the mean is the mean of the runs' replicate-i differences,
+    each run's replicates first reordered by a permutation seeded by its frames (``_order_of``):
+    runs scored on the same frames keep their common draws (a paired design: what the clips
+    share cancels), runs on other frames (another data seed) combine as independent draws, as
+    they are. One pair gives ``paired_change``'s numbers. Value None where a run's is undefined.
+
+    The interval covers the sampling of each run's evaluation clips, not the spread between
+    training runs: with two or three seeds that spread cannot be estimated, so a claim across
+    seeds also needs each run's own change to point the same way (benchmarks/rl_vs_sft's report
+    checks both).
     Raises ``ValueError`` for no pairs, a pair not drawn alike, or runs of unequal replicate counts."""
     if not pairs:
         raise ValueError("mean_change: no runs")
@@ -181,12 +195,8 @@ def mean_change(pairs: list[tuple[BootstrapResult, BootstrapResult]]) -> dict[st
     out = {}
     for name in pairs[0][1].intervals:
         values = [value for change in changes if (value := change[name].value) is not None]
-        differences = []
-        for index, (before, after) in enumerate(pairs):
-            difference = after.values[name] - before.values[name]
-            if index and after.frames != pairs[0][1].frames and len(difference):
-                difference = difference[np.random.default_rng(index).permutation(len(difference))]
-            differences.append(difference)
+        differences = [(after.values[name] - before.values[name])[_order_of(after.frames, len(after.values[name]))]
+                       for before, after in pairs]
         mean = float(np.mean(values)) if len(values) == len(changes) else None
         usable = all(len(d) for d in differences)
         out[name] = Interval(mean, *(_percentiles(np.mean(differences, axis=0)) if usable else (None, None)))

@@ -9,7 +9,8 @@ Outputs under the RL folder:
   trainer/      TRL's newest checkpoint-N (optimizer, scheduler, RNG)
   checkpoints/  step_NNNNNN/ model folders, every rl.save_every steps
   model/        the final policy
-  run.json      base (the SFT model), steps, inputs_sha256 (what `infer` compares)
+  run.json      base (the SFT model), steps made (fewer than rl.steps where rl.time_budget_s
+                stopped the run), inputs_sha256 (what `infer` compares)
 With ``rl.steps: 0`` the stage writes only ``inputs.json`` and ``run.json`` (steps 0): no columns.
 """
 
@@ -102,7 +103,7 @@ def rl(params: RLParams, fmt: FormatParams, dataset: Path, train: Path, output: 
         summary = {**run, "reward_first_step": curve[0]["reward"] if curve else None,
                    "reward_last_step": curve[-1]["reward"] if curve else None,
                    "kl_last_step": curve[-1].get("kl") if curve else None}
-    write_json(output / "run.json", {"base": str(train / "model"), "steps": params.steps,
+    write_json(output / "run.json", {"base": str(train / "model"), "steps": summary["steps"],
                                      "inputs_sha256": hashlib.sha256(dumps_json(inputs).encode()).hexdigest()})
     write_report(metrics, summary)
     return summary

@@ -130,6 +130,24 @@ def _export_callback(loaded: LoadedModel, base: Path, output: Path) -> Any:
     return ExportCheckpoints()
 
 
+def _time_budget_callback(budget_s: float) -> Any:
+    """A TrainerCallback that stops training once the steps' own time (TRL's logged
+    ``step_time``, the figure the timing file sums) reaches ``budget_s`` seconds; the step that
+    crosses it is completed."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        spent = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "step_time" in logs:
+                self.spent += float(logs["step_time"])
+                if self.spent >= budget_s:
+                    control.should_training_stop = True
+
+    return TimeBudget()
+
+
 def end_ids(loaded: LoadedModel) -> set[int]:
     """The token ids that end an answer, as GRPOTrainer gathers them: the generation config's
     ``eos_token_id`` (one id or a list: the published Qwen2.5-VL's holds ``<|im_end|>`` and
@@ -158,7 +176,8 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     """GRPO from the model folder ``base`` on ``dataset``'s training split (module docstring),
     resuming from the newest checkpoint under ``output/trainer``; the final policy goes to
     ``output/model``. ``callbacks``: further ``transformers.TrainerCallback`` objects (the stage's
-    reporting). Returns the run's summary: steps, frames, device, the reward configuration, and
+    reporting). Training stops early once the steps' time reaches ``params.time_budget_s`` (when
+    set). Returns the run's summary: steps made, frames, device, the reward configuration, and
     per step the mean reward, its spread within groups, KL and answer length (``curve``).
 
     Raises ``ConfigError`` for ``params.reward`` fields ``RewardConfig`` refuses, ``ValueError``
@@ -180,12 +199,13 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     reward = GroundingReward(config, eos_token_ids=end_ids(loaded))
     trainer = _trainer_class()(model=loaded.model, reward_funcs=[reward],
                           args=grpo_config(params, output, device), train_dataset=rows, processing_class=processor,
-                          callbacks=[_export_callback(loaded, base, output), *callbacks])
+                          callbacks=[_export_callback(loaded, base, output), *callbacks,
+                                     *([_time_budget_callback(params.time_budget_s)] if params.time_budget_s else [])])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     save_folder(trainer.model, loaded.tokenizer, loaded.image_processor, output / "model", source=str(base))
     # The resumable state is only needed by a crashed run; its trainer_state.json holds wall times.
     shutil.rmtree(output / TRAINER, ignore_errors=True)
     curve = [{key: entry[key] for key in CURVE if key in entry} | {"step": entry["step"]}
              for entry in trainer.state.log_history if "reward" in entry]
-    return {"steps": params.steps, "frames": len(samples), "device": device, "answers_per_step":
+    return {"steps": trainer.state.global_step, "frames": len(samples), "device": device, "answers_per_step":
             params.prompts_per_step * params.group_size, "reward_config": dataclasses.asdict(config), "curve": curve}
