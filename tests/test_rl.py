@@ -178,7 +178,7 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(start
 
 
 def test_a_time_budget_stops_the_run_after_the_step_that_reaches_it(start, tmp_path):
-    """A budget below one step's time: the first step completes and the run stops there (of 3);
+    """A budget far below one step's time: the first step completes and the run stops there (of 3);
     the summary, run.json (which numbers infer's column) and the timing file say one step, and
     the final policy is written."""
     params = dataclasses.replace(SHORT, steps=3, save_every=0, time_budget_s=1e-6)

@@ -379,8 +379,8 @@ class RLParams(Checked):
     seed: int = param(0, "seed of frame order and sampling", minimum=0)
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
     time_budget_s: float = param(
-        0.0, "stop at the first step at which the steps' own time (TRL's step_time: generation, loss, update) "
-        "reaches this many seconds, before rl.steps (0: no budget). For comparisons at equal GPU time "
+        0.0, "end at the step boundary nearest this many seconds of the steps' own time (TRL's step_time: "
+        "generation, loss, update), before rl.steps (0: no budget). For comparisons at equal GPU time "
         "(benchmarks/rl_vs_sft): the steps made then depend on the machine's speed, so the outputs are not the "
         "same bytes on every machine; a resumed run counts the time from its resume", minimum=0.0)
     reward: Mapping[str, float | str | None] = param(

@@ -131,9 +131,10 @@ def _export_callback(loaded: LoadedModel, base: Path, output: Path) -> Any:
 
 
 def _time_budget_callback(budget_s: float) -> Any:
-    """A TrainerCallback that stops training once the steps' own time (TRL's logged
-    ``step_time``, the figure the timing file sums) reaches ``budget_s`` seconds; the step that
-    crosses it is completed."""
+    """A TrainerCallback that ends training at the step boundary nearest ``budget_s`` seconds of
+    the steps' own time (TRL's logged ``step_time``, the figure the timing file sums): it stops
+    once another step, as long as the last one, would overshoot the budget by more than it would
+    leave unspent. At least one step is made."""
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
@@ -141,8 +142,9 @@ def _time_budget_callback(budget_s: float) -> Any:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "step_time" in logs:
-                self.spent += float(logs["step_time"])
-                if self.spent >= budget_s:
+                step = float(logs["step_time"])
+                self.spent += step
+                if self.spent + step / 2 >= budget_s:
                     control.should_training_stop = True
 
     return TimeBudget()
