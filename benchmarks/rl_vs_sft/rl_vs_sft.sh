@@ -5,12 +5,12 @@
 # parameters, EXTRA included), two arms on the same held-out frames:
 #   sft: MORE (1000) further SFT steps from the SFT model (`train.model` = its folder; `train.lr`
 #        SFT_LR, default 1e-4: a second cosine cycle at a third of the small model's peak);
-#   rl:  GRPO (the `rl` stage) from the same model for as many steps as fit in the GPU time that
-#        the MORE SFT steps take.
+#   rl:  GRPO (the `rl` stage) from the same model for the GPU time that the MORE SFT steps take
+#        (32 frames x 8 answers of up to 512 tokens a step, lr 1e-5 constant, KL 0.04: RL_PARAMS).
 # Equal time: the SFT steps' time is planned as MORE times the mean step time of the SFT model's
 # own training (same model, batch and data, alone on the GPU; its first step, with the warm-up,
-# left out), and GRPO runs until its steps' own time reaches that budget (`rl.time_budget_s`:
-# generation, loss and update of every step, whatever length the answers grow to). The report
+# left out), and GRPO ends at the step boundary nearest that budget of its steps' own time
+# (`rl.time_budget_s`: generation, loss and update, whatever length the answers grow to). The report
 # sets the arms' measured step times side by side (timing/*.json of each arm) and flags a
 # difference of more than 10 %.
 #
@@ -18,8 +18,9 @@
 #   ARCH=qwen3_vl SEED=0 OUT=/tmp/out benchmarks/rl_vs_sft/rl_vs_sft.sh
 # SIZE, STEPS, SEED, TAG, EXTRA, WORK as in learning.sh (a learning run of the same settings and
 # architecture in the same clone, $WORK, is reused, not retrained: learning.sh uses $WORK when it
-# runs one architecture); RL_EXTRA (more -S overrides of the rl section, word-
-# split) and SFT_EXTRA (of the SFT arm) change the arms. Results: $OUT/<size>-<arch>[-s<seed>][-<tag>]/
+# runs one architecture); RL_EXTRA (more -S overrides of the rl section, word-split) and SFT_EXTRA
+# (of the SFT arm) change the arms. Every run starts from the committed params.yaml. Results go to
+# $OUT/<size>-<arch>[-s<seed>][-<tag>]/:
 #   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing and predictions
 #                     (learning_common.sh's collect_run); base is the SFT model alone
 #   plan.json         the equal-time plan: SFT step time, the GRPO time budget
