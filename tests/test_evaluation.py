@@ -385,6 +385,24 @@ def test_bad_scores_are_an_error_naming_the_file_and_box(tmp_path, scores, where
         load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos")
 
 
+@pytest.mark.parametrize("keys", ["raw_text", "annotations"])
+def test_a_scores_list_written_for_the_annotations_follows_the_boxes_kept(tmp_path, keys):
+    """A file from a writer that kept a box this reader drops (an older infer's parser kept a
+    zero size): three boxes in annotations (and raw_text), three scores; the two kept boxes take
+    their own scores, in either reading. A list that fits neither is still an error."""
+    zero = [*CARS[1][:3], 0.0, *CARS[1][4:]]
+    written = boxes([CARS[0], zero, CARS[1]], ["car", "car", "car"])
+    document = {"annotations": written, "scores": [0.9, 0.1, 0.5],
+                **({"raw_text": json.dumps(written)} if keys == "raw_text" else {})}
+    write_frames(tmp_path / "gt", {"a": boxes(CARS[:2], ["car", "car"])})
+    write_frames(tmp_path / "pred", {"a": document}, pred=True)
+    (frame,) = load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos")
+    assert list(frame.pred.scores) == [0.9, 0.5] and sum(frame.dropped.values()) == 1
+    write_frames(tmp_path / "pred", {"a": {**document, "scores": [0.9, 0.1, 0.5, 0.3]}}, pred=True)
+    with pytest.raises(EvaluationError, match=r"a\.json: 'scores' must be a list of one score per box; it has 4"):
+        load_frames(tmp_path / "gt", tmp_path / "pred", "cosmos")
+
+
 def test_scores_on_some_boxes_only_is_an_error(tmp_path):
     write_frames(tmp_path / "gt", {"a": boxes(CARS[:2], ["car", "car"])})
     write_frames(tmp_path / "pred", {"a": [{**boxes(CARS[:1], ["car"], [0.5])[0]}, *boxes(CARS[1:2], ["car"])]},

@@ -5,7 +5,8 @@ fills.
         --out benchmarks/learning/results/learning.md
 
 Each folder under the results root is one run (``<size>-<architecture>``) holding the run's
-metrics (``eval.json``, ``train.json``, ``infer.json``, ``dataset.json``, ...), ``columns.json``
+metrics (``eval.json``, or ``rescore/eval.json`` where the predictions were scored again by a newer
+``evaluate``; ``train.json``, ``infer.json``, ``dataset.json``, ...), ``columns.json``
 (training step of each evaluated model version), ``params.yaml`` as the experiment ran it,
 ``curves/*.tsv`` (DVCLive) and ``notes.md`` (what happened, by hand). The tables come from the
 evaluate stage's own table builder, so they read exactly like ``plots/eval/results_table.md``.
@@ -35,6 +36,14 @@ ARCHITECTURES = {"qwen2_5_vl": "Cosmos Reason 1 architecture (Qwen2.5-VL)",
 def read(folder: Path, name: str):
     path = folder / name
     return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+
+
+def scores(folder: Path) -> dict:
+    """A run's metrics per column: ``rescore/eval.json`` where the run's predictions were scored
+    again by a newer `evaluate` (its intervals and paired changes; the folder's notes say how),
+    else the run's own ``eval.json``."""
+    return read(folder / "rescore", "eval.json") if (folder / "rescore" / "eval.json").exists() \
+        else read(folder, "eval.json")
 
 
 def curve(folder: Path, metric: str) -> pd.DataFrame:
@@ -87,7 +96,7 @@ def inference_line(folder: Path, params: dict) -> str:
 
 
 def run_section(folder: Path, image: Path, link: str) -> str:
-    results, steps = read(folder, "eval.json"), read(folder, "columns.json")
+    results, steps = scores(folder), read(folder, "columns.json")
     train, dataset, params = (read(folder, n) for n in ("train.json", "dataset.json", "params.yaml"))
     samples_per_s = curve(folder, "samples_per_s")["samples_per_s"]
     plot(folder, results, steps, image)
@@ -171,7 +180,7 @@ def runs_table(folders: list[Path]) -> str:
     of runs that differ by seed only."""
     rows, values = [], {}
     for folder in folders:
-        results, steps, params = read(folder, "eval.json"), read(folder, "columns.json"), read(folder, "params.yaml")
+        results, steps, params = scores(folder), read(folder, "columns.json"), read(folder, "params.yaml")
         column = results[final_column(results, steps)]
         rows.append({"run": folder.name, "architecture": params["format"]["model_family"],
                      "seed": params["train"].get("seed", 0),

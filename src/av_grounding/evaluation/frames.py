@@ -259,11 +259,38 @@ def _checked_scores(values: list[Any], boxes: list[dict[str, Any]], path: Path) 
     return [float(v) for v in values]
 
 
+def _listed_for_kept(boxes: list[dict[str, Any]], listed: list[Any], annotations: Any) -> list[Any] | None:
+    """The entries of a ``scores`` list written for the file's ``annotations`` (one each) that
+    belong to ``boxes``, the boxes this reader kept: each kept box takes the score of the first
+    annotation not yet taken with its label and its nine numbers. A writer that kept boxes this
+    reader drops (a zero size, say) listed their scores too. None when the list does not follow
+    ``annotations`` or a kept box is not among them."""
+    if not isinstance(annotations, list) or len(annotations) != len(listed):
+        return None
+    written: list[tuple[Any, tuple[float, ...]] | None] = []
+    for item in annotations:
+        try:
+            written.append((item["label"], tuple(float(v) for v in item["bbox_3d"])))
+        except (KeyError, TypeError, ValueError):
+            written.append(None)
+    chosen = []
+    for box in boxes:
+        key = (box["label"], tuple(float(v) for v in box["bbox_3d"]))
+        index = next((i for i, entry in enumerate(written) if entry == key), None)
+        if index is None:
+            return None
+        written[index] = None
+        chosen.append(listed[index])
+    return chosen
+
+
 def resolve_scores(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -> tuple[list[float], ScoreSource]:
     """Scores of the kept boxes, in this order: a ``score`` inside every box object, else a
-    top-level ``scores`` list of the same length, else the order of appearance. EvaluationError
-    naming the file and box for a non-finite or non-numeric score, or when only some boxes carry
-    one."""
+    top-level ``scores`` list of one entry per kept box, or of one entry per box of the file's
+    ``annotations`` (``_listed_for_kept``: a writer that kept boxes this reader drops), else the
+    order of appearance. ``parsed``: the boxes as written (before any camera change).
+    EvaluationError naming the file and box for a non-finite or non-numeric score, when only some
+    boxes carry one, or for a ``scores`` list that fits neither the kept boxes nor ``annotations``."""
     boxes = parsed.boxes
     own = ["score" in box for box in boxes]
     if any(own):
@@ -274,6 +301,8 @@ def resolve_scores(parsed: ParsedAnswer, document: dict[str, Any], path: Path) -
         return _checked_scores([box["score"] for box in boxes], boxes, path), "box"
     listed = document.get("scores")
     if listed is not None and boxes:
+        if isinstance(listed, list) and len(listed) != len(boxes):
+            listed = _listed_for_kept(boxes, listed, document.get("annotations")) or listed
         if not isinstance(listed, list) or len(listed) != len(boxes):
             has = len(listed) if isinstance(listed, list) else repr(listed)
             raise EvaluationError(f"{path}: 'scores' must be a list of one score per box; it has "
@@ -338,14 +367,14 @@ def read_prediction(path: Path, truth_block: Any = None) -> tuple[ParsedAnswer, 
     raw, annotations = (document.get(key) if isinstance(document, dict) else None
                         for key in ("raw_text", "annotations"))
     if isinstance(raw, str):
-        parsed = in_real_camera(parse_answer(raw), document, path, truth_block)
-    elif raw is None and isinstance(annotations, list):
+        parsed = parse_answer(raw)
+        scores, source = resolve_scores(parsed, document, path)
+        return in_real_camera(parsed, document, path, truth_block), scores, source
+    if raw is None and isinstance(annotations, list):
         parsed = parse_items(annotations)
-    else:
-        raise EvaluationError(f"{path}: not a prediction file: expected a JSON object with an 'annotations' list "
-                              f"of boxes or a 'raw_text' string (the model's answer); found {_structure(document)}")
-    scores, source = resolve_scores(parsed, document, path)
-    return parsed, scores, source
+        return parsed, *resolve_scores(parsed, document, path)
+    raise EvaluationError(f"{path}: not a prediction file: expected a JSON object with an 'annotations' list "
+                          f"of boxes or a 'raw_text' string (the model's answer); found {_structure(document)}")
 
 
 def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]:
