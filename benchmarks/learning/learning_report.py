@@ -25,10 +25,12 @@ import yaml
 
 from av_grounding.evaluation.table import lookup, results_markdown
 
-# The issue's goal for each headline metric of the final model (at least this much).
-GOALS = {("ap2d", "ap50"): 0.5, ("ap3d", "ap"): 0.5, ("matching", "recall"): 0.6, ("center_distance", "map"): 0.3}
+# The goal of issue 26 for each headline metric of the final model (at least this much; the
+# mean of two seeds is what it asks for, one run is held against it here).
+GOALS = {("ap2d", "ap50"): 0.6, ("ap3d", "ap"): 0.55, ("matching", "recall"): 0.7, ("center_distance", "map"): 0.35,
+         ("ap3d", "far"): 0.15}
 GOAL_NAMES = {("ap2d", "ap50"): "AP2D50", ("ap3d", "ap"): "AP3D (IoU 0.05:0.50)", ("matching", "recall"): "recall",
-              ("center_distance", "map"): "centre-distance mAP"}
+              ("center_distance", "map"): "centre-distance mAP", ("ap3d", "far"): "AP3D beyond 35 m"}
 ARCHITECTURES = {"qwen2_5_vl": "Cosmos Reason 1 architecture (Qwen2.5-VL)",
                  "qwen3_vl": "Cosmos Reason 2 architecture (Qwen3-VL)"}
 
@@ -104,6 +106,7 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     image_tokens = dataset["tokens"]["image_per_frame"][fmt["model_family"]]["mean"]
     architecture = fmt["model_family"]
     last = final_column(results, steps)  # the final model where evaluated
+    model = "final model" if last == "final" else f"last evaluated model, step {steps[last]}"
     peak_memory = f"; peak GPU memory {train['peak_gpu_memory_gib']} GiB" if train["peak_gpu_memory_gib"] else ""
     lines = [
         f"## {ARCHITECTURES.get(architecture, architecture)}: `{tp['model']}`\n",
@@ -123,7 +126,8 @@ def run_section(folder: Path, image: Path, link: str) -> str:
         inference_line(folder, params),
         "",
         results_markdown(results, steps).replace("# Results by training step", "### Results by training step"),
-        f"### Against the goal ({'final model' if last == 'final' else f'last evaluated model, step {steps[last]}'})\n",
+        (f"### Against the goal of issue 26 ({model}; notes written before it quote the goal of their "
+         "time)\n"),
         goal_table(results[last]),
         f"![{folder.name}]({link})\n",
     ]
@@ -152,7 +156,7 @@ def depth_section(path: Path) -> str:
 # (column title, path in a column's metrics, key in its intervals_95) of the table of every run.
 SUMMARY = (("AP2D50", ("ap2d", "ap50"), "ap2d50"), ("AP3D", ("ap3d", "ap"), "ap3d"),
            ("centre mAP", ("center_distance", "map"), "center_distance_map"),
-           ("recall", ("matching", "recall"), "recall"))
+           ("recall", ("matching", "recall"), "recall"), ("precision", ("matching", "precision"), "precision"))
 
 
 def final_column(results: dict, steps: dict) -> str:
