@@ -225,6 +225,25 @@ def final_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model" / "model.safetensors"))
 
 
+def test_a_curve_a_kill_left_behind_is_cut_back_to_the_checkpoint(tmp_path):
+    """The dead run logged steps 0-4 after its checkpoint at step 3 (the last row cut off) and
+    left the summary empty, as a kill during DVCLive's writes does: resuming after 3 steps keeps
+    rows 0-2, opens DVCLive (which would fail on the empty summary) and appends step 3."""
+    from av_grounding.pipeline.reporting import open_live
+
+    curve = tmp_path / "live" / "plots" / "metrics" / "train"
+    curve.mkdir(parents=True)
+    (curve / "loss.tsv").write_text("step\tloss\n0\t1.5\n1\t1.25\n2\t1.0\n3\t0.75\n4\t0.")
+    (tmp_path / "live" / "metrics.json").write_text("")
+    live = open_live(tmp_path / "live", 3)
+    live.step = 3
+    live.log_metric("train/loss", 0.5)
+    live.next_step()
+    live.end()
+    assert (curve / "loss.tsv").read_text().splitlines() == ["step\tloss", "0\t1.5", "1\t1.25", "2\t1.0", "3\t0.5"]
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text())["step"] == 3
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     params_file = tmp_path / "params.yaml"
@@ -245,6 +264,9 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     assert not (tmp_path / "killed" / "model").exists(), "the run finished before it could be killed"
     subprocess.run(command + ["--output", str(tmp_path / "killed"), "--live", str(tmp_path / "live2")],
                    check=True, capture_output=True)
+    curves = [(tmp_path / live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+              for live in ("live1", "live2")]
+    assert [row.split("\t")[0] for row in curves[1]] == [row.split("\t")[0] for row in curves[0]]  # no gap, no repeat
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
     for name in straight:

@@ -56,10 +56,11 @@ collect_run() {  # collect_run <folder>: the experiment in the current clone int
   python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
   tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
   rm -f "$result/depth_errors.md"
-  if [ -d data/predictions/final ]; then  # what limits the final model: found and depth by camera and distance
-    python3 benchmarks/learning/depth_errors.py --truth data/dataset/eval/text --predictions data/predictions/final \
+  local last  # the model trained longest (rl_final after RL): found and depth by camera and distance
+  last=$(python3 -c "import json; c = json.load(open('data/predictions/columns.json')); print(max(c, key=lambda n: (c[n], n)))" \
+         2>/dev/null) && [ -d "data/predictions/$last" ] &&
+    python3 benchmarks/learning/depth_errors.py --truth data/dataset/eval/text --predictions "data/predictions/$last" \
       --codec "$(python3 -c "import yaml; print(yaml.safe_load(open('params.yaml'))['evaluate']['codec'])")" \
       --out "$result/depth_errors.md"
-  fi
   cp plots/eval/*.png plots/eval/results_table.md "$result/plots/" 2>/dev/null
 }

@@ -9,6 +9,7 @@ step of its log. For `rl` they are ``transformers.TrainerCallback`` objects TRL'
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..models.flops import DATASHEET_BF16, mfu
-from ..storage import write_json
+from ..storage import atomic_write_bytes, write_json
 from ..training.loop import HookBase, RunState, StepResult
 
 if TYPE_CHECKING:
@@ -72,6 +73,39 @@ def timing_record(results: list[StepResult], wall_s: float, device: str | None =
     return record
 
 
+def cut_curve_back(live_dir: Path, step: int) -> None:
+    """The DVCLive folder of a run killed after its checkpoint at ``step`` optimizer steps, cut
+    back to what that checkpoint holds, before the resumed run adds to it: each TSV under
+    ``plots/metrics`` keeps its header and the complete rows of steps before ``step`` (the dead
+    run logged the steps after its checkpoint, and a kill may cut a row), and a summary
+    (``metrics.json``) that a kill left unreadable is removed (DVCLive's resume would fail on it;
+    the next step writes it again). So a resumed curve reads as one uninterrupted run's."""
+    for table in sorted((live_dir / "plots" / "metrics").rglob("*.tsv")):
+        lines = table.read_text().splitlines()
+        if not lines:
+            continue
+        columns = len(lines[0].split("\t"))
+        kept = [line for line in lines[1:] if len(cells := line.split("\t")) == columns and cells[0].isdigit()
+                and int(cells[0]) < step and all(cells[1:])]
+        atomic_write_bytes(table, ("\n".join([lines[0], *kept]) + "\n").encode())
+    summary = live_dir / "metrics.json"
+    if summary.exists():
+        try:
+            json.loads(summary.read_text())
+        except (ValueError, UnicodeDecodeError):
+            summary.unlink()
+
+
+def open_live(live_dir: Path, step: int) -> Live:
+    """The DVCLive run of a stage in ``live_dir``: a new one at step 0, else the continuation of
+    the curve of a run resumed after ``step`` optimizer steps (``cut_curve_back`` first)."""
+    from dvclive import Live
+
+    if step > 0:
+        cut_curve_back(live_dir, step)
+    return Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=step > 0, report=None)
+
+
 def log_step(live: Live, result: StepResult) -> None:
     """One DVCLive step (numbered by optimizer step from 0, also after a resume): what the step
     computed, the same on every run. Its wall time goes to the timing file (``timing_record``)."""
@@ -91,12 +125,9 @@ class LiveHook(HookBase):
         self.live: Live | None = None
 
     def before_train(self, trainer: RunState) -> None:
-        """Open the DVCLive run on rank 0 (continuing the curve of a resumed run)."""
-        from dvclive import Live
-
+        """Open the DVCLive run on rank 0 (continuing the curve of a resumed run: ``open_live``)."""
         if trainer.rank == 0:
-            self.live = Live(dir=str(self.live_dir), dvcyaml=None, save_dvc_exp=False, resume=trainer.step > 0,
-                             report=None)
+            self.live = open_live(self.live_dir, trainer.step)
 
     def after_step(self, trainer: RunState, result: StepResult) -> None:
         """Log the step (``log_step``) on rank 0."""
@@ -155,12 +186,9 @@ class RLLiveCallback(TrainerCallback):
         self.live: Live | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        """Open the DVCLive run (continuing the curve of a resumed run)."""
-        from dvclive import Live
-
+        """Open the DVCLive run (continuing the curve of a resumed run: ``open_live``)."""
         if state.is_world_process_zero:
-            self.live = Live(dir=str(self.live_dir), dvcyaml=None, save_dvc_exp=False,
-                             resume=state.global_step > 0, report=None)
+            self.live = open_live(self.live_dir, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Log one step's values (logs without a reward, such as the run's summary, are skipped)."""

@@ -400,11 +400,13 @@ def _setup_optimizer(model, params: TrainParams, process: Process, examples: lis
 
 def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: int, output: Path,
                    hooks: Sequence[HookBase], resume_from: Path | None) -> Trainer:
-    """The trainer of the execution path with its hooks (checkpoints, progress, then the caller's
-    ``hooks``), resumed from ``resume_from`` when there is one."""
+    """The trainer of the execution path with its hooks (the caller's ``hooks``, then checkpoints
+    and progress: a step's curve row is written before its checkpoint, so a run killed between
+    the two resumes from the checkpoint before and its curve has no gap), resumed from
+    ``resume_from`` when there is one."""
     bf16 = process.ds_config["bf16"]["enabled"] if process.ds_config else process.device != "cpu" and params.bf16
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
-                  hooks=[CheckpointHook(output / "checkpoints", params.save_every), ProgressHook(), *hooks],
+                  hooks=[*hooks, CheckpointHook(output / "checkpoints", params.save_every), ProgressHook()],
                   rank=process.rank, device=process.device, bf16=bf16)
     trainer: Trainer
     if process.ds_config is not None:
