@@ -139,3 +139,9 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     """Lines of a markdown table: the header, its ``|---|`` rule, then one line per row."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def seed_group(name: str) -> str:
+    """A run folder's name without its seed part (``-s<seed>``, as learning.sh names runs): the
+    runs that differ by seed only share it."""
+    return "-".join(part for part in name.split("-") if not (part[:1] == "s" and part[1:].isdigit()))

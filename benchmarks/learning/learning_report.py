@@ -17,11 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
+from common import seed_group
 
 from av_grounding.evaluation.table import lookup, results_markdown
 
@@ -174,11 +178,6 @@ def with_interval(column: dict, path: tuple[str, ...], key: str) -> str:
     return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds and None not in bounds else "")
 
 
-def group_of(folder: Path) -> str:
-    """A run's name without its seed part (``-s<seed>``): the runs that differ by seed only."""
-    return "-".join(part for part in folder.name.split("-") if not (part[:1] == "s" and part[1:].isdigit()))
-
-
 def runs_table(folders: list[Path]) -> str:
     """One row per run (final model, with intervals), then the mean over the seeds of each group
     of runs that differ by seed only."""
@@ -192,7 +191,7 @@ def runs_table(folders: list[Path]) -> str:
                      "rendered": f"{params['synthesize']['width']}x{params['synthesize']['height']}",
                      "max pixels": params["format"]["max_pixels"], "steps": steps[final_column(results, steps)],
                      **{name: with_interval(column, path, key) for name, path, key in SUMMARY}})
-        values.setdefault(group_of(folder), []).append([lookup(column, path) for _, path, _ in SUMMARY])
+        values.setdefault(seed_group(folder.name), []).append([lookup(column, path) for _, path, _ in SUMMARY])
     lines = ["## Every run\n", ("Final model of each run; brackets: clip-bootstrap 95 % intervals "
                                  "(docs/metrics.md#intervals-how-sure-a-number-is).\n"),
              pd.DataFrame(rows).to_markdown(index=False), ""]

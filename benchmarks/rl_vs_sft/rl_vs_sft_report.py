@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
+from common import seed_group
 
 from av_grounding.evaluation.bootstrap import (
     HEADLINE,
@@ -173,11 +177,6 @@ def plot(run: Path, image: Path) -> None:
     plt.close(figure)
 
 
-def group_of(run: Path) -> str:
-    """A run's name without its seed part: the runs that differ by seed only."""
-    return "-".join(part for part in run.name.split("-") if not (part[:1] == "s" and part[1:].isdigit()))
-
-
 def run_section(run: Path, scored: dict[str, BootstrapResult], image: Path, link: str) -> str:
     plot(run, image)
     changes = {(a, b): paired_change(scored[b], scored[a]) for a, b in COMPARISONS}
@@ -202,7 +201,7 @@ def main() -> None:
             scored = bootstraps(run, Path(scratch) / run.name)
             image = args.out.parent / f"{run.name}.png"
             sections.append(run_section(run, scored, image, os.path.relpath(image, args.out.parent)))
-            groups.setdefault(group_of(run), []).append((scored["+ more SFT"], scored["+ RL"]))
+            groups.setdefault(seed_group(run.name), []).append((scored["+ more SFT"], scored["+ RL"]))
     for group, pairs in groups.items():
         if len(pairs) > 1:
             change = mean_change(pairs)

@@ -138,7 +138,8 @@ def _time_budget_callback(budget_s: float) -> Any:
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
-        spent = 0.0
+        def __init__(self):
+            self.spent = 0.0  # seconds of the steps made so far
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "step_time" in logs:
@@ -178,9 +179,10 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     """GRPO from the model folder ``base`` on ``dataset``'s training split (module docstring),
     resuming from the newest checkpoint under ``output/trainer``; the final policy goes to
     ``output/model``. ``callbacks``: further ``transformers.TrainerCallback`` objects (the stage's
-    reporting). Training stops early once the steps' time reaches ``params.time_budget_s`` (when
-    set). Returns the run's summary: steps made, frames, device, the reward configuration, and
-    per step the mean reward, its spread within groups, KL and answer length (``curve``).
+    reporting). With ``params.time_budget_s`` training ends at the step boundary nearest that many
+    seconds of step time (``_time_budget_callback``). Returns the run's summary: steps made,
+    frames, device, the reward configuration, and per step the mean reward, its spread within
+    groups, KL and answer length (``curve``).
 
     Raises ``ConfigError`` for ``params.reward`` fields ``RewardConfig`` refuses, ``ValueError``
     for a dataset without annotation records."""
