@@ -145,8 +145,10 @@ def test_killed_infer_resumes_to_the_same_answers(dataset, tmp_path):
           tmp_path / "live")
     params = tmp_path / "params.yaml"
     params.write_text(f"format:\n  prompts: {TRAINING_FORMAT.prompts}\n")
+    # --rl names a folder that does not exist: the default, data/rl, is the workspace's, which
+    # `make repro` fills (its RL policy would add a column).
     argv = stage("infer", "--params", str(params), "--dataset", str(small), "--train", str(tmp_path / "train"),
-                 "--max-new-tokens", "12", "--batch-size", "2")
+                 "--rl", str(tmp_path / "no_rl"), "--max-new-tokens", "12", "--batch-size", "2")
     run(argv + ["--output", str(tmp_path / "clean"), "--metrics", str(tmp_path / "clean.json"),
                 "--timing", str(tmp_path / "clean-timing.json")])
     out, written = tmp_path / "out", ["--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json")]
