@@ -113,20 +113,23 @@ PY
       && HUB=/tmp/canary MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=canary STEPS=1 VERBOSE=1 "$self" run \
       || { echo "batch failed: canary"; exit 1; }
     rm -rf /tmp/canary
+    # Both architectures through the stages first (item 5), then item 6 on the 8B folder at the
+    # recipe's learning rate of 2e-7 (the one bf16 weights would lose), then LoRA.
     MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
-    # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing,
-    # Liger. A preset wins over params.yaml values, so this run spells out cr1-cosmos-rl's values
-    # (params.PRESETS) with checkpointing off instead of naming it.
-    MODEL=Cosmos-Reason1-7B PRESET=null TAG=cr1-bf16sr EXTRA="-S format.model_family=qwen2_5_vl \
-      -S format.system_prompt=true -S format.min_pixels=3136 -S format.max_pixels=40960 \
-      -S format.model_max_length=4096 -S train.lr=1e-6 -S train.schedule=constant -S train.warmup_steps=20 \
-      -S train.weight_decay=0.01 -S train.grad_clip=1.0 -S train.batch_size=4 -S train.grad_accum=8 \
-      -S train.gradient_checkpointing=false -S train.precision=bf16_stochastic -S train.fused_kernels=liger" \
-      "$self" run
     rm -rf "$HUB/Cosmos-Reason1-7B"
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
+    # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing,
+    # Liger. A preset wins over params.yaml values, so this run spells out cr2-qwen-finetune's
+    # values (params.PRESETS) with checkpointing off instead of naming it.
+    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr EXTRA="-S format.model_family=qwen3_vl \
+      -S format.system_prompt=false -S format.min_pixels=12544 -S format.max_pixels=451584 \
+      -S format.model_max_length=4096 -S train.lr=2e-7 -S train.schedule=cosine -S train.warmup_ratio=0.03 \
+      -S train.warmup_steps=null -S train.weight_decay=0.01 -S train.grad_clip=1.0 -S train.batch_size=2 \
+      -S train.grad_accum=8 -S train.gradient_checkpointing=false -S train.precision=bf16_stochastic \
+      -S train.fused_kernels=liger" \
+      "$self" run
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"
     ;;
