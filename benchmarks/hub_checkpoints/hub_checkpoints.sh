@@ -51,6 +51,13 @@ case "${1:-}" in
     git -C "$WORK" log --oneline -1
     cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
     python3 -m dvc config --local cache.type hardlink
+    # The card's dense bf16 matrix-product rate, the denominator of the report's measured MFU
+    mkdir -p "$OUT" && PYTHONPATH=benchmarks/train_throughput:$PYTHONPATH python3 -c "
+import json, sys, torch
+from train_throughput import matmul_peak
+json.dump({'device': torch.cuda.get_device_name(), 'torch': torch.__version__,
+           'bf16_matmul_tflops': round(matmul_peak('cuda') / 1e12, 1)}, open(sys.argv[1], 'w'))" "$OUT/matmul_peak.json"
+    cat "$OUT/matmul_peak.json"; echo
     # The data stages once (they do not depend on the model); every run below reuses them.
     time python3 -m dvc repro validate
     ;;

@@ -7,7 +7,8 @@ Each folder holds ``params.yaml`` as the experiment ran, ``metrics/`` (train.jso
 timing/infer.json, eval.json), ``curves/*.tsv`` (DVCLive) and ``dvc-exp-run.log``. Prints a
 markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing),
 the train stage's rates (samples/s, model TFLOP/s counted from the operations, MFU against the
-card's datasheet bf16 rate), its peak memory against the pre-check's estimate, minutes per 1,000
+card's datasheet bf16 rate and against its dense bf16 matrix-product rate measured on the same machine,
+``matmul_peak.json`` beside the run folders), its peak memory against the pre-check's estimate, minutes per 1,000
 samples, loss at the first and last step, and infer's images/s.
 """
 
@@ -24,8 +25,8 @@ from common import markdown_table
 from av_grounding.params import TrainParams, load
 
 HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "steps", "samples/s", "min / 1k samples",
-          "TFLOP/s (ops)", "MFU (datasheet)", "peak GiB", "estimated GiB", "loss first -> last", "infer images/s",
-          "exp run"]
+          "TFLOP/s (ops)", "MFU (datasheet)", "MFU (measured)", "peak GiB", "estimated GiB", "loss first -> last",
+          "infer images/s", "exp run"]
 
 
 def _json(path: Path) -> dict:
@@ -50,19 +51,21 @@ def _log(folder: Path) -> tuple[str, str]:
             f"exit {ended.group(1)}, {int(ended.group(2)) / 60:.1f} min" if ended else "did not end")
 
 
-def row(folder: Path) -> list:
-    """One table row of the run in ``folder``."""
+def row(folder: Path, matmul_tflops: float | None) -> list:
+    """One table row of the run in ``folder``; ``matmul_tflops`` is the card's measured dense bf16 rate."""
     preset = yaml.safe_load((folder / "params.yaml").read_text()).get("preset")
     train = load(TrainParams, "train", folder / "params.yaml")  # with the preset's values
     metrics = _json(folder / "metrics" / "train.json")
     timing = _json(folder / "metrics" / "timing" / "train.json")
     infer = _json(folder / "metrics" / "timing" / "infer.json")
     rate = timing.get("samples_per_s")
+    tflops = timing.get("model_tflops_per_s")
+    measured = f"{tflops / matmul_tflops:.3f}" if tflops and matmul_tflops else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
             train.precision, "yes" if train.gradient_checkpointing else "no",
             timing.get("steps_run", "-"), rate or "-", f"{1000 / rate / 60:.1f}" if rate else "-",
-            timing.get("model_tflops_per_s", "-"), timing.get("mfu_datasheet", "-"),
+            tflops or "-", timing.get("mfu_datasheet", "-"), measured,
             metrics.get("peak_gpu_memory_gib", "-"), estimate, _loss(folder),
             infer.get("final", {}).get("images_per_s", "-"), ended]
 
@@ -72,7 +75,8 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     args = parser.parse_args()
     folders = sorted(p for p in args.results.iterdir() if (p / "params.yaml").exists())
-    print("\n".join(markdown_table(HEADER, [row(folder) for folder in folders])))
+    matmul_tflops = _json(args.results / "matmul_peak.json").get("bf16_matmul_tflops")
+    print("\n".join(markdown_table(HEADER, [row(folder, matmul_tflops) for folder in folders])))
 
 
 if __name__ == "__main__":
