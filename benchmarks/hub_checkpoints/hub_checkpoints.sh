@@ -113,6 +113,12 @@ PY
     df -h . | tail -1
     exit "$code"
     ;;
+  speed)  # infer's generation at batch 1 and 8 on the published-shape folder, on the frames the last run formatted
+    # (random weights: every answer runs to the 64-token cap, so images/s is a floor for real answers)
+    cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    python3 benchmarks/infer_throughput/infer_throughput.py --model "$HUB/${MODEL:?}" --dataset data/dataset \
+      --frames 16 --batch-sizes 1,8 --max-new-tokens 64 --decodings dynamic --out "$OUT/infer-$MODEL.json"
+    ;;
   batch)  # every run of item 5, the most wanted first; one folder on disk at a time
     self=$(realpath "$0")
     "$self" setup || { echo "batch failed: setup"; exit 1; }
@@ -126,9 +132,11 @@ PY
     # recipe's learning rate of 2e-7 (the one bf16 weights would lose), then LoRA.
     MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
+    MODEL=Cosmos-Reason1-7B "$self" speed
     rm -rf "$HUB/Cosmos-Reason1-7B"
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
+    MODEL=Cosmos-Reason2-8B "$self" speed
     # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing,
     # Liger. A preset wins over params.yaml values, so this run spells out cr2-qwen-finetune's
     # values (params.PRESETS) with checkpointing off instead of naming it.
@@ -142,5 +150,5 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"
     ;;
-  *) echo "usage: $0 setup|build|run|batch" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|build|run|speed|batch" >&2; exit 2 ;;
 esac
