@@ -9,7 +9,9 @@ markdown table, one row per run: what ran (model folder, preset, LoRA, precision
 the train stage's rates (samples/s, model TFLOP/s counted from the operations, MFU against the
 card's datasheet bf16 rate and against its dense bf16 matrix-product rate measured on the same machine,
 ``matmul_peak.json`` beside the run folders), its peak memory against the pre-check's estimate, minutes per 1,000
-samples, loss at the first and last step, and infer's images/s.
+samples, loss at the first and last step, and infer's images/s. A second table gives the generation
+speed of each published-shape folder at batch 1 and batched (``infer-<model>.json``, from
+benchmarks/infer_throughput/infer_throughput.py).
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
             infer.get("final", {}).get("images_per_s", "-"), ended]
 
 
+SPEED_HEADER = ["model folder", "frames", "batch", "images/s", "tokens/s", "answers as at batch 1"]
+
+
+def speed_rows(results: Path) -> list[list]:
+    """One row per batch size of every ``infer-<model>.json`` in ``results``."""
+    rows = []
+    for path in sorted(results.glob("infer-*.json")):
+        report = _json(path)
+        rows += [[path.stem.removeprefix("infer-"), report["frames"], run["batch_size"], run["images_per_s"],
+                  run["tokens_per_s"], f"{run['answers_identical_to_first_run']}/{report['frames']}"]
+                 for run in report["runs"]]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
@@ -77,6 +93,9 @@ def main() -> None:
     folders = sorted(p for p in args.results.iterdir() if (p / "params.yaml").exists())
     matmul_tflops = _json(args.results / "matmul_peak.json").get("bf16_matmul_tflops")
     print("\n".join(markdown_table(HEADER, [row(folder, matmul_tflops) for folder in folders])))
+    speeds = speed_rows(args.results)
+    if speeds:
+        print("\n" + "\n".join(markdown_table(SPEED_HEADER, speeds)))
 
 
 if __name__ == "__main__":
