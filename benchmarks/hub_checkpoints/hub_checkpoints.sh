@@ -7,10 +7,11 @@
 #
 # Usage, on a GPU machine, from the repository root (each step can be its own call; state stays
 # under /tmp while the machine does):
-#   benchmarks/hub_checkpoints/hub_checkpoints.sh setup                       # wheels, a clone in /tmp/hubrun, the data stages
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh setup          # wheels, a clone in /tmp/hubrun, the card's matmul rate, the data stages
 #   MODEL=Cosmos-Reason1-7B benchmarks/hub_checkpoints/hub_checkpoints.sh build
 #   MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh run
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
+#   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
 # STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run; WEIGHTS
 # (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
