@@ -74,7 +74,7 @@ json.dump({'device': torch.cuda.get_device_name() if cuda else 'cpu', 'torch': t
   run)
     cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
     result=$OUT/${TAG:?}
-    mkdir -p "$result"
+    mkdir -p "$result/metrics"
     git checkout -- params.yaml  # each run from the committed params plus its own -S
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt"
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
@@ -90,7 +90,10 @@ json.dump({'device': torch.cuda.get_device_name() if cuda else 'cpu', 'torch': t
     python3 -m dvc exp run ${VERBOSE:+-v} -n "$TAG" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
     code=$?
     echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
-    cp params.yaml "$result/"; mkdir -p "$result/metrics" && cp -r metrics/*.json metrics/timing "$result/metrics/" 2>/dev/null
+    # only the metrics this run wrote: a stage that failed leaves the committed (CPU) files in place
+    cp params.yaml "$result/"
+    (cd metrics && find . -name '*.json' -newer "$result/gpu.txt" -exec cp --parents {} "$result/metrics/" \;) \
+      2>/dev/null || true
     mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
     ls -la data/train/model > "$result/final_model_files.txt" 2>&1
     tail -5 "$result/dvc-exp-run.log"

@@ -6,7 +6,12 @@ backward pass keeps per token in each decoder and vision block under bf16 autoca
 of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
 section 4.1, applied to the Qwen blocks: about 22 x hidden + 10 x MLP width bytes per token and
 block without checkpointing; with checkpointing, each block's fp32 input plus one block's
-working set). The estimate and the measured peak are compared in
+working set). Two parts come from the step's own choices: the bf16 copies of fp32 matmul weights
+that autocast makes and the backward keeps (``cast_bytes``; the train step turns autocast's
+weight cache off, which otherwise holds a copy of every weight until the forward ends: the 7B
+shape ran out of an H200 in its second step's forward that way, with gradients accumulating), and
+the fp32 scratch of the stochastic-rounding update (``update_scratch_bytes``), which is needed
+after the forward, not during it. The estimate and the measured peak are compared in
 benchmarks/hub_checkpoints/results/hub_checkpoints.md.
 """
 
@@ -22,20 +27,27 @@ ADAM_STATES = 2  # exp_avg and exp_avg_sq, each in the parameter's dtype
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a training step needs on one device, by part."""
+    """Bytes a training step needs on one device, by part. Weights, gradients (alive from the
+    second micro-batch of a step on) and optimizer state are held throughout; activations and
+    weight casts at the end of a forward, the update's scratch during the optimizer step, so the
+    peak takes the larger of the two."""
 
     weights: int
     gradients: int
     optimizer: int
     activations: int
+    casts: int = 0
+    update_scratch: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return (self.weights + self.gradients + self.optimizer
+                + max(self.activations + self.casts, self.update_scratch))
 
     def describe(self) -> str:
-        parts = ", ".join(f"{name} {getattr(self, name) / GIB:.1f}"
-                          for name in ("weights", "gradients", "optimizer", "activations"))
+        names = ("weights", "gradients", "optimizer", "activations", "casts", "update_scratch")
+        parts = ", ".join(f"{name.replace('_', ' ')} {getattr(self, name) / GIB:.1f}" for name in names
+                          if getattr(self, name) or name in names[:4])
         return f"{self.total / GIB:.1f} GiB ({parts} GiB)"
 
 
@@ -62,14 +74,52 @@ def activation_bytes(config, tokens: int, patches: int, labelled: int, checkpoin
     return kept + 10 * text.vocab_size * labelled
 
 
-def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: int) -> MemoryEstimate:
+def _fp32_matmul_weights(module) -> int:
+    """Elements of the fp32 ``nn.Linear`` weights inside ``module``."""
+    import torch
+
+    return sum(m.weight.numel() for m in module.modules()
+               if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32)
+
+
+def cast_bytes(model, checkpointing: bool) -> int:
+    """Bytes of the bf16 copies of fp32 matmul weights that bf16 autocast makes and the backward
+    keeps (2 bytes an element; 0 for bf16 weights), with autocast's weight cache off: every
+    linear layer's copy without checkpointing; with it, the copies outside the checkpointed
+    blocks (transformers' ``GradientCheckpointingLayer``: the output layer, the vision merger)
+    plus the largest block's while it is recomputed."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    everything = _fp32_matmul_weights(model)
+    if not checkpointing:
+        return 2 * everything
+    blocks = [_fp32_matmul_weights(m) for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    return 2 * (everything - sum(blocks) + max(blocks, default=0))
+
+
+UPDATE_SCRATCH_COPIES = 7  # fp32 gradient, weight, both moments and denominator; the noise and sum of rounding
+
+
+def update_scratch_bytes(model) -> int:
+    """Bytes that ``StochasticAdamW`` allocates while it updates its largest trainable tensor
+    (one tensor at a time, in fp32: ``UPDATE_SCRATCH_COPIES`` copies of 4 bytes an element)."""
+    largest = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
+    return UPDATE_SCRATCH_COPIES * 4 * largest
+
+
+def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: int, autocast: bool = True,
+             stochastic_update: bool = False) -> MemoryEstimate:
     """The memory of training ``model`` (loaded, its trainable parameters chosen) with AdamW on
-    micro-batches of ``tokens`` / ``patches`` / ``labelled`` positions (the largest batch)."""
+    micro-batches of ``tokens`` / ``patches`` / ``labelled`` positions (the largest batch), under
+    bf16 autocast when ``autocast``, updated by ``StochasticAdamW`` when ``stochastic_update``
+    (torch's fused AdamW, otherwise, needs no scratch of the parameters' size)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradients = sum(p.numel() * p.element_size() for p in trainable)
     return MemoryEstimate(weights, gradients, ADAM_STATES * gradients,
-                          activation_bytes(model.config, tokens, patches, labelled, checkpointing))
+                          activation_bytes(model.config, tokens, patches, labelled, checkpointing),
+                          cast_bytes(model, checkpointing) if autocast else 0,
+                          update_scratch_bytes(model) if stochastic_update else 0)
 
 
 def check_fits(needed: MemoryEstimate, available: int, device: str) -> None:
