@@ -26,7 +26,9 @@
 # with the same DVC). With hydra-core and omegaconf at the lock's versions (1.3.8, 2.3.1; the list
 # had 1.3.2, 2.3.0) and the sent tree committed, a last short call's verbose `dvc exp run` in a
 # fresh clone got past that point and started the stages. The canary of `batch` runs verbose to
-# show the traceback if it comes back.
+# show the traceback if it comes back. A third call (CANARY=0 STEPS=6) ran the stages on both
+# folders; each run ran out of memory in its second train step (autocast's weight cache, now off):
+# results/hub_checkpoints.md.
 set -uo pipefail
 WORK=${WORK:-/tmp/hubrun}
 HUB=${HUB:-/tmp/hub}
