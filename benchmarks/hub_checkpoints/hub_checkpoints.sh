@@ -52,7 +52,7 @@ case "${1:-}" in
     source benchmarks/env/device_checkout.sh || exit 1  # what was sent, committed
     rm -rf "$WORK" && git clone --quiet . "$WORK" || exit 1
     git -C "$WORK" log --oneline -1
-    cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    cd "$WORK" || exit 1; export PYTHONPATH=src:${PYTHONPATH:-}
     python3 -m dvc config --local cache.type hardlink
     # The card's dense bf16 matrix-product rate, the denominator of the report's measured MFU
     mkdir -p "$OUT" && PYTHONPATH=benchmarks/train_throughput:$PYTHONPATH python3 -c "
@@ -67,14 +67,14 @@ json.dump({'device': torch.cuda.get_device_name() if cuda else 'cpu', 'torch': t
     time python3 -m dvc repro validate
     ;;
   build)
-    cd "$WORK" 2>/dev/null; export PYTHONPATH=src:${PYTHONPATH:-}  # the clone: the checkout may be replaced meanwhile
+    cd "$WORK" || exit 1; export PYTHONPATH=src:${PYTHONPATH:-}  # the clone: the checkout may be replaced meanwhile
     mkdir -p "$HUB"
     time python3 -m av_grounding.models.hub "${MODEL:?}" "$HUB/$MODEL" --weights "${WEIGHTS:-full}" \
       --device "${DEVICE:-cuda}" --replace
     du -sh "$HUB/$MODEL"; ls "$HUB/$MODEL"
     ;;
   run)
-    cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    cd "$WORK" || exit 1; export PYTHONPATH=src:${PYTHONPATH:-}
     result=$OUT/${TAG:?}
     mkdir -p "$result/metrics"
     git checkout -- params.yaml  # each run from the committed params plus its own -S
@@ -96,7 +96,9 @@ json.dump({'device': torch.cuda.get_device_name() if cuda else 'cpu', 'torch': t
     cp params.yaml "$result/"
     (cd metrics && find . -name '*.json' -newer "$result/gpu.txt" -exec cp --parents {} "$result/metrics/" \;) \
       2>/dev/null || true
-    mkdir -p "$result/curves" && cp dvclive/train/plots/metrics/train/*.tsv "$result/curves/" 2>/dev/null
+    mkdir -p "$result/curves"  # likewise: the committed curves stay when train fails before DVCLive opens
+    find dvclive/train/plots/metrics/train -name '*.tsv' -newer "$result/gpu.txt" -exec cp {} "$result/curves/" \; \
+      2>/dev/null || true
     ls -la data/train/model > "$result/final_model_files.txt" 2>&1
     tail -5 "$result/dvc-exp-run.log"
     # 33-35 GB in fp32: room for the next run (the model's files leave the DVC cache too)
@@ -121,7 +123,7 @@ PY
     ;;
   speed)  # infer's generation at batch 1 and 8 on the published-shape folder, on the frames the last run formatted
     # (random weights: every answer runs to the 64-token cap, so images/s is a floor for real answers)
-    cd "$WORK" && export PYTHONPATH=src:${PYTHONPATH:-}
+    cd "$WORK" || exit 1; export PYTHONPATH=src:${PYTHONPATH:-}
     python3 benchmarks/infer_throughput/infer_throughput.py --model "$HUB/${MODEL:?}" --dataset data/dataset \
       --frames 16 --batch-sizes 1,8 --max-new-tokens 64 --decodings dynamic --out "$OUT/infer-$MODEL.json"
     ;;

@@ -168,10 +168,11 @@ class SingleProcessTrainer(Trainer):
         for index, host_batch in enumerate(micro_batches):
             batch = _to_device(host_batch, s.device)
             with self.accumulating(index, len(micro_batches)):
-                # No weight cache: it keeps a bf16 copy of every fp32 weight until the forward ends
-                # (14.4 GiB on the 7B shape, which ran an H200 out of memory in its second step,
-                # with weights, gradients and AdamW state held); the copies the backward needs are
-                # kept by autograd either way, and checkpointing recasts inside its recomputation.
+                # No weight cache: it keeps a bf16 copy of every trainable fp32 weight until the
+                # forward ends, also those checkpointing would drop (14.4 GiB on the 7B shape, which
+                # ran an H200 out of memory in its second step, with weights, gradients and AdamW
+                # state held). Without checkpointing autograd keeps the same copies anyway; turning
+                # the cache off adds no cast, since no weight is used twice in a forward.
                 with torch.autocast(device_type=s.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast,
                                     cache_enabled=False):
                     loss, _ = answer_loss(self.forward_model, batch)
@@ -393,8 +394,9 @@ def _setup_optimizer(model, params: TrainParams, process: Process, examples: lis
     else:
         # The fused AdamW on every device. On the CPU its square root is ATen's own (IEEE-exact),
         # where the plain one calls MKL's vector math, whose results depend on the CPU's vendor
-        # (numerics.py); on a GPU torch's default (foreach) allocates the denominator of every
-        # parameter at once, an fp32 copy of the trained weights (30.9 GiB on the 7B shape).
+        # (numerics.py); on a GPU it updates in place in one kernel per group, where the
+        # single-tensor loop used before allocated temporaries per tensor and launched several
+        # kernels per tensor.
         optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay, fused=True)
     plan = StepPlan(len(examples), params.batch_size, params.grad_accum, process.world, params.seed)
     if plan.per_step > len(examples):

@@ -8,7 +8,8 @@ section 4.1, applied to the Qwen blocks: about 22 x hidden + 10 x MLP width byte
 block without checkpointing; with checkpointing, each block's fp32 input plus one block's
 working set). Two parts come from the step's own choices: the bf16 copies of fp32 matmul weights
 that autocast makes and the backward keeps (``cast_bytes``; the train step turns autocast's
-weight cache off, which otherwise holds a copy of every weight until the forward ends: the 7B
+weight cache off, which otherwise holds a copy of every trainable fp32 weight until the forward
+ends, beside checkpointing, which would drop them: the 7B
 shape ran out of an H200 in its second step's forward that way, with gradients accumulating), and
 the fp32 scratch of the stochastic-rounding update (``update_scratch_bytes``), which is needed
 after the forward, not during it. The estimate and the measured peak are compared in
@@ -97,14 +98,16 @@ def cast_bytes(model, checkpointing: bool) -> int:
     return 2 * (everything - sum(blocks) + max(blocks, default=0))
 
 
-UPDATE_SCRATCH_COPIES = 7  # fp32 gradient, weight, both moments and denominator; the noise and sum of rounding
+# fp32 gradient, weight, both moments and denominator (5 x 4), then inside stochastic_round the
+# noise (4), the isfinite mask (1), the masked sum (4) and torch.where's result (4)
+UPDATE_SCRATCH_BYTES = 33
 
 
 def update_scratch_bytes(model) -> int:
     """Bytes that ``StochasticAdamW`` allocates while it updates its largest trainable tensor
-    (one tensor at a time, in fp32: ``UPDATE_SCRATCH_COPIES`` copies of 4 bytes an element)."""
+    (one tensor at a time: ``UPDATE_SCRATCH_BYTES`` an element, traced op by op)."""
     largest = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
-    return UPDATE_SCRATCH_COPIES * 4 * largest
+    return UPDATE_SCRATCH_BYTES * largest
 
 
 def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: int, autocast: bool = True,
@@ -112,7 +115,7 @@ def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: in
     """The memory of training ``model`` (loaded, its trainable parameters chosen) with AdamW on
     micro-batches of ``tokens`` / ``patches`` / ``labelled`` positions (the largest batch), under
     bf16 autocast when ``autocast``, updated by ``StochasticAdamW`` when ``stochastic_update``
-    (torch's fused AdamW, otherwise, needs no scratch of the parameters' size)."""
+    (torch's fused AdamW, otherwise, updates in place)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradients = sum(p.numel() * p.element_size() for p in trainable)
