@@ -13,7 +13,7 @@
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
-# STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run; WEIGHTS
+# SPEED=0 skips the speed steps of `batch`. STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run; WEIGHTS
 # (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
 # DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
@@ -142,11 +142,11 @@ PY
     # recipe's learning rate of 2e-7 (the one bf16 weights would lose), then LoRA.
     MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
-    MODEL=Cosmos-Reason1-7B "$self" speed
+    [ "${SPEED:-1}" != 0 ] && MODEL=Cosmos-Reason1-7B "$self" speed
     rm -rf "$HUB/Cosmos-Reason1-7B"
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
-    MODEL=Cosmos-Reason2-8B "$self" speed
+    [ "${SPEED:-1}" != 0 ] && MODEL=Cosmos-Reason2-8B "$self" speed
     # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing,
     # Liger. A preset wins over params.yaml values, so this run spells out cr2-qwen-finetune's
     # values (params.PRESETS) with checkpointing off instead of naming it.
