@@ -12,6 +12,7 @@
 #   MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh run
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
+#   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
 # SPEED=0 skips the speed steps of `batch`. STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run; WEIGHTS
 # (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
@@ -100,6 +101,7 @@ json.dump({'device': torch.cuda.get_device_name() if cuda else 'cpu', 'torch': t
     find dvclive/train/plots/metrics/train -name '*.tsv' -newer "$result/gpu.txt" -exec cp {} "$result/curves/" \; \
       2>/dev/null || true
     ls -la data/train/model > "$result/final_model_files.txt" 2>&1
+    cp data/train/cosmos-rl/cosmos-rl.log data/train/cosmos-rl/run.toml "$result/" 2>/dev/null
     tail -5 "$result/dvc-exp-run.log"
     # 33-35 GB in fp32: room for the next run (the model's files leave the DVC cache too)
     python3 - <<'PY'
@@ -126,6 +128,15 @@ PY
     cd "$WORK" || exit 1; export PYTHONPATH=src:${PYTHONPATH:-}
     python3 benchmarks/infer_throughput/infer_throughput.py --model "$HUB/${MODEL:?}" --dataset data/dataset \
       --frames 16 --batch-sizes 1,8 --max-new-tokens 64 --decodings dynamic --out "$OUT/infer-$MODEL.json"
+    ;;
+  cosmos)  # the cosmos-rl backend on the 7B folder, in its own environment (.whl/cosmos, carried in a
+    # call of its own: with .whl/project it passes the carry limit); needs setup's clone
+    source benchmarks/env/cosmos_rl_env.sh
+    [ -n "$COSMOS_RL" ] || { echo "no cosmos-rl: fetch its wheels into .whl/cosmos"; exit 1; }
+    self=$(realpath "$0")
+    [ -d "$HUB/Cosmos-Reason1-7B" ] || MODEL=Cosmos-Reason1-7B "$self" build || exit 1
+    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-cosmos-rl EXTRA="-S train.backend=cosmos-rl \
+      -S train.cosmos_rl_executable=$COSMOS_RL -S train.save_every=${STEPS:-10} ${EXTRA:-}" "$self" run
     ;;
   batch)  # every run of item 5, the most wanted first; one folder on disk at a time
     self=$(realpath "$0")
@@ -160,5 +171,5 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"
     ;;
-  *) echo "usage: $0 setup|build|run|speed|batch" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|build|run|speed|cosmos|batch" >&2; exit 2 ;;
 esac
