@@ -135,8 +135,10 @@ PY
     [ -n "$COSMOS_RL" ] || { echo "no cosmos-rl: fetch its wheels into .whl/cosmos"; exit 1; }
     self=$(realpath "$0")
     [ -d "$HUB/Cosmos-Reason1-7B" ] || MODEL=Cosmos-Reason1-7B "$self" build || exit 1
+    # cosmos-rl writes a resumable checkpoint (weights and AdamW state, about 100 GB for the 7B) at
+    # the last step whatever save_freq says; its log keeps the step times if the disk runs out.
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-cosmos-rl EXTRA="-S train.backend=cosmos-rl \
-      -S train.cosmos_rl_executable=$COSMOS_RL -S train.save_every=${STEPS:-10} ${EXTRA:-}" "$self" run
+      -S train.cosmos_rl_executable=$COSMOS_RL ${EXTRA:-}" "$self" run
     ;;
   batch)  # every run of item 5, the most wanted first; one folder on disk at a time
     self=$(realpath "$0")

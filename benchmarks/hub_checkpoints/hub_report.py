@@ -6,12 +6,12 @@ benchmarks/hub_checkpoints/hub_checkpoints.sh writes (one per TAG):
 Each folder holds ``params.yaml`` as the experiment ran, ``metrics/`` (train.json, timing/train.json,
 timing/infer.json, eval.json), ``curves/*.tsv`` (DVCLive) and ``dvc-exp-run.log``. Prints a
 markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing),
-the train stage's rates (samples/s, model TFLOP/s counted from the operations, MFU against the
-card's datasheet bf16 rate and against its dense bf16 matrix-product rate measured on the same machine,
-``matmul_peak.json`` beside the run folders), its peak memory against the pre-check's estimate, minutes per 1,000
-samples, loss at the first and last step, and infer's images/s. A second table gives the generation
-speed of each published-shape folder at batch 1 and batched (``infer-<model>.json``, from
-benchmarks/infer_throughput/infer_throughput.py).
+the train stage's rates over the steps after the first (samples/s, model TFLOP/s counted from the
+operations, MFU against the card's datasheet bf16 rate and against its dense bf16 matrix-product
+rate measured on the same machine, ``matmul_peak.json`` beside the run folders), its peak memory
+against the pre-check's estimate, minutes per 1,000 samples, loss at the first and last step,
+and infer's images/s. A second table gives the generation speed of each published-shape folder at
+batch 1 and batched (``infer-<model>.json``, from benchmarks/infer_throughput/infer_throughput.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from common import markdown_table
 
 from av_grounding.params import TrainParams, load
 
-HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "steps", "samples/s", "min / 1k samples",
+HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "steps", "samples/s (steps 2+)", "min / 1k samples",
           "TFLOP/s (ops)", "MFU (datasheet)", "MFU (measured)", "peak GiB", "estimated GiB", "loss first -> last",
           "infer images/s", "exp run"]
 
@@ -53,6 +53,20 @@ def _log(folder: Path) -> tuple[str, str]:
             f"exit {ended.group(1)}, {int(ended.group(2)) / 60:.1f} min" if ended else "did not end")
 
 
+def steady_rates(timing: dict) -> tuple[float | None, float | None]:
+    """(samples/s, model TFLOP/s) over the steps after the first (its CUDA start, allocator growth
+    and first kernel launches are not the steady state), from ``timing/train.json``'s per-step
+    columns; the run's overall rates where it made one step only."""
+    per_step = timing.get("per_step", {})
+    seconds = per_step.get("seconds", [])[1:]
+    if not seconds or sum(seconds) <= 0:
+        return timing.get("samples_per_s"), timing.get("model_tflops_per_s")
+    samples = sum(rate * s for rate, s in zip(per_step["samples_per_s"][1:], seconds))
+    tflops = per_step.get("model_tflops_per_s", [])[1:]
+    work = None if not tflops or None in tflops else sum(t * s for t, s in zip(tflops, seconds))
+    return round(samples / sum(seconds), 3), (round(work / sum(seconds), 2) if work is not None else None)
+
+
 def row(folder: Path, matmul_tflops: float | None) -> list:
     """One table row of the run in ``folder``; ``matmul_tflops`` is the card's measured dense bf16 rate."""
     preset = yaml.safe_load((folder / "params.yaml").read_text()).get("preset")
@@ -60,8 +74,7 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
     metrics = _json(folder / "metrics" / "train.json")
     timing = _json(folder / "metrics" / "timing" / "train.json")
     infer = _json(folder / "metrics" / "timing" / "infer.json")
-    rate = timing.get("samples_per_s")
-    tflops = timing.get("model_tflops_per_s")
+    rate, tflops = steady_rates(timing)
     measured = f"{tflops / matmul_tflops:.3f}" if tflops and matmul_tflops else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
