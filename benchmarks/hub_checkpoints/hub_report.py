@@ -76,11 +76,13 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
     infer = _json(folder / "metrics" / "timing" / "infer.json")
     rate, tflops = steady_rates(timing)
     measured = f"{tflops / matmul_tflops:.3f}" if tflops and matmul_tflops else "-"
+    overall, datasheet = timing.get("model_tflops_per_s"), timing.get("mfu_datasheet")  # the datasheet peak
+    datasheet = f"{tflops * datasheet / overall:.3f}" if tflops and overall and datasheet else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
             train.precision, "yes" if train.gradient_checkpointing else "no",
             timing.get("steps_run", "-"), rate or "-", f"{1000 / rate / 60:.1f}" if rate else "-",
-            tflops or "-", timing.get("mfu_datasheet", "-"), measured,
+            tflops or "-", datasheet, measured,
             metrics.get("peak_gpu_memory_gib", "-"), estimate, _loss(folder),
             infer.get("final", {}).get("images_per_s", "-"), ended]
 
