@@ -29,7 +29,9 @@
 # fresh clone got past that point and started the stages. The canary of `batch` runs verbose to
 # show the traceback if it comes back. A third call (CANARY=0 STEPS=6) ran the stages on both
 # folders; each run ran out of memory in its second train step (autocast's weight cache, now off):
-# results/hub_checkpoints.md.
+# results/hub_checkpoints.md. A second call (the fix in) ran the 7B folder through every stage
+# (results/second-call/). The device tool empties $OUT at the start of every call, so a batch that
+# spans calls writes to a folder of its own (OUT=/tmp/out) and each call copies it to the call's $OUT.
 set -uo pipefail
 WORK=${WORK:-/tmp/hubrun}
 HUB=${HUB:-/tmp/hub}
