@@ -14,8 +14,8 @@
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
-# SPEED=0 skips the speed steps of `batch`. STEPS (10), INFER_BATCH (8) and EXTRA (more -S overrides, word-split) change a run; WEIGHTS
-# (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
+# SPEED=0 skips the speed steps of `batch`. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
+# overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
 # DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
 # On the device machine of this workplace the dependencies come as wheels in .whl/project

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 from common import markdown_table
 
+from av_grounding.models.flops import DATASHEET_BF16, mfu
 from av_grounding.params import TrainParams, load
 
 HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "steps", "samples/s (steps 2+)", "min / 1k samples",
@@ -76,8 +77,8 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
     infer = _json(folder / "metrics" / "timing" / "infer.json")
     rate, tflops = steady_rates(timing)
     measured = f"{tflops / matmul_tflops:.3f}" if tflops and matmul_tflops else "-"
-    overall, datasheet = timing.get("model_tflops_per_s"), timing.get("mfu_datasheet")  # the datasheet peak
-    datasheet = f"{tflops * datasheet / overall:.3f}" if tflops and overall and datasheet else "-"
+    peak = DATASHEET_BF16.get(timing.get("device", ""))
+    datasheet = f"{mfu(tflops * 1e12, 1.0, peak):.3f}" if tflops and peak else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
             train.precision, "yes" if train.gradient_checkpointing else "no",
