@@ -14,7 +14,7 @@
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
-# SPEED=0 skips the speed steps of `batch`. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
+# SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
 # DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
@@ -155,10 +155,12 @@ PY
     rm -rf /tmp/canary
     # Both architectures through the stages first (item 5), then item 6 on the 8B folder at the
     # recipe's learning rate of 2e-7 (the one bf16 weights would lose), then LoRA.
-    MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
-    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
-    [ "${SPEED:-1}" != 0 ] && MODEL=Cosmos-Reason1-7B "$self" speed
-    rm -rf "$HUB/Cosmos-Reason1-7B"
+    if [ "${CR1:-1}" != 0 ]; then  # CR1=0: the 7B run is already measured (results/second-call/)
+      MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
+      MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full "$self" run
+      [ "${SPEED:-1}" != 0 ] && MODEL=Cosmos-Reason1-7B "$self" speed
+      rm -rf "$HUB/Cosmos-Reason1-7B"
+    fi
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
     [ "${SPEED:-1}" != 0 ] && MODEL=Cosmos-Reason2-8B "$self" speed
