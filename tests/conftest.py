@@ -41,6 +41,13 @@ TINY = tuple(name for name in BUILTIN_MODELS if name.startswith("tiny-"))
 TRAINING_FORMAT = FormatParams(prompts=str(REPO / "prompts/av_grounding.yaml"), eval_clips=1)
 
 
+def safetensors_weights(folder: Path) -> dict:
+    """Every tensor of a model folder's safetensors files (one file or shards), by name."""
+    from safetensors.torch import load_file
+
+    return {name: tensor for shard in sorted(folder.glob("*.safetensors")) for name, tensor in load_file(shard).items()}
+
+
 def format_for(model: str) -> FormatParams:
     """TRAINING_FORMAT with the model family of a built-in model name (train checks they agree)."""
     import dataclasses

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TRAINING_FORMAT
+from conftest import TRAINING_FORMAT, safetensors_weights
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -144,7 +144,8 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind, system_prompt=False)
     dataset = tmp_path / "dataset"
     format_dataset(fmt, curated[0] / "filtered", curated[0] / "extracted", dataset)
-    params = TrainParams(model=str(folder), max_steps=2, batch_size=2, save_every=0, lora=kind == "qwen3_vl")
+    lora = kind == "qwen3_vl"
+    params = TrainParams(model=str(folder), max_steps=2, batch_size=2, save_every=1 if lora else 0, lora=lora)
     # A dataset formatted for the other architecture is refused before anything is written.
     other = {"qwen2_5_vl": "qwen3_vl", "qwen3_vl": "qwen2_5_vl"}[kind]
     wrong = tmp_path / "wrong"
@@ -160,6 +161,10 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     merged = load_model(model)
     assert merged.tokenizer.chat_template == (TRL_TEMPLATES / f"{kind}.jinja").read_text()
     assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    if lora:  # step 1's checkpoint, merged in a host copy, has the final model's tensors
+        [checkpoint] = (tmp_path / "train" / "checkpoints").iterdir()
+        saved, final = (safetensors_weights(where) for where in (checkpoint, model))
+        assert saved.keys() == final.keys()
     columns = infer(InferParams(max_new_tokens=8, batch_size=4, zero_shot=False, checkpoints="none"), fmt, dataset,
                     tmp_path / "train", tmp_path / "predictions")
     assert list(columns) == ["final"]

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from av_grounding.params import ParamsError, TrainParams
+from av_grounding.training import optim
 from av_grounding.training.optim import StochasticAdamW, stochastic_round
 
 
@@ -49,7 +50,10 @@ def test_rounding_is_exact_in_expectation_and_keeps_non_finite_values():
         stochastic_round(torch.ones(3, dtype=torch.bfloat16))
 
 
-def test_fp32_parameters_get_torchs_adamw_update():
+@pytest.mark.parametrize("chunk", [optim.UPDATE_CHUNK, 7])
+def test_fp32_parameters_get_torchs_adamw_update(chunk, monkeypatch):
+    """Whole and in pieces of 7 elements (the update is elementwise: pieces change nothing)."""
+    monkeypatch.setattr(optim, "UPDATE_CHUNK", chunk)
     torch.manual_seed(0)
     ours, reference = torch.nn.Parameter(torch.randn(50, 30)), torch.nn.Parameter(torch.empty(50, 30))
     reference.data.copy_(ours.data)
@@ -63,12 +67,13 @@ def test_fp32_parameters_get_torchs_adamw_update():
     torch.testing.assert_close(ours.data, reference.data, rtol=1e-6, atol=1e-7)
 
 
-def test_an_update_far_below_bf16_resolution_survives_in_expectation():
+def test_an_update_far_below_bf16_resolution_survives_in_expectation(monkeypatch):
     """The recipe's lr 2e-7 on weights of 1.0 (bf16 step there: 2^-8 down, 2^-7 up). Adam's first
     step moves each weight by lr (gradient direction), 1/19,500 of the step down: rounding to
     nearest (torch's AdamW on bf16) drops every update, stochastic rounding moves about one weight
     in 19,500 by the full step, and the mean weight by lr."""
     n, lr = 2_000_000, 2e-7
+    monkeypatch.setattr(optim, "UPDATE_CHUNK", 1 << 20)  # two pieces, each rounded with its own noise
     ours = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
     nearest = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
     for p in (ours, nearest):

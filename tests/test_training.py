@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TRAINING_FORMAT, format_for
+from conftest import TINY, TRAINING_FORMAT, format_for, safetensors_weights
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from av_grounding import numerics
@@ -63,6 +63,30 @@ def test_tiny_model_loads_through_auto_classes_with_qwen_special_ids(tiny):
     for token, index in SPECIAL_TOKENS.items():
         assert loaded.tokenizer.convert_tokens_to_ids(token) == index
     assert loaded.model.config.image_token_id == SPECIAL_TOKENS["<|image_pad|>"]
+
+
+def test_a_lora_checkpoint_merges_a_host_copy_and_the_final_model_merges_in_place(tiny):
+    """A checkpoint's merge leaves the model in training untouched and allocates no second copy
+    on its device; it holds the same tensors as the final in-place merge."""
+    from av_grounding.training.hf import _merged, trainable_parameters
+
+    model = trainable_parameters(load_model(tiny).model, TrainParams(lora=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # zero at the start: a merge would change nothing
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    live = {name: p.detach().clone() for name, p in model.named_parameters()}
+    checkpoint = _merged(model)
+    assert not any("lora" in name for name, _ in checkpoint.named_parameters())
+    assert all(torch.equal(p, live[name]) for name, p in model.named_parameters())  # adapters kept, unchanged
+    pointers = {p.data_ptr() for p in model.parameters()}
+    assert not pointers & {p.data_ptr() for p in checkpoint.parameters()}
+    final = _merged(model, in_place=True)
+    ours, theirs = checkpoint.state_dict(), final.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    base = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v
+            for k, v in live.items() if "lora_" not in k}
+    assert base.keys() <= ours.keys() and not all(torch.equal(ours[k], base[k]) for k in base)  # adapters merged
 
 
 def trl_training_template(model_type: str) -> str:
@@ -220,9 +244,7 @@ def test_timing_record_rates_and_datasheet_mfu():
 
 
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model" / "model.safetensors"))
+    return safetensors_weights(folder / "model")
 
 
 def test_a_curve_a_kill_left_behind_is_cut_back_to_the_checkpoint(tmp_path):

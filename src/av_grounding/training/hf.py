@@ -93,10 +93,21 @@ def lr_at(step: int, total: int, params: TrainParams) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _merged(model):
-    """What a checkpoint stores: the whole model, LoRA adapters merged into a copy. (A LoRA run
-    resumes from merged weights with fresh adapters: close to, not exactly, an uninterrupted run.)"""
-    return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+def _merged(model, in_place: bool = False):
+    """What a checkpoint or the final model stores: the whole model, LoRA adapters merged. The
+    final model merges in place (training is over); a checkpoint merges a copy made in host
+    memory, so the device never holds the model twice (a GPU copy of the 8B folder's fp32
+    weights raised the measured peak by 26 GiB). (A LoRA run resumes from merged weights with
+    fresh adapters: close to, not exactly, an uninterrupted run.)"""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    if in_place:
+        return model.merge_and_unload()
+    on_host: dict[int, torch.Tensor] = {id(p): torch.nn.Parameter(p.detach().to("cpu", copy=True),
+                                                                  requires_grad=p.requires_grad)
+                                        for p in model.parameters()}
+    on_host.update({id(b): b.detach().to("cpu", copy=True) for b in model.buffers()})
+    return copy.deepcopy(model, on_host).merge_and_unload()
 
 
 @dataclass
@@ -194,8 +205,9 @@ class SingleProcessTrainer(Trainer):
                     source=s.loaded.source)
 
     def save_model(self, folder: Path) -> None:
-        save_folder(_merged(self.setup.model), self.setup.loaded.tokenizer, self.setup.loaded.image_processor, folder,
-                    source=self.setup.loaded.source)
+        s = self.setup
+        save_folder(_merged(s.model, in_place=True), s.loaded.tokenizer, s.loaded.image_processor, folder,
+                    source=s.loaded.source)
 
     def resume(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_FILE, weights_only=False, map_location="cpu")  # not rank 0's GPU
@@ -452,8 +464,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: 
     model.train()
     trainer.train(step_loader(encoder, examples, plan, process.rank, trainer.step, total, workers,
                               pin_memory=process.device != "cpu"))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # before the save merges LoRA in place
     trainer.save_model(output / "model")
-    trainable = [p for p in model.parameters() if p.requires_grad]
     return {"steps": total, "samples": len(examples), "samples_over_max_length": len(over_budget),
             "nonfinite_steps_skipped": trainer.nonfinite_steps,
             "trainable_parameters": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainable),

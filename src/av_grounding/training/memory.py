@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..params import ParamsError
+from .optim import UPDATE_CHUNK
 
 GIB = 2**30
 ADAM_STATES = 2  # exp_avg and exp_avg_sq, each in the parameter's dtype
@@ -104,10 +105,11 @@ UPDATE_SCRATCH_BYTES = 33
 
 
 def update_scratch_bytes(model) -> int:
-    """Bytes that ``StochasticAdamW`` allocates while it updates its largest trainable tensor
-    (one tensor at a time: ``UPDATE_SCRATCH_BYTES`` an element, traced op by op)."""
+    """Bytes that ``StochasticAdamW`` allocates while it updates its largest piece (one piece of
+    at most ``UPDATE_CHUNK`` elements at a time: ``UPDATE_SCRATCH_BYTES`` an element, traced op
+    by op)."""
     largest = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
-    return UPDATE_SCRATCH_BYTES * largest
+    return UPDATE_SCRATCH_BYTES * min(largest, UPDATE_CHUNK)
 
 
 def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: int, autocast: bool = True,

@@ -23,7 +23,9 @@ optimizer's own generator on the parameters' device, seeded from ``train.seed`` 
 ``state_dict()`` by device type, so a resumed run draws the same noise as an uninterrupted one;
 in data parallel every process draws the same noise (same seed, same stream), so the replicas
 stay equal, and every process resumes from rank 0's saved state. fp32 parameters get the plain
-update (no rounding): then it equals ``torch.optim.AdamW``.
+update (no rounding): then it equals ``torch.optim.AdamW``. A tensor is updated in pieces of
+``UPDATE_CHUNK`` elements, so the fp32 scratch stays near half a GiB whatever the largest tensor
+(Cosmos-Reason2-8B's 622M-element embedding would otherwise need 19 GiB of it at once).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 
+UPDATE_CHUNK = 1 << 24  # elements a step updates at a time (training/memory.py counts its scratch)
 _LOW_BITS = 1 << 16  # the fp32 mantissa bits that bf16 drops
 _HIGH_MASK = -_LOW_BITS  # 0xFFFF0000 as a signed 32-bit integer
 
@@ -108,17 +111,29 @@ class StochasticAdamW(torch.optim.Optimizer):
                 decay: float) -> None:
         """``torch.optim.AdamW``'s single-tensor update in fp32, stored back with stochastic
         rounding where the storage is bf16."""
-        step = state["step"]
         assert p.grad is not None  # step() updates only parameters with a gradient
-        grad = p.grad.float()
-        weight, exp_avg, exp_avg_sq = p.float(), state["exp_avg"].float(), state["exp_avg_sq"].float()
+        tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+        if not all(t.is_contiguous() for t in tensors):  # no flat views: the whole tensor at once
+            self._update_piece(*tensors, state["step"], lr, beta1, beta2, eps, decay)
+            return
+        flat = [t.view(-1) for t in tensors]
+        for start in range(0, p.numel(), UPDATE_CHUNK):
+            self._update_piece(*(t[start:start + UPDATE_CHUNK] for t in flat), state["step"], lr, beta1, beta2,
+                               eps, decay)
+
+    def _update_piece(self, p: torch.Tensor, grad: torch.Tensor, exp_avg_stored: torch.Tensor,
+                      exp_avg_sq_stored: torch.Tensor, step: int, lr: float, beta1: float, beta2: float, eps: float,
+                      decay: float) -> None:
+        """The update of one piece (views of the parameter, its gradient and moments)."""
+        grad = grad.float()
+        weight, exp_avg, exp_avg_sq = p.float(), exp_avg_stored.float(), exp_avg_sq_stored.float()
         weight.mul_(1 - lr * decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias1, bias2 = 1 - beta1**step, 1 - beta2**step
         denominator = (exp_avg_sq.sqrt() / bias2**0.5).add_(eps)
         weight.addcdiv_(exp_avg, denominator, value=-lr / bias1)
-        for stored, value in ((p, weight), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq)):
+        for stored, value in ((p, weight), (exp_avg_stored, exp_avg), (exp_avg_sq_stored, exp_avg_sq)):
             if stored.dtype == torch.bfloat16:
                 stored.copy_(stochastic_round(value, self._generator(stored.device)))
             else:
