@@ -14,6 +14,7 @@
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100
 # SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
@@ -177,5 +178,20 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"
     ;;
-  *) echo "usage: $0 setup|build|run|speed|cosmos|batch" >&2; exit 2 ;;
+  batch80)  # the 8B runs that fit an 80 GB H100 (full fine-tuning in fp32 needs 134 GiB): bf16
+    # weights with stochastically rounded updates at lr 2e-7 and checkpointing, then LoRA
+    self=$(realpath "$0")
+    "$self" setup || { echo "batch failed: setup"; exit 1; }
+    MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
+    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr-ckpt EXTRA="-S format.model_family=qwen3_vl \
+      -S format.system_prompt=false -S format.min_pixels=12544 -S format.max_pixels=451584 \
+      -S format.model_max_length=4096 -S train.lr=2e-7 -S train.schedule=cosine -S train.warmup_ratio=0.03 \
+      -S train.warmup_steps=null -S train.weight_decay=0.01 -S train.grad_clip=1.0 -S train.batch_size=2 \
+      -S train.grad_accum=8 -S train.gradient_checkpointing=true -S train.precision=bf16_stochastic \
+      -S train.fused_kernels=liger" \
+      "$self" run
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run
+    echo "batch done"
+    ;;
+  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80" >&2; exit 2 ;;
 esac
