@@ -9,7 +9,15 @@ import torch
 
 from av_grounding.models import hub
 from av_grounding.params import ParamsError
-from av_grounding.training.memory import GIB, UPDATE_SCRATCH_BYTES, MemoryEstimate, cast_bytes, check_fits, estimate
+from av_grounding.training.memory import (
+    GIB,
+    UPDATE_SCRATCH_BYTES,
+    WORKSPACE_BYTES,
+    MemoryEstimate,
+    cast_bytes,
+    check_fits,
+    estimate,
+)
 from av_grounding.training.optim import UPDATE_CHUNK
 
 
@@ -48,10 +56,12 @@ def test_the_7b_run_that_ran_out_of_memory_is_estimated_with_its_weight_casts():
     assert 2 * output_layer < cast_bytes(model, checkpointing=True) < 2 * GIB
     run = {"tokens": 1840, "patches": 720, "labelled": 1104}
     without_casts = estimate(model, checkpointing=True, autocast=False, **run)
-    assert without_casts.casts == 0 and round(without_casts.total / GIB, 1) == 126.4  # the run's log
+    assert without_casts.casts == 0  # the run's log: 126.4 GiB, before the workspace was counted
+    assert round((without_casts.total - WORKSPACE_BYTES) / GIB, 1) == 126.4
     needed = estimate(model, checkpointing=True, **run)
     assert needed.casts == cast_bytes(model, checkpointing=True)
-    assert round(needed.total / GIB, 1) == 127.9
+    # the second 7B run (the casts counted, the same largest micro-batch) peaked at 128.09 GiB
+    assert round((needed.total - WORKSPACE_BYTES) / GIB, 1) == 127.9 < 128.09 < needed.total / GIB
 
 
 def test_bf16_weights_have_no_casts_and_the_stochastic_update_needs_scratch_after_the_forward():
@@ -61,7 +71,7 @@ def test_bf16_weights_have_no_casts_and_the_stochastic_update_needs_scratch_afte
     largest = max(p.numel() for p in model.parameters())
     assert needed.update_scratch == UPDATE_SCRATCH_BYTES * largest
     # scratch and activations are not alive together: the peak takes the larger one
-    static = needed.weights + needed.gradients + needed.optimizer
+    static = needed.weights + needed.gradients + needed.optimizer + WORKSPACE_BYTES
     assert needed.total == static + max(needed.activations, needed.update_scratch)
     parameters = sum(p.numel() for p in model.parameters())
     assert (needed.weights, needed.gradients, needed.optimizer) == (2 * parameters, 2 * parameters, 4 * parameters)

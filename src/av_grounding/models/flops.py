@@ -56,7 +56,7 @@ ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl")
 # Dense (no sparsity) bf16 tensor-core FLOP/s from the vendor's datasheet, by
 # torch.cuda.get_device_name(): the peak MFU divides by where the card is known (the throughput
 # benchmark, and the train stage's timing file under bf16 autocast).
-DATASHEET_BF16 = {"NVIDIA H200": 989e12}  # H200 SXM
+DATASHEET_BF16 = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12}  # both SXM: 1,979 with 2:4 sparsity
 
 
 @dataclass(frozen=True)
