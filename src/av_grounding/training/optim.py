@@ -112,14 +112,13 @@ class StochasticAdamW(torch.optim.Optimizer):
         """``torch.optim.AdamW``'s single-tensor update in fp32, stored back with stochastic
         rounding where the storage is bf16."""
         assert p.grad is not None  # step() updates only parameters with a gradient
-        tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
-        if not all(t.is_contiguous() for t in tensors):  # no flat views: the whole tensor at once
-            self._update_piece(*tensors, state["step"], lr, beta1, beta2, eps, decay)
-            return
-        flat = [t.view(-1) for t in tensors]
-        for start in range(0, p.numel(), UPDATE_CHUNK):
-            self._update_piece(*(t[start:start + UPDATE_CHUNK] for t in flat), state["step"], lr, beta1, beta2,
-                               eps, decay)
+        tensors = [p, p.grad, state["exp_avg"], state["exp_avg_sq"]]
+        if all(t.is_contiguous() for t in tensors):  # else no flat views: the whole tensor at once
+            tensors = [t.view(-1) for t in tensors]
+        piece = UPDATE_CHUNK if tensors[0].dim() == 1 else p.numel()
+        for start in range(0, p.numel(), piece):
+            weight, grad, exp_avg, exp_avg_sq = (t[start:start + piece] if piece < p.numel() else t for t in tensors)
+            self._update_piece(weight, grad, exp_avg, exp_avg_sq, state["step"], lr, beta1, beta2, eps, decay)
 
     def _update_piece(self, p: torch.Tensor, grad: torch.Tensor, exp_avg_stored: torch.Tensor,
                       exp_avg_sq_stored: torch.Tensor, step: int, lr: float, beta1: float, beta2: float, eps: float,
