@@ -89,6 +89,20 @@ def test_a_lora_checkpoint_merges_a_host_copy_and_the_final_model_merges_in_plac
     assert base.keys() <= ours.keys() and not all(torch.equal(ours[k], base[k]) for k in base)  # adapters merged
 
 
+def test_a_resumed_optimizer_keeps_the_fused_update_of_an_older_checkpoint():
+    """Checkpoints written before the fused AdamW saved ``fused: False``; resuming keeps fused."""
+    from av_grounding.training.hf import load_optimizer_state
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.AdamW([weight], lr=1e-3, foreach=False)
+    weight.grad = torch.ones(3)
+    old.step()
+    optimizer = torch.optim.AdamW([weight], lr=1e-3, fused=True)
+    load_optimizer_state(optimizer, old.state_dict())
+    assert optimizer.param_groups[0]["fused"] and not optimizer.param_groups[0]["foreach"]
+    assert torch.equal(optimizer.state[weight]["exp_avg"], old.state[weight]["exp_avg"])
+
+
 def trl_training_template(model_type: str) -> str:
     """TRL's training variant of the published template ({% generation %} around the assistant turn)."""
     import importlib.util

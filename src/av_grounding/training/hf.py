@@ -110,6 +110,18 @@ def _merged(model, in_place: bool = False):
     return copy.deepcopy(model, on_host).merge_and_unload()
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping the implementation this run chose: torch
+    restores a group's ``fused`` / ``foreach`` flags from the checkpoint, so a checkpoint written
+    before the fused AdamW would switch a resumed run back to the single-tensor update (on the CPU,
+    MKL's vendor-dependent square root: numerics.py)."""
+    flags: tuple[str, ...] = ("fused", "foreach")
+    chosen = [{key: group[key] for key in flags if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(kept)
+
+
 @dataclass
 class Setup:
     """Everything both execution paths share."""
@@ -211,7 +223,7 @@ class SingleProcessTrainer(Trainer):
 
     def resume(self, checkpoint: Path) -> None:
         state = torch.load(checkpoint / STATE_FILE, weights_only=False, map_location="cpu")  # not rank 0's GPU
-        self.setup.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.setup.optimizer, state["optimizer"])
         self.setup.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.nonfinite_steps = state["step"], state["nonfinite_steps"]
