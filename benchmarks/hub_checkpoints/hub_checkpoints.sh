@@ -15,7 +15,8 @@
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100
-# SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
+#   MICRO="4 8 16" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh sweep  # train's rate by micro-batch (item 6)
+# SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run; TARGET (a stage) stops a run there. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
 # DVC cache hardlinks (no second copy) and a run frees its model from workspace and cache.
@@ -46,6 +47,20 @@ if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   export PATH=/tmp/bin:$PATH
 fi
 cores=$(nproc)
+
+# A preset's values as -S overrides, for runs that change one of them: a preset named in
+# params.yaml replaces the values -S writes there, so such a run names no preset (PRESET=null) and
+# spells the preset out, then its own changes (later -S win). save_every stays the run step's 0.
+preset_args() {
+  PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python3 -c "
+import sys
+from av_grounding.params import PRESETS
+for section, values in PRESETS[sys.argv[1]].items():
+    for key, value in values.items():
+        if key != 'save_every':
+            print(f'-S {section}.{key}=' + ('null' if value is None else str(value).lower() if isinstance(value, bool) else str(value)))
+" "$1"
+}
 
 case "${1:-}" in
   setup)
@@ -93,7 +108,7 @@ json.dump({'device': torch.cuda.get_device_name() if cuda else 'cpu', 'torch': t
       ${EXTRA:-}
     )
     start=$SECONDS
-    python3 -m dvc exp run ${VERBOSE:+-v} -n "$TAG" "${params[@]}" > "$result/dvc-exp-run.log" 2>&1
+    python3 -m dvc exp run ${VERBOSE:+-v} -n "$TAG" "${params[@]}" ${TARGET:-} > "$result/dvc-exp-run.log" 2>&1
     code=$?
     echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$result/dvc-exp-run.log"
     # only the metrics this run wrote: a stage that failed leaves the committed (CPU) files in place
@@ -166,14 +181,9 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
     [ "${SPEED:-1}" != 0 ] && MODEL=Cosmos-Reason2-8B "$self" speed
     # item 6: the same run with bf16 weights and stochastically rounded updates, no checkpointing,
-    # Liger. A preset wins over params.yaml values, so this run spells out cr2-qwen-finetune's
-    # values (params.PRESETS) with checkpointing off instead of naming it.
-    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr EXTRA="-S format.model_family=qwen3_vl \
-      -S format.system_prompt=false -S format.min_pixels=12544 -S format.max_pixels=451584 \
-      -S format.model_max_length=4096 -S train.lr=2e-7 -S train.schedule=cosine -S train.warmup_ratio=0.03 \
-      -S train.warmup_steps=null -S train.weight_decay=0.01 -S train.grad_clip=1.0 -S train.batch_size=2 \
-      -S train.grad_accum=8 -S train.gradient_checkpointing=false -S train.precision=bf16_stochastic \
-      -S train.fused_kernels=liger" \
+    # Liger (cr2-qwen-finetune spelled out: preset_args).
+    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr EXTRA="$(preset_args cr2-qwen-finetune) \
+      -S train.gradient_checkpointing=false -S train.precision=bf16_stochastic -S train.fused_kernels=liger" \
       "$self" run
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"
@@ -183,15 +193,24 @@ PY
     self=$(realpath "$0")
     "$self" setup || { echo "batch failed: setup"; exit 1; }
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
-    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr-ckpt EXTRA="-S format.model_family=qwen3_vl \
-      -S format.system_prompt=false -S format.min_pixels=12544 -S format.max_pixels=451584 \
-      -S format.model_max_length=4096 -S train.lr=2e-7 -S train.schedule=cosine -S train.warmup_ratio=0.03 \
-      -S train.warmup_steps=null -S train.weight_decay=0.01 -S train.grad_clip=1.0 -S train.batch_size=2 \
-      -S train.grad_accum=8 -S train.gradient_checkpointing=true -S train.precision=bf16_stochastic \
-      -S train.fused_kernels=liger" \
+    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr-ckpt EXTRA="$(preset_args cr2-qwen-finetune) \
+      -S train.precision=bf16_stochastic -S train.fused_kernels=liger" \
       "$self" run
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run
     echo "batch done"
     ;;
-  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80" >&2; exit 2 ;;
+  sweep)  # item 6: the train stage's rate against the micro-batch, at the preset's samples a step
+    # (MODEL, default the 7B folder; PRESET, default cr1-cosmos-rl: 32 samples a step; MICRO: the
+    # micro-batches, default 4 8 16). Train only (`dvc exp run train`); needs setup's clone.
+    self=$(realpath "$0")
+    model=${MODEL:-Cosmos-Reason1-7B} preset=${PRESET:-cr1-cosmos-rl}
+    [ -d "$HUB/$model" ] || MODEL=$model "$self" build || exit 1
+    per_step=$(PYTHONPATH=src python3 -c "from av_grounding.params import PRESETS as P; t = P['$preset']['train']; print(t['batch_size'] * t['grad_accum'])")
+    for micro in ${MICRO:-4 8 16}; do
+      MODEL=$model PRESET=null TAG=sweep-$preset-mb$micro TARGET=train STEPS=${STEPS:-5} \
+        EXTRA="$(preset_args "$preset") -S train.batch_size=$micro -S train.grad_accum=$((per_step / micro)) ${EXTRA:-}" \
+        "$self" run
+    done
+    ;;
+  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80|sweep" >&2; exit 2 ;;
 esac
