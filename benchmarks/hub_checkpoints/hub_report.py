@@ -5,7 +5,8 @@ benchmarks/hub_checkpoints/hub_checkpoints.sh writes (one per TAG):
 
 Each folder holds ``params.yaml`` as the experiment ran, ``metrics/`` (train.json, timing/train.json,
 timing/infer.json, eval.json), ``curves/*.tsv`` (DVCLive) and ``dvc-exp-run.log``. Prints a
-markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing),
+markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing,
+samples a micro-batch x micro-batches a step),
 the train stage's rates over the steps after the first (samples/s, model TFLOP/s counted from the
 operations, MFU against the card's datasheet bf16 rate and against its dense bf16 matrix-product
 rate measured on the same machine, ``matmul_peak.json`` beside the run folders), its peak memory
@@ -27,7 +28,7 @@ from common import markdown_table
 from av_grounding.models.flops import DATASHEET_BF16, mfu
 from av_grounding.params import TrainParams, load
 
-HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "steps", "samples/s (steps 2+)", "min / 1k samples",
+HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "micro x accum", "steps", "samples/s (steps 2+)", "min / 1k samples",
           "TFLOP/s (ops)", "MFU (datasheet)", "MFU (measured)", "peak GiB", "estimated GiB", "loss first -> last",
           "infer images/s", "exp run"]
 
@@ -81,7 +82,7 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
     datasheet = f"{mfu(tflops * 1e12, 1.0, peak):.3f}" if tflops and peak else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
-            train.precision, "yes" if train.gradient_checkpointing else "no",
+            train.precision, "yes" if train.gradient_checkpointing else "no", f"{train.batch_size} x {train.grad_accum}",
             timing.get("steps_run", "-"), rate or "-", f"{1000 / rate / 60:.1f}" if rate else "-",
             tflops or "-", datasheet, measured,
             metrics.get("peak_gpu_memory_gib", "-"), estimate, _loss(folder),
