@@ -28,9 +28,9 @@ from common import markdown_table
 from av_grounding.models.flops import DATASHEET_BF16, mfu
 from av_grounding.params import TrainParams, load
 
-HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "micro x accum", "steps", "samples/s (steps 2+)", "min / 1k samples",
-          "TFLOP/s (ops)", "MFU (datasheet)", "MFU (measured)", "peak GiB", "estimated GiB", "loss first -> last",
-          "infer images/s", "exp run"]
+HEADER = ["run", "model", "preset", "trains", "precision", "ckpt", "micro x accum", "steps", "samples/s (steps 2+)",
+          "min / 1k samples", "TFLOP/s (ops)", "MFU (datasheet)", "MFU (measured)", "peak GiB", "estimated GiB",
+          "loss first -> last", "infer images/s", "exp run"]
 
 
 def _json(path: Path) -> dict:
@@ -82,7 +82,8 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
     datasheet = f"{mfu(tflops * 1e12, 1.0, peak):.3f}" if tflops and peak else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
-            train.precision, "yes" if train.gradient_checkpointing else "no", f"{train.batch_size} x {train.grad_accum}",
+            train.precision, "yes" if train.gradient_checkpointing else "no",
+            f"{train.batch_size} x {train.grad_accum}",
             timing.get("steps_run", "-"), rate or "-", f"{1000 / rate / 60:.1f}" if rate else "-",
             tflops or "-", datasheet, measured,
             metrics.get("peak_gpu_memory_gib", "-"), estimate, _loss(folder),
