@@ -14,7 +14,7 @@ shape ran out of an H200 in its second step's forward that way, with gradients a
 the fp32 scratch of the stochastic-rounding update (``update_scratch_bytes``), which is needed
 after the forward, not during it. A fixed ``WORKSPACE_BYTES`` covers what no part counts
 (library workspaces, the allocator's rounding, the loss's temporaries): without it the estimate
-fell 0.19 GiB short of the 7B folder's measured peak on an H200 and 0.10 GiB short of the 8B
+fell 0.17 GiB short of the 7B folder's measured peak on an H200 and 0.10 GiB short of the 8B
 folder's stochastic-rounding run on an H100. The estimate and the measured peak are compared in
 benchmarks/hub_checkpoints/results/hub_checkpoints.md.
 """
@@ -28,7 +28,7 @@ from .optim import UPDATE_CHUNK
 
 GIB = 2**30
 ADAM_STATES = 2  # exp_avg and exp_avg_sq, each in the parameter's dtype
-WORKSPACE_BYTES = GIB // 2  # beside the counted parts: the measured peaks ran 0.10-0.19 GiB above them
+WORKSPACE_BYTES = GIB // 2  # beside the counted parts: the measured peaks ran 0.10-0.17 GiB above them
 
 
 @dataclass(frozen=True)
