@@ -14,7 +14,7 @@
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
-#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100 (LoRA, sweep)
 #   MICRO="4 8 16" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh sweep  # train's rate by micro-batch (item 6)
 # SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run; TARGET (a stage) stops a run there. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
@@ -188,15 +188,16 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run  # the preset's lr, 2e-7
     echo "batch done"
     ;;
-  batch80)  # the 8B runs that fit an 80 GB H100 (full fine-tuning in fp32 needs 134 GiB): bf16
-    # weights with stochastically rounded updates at lr 2e-7 and checkpointing, then LoRA
+  batch80)  # the 8B runs that fit an 80 GB H100 (full fine-tuning in fp32 needs 134 GiB), train only:
+    # LoRA (its peak with the in-place merge), then the micro-batch sweep of bf16 weights with
+    # stochastically rounded updates at lr 2e-7 and checkpointing. (Its first version, at f67281f,
+    # ran the bf16 run at 2 x 8 through every stage, then LoRA: results/h100-calls/second/.)
     self=$(realpath "$0")
     "$self" setup || { echo "batch failed: setup"; exit 1; }
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
-    MODEL=Cosmos-Reason2-8B PRESET=null TAG=cr2-bf16sr-ckpt EXTRA="$(preset_args cr2-qwen-finetune) \
-      -S train.precision=bf16_stochastic -S train.fused_kernels=liger" \
-      "$self" run
-    MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true "$self" run
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true TARGET=train "$self" run
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune MICRO="${MICRO:-2 4 8}" \
+      EXTRA="-S train.precision=bf16_stochastic -S train.fused_kernels=liger" "$self" sweep
     echo "batch done"
     ;;
   sweep)  # item 6: the train stage's rate against the micro-batch, at the preset's samples a step
