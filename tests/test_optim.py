@@ -67,6 +67,20 @@ def test_fp32_parameters_get_torchs_adamw_update(chunk, monkeypatch):
     torch.testing.assert_close(ours.data, reference.data, rtol=1e-6, atol=1e-7)
 
 
+def test_a_gradient_with_other_strides_is_updated_in_pieces_as_torch_does(monkeypatch):
+    monkeypatch.setattr(optim, "UPDATE_CHUNK", 7)
+    torch.manual_seed(1)
+    ours, reference = torch.nn.Parameter(torch.randn(20, 30)), torch.nn.Parameter(torch.empty(20, 30))
+    reference.data.copy_(ours.data)
+    a, b = StochasticAdamW([ours], lr=1e-2), torch.optim.AdamW([reference], lr=1e-2, weight_decay=0.01, foreach=False)
+    for _ in range(3):
+        grad = torch.randn(30, 20).t()  # transposed: not contiguous
+        ours.grad, reference.grad = grad, grad.clone()
+        a.step()
+        b.step()
+    torch.testing.assert_close(ours.data, reference.data, rtol=1e-6, atol=1e-7)
+
+
 def test_an_update_far_below_bf16_resolution_survives_in_expectation(monkeypatch):
     """The recipe's lr 2e-7 on weights of 1.0 (bf16 step there: 2^-8 down, 2^-7 up). Adam's first
     step moves each weight by lr (gradient direction), 1/19,500 of the step down: rounding to

@@ -100,6 +100,8 @@ def test_a_resumed_optimizer_keeps_the_fused_update_of_an_older_checkpoint():
     optimizer = torch.optim.AdamW([weight], lr=1e-3, fused=True)
     load_optimizer_state(optimizer, old.state_dict())
     assert optimizer.param_groups[0]["fused"] and not optimizer.param_groups[0]["foreach"]
+    # torch placed the step as for the fused update (on a GPU: the parameter's device, not the CPU)
+    assert optimizer.state[weight]["step"].device == weight.device
     assert torch.equal(optimizer.state[weight]["exp_avg"], old.state[weight]["exp_avg"])
 
 

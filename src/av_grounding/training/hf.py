@@ -97,8 +97,10 @@ def _merged(model, in_place: bool = False):
     """What a checkpoint or the final model stores: the whole model, LoRA adapters merged. The
     final model merges in place (training is over); a checkpoint merges a copy made in host
     memory, so the device never holds the model twice (a GPU copy of the 8B folder's fp32
-    weights raised the measured peak by 26 GiB). (A LoRA run resumes from merged weights with
-    fresh adapters: close to, not exactly, an uninterrupted run.)"""
+    weights raised the measured peak by 26 GiB). The host merge of bf16 weights computes the
+    adapters' product in fp32 (PEFT on the CPU), so a checkpoint of a GPU run can differ in the
+    last bit from a GPU merge. (A LoRA run resumes from merged weights with fresh adapters: close
+    to, not exactly, an uninterrupted run.)"""
     if not hasattr(model, "merge_and_unload"):
         return model
     if in_place:
@@ -114,12 +116,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """``optimizer.load_state_dict(state)`` keeping the implementation this run chose: torch
     restores a group's ``fused`` / ``foreach`` flags from the checkpoint, so a checkpoint written
     before the fused AdamW would switch a resumed run back to the single-tensor update (on the CPU,
-    MKL's vendor-dependent square root: numerics.py)."""
+    MKL's vendor-dependent square root: numerics.py). The flags go into the state before it is
+    loaded, because torch places each loaded ``step`` by them (on the parameter's device for the
+    fused update)."""
     flags: tuple[str, ...] = ("fused", "foreach")
     chosen = [{key: group[key] for key in flags if key in group} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kept in zip(optimizer.param_groups, chosen, strict=True):
-        group.update(kept)
+    groups = [{**saved, **kept} for saved, kept in zip(state["param_groups"], chosen, strict=True)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 @dataclass

@@ -110,15 +110,19 @@ class StochasticAdamW(torch.optim.Optimizer):
     def _update(self, p: torch.Tensor, state: dict[str, Any], lr: float, beta1: float, beta2: float, eps: float,
                 decay: float) -> None:
         """``torch.optim.AdamW``'s single-tensor update in fp32, stored back with stochastic
-        rounding where the storage is bf16."""
+        rounding where the storage is bf16: in pieces of ``UPDATE_CHUNK`` elements where the
+        parameter is contiguous (a gradient with other strides is copied contiguous first), the
+        whole tensor at once otherwise."""
         assert p.grad is not None  # step() updates only parameters with a gradient
-        tensors = [p, p.grad, state["exp_avg"], state["exp_avg_sq"]]
+        grad = p.grad if p.grad.is_contiguous() or not p.is_contiguous() else p.grad.contiguous()
+        tensors = [p, grad, state["exp_avg"], state["exp_avg_sq"]]
         if all(t.is_contiguous() for t in tensors):  # else no flat views: the whole tensor at once
             tensors = [t.view(-1) for t in tensors]
         piece = UPDATE_CHUNK if tensors[0].dim() == 1 else p.numel()
         for start in range(0, p.numel(), piece):
-            weight, grad, exp_avg, exp_avg_sq = (t[start:start + piece] if piece < p.numel() else t for t in tensors)
-            self._update_piece(weight, grad, exp_avg, exp_avg_sq, state["step"], lr, beta1, beta2, eps, decay)
+            weight, gradient, exp_avg, exp_avg_sq = (t[start:start + piece] if piece < p.numel() else t
+                                                     for t in tensors)
+            self._update_piece(weight, gradient, exp_avg, exp_avg_sq, state["step"], lr, beta1, beta2, eps, decay)
 
     def _update_piece(self, p: torch.Tensor, grad: torch.Tensor, exp_avg_stored: torch.Tensor,
                       exp_avg_sq_stored: torch.Tensor, step: int, lr: float, beta1: float, beta2: float, eps: float,
