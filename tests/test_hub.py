@@ -161,7 +161,7 @@ def test_a_published_checkpoint_trains_infers_and_is_scored(published, curated, 
     merged = load_model(model)
     assert merged.tokenizer.chat_template == (TRL_TEMPLATES / f"{kind}.jinja").read_text()
     assert not any("lora" in name for name, _ in merged.model.named_parameters())
-    if lora:  # step 1's checkpoint, merged in a host copy, has the final model's tensors
+    if lora:  # step 1's checkpoint, merged in a host copy, has the final model's tensor names (no adapters)
         [checkpoint] = (tmp_path / "train" / "checkpoints").iterdir()
         saved, final = (safetensors_weights(where) for where in (checkpoint, model))
         assert saved.keys() == final.keys()

@@ -55,6 +55,8 @@ preset_args() {
   PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python3 -c "
 import sys
 from av_grounding.params import PRESETS
+if sys.argv[1] not in PRESETS:
+    sys.exit(f'hub_checkpoints.sh: unknown preset {sys.argv[1]!r}, known: {sorted(PRESETS)}')
 for section, values in PRESETS[sys.argv[1]].items():
     for key, value in values.items():
         if key != 'save_every':
@@ -205,6 +207,7 @@ PY
     # micro-batches, default 4 8 16). Train only (`dvc exp run train`); needs setup's clone.
     self=$(realpath "$0")
     model=${MODEL:-Cosmos-Reason1-7B} preset=${PRESET:-cr1-cosmos-rl}
+    preset_args "$preset" > /dev/null || exit 2
     [ -d "$HUB/$model" ] || MODEL=$model "$self" build || exit 1
     per_step=$(PYTHONPATH=src python3 -c "from av_grounding.params import PRESETS as P; t = P['$preset']['train']; print(t['batch_size'] * t['grad_accum'])")
     for micro in ${MICRO:-4 8 16}; do
