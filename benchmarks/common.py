@@ -96,13 +96,14 @@ def device_time(events) -> tuple[float, float]:
 
 
 ATTENTION_KERNEL_WORDS = ("attention", "flash", "fmha", "sdpa")
+# Calls that make the host wait for the device: a tensor's value read on the host (``.item()``,
+# ``.tolist()``, ``int()``), a data-dependent shape (``nonzero``), explicit synchronisations.
+HOST_SYNC_CALLS = ("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+                   "cudaEventSynchronize")
 
 
 def profile_summary(work, device: str) -> dict:
-    """GPU busy time of one call of ``work()`` against its wall time, the top kernels, the host operators
-    that launched the most device time, and the attention kernels launched (train_throughput.py and
-    infer_throughput.py). Device time counts each kernel once (``device_time``); the summary of
-    before issue 24 also added each host operator's share of its kernels, about twice the truth."""
+    """``summarize_profile`` of one call of ``work()`` (train_throughput.py and infer_throughput.py)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
@@ -111,21 +112,38 @@ def profile_summary(work, device: str) -> dict:
     with profile(activities=activities) as prof:
         work()
         synchronize(device)
-    wall = time.perf_counter() - started
+    return summarize_profile(prof, time.perf_counter() - started)
+
+
+def summarize_profile(prof, wall: float) -> dict:
+    """GPU busy time of a finished ``torch.profiler.profile`` against ``wall`` seconds, the top
+    kernels, the host operators that launched the most device time, the most host time (self and
+    within annotated spans such as ``Optimizer.step`` or a DataLoader's ``__next__``), the GPU-side
+    spans of those annotations, and the attention kernels launched. Device time counts each
+    kernel once (``device_time``); the summary of before issue 24 also added each host operator's
+    share of its kernels, about twice the truth."""
     kernel_s, busy = device_time(prof.events())
     averages = prof.key_averages()
     kernels = sorted((e for e in averages if is_device_work(e)), key=lambda e: -e.self_device_time_total)
     operators = sorted((e for e in averages if e.device_type.name == "CPU" and not e.is_user_annotation),
                        key=lambda e: -e.self_device_time_total)
+    spans = [e for e in averages if e.is_user_annotation]
     attention = sum(e.count for e in kernels if any(w in e.key.lower() for w in ATTENTION_KERNEL_WORDS))
+    syncs = {e.key: e.count for e in averages if e.key in HOST_SYNC_CALLS}
+
+    def rows(events, field: str, unit: str) -> list[dict]:
+        return [{"name": e.key[:80], unit: round(getattr(e, field) / 1e3, 2), "calls": e.count} for e in events[:12]]
+
     return {"wall_s": round(wall, 4), "gpu_busy_s": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
             "gpu_kernel_s": round(kernel_s, 4), "attention_kernels": attention, "kernel_kinds": len(kernels),
-            "top_kernels": [{"name": e.key[:80], "gpu_ms": round(e.self_device_time_total / 1e3, 2),
-                             "calls": e.count} for e in kernels[:12]],
-            "top_operators_by_gpu_time": [{"name": e.key[:80], "gpu_ms": round(e.self_device_time_total / 1e3, 2),
-                                           "calls": e.count} for e in operators[:12]],
-            "top_host_calls": [{"name": e.key[:80], "cpu_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": e.count}
-                               for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:12]]}
+            "host_sync_calls": syncs, "top_kernels": rows(kernels, "self_device_time_total", "gpu_ms"),
+            "top_operators_by_gpu_time": rows(operators, "self_device_time_total", "gpu_ms"),
+            "top_host_calls": rows(sorted(averages, key=lambda e: -e.self_cpu_time_total), "self_cpu_time_total",
+                                   "cpu_ms"),
+            "annotated_host_spans": rows(sorted((e for e in spans if e.device_type.name == "CPU"),
+                                                key=lambda e: -e.cpu_time_total), "cpu_time_total", "cpu_ms"),
+            "annotated_gpu_spans": rows(sorted((e for e in spans if e.device_type.name != "CPU"),
+                                               key=lambda e: -e.device_time_total), "device_time_total", "gpu_ms")}
 
 
 def write_json(path: str | Path, report: dict) -> None:

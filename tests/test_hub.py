@@ -230,3 +230,29 @@ def test_the_writer_refuses_a_folder_with_files_and_a_file(tmp_path, capsys):
     assert hub.main(["Cosmos-Reason1-7B", str(tmp_path / "afile")]) == 2
     assert "not a folder name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]
+
+
+def test_the_train_profile_benchmark_profiles_the_stages_steps_and_saves_no_model(published, curated, tmp_path):
+    """benchmarks/hub_checkpoints/profile_train.py on a CPU: two steps, then one profiled, whose
+    optimizer update shows as an annotated span; the run stops before a model is saved."""
+    import subprocess
+    import sys
+
+    kind, folder = published
+    fmt = dataclasses.replace(TRAINING_FORMAT, model_family=kind, system_prompt=False)
+    format_dataset(fmt, curated[0] / "filtered", curated[0] / "extracted", tmp_path / "dataset")
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"train": {"model": str(folder), "batch_size": 2, "loader_workers": 0},
+                                  "format": {**dataclasses.asdict(fmt), "prompts": str(fmt.prompts)}}))
+    out, work = tmp_path / "profile.json", tmp_path / "work"
+    script = Path(__file__).resolve().parents[1] / "benchmarks/hub_checkpoints/profile_train.py"
+    subprocess.run([sys.executable, str(script), "--params", str(params), "--dataset", str(tmp_path / "dataset"),
+                    "--work", str(work), "--active", "1", "-S", "train.grad_accum=2", "--out", str(out)],
+                   check=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert [s["step"] for s in report["steps"]] == [1, 2, 3] and report["grad_accum"] == 2
+    assert len(report["optimizer_s"]) == 3 and report["profiled_steps"] == 1
+    profile = report["profile"]
+    assert profile["wall_s"] > 0 and profile["gpu_busy_s"] == 0
+    assert any(span["name"].startswith("Optimizer.step") for span in profile["annotated_host_spans"])
+    assert not (work / "model").exists()

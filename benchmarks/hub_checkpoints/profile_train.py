@@ -1,0 +1,149 @@
+"""Where the `train` stage's step time goes (issue 24, item 6): the hf backend's own steps
+(``training.hf.train_hf``, the stage's code path) under ``torch.profiler``.
+
+It reads the train and format sections of a params file (``dvc exp run`` leaves the run's own in
+the workspace, presets and ``-S`` overrides applied), trains on format's output for ``--wait``
+unprofiled steps (CUDA start, allocator growth, first kernel launches) and then ``--active``
+profiled ones, and stops there: no model is saved. It writes one JSON file:
+
+- ``steps``: every step's wall seconds, samples, tokens and model TFLOP/s (the stage's timing);
+- ``optimizer_s``: each step's optimizer update, timed between two device synchronisations;
+- ``profile``: ``common.summarize_profile`` of the profiled steps (GPU busy share, top kernels,
+  host operators, annotated spans: ``Optimizer.step``, the DataLoader's ``__next__``).
+
+Usage, on the GPU machine, after a ``dvc exp run`` that formatted the data for the model
+(``hub_checkpoints.sh profile`` does both):
+
+    PYTHONPATH=src:benchmarks python benchmarks/hub_checkpoints/profile_train.py \\
+        -S train.batch_size=8 -S train.grad_accum=2 --out /tmp/out/profile-mb8.json
+
+A CPU run with a tiny folder tries the flow (``tests/test_hub.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
+from common import command_line, device_name, summarize_profile, synchronize, write_json  # noqa: E402
+
+from av_grounding.params import FormatParams, TrainParams, load  # noqa: E402
+from av_grounding.training.config import resolved  # noqa: E402
+from av_grounding.training.hf import train_hf  # noqa: E402
+from av_grounding.training.loop import HookBase, StepResult  # noqa: E402
+
+
+class ProfiledEnough(Exception):
+    """Raised after the last profiled step: the run ends there, before saving a model."""
+
+
+class ProfileHook(HookBase):
+    """Profiles steps ``wait + 1`` to ``wait + active`` (1-based) and stops the run after them."""
+
+    def __init__(self, wait: int, active: int):
+        self.wait, self.active = wait, active
+        self.steps: list[dict] = []
+        self.profiler: torch.profiler.profile | None = None
+        self.started = 0.0
+        self.summary: dict | None = None
+
+    def after_step(self, trainer, result: StepResult) -> None:
+        self.steps.append({"step": result.step, "seconds": round(result.seconds, 4), "samples": result.samples,
+                           "tokens": result.tokens, "model_tflops": round(result.flops / result.seconds / 1e12, 2),
+                           "loss": round(result.loss, 4)})
+        print(self.steps[-1], flush=True)
+        if result.step == self.wait:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if trainer.device.startswith("cuda"):
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            synchronize(trainer.device)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.start()
+            self.started = time.perf_counter()
+        elif result.step == self.wait + self.active and self.profiler is not None:
+            synchronize(trainer.device)
+            wall = time.perf_counter() - self.started
+            self.profiler.stop()
+            self.summary = summarize_profile(self.profiler, wall)
+            raise ProfiledEnough
+
+
+def timed_optimizer_steps(device: str) -> list[float]:
+    """Seconds of every optimizer update from now on, between two device synchronisations (wraps
+    ``step`` of torch's AdamW and of ``StochasticAdamW``; the synchronisations cost the step
+    whatever overlap it had, which the profile's own figures do not)."""
+    from av_grounding.training.optim import StochasticAdamW
+
+    seconds: list[float] = []
+    for cls in (torch.optim.AdamW, StochasticAdamW):
+        plain = cls.step
+
+        def step(self, *args, _plain=plain, **kwargs):
+            synchronize(device)
+            started = time.perf_counter()
+            out = _plain(self, *args, **kwargs)
+            synchronize(device)
+            seconds.append(round(time.perf_counter() - started, 4))
+            return out
+
+        cls.step = step
+    return seconds
+
+
+def overrides(pairs: list[str]) -> dict[str, dict]:
+    """``section.key=value`` strings as {section: {key: value}} (values parsed as YAML)."""
+    out: dict[str, dict] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        section, _, name = key.partition(".")
+        if not name or section not in ("train", "format"):
+            raise SystemExit(f"-S {pair}: expected train.<key>=<value> or format.<key>=<value>")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("-S", dest="set", action="append", default=[], help="section.key=value (train, format)")
+    parser.add_argument("--dataset", default="data/dataset", help="format's output folder")
+    parser.add_argument("--work", default="/tmp/profile-train", help="the training folder (emptied first)")
+    parser.add_argument("--wait", type=int, default=2, help="steps before the profiled ones")
+    parser.add_argument("--active", type=int, default=2, help="profiled steps")
+    parser.add_argument("--out", required=True, help="the JSON file written")
+    args = parser.parse_args()
+    changes = overrides(args.set)
+    params = load(TrainParams, "train", args.params, {**changes.get("train", {}),
+                                                      "max_steps": args.wait + args.active + 1, "save_every": 0})
+    fmt = load(FormatParams, "format", args.params, changes.get("format"))
+    params = resolved(params)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)  # no resume from an earlier profile
+    hook = ProfileHook(args.wait, args.active)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    optimizer_s = timed_optimizer_steps(device)
+    try:
+        train_hf(params, fmt, Path(params.model), Path(args.dataset), work, [hook])
+    except ProfiledEnough:
+        pass
+    if hook.summary is None:
+        raise SystemExit(f"{args.out}: the run ended after {len(hook.steps)} steps, before the profiled ones")
+    write_json(args.out, {
+        "command": command_line(__file__), "device": device_name(device), "torch": torch.__version__,
+        "model": params.model, "precision": params.precision, "gradient_checkpointing": params.gradient_checkpointing,
+        "fused_kernels": params.fused_kernels, "batch_size": params.batch_size, "grad_accum": params.grad_accum,
+        "max_pixels": fmt.max_pixels, "loader_workers": params.loader_workers,
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "steps": hook.steps, "optimizer_s": optimizer_s, "profiled_steps": args.active, "profile": hook.summary})
+    print(f"wrote {args.out}: GPU busy {hook.summary['gpu_busy_share']} of {hook.summary['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()
