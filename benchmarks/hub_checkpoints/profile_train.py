@@ -23,6 +23,7 @@ A CPU run with a tiny folder tries the flow (``tests/test_hub.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import time
@@ -32,12 +33,12 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import command_line, device_name, summarize_profile, synchronize, write_json  # noqa: E402
+from common import command_line, device_name, summarize_profile, synchronize, write_json
 
-from av_grounding.params import FormatParams, TrainParams, load  # noqa: E402
-from av_grounding.training.config import resolved  # noqa: E402
-from av_grounding.training.hf import train_hf  # noqa: E402
-from av_grounding.training.loop import HookBase, StepResult  # noqa: E402
+from av_grounding.params import FormatParams, TrainParams, load
+from av_grounding.training.config import resolved
+from av_grounding.training.hf import train_hf
+from av_grounding.training.loop import HookBase, StepResult
 
 
 class ProfiledEnough(Exception):
@@ -129,10 +130,8 @@ def main() -> None:
     hook = ProfileHook(args.wait, args.active)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     optimizer_s = timed_optimizer_steps(device)
-    try:
+    with contextlib.suppress(ProfiledEnough):
         train_hf(params, fmt, Path(params.model), Path(args.dataset), work, [hook])
-    except ProfiledEnough:
-        pass
     if hook.summary is None:
         raise SystemExit(f"{args.out}: the run ended after {len(hook.steps)} steps, before the profiled ones")
     write_json(args.out, {
