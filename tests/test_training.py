@@ -23,7 +23,7 @@ from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.models.builtin import BUILTIN_MODELS, SPECIAL_TOKENS, build_builtin, split_name
 from av_grounding.models.generate import generate
-from av_grounding.models.inputs import IGNORE, Encoder, collate
+from av_grounding.models.inputs import IGNORE, Encoder, answer_loss, collate
 from av_grounding.models.loading import load_model
 from av_grounding.params import ParamsError, TrainParams
 from av_grounding.pipeline.train import LaunchError, train
@@ -150,6 +150,31 @@ def test_left_padding_for_generation(tiny, few):
     assert int(batch["mm_token_type_ids"].sum()) == sum(e.input_ids.count(encoder.image_pad) for e in encoded)
 
 
+def test_padding_to_a_multiple_changes_neither_the_loss_nor_the_model_flops(tiny, few):
+    """``train.pad_to_multiple_of``: rows padded to a multiple of 64 tokens (masked, unlabelled)
+    give the loss of the unpadded batch up to float rounding, and the same model FLOPs (each row
+    counts its own tokens); the work the device does (``padding=True``) grows."""
+    from av_grounding.models.flops import counts_of_batch, training_flops
+    from av_grounding.training.data import padding_multiple
+
+    loaded = load_model(tiny)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    encoded = [encoder.encode(s) for s in read_cosmos(few / "train")]
+    plain, padded = (collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad, multiple=m) for m in (1, 64))
+    width = max(len(e.input_ids) for e in encoded)
+    assert plain["input_ids"].shape[1] == width and padded["input_ids"].shape[1] == -(-width // 64) * 64 > width
+    assert torch.equal(padded["attention_mask"].sum(1), plain["attention_mask"].sum(1))
+    assert (padded["labels"][:, width:] == IGNORE).all()
+    with torch.no_grad():
+        losses = [answer_loss(loaded.model, batch) for batch in (plain, padded)]
+    assert losses[0][1] == losses[1][1]
+    torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
+    config = loaded.model.config
+    model_flops = [training_flops(config, counts_of_batch(b, padding=False)).total for b in (plain, padded)]
+    assert model_flops[0] == model_flops[1] < training_flops(config, counts_of_batch(padded)).total
+    assert (padding_multiple(None, "cuda:0"), padding_multiple(None, "cpu"), padding_multiple(8, "cpu")) == (64, 1, 8)
+
+
 # Steps inside the plateau where greedy answers reproduce the targets exactly, under the pinned
 # numerics (so on every CPU): checkpoints every 25 steps first reproduced all three at step 125
 # for both architectures and still did at 250 (qwen2_5_vl) and 200 (qwen3_vl).
@@ -231,7 +256,7 @@ def test_timing_reports_model_flops_counted_from_each_steps_batches(model, few, 
     (results,) = records
     assert len(yielded) == 4 and [r.step for r in results] == [1, 2]
     for index, result in enumerate(results):
-        expected = [training_flops(config, counts_of_batch(b), checkpointing=True) for b in yielded[2 * index:][:2]]
+        expected = [training_flops(config, counts_of_batch(b, padding=False), checkpointing=True) for b in yielded[2 * index:][:2]]
         assert result.flops == sum(f.total for f in expected) > 0
         assert result.recomputed_flops == sum(f.recomputed for f in expected) > 0
     timing = json.loads((tmp_path / "timing.json").read_text())

@@ -17,7 +17,7 @@
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100 (LoRA, sweep)
 #   MICRO="4 8 16" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh sweep  # train's rate by micro-batch (item 6)
 #   MICRO="2 8" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh profile   # where train's step time goes (item 6)
-#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batchprof     # setup, the 8B profiles, LoRA's peak
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batchprof     # setup, then the 8B profiles
 # SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run; TARGET (a stage) stops a run there. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
@@ -220,30 +220,37 @@ PY
     ;;
   profile)  # item 6: where the train stage's step time goes (profile_train.py), by micro-batch, at
     # the preset's samples a step (MODEL, default the 8B folder; PRESET, default cr2-qwen-finetune;
-    # MICRO, default "2 8"; EXTRA: more -S, e.g. the precision). Formats with the run's params
-    # first (`dvc exp run format`); needs setup's clone.
+    # MICRO, default "2 8"; EXTRA: more -S for dvc and the profile, e.g. the precision; ARGS: more
+    # profile_train.py options; NAME: a suffix of the result files). Formats with the run's params
+    # first (`dvc exp run format`, FORMAT=0 skips it); needs setup's clone.
     self=$(realpath "$0")
     model=${MODEL:-Cosmos-Reason2-8B} preset=${PRESET:-cr2-qwen-finetune}
     preset_args "$preset" > /dev/null || exit 2
     [ -d "$HUB/$model" ] || MODEL=$model "$self" build || exit 1
-    MODEL=$model PRESET=null TAG=profile-format-$preset TARGET=format EXTRA="$(preset_args "$preset") ${EXTRA:-}" \
-      "$self" run || exit 1
+    if [ "${FORMAT:-1}" != 0 ]; then
+      MODEL=$model PRESET=null TAG=profile-format-$preset TARGET=format EXTRA="$(preset_args "$preset") ${EXTRA:-}" \
+        "$self" run || exit 1
+    fi
     cd "$WORK" || exit 1; export PYTHONPATH=src:benchmarks:${PYTHONPATH:-}
     per_step=$(python3 -c "import yaml; t = yaml.safe_load(open('params.yaml'))['train']; print(t['batch_size'] * t['grad_accum'])")
     for micro in ${MICRO:-2 8}; do
+      name=profile-$model-$preset-mb$micro${NAME:+-$NAME}
       python3 benchmarks/hub_checkpoints/profile_train.py -S train.batch_size=$micro \
-        -S train.grad_accum=$((per_step / micro)) --out "$OUT/profile-$model-$preset-mb$micro.json" \
-        > "$OUT/profile-$model-$preset-mb$micro.log" 2>&1
-      echo "profile mb$micro exit $?"; tail -3 "$OUT/profile-$model-$preset-mb$micro.log"
+        -S train.grad_accum=$((per_step / micro)) ${ARGS:-} --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+      echo "$name exit $?"; tail -3 "$OUT/$name.log"
     done
     ;;
-  batchprof)  # item 6's profiles on an H100: the 8B folder in bf16 with stochastic rounding and
-    # checkpointing (cr2-qwen-finetune), then LoRA's peak with the in-place merge (train only)
+  batchprof)  # item 6 on an H100: the 8B folder in bf16 with stochastic rounding and checkpointing
+    # (cr2-qwen-finetune): the step with the compiled update and lengths padded to 64 (the
+    # defaults), then without each, then by micro-batch
     self=$(realpath "$0")
     "$self" setup || { echo "batch failed: setup"; exit 1; }
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
-    MODEL=Cosmos-Reason2-8B EXTRA="-S train.precision=bf16_stochastic -S train.fused_kernels=liger" "$self" profile
-    MODEL=Cosmos-Reason2-8B PRESET=cr2-cosmos-rl TAG=cr2-lora LORA=true TARGET=train "$self" run
+    export MODEL=Cosmos-Reason2-8B EXTRA="-S train.precision=bf16_stochastic -S train.fused_kernels=liger"
+    MICRO=8 ARGS=--check-update "$self" profile
+    FORMAT=0 MICRO=8 ARGS="-S train.pad_to_multiple_of=1" NAME=unpadded "$self" profile
+    FORMAT=0 MICRO=8 ARGS=--plain-update NAME=plain-update "$self" profile
+    FORMAT=0 MICRO="2 16" "$self" profile
     echo "batch done"
     ;;
   *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80|sweep|profile|batchprof" >&2; exit 2 ;;

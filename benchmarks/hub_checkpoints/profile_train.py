@@ -7,7 +7,9 @@ unprofiled steps (CUDA start, allocator growth, first kernel launches) and then 
 profiled ones, and stops there: no model is saved. It writes one JSON file:
 
 - ``steps``: every step's wall seconds, samples, tokens and model TFLOP/s (the stage's timing);
-- ``optimizer_s``: each step's optimizer update, timed between two device synchronisations;
+- ``optimizer_s``: each step's optimizer update, timed between two device synchronisations
+  (``--plain-update``: StochasticAdamW unfused), and whether it ran compiled;
+- ``compiled_update_check`` (``--check-update``): the compiled update against the plain one;
 - ``profile``: ``common.summarize_profile`` of the profiled steps (GPU busy share, top kernels,
   host operators, annotated spans: ``Optimizer.step``, the DataLoader's ``__next__``).
 
@@ -37,6 +39,7 @@ from common import command_line, device_name, summarize_profile, synchronize, wr
 
 from av_grounding.params import FormatParams, TrainParams, load
 from av_grounding.training.config import resolved
+from av_grounding.training.data import padding_multiple
 from av_grounding.training.hf import train_hf
 from av_grounding.training.loop import HookBase, StepResult
 
@@ -76,26 +79,58 @@ class ProfileHook(HookBase):
             raise ProfiledEnough
 
 
-def timed_optimizer_steps(device: str) -> list[float]:
+def timed_optimizer_steps(device: str, plain_update: bool) -> tuple[list[float], dict]:
     """Seconds of every optimizer update from now on, between two device synchronisations (wraps
     ``step`` of torch's AdamW and of ``StochasticAdamW``; the synchronisations cost the step
-    whatever overlap it had, which the profile's own figures do not)."""
+    whatever overlap it had, which the profile's own figures do not), and a dict that gets
+    ``compiled``: whether StochasticAdamW's last update ran compiled. ``plain_update``:
+    StochasticAdamW with ``compiled=False`` (the unfused update, for comparison)."""
     from av_grounding.training.optim import StochasticAdamW
 
     seconds: list[float] = []
+    seen: dict = {}
     for cls in (torch.optim.AdamW, StochasticAdamW):
         plain = cls.step
 
         def step(self, *args, _plain=plain, **kwargs):
+            if plain_update and isinstance(self, StochasticAdamW):
+                self.compiled = False
             synchronize(device)
             started = time.perf_counter()
             out = _plain(self, *args, **kwargs)
             synchronize(device)
             seconds.append(round(time.perf_counter() - started, 4))
+            if isinstance(self, StochasticAdamW):
+                seen["compiled"] = self._compiled is not None and self.compiled is not False
             return out
 
         cls.step = step
-    return seconds
+    return seconds, seen
+
+
+def compiled_update_check(device: str, n: int = 1 << 22) -> dict:
+    """``adamw_piece`` compiled against plain on ``n`` random bf16 weights (one step from random
+    moments, the same noise): how many stored values differ and by how much (fp32 rounding that
+    turns a stochastic rounding the other way)."""
+    from av_grounding.training.optim import adamw_piece
+
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def inputs():
+        g = generator.manual_seed(0)
+        w, grad, m = (torch.randn(n, device=device, generator=g).mul(s).bfloat16() for s in (0.02, 1.0, 1e-3))
+        v = torch.rand(n, device=device, generator=g).mul(1e-6).bfloat16()
+        return w, grad, m, v, torch.randint(0, 1 << 16, (3, n), dtype=torch.int32, device=device, generator=g)
+
+    scalars = torch.tensor([1 - 2e-7 * 0.01, 0.1, 0.999, 0.001, (1 - 0.999**3) ** 0.5, 1e-8, -2e-7 / (1 - 0.9**3)],
+                           device=device)
+    plain, fused = inputs(), inputs()
+    adamw_piece(*plain, scalars)
+    torch.compile(adamw_piece, dynamic=True)(*fused, scalars)
+    out = {"elements": n}
+    for name, a, b in zip(("weight", "exp_avg", "exp_avg_sq"), plain, fused):
+        out[name] = {"differing": int((a != b).sum()), "max_abs_difference": float((a.float() - b.float()).abs().max())}
+    return out
 
 
 def overrides(pairs: list[str]) -> dict[str, dict]:
@@ -118,6 +153,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/profile-train", help="the training folder (emptied first)")
     parser.add_argument("--wait", type=int, default=2, help="steps before the profiled ones")
     parser.add_argument("--active", type=int, default=2, help="profiled steps")
+    parser.add_argument("--plain-update", action="store_true", help="StochasticAdamW unfused (compiled=False)")
+    parser.add_argument("--check-update", action="store_true", help="also compare the compiled update with the plain")
     parser.add_argument("--out", required=True, help="the JSON file written")
     args = parser.parse_args()
     changes = overrides(args.set)
@@ -129,7 +166,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)  # no resume from an earlier profile
     hook = ProfileHook(args.wait, args.active)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    optimizer_s = timed_optimizer_steps(device)
+    optimizer_s, seen = timed_optimizer_steps(device, args.plain_update)
     with contextlib.suppress(ProfiledEnough):
         train_hf(params, fmt, Path(params.model), Path(args.dataset), work, [hook])
     if hook.summary is None:
@@ -139,6 +176,9 @@ def main() -> None:
         "model": params.model, "precision": params.precision, "gradient_checkpointing": params.gradient_checkpointing,
         "fused_kernels": params.fused_kernels, "batch_size": params.batch_size, "grad_accum": params.grad_accum,
         "max_pixels": fmt.max_pixels, "loader_workers": params.loader_workers,
+        "pad_to_multiple_of": padding_multiple(params.pad_to_multiple_of, device),
+        "optimizer_compiled": seen.get("compiled"),
+        "compiled_update_check": compiled_update_check(device) if args.check_update else None,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "steps": hook.steps, "optimizer_s": optimizer_s, "profiled_steps": args.active, "profile": hook.summary})
     print(f"wrote {args.out}: GPU busy {hook.summary['gpu_busy_share']} of {hook.summary['wall_s']} s")

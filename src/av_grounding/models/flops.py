@@ -104,17 +104,20 @@ class StepCounts:
     output_positions: int
 
 
-def counts_of_batch(inputs) -> StepCounts:
+def counts_of_batch(inputs, padding: bool = True) -> StepCounts:
     """The StepCounts of a collated batch (``models.inputs.collate``'s dict: ``input_ids``
-    (rows, width), ``labels`` (rows, width), ``image_grid_thw`` (images, 3)), with the output
-    positions ``answer_loss`` computes logits at."""
+    (rows, width), ``labels`` (rows, width), ``attention_mask`` (rows, width), ``image_grid_thw``
+    (images, 3)), with the output positions ``answer_loss`` computes logits at. ``padding``:
+    each row counts the batch's width (the work the device does, as FlopCounterMode counts it);
+    False: its own tokens only (the model FLOPs of MFU: padding is work, not model FLOPs)."""
     from .inputs import IGNORE
 
     ids, labels = inputs["input_ids"], inputs["labels"]
     rows, width = ids.shape
     positions = int((labels[:, 1:] != IGNORE).any(dim=0).sum())
     grids = tuple((int(t), int(h), int(w)) for t, h, w in inputs["image_grid_thw"].tolist())
-    return StepCounts(grids, (width,) * rows, rows * positions)
+    tokens = (width,) * rows if padding else tuple(int(n) for n in inputs["attention_mask"].sum(dim=1).tolist())
+    return StepCounts(grids, tokens, rows * positions)
 
 
 def _architecture(config) -> str:

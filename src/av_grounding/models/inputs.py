@@ -165,12 +165,14 @@ def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     return loss, int((chosen != IGNORE).sum())
 
 
-def collate(batch: list[Encoded], pad_id: int, image_pad_id: int, left_pad: bool = False) -> dict[str, torch.Tensor]:
-    """Pad to the longest sample (right for training, left for generation).
+def collate(batch: list[Encoded], pad_id: int, image_pad_id: int, left_pad: bool = False,
+            multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad to the longest sample (right for training, left for generation), rounded up to a
+    multiple of ``multiple`` tokens.
 
     ``mm_token_type_ids`` (1 on image tokens) is what lets the model compute its multimodal
     rotary positions; without it Qwen2.5-VL silently falls back to text-only positions."""
-    width = max(len(e.input_ids) for e in batch)
+    width = -(-max(len(e.input_ids) for e in batch) // multiple) * multiple
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     labels = np.full((len(batch), width), IGNORE, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)

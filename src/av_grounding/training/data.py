@@ -93,12 +93,22 @@ def loader_workers(requested: int | None, device: str) -> int:
     return min(8, max(0, (os.cpu_count() or 1) - 1)) if device != "cpu" else 0
 
 
+def padding_multiple(requested: int | None, device: str) -> int:
+    """``train.pad_to_multiple_of``; null: 64 on a GPU (a few lengths repeat, so cuDNN and cuBLAS
+    plan each once), 1 on a CPU (no padding: nothing to plan, and the padding would cost)."""
+    if requested is not None:
+        return requested
+    return 64 if device != "cpu" else 1
+
+
 def step_loader(encoder: Encoder, examples: list[tuple[Sample, Text]], plan: StepPlan, rank: int, start: int,
-                stop: int, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
-    """Collated micro-batches (dicts of tensors, right-padded) of steps ``start``..``stop - 1``."""
+                stop: int, workers: int, pin_memory: bool, multiple: int = 1) -> torch.utils.data.DataLoader:
+    """Collated micro-batches (dicts of tensors, right-padded to a multiple of ``multiple``
+    tokens) of steps ``start``..``stop - 1``."""
     return torch.utils.data.DataLoader(
         _WithPixels(encoder, examples), batch_sampler=_StepBatches(plan, rank, start, stop),
-        collate_fn=functools.partial(collate, pad_id=encoder.tokenizer.pad_token_id, image_pad_id=encoder.image_pad),
+        collate_fn=functools.partial(collate, pad_id=encoder.tokenizer.pad_token_id, image_pad_id=encoder.image_pad,
+                                     multiple=multiple),
         num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
         prefetch_factor=4 if workers else None,
         # Its own generator: starting an iteration then draws its worker seed from it, not from the

@@ -37,7 +37,7 @@ from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
 from . import distributed
-from .data import StepPlan, loader_workers, step_loader
+from .data import StepPlan, loader_workers, padding_multiple, step_loader
 from .loop import (
     STATE_FILE,
     CheckpointHook,
@@ -146,11 +146,13 @@ class Setup:
         projector runs no backward at all, so for those runs the figure overstates the work
         done (LoRA's own low-rank products are not counted either: small beside it). Attention is
         counted over the full square (as the throughput benchmark and FlopCounterMode count
-        SDPA), not the causal half a flash kernel computes."""
+        SDPA), not the causal half a flash kernel computes. Each row counts its own tokens:
+        padding (to the longest row, then to ``train.pad_to_multiple_of``) is work the device
+        does but not model FLOPs, so MFU leaves it out."""
         config = self.loaded.model.config
         total = recomputed = 0.0
         for batch in micro_batches:
-            flops = training_flops(config, counts_of_batch(batch), checkpointing=self.checkpointing)
+            flops = training_flops(config, counts_of_batch(batch, padding=False), checkpointing=self.checkpointing)
             total, recomputed = total + flops.total, recomputed + flops.recomputed
         return total, recomputed
 
@@ -478,7 +480,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: 
     workers = loader_workers(params.loader_workers, process.device)
     model.train()
     trainer.train(step_loader(encoder, examples, plan, process.rank, trainer.step, total, workers,
-                              pin_memory=process.device != "cpu"))
+                              pin_memory=process.device != "cpu",
+                              multiple=padding_multiple(params.pad_to_multiple_of, process.device)))
     trainable = [p for p in model.parameters() if p.requires_grad]  # before the save merges LoRA in place
     trainer.save_model(output / "model")
     return {"steps": total, "samples": len(examples), "samples_over_max_length": len(over_budget),

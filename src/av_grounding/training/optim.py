@@ -31,6 +31,7 @@ update (no rounding): then it equals ``torch.optim.AdamW``. A tensor is updated 
 from __future__ import annotations
 
 from collections.abc import Iterable
+import warnings
 from typing import Any
 
 import torch
@@ -50,9 +51,35 @@ def stochastic_round(value: torch.Tensor, generator: torch.Generator | None = No
     if value.dtype != torch.float32:
         raise TypeError(f"stochastic_round takes float32 values, not {value.dtype}")
     noise = torch.randint(0, _LOW_BITS, value.shape, dtype=torch.int32, device=value.device, generator=generator)
-    bits = value.contiguous().view(torch.int32)
+    return _rounded(value.contiguous(), noise)
+
+
+def _rounded(value: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``stochastic_round`` with its noise given: ``noise`` holds integers in [0, 2^16) of
+    ``value``'s shape (int32)."""
+    bits = value.view(torch.int32)
     rounded = torch.where(torch.isfinite(value), (bits + noise) & _HIGH_MASK, bits)
     return rounded.view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
+def adamw_piece(weight: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                noise: torch.Tensor | None, scalars: torch.Tensor) -> None:
+    """One AdamW update of a piece, in place: ``torch.optim.AdamW``'s single-tensor update
+    (decoupled weight decay, bias-corrected moments; Loshchilov & Hutter 2019) computed in fp32,
+    each result stored with stochastic rounding where its storage is bf16 (``noise``: (3, n)
+    int32 in [0, 2^16), one row for the weight, the first and the second moment) and as it is
+    otherwise. weight, grad, exp_avg, exp_avg_sq: n elements each (any shape, the same one).
+    ``scalars`` (fp32, on their device): 1 - lr x weight_decay, 1 - beta1, beta2, 1 - beta2,
+    the square root of the second moment's bias correction, eps, -lr / (the first moment's bias
+    correction); tensors, so a compiled update serves every step's learning rate. Pure tensor
+    operations: ``torch.compile`` fuses the whole of it into one kernel (``StochasticAdamW``)."""
+    decay, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step_size = scalars.unbind()
+    g = grad.float()
+    m = exp_avg.float().lerp(g, one_minus_beta1)
+    v = exp_avg_sq.float() * beta2 + g * g * one_minus_beta2
+    w = weight.float() * decay + step_size * m / (v.sqrt() / bias2_sqrt + eps)
+    for row, (stored, value) in enumerate(((weight, w), (exp_avg, m), (exp_avg_sq, v))):
+        stored.copy_(_rounded(value, noise[row]) if noise is not None and stored.dtype == torch.bfloat16 else value)
 
 
 class StochasticAdamW(torch.optim.Optimizer):
@@ -64,13 +91,15 @@ class StochasticAdamW(torch.optim.Optimizer):
     outside [0, 1)."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, seed: int = 0):
+                 eps: float = 1e-8, weight_decay: float = 0.01, seed: int = 0, compiled: bool | None = None):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"StochasticAdamW: lr {lr}, eps {eps} and weight_decay {weight_decay} must be >= 0")
         if not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"StochasticAdamW: betas {betas} must lie in [0, 1)")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self.seed = seed
+        self.compiled = compiled  # ``_fused``
+        self._compiled: Any = None
         self._rounding: torch.Generator | None = None  # made at the first step, on the parameters' device
         self._saved: dict[str, Any] | None = None  # a loaded generator state, applied when it is made
 
@@ -94,7 +123,7 @@ class StochasticAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            scalars: dict[tuple[torch.device, int], torch.Tensor] = {}  # one copy to the device per step count
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -104,11 +133,22 @@ class StochasticAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                self._update(p, state, lr, beta1, beta2, eps, decay)
+                key = (p.device, state["step"])
+                if key not in scalars:
+                    scalars[key] = self._scalars(group, state["step"]).to(p.device, non_blocking=True)
+                self._update(p, state, scalars[key])
         return loss
 
-    def _update(self, p: torch.Tensor, state: dict[str, Any], lr: float, beta1: float, beta2: float, eps: float,
-                decay: float) -> None:
+    @staticmethod
+    def _scalars(group: dict[str, Any], step: int) -> torch.Tensor:
+        """``adamw_piece``'s scalars of a parameter group at optimizer step ``step`` (1-based), in
+        pinned memory where a GPU is present (so the copy to it does not wait)."""
+        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        values = torch.tensor([1 - lr * decay, 1 - beta1, beta2, 1 - beta2, (1 - beta2**step) ** 0.5, eps,
+                               -lr / (1 - beta1**step)], dtype=torch.float32)
+        return values.pin_memory() if torch.cuda.is_available() else values
+
+    def _update(self, p: torch.Tensor, state: dict[str, Any], scalars: torch.Tensor) -> None:
         """``torch.optim.AdamW``'s single-tensor update in fp32, stored back with stochastic
         rounding where the storage is bf16: in pieces of ``UPDATE_CHUNK`` elements where the
         parameter is contiguous (a gradient with other strides is copied contiguous first), the
@@ -119,28 +159,37 @@ class StochasticAdamW(torch.optim.Optimizer):
         if all(t.is_contiguous() for t in tensors):  # else no flat views: the whole tensor at once
             tensors = [t.view(-1) for t in tensors]
         piece = UPDATE_CHUNK if tensors[0].dim() == 1 else p.numel()
+        rounded = torch.bfloat16 in (p.dtype, state["exp_avg"].dtype, state["exp_avg_sq"].dtype)
         for start in range(0, p.numel(), piece):
             weight, gradient, exp_avg, exp_avg_sq = (t[start:start + piece] if piece < p.numel() else t
                                                      for t in tensors)
-            self._update_piece(weight, gradient, exp_avg, exp_avg_sq, state["step"], lr, beta1, beta2, eps, decay)
+            noise = None
+            if rounded:
+                noise = torch.randint(0, _LOW_BITS, (3, weight.numel()), dtype=torch.int32, device=p.device,
+                                      generator=self._generator(p.device)).view(3, *weight.shape)
+            self._fused(p.device)(weight, gradient, exp_avg, exp_avg_sq, noise, scalars)
 
-    def _update_piece(self, p: torch.Tensor, grad: torch.Tensor, exp_avg_stored: torch.Tensor,
-                      exp_avg_sq_stored: torch.Tensor, step: int, lr: float, beta1: float, beta2: float, eps: float,
-                      decay: float) -> None:
-        """The update of one piece (views of the parameter, its gradient and moments)."""
-        grad = grad.float()
-        weight, exp_avg, exp_avg_sq = p.float(), exp_avg_stored.float(), exp_avg_sq_stored.float()
-        weight.mul_(1 - lr * decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-        denominator = (exp_avg_sq.sqrt() / bias2**0.5).add_(eps)
-        weight.addcdiv_(exp_avg, denominator, value=-lr / bias1)
-        for stored, value in ((p, weight), (exp_avg_stored, exp_avg), (exp_avg_sq_stored, exp_avg_sq)):
-            if stored.dtype == torch.bfloat16:
-                stored.copy_(stochastic_round(value, self._generator(stored.device)))
-            else:
-                stored.copy_(value)
+    def _fused(self, device: torch.device):
+        """``adamw_piece`` compiled by ``torch.compile`` where ``compiled`` says (None: on CUDA
+        devices, True: everywhere): one kernel a piece in place of about twenty, each reading and
+        writing fp32 copies (the update of Cosmos-Reason2-8B's 8.77B bf16 weights took 1.3 s a
+        step on an H100 unfused). Compiled and plain updates agree up to fp32 rounding, which can
+        turn a stochastic rounding the other way (one element in 10^6 on a CPU test). A
+        compilation that fails warns and falls back to the plain function."""
+        if self.compiled is False or (self.compiled is None and device.type != "cuda"):
+            return adamw_piece
+        if self._compiled is None:
+            self._compiled = torch.compile(adamw_piece, dynamic=True)
+        return self._compiled_or_plain
+
+    def _compiled_or_plain(self, *args) -> None:
+        try:
+            self._compiled(*args)
+        except Exception as exc:  # noqa: BLE001 -- any compiler failure: the plain update is the same
+            warnings.warn(f"StochasticAdamW: torch.compile of the update failed ({type(exc).__name__}: {exc}); "
+                          "updating with the unfused operations", stacklevel=2)
+            self.compiled = False
+            adamw_piece(*args)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state plus the rounding generator's state and device type (an exact
