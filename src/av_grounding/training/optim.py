@@ -30,8 +30,8 @@ update (no rounding): then it equals ``torch.optim.AdamW``. A tensor is updated 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
