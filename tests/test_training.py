@@ -256,7 +256,8 @@ def test_timing_reports_model_flops_counted_from_each_steps_batches(model, few, 
     (results,) = records
     assert len(yielded) == 4 and [r.step for r in results] == [1, 2]
     for index, result in enumerate(results):
-        expected = [training_flops(config, counts_of_batch(b, padding=False), checkpointing=True) for b in yielded[2 * index:][:2]]
+        expected = [training_flops(config, counts_of_batch(b, padding=False), checkpointing=True)
+                    for b in yielded[2 * index:][:2]]
         assert result.flops == sum(f.total for f in expected) > 0
         assert result.recomputed_flops == sum(f.recomputed for f in expected) > 0
     timing = json.loads((tmp_path / "timing.json").read_text())
