@@ -1,5 +1,7 @@
-"""benchmarks/hub_checkpoints/hub_report.py: the steady-state rates its table reports."""
+"""benchmarks/hub_checkpoints/hub_report.py: the steady-state rates its table reports, and its
+row of a train-step profile."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -7,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "hub_checkpoints"))
-from hub_report import steady_rates
+from hub_report import profile_rows, steady_rates
 
 
 def test_steady_rates_leave_out_the_first_step_and_weight_the_others_by_their_time():
@@ -25,3 +27,18 @@ def test_one_step_gives_the_overall_rates_and_uncounted_flops_stay_unknown():
     assert steady_rates(one) == (1.7, 26.5)
     uncounted = {"per_step": {"seconds": [5.0, 2.0], "samples_per_s": [4.0, 16.0], "model_tflops_per_s": [None, None]}}
     assert steady_rates(uncounted) == (16.0, None)
+
+
+def test_a_profiles_row_averages_the_profiled_steps_only(tmp_path):
+    """Steps of 9, 2 and 3 s at 10, 180 and 220 TFLOP/s, the last two profiled: 2.5 s a step and
+    (360 + 660) / 5 = 204 TFLOP/s, 0.255 of an 800 TFLOP/s card; 3 + 2 reads on the host a step."""
+    report = {"batch_size": 16, "grad_accum": 1, "pad_to_multiple_of": 64, "optimizer_compiled": True,
+              "fused_kernels": "liger", "peak_gpu_memory_gib": 66.8, "profiled_steps": 2,
+              "steps": [{"seconds": s, "model_tflops": t} for s, t in ((9.0, 10.0), (2.0, 180.0), (3.0, 220.0))],
+              "optimizer_s": [4.0, 0.2, 0.3],
+              "profile": {"gpu_busy_share": 0.79, "host_sync_calls": {"aten::_local_scalar_dense": 6,
+                                                                      "aten::nonzero": 4,
+                                                                      "cudaStreamSynchronize": 12}}}
+    (tmp_path / "profile-8b-mb16.json").write_text(json.dumps(report))
+    assert profile_rows(tmp_path, 800.0) == [["8b-mb16", "16 x 1", 64, "compiled", "liger", "2.50", "204.0", "0.255",
+                                              "0.25", 0.79, "5", 66.8]]

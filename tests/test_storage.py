@@ -89,3 +89,8 @@ def test_camera_intrinsics_are_stored_exactly_in_records_and_tars():
                                              "000000.vehicle_pose.npy": np.full((4, 4), 1e-17)}), "s_1_2", "test")
     np.testing.assert_array_equal(members["ftheta_intrinsic.camera_front_wide_120fov.npy"], ftheta)
     np.testing.assert_array_equal(members["000000.vehicle_pose.npy"], np.zeros((4, 4)))
+
+
+def test_a_summarys_learning_rate_is_stored_as_given():
+    """The recipe's Cosmos Reason 2 rate, 2e-7, is 0.0 at six decimals; other floats still round."""
+    assert json.loads(dumps_json({"lr": 2e-7, "loss": 1e-7})) == {"lr": 2e-7, "loss": 0.0}

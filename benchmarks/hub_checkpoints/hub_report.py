@@ -12,7 +12,8 @@ operations, MFU against the card's datasheet bf16 rate and against its dense bf1
 rate measured on the same machine, ``matmul_peak.json`` beside the run folders), its peak memory
 against the pre-check's estimate, minutes per 1,000 samples, loss at the first and last step,
 and infer's images/s. A second table gives the generation speed of each published-shape folder at
-batch 1 and batched (``infer-<model>.json``, from benchmarks/infer_throughput/infer_throughput.py).
+batch 1 and batched (``infer-<model>.json``, from benchmarks/infer_throughput/infer_throughput.py),
+a third the train stage's profiled steps (``profile-*.json``, from profile_train.py).
 """
 
 from __future__ import annotations
@@ -104,6 +105,34 @@ def speed_rows(results: Path) -> list[list]:
     return rows
 
 
+PROFILE_HEADER = ["profile", "micro x accum", "pad to", "update", "fused kernels", "s / step", "TFLOP/s (ops)",
+                  "MFU (measured)", "update s / step", "GPU busy", "host syncs / step", "peak GiB"]
+
+
+def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
+    """One row per ``profile-*.json`` (benchmarks/hub_checkpoints/profile_train.py) in ``results``:
+    the profiled steps' mean wall time, model TFLOP/s and MFU against the measured matmul rate,
+    the optimizer update's synchronised time, the GPU's busy share and the host synchronisations
+    (values read on the host: ``.item()``, ``nonzero``) per step."""
+    rows = []
+    for path in sorted(results.glob("profile-*.json")):
+        report = _json(path)
+        profiled = report["steps"][-report["profiled_steps"]:]
+        seconds = sum(step["seconds"] for step in profiled)
+        tflops = sum(step["model_tflops"] * step["seconds"] for step in profiled) / seconds
+        update = report["optimizer_s"][-report["profiled_steps"]:]
+        syncs = report["profile"]["host_sync_calls"]
+        per_step = (syncs.get("aten::_local_scalar_dense", 0) + syncs.get("aten::nonzero", 0)) / len(profiled)
+        rows.append([path.stem.removeprefix("profile-"), f"{report['batch_size']} x {report['grad_accum']}",
+                     report.get("pad_to_multiple_of", 1),
+                     {True: "compiled", False: "plain", None: "plain"}[report.get("optimizer_compiled")],
+                     report["fused_kernels"], f"{seconds / len(profiled):.2f}", f"{tflops:.1f}",
+                     f"{tflops / matmul_tflops:.3f}" if matmul_tflops else "-",
+                     f"{sum(update) / len(update):.2f}", report["profile"]["gpu_busy_share"], f"{per_step:.0f}",
+                     report["peak_gpu_memory_gib"]])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
@@ -114,6 +143,9 @@ def main() -> None:
     speeds = speed_rows(args.results)
     if speeds:
         print("\n" + "\n".join(markdown_table(SPEED_HEADER, speeds)))
+    profiles = profile_rows(args.results, matmul_tflops)
+    if profiles:
+        print("\n" + "\n".join(markdown_table(PROFILE_HEADER, profiles)))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ STORED_DECIMALS = 6
 # Camera calibration is stored as given: it is copied from the clip, never computed (so it
 # carries no machine-dependent digits), and f-theta polynomial coefficients (1e-3 down to 1e-17)
 # would not survive rounding to decimals.
-EXACT_KEYS = frozenset({"intrinsics"})
+# Stored as given: camera intrinsics, and the learning rate a summary reports (the recipe's 2e-7
+# would be 0.0 at 6 decimals).
+EXACT_KEYS = frozenset({"intrinsics", "lr"})
 PARTIAL_SUFFIXES = (".tmp", ".partial")
 
 
@@ -110,7 +112,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def canonical(value: Any, decimals: int = STORED_DECIMALS) -> Any:
     """``value`` as it is stored: every float (Python, numpy scalar or float array) rounded to
     ``decimals`` and ``-0.0`` made ``0.0``, inside dicts, lists and tuples (tuples become lists),
-    except under the keys of ``EXACT_KEYS`` (camera intrinsics), stored as they are.
+    except under the keys of ``EXACT_KEYS`` (camera intrinsics, learning rates), stored as they are.
     Other values are returned unchanged. Rounding is exact decimal rounding (``round``) for
     scalars and ``np.round`` for arrays; both give the same result for the same input on every
     machine; NaN and infinity stay as they are."""
