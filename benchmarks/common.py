@@ -96,8 +96,10 @@ def device_time(events) -> tuple[float, float]:
 
 
 ATTENTION_KERNEL_WORDS = ("attention", "flash", "fmha", "sdpa")
-# Calls that make the host wait for the device: a tensor's value read on the host (``.item()``,
-# ``.tolist()``, ``int()``), a data-dependent shape (``nonzero``), explicit synchronisations.
+# Calls that make the host wait for the device. On CUDA every wait goes through
+# ``cudaStreamSynchronize`` (its count is the total); the operators say which kind: a value read
+# on the host (``.item()``, ``int()``: ``_local_scalar_dense``; ``.tolist()`` shows only as a copy
+# and the synchronisation) and a data-dependent shape (``nonzero``).
 HOST_SYNC_CALLS = ("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize",
                    "cudaEventSynchronize")
 

@@ -31,7 +31,8 @@ def test_one_step_gives_the_overall_rates_and_uncounted_flops_stay_unknown():
 
 def test_a_profiles_row_averages_the_profiled_steps_only(tmp_path):
     """Steps of 9, 2 and 3 s at 10, 180 and 220 TFLOP/s, the last two profiled: 2.5 s a step and
-    (360 + 660) / 5 = 204 TFLOP/s, 0.255 of an 800 TFLOP/s card; 3 + 2 reads on the host a step."""
+    (360 + 660) / 5 = 204 TFLOP/s, 0.255 of an 800 TFLOP/s card; 12 waits for the device over two
+    steps; without CUDA's count, the 3 + 2 reads on the host a step; torch's AdamW shows no update kind."""
     report = {"batch_size": 16, "grad_accum": 1, "pad_to_multiple_of": 64, "optimizer_compiled": True,
               "fused_kernels": "liger", "peak_gpu_memory_gib": 66.8, "profiled_steps": 2,
               "steps": [{"seconds": s, "model_tflops": t} for s, t in ((9.0, 10.0), (2.0, 180.0), (3.0, 220.0))],
@@ -41,4 +42,8 @@ def test_a_profiles_row_averages_the_profiled_steps_only(tmp_path):
                                                                       "cudaStreamSynchronize": 12}}}
     (tmp_path / "profile-8b-mb16.json").write_text(json.dumps(report))
     assert profile_rows(tmp_path, 800.0) == [["8b-mb16", "16 x 1", 64, "compiled", "liger", "2.50", "204.0", "0.255",
-                                              "0.25", 0.79, "5", 66.8]]
+                                              "0.25", 0.79, "6", 66.8]]
+    del report["profile"]["host_sync_calls"]["cudaStreamSynchronize"]
+    (tmp_path / "profile-8b-mb16.json").write_text(json.dumps({**report, "optimizer_compiled": None}))
+    [row] = profile_rows(tmp_path, 800.0)
+    assert row[3] == "-" and row[10] == "5"

@@ -137,6 +137,42 @@ def test_a_resumed_optimizer_continues_exactly():
         run(moved.param_groups[0]["params"][0], moved, grads[2:])
 
 
+def test_the_compiled_update_was_compiled_and_a_failing_compiler_falls_back_with_a_warning(monkeypatch):
+    """compiled=True runs a dynamo graph (torch's counters see it); where the compiler fails,
+    one warning, the plain update from then on (the same values as compiled=False), and in a
+    distributed run an error instead."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    p = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    p.grad = torch.full((64,), 0.5, dtype=torch.bfloat16)
+    StochasticAdamW([p], lr=1e-2, compiled=True).step()
+    assert counters["stats"]["unique_graphs"] >= 1
+
+    def failing(function, **options):
+        def call(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C compiler"), None)
+        return call
+
+    monkeypatch.setattr(torch, "compile", failing)
+    grad = torch.randn(64).bfloat16()
+    ours, plain = (torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16)) for _ in range(2))
+    for param in (ours, plain):
+        param.grad = grad.clone()
+    falling = StochasticAdamW([ours], lr=1e-2, seed=1, compiled=True)
+    with pytest.warns(UserWarning, match=r"(?s)torch.compile of the update failed .*no C compiler"):
+        falling.step()
+    StochasticAdamW([plain], lr=1e-2, seed=1, compiled=False).step()
+    assert falling.compiled is False and torch.equal(ours, plain)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    distributed = StochasticAdamW([plain], lr=1e-2, compiled=True)
+    with pytest.raises(RuntimeError, match=r"(?s)distributed run .* every process must update alike"):
+        distributed.step()
+
+
 def test_bad_hyperparameters_are_refused():
     p = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match="lr"):
@@ -160,11 +196,12 @@ def test_the_compiled_update_equals_the_plain_one_up_to_fp32_rounding():
     moment that cancels to near zero; 0.01 % of the elements here), and no fallback warning."""
     torch.manual_seed(0)
     n = 100_003
-    start = [torch.randn(n).mul(0.02).bfloat16() for _ in range(2)]
+    start = torch.randn(n).mul(0.02).bfloat16()
     grads = [torch.randn(n).bfloat16() for _ in range(3)]
     results = []
+    torch._dynamo.reset()
     for compiled in (False, True):
-        p = torch.nn.Parameter(start[0].clone())
+        p = torch.nn.Parameter(start.clone())
         optimizer = StochasticAdamW([p], lr=1e-3, weight_decay=0.01, seed=2, compiled=compiled)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -172,6 +209,7 @@ def test_the_compiled_update_equals_the_plain_one_up_to_fp32_rounding():
                 p.grad = grad.clone()
                 optimizer.step()
         assert not [w for w in caught if "StochasticAdamW" in str(w.message)]  # compiled, no fallback
+        assert (optimizer._compiled is not None) == compiled and optimizer.compiled is compiled
         results.append([p.detach(), *(optimizer.state[p][k] for k in ("exp_avg", "exp_avg_sq"))])
     for plain, fused in zip(*results):
         differ = plain != fused

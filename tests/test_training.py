@@ -150,6 +150,36 @@ def test_left_padding_for_generation(tiny, few):
     assert int(batch["mm_token_type_ids"].sum()) == sum(e.input_ids.count(encoder.image_pad) for e in encoded)
 
 
+def test_positions_computed_on_the_host_are_the_models_own(tiny, few):
+    """``with_host_positions`` (what the training step adds to each micro-batch before it goes to
+    the device) gives the rotary positions and logit columns the forward computes itself, hence
+    the same loss bit for bit, padded or not; the model reads the positions it gets; a peft
+    wrapper finds the same function; positions already there are kept."""
+    from peft import LoraConfig, get_peft_model
+
+    from av_grounding.models.inputs import rope_index_owner, with_host_positions
+
+    loaded = load_model(tiny)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    encoded = [encoder.encode(s) for s in read_cosmos(few / "train")]
+    owner = rope_index_owner(loaded.model)
+    assert owner is not None
+    for multiple in (1, 64):
+        batch = collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad, multiple=multiple)
+        given = with_host_positions(owner, batch)
+        assert given["position_ids"].shape == (3, *batch["input_ids"].shape)
+        labelled = (batch["labels"][:, 1:] != IGNORE).any(dim=0)
+        assert labelled[given["logit_positions"]].all() and len(given["logit_positions"]) == int(labelled.sum())
+        wrong = {**given, "position_ids": torch.zeros_like(given["position_ids"])}  # the model reads what it gets
+        with torch.no_grad():
+            own, host, other = (answer_loss(loaded.model, b)[0] for b in (batch, given, wrong))
+        assert torch.equal(own, host) and not torch.equal(own, other)
+    wrapped = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert rope_index_owner(wrapped) is owner
+    assert set(with_host_positions(None, batch)) == set(batch) | {"logit_positions"}
+    assert with_host_positions(owner, given)["position_ids"] is given["position_ids"]
+
+
 def test_padding_to_a_multiple_changes_neither_the_loss_nor_the_model_flops(tiny, few):
     """``train.pad_to_multiple_of``: rows padded to a multiple of 64 tokens (masked, unlabelled)
     give the loss of the unpadded batch up to float rounding, and the same model FLOPs (each row

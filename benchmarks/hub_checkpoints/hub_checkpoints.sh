@@ -213,6 +213,7 @@ PY
     [ -d "$HUB/$model" ] || MODEL=$model "$self" build || exit 1
     per_step=$(PYTHONPATH=src python3 -c "from av_grounding.params import PRESETS as P; t = P['$preset']['train']; print(t['batch_size'] * t['grad_accum'])")
     for micro in ${MICRO:-4 8 16}; do
+      [ $((per_step % micro)) = 0 ] || { echo "sweep: $micro does not divide $per_step samples a step"; exit 2; }
       MODEL=$model PRESET=null TAG=sweep-$preset-mb$micro TARGET=train STEPS=${STEPS:-5} \
         EXTRA="$(preset_args "$preset") -S train.batch_size=$micro -S train.grad_accum=$((per_step / micro)) ${EXTRA:-}" \
         "$self" run
@@ -234,6 +235,7 @@ PY
     cd "$WORK" || exit 1; export PYTHONPATH=src:benchmarks:${PYTHONPATH:-}
     per_step=$(python3 -c "import yaml; t = yaml.safe_load(open('params.yaml'))['train']; print(t['batch_size'] * t['grad_accum'])")
     for micro in ${MICRO:-2 8}; do
+      [ $((per_step % micro)) = 0 ] || { echo "profile: $micro does not divide $per_step samples a step"; exit 2; }
       name=profile-$model-$preset-mb$micro${NAME:+-$NAME}
       python3 benchmarks/hub_checkpoints/profile_train.py -S train.batch_size=$micro \
         -S train.grad_accum=$((per_step / micro)) ${ARGS:-} --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1

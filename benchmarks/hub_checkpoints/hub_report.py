@@ -112,8 +112,9 @@ PROFILE_HEADER = ["profile", "micro x accum", "pad to", "update", "fused kernels
 def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
     """One row per ``profile-*.json`` (benchmarks/hub_checkpoints/profile_train.py) in ``results``:
     the profiled steps' mean wall time, model TFLOP/s and MFU against the measured matmul rate,
-    the optimizer update's synchronised time, the GPU's busy share and the host synchronisations
-    (values read on the host: ``.item()``, ``nonzero``) per step."""
+    the optimizer update's synchronised time (``-`` for an optimizer other than StochasticAdamW),
+    the GPU's busy share and the host's waits for the device per step (``cudaStreamSynchronize``
+    calls; where none were recorded, the ``.item()`` and ``nonzero`` calls)."""
     rows = []
     for path in sorted(results.glob("profile-*.json")):
         report = _json(path)
@@ -122,10 +123,12 @@ def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
         tflops = sum(step["model_tflops"] * step["seconds"] for step in profiled) / seconds
         update = report["optimizer_s"][-report["profiled_steps"]:]
         syncs = report["profile"]["host_sync_calls"]
-        per_step = (syncs.get("aten::_local_scalar_dense", 0) + syncs.get("aten::nonzero", 0)) / len(profiled)
+        waits = syncs.get("cudaStreamSynchronize") or syncs.get("aten::_local_scalar_dense", 0) + syncs.get(
+            "aten::nonzero", 0)
+        per_step = waits / len(profiled)
         rows.append([path.stem.removeprefix("profile-"), f"{report['batch_size']} x {report['grad_accum']}",
                      report.get("pad_to_multiple_of", 1),
-                     {True: "compiled", False: "plain", None: "plain"}[report.get("optimizer_compiled")],
+                     {True: "compiled", False: "plain"}.get(report.get("optimizer_compiled", False), "-"),
                      report["fused_kernels"], f"{seconds / len(profiled):.2f}", f"{tflops:.1f}",
                      f"{tflops / matmul_tflops:.3f}" if matmul_tflops else "-",
                      f"{sum(update) / len(update):.2f}", report["profile"]["gpu_busy_share"], f"{per_step:.0f}",

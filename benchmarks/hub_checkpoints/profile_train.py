@@ -100,8 +100,8 @@ def timed_optimizer_steps(device: str, plain_update: bool) -> tuple[list[float],
             out = _plain(self, *args, **kwargs)
             synchronize(device)
             seconds.append(round(time.perf_counter() - started, 4))
-            if isinstance(self, StochasticAdamW):
-                seen["compiled"] = self._compiled is not None and self.compiled is not False
+            seen["compiled"] = (self._compiled is not None and self.compiled is not False
+                                if isinstance(self, StochasticAdamW) else None)
             return out
 
         cls.step = step
@@ -163,6 +163,8 @@ def main() -> None:
     fmt = load(FormatParams, "format", args.params, changes.get("format"))
     params = resolved(params)
     work = Path(args.work)
+    if work.exists() and {entry.name for entry in work.iterdir()} - {"base", "checkpoints", "model"}:
+        raise SystemExit(f"--work {work}: holds files other than a profile's training folder; name an empty one")
     shutil.rmtree(work, ignore_errors=True)  # no resume from an earlier profile
     hook = ProfileHook(args.wait, args.active)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,7 +179,7 @@ def main() -> None:
         "fused_kernels": params.fused_kernels, "batch_size": params.batch_size, "grad_accum": params.grad_accum,
         "max_pixels": fmt.max_pixels, "loader_workers": params.loader_workers,
         "pad_to_multiple_of": padding_multiple(params.pad_to_multiple_of, device),
-        "optimizer_compiled": seen.get("compiled"),
+        "optimizer_compiled": seen.get("compiled"),  # None: torch's AdamW
         "compiled_update_check": compiled_update_check(device) if args.check_update else None,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "steps": hook.steps, "optimizer_s": optimizer_s, "profiled_steps": args.active, "profile": hook.summary})

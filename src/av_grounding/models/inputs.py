@@ -150,25 +150,59 @@ def within_budget(encoder: Encoder, samples: list[Sample]) -> tuple[list[tuple[S
     return kept, over
 
 
-def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the labelled (assistant) tokens, and their count.
+def rope_index_owner(model) -> Any:
+    """The module of ``model`` (a Qwen2.5-VL or Qwen3-VL model, a peft wrapper or a DeepSpeed
+    engine of one) that computes its multimodal rotary positions (``get_rope_index``); None for
+    a model without one."""
+    return next((module for module in model.modules() if hasattr(module, "get_rope_index")), None)
 
-    Logits are computed only at positions where some row has a label: with a vocabulary of
-    152k entries the full logits tensor dominates time and memory, and prompts (system, user,
-    image tokens) make up most of every sequence."""
+
+def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = False) -> dict[str, torch.Tensor]:
+    """``batch`` (``collate``'s dict of host tensors, images only: no video grid) with the
+    positions its forward would otherwise compute on the device, each read there on the host:
+
+    - ``position_ids``: the (3, rows, width) multimodal rotary positions, by the model's own
+      function (``owner.get_rope_index``, from ``rope_index_owner``). Qwen's function walks each
+      row's text and image spans reading values on the host: on GPU tensors a synchronisation
+      per read in the middle of the forward (8 a sample in a CPU trace of the tiny Qwen3-VL
+      model). Left out when ``owner`` is None, the batch has no image or already has them.
+    - ``logit_positions``: (n,) the columns where some row has a label, the positions
+      ``answer_loss`` computes logits at (on the device, a ``nonzero`` before the forward).
+
+    ``pin``: the new tensors in pinned memory, so their copy to a GPU does not wait (the loader
+    pins the rest)."""
+    added = {"logit_positions": (batch["labels"][:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)}
+    if owner is not None and batch["image_grid_thw"].numel() and "position_ids" not in batch:
+        added["position_ids"], _ = owner.get_rope_index(
+            batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"])
+    return {**batch, **({k: v.pin_memory() for k, v in added.items()} if pin else added)}
+
+
+def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the labelled (assistant) tokens, and their count (a 0-d tensor on
+    the inputs' device: reading it waits for the device).
+
+    Logits are computed only at positions where some row has a label (``logit_positions`` when
+    the inputs hold them, ``with_host_positions``): with a vocabulary of 152k entries the full
+    logits tensor dominates time and memory, and prompts (system, user, image tokens) make up
+    most of every sequence."""
     targets = inputs["labels"][:, 1:]
-    positions = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    positions = inputs.get("logit_positions")
+    if positions is None:
+        positions = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    forward = {k: v for k, v in inputs.items() if k not in ("labels", "logit_positions")}
     logits = model(**forward, logits_to_keep=positions).logits
     chosen = targets[:, positions]
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), chosen.flatten(), ignore_index=IGNORE)
-    return loss, int((chosen != IGNORE).sum())
+    return loss, (chosen != IGNORE).sum()
 
 
 def collate(batch: list[Encoded], pad_id: int, image_pad_id: int, left_pad: bool = False,
             multiple: int = 1) -> dict[str, torch.Tensor]:
     """Pad to the longest sample (right for training, left for generation), rounded up to a
-    multiple of ``multiple`` tokens.
+    multiple of ``multiple`` (>= 1) tokens (which may pass ``format.model_max_length``: the
+    padding is masked and unlabelled).
 
     ``mm_token_type_ids`` (1 on image tokens) is what lets the model compute its multimodal
     rotary positions; without it Qwen2.5-VL silently falls back to text-only positions."""

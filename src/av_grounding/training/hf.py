@@ -32,7 +32,15 @@ import torch
 
 from ..dataset.formats import read_cosmos
 from ..models.flops import counts_of_batch, training_flops
-from ..models.inputs import IGNORE, BudgetError, Encoder, answer_loss, within_budget
+from ..models.inputs import (
+    IGNORE,
+    BudgetError,
+    Encoder,
+    answer_loss,
+    rope_index_owner,
+    with_host_positions,
+    within_budget,
+)
 from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, ParamsError, TrainParams
 from ..storage import atomic_write_bytes
@@ -175,6 +183,8 @@ class SingleProcessTrainer(Trainer):
         self.trainable = [p for p in setup.model.parameters() if p.requires_grad]
         self.autocast = setup.device != "cpu" and params.bf16
         self.forward_model = setup.model  # what computes the loss (a wrapper of the model in data parallel)
+        self.rope_owner = rope_index_owner(setup.model)  # positions computed on the host: models.inputs
+        self.pin = setup.device.startswith("cuda")
 
     def step_flops(self, micro_batches):
         return self.setup.step_flops(micro_batches)
@@ -194,7 +204,7 @@ class SingleProcessTrainer(Trainer):
         # Counted on the host copies: counting on the device would wait for it each micro-batch.
         tokens, samples = sum(map(_tokens, micro_batches)), sum(len(b["input_ids"]) for b in micro_batches)
         for index, host_batch in enumerate(micro_batches):
-            batch = _to_device(host_batch, s.device)
+            batch = _to_device(with_host_positions(self.rope_owner, host_batch, pin=self.pin), s.device)
             with self.accumulating(index, len(micro_batches)):
                 # No weight cache: it keeps a bf16 copy of every trainable fp32 weight until the
                 # forward ends, also those checkpointing would drop (14.4 GiB on the 7B shape, which
@@ -279,6 +289,7 @@ class ZeRO3Trainer(Trainer):
     def __init__(self, setup: Setup, engine, **kwargs):
         super().__init__(**kwargs)
         self.setup, self.engine = setup, engine
+        self.rope_owner, self.pin = rope_index_owner(engine), setup.device.startswith("cuda")
 
     def step_flops(self, micro_batches):
         return self.setup.step_flops(micro_batches)  # this rank's micro-batches; the config is whole under ZeRO-3
@@ -289,7 +300,8 @@ class ZeRO3Trainer(Trainer):
         losses = []
         tokens, samples = sum(map(_tokens, micro_batches)), sum(len(b["input_ids"]) for b in micro_batches)
         for batch in micro_batches:
-            loss, _ = answer_loss(self.engine, _to_device(batch, s.device))
+            loss, _ = answer_loss(self.engine, _to_device(with_host_positions(self.rope_owner, batch, pin=self.pin),
+                                                          s.device))
             self.engine.backward(loss)  # scales by 1/grad_accum; steps, clips and schedules at the boundary
             self.engine.step()
             losses.append(loss.detach())
@@ -329,7 +341,9 @@ class ZeRO3Trainer(Trainer):
 
 def check_memory(model, params: TrainParams, examples, device) -> None:
     """``ParamsError`` before the first step when the estimated peak of the largest micro-batch
-    (``training.memory``) exceeds the GPU's memory."""
+    (``training.memory``) exceeds the GPU's memory. Its language-model positions are padded as
+    ``collate`` pads them: ``batch_size`` rows of the longest sample, rounded up to
+    ``train.pad_to_multiple_of``."""
     from .memory import check_fits, estimate
 
     def largest(values: list[int]) -> int:
@@ -337,7 +351,9 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
 
     texts = [text for _, text in examples]
     image_pad = model.config.image_token_id
-    needed = estimate(model, params.gradient_checkpointing, largest([len(t.input_ids) for t in texts]),
+    multiple = padding_multiple(params.pad_to_multiple_of, device)
+    width = -(-max(len(t.input_ids) for t in texts) // multiple) * multiple
+    needed = estimate(model, params.gradient_checkpointing, params.batch_size * width,
                       4 * largest([t.input_ids.count(image_pad) for t in texts]),
                       largest([sum(label != IGNORE for label in t.labels) for t in texts]),
                       autocast=params.bf16, stochastic_update=params.precision == "bf16_stochastic")

@@ -104,15 +104,16 @@ def cast_bytes(model, checkpointing: bool) -> int:
     return 2 * (everything - sum(blocks) + max(blocks, default=0))
 
 
-# fp32 gradient, weight, both moments and denominator (5 x 4), then inside stochastic_round the
-# noise (4), the isfinite mask (1), the masked sum (4) and torch.where's result (4)
-UPDATE_SCRATCH_BYTES = 33
+# adamw_piece unfused (the plain path, the fallback of a failed compilation): the noise of three
+# roundings (3 x 4), fp32 gradient and moments (3 x 4), about four fp32 temporaries of the
+# weight's expression and of a rounding (4 x 4); compiled, only the noise (12)
+UPDATE_SCRATCH_BYTES = 40
 
 
 def update_scratch_bytes(model) -> int:
     """Bytes that ``StochasticAdamW`` allocates while it updates its largest piece (one piece of
-    at most ``UPDATE_CHUNK`` elements at a time: ``UPDATE_SCRATCH_BYTES`` an element, traced op
-    by op)."""
+    at most ``UPDATE_CHUNK`` elements at a time: ``UPDATE_SCRATCH_BYTES`` an element, the plain
+    update's, which bounds the compiled one's)."""
     largest = max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
     return UPDATE_SCRATCH_BYTES * min(largest, UPDATE_CHUNK)
 
