@@ -18,6 +18,7 @@
 #   MICRO="4 8 16" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh sweep  # train's rate by micro-batch (item 6)
 #   MICRO="2 8" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh profile   # where train's step time goes (item 6)
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batchprof     # setup, then the 8B profiles
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch200      # the runs that need an H200
 # SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run; TARGET (a stage) stops a run there. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
@@ -206,7 +207,8 @@ PY
     ;;
   sweep)  # item 6: the train stage's rate against the micro-batch, at the preset's samples a step
     # (MODEL, default the 7B folder; PRESET, default cr1-cosmos-rl: 32 samples a step; MICRO: the
-    # micro-batches, default 4 8 16). Train only (`dvc exp run train`); needs setup's clone.
+    # micro-batches, default 4 8 16; NAME: a suffix of the run folders). Train only (`dvc exp run
+    # train`); needs setup's clone.
     self=$(realpath "$0")
     model=${MODEL:-Cosmos-Reason1-7B} preset=${PRESET:-cr1-cosmos-rl}
     preset_args "$preset" > /dev/null || exit 2
@@ -214,7 +216,7 @@ PY
     per_step=$(PYTHONPATH=src python3 -c "from av_grounding.params import PRESETS as P; t = P['$preset']['train']; print(t['batch_size'] * t['grad_accum'])")
     for micro in ${MICRO:-4 8 16}; do
       [ $((per_step % micro)) = 0 ] || { echo "sweep: $micro does not divide $per_step samples a step"; exit 2; }
-      MODEL=$model PRESET=null TAG=sweep-$preset-mb$micro TARGET=train STEPS=${STEPS:-5} \
+      MODEL=$model PRESET=null TAG=sweep-$preset-mb$micro${NAME:+-$NAME} TARGET=train STEPS=${STEPS:-5} \
         EXTRA="$(preset_args "$preset") -S train.batch_size=$micro -S train.grad_accum=$((per_step / micro)) ${EXTRA:-}" \
         "$self" run
     done
@@ -255,5 +257,22 @@ PY
     FORMAT=0 MICRO="2 16" "$self" profile
     echo "batch done"
     ;;
-  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80|sweep|profile|batchprof" >&2; exit 2 ;;
+  batch200)  # what needs an H200 (141 GB; call with needs_h200): item 5's 8B full fine-tuning in fp32
+    # through every stage, then item 6 at the preset's samples a step in one micro-batch with the
+    # fixes of the profiles (compiled update, lengths padded to 64, positions on the host): the 8B
+    # and 7B folders in bf16 with stochastic rounding without checkpointing (its recomputation
+    # was 23 % of the model FLOPs on the H100), the 7B also in fp32 with checkpointing, train only
+    self=$(realpath "$0")
+    "$self" setup || { echo "batch failed: setup"; exit 1; }
+    MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
+    fast="-S train.precision=bf16_stochastic -S train.fused_kernels=liger -S train.gradient_checkpointing=false"
+    MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune MICRO=16 NAME=bf16sr EXTRA="$fast" "$self" sweep
+    rm -rf "$HUB/Cosmos-Reason2-8B"
+    MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
+    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl MICRO=32 NAME=bf16sr EXTRA="$fast" "$self" sweep
+    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl MICRO=16 NAME=fp32 EXTRA="-S train.fused_kernels=liger" "$self" sweep  # 32 would pass 141 GB
+    echo "batch done"
+    ;;
+  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80|sweep|profile|batchprof|batch200" >&2; exit 2 ;;
 esac
