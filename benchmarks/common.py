@@ -43,12 +43,13 @@ def video_machine() -> dict:
 
 
 def device_name(device: str) -> str:
-    """The card's name (``torch.cuda.get_device_name()``) for a CUDA device, else the processor's."""
+    """The card's name (``torch.cuda.get_device_name()``) for a CUDA device, else the CPU's model
+    name (``machine()``)."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.get_device_name()
-    return platform.processor()
+    return machine()["cpu"]
 
 
 def command_line(script: str | Path, args: list[str] | None = None) -> str:

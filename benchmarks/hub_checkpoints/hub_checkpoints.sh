@@ -8,6 +8,8 @@
 # Usage, on a GPU machine, from the repository root (each step can be its own call; state stays
 # under /tmp while the machine does):
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh setup          # wheels, a clone in /tmp/hubrun, the card's matmul rate, the data stages
+#     (setup first commits a checkout with changes, as the device machine's needs: benchmarks/env/device_checkout.sh;
+#     every other step works in its clone, so run setup once per machine)
 #   MODEL=Cosmos-Reason1-7B benchmarks/hub_checkpoints/hub_checkpoints.sh build
 #   MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-full OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh run
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder

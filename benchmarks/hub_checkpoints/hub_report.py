@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import markdown_table
 
 from av_grounding.models.flops import DATASHEET_BF16, mfu
@@ -112,8 +115,8 @@ PROFILE_HEADER = ["profile", "micro x accum", "pad to", "update", "fused kernels
 def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
     """One row per ``profile-*.json`` (benchmarks/hub_checkpoints/profile_train.py) in ``results``:
     the profiled steps' mean wall time, model TFLOP/s and MFU against the measured matmul rate,
-    the optimizer update's synchronised time (``-`` for an optimizer other than StochasticAdamW),
-    the GPU's busy share and the host's waits for the device per step (``cudaStreamSynchronize``
+    the optimizer update's synchronised time (its kind: compiled or plain StochasticAdamW, ``-``
+    for torch's AdamW), the GPU's busy share and the host's waits for the device per step (``cudaStreamSynchronize``
     calls; where none were recorded, the ``.item()`` and ``nonzero`` calls)."""
     rows = []
     for path in sorted(results.glob("profile-*.json")):

@@ -37,7 +37,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
 from common import command_line, device_name, summarize_profile, synchronize, write_json
 
-from av_grounding.params import FormatParams, TrainParams, load
+from av_grounding.params import FormatParams, ParamsError, TrainParams, load
+from av_grounding.pipeline.train import base_model, check_family
 from av_grounding.training.config import resolved
 from av_grounding.training.data import padding_multiple
 from av_grounding.training.hf import train_hf
@@ -133,6 +134,19 @@ def compiled_update_check(device: str, n: int = 1 << 22) -> dict:
     return out
 
 
+MARKER = ".profile_train"  # in the training folder: what a rerun may empty
+
+
+def work_folder(work: Path) -> None:
+    """Make ``work`` an empty training folder marked as this script's, emptying one it made
+    before; ``SystemExit`` for a file or a folder with anything else in it."""
+    if work.exists() and (not work.is_dir() or (any(work.iterdir()) and not (work / MARKER).exists())):
+        raise SystemExit(f"--work {work}: not an empty folder or one this script made before; name a new one")
+    shutil.rmtree(work, ignore_errors=True)  # no resume from an earlier profile
+    work.mkdir(parents=True)
+    (work / MARKER).touch()
+
+
 def overrides(pairs: list[str]) -> dict[str, dict]:
     """``section.key=value`` strings as {section: {key: value}} (values parsed as YAML)."""
     out: dict[str, dict] = {}
@@ -150,27 +164,39 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", dest="set", action="append", default=[], help="section.key=value (train, format)")
     parser.add_argument("--dataset", default="data/dataset", help="format's output folder")
-    parser.add_argument("--work", default="/tmp/profile-train", help="the training folder (emptied first)")
+    parser.add_argument("--work", default="/tmp/profile-train",
+                        help="the training folder: new, empty, or one this script made (emptied first)")
     parser.add_argument("--wait", type=int, default=2, help="steps before the profiled ones")
     parser.add_argument("--active", type=int, default=2, help="profiled steps")
-    parser.add_argument("--plain-update", action="store_true", help="StochasticAdamW unfused (compiled=False)")
+    parser.add_argument("--plain-update", action="store_true",
+                        help="StochasticAdamW unfused (compiled=False; needs train.precision bf16_stochastic)")
     parser.add_argument("--check-update", action="store_true", help="also compare the compiled update with the plain")
     parser.add_argument("--out", required=True, help="the JSON file written")
     args = parser.parse_args()
+    if args.wait < 1 or args.active < 1:
+        parser.error("--wait and --active must be at least 1 (the profile starts after step --wait)")
+    if not Path(args.params).is_file():
+        parser.error(f"--params {args.params}: no such file")
     changes = overrides(args.set)
     params = load(TrainParams, "train", args.params, {**changes.get("train", {}),
                                                       "max_steps": args.wait + args.active + 1, "save_every": 0})
     fmt = load(FormatParams, "format", args.params, changes.get("format"))
+    if args.plain_update and params.precision != "bf16_stochastic":
+        parser.error("--plain-update compares StochasticAdamW's update: it needs train.precision bf16_stochastic "
+                     f"(the params give {params.precision})")
     params = resolved(params)
-    work = Path(args.work)
-    if work.exists() and {entry.name for entry in work.iterdir()} - {"base", "checkpoints", "model"}:
-        raise SystemExit(f"--work {work}: holds files other than a profile's training folder; name an empty one")
-    shutil.rmtree(work, ignore_errors=True)  # no resume from an earlier profile
+    dataset, work = Path(args.dataset), Path(args.work)
+    try:
+        check_family(params.model, fmt, dataset)  # the stage's checks: the folder, its architecture and the data's
+    except ParamsError as exc:
+        parser.error(str(exc))
+    work_folder(work)
+    base = base_model(params, fmt, work)  # a built-in model is built there, as the stage builds it
     hook = ProfileHook(args.wait, args.active)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     optimizer_s, seen = timed_optimizer_steps(device, args.plain_update)
     with contextlib.suppress(ProfiledEnough):
-        train_hf(params, fmt, Path(params.model), Path(args.dataset), work, [hook])
+        train_hf(params, fmt, base, dataset, work, [hook])
     if hook.summary is None:
         raise SystemExit(f"{args.out}: the run ended after {len(hook.steps)} steps, before the profiled ones")
     write_json(args.out, {
