@@ -150,10 +150,13 @@ def summarize_profile(prof, wall: float) -> dict:
 
 
 def write_json(path: str | Path, report: dict) -> None:
-    """``report`` as indented JSON and a final newline, the folder made first."""
+    """``report`` as indented JSON and a final newline, the folder made first, written atomically
+    (``storage.atomic_write_bytes``: a run killed mid-write leaves the old file or none)."""
+    from av_grounding.storage import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
 
 
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:

@@ -168,7 +168,7 @@ def test_positions_computed_on_the_host_are_the_models_own(tiny, few):
         batch = collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad, multiple=multiple)
         given = with_host_positions(owner, batch)
         assert given["position_ids"].shape == (3, *batch["input_ids"].shape)
-        labelled = (batch["labels"][:, 1:] != IGNORE).any(dim=0)
+        labelled = (batch["labels"][:, 1:] != IGNORE).any(dim=0)  # independent of logit_columns
         assert labelled[given["logit_positions"]].all() and len(given["logit_positions"]) == int(labelled.sum())
         wrong = {**given, "position_ids": torch.zeros_like(given["position_ids"])}  # the model reads what it gets
         with torch.no_grad():

@@ -150,6 +150,18 @@ def within_budget(encoder: Encoder, samples: list[Sample]) -> tuple[list[tuple[S
     return kept, over
 
 
+def logit_columns(labels: torch.Tensor) -> torch.Tensor:
+    """(n,) the columns of the (rows, width) ``labels`` whose next token some row has a label
+    for: where ``answer_loss`` computes logits (on a device tensor, a ``nonzero`` that waits)."""
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+def padded_width(longest: int, multiple: int) -> int:
+    """``longest`` tokens rounded up to a multiple of ``multiple`` (>= 1): the width ``collate``
+    pads a batch to."""
+    return -(-longest // multiple) * multiple
+
+
 def rope_index_owner(model) -> Any:
     """The module of ``model`` (a Qwen2.5-VL or Qwen3-VL model, a peft wrapper or a DeepSpeed
     engine of one) that computes its multimodal rotary positions (``get_rope_index``); None for
@@ -171,7 +183,7 @@ def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = 
 
     ``pin``: the new tensors in pinned memory, so their copy to a GPU does not wait (the loader
     pins the rest)."""
-    added = {"logit_positions": (batch["labels"][:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)}
+    added = {"logit_positions": logit_columns(batch["labels"])}
     if owner is not None and batch["image_grid_thw"].numel() and "position_ids" not in batch:
         added["position_ids"], _ = owner.get_rope_index(
             batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
@@ -190,7 +202,7 @@ def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     targets = inputs["labels"][:, 1:]
     positions = inputs.get("logit_positions")
     if positions is None:
-        positions = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+        positions = logit_columns(inputs["labels"])
     forward = {k: v for k, v in inputs.items() if k not in ("labels", "logit_positions")}
     logits = model(**forward, logits_to_keep=positions).logits
     chosen = targets[:, positions]
@@ -206,7 +218,7 @@ def collate(batch: list[Encoded], pad_id: int, image_pad_id: int, left_pad: bool
 
     ``mm_token_type_ids`` (1 on image tokens) is what lets the model compute its multimodal
     rotary positions; without it Qwen2.5-VL silently falls back to text-only positions."""
-    width = -(-max(len(e.input_ids) for e in batch) // multiple) * multiple
+    width = padded_width(max(len(e.input_ids) for e in batch), multiple)
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     labels = np.full((len(batch), width), IGNORE, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)

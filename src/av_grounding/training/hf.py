@@ -37,6 +37,7 @@ from ..models.inputs import (
     BudgetError,
     Encoder,
     answer_loss,
+    padded_width,
     rope_index_owner,
     with_host_positions,
     within_budget,
@@ -352,7 +353,7 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
     texts = [text for _, text in examples]
     image_pad = model.config.image_token_id
     multiple = padding_multiple(params.pad_to_multiple_of, device)
-    width = -(-max(len(t.input_ids) for t in texts) // multiple) * multiple
+    width = padded_width(max(len(t.input_ids) for t in texts), multiple)
     needed = estimate(model, params.gradient_checkpointing, params.batch_size * width,
                       4 * largest([t.input_ids.count(image_pad) for t in texts]),
                       largest([sum(label != IGNORE for label in t.labels) for t in texts]),

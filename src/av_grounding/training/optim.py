@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 UPDATE_CHUNK = 1 << 24  # elements a step updates at a time (training/memory.py counts its scratch)
-
 _LOW_BITS = 1 << 16  # the fp32 mantissa bits that bf16 drops
 _HIGH_MASK = -_LOW_BITS  # 0xFFFF0000 as a signed 32-bit integer
 
