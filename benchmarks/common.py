@@ -22,6 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# the evaluator's headline metrics (evaluation.bootstrap.HEADLINE) as result tables name them
+HEADLINE_NAMES = {"ap2d50": "AP2D50", "ap3d": "AP3D", "center_distance_map": "centre mAP", "recall": "recall",
+                  "precision": "precision"}
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 
@@ -163,6 +166,51 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     """Lines of a markdown table: the header, its ``|---|`` rule, then one line per row."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def unpack(archive: Path, into: Path) -> Path:
+    """``archive`` (a .tar.gz a benchmark script wrote) unpacked into ``into``; returns ``into``."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def rescore(params: Path, truth: Path, predictions: Path, column: str, scratch: Path):
+    """The model version ``column`` of a run scored again with the evaluator's clip bootstrap
+    (``evaluation.bootstrap.clip_bootstrap``, a ``BootstrapResult``), under the run's own
+    ``evaluate`` params (``params``: its params.yaml; codec, thresholds, replicates, seed).
+    ``truth``: the evaluation split's truth as ``eval_truth.tar.gz`` (``data/dataset/eval/text``,
+    learning_common.sh's ``collect_run``); ``predictions``: ``predictions.tar.gz``
+    (``data/predictions/<column>/``); both unpacked under ``scratch``. Runs scored on the same
+    frames with the same params share their draws, so their differences pair
+    (``bootstrap.paired_change``). Raises ``EvaluationError`` (from ``load_frames``) for a
+    prediction that is not a prediction file, ``KeyError`` for a column the archive lacks."""
+    from av_grounding.evaluation.bootstrap import clip_bootstrap
+    from av_grounding.evaluation.config import EvaluationConfig
+    from av_grounding.evaluation.frames import load_frames
+    from av_grounding.params import EvaluateParams, load
+
+    settings = load(EvaluateParams, "evaluate", params)
+    config = EvaluationConfig.from_params(settings)
+    text = unpack(truth, scratch / "truth") / "data" / "dataset" / "eval" / "text"
+    folder = unpack(predictions, scratch / "predictions") / "data" / "predictions" / column
+    if not folder.is_dir():
+        raise KeyError(f"{predictions}: no prediction column '{column}'")
+    return clip_bootstrap(load_frames(text, folder, config.codec), config, max(settings.bootstrap, 2),
+                          settings.bootstrap_seed)
+
+
+def interval_cell(interval, sign: bool = False) -> str:
+    """``0.430 [0.350, 0.510]`` (``sign``: ``+0.012 [-0.020, +0.045]``) for a
+    ``bootstrap.Interval``; ``-`` when its value is None, the value alone without bounds."""
+    if interval.value is None:
+        return "-"
+    if sign:
+        value = f"{interval.value:+.3f}"
+        return value if interval.low is None else f"{value} [{interval.low:+.3f}, {interval.high:+.3f}]"
+    return f"{interval.value:.3f}" + ("" if interval.low is None else f" [{interval.low:.3f}, {interval.high:.3f}]")
 
 
 def seed_group(name: str) -> str:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,10 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import seed_group
+from common import HEADLINE_NAMES as NAMES
+from common import interval_cell, rescore, seed_group
 
+from av_grounding.evaluation.bootstrap import HEADLINE, paired_change
 from av_grounding.evaluation.table import lookup, results_markdown
 
 # The goal of issue 26 for each headline metric of the final model (at least this much; the
@@ -101,24 +105,29 @@ def inference_line(folder: Path, params: dict) -> str:
     return f"- Inference: greedy, batch {params['infer']['batch_size']}, {speed}."
 
 
+def image_tokens(folder: Path) -> float:
+    """Mean image tokens a frame of the run's model family (``format``'s ``dataset.json``)."""
+    family = read(folder, "params.yaml")["format"]["model_family"]
+    return read(folder, "dataset.json")["tokens"]["image_per_frame"][family]["mean"]
+
+
 def run_section(folder: Path, image: Path, link: str) -> str:
     results, steps = scores(folder), read(folder, "columns.json")
     train, dataset, params = (read(folder, n) for n in ("train.json", "dataset.json", "params.yaml"))
     samples_per_s = curve(folder, "samples_per_s")["samples_per_s"]
     plot(folder, results, steps, image)
     fmt, tp = params["format"], params["train"]
-    image_tokens = dataset["tokens"]["image_per_frame"][fmt["model_family"]]["mean"]
     architecture = fmt["model_family"]
     last = final_column(results, steps)  # the final model where evaluated
     model = "final model" if last == "final" else f"last evaluated model, step {steps[last]}"
     peak_memory = f"; peak GPU memory {train['peak_gpu_memory_gib']} GiB" if train["peak_gpu_memory_gib"] else ""
     lines = [
-        f"## {ARCHITECTURES.get(architecture, architecture)}: `{tp['model']}`\n",
+        f"## {ARCHITECTURES.get(architecture, architecture)}: `{folder.name}`\n",
         (f"- Data: {dataset['samples']['train']:,} training frames from {dataset['clips']['train']} clips, "
          f"{dataset['samples']['eval']:,} evaluation frames from {dataset['clips']['eval']} held-out clips; "
          f"{dataset['boxes']:,} boxes in all; rendered at "
          f"{params['synthesize']['width']}x{params['synthesize']['height']}, "
-         f"seen by the model at up to {fmt['max_pixels']:,} pixels ({image_tokens:.0f} image tokens a frame)."),
+         f"seen by the model at up to {fmt['max_pixels']:,} pixels ({image_tokens(folder):.0f} image tokens a frame)."),
         (f"- Training: {train['trainable_parameters'] / 1e6:.1f}M parameters, all trained, random initialisation; "
          f"{train['steps']} steps of {tp['batch_size']} samples, AdamW lr {train['lr']:g}, {tp['schedule']} after "
          f"{tp['warmup_ratio']:.0%} warmup, on {train['device']}"
@@ -189,7 +198,8 @@ def runs_table(folders: list[Path]) -> str:
                      "seed": params["train"].get("seed", 0),
                      "camera input": params["format"].get("camera_input", "none"),
                      "rendered": f"{params['synthesize']['width']}x{params['synthesize']['height']}",
-                     "max pixels": params["format"]["max_pixels"], "steps": steps[final_column(results, steps)],
+                     "max pixels": params["format"]["max_pixels"], "image tokens": image_tokens(folder),
+                     "steps": steps[final_column(results, steps)],
                      **{name: with_interval(column, path, key) for name, path, key in SUMMARY}})
         values.setdefault(seed_group(folder.name), []).append([lookup(column, path) for _, path, _ in SUMMARY])
     lines = ["## Every run\n", ("Final model of each run; brackets: clip-bootstrap 95 % intervals "
@@ -204,6 +214,80 @@ def runs_table(folders: list[Path]) -> str:
     return "\n".join(lines)
 
 
+# params that change no output (workers: every stage writes the same bytes whatever their count)
+NO_EFFECT = re.compile(r"\.workers$")
+LEVER_RUN = r"{prefix}-(?!s\d+-)(?P<lever>[a-z0-9-]+)-{steps}"  # levers.sh: <size>-<arch>[-s<seed>]-<lever>-<steps>
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"section.key": value}`` of a nested params mapping."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def changes(base: Path, other: Path) -> str:
+    """``section.key=value`` for every param of ``other``'s params.yaml that differs from
+    ``base``'s, the worker counts left out."""
+    before, after = (flat(read(f, "params.yaml")) for f in (base, other))
+    return ", ".join(f"{key}={after.get(key)}" for key in sorted(set(before) | set(after))
+                     if before.get(key) != after.get(key) and not NO_EFFECT.search(key)) or "none"
+
+
+def seconds(folder: Path, stage: str) -> float | None:
+    path = folder / "timing" / f"{stage}.json"
+    if not path.exists():
+        return None
+    timing = read(folder / "timing", f"{stage}.json")
+    return timing["wall_s"] if stage == "train" else sum(c.get("wall_s", 0) for c in timing.values())
+
+
+def lever_tables(folders: list[Path], scratch: Path) -> str:
+    """For each base run of levers.sh (``<prefix>-base-<steps>``), its lever runs (same prefix
+    and steps) against it: the final models scored again, each on its own run's truth
+    (``eval_truth.tar.gz``) with the run's evaluator, on the same held-out frames and bootstrap
+    draws, so each change gets a paired interval (``bootstrap.paired_change``). Runs without
+    their truth are listed as not scored."""
+    sections = []
+    for base in folders:
+        match = re.fullmatch(r"(?P<prefix>.+)-base-(?P<steps>\d+)", base.name)
+        if not match:
+            continue
+        pattern = LEVER_RUN.format(prefix=re.escape(match["prefix"]), steps=match["steps"])
+        levers = [f for f in folders if f != base and re.fullmatch(pattern, f.name)]
+        if not levers:
+            continue
+        scored = {}
+        for run in [base, *levers]:
+            if (run / "eval_truth.tar.gz").exists():
+                scored[run] = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz",
+                                      "final", scratch / run.name)
+        rows, readings = [], []
+        for run in levers:
+            row = {"lever": re.fullmatch(pattern, run.name)["lever"], "changes": changes(base, run),
+                   "image tokens": f"{image_tokens(run):.0f}",
+                   "train s": f"{seconds(run, 'train'):.0f}", "infer s": f"{seconds(run, 'infer'):.0f}"}
+            if base in scored and run in scored:
+                change = paired_change(scored[base], scored[run])
+                row.update({NAMES[n]: interval_cell(change[n], sign=True) for n in HEADLINE})
+                moved = [f"{NAMES[n]} {'rises' if change[n].low > 0 else 'falls'}" for n in HEADLINE
+                         if change[n].low is not None and (change[n].low > 0 or change[n].high < 0)]
+                readings.append(f"- `{row['lever']}`: " + (", ".join(moved) if moved else
+                                                           "no change outside its interval"))
+            else:
+                row.update({NAMES[n]: "not scored (no eval_truth.tar.gz)" for n in HEADLINE})
+            rows.append(row)
+        sections += [f"## Levers against `{base.name}`\n",
+                     (f"Each lever changes the base run's params as listed; the final models after {match['steps']} "
+                      "steps, scored again on the same held-out frames: change against the base, with its paired "
+                      "clip-bootstrap 95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). `train s`: wall "
+                      "time of the training loop (`timing/train.json`); `infer s`: of answering the evaluation "
+                      f"frames (base: {seconds(base, 'train'):.0f} and {seconds(base, 'infer'):.0f} s).\n"),
+                     pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), "", *readings, ""]
+    return "\n".join(sections)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
@@ -211,7 +295,8 @@ def main() -> None:
     args = parser.parse_args()
     header = (args.root / "README.md").read_text()
     folders = sorted(p for p in args.root.iterdir() if p.is_dir())
-    sections = [runs_table(folders)]
+    with tempfile.TemporaryDirectory() as scratch:
+        sections = [runs_table(folders), lever_tables(folders, Path(scratch))]
     for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))

@@ -11,13 +11,13 @@
 #   LEVERS="base prompt" ARCH=qwen2_5_vl SEED=1 OUT=/tmp/out benchmarks/learning/levers.sh
 # LEVERS names the levers to run, in order, from the table below (default: base pixels-2x prompt
 # virtual); EXTRA (added to every lever) and SIZE, SEED, WORK as in learning.sh.
-# About 5.5 minutes a lever on one H200 at 600 steps (train 0.28 s a step, one infer column,
-# evaluate), after about 6 minutes of data stages; pixels-2x renders the clips again at 960x540
-# (2.25 times the pixels and image tokens), in a clone of its own ($WORK-pixels-2x: a lever that
-# changes synthesize gets one, so the others keep theirs): its data stages again, at about 2.25
-# times their cost, and about twice the training and inference time, some 18 minutes in all
-# (estimates from the committed runs' stage times, not measured). base and pixels-2x together
-# fit one 30-minute session only at fewer steps (STEPS=400).
+# Measured on one H100 (2026-12-05, results/small-qwen3_vl-*-600): the base lever 6.2 minutes with
+# the data stages (synthesize 78 s, format 52 s, train 124 s of which 75 s of 600 steps, infer
+# 46 s), each further lever of the same data about 4 minutes (3.6-4.3). pixels-2x renders the
+# clips again at 960x540 (2.25 times the pixels and image tokens), in a clone of its own
+# ($WORK-pixels-2x: a lever that changes synthesize gets one, so the others keep theirs): its data
+# stages again, at about 2.25 times their cost, and about twice the training and inference time
+# (an estimate, not measured).
 # The order follows the committed run's measurements (results/<run>/depth_errors.md): its depth
 # has no bias by lens (median predicted/true depth 0.97-1.03 on both lens types), while far
 # vehicles are too small to see (35-50 m: 22 px wide, under one image token; 26 % answered), so

@@ -21,10 +21,10 @@
 # runs one architecture); RL_EXTRA (more -S overrides of the rl section, word-split) and SFT_EXTRA
 # (of the SFT arm) change the arms. Every run starts from the committed params.yaml. Results go to
 # $OUT/<size>-<arch>[-s<seed>][-<tag>]/:
-#   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing and predictions
-#                     (learning_common.sh's collect_run); base is the SFT model alone
+#   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing, predictions and the
+#                     evaluation split's truth (learning_common.sh's collect_run; the report
+#                     scores the arms on base's, paired); base is the SFT model alone
 #   plan.json         the equal-time plan: SFT step time, the GRPO time budget
-#   eval_truth.tar.gz the evaluation split's truth (the report scores the arms on it, paired)
 # then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
 #
 # Order matters: the train stage keeps one model (its outputs persist and are not restored from
@@ -67,7 +67,6 @@ mean_step() {  # mean_step <timing.json>: the mean seconds of the steps it lists
 
 experiment base "$result/base" "${BASE[@]}" || exit 1
 rm -rf "$base_model" && cp -r data/train/model "$base_model" || exit 1
-tar -czf "$result/eval_truth.tar.gz" data/dataset/eval/text || exit 1
 
 sft_step=$(mean_step "$result/base/timing/train.json") || exit 1
 budget=$(python3 -c "print(round($MORE * $sft_step, 2))")

@@ -5,8 +5,8 @@ benchmarks/rl_vs_sft/rl_vs_sft.sh fills.
 
 Each folder under the root is one run (``<size>-<arch>[-s<seed>][-<tag>]``) with ``base/``,
 ``sft/`` and ``rl/`` (each a learning-benchmark run folder: metrics, params, curves, timing,
-``predictions.tar.gz``), ``plan.json`` and ``eval_truth.tar.gz``. The three arms are scored again
-here on the same held-out frames with the evaluator's own clip bootstrap, so every comparison is
+``predictions.tar.gz``, and ``eval_truth.tar.gz``) and ``plan.json``. The three arms are scored
+again here on the same held-out frames with the evaluator's own clip bootstrap, so every comparison is
 paired (``evaluation.bootstrap.paired_change``), and the mean over seeds of each change gets its
 interval from the runs' replicates (``bootstrap.mean_change``).
 """
@@ -17,31 +17,25 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import seed_group
+from common import HEADLINE_NAMES as NAMES
+from common import interval_cell, rescore, seed_group
 
 from av_grounding.evaluation.bootstrap import (
     HEADLINE,
     BootstrapResult,
     Interval,
-    clip_bootstrap,
     mean_change,
     paired_change,
 )
-from av_grounding.evaluation.config import EvaluationConfig
-from av_grounding.evaluation.frames import load_frames
-from av_grounding.params import EvaluateParams, load
 
 # arm -> (folder of the run, prediction column of the model it compares)
 ARMS = {"SFT model": ("base", "final"), "+ more SFT": ("sft", "final"), "+ RL": ("rl", "rl_final")}
-NAMES = {"ap2d50": "AP2D50", "ap3d": "AP3D", "center_distance_map": "centre mAP", "recall": "recall",
-         "precision": "precision"}
 # The issue's goal: RL minus more SFT at equal GPU time, at least this much (precision: no lower).
 GOAL = {"center_distance_map": 0.05, "ap2d50": 0.03, "precision": 0.0}
 COMPARISONS = (("+ RL", "+ more SFT"), ("+ more SFT", "SFT model"), ("+ RL", "SFT model"))
@@ -63,32 +57,13 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def extract(archive: Path, into: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    return into
-
-
 def bootstraps(run: Path, scratch: Path) -> dict[str, BootstrapResult]:
-    """Each arm's model scored on the run's evaluation truth, with the evaluator's clip bootstrap
-    (the run's ``evaluate`` params: codec, thresholds, replicates, seed): the same draws for all."""
-    params = load(EvaluateParams, "evaluate", run / "base" / "params.yaml")
-    config = EvaluationConfig.from_params(params)
-    truth = extract(run / "eval_truth.tar.gz", scratch / "truth") / "data" / "dataset" / "eval" / "text"
-    out = {}
-    for arm, (folder, column) in ARMS.items():
-        predictions = extract(run / folder / "predictions.tar.gz", scratch / folder) / "data" / "predictions"
-        frames = load_frames(truth, predictions / column, config.codec)
-        out[arm] = clip_bootstrap(frames, config, max(params.bootstrap, 2), params.bootstrap_seed)
-    return out
-
-
-def cell(interval: Interval, sign: bool = False) -> str:
-    if interval.value is None:
-        return "-"
-    value = f"{interval.value:+.3f}" if sign else f"{interval.value:.3f}"
-    return value + ("" if interval.low is None else f" [{interval.low:+.3f}, {interval.high:+.3f}]" if sign
-                    else f" [{interval.low:.3f}, {interval.high:.3f}]")
+    """Each arm's model scored again on the run's evaluation truth (``base/eval_truth.tar.gz``)
+    with the evaluator's clip bootstrap under the run's ``evaluate`` params: the same draws for
+    all (``common.rescore``)."""
+    truth = run / "base" / "eval_truth.tar.gz"
+    return {arm: rescore(run / "base" / "params.yaml", truth, run / folder / "predictions.tar.gz", column,
+                         scratch / folder) for arm, (folder, column) in ARMS.items()}
 
 
 def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
@@ -103,7 +78,7 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
         seconds = read_json(timing).get("step_seconds") if timing.exists() and folder != "base" else None
         steps = read_json(run / folder / "columns.json")[column] + (base_steps if folder == "sft" else 0)
         rows.append({"model": arm, "steps": steps,
-                     **{NAMES[name]: cell(scored[arm].intervals[name]) for name in HEADLINE},
+                     **{NAMES[name]: interval_cell(scored[arm].intervals[name]) for name in HEADLINE},
                      "duplicate share": "-" if not predicted else f"{reward.get('duplicates', 0) / predicted:.3f}",
                      "mean reward": "-" if reward.get("total") is None else f"{reward['total']:.3f}",
                      "time of its steps (s)": "-" if seconds is None else f"{seconds:.0f}"})
@@ -111,7 +86,8 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
 
 
 def change_table(changes: dict[tuple[str, str], dict[str, Interval]]) -> str:
-    rows = [{"change": f"{after} minus {before}", **{NAMES[name]: cell(change[name], sign=True) for name in HEADLINE}}
+    rows = [{"change": f"{after} minus {before}",
+             **{NAMES[name]: interval_cell(change[name], sign=True) for name in HEADLINE}}
             for (after, before), change in changes.items()]
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
 

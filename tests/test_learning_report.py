@@ -1,0 +1,84 @@
+"""benchmarks/learning/learning_report.py: the lever table of levers.sh's runs (each lever scored
+again against its base run on the same frames, paired), and benchmarks/common.py's rescoring."""
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
+from common import rescore
+from learning_report import changes, lever_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
+CAR = [-3.0, 0.7, 15.0, 4.5, 1.9, 1.6, 0.0, 0.2, 0.0]
+CLIPS = ("c0", "c1", "c2", "c3")
+
+
+def pack(folder: Path, archive: Path, inside: str, files: dict) -> None:
+    """``files`` ({name: document}) as JSON under ``inside`` in the .tar.gz ``archive``."""
+    for name, document in files.items():
+        path = folder / inside / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document))
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / inside.split("/")[0], arcname=inside.split("/")[0])
+
+
+def run_folder(root: Path, name: str, shift: float, overrides: dict) -> Path:
+    """A run folder as collect_run writes it: one car per clip in the truth, the final model's
+    answer the car moved ``shift`` metres to the side."""
+    folder = root / name
+    (folder / "timing").mkdir(parents=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        params[section][field] = value
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    family = params["format"]["model_family"]
+    (folder / "dataset.json").write_text(json.dumps({"tokens": {"image_per_frame": {family: {"mean": 220.0}}}}))
+    (folder / "timing" / "train.json").write_text(json.dumps({"wall_s": 75.0}))
+    (folder / "timing" / "infer.json").write_text(json.dumps({"final": {"wall_s": 30.0}}))
+    truth = {f"{clip}_000000": {"clip_id": clip, "camera": "camera_front_wide_120fov", "camera_params": CAMERA,
+                                 "width": 640, "height": 360, "annotations": [{"label": "car", "bbox_3d": CAR}]}
+             for clip in CLIPS}
+    answer = [CAR[0] + shift, *CAR[1:]]
+    answers = {f"{clip}_000000": {"annotations": [{"label": "car", "bbox_3d": answer}]} for clip in CLIPS}
+    pack(root / "scratch" / name / "t", folder / "eval_truth.tar.gz", "data/dataset/eval/text", truth)
+    pack(root / "scratch" / name / "p", folder / "predictions.tar.gz", "data/predictions/final", answers)
+    return folder
+
+
+def test_a_lever_that_finds_every_car_rises_against_a_base_that_misses_them(tmp_path):
+    base = run_folder(tmp_path, "small-qwen3_vl-base-600", 3.0, {})
+    lever = run_folder(tmp_path, "small-qwen3_vl-prompt-600", 0.0, {"format.camera_input": "prompt",
+                                                                     "format.workers": 7})
+    other_seed = run_folder(tmp_path, "small-qwen3_vl-s1-base-600", 3.0, {})  # a base of its own, not a lever
+    table = lever_tables([base, lever, other_seed], tmp_path / "work")
+    assert table.count("## Levers against") == 1
+    row = next(line for line in table.splitlines() if line.startswith("| prompt"))
+    assert "format.camera_input=prompt" in row and "workers" not in row
+    assert "+1.000 [+1.000, +1.000]" in row  # AP2D50 0 -> 1 on every clip: every resampling agrees
+    assert "- `prompt`: AP2D50 rises" in table
+
+
+def test_changes_lists_differing_params_but_not_worker_counts(tmp_path):
+    base = run_folder(tmp_path, "a-base-10", 0.0, {})
+    other = run_folder(tmp_path, "a-half-10", 0.0, {"format.max_pixels": 115200, "extract.workers": 3})
+    assert changes(base, other) == "format.max_pixels=115200"
+    assert changes(base, base) == "none"
+
+
+def test_rescore_names_a_missing_column(tmp_path):
+    run = run_folder(tmp_path, "r-base-1", 0.0, {})
+    scored = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", "final",
+                     tmp_path / "s1")
+    assert scored.intervals["recall"].value == 1.0 and scored.clips == len(CLIPS)
+    with pytest.raises(KeyError, match="no prediction column 'step_000100'"):
+        rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", "step_000100",
+                tmp_path / "s2")
