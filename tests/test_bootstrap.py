@@ -172,6 +172,30 @@ def test_the_mean_change_over_runs_pairs_common_draws_and_combines_independent_o
         mean_change([first, (clip_bootstrap(noisy, config, 100, seed=2), clip_bootstrap(noisy, config, 100, seed=2))])
 
 
+def test_the_mean_over_runs_of_one_run_is_that_run_and_of_two_on_other_frames_combines_independent_draws(noisy):
+    """One run (or the same run twice): its own values and intervals. Two runs on other frames
+    (another data seed): the mean of their values, and the percentiles of the mean of their
+    replicates, each run's reordered by its frames' permutation, which spread less than either
+    run's own (independent draws: half the variance of runs that spread alike)."""
+    from av_grounding.evaluation.bootstrap import _order_of, mean_over_runs
+
+    config = EvaluationConfig()
+    first = clip_bootstrap(noisy, config, 400, seed=2)
+    assert mean_over_runs([first]) == first.intervals == mean_over_runs([first, first])
+    other = clip_bootstrap([dataclasses.replace(f, id=f"other_{f.id}") for f in reversed(noisy)], config, 400, seed=2)
+    both = mean_over_runs([first, other])
+    for name in HEADLINE:
+        assert both[name].value == pytest.approx((first.intervals[name].value + other.intervals[name].value) / 2)
+        draws = [r.values[name][_order_of(r.frames, 400)] for r in (first, other)]
+        mean = (draws[0] + draws[1]) / 2
+        assert (both[name].low, both[name].high) == pytest.approx(tuple(np.percentile(mean, [2.5, 97.5])))
+        assert np.std(mean) < min(np.std(d) for d in draws), name
+    with pytest.raises(ValueError, match="no runs"):
+        mean_over_runs([])
+    with pytest.raises(ValueError, match="replicate counts"):
+        mean_over_runs([first, clip_bootstrap(noisy, config, 100, seed=2)])
+
+
 def test_the_stage_writes_each_columns_change_from_the_column_before(noisy, dataset, tmp_path):
     """Three columns (noisy answers, noisy again, the truth) on the test split (one clip: values,
     no intervals): the second's change is exactly 0, the third's positive; the results table

@@ -12,7 +12,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
 from common import rescore
-from learning_report import changes, lever_tables
+from learning_report import changes, lever_tables, seed_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
@@ -82,3 +82,21 @@ def test_rescore_names_a_missing_column(tmp_path):
     with pytest.raises(KeyError, match="no prediction column 'step_000100'"):
         rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", "step_000100",
                 tmp_path / "s2")
+
+
+def test_the_seed_mean_has_an_interval_only_where_every_run_kept_its_truth(tmp_path):
+    """A run that answers every car (recall 1) and one that misses every car by 30 m (recall 0):
+    the mean recall 0.5, and its interval [0.5, 0.5], as each run's recall is the same on every
+    resampling of its clips. Without one run's truth: the mean of the runs' own metrics, no
+    interval; a metric a run lacks: a dash."""
+    runs = [run_folder(tmp_path, "small-qwen3_vl-half-600", 0.0, {}),
+            run_folder(tmp_path, "small-qwen3_vl-s1-half-600", 30.0, {"train.seed": 1})]
+    (runs[0] / "columns.json").write_text(json.dumps({"final": 600}))
+    (runs[1] / "columns.json").write_text(json.dumps({"final": 600}))
+    for run, recall in zip(runs, (1.0, 0.0)):
+        (run / "eval.json").write_text(json.dumps({"final": {"matching": {"recall": recall}}}))
+    row = seed_mean("small-qwen3_vl-half-600", runs, tmp_path / "work")
+    assert row["seeds"] == 2 and row["recall"] == "0.500 [0.500, 0.500]"
+    (runs[1] / "eval_truth.tar.gz").unlink()
+    without = seed_mean("g", runs, tmp_path / "work2")
+    assert without["recall"] == "0.500 (no interval: no eval_truth.tar.gz)" and without["AP2D50"] == "-"

@@ -8,8 +8,12 @@ Each folder under the results root is one run (``<size>-<architecture>``) holdin
 metrics (``eval.json``, or ``rescore/eval.json`` where the predictions were scored again by a newer
 ``evaluate``; ``train.json``, ``infer.json``, ``dataset.json``, ...), ``columns.json``
 (training step of each evaluated model version), ``params.yaml`` as the experiment ran it,
-``curves/*.tsv`` (DVCLive) and ``notes.md`` (what happened, by hand). The tables come from the
-evaluate stage's own table builder, so they read exactly like ``plots/eval/results_table.md``.
+``curves/*.tsv`` (DVCLive), ``notes.md`` (what happened, by hand), ``predictions.tar.gz`` and
+``eval_truth.tar.gz`` (the evaluation split's truth; runs made before collect_run kept it lack it).
+The per-run tables come from the evaluate stage's own table builder, so they read exactly like
+``plots/eval/results_table.md``. Runs that kept their truth are scored again here for the tables
+that compare runs: the mean over seeds with its interval (``bootstrap.mean_over_runs``) and each
+lever of ``levers.sh`` against its base run, paired (``bootstrap.paired_change``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 from common import HEADLINE_NAMES as NAMES
 from common import interval_cell, rescore, seed_group
 
-from av_grounding.evaluation.bootstrap import HEADLINE, paired_change
+from av_grounding.evaluation.bootstrap import HEADLINE, mean_over_runs, paired_change
 from av_grounding.evaluation.table import lookup, results_markdown
 
 # The goal of issue 26 for each headline metric of the final model (at least this much; the
@@ -187,10 +191,12 @@ def with_interval(column: dict, path: tuple[str, ...], key: str) -> str:
     return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds and None not in bounds else "")
 
 
-def runs_table(folders: list[Path]) -> str:
+def runs_table(folders: list[Path], scratch: Path) -> str:
     """One row per run (final model, with intervals), then the mean over the seeds of each group
-    of runs that differ by seed only."""
-    rows, values = [], {}
+    of runs that differ by seed only: with the 95 % interval of the mean
+    (``bootstrap.mean_over_runs`` of each run's final model scored again on its own truth) where
+    every run of the group kept its ``eval_truth.tar.gz``, the mean alone otherwise."""
+    rows, groups = [], {}
     for folder in folders:
         results, steps, params = scores(folder), read(folder, "columns.json"), read(folder, "params.yaml")
         column = results[final_column(results, steps)]
@@ -201,17 +207,35 @@ def runs_table(folders: list[Path]) -> str:
                      "max pixels": params["format"]["max_pixels"], "image tokens": image_tokens(folder),
                      "steps": steps[final_column(results, steps)],
                      **{name: with_interval(column, path, key) for name, path, key in SUMMARY}})
-        values.setdefault(seed_group(folder.name), []).append([lookup(column, path) for _, path, _ in SUMMARY])
+        groups.setdefault(seed_group(folder.name), []).append(folder)
     lines = ["## Every run\n", ("Final model of each run; brackets: clip-bootstrap 95 % intervals "
                                  "(docs/metrics.md#intervals-how-sure-a-number-is).\n"),
              pd.DataFrame(rows).to_markdown(index=False), ""]
-    seeded = {group: v for group, v in values.items() if len(v) > 1}
-    if seeded:
-        means = [{"runs": group, "seeds": len(v),
-                  **{name: f"{np.mean([r[i] for r in v if r[i] is not None]):.3f}" for i, (name, _, _) in
-                     enumerate(SUMMARY)}} for group, v in seeded.items()]
-        lines += ["Mean over seeds:\n", pd.DataFrame(means).to_markdown(index=False), ""]
+    means = [seed_mean(group, runs, scratch) for group, runs in groups.items() if len(runs) > 1]
+    if means:
+        lines += [("Mean over seeds (brackets: 95 % interval of the mean over the runs' evaluation clips, "
+                   "`bootstrap.mean_over_runs`; it does not cover the spread between training seeds):\n"),
+                  pd.DataFrame(means).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def seed_mean(group: str, runs: list[Path], scratch: Path) -> dict[str, object]:
+    """A row of the seed means: each headline metric's mean over ``runs`` (final models), with
+    its interval when every run has its evaluation truth."""
+    columns = []
+    for run in runs:
+        results, steps = scores(run), read(run, "columns.json")
+        columns.append(final_column(results, steps))
+    if all((run / "eval_truth.tar.gz").exists() for run in runs):
+        scored = [rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", column,
+                          scratch / "means" / run.name) for run, column in zip(runs, columns)]
+        cells = {NAMES[name]: interval_cell(value) for name, value in mean_over_runs(scored).items()}
+    else:
+        finals = [scores(run)[column] for run, column in zip(runs, columns)]
+        values = {name: [v for c in finals if (v := lookup(c, path)) is not None] for name, path, _ in SUMMARY}
+        cells = {name: f"{np.mean(v):.3f} (no interval: no eval_truth.tar.gz)" if len(v) == len(runs) else "-"
+                 for name, v in values.items()}
+    return {"runs": group, "seeds": len(runs), **cells}
 
 
 # params that change no output (workers: every stage writes the same bytes whatever their count)
@@ -296,7 +320,7 @@ def main() -> None:
     header = (args.root / "README.md").read_text()
     folders = sorted(p for p in args.root.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as scratch:
-        sections = [runs_table(folders), lever_tables(folders, Path(scratch))]
+        sections = [runs_table(folders, Path(scratch)), lever_tables(folders, Path(scratch))]
     for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))

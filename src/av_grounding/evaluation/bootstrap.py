@@ -190,14 +190,37 @@ def mean_change(pairs: list[tuple[BootstrapResult, BootstrapResult]]) -> dict[st
     if not pairs:
         raise ValueError("mean_change: no runs")
     changes = [paired_change(before, after) for before, after in pairs]
-    if len({after.replicates for _, after in pairs}) > 1:
-        raise ValueError("mean_change: the runs' bootstraps have different replicate counts")
+    differences = [{name: after.values[name] - before.values[name] if len(after.values[name]) else after.values[name]
+                    for name in after.intervals} for before, after in pairs]
+    return _mean_of_runs("mean_change", changes, differences, [after for _, after in pairs])
+
+
+def mean_over_runs(results: list[BootstrapResult]) -> dict[str, Interval]:
+    """The mean over runs (two data and training seeds, say) of each headline metric, with the
+    95 % interval of that mean: replicate i of the mean is the mean of the runs' replicate-i
+    values, each run's replicates first reordered by a permutation seeded by its frames
+    (``_order_of``), so runs on other frames combine as independent draws. One run gives its own
+    intervals. As for ``mean_change``, the interval covers the sampling of each run's evaluation
+    clips, not the spread between training runs. Value None where a run's is undefined.
+    Raises ``ValueError`` for no runs or runs of unequal replicate counts."""
+    if not results:
+        raise ValueError("mean_over_runs: no runs")
+    return _mean_of_runs("mean_over_runs", [r.intervals for r in results], [r.values for r in results], results)
+
+
+def _mean_of_runs(caller: str, intervals: list[dict[str, Interval]], replicates: list[dict[str, np.ndarray]],
+                  runs: list[BootstrapResult]) -> dict[str, Interval]:
+    """Per metric: the mean of the runs' values (None where one is undefined) and the 95 %
+    interval of the mean of their ``replicates``, each run's reordered by ``_order_of`` the
+    frames of its bootstrap in ``runs``."""
+    if len({run.replicates for run in runs}) > 1:
+        raise ValueError(f"{caller}: the runs' bootstraps have different replicate counts")
+    frames = [run.frames for run in runs]
     out = {}
-    for name in pairs[0][1].intervals:
-        values = [value for change in changes if (value := change[name].value) is not None]
-        differences = [(after.values[name] - before.values[name])[_order_of(after.frames, len(after.values[name]))]
-                       for before, after in pairs]
-        mean = float(np.mean(values)) if len(values) == len(changes) else None
-        usable = all(len(d) for d in differences)
-        out[name] = Interval(mean, *(_percentiles(np.mean(differences, axis=0)) if usable else (None, None)))
+    for name in intervals[0]:
+        values = [value for run in intervals if (value := run[name].value) is not None]
+        draws = [run[name][_order_of(ids, len(run[name]))] for run, ids in zip(replicates, frames)]
+        mean = float(np.mean(values)) if len(values) == len(intervals) else None
+        out[name] = Interval(mean, *(_percentiles(np.mean(draws, axis=0)) if all(len(d) for d in draws)
+                                     else (None, None)))
     return out
