@@ -108,6 +108,24 @@ HOST_SYNC_CALLS = ("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSync
                    "cudaEventSynchronize")
 
 
+def sync_sources(prof, frames: int = 4, top: int = 15) -> list[dict]:
+    """Where the host read device values, from a ``torch.profiler.profile`` made with
+    ``with_stack=True``: the ``top`` (operator, innermost ``frames`` Python frames) pairs of the
+    waiting operators among ``HOST_SYNC_CALLS`` (``_local_scalar_dense``, ``nonzero``: the
+    runtime's own synchronisations carry no Python stack, and ``.tolist()`` shows only as a
+    copy), most calls first; frames inside torch itself and module annotations are left out, so
+    each names the model or project code that asked."""
+    sources: dict[tuple[str, tuple[str, ...]], int] = {}
+    for event in prof.events():
+        if event.name not in HOST_SYNC_CALLS or not event.stack:
+            continue
+        stack = tuple(line for line in event.stack if not line.startswith(("torch/", "<built-in", "nn.Module:"))
+                      and "/torch/" not in line)[:frames]
+        sources[event.name, stack] = sources.get((event.name, stack), 0) + 1
+    ranked = sorted(sources.items(), key=lambda item: (-item[1], item[0]))
+    return [{"name": name, "calls": calls, "stack": list(stack)} for (name, stack), calls in ranked[:top]]
+
+
 def profile_summary(work, device: str) -> dict:
     """``summarize_profile`` of one call of ``work()`` (train_throughput.py and infer_throughput.py)."""
     from torch.profiler import ProfilerActivity, profile

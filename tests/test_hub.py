@@ -234,7 +234,8 @@ def test_the_writer_refuses_a_folder_with_files_and_a_file(tmp_path, capsys):
 
 def test_the_train_profile_benchmark_profiles_the_stages_steps_and_saves_no_model(published, curated, tmp_path):
     """benchmarks/hub_checkpoints/profile_train.py on a CPU: two steps, then one profiled, whose
-    optimizer update shows as an annotated span; the run stops before a model is saved."""
+    optimizer update shows as an annotated span, and (``--stacks``) its host reads name their
+    source; the run stops before a model is saved."""
     import subprocess
     import sys
 
@@ -247,7 +248,7 @@ def test_the_train_profile_benchmark_profiles_the_stages_steps_and_saves_no_mode
     out, work = tmp_path / "profile.json", tmp_path / "work"
     script = Path(__file__).resolve().parents[1] / "benchmarks/hub_checkpoints/profile_train.py"
     subprocess.run([sys.executable, str(script), "--params", str(params), "--dataset", str(tmp_path / "dataset"),
-                    "--work", str(work), "--active", "1", "-S", "train.grad_accum=2", "--out", str(out)],
+                    "--work", str(work), "--active", "1", "-S", "train.grad_accum=2", "--stacks", "--out", str(out)],
                    check=True, timeout=300)
     report = json.loads(out.read_text())
     assert [s["step"] for s in report["steps"]] == [1, 2, 3] and report["grad_accum"] == 2
@@ -256,3 +257,8 @@ def test_the_train_profile_benchmark_profiles_the_stages_steps_and_saves_no_mode
     assert profile["wall_s"] > 0 and profile["gpu_busy_s"] == 0
     assert any(span["name"].startswith("Optimizer.step") for span in profile["annotated_host_spans"])
     assert not (work / "model").exists()
+    # --stacks: each host read named by the code that asked for it, torch's own frames left out
+    sources = profile["sync_sources"]
+    assert sources and sum(s["calls"] for s in sources) <= sum(profile["host_sync_calls"].values())
+    assert all(s["stack"] and not s["stack"][0].startswith("torch/") for s in sources)
+    assert any("av_grounding/" in line or "transformers/" in line for s in sources for line in s["stack"])

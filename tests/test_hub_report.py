@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "hub_checkpoints"))
-from hub_report import profile_rows, steady_rates
+from hub_report import profile_rows, steady_rates, sync_lines
 
 
 def test_steady_rates_leave_out_the_first_step_and_weight_the_others_by_their_time():
@@ -47,3 +47,13 @@ def test_a_profiles_row_averages_the_profiled_steps_only(tmp_path):
     (tmp_path / "profile-8b-mb16.json").write_text(json.dumps({**report, "optimizer_compiled": None}))
     [row] = profile_rows(tmp_path, 800.0)
     assert row[3] == "-" and row[10] == "5"
+
+
+def test_sync_lines_name_each_source_per_profiled_step(tmp_path):
+    """Two profiled steps, 12 reads from one source: 6 a step, named by its two innermost frames;
+    a profile made without --stacks adds nothing."""
+    source = {"name": "aten::nonzero", "calls": 12, "stack": ["m.py(3): deepstack", "m.py(9): forward", "x.py(1): y"]}
+    (tmp_path / "profile-a.json").write_text(json.dumps({"profiled_steps": 2, "profile": {"sync_sources": [source]}}))
+    (tmp_path / "profile-b.json").write_text(json.dumps({"profiled_steps": 2, "profile": {}}))
+    assert sync_lines(tmp_path) == ["\na: host reads a step, by source",
+                                    "- 6 `aten::nonzero` <- m.py(3): deepstack <- m.py(9): forward"]

@@ -21,6 +21,7 @@
 #   MICRO="2 8" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh profile   # where train's step time goes (item 6)
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batchprof     # setup, then the 8B profiles
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch200      # the runs that need an H200
+#   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batchsync     # the host's waits in the 8B step (H100)
 # SPEED=0 skips the speed steps of `batch`, CR1=0 its 7B run; TARGET (a stage) stops a run there. STEPS (10), INFER_BATCH (8) and EXTRA (more -S
 # overrides, word-split) change a run; WEIGHTS (full) and DEVICE (cuda) the build (WEIGHTS=tiny DEVICE=cpu tries the whole flow on a CPU).
 # Disk: a 7B/8B folder is 16.6/17.5 GB in bf16, the trained model 33-35 GB in fp32, so the clone's
@@ -259,6 +260,21 @@ PY
     FORMAT=0 MICRO="2 16" "$self" profile
     echo "batch done"
     ;;
+  batchsync)  # item 6 on an H100: what the host still waits for in the 8B step at 16 x 1 (bf16 with
+    # stochastic rounding, checkpointing, Liger): the profile as the stage runs it (positions on
+    # the host), with the positions computed in the forward on the device as before, and with
+    # Python stacks naming each host read's source; then the train stage itself at 16 x 1
+    self=$(realpath "$0")
+    "$self" setup || { echo "batch failed: setup"; exit 1; }
+    MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
+    export MODEL=Cosmos-Reason2-8B EXTRA="-S train.precision=bf16_stochastic -S train.fused_kernels=liger"
+    MICRO=16 "$self" profile
+    FORMAT=0 MICRO=16 ARGS=--device-positions NAME=device-positions "$self" profile
+    FORMAT=0 MICRO=16 ARGS=--stacks NAME=stacks "$self" profile
+    PRESET=null TAG=cr2-bf16sr-mb16 TARGET=train STEPS=6 EXTRA="$(preset_args cr2-qwen-finetune) $EXTRA \
+      -S train.batch_size=16 -S train.grad_accum=1" "$self" run
+    echo "batch done"
+    ;;
   batch200)  # what needs an H200 (141 GB; call with needs_h200): item 5's 8B full fine-tuning in fp32
     # through every stage, then item 6 at the preset's samples a step in one micro-batch with the
     # fixes of the profiles (compiled update, lengths padded to 64, positions on the host): the 8B
@@ -270,11 +286,13 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
     fast="-S train.precision=bf16_stochastic -S train.fused_kernels=liger -S train.gradient_checkpointing=false"
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune MICRO=16 NAME=bf16sr EXTRA="$fast" "$self" sweep
+    MODEL=Cosmos-Reason2-8B MICRO=16 NAME=stacks ARGS=--stacks EXTRA="$fast" "$self" profile  # where the host waits
     rm -rf "$HUB/Cosmos-Reason2-8B"
     MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl MICRO=32 NAME=bf16sr EXTRA="$fast" "$self" sweep
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl MICRO=16 NAME=fp32 EXTRA="-S train.fused_kernels=liger" "$self" sweep  # 32 would pass 141 GB
     echo "batch done"
     ;;
-  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80|sweep|profile|batchprof|batch200" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|build|run|speed|cosmos|batch|batch80|sweep|profile|batchprof|batchsync|batch200" >&2
+     exit 2 ;;
 esac

@@ -139,6 +139,21 @@ def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
     return rows
 
 
+def sync_lines(results: Path) -> list[str]:
+    """For each profile made with ``--stacks``: where its host reads came from (the profile's
+    ``sync_sources``), one line each, the calls per profiled step first."""
+    lines = []
+    for path in sorted(results.glob("profile-*.json")):
+        report = _json(path)
+        sources = report["profile"].get("sync_sources")
+        if not sources:
+            continue
+        lines.append(f"\n{path.stem.removeprefix('profile-')}: host reads a step, by source")
+        lines += [f"- {s['calls'] / report['profiled_steps']:g} `{s['name']}` <- {' <- '.join(s['stack'][:2])}"
+                  for s in sources]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
@@ -151,7 +166,7 @@ def main() -> None:
         print("\n" + "\n".join(markdown_table(SPEED_HEADER, speeds)))
     profiles = profile_rows(args.results, matmul_tflops)
     if profiles:
-        print("\n" + "\n".join(markdown_table(PROFILE_HEADER, profiles)))
+        print("\n" + "\n".join(markdown_table(PROFILE_HEADER, profiles) + sync_lines(args.results)))
 
 
 if __name__ == "__main__":

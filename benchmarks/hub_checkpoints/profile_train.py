@@ -35,10 +35,11 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py
-from common import command_line, device_name, summarize_profile, synchronize, write_json
+from common import command_line, device_name, summarize_profile, sync_sources, synchronize, write_json
 
 from av_grounding.params import FormatParams, ParamsError, TrainParams, load
 from av_grounding.pipeline.train import base_model, check_family
+from av_grounding.training import hf
 from av_grounding.training.config import resolved
 from av_grounding.training.data import padding_multiple
 from av_grounding.training.hf import train_hf
@@ -52,8 +53,8 @@ class ProfiledEnough(Exception):
 class ProfileHook(HookBase):
     """Profiles steps ``wait + 1`` to ``wait + active`` (1-based) and stops the run after them."""
 
-    def __init__(self, wait: int, active: int):
-        self.wait, self.active = wait, active
+    def __init__(self, wait: int, active: int, stacks: bool = False):
+        self.wait, self.active, self.stacks = wait, active, stacks
         self.steps: list[dict] = []
         self.profiler: torch.profiler.profile | None = None
         self.started = 0.0
@@ -69,7 +70,10 @@ class ProfileHook(HookBase):
             if trainer.device.startswith("cuda"):
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             synchronize(trainer.device)
-            self.profiler = torch.profiler.profile(activities=activities)
+            # Python stacks reach the operators' events only with the verbose experimental config
+            verbose = torch._C._profiler._ExperimentalConfig(verbose=True) if self.stacks else None
+            self.profiler = torch.profiler.profile(activities=activities, with_stack=self.stacks,
+                                                   experimental_config=verbose)
             self.profiler.start()
             self.started = time.perf_counter()
         elif result.step == self.wait + self.active and self.profiler is not None:
@@ -77,6 +81,8 @@ class ProfileHook(HookBase):
             wall = time.perf_counter() - self.started
             self.profiler.stop()
             self.summary = summarize_profile(self.profiler, wall)
+            if self.stacks:
+                self.summary["sync_sources"] = sync_sources(self.profiler)
             raise ProfiledEnough
 
 
@@ -171,6 +177,11 @@ def main() -> None:
     parser.add_argument("--plain-update", action="store_true",
                         help="StochasticAdamW unfused (compiled=False; needs train.precision bf16_stochastic)")
     parser.add_argument("--check-update", action="store_true", help="also compare the compiled update with the plain")
+    parser.add_argument("--device-positions", action="store_true",
+                        help="rotary positions and logit columns computed in the forward, on the device (the step "
+                             "before it computed them on the host copy of each micro-batch), for comparison")
+    parser.add_argument("--stacks", action="store_true",
+                        help="record Python stacks: where the host reads device values (slows the profiled steps)")
     parser.add_argument("--out", required=True, help="the JSON file written")
     args = parser.parse_args()
     if args.wait < 1 or args.active < 1:
@@ -192,7 +203,9 @@ def main() -> None:
         parser.error(str(exc))
     work_folder(work)
     base = base_model(params, fmt, work)  # a built-in model is built there, as the stage builds it
-    hook = ProfileHook(args.wait, args.active)
+    hook = ProfileHook(args.wait, args.active, args.stacks)
+    if args.device_positions:  # the trainer's batches as collate made them: the forward finds the positions
+        hf.with_host_positions = lambda owner, batch, pin=False: batch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     optimizer_s, seen = timed_optimizer_steps(device, args.plain_update)
     with contextlib.suppress(ProfiledEnough):
@@ -205,6 +218,7 @@ def main() -> None:
         "fused_kernels": params.fused_kernels, "batch_size": params.batch_size, "grad_accum": params.grad_accum,
         "max_pixels": fmt.max_pixels, "loader_workers": params.loader_workers,
         "pad_to_multiple_of": padding_multiple(params.pad_to_multiple_of, device),
+        "host_positions": not args.device_positions,
         "optimizer_compiled": seen.get("compiled"),  # None: torch's AdamW
         "compiled_update_check": compiled_update_check(device) if args.check_update else None,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
