@@ -14,14 +14,14 @@
 # Measured on one H100 (2026-12-05, results/small-qwen3_vl-*-600): the base lever 6.2 minutes with
 # the data stages (synthesize 78 s, format 52 s, train 124 s of which 75 s of 600 steps, infer
 # 46 s), each further lever of the same data about 4 minutes (3.6-4.3). pixels-2x renders the
-# clips again at 960x540 (2.25 times the pixels and image tokens), in a clone of its own
-# ($WORK-pixels-2x: a lever that changes synthesize gets one, so the others keep theirs): its data
-# stages again, at about 2.25 times their cost, and about twice the training and inference time
-# (an estimate, not measured).
+# clips again at 960x540 (2.25 times the pixels; 480 image tokens a frame against 220 for
+# Qwen3-VL), in a clone of its own ($WORK-pixels-2x: a lever that changes synthesize gets one, so
+# the others keep theirs): its data stages again, at about 2.25 times their cost, and about twice
+# the training and inference time (an estimate, not measured).
 # The order follows the committed run's measurements (results/<run>/depth_errors.md): its depth
 # has no bias by lens (median predicted/true depth 0.97-1.03 on both lens types), while far
-# vehicles are too small to see (35-50 m: 22 px wide, under one image token; 26 % answered), so
-# the pixel budget comes before the camera inputs.
+# vehicles are too small to see (35-50 m: 22 px wide, under one image token; 26 % answered within
+# 15 % of their range), so the pixel budget comes before the camera inputs.
 set -uo pipefail
 ARCH=${ARCH:-qwen3_vl}
 export STEPS=${STEPS:-600}
