@@ -204,20 +204,22 @@ def rescore(params: Path, truth: Path, predictions: Path, column: str, scratch: 
     (``data/predictions/<column>/``); both unpacked under ``scratch``. Runs scored on the same
     frames with the same params share their draws, so their differences pair
     (``bootstrap.paired_change``). Raises ``EvaluationError`` (from ``load_frames``) for a
-    prediction that is not a prediction file, ``KeyError`` for a column the archive lacks."""
+    prediction that is not a prediction file, ``KeyError`` for a column the archive lacks,
+    ``ValueError`` for a run whose ``evaluate.bootstrap`` asked for no intervals (under 2)."""
     from av_grounding.evaluation.bootstrap import clip_bootstrap
     from av_grounding.evaluation.config import EvaluationConfig
     from av_grounding.evaluation.frames import load_frames
     from av_grounding.params import EvaluateParams, load
 
     settings = load(EvaluateParams, "evaluate", params)
+    if settings.bootstrap < 2:
+        raise ValueError(f"{params}: evaluate.bootstrap is {settings.bootstrap}: the run asked for no intervals")
     config = EvaluationConfig.from_params(settings)
     text = unpack(truth, scratch / "truth") / "data" / "dataset" / "eval" / "text"
     folder = unpack(predictions, scratch / "predictions") / "data" / "predictions" / column
     if not folder.is_dir():
         raise KeyError(f"{predictions}: no prediction column '{column}'")
-    return clip_bootstrap(load_frames(text, folder, config.codec), config, max(settings.bootstrap, 2),
-                          settings.bootstrap_seed)
+    return clip_bootstrap(load_frames(text, folder, config.codec), config, settings.bootstrap, settings.bootstrap_seed)
 
 
 def interval_cell(interval, sign: bool = False) -> str:

@@ -41,19 +41,21 @@ def test_a_profiles_row_averages_the_profiled_steps_only(tmp_path):
                                                                       "aten::nonzero": 4,
                                                                       "cudaStreamSynchronize": 12}}}
     (tmp_path / "profile-8b-mb16.json").write_text(json.dumps(report))
-    assert profile_rows(tmp_path, 800.0) == [["8b-mb16", "16 x 1", 64, "compiled", "liger", "2.50", "204.0", "0.255",
-                                              "0.25", 0.79, "6", 66.8]]
+    assert profile_rows(tmp_path, 800.0) == [["8b-mb16", "16 x 1", 64, "compiled", "liger", "-", "2.50", "204.0",
+                                              "0.255", "0.25", 0.79, "6", 66.8]]
     del report["profile"]["host_sync_calls"]["cudaStreamSynchronize"]
-    (tmp_path / "profile-8b-mb16.json").write_text(json.dumps({**report, "optimizer_compiled": None}))
+    report["profile"]["sync_sources"] = []
+    (tmp_path / "profile-8b-mb16.json").write_text(json.dumps({**report, "optimizer_compiled": None,
+                                                               "host_positions": False}))
     [row] = profile_rows(tmp_path, 800.0)
-    assert row[3] == "-" and row[10] == "5"
+    assert row[3] == "-" and row[5] == "device" and row[6] == "2.50 (stacks)" and row[11] == "5"
 
 
 def test_sync_lines_name_each_source_per_profiled_step(tmp_path):
-    """Two profiled steps, 12 reads from one source: 6 a step, named by its two innermost frames;
-    a profile made without --stacks adds nothing."""
+    """Two profiled steps, 12 reads from one source: 6 a step, named by its frames; a profile made
+    without --stacks adds nothing."""
     source = {"name": "aten::nonzero", "calls": 12, "stack": ["m.py(3): deepstack", "m.py(9): forward", "x.py(1): y"]}
     (tmp_path / "profile-a.json").write_text(json.dumps({"profiled_steps": 2, "profile": {"sync_sources": [source]}}))
     (tmp_path / "profile-b.json").write_text(json.dumps({"profiled_steps": 2, "profile": {}}))
     assert sync_lines(tmp_path) == ["\na: host reads a step, by source",
-                                    "- 6 `aten::nonzero` <- m.py(3): deepstack <- m.py(9): forward"]
+                                    "- 6 `aten::nonzero` <- m.py(3): deepstack <- m.py(9): forward <- x.py(1): y"]

@@ -30,7 +30,7 @@ def pack(folder: Path, archive: Path, inside: str, files: dict) -> None:
         tar.add(folder / inside.split("/")[0], arcname=inside.split("/")[0])
 
 
-def run_folder(root: Path, name: str, shift: float, overrides: dict) -> Path:
+def run_folder(root: Path, name: str, shift: float, overrides: dict, clips: tuple[str, ...] = CLIPS) -> Path:
     """A run folder as collect_run writes it: one car per clip in the truth, the final model's
     answer the car moved ``shift`` metres to the side."""
     folder = root / name
@@ -44,27 +44,46 @@ def run_folder(root: Path, name: str, shift: float, overrides: dict) -> Path:
     (folder / "dataset.json").write_text(json.dumps({"tokens": {"image_per_frame": {family: {"mean": 220.0}}}}))
     (folder / "timing" / "train.json").write_text(json.dumps({"wall_s": 75.0}))
     (folder / "timing" / "infer.json").write_text(json.dumps({"final": {"wall_s": 30.0}}))
+    (folder / "columns.json").write_text(json.dumps({"final": 600}))
     truth = {f"{clip}_000000": {"clip_id": clip, "camera": "camera_front_wide_120fov", "camera_params": CAMERA,
                                  "width": 640, "height": 360, "annotations": [{"label": "car", "bbox_3d": CAR}]}
-             for clip in CLIPS}
+             for clip in clips}
     answer = [CAR[0] + shift, *CAR[1:]]
-    answers = {f"{clip}_000000": {"annotations": [{"label": "car", "bbox_3d": answer}]} for clip in CLIPS}
+    answers = {f"{clip}_000000": {"annotations": [{"label": "car", "bbox_3d": answer}]} for clip in clips}
     pack(root / "scratch" / name / "t", folder / "eval_truth.tar.gz", "data/dataset/eval/text", truth)
     pack(root / "scratch" / name / "p", folder / "predictions.tar.gz", "data/predictions/final", answers)
     return folder
 
 
 def test_a_lever_that_finds_every_car_rises_against_a_base_that_misses_them(tmp_path):
+    """One base and its one lever; a run of another seed is neither a lever of the unseeded base
+    nor (without levers of its own) a base with a table."""
     base = run_folder(tmp_path, "small-qwen3_vl-base-600", 3.0, {})
     lever = run_folder(tmp_path, "small-qwen3_vl-prompt-600", 0.0, {"format.camera_input": "prompt",
                                                                      "format.workers": 7})
-    other_seed = run_folder(tmp_path, "small-qwen3_vl-s1-base-600", 3.0, {})  # a base of its own, not a lever
-    table = lever_tables([base, lever, other_seed], tmp_path / "work")
-    assert table.count("## Levers against") == 1
-    row = next(line for line in table.splitlines() if line.startswith("| prompt"))
-    assert "format.camera_input=prompt" in row and "workers" not in row
-    assert "+1.000 [+1.000, +1.000]" in row  # AP2D50 0 -> 1 on every clip: every resampling agrees
-    assert "- `prompt`: AP2D50 rises" in table
+    seeded = [run_folder(tmp_path, "small-qwen3_vl-s1-base-600", 3.0, {}),
+              run_folder(tmp_path, "small-qwen3_vl-s1-half_pixels-600", 3.0, {})]
+    table = lever_tables([base, lever, *seeded], tmp_path / "work")
+    assert table.count("## Levers against") == 2  # the unseeded base's and the seed-1 base's
+    first = table.split("## Levers against `small-qwen3_vl-s1-base-600`")[0]
+    rows = [line for line in first.splitlines() if line.startswith("| ") and not line.startswith("| lever")]
+    assert len(rows) == 1 and rows[0].startswith("| prompt")
+    assert "format.camera_input=prompt" in rows[0] and "workers" not in rows[0]
+    assert "+1.000 [+1.000, +1.000]" in rows[0]  # AP2D50 0 -> 1 on every clip: every resampling agrees
+    assert "- `prompt`: AP2D50 rises" in first
+    assert "| half_pixels" in table.split("## Levers against `small-qwen3_vl-s1-base-600`")[1]
+
+
+def test_a_lever_that_cannot_be_scored_again_says_why(tmp_path):
+    """No truth kept, or truth of other frames than the base's: a row of dashes and the reason."""
+    base = run_folder(tmp_path, "r-base-10", 3.0, {})
+    lost = run_folder(tmp_path, "r-lost-10", 0.0, {})
+    (lost / "eval_truth.tar.gz").unlink()
+    other = run_folder(tmp_path, "r-other-10", 0.0, {}, clips=("x0", "x1", "x2", "x3"))
+    table = lever_tables([base, lost, other], tmp_path / "work")
+    assert "- `lost`: no eval_truth.tar.gz" in table
+    assert "- `other`: paired_change: the two bootstraps were not drawn on the same frames" in table
+    assert table.count("| - ") >= 10
 
 
 def test_changes_lists_differing_params_but_not_worker_counts(tmp_path):
@@ -91,12 +110,43 @@ def test_the_seed_mean_has_an_interval_only_where_every_run_kept_its_truth(tmp_p
     interval; a metric a run lacks: a dash."""
     runs = [run_folder(tmp_path, "small-qwen3_vl-half-600", 0.0, {}),
             run_folder(tmp_path, "small-qwen3_vl-s1-half-600", 30.0, {"train.seed": 1})]
-    (runs[0] / "columns.json").write_text(json.dumps({"final": 600}))
-    (runs[1] / "columns.json").write_text(json.dumps({"final": 600}))
     for run, recall in zip(runs, (1.0, 0.0)):
         (run / "eval.json").write_text(json.dumps({"final": {"matching": {"recall": recall}}}))
     row = seed_mean("small-qwen3_vl-half-600", runs, tmp_path / "work")
     assert row["seeds"] == 2 and row["recall"] == "0.500 [0.500, 0.500]"
+    runs = [run_folder(tmp_path / "b", name, shift, {}) for name, shift in (("a-half-6", 0.0), ("a-s1-half-6", 30.0))]
+    for run, recall in zip(runs, (1.0, 0.0)):
+        (run / "eval.json").write_text(json.dumps({"final": {"matching": {"recall": recall}}}))
     (runs[1] / "eval_truth.tar.gz").unlink()
-    without = seed_mean("g", runs, tmp_path / "work2")
+    without = seed_mean("a-half-6", runs, tmp_path / "work2")
     assert without["recall"] == "0.500 (no interval: no eval_truth.tar.gz)" and without["AP2D50"] == "-"
+
+
+def test_rescore_refuses_a_run_that_asked_for_no_intervals(tmp_path):
+    run = run_folder(tmp_path, "r-base-1", 0.0, {"evaluate.bootstrap": 0})
+    with pytest.raises(ValueError, match=r"evaluate\.bootstrap is 0"):
+        rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", "final", tmp_path / "s")
+
+
+def test_the_rl_report_scores_every_arm_on_the_base_runs_truth(tmp_path):
+    """benchmarks/rl_vs_sft's report: the three arms (base, sft: column ``final``; rl:
+    ``rl_final``) scored on ``base/eval_truth.tar.gz`` with the same draws, so they pair."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "rl_vs_sft"))
+    from rl_vs_sft_report import bootstraps
+
+    from av_grounding.evaluation.bootstrap import paired_change
+
+    run = tmp_path / "small-qwen3_vl"
+    run_folder(run, "base", 3.0, {})
+    run_folder(run, "sft", 3.0, {})
+    rl = run_folder(tmp_path / "rl", "rl", 0.0, {})
+    renamed = tmp_path / "rl-scratch"
+    with tarfile.open(rl / "predictions.tar.gz") as tar:
+        tar.extractall(renamed, filter="data")
+    (renamed / "data" / "predictions" / "final").rename(renamed / "data" / "predictions" / "rl_final")
+    (run / "rl").mkdir()
+    with tarfile.open(run / "rl" / "predictions.tar.gz", "w:gz") as tar:
+        tar.add(renamed / "data", arcname="data")
+    scored = bootstraps(run, tmp_path / "work")
+    assert scored["SFT model"].intervals["recall"].value == 0.0 == scored["+ more SFT"].intervals["recall"].value
+    assert paired_change(scored["+ more SFT"], scored["+ RL"])["recall"].value == 1.0

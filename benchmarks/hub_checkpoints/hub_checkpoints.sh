@@ -286,7 +286,7 @@ PY
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune TAG=cr2-full "$self" run
     fast="-S train.precision=bf16_stochastic -S train.fused_kernels=liger -S train.gradient_checkpointing=false"
     MODEL=Cosmos-Reason2-8B PRESET=cr2-qwen-finetune MICRO=16 NAME=bf16sr EXTRA="$fast" "$self" sweep
-    MODEL=Cosmos-Reason2-8B MICRO=16 NAME=stacks ARGS=--stacks EXTRA="$fast" "$self" profile  # where the host waits
+    MODEL=Cosmos-Reason2-8B MICRO=16 NAME=stacks-no-ckpt ARGS=--stacks EXTRA="$fast" "$self" profile  # host waits
     rm -rf "$HUB/Cosmos-Reason2-8B"
     MODEL=Cosmos-Reason1-7B "$self" build || { echo "batch failed: build"; exit 1; }
     MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl MICRO=32 NAME=bf16sr EXTRA="$fast" "$self" sweep

@@ -108,16 +108,19 @@ def speed_rows(results: Path) -> list[list]:
     return rows
 
 
-PROFILE_HEADER = ["profile", "micro x accum", "pad to", "update", "fused kernels", "s / step", "TFLOP/s (ops)",
-                  "MFU (measured)", "update s / step", "GPU busy", "host syncs / step", "peak GiB"]
+PROFILE_HEADER = ["profile", "micro x accum", "pad to", "update", "fused kernels", "positions", "s / step",
+                  "TFLOP/s (ops)", "MFU (measured)", "update s / step", "GPU busy", "host syncs / step", "peak GiB"]
 
 
 def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
     """One row per ``profile-*.json`` (benchmarks/hub_checkpoints/profile_train.py) in ``results``:
     the profiled steps' mean wall time, model TFLOP/s and MFU against the measured matmul rate,
     the optimizer update's synchronised time (its kind: compiled or plain StochasticAdamW, ``-``
-    for torch's AdamW), the GPU's busy share and the host's waits for the device per step (``cudaStreamSynchronize``
-    calls; where none were recorded, the ``.item()`` and ``nonzero`` calls)."""
+    for torch's AdamW), where the rotary positions were computed (``host``, the training step's;
+    ``device``, in the forward; ``-`` for profiles made before the choice existed), the GPU's busy
+    share and the host's waits for the device per step (``cudaStreamSynchronize`` calls; where
+    none were recorded, the ``.item()`` and ``nonzero`` calls). A profile recorded with Python
+    stacks (``--stacks``) runs slower: its times read ``(stacks)``, not comparable with the rest."""
     rows = []
     for path in sorted(results.glob("profile-*.json")):
         report = _json(path)
@@ -132,7 +135,10 @@ def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
         rows.append([path.stem.removeprefix("profile-"), f"{report['batch_size']} x {report['grad_accum']}",
                      report.get("pad_to_multiple_of", 1),
                      {True: "compiled", False: "plain"}.get(report.get("optimizer_compiled", False), "-"),
-                     report["fused_kernels"], f"{seconds / len(profiled):.2f}", f"{tflops:.1f}",
+                     report["fused_kernels"],
+                     {True: "host", False: "device"}.get(report.get("host_positions"), "-"),
+                     f"{seconds / len(profiled):.2f}" + (" (stacks)" if "sync_sources" in report["profile"] else ""),
+                     f"{tflops:.1f}",
                      f"{tflops / matmul_tflops:.3f}" if matmul_tflops else "-",
                      f"{sum(update) / len(update):.2f}", report["profile"]["gpu_busy_share"], f"{per_step:.0f}",
                      report["peak_gpu_memory_gib"]])
@@ -141,7 +147,8 @@ def profile_rows(results: Path, matmul_tflops: float | None) -> list[list]:
 
 def sync_lines(results: Path) -> list[str]:
     """For each profile made with ``--stacks``: where its host reads came from (the profile's
-    ``sync_sources``), one line each, the calls per profiled step first."""
+    ``sync_sources``), one line each: the calls per profiled step, the operator and the frames
+    that tell the sources apart."""
     lines = []
     for path in sorted(results.glob("profile-*.json")):
         report = _json(path)
@@ -149,7 +156,7 @@ def sync_lines(results: Path) -> list[str]:
         if not sources:
             continue
         lines.append(f"\n{path.stem.removeprefix('profile-')}: host reads a step, by source")
-        lines += [f"- {s['calls'] / report['profiled_steps']:g} `{s['name']}` <- {' <- '.join(s['stack'][:2])}"
+        lines += [f"- {s['calls'] / report['profiled_steps']:g} `{s['name']}` <- {' <- '.join(s['stack'])}"
                   for s in sources]
     return lines
 

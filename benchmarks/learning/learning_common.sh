@@ -56,7 +56,9 @@ collect_run() {  # collect_run <folder>: the experiment in the current clone int
   python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
   tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
   # the evaluation split's truth: reports score runs on the same frames again, paired (common.rescore)
-  tar -czf "$result/eval_truth.tar.gz" data/dataset/eval/text 2>/dev/null
+  rm -f "$result/eval_truth.tar.gz"
+  [ -d data/dataset/eval/text ] && { tar -czf "$result/eval_truth.tar.gz" data/dataset/eval/text \
+    || rm -f "$result/eval_truth.tar.gz"; }
   rm -f "$result/depth_errors.md"
   local last  # the model trained longest (rl_final after RL): found and depth by camera and distance
   last=$(python3 -c "import json; c = json.load(open('data/predictions/columns.json')); print(max(c, key=lambda n: (c[n], n)))" \

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 from common import HEADLINE_NAMES as NAMES
 from common import interval_cell, rescore, seed_group
 
-from av_grounding.evaluation.bootstrap import HEADLINE, mean_over_runs, paired_change
+from av_grounding.evaluation.bootstrap import HEADLINE, BootstrapResult, mean_over_runs, paired_change
+from av_grounding.evaluation.frames import EvaluationError
 from av_grounding.evaluation.table import lookup, results_markdown
 
 # The goal of issue 26 for each headline metric of the final model (at least this much; the
@@ -122,7 +124,7 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     plot(folder, results, steps, image)
     fmt, tp = params["format"], params["train"]
     architecture = fmt["model_family"]
-    last = final_column(results, steps)  # the final model where evaluated
+    last = final_column(steps)  # the final model where evaluated
     model = "final model" if last == "final" else f"last evaluated model, step {steps[last]}"
     peak_memory = f"; peak GPU memory {train['peak_gpu_memory_gib']} GiB" if train["peak_gpu_memory_gib"] else ""
     lines = [
@@ -176,7 +178,7 @@ SUMMARY = (("AP2D50", ("ap2d", "ap50"), "ap2d50"), ("AP3D", ("ap3d", "ap"), "ap3
            ("recall", ("matching", "recall"), "recall"), ("precision", ("matching", "precision"), "precision"))
 
 
-def final_column(results: dict, steps: dict) -> str:
+def final_column(steps: dict) -> str:
     """The last evaluated model version: ``final`` where it was evaluated."""
     return max(steps, key=lambda column: (steps[column], column == "final"))
 
@@ -199,13 +201,13 @@ def runs_table(folders: list[Path], scratch: Path) -> str:
     rows, groups = [], {}
     for folder in folders:
         results, steps, params = scores(folder), read(folder, "columns.json"), read(folder, "params.yaml")
-        column = results[final_column(results, steps)]
+        column = results[final_column(steps)]
         rows.append({"run": folder.name, "architecture": params["format"]["model_family"],
                      "seed": params["train"].get("seed", 0),
                      "camera input": params["format"].get("camera_input", "none"),
                      "rendered": f"{params['synthesize']['width']}x{params['synthesize']['height']}",
                      "max pixels": params["format"]["max_pixels"], "image tokens": image_tokens(folder),
-                     "steps": steps[final_column(results, steps)],
+                     "steps": steps[final_column(steps)],
                      **{name: with_interval(column, path, key) for name, path, key in SUMMARY}})
         groups.setdefault(seed_group(folder.name), []).append(folder)
     lines = ["## Every run\n", ("Final model of each run; brackets: clip-bootstrap 95 % intervals "
@@ -214,33 +216,58 @@ def runs_table(folders: list[Path], scratch: Path) -> str:
     means = [seed_mean(group, runs, scratch) for group, runs in groups.items() if len(runs) > 1]
     if means:
         lines += [("Mean over seeds (brackets: 95 % interval of the mean over the runs' evaluation clips, "
-                   "`bootstrap.mean_over_runs`; it does not cover the spread between training seeds):\n"),
+                   "`bootstrap.mean_over_runs`; it does not cover the spread between training seeds). The means "
+                   "come from scoring the runs again with today's evaluator; the rows above are each run's own "
+                   "metrics, so the two differ where the evaluator changed since a run:\n"),
                   pd.DataFrame(means).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
 
 def seed_mean(group: str, runs: list[Path], scratch: Path) -> dict[str, object]:
     """A row of the seed means: each headline metric's mean over ``runs`` (final models), with
-    its interval when every run has its evaluation truth."""
-    columns = []
-    for run in runs:
-        results, steps = scores(run), read(run, "columns.json")
-        columns.append(final_column(results, steps))
-    if all((run / "eval_truth.tar.gz").exists() for run in runs):
-        scored = [rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", column,
-                          scratch / "means" / run.name) for run, column in zip(runs, columns)]
+    its interval when every run's final model can be scored again (``rescored``), the mean of
+    the runs' own metrics otherwise."""
+    scored = [rescored(run, scratch) for run in runs]
+    if all(isinstance(result, BootstrapResult) for result in scored):
         cells = {NAMES[name]: interval_cell(value) for name, value in mean_over_runs(scored).items()}
     else:
-        finals = [scores(run)[column] for run, column in zip(runs, columns)]
+        reason = next(result for result in scored if isinstance(result, str))
+        finals = [final_metrics(run) for run in runs]
         values = {name: [v for c in finals if (v := lookup(c, path)) is not None] for name, path, _ in SUMMARY}
-        cells = {name: f"{np.mean(v):.3f} (no interval: no eval_truth.tar.gz)" if len(v) == len(runs) else "-"
+        cells = {name: f"{np.mean(v):.3f} (no interval: {reason})" if len(v) == len(runs) else "-"
                  for name, v in values.items()}
     return {"runs": group, "seeds": len(runs), **cells}
 
 
+def final_metrics(run: Path) -> dict:
+    """The run's metrics of its last evaluated model version (``final_column``)."""
+    results = scores(run)
+    return results[final_column(read(run, "columns.json"))]
+
+
+_RESCORED: dict[Path, BootstrapResult | str] = {}
+
+
+def rescored(run: Path, scratch: Path) -> BootstrapResult | str:
+    """The run's last evaluated model scored again on its own truth (``common.rescore``), once
+    per run; a string saying why not where it cannot be: no ``eval_truth.tar.gz``, a column or
+    file the archives lack or cannot hold, or a run that asked for no intervals."""
+    if run not in _RESCORED:
+        if not (run / "eval_truth.tar.gz").exists():
+            _RESCORED[run] = "no eval_truth.tar.gz"
+        else:
+            column = final_column(read(run, "columns.json"))
+            try:
+                _RESCORED[run] = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz",
+                                         column, scratch / "rescored" / run.name)
+            except (KeyError, ValueError, OSError, tarfile.TarError, EvaluationError) as exc:
+                _RESCORED[run] = f"not scored again: {exc}"
+    return _RESCORED[run]
+
+
 # params that change no output (workers: every stage writes the same bytes whatever their count)
 NO_EFFECT = re.compile(r"\.workers$")
-LEVER_RUN = r"{prefix}-(?!s\d+-)(?P<lever>[a-z0-9-]+)-{steps}"  # levers.sh: <size>-<arch>[-s<seed>]-<lever>-<steps>
+LEVER_RUN = r"{prefix}-(?!s\d+-)(?P<lever>[^/]+?)-{steps}"  # levers.sh: <size>-<arch>[-s<seed>]-<lever>-<steps>
 
 
 def flat(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -259,20 +286,22 @@ def changes(base: Path, other: Path) -> str:
                      if before.get(key) != after.get(key) and not NO_EFFECT.search(key)) or "none"
 
 
-def seconds(folder: Path, stage: str) -> float | None:
+def seconds(folder: Path, stage: str) -> str:
+    """Wall time of the run's training loop (``timing/train.json``) or of answering its
+    evaluation frames (``timing/infer.json``, every column), ``-`` where the run has none."""
     path = folder / "timing" / f"{stage}.json"
     if not path.exists():
-        return None
+        return "-"
     timing = read(folder / "timing", f"{stage}.json")
-    return timing["wall_s"] if stage == "train" else sum(c.get("wall_s", 0) for c in timing.values())
+    return f"{timing['wall_s'] if stage == 'train' else sum(c.get('wall_s', 0) for c in timing.values()):.0f}"
 
 
 def lever_tables(folders: list[Path], scratch: Path) -> str:
     """For each base run of levers.sh (``<prefix>-base-<steps>``), its lever runs (same prefix
-    and steps) against it: the final models scored again, each on its own run's truth
-    (``eval_truth.tar.gz``) with the run's evaluator, on the same held-out frames and bootstrap
-    draws, so each change gets a paired interval (``bootstrap.paired_change``). Runs without
-    their truth are listed as not scored."""
+    and steps, no seed of their own) against it: the final models scored again, each on its own
+    run's truth (``rescored``), on the same held-out frames and bootstrap draws, so each change
+    gets a paired interval (``bootstrap.paired_change``). A run that cannot be scored again, or
+    was not drawn as its base was, is listed with the reason."""
     sections = []
     for base in folders:
         match = re.fullmatch(r"(?P<prefix>.+)-base-(?P<steps>\d+)", base.name)
@@ -282,32 +311,36 @@ def lever_tables(folders: list[Path], scratch: Path) -> str:
         levers = [f for f in folders if f != base and re.fullmatch(pattern, f.name)]
         if not levers:
             continue
-        scored = {}
-        for run in [base, *levers]:
-            if (run / "eval_truth.tar.gz").exists():
-                scored[run] = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz",
-                                      "final", scratch / run.name)
         rows, readings = [], []
         for run in levers:
             row = {"lever": re.fullmatch(pattern, run.name)["lever"], "changes": changes(base, run),
-                   "image tokens": f"{image_tokens(run):.0f}",
-                   "train s": f"{seconds(run, 'train'):.0f}", "infer s": f"{seconds(run, 'infer'):.0f}"}
-            if base in scored and run in scored:
-                change = paired_change(scored[base], scored[run])
+                   "image tokens": f"{image_tokens(run):.0f}", "train s": seconds(run, "train"),
+                   "infer s": seconds(run, "infer")}
+            before, after = rescored(base, scratch), rescored(run, scratch)
+            reason = next((r for r in (before, after) if isinstance(r, str)), None)
+            if reason is None:
+                try:
+                    change = paired_change(before, after)
+                except ValueError as exc:
+                    reason = str(exc)
+            if reason is not None:
+                row.update({NAMES[n]: "-" for n in HEADLINE})
+                readings.append(f"- `{row['lever']}`: {reason}")
+            else:
                 row.update({NAMES[n]: interval_cell(change[n], sign=True) for n in HEADLINE})
                 moved = [f"{NAMES[n]} {'rises' if change[n].low > 0 else 'falls'}" for n in HEADLINE
                          if change[n].low is not None and (change[n].low > 0 or change[n].high < 0)]
                 readings.append(f"- `{row['lever']}`: " + (", ".join(moved) if moved else
                                                            "no change outside its interval"))
-            else:
-                row.update({NAMES[n]: "not scored (no eval_truth.tar.gz)" for n in HEADLINE})
             rows.append(row)
         sections += [f"## Levers against `{base.name}`\n",
                      (f"Each lever changes the base run's params as listed; the final models after {match['steps']} "
                       "steps, scored again on the same held-out frames: change against the base, with its paired "
-                      "clip-bootstrap 95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). `train s`: wall "
-                      "time of the training loop (`timing/train.json`); `infer s`: of answering the evaluation "
-                      f"frames (base: {seconds(base, 'train'):.0f} and {seconds(base, 'infer'):.0f} s).\n"),
+                      "clip-bootstrap 95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). The intervals "
+                      "cover the evaluation clips, not the spread between training seeds, and with five metrics a "
+                      "lever about one in twenty intervals clears 0 by chance. `train s`: wall time of the "
+                      "training loop (`timing/train.json`); `infer s`: of answering the evaluation frames (base: "
+                      f"{seconds(base, 'train')} and {seconds(base, 'infer')} s).\n"),
                      pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), "", *readings, ""]
     return "\n".join(sections)
 

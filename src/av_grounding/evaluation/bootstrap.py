@@ -160,9 +160,13 @@ def paired_change(before: BootstrapResult, after: BootstrapResult) -> dict[str, 
     for name, interval in after.intervals.items():
         earlier = before.intervals[name].value
         value = None if interval.value is None or earlier is None else interval.value - earlier
-        difference = after.values[name] - before.values[name] if len(after.values[name]) else after.values[name]
-        out[name] = Interval(value, *_percentiles(difference))
+        out[name] = Interval(value, *_percentiles(_difference(before, after, name)))
     return out
+
+
+def _difference(before: BootstrapResult, after: BootstrapResult, name: str) -> np.ndarray:
+    """``after``'s replicates of metric ``name`` minus ``before``'s (empty with one clip)."""
+    return after.values[name] - before.values[name] if len(after.values[name]) else after.values[name]
 
 
 def _order_of(frames: tuple[str, ...], replicates: int) -> np.ndarray:
@@ -190,8 +194,7 @@ def mean_change(pairs: list[tuple[BootstrapResult, BootstrapResult]]) -> dict[st
     if not pairs:
         raise ValueError("mean_change: no runs")
     changes = [paired_change(before, after) for before, after in pairs]
-    differences = [{name: after.values[name] - before.values[name] if len(after.values[name]) else after.values[name]
-                    for name in after.intervals} for before, after in pairs]
+    differences = [{name: _difference(before, after, name) for name in after.intervals} for before, after in pairs]
     return _mean_of_runs("mean_change", changes, differences, [after for _, after in pairs])
 
 
@@ -199,8 +202,9 @@ def mean_over_runs(results: list[BootstrapResult]) -> dict[str, Interval]:
     """The mean over runs (two data and training seeds, say) of each headline metric, with the
     95 % interval of that mean: replicate i of the mean is the mean of the runs' replicate-i
     values, each run's replicates first reordered by a permutation seeded by its frames
-    (``_order_of``), so runs on other frames combine as independent draws. One run gives its own
-    intervals. As for ``mean_change``, the interval covers the sampling of each run's evaluation
+    (``_order_of``), so runs on other frames combine as independent draws, while runs on the same
+    frames with the same bootstrap seed keep their common draws (the same run twice gives its own
+    intervals). One run gives its own intervals. As for ``mean_change``, the interval covers the sampling of each run's evaluation
     clips, not the spread between training runs. Value None where a run's is undefined.
     Raises ``ValueError`` for no runs or runs of unequal replicate counts."""
     if not results:
@@ -208,19 +212,19 @@ def mean_over_runs(results: list[BootstrapResult]) -> dict[str, Interval]:
     return _mean_of_runs("mean_over_runs", [r.intervals for r in results], [r.values for r in results], results)
 
 
-def _mean_of_runs(caller: str, intervals: list[dict[str, Interval]], replicates: list[dict[str, np.ndarray]],
+def _mean_of_runs(caller: str, intervals: list[dict[str, Interval]], draws: list[dict[str, np.ndarray]],
                   runs: list[BootstrapResult]) -> dict[str, Interval]:
     """Per metric: the mean of the runs' values (None where one is undefined) and the 95 %
-    interval of the mean of their ``replicates``, each run's reordered by ``_order_of`` the
-    frames of its bootstrap in ``runs``."""
+    interval of the mean of their replicate values ``draws``, each run's reordered by
+    ``_order_of`` the frames of its bootstrap in ``runs``."""
     if len({run.replicates for run in runs}) > 1:
         raise ValueError(f"{caller}: the runs' bootstraps have different replicate counts")
     frames = [run.frames for run in runs]
     out = {}
     for name in intervals[0]:
         values = [value for run in intervals if (value := run[name].value) is not None]
-        draws = [run[name][_order_of(ids, len(run[name]))] for run, ids in zip(replicates, frames)]
+        ordered = [run[name][_order_of(ids, len(run[name]))] for run, ids in zip(draws, frames)]
         mean = float(np.mean(values)) if len(values) == len(intervals) else None
-        out[name] = Interval(mean, *(_percentiles(np.mean(draws, axis=0)) if all(len(d) for d in draws)
+        out[name] = Interval(mean, *(_percentiles(np.mean(ordered, axis=0)) if all(len(d) for d in ordered)
                                      else (None, None)))
     return out
