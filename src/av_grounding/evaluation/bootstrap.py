@@ -204,8 +204,8 @@ def mean_over_runs(results: list[BootstrapResult]) -> dict[str, Interval]:
     values, each run's replicates first reordered by a permutation seeded by its frames
     (``_order_of``), so runs on other frames combine as independent draws, while runs on the same
     frames with the same bootstrap seed keep their common draws (the same run twice gives its own
-    intervals). One run gives its own intervals. As for ``mean_change``, the interval covers the sampling of each run's evaluation
-    clips, not the spread between training runs. Value None where a run's is undefined.
+    intervals, as does one run). As for ``mean_change``, the interval covers the sampling of each
+    run's evaluation clips, not the spread between training runs. Value None where a run's is undefined.
     Raises ``ValueError`` for no runs or runs of unequal replicate counts."""
     if not results:
         raise ValueError("mean_over_runs: no runs")
