@@ -19,6 +19,7 @@ lever of ``levers.sh`` against its base run, paired (``bootstrap.paired_change``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -35,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 from common import HEADLINE_NAMES as NAMES
 from common import interval_cell, rescore, seed_group
 
-from av_grounding.evaluation.bootstrap import HEADLINE, BootstrapResult, mean_over_runs, paired_change
+from av_grounding.evaluation.bootstrap import HEADLINE, BootstrapResult, Interval, mean_over_runs, paired_change
 from av_grounding.evaluation.frames import EvaluationError
 from av_grounding.evaluation.table import lookup, results_markdown
+from av_grounding.storage import atomic_write_bytes
 
 # The goal of issue 26 for each headline metric of the final model (at least this much; the
 # mean of two seeds is what it asks for, one run is held against it here).
@@ -186,11 +188,8 @@ def final_column(steps: dict) -> str:
 def with_interval(column: dict, path: tuple[str, ...], key: str) -> str:
     """``0.430 [0.350, 0.510]``: a metric and its clip-bootstrap interval (``intervals_95`` of runs
     evaluated since the bootstrap exists; the value alone before)."""
-    value = lookup(column, path)
-    bounds = column.get("intervals_95", {}).get(key)
-    if value is None:
-        return "-"
-    return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds and None not in bounds else "")
+    bounds = column.get("intervals_95", {}).get(key) or (None, None)
+    return interval_cell(Interval(lookup(column, path), *bounds))
 
 
 def runs_table(folders: list[Path], scratch: Path) -> str:
@@ -245,24 +244,20 @@ def final_metrics(run: Path) -> dict:
     return results[final_column(read(run, "columns.json"))]
 
 
-_RESCORED: dict[Path, BootstrapResult | str] = {}
-
-
+@functools.cache
 def rescored(run: Path, scratch: Path) -> BootstrapResult | str:
     """The run's last evaluated model scored again on its own truth (``common.rescore``), once
-    per run; a string saying why not where it cannot be: no ``eval_truth.tar.gz``, a column or
-    file the archives lack or cannot hold, or a run that asked for no intervals."""
-    if run not in _RESCORED:
-        if not (run / "eval_truth.tar.gz").exists():
-            _RESCORED[run] = "no eval_truth.tar.gz"
-        else:
-            column = final_column(read(run, "columns.json"))
-            try:
-                _RESCORED[run] = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz",
-                                         column, scratch / "rescored" / run.name)
-            except (KeyError, ValueError, OSError, tarfile.TarError, EvaluationError) as exc:
-                _RESCORED[run] = f"not scored again: {exc}"
-    return _RESCORED[run]
+    per run (cached: the seed means and the lever tables ask for the same runs); a string saying
+    why not where it cannot be: no ``eval_truth.tar.gz``, a column or file the archives lack or
+    cannot hold, or a run that asked for no intervals."""
+    if not (run / "eval_truth.tar.gz").exists():
+        return "no eval_truth.tar.gz"
+    column = final_column(read(run, "columns.json"))
+    try:
+        return rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", column,
+                       scratch / "rescored" / run.name)
+    except (KeyError, ValueError, OSError, tarfile.TarError, EvaluationError) as exc:
+        return f"not scored again: {exc}"
 
 
 # params that change no output (workers: every stage writes the same bytes whatever their count)
@@ -270,18 +265,10 @@ NO_EFFECT = re.compile(r"\.workers$")
 LEVER_RUN = r"{prefix}-(?!s\d+-)(?P<lever>[^/]+?)-{steps}"  # levers.sh: <size>-<arch>[-s<seed>]-<lever>-<steps>
 
 
-def flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    """``{"section.key": value}`` of a nested params mapping."""
-    out = {}
-    for key, value in tree.items():
-        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def changes(base: Path, other: Path) -> str:
     """``section.key=value`` for every param of ``other``'s params.yaml that differs from
     ``base``'s, the worker counts left out."""
-    before, after = (flat(read(f, "params.yaml")) for f in (base, other))
+    before, after = (pd.json_normalize(read(f, "params.yaml")).iloc[0].to_dict() for f in (base, other))
     return ", ".join(f"{key}={after.get(key)}" for key in sorted(set(before) | set(after))
                      if before.get(key) != after.get(key) and not NO_EFFECT.search(key)) or "none"
 
@@ -357,7 +344,7 @@ def main() -> None:
     for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))
-    args.out.write_text(header + "\n" + "\n".join(sections))
+    atomic_write_bytes(args.out, (header + "\n" + "\n".join(sections)).encode())
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from av_grounding.evaluation.bootstrap import (
     mean_change,
     paired_change,
 )
+from av_grounding.storage import atomic_write_bytes
 
 # arm -> (folder of the run, prediction column of the model it compares)
 ARMS = {"SFT model": ("base", "final"), "+ more SFT": ("sft", "final"), "+ RL": ("rl", "rl_final")}
@@ -184,7 +185,7 @@ def main() -> None:
             sections += [f"## {group}: mean over {len(pairs)} seeds, RL minus more SFT\n",
                          change_table({("+ RL", "+ more SFT"): change}),
                          *goal_lines(change, [paired_change(sft, rl) for sft, rl in pairs]), ""]
-    args.out.write_text("\n".join(sections) + "\n")
+    atomic_write_bytes(args.out, ("\n".join(sections) + "\n").encode())
 
 
 if __name__ == "__main__":
