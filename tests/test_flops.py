@@ -1,8 +1,8 @@
 """FLOPs counted from the operations (``models/flops.py``) against PyTorch's own count
 (``torch.utils.flop_counter.FlopCounterMode``: matrix products, convolutions and attention
 kernels) on the tiny models of both architectures, forward, forward + backward and under
-activation checkpointing; Qwen2.5-VL's window layout against transformers'; the throughput
-benchmark's device time counted once.
+activation checkpointing (of every decoder layer or a share of them); Qwen2.5-VL's window layout
+against transformers'; the throughput benchmark's device time counted once.
 
 The models run with ``eager`` attention: on a CPU, SDPA's kernel has no FLOP formula in
 FlopCounterMode (it would count 0), while eager attention's two matrix products are counted
@@ -23,15 +23,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
+from av_grounding.models import hub
 from av_grounding.models.builtin import SPECIAL_TOKENS, builtin_config
+from av_grounding.models.checkpointing import use_checkpointing
 from av_grounding.models.flops import (
     Flops,
     StepCounts,
     counts_of_batch,
     forward_flops,
     language_flops,
+    layer_flops,
     mfu,
     training_flops,
+    vision_flops,
     window_lengths,
 )
 from av_grounding.models.inputs import IGNORE, Encoded, answer_loss, collate
@@ -117,20 +121,47 @@ def test_training_step_flops_equal_flop_counter_mode(model, shape):
     assert plain.total == pytest.approx(counted(model, inputs, backward=True).get_total_flops(), rel=TOLERANCE)
 
 
-def test_recomputation_under_checkpointing_equals_flop_counter_mode(model):
-    """transformers' (non-reentrant) checkpointing re-runs each block and layer but its MLP's
-    last product; the recomputation is reported apart from the step's total."""
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.0])
+def test_recomputation_under_checkpointing_equals_flop_counter_mode(model, fraction):
+    """transformers' (non-reentrant) checkpointing re-runs each vision block and checkpointed
+    decoder layer (of the tiny models' two: both, the second, none) but its MLP's last product;
+    the recomputation is reported apart from the step's total."""
     inputs = batch_of(model.config, "edge_windows_padded")
     counts = counts_of_batch(inputs)
-    model.gradient_checkpointing_enable()
+    use_checkpointing(model, fraction)
     try:
         model.train()
         with_recompute = counted(model, inputs, backward=True).get_total_flops()
     finally:
         model.gradient_checkpointing_disable()
-    ours = training_flops(model.config, counts, checkpointing=True)
+    ours = training_flops(model.config, counts, checkpointing=True, checkpoint_fraction=fraction)
     assert ours.total == training_flops(model.config, counts).total and ours.recomputed > 0
     assert ours.total + ours.recomputed == pytest.approx(with_recompute, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_recomputation_follows_the_checkpointed_share_of_decoder_layers(model_type):
+    """At the published shapes (28 and 36 decoder layers, 32 and 27 vision blocks): at share 0
+    the vision blocks alone recompute, at 1 every layer as well (the count before the share
+    existed), and in between each checkpointed layer adds one layer's forward but its MLP output
+    projection."""
+    config = hub.config_object(model_type)
+    v, c = config.vision_config, config.text_config
+    counts = StepCounts(((1, 32, 48), (1, 24, 24)), (1078, 700), 400)
+    _, blocks, _ = vision_flops(config, counts.grids)
+    patches, tokens = 32 * 48 + 24 * 24, 1078 + 700
+    vision = blocks - v.depth * 2 * patches * v.intermediate_size * v.hidden_size
+    layer = layer_flops(config, counts.tokens) - 2 * tokens * c.intermediate_size * c.hidden_size
+    assert language_flops(config, counts.tokens) == c.num_hidden_layers * layer_flops(config, counts.tokens)
+
+    def recomputed(fraction: float) -> int:
+        return training_flops(config, counts, checkpointing=True, checkpoint_fraction=fraction).recomputed
+
+    assert recomputed(0.0) == vision > 0
+    assert recomputed(1.0) == vision + c.num_hidden_layers * layer  # blocks + language - their last products
+    for fraction in (0.25, 1 / 3, 0.5, 0.9):
+        assert recomputed(fraction) == vision + int(c.num_hidden_layers * fraction) * layer
+    assert training_flops(config, counts, checkpoint_fraction=0.5).recomputed == 0  # no checkpointing
 
 
 def test_counts_of_batch_follow_padding_and_answer_loss_positions():

@@ -1,8 +1,11 @@
 """The memory pre-check of training (``training.memory``): exact static bytes, an activation
-estimate that checkpointing lowers, the weight casts of autocast, the stochastic update's
-scratch, and a refusal that names every part."""
+estimate that checkpointing lowers (the more decoder layers it recomputes, the lower), the weight
+casts of autocast, the stochastic update's scratch, and a refusal that names every part."""
 
 from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from av_grounding.training.memory import (
     UPDATE_SCRATCH_BYTES,
     WORKSPACE_BYTES,
     MemoryEstimate,
+    activation_bytes,
     cast_bytes,
     check_fits,
     estimate,
@@ -108,3 +112,54 @@ def test_a_run_that_does_not_fit_is_refused_with_its_parts():
                                           r".*train.lora"):
         check_fits(needed, int(139.8 * GIB), "NVIDIA H200")
     check_fits(needed, 164 * GIB, "NVIDIA H200")
+
+
+def test_activations_of_a_share_of_checkpointed_decoder_layers_by_hand():
+    """Hidden 10 / MLP 20 (420 bytes a token and block) over 4 decoder layers, hidden 6 / MLP 8
+    (212 bytes a patch and block) over 2 vision blocks; 3 tokens, 5 patches, 2 labelled positions
+    (2,000 bytes of logits). Each checkpointed layer keeps 4 x 10 bytes a token instead of 420;
+    the largest recomputed block's working set (a decoder layer's 1,260 bytes, or at share 0 a
+    vision block's 1,060) comes on top."""
+    text = SimpleNamespace(hidden_size=10, intermediate_size=20, num_hidden_layers=4, vocab_size=100)
+    vision = SimpleNamespace(hidden_size=6, intermediate_size=8, depth=2)
+    config = SimpleNamespace(text_config=text, vision_config=vision)
+
+    def activations(checkpointing: bool, fraction: float = 1.0) -> int:
+        return activation_bytes(config, tokens=3, patches=5, labelled=2, checkpointing=checkpointing,
+                                checkpoint_fraction=fraction)
+
+    assert activations(False) == 4 * 1260 + 2 * 1060 + 2000 == 9160
+    vision_inputs = 2 * 4 * 6 * 5
+    assert activations(True, 1.0) == 4 * 120 + vision_inputs + 1260 + 2000 == 3980  # as before the share
+    assert activations(True, 0.75) == 3 * 120 + 1 * 1260 + vision_inputs + 1260 + 2000 == 5120
+    assert activations(True, 0.5) == 2 * 120 + 2 * 1260 + vision_inputs + 1260 + 2000 == 6260
+    assert activations(True, 0.25) == 1 * 120 + 3 * 1260 + vision_inputs + 1260 + 2000 == 7400
+    assert activations(True, 0.0) == 4 * 1260 + vision_inputs + 1060 + 2000 == 8340
+
+
+def test_unchecked_decoder_layers_keep_their_weight_casts():
+    """The 8B shape: a Qwen3-VL decoder layer has 192,937,984 linear weights (q and o 4096 x 4096,
+    k and v 1024 x 4096, the MLP 3 x 4096 x 12288), a vision block 15,224,832 (qkv 3 x 1152^2,
+    projection 1152^2, MLP 2 x 1152 x 4304). Each unchecked layer keeps its bf16 copy; at share
+    0 the largest recomputed block is a vision block."""
+    model = meta_model("qwen3_vl")
+    layer, block = 192_937_984, 15_224_832
+    assert sum(m.weight.numel() for m in model.model.language_model.layers[0].modules()
+               if isinstance(m, torch.nn.Linear)) == layer
+    full = cast_bytes(model, checkpointing=True)
+    assert cast_bytes(model, checkpointing=True, checkpoint_fraction=1.0) == full
+    assert cast_bytes(model, checkpointing=True, checkpoint_fraction=0.5) - full == 2 * 18 * layer
+    assert cast_bytes(model, checkpointing=True, checkpoint_fraction=0.0) - full == 2 * (36 * layer - layer + block)
+    assert cast_bytes(model, checkpointing=True, checkpoint_fraction=0.0) < cast_bytes(model, checkpointing=False)
+
+
+def test_the_estimate_falls_as_the_checkpointed_share_grows():
+    """The 8B shape in bf16 with stochastic rounding at 16 samples a micro-batch: every decoder
+    layer more that recomputes lowers the estimate; share 0 (the vision blocks alone) stays below
+    no checkpointing, share 1 is full checkpointing."""
+    model = meta_model("qwen3_vl").to(torch.bfloat16)
+    run = {"tokens": 16 * 1078, "patches": 16 * 4 * 441, "labelled": 16 * 200, "stochastic_update": True}
+    totals = [estimate(model, checkpointing=True, checkpoint_fraction=k / 36, **run).total for k in range(37)]
+    assert all(a > b for a, b in itertools.pairwise(totals))
+    assert totals[0] < estimate(model, checkpointing=False, **run).total
+    assert totals[-1] == estimate(model, checkpointing=True, **run).total

@@ -5,8 +5,8 @@ benchmarks/hub_checkpoints/hub_checkpoints.sh writes (one per TAG):
 
 Each folder holds ``params.yaml`` as the experiment ran, ``metrics/`` (train.json, timing/train.json,
 timing/infer.json, eval.json), ``curves/*.tsv`` (DVCLive) and ``dvc-exp-run.log``. Prints a
-markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing,
-samples a micro-batch x micro-batches a step),
+markdown table, one row per run: what ran (model folder, preset, LoRA, precision, checkpointing
+and its share of decoder layers, samples a micro-batch x micro-batches a step),
 the train stage's rates over the steps after the first (samples/s, model TFLOP/s counted from the
 operations, MFU against the card's datasheet bf16 rate and against its dense bf16 matrix-product
 rate measured on the same machine, ``matmul_peak.json`` beside the run folders), its peak memory
@@ -73,6 +73,13 @@ def steady_rates(timing: dict) -> tuple[float | None, float | None]:
     return round(samples / sum(seconds), 3), (round(work / sum(seconds), 2) if work is not None else None)
 
 
+def _checkpointing(train: TrainParams) -> str:
+    """The ckpt column: no, yes (every decoder layer) or the share of decoder layers checkpointed."""
+    if not train.gradient_checkpointing:
+        return "no"
+    return "yes" if train.checkpoint_fraction == 1 else f"{train.checkpoint_fraction:g} of layers"
+
+
 def row(folder: Path, matmul_tflops: float | None) -> list:
     """One table row of the run in ``folder``; ``matmul_tflops`` is the card's measured dense bf16 rate."""
     preset = yaml.safe_load((folder / "params.yaml").read_text()).get("preset")
@@ -86,7 +93,7 @@ def row(folder: Path, matmul_tflops: float | None) -> list:
     datasheet = f"{mfu(tflops * 1e12, 1.0, peak):.3f}" if tflops and peak else "-"
     estimate, ended = _log(folder)
     return [folder.name, Path(train.model).name, preset or "-", f"LoRA r{train.lora_rank}" if train.lora else "all",
-            train.precision, "yes" if train.gradient_checkpointing else "no",
+            train.precision, _checkpointing(train),
             f"{train.batch_size} x {train.grad_accum}",
             timing.get("steps_run", "-"), rate or "-", f"{1000 / rate / 60:.1f}" if rate else "-",
             tflops or "-", datasheet, measured,

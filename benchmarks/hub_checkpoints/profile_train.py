@@ -215,6 +215,7 @@ def main() -> None:
     write_json(args.out, {
         "command": command_line(__file__), "device": device_name(device), "torch": torch.__version__,
         "model": params.model, "precision": params.precision, "gradient_checkpointing": params.gradient_checkpointing,
+        "checkpoint_fraction": params.checkpoint_fraction,
         "fused_kernels": params.fused_kernels, "batch_size": params.batch_size, "grad_accum": params.grad_accum,
         "max_pixels": fmt.max_pixels, "loader_workers": params.loader_workers,
         "pad_to_multiple_of": padding_multiple(params.pad_to_multiple_of, device),

@@ -293,6 +293,11 @@ class TrainParams(Checked):
         "(training/optim.py: unbiased, so updates far below bf16's resolution, like the recipe's lr 2e-7, survive "
         "in expectation where rounding to nearest drops them); the saved model is bf16")
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
+    checkpoint_fraction: float = param(
+        1.0, "hf backend, with gradient_checkpointing: the share of the language model's decoder layers that "
+        "recompute their activations in the backward, spread evenly over the depth (floor(layers x share) of them; "
+        "1.0: all, transformers' default); the others keep their activations, which costs memory and saves their "
+        "recomputation. The vision blocks always recompute (models/checkpointing.py)", minimum=0.0, maximum=1.0)
     fsdp_offload: bool = param(False, "cosmos-rl backend: keep the FSDP-sharded weights, gradients and optimizer "
                                "state in CPU memory (its fsdp_offload). The hf backend has no FSDP and keeps "
                                "everything on the GPU (warned); with train.deepspeed its config decides offloading")
@@ -326,6 +331,9 @@ class TrainParams(Checked):
             warnings.warn("train.fsdp_offload applies to the cosmos-rl backend; the hf backend keeps the model on "
                           "the GPU" + (" (the DeepSpeed config decides offloading)" if self.deepspeed else ""),
                           stacklevel=2)
+        if self.checkpoint_fraction != 1 and (self.backend != "hf" or not self.gradient_checkpointing):
+            warnings.warn(f"train.checkpoint_fraction = {self.checkpoint_fraction} applies to the hf backend with "
+                          "train.gradient_checkpointing; ignored here", stacklevel=2)
 
 
 # The recipe's three training paths (docs/recipe.md#presets gives every value's source): the keys

@@ -41,16 +41,20 @@ Training step = forward + backward = 3 x forward: the backward of each matrix pr
 the gradient of its input and of its weight, each as large as the forward product (every weight
 trains: full fine-tuning). Exception: the patch embedding's input is the pixels, which need no
 gradient, so it costs 2 x forward. Activation checkpointing (transformers' default, PyTorch's
-non-reentrant checkpoint) runs the forward of every vision block and decoder layer once more in
-the backward pass, stopping once it has every tensor the backward needs: the MLP's last matrix
-product, whose output nothing saves, is not re-run. That recomputation is reported apart
-(``Flops.recomputed``) and is not in ``total``: MFU counts the model's work, not the re-run.
+non-reentrant checkpoint) runs the forward of every vision block and of every checkpointed
+decoder layer (all of them, or the share ``train.checkpoint_fraction`` of them:
+``models.checkpointing``) once more in the backward pass, stopping once it has every tensor the
+backward needs: the MLP's last matrix product, whose output nothing saves, is not re-run. That
+recomputation is reported apart (``Flops.recomputed``) and is not in ``total``: MFU counts the
+model's work, not the re-run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from .checkpointing import checkpointed_layers
 
 ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl")
 # Dense (no sparsity) bf16 tensor-core FLOP/s from the vendor's datasheet, by
@@ -66,7 +70,7 @@ class Flops:
     vision: patch embedding and vision blocks; merger: the patch merger (and Qwen3-VL's DeepStack
     mergers); language: the decoder layers; output: the output layer (``lm_head``) at the
     positions with logits; recomputed: forward FLOPs activation checkpointing runs again (vision
-    blocks and decoder layers), not part of ``total``."""
+    blocks and checkpointed decoder layers), not part of ``total``."""
 
     vision: float
     merger: float
@@ -184,6 +188,11 @@ def vision_flops(config, grids: Iterable[Sequence[int]]) -> tuple[int, int, int]
 def language_flops(config, tokens: Iterable[int], causal: bool = False) -> int:
     """Forward FLOPs of the decoder layers on rows of the given lengths (square attention, or
     the causal half with ``causal``)."""
+    return config.text_config.num_hidden_layers * layer_flops(config, tokens, causal)
+
+
+def layer_flops(config, tokens: Iterable[int], causal: bool = False) -> int:
+    """Forward FLOPs of one decoder layer (all are alike) on rows of the given lengths."""
     _architecture(config)
     c = config.text_config
     hidden, heads, kv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
@@ -194,7 +203,7 @@ def language_flops(config, tokens: Iterable[int], causal: bool = False) -> int:
     for n in tokens:
         pairs = n * (n + 1) // 2 if causal else n * n
         total += n * per_token + 4 * pairs * q
-    return c.num_hidden_layers * total
+    return total
 
 
 def output_flops(config, positions: int) -> int:
@@ -211,26 +220,30 @@ def forward_flops(config, counts: StepCounts, causal: bool = False) -> Flops:
                  output_flops(config, counts.output_positions))
 
 
-def training_flops(config, counts: StepCounts, causal: bool = False, checkpointing: bool = False) -> Flops:
+def training_flops(config, counts: StepCounts, causal: bool = False, checkpointing: bool = False,
+                   checkpoint_fraction: float = 1.0) -> Flops:
     """FLOPs of one training step (forward + backward, every weight trained) over ``counts``:
     3 x forward, the patch embedding 2 x (no gradient for pixels). ``recomputed``: the forward of
-    the vision blocks and decoder layers but their MLP output projections, run again under
-    activation checkpointing (0 without)."""
+    the vision blocks and of the share ``checkpoint_fraction`` (0 to 1) of the decoder layers
+    (``models.checkpointing.checkpointed_layers``) but their MLP output projections, run again
+    under activation checkpointing (0 without); ValueError for a share outside [0, 1]."""
     embed, blocks, mergers = vision_flops(config, counts.grids)
-    language = language_flops(config, counts.tokens, causal)
-    recomputed = blocks + language - _last_products(config, counts) if checkpointing else 0
-    return Flops(2 * embed + 3 * blocks, 3 * mergers, 3 * language,
+    layer = layer_flops(config, counts.tokens, causal)
+    recomputed = _recomputed(config, counts, blocks, layer, checkpoint_fraction) if checkpointing else 0
+    return Flops(2 * embed + 3 * blocks, 3 * mergers, 3 * config.text_config.num_hidden_layers * layer,
                  3 * output_flops(config, counts.output_positions), recomputed)
 
 
-def _last_products(config, counts: StepCounts) -> int:
-    """Forward FLOPs of the MLP output projections of every vision block and decoder layer: the
-    products a non-reentrant checkpoint's recomputation stops before (their outputs are not saved
-    for the backward)."""
+def _recomputed(config, counts: StepCounts, blocks: int, layer: int, fraction: float) -> int:
+    """Forward FLOPs a non-reentrant checkpoint runs again: the vision blocks (``blocks``, all of
+    them) and each checkpointed decoder layer (``layer``, one of them) less their MLP output
+    projections, which the recomputation stops before (their outputs are not saved for the
+    backward)."""
     v, c = config.vision_config, config.text_config
     patches = sum(t * h * w for t, h, w in (_grid(g) for g in counts.grids))
-    return (v.depth * 2 * patches * v.intermediate_size * v.hidden_size
-            + c.num_hidden_layers * 2 * sum(counts.tokens) * c.intermediate_size * c.hidden_size)
+    vision = blocks - v.depth * 2 * patches * v.intermediate_size * v.hidden_size
+    text = layer - 2 * sum(counts.tokens) * c.intermediate_size * c.hidden_size
+    return vision + len(checkpointed_layers(c.num_hidden_layers, fraction)) * text
 
 
 def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:

@@ -2,7 +2,8 @@
 
 Assistant-only loss, AdamW with linear warmup and cosine decay, gradient clipping and accumulation,
 full fine-tuning with switches for vision tower / projector / language model or LoRA (peft), bf16
-autocast and gradient checkpointing on GPUs, fp32 weights or bf16 ones with stochastically rounded
+autocast and gradient checkpointing (of every decoder layer or a share of them,
+``train.checkpoint_fraction``) on GPUs, fp32 weights or bf16 ones with stochastically rounded
 updates (``train.precision``, optim.py); under torchrun, data parallel (PyTorch
 DistributedDataParallel) or DeepSpeed ZeRO-3 (``train.deepspeed``, see zero3.py). The loop is
 ``loop.Trainer``; this module builds the model, optimizer and data, and holds the three execution
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from ..dataset.formats import read_cosmos
+from ..models.checkpointing import use_checkpointing
 from ..models.flops import counts_of_batch, training_flops
 from ..models.inputs import (
     IGNORE,
@@ -145,6 +147,7 @@ class Setup:
     device: str
     world: int
     checkpointing: bool = False  # activation checkpointing on (its recomputation counted apart)
+    checkpoint_fraction: float = 1.0  # the share of decoder layers it recomputes (models.checkpointing)
 
     def step_flops(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
         """(model FLOPs, recomputed FLOPs) of one process's micro-batches, from the collated CPU
@@ -161,7 +164,8 @@ class Setup:
         config = self.loaded.model.config
         total = recomputed = 0.0
         for batch in micro_batches:
-            flops = training_flops(config, counts_of_batch(batch, padding=False), checkpointing=self.checkpointing)
+            flops = training_flops(config, counts_of_batch(batch, padding=False), checkpointing=self.checkpointing,
+                                   checkpoint_fraction=self.checkpoint_fraction)
             total, recomputed = total + flops.total, recomputed + flops.recomputed
         return total, recomputed
 
@@ -357,7 +361,8 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
     needed = estimate(model, params.gradient_checkpointing, params.batch_size * width,
                       4 * largest([t.input_ids.count(image_pad) for t in texts]),
                       largest([sum(label != IGNORE for label in t.labels) for t in texts]),
-                      autocast=params.bf16, stochastic_update=params.precision == "bf16_stochastic")
+                      autocast=params.bf16, stochastic_update=params.precision == "bf16_stochastic",
+                      checkpoint_fraction=params.checkpoint_fraction)
     check_fits(needed, torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
     print(f"train: estimated peak memory {needed.describe()}", file=sys.stderr)
 
@@ -398,8 +403,9 @@ def _setup_model(params: TrainParams, base: Path | str, resume_from: Path | None
                  process: Process) -> tuple[LoadedModel, Any]:
     """The model in fp32, or bf16 with ``train.precision: bf16_stochastic`` (from the newest
     checkpoint, or the base; ZeRO-3 always loads the base and restores its own shards), with Liger
-    kernels and activation checkpointing as asked, and its trainable parts chosen
-    (``trainable_parameters``): (loaded folder, model to train)."""
+    kernels and activation checkpointing as asked (``train.checkpoint_fraction`` of the decoder
+    layers: ``models.checkpointing``), and its trainable parts chosen (``trainable_parameters``):
+    (loaded folder, model to train)."""
     dtype = "bfloat16" if params.precision == "bf16_stochastic" else "float32"
     loaded = load_model(base if process.zero3 else resume_from or base, dtype,
                         None if process.zero3 else process.device, params.attn_implementation,
@@ -409,7 +415,7 @@ def _setup_model(params: TrainParams, base: Path | str, resume_from: Path | None
 
         use_liger_kernels(loaded.model)
     if params.gradient_checkpointing:
-        loaded.model.gradient_checkpointing_enable()
+        use_checkpointing(loaded.model, params.checkpoint_fraction)
     return loaded, trainable_parameters(loaded.model, params)
 
 
@@ -492,7 +498,8 @@ def train_hf(params: TrainParams, fmt: FormatParams, base: Path | str, dataset: 
     loaded, model = _setup_model(params, base, resume_from, process)
     encoder, examples, over_budget = _setup_data(loaded, fmt, dataset)
     optimizer, plan, total, scheduler = _setup_optimizer(model, params, process, examples, dataset)
-    setup = Setup(loaded, model, optimizer, scheduler, process.device, process.world, params.gradient_checkpointing)
+    setup = Setup(loaded, model, optimizer, scheduler, process.device, process.world, params.gradient_checkpointing,
+                  params.checkpoint_fraction)
     trainer = _setup_trainer(params, setup, process, total, output, hooks, resume_from)
     workers = loader_workers(params.loader_workers, process.device)
     model.train()

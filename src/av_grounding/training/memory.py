@@ -5,12 +5,13 @@ which parameters train); activations are estimated from the shapes by counting w
 backward pass keeps per token in each decoder and vision block under bf16 autocast (the method
 of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
 section 4.1, applied to the Qwen blocks: about 22 x hidden + 10 x MLP width bytes per token and
-block without checkpointing; with checkpointing, each block's fp32 input plus one block's
-working set). Two parts come from the step's own choices: the bf16 copies of fp32 matmul weights
-that autocast makes and the backward keeps (``cast_bytes``; the train step turns autocast's
-weight cache off, which otherwise holds a copy of every trainable fp32 weight until the forward
-ends, beside checkpointing, which would drop them: the 7B
-shape ran out of an H200 in its second step's forward that way, with gradients accumulating), and
+block without checkpointing; with checkpointing, each checkpointed block's fp32 input plus one
+block's working set, the decoder layers that ``train.checkpoint_fraction`` leaves unchecked
+keeping all of theirs: ``models.checkpointing``). Two parts come from the step's own choices:
+the bf16 copies of fp32 matmul weights that autocast makes and the backward keeps (``cast_bytes``;
+the train step turns autocast's weight cache off, which otherwise holds a copy of every trainable
+fp32 weight until the forward ends, beside checkpointing, which would drop them: the 7B shape ran
+out of an H200 in its second step's forward that way, with gradients accumulating), and
 the fp32 scratch of the stochastic-rounding update (``update_scratch_bytes``), which is needed
 after the forward, not during it. A fixed ``WORKSPACE_BYTES`` covers what no part counts
 (library workspaces, the allocator's rounding, the loss's temporaries): without it the estimate
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models.checkpointing import checkpointed_layers, unchecked_layers
 from ..params import ParamsError
 from .optim import UPDATE_CHUNK
 
@@ -66,19 +68,26 @@ def _block_bytes(hidden: int, mlp: int) -> int:
     return 22 * hidden + 10 * mlp
 
 
-def activation_bytes(config, tokens: int, patches: int, labelled: int, checkpointing: bool) -> int:
+def activation_bytes(config, tokens: int, patches: int, labelled: int, checkpointing: bool,
+                     checkpoint_fraction: float = 1.0) -> int:
     """Estimated activation bytes of one micro-batch: ``tokens`` language-model positions,
     ``patches`` vision patches (before the 2x2 merge) and ``labelled`` positions whose logits
-    are computed (bf16 logits, their fp32 copy and its gradient: 10 bytes per vocabulary entry)."""
+    are computed (bf16 logits, their fp32 copy and its gradient: 10 bytes per vocabulary entry).
+    Each block keeps ``_block_bytes`` a token or patch; under ``checkpointing``, each vision block
+    and each checkpointed decoder layer (the share ``checkpoint_fraction``, 0 to 1:
+    ``models.checkpointing.checkpointed_layers``) keeps its fp32 input (4 x hidden) instead, and
+    the largest recomputed block's working set comes on top. ValueError for a share outside
+    [0, 1]."""
     text, vision = config.text_config, config.vision_config
     text_block = _block_bytes(text.hidden_size, text.intermediate_size) * tokens
     vision_block = _block_bytes(vision.hidden_size, vision.intermediate_size) * patches
-    if checkpointing:
-        kept = (4 * text.hidden_size * tokens * text.num_hidden_layers
-                + 4 * vision.hidden_size * patches * vision.depth + max(text_block, vision_block))
-    else:
-        kept = text_block * text.num_hidden_layers + vision_block * vision.depth
-    return kept + 10 * text.vocab_size * labelled
+    logits = 10 * text.vocab_size * labelled
+    if not checkpointing:
+        return text_block * text.num_hidden_layers + vision_block * vision.depth + logits
+    recomputed = len(checkpointed_layers(text.num_hidden_layers, checkpoint_fraction))
+    kept = (4 * text.hidden_size * tokens * recomputed + text_block * (text.num_hidden_layers - recomputed)
+            + 4 * vision.hidden_size * patches * vision.depth + max(text_block if recomputed else 0, vision_block))
+    return kept + logits
 
 
 def _fp32_matmul_weights(module) -> int:
@@ -89,18 +98,22 @@ def _fp32_matmul_weights(module) -> int:
                if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32)
 
 
-def cast_bytes(model, checkpointing: bool) -> int:
+def cast_bytes(model, checkpointing: bool, checkpoint_fraction: float = 1.0) -> int:
     """Bytes of the bf16 copies of fp32 matmul weights that bf16 autocast makes and the backward
     keeps (2 bytes an element; 0 for bf16 weights), with autocast's weight cache off: every
     linear layer's copy without checkpointing; with it, the copies outside the checkpointed
-    blocks (transformers' ``GradientCheckpointingLayer``: the output layer, the vision merger)
-    plus the largest block's while it is recomputed."""
+    blocks (transformers' ``GradientCheckpointingLayer``s: the vision blocks and the share
+    ``checkpoint_fraction`` of the decoder layers, ``models.checkpointing``; outside them the
+    output layer, the vision merger and the unchecked decoder layers) plus the largest
+    checkpointed block's while it is recomputed. ValueError for a share outside [0, 1]."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     everything = _fp32_matmul_weights(model)
     if not checkpointing:
         return 2 * everything
-    blocks = [_fp32_matmul_weights(m) for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    unchecked = {id(layer) for layer in unchecked_layers(model, checkpoint_fraction)}
+    blocks = [_fp32_matmul_weights(m) for m in model.modules()
+              if isinstance(m, GradientCheckpointingLayer) and id(m) not in unchecked]
     return 2 * (everything - sum(blocks) + max(blocks, default=0))
 
 
@@ -119,17 +132,20 @@ def update_scratch_bytes(model) -> int:
 
 
 def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: int, autocast: bool = True,
-             stochastic_update: bool = False) -> MemoryEstimate:
+             stochastic_update: bool = False, checkpoint_fraction: float = 1.0) -> MemoryEstimate:
     """The memory of training ``model`` (loaded, its trainable parameters chosen) with AdamW on
     micro-batches of ``tokens`` / ``patches`` / ``labelled`` positions (the largest batch), under
     bf16 autocast when ``autocast``, updated by ``StochasticAdamW`` when ``stochastic_update``
-    (torch's fused AdamW, otherwise, updates in place), plus ``WORKSPACE_BYTES``."""
+    (torch's fused AdamW, otherwise, updates in place), with activation checkpointing of the
+    vision blocks and the share ``checkpoint_fraction`` of the decoder layers when
+    ``checkpointing``, plus ``WORKSPACE_BYTES``. ValueError for a share outside [0, 1]."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradients = sum(p.numel() * p.element_size() for p in trainable)
     return MemoryEstimate(weights, gradients, ADAM_STATES * gradients,
-                          activation_bytes(model.config, tokens, patches, labelled, checkpointing),
-                          cast_bytes(model, checkpointing) if autocast else 0,
+                          activation_bytes(model.config, tokens, patches, labelled, checkpointing,
+                                           checkpoint_fraction),
+                          cast_bytes(model, checkpointing, checkpoint_fraction) if autocast else 0,
                           update_scratch_bytes(model) if stochastic_update else 0, WORKSPACE_BYTES)
 
 
@@ -138,7 +154,8 @@ def check_fits(needed: MemoryEstimate, available: int, device: str) -> None:
     if needed.total > available:
         raise ParamsError(
             f"training needs about {needed.describe()} per step, but {device} has {available / GIB:.1f} GiB: "
-            "train fewer parts (train.lora, train.train_vision false), enable train.gradient_checkpointing, "
+            "train fewer parts (train.lora, train.train_vision false), enable train.gradient_checkpointing "
+            "(or raise train.checkpoint_fraction), "
             "halve weights, gradients and optimizer with train.precision bf16_stochastic, "
             "lower train.batch_size (raising train.grad_accum keeps the step), lower format.max_pixels, or "
             "shard over GPUs (train.gpus with train.deepspeed)")
