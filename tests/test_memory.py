@@ -4,6 +4,7 @@ casts of autocast, the stochastic update's scratch, and a refusal that names eve
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from types import SimpleNamespace
 
@@ -163,3 +164,24 @@ def test_the_estimate_falls_as_the_checkpointed_share_grows():
     assert all(a > b for a, b in itertools.pairwise(totals))
     assert totals[0] < estimate(model, checkpointing=False, **run).total
     assert totals[-1] == estimate(model, checkpointing=True, **run).total
+
+
+def test_one_micro_batch_a_step_holds_no_gradients_during_its_forward():
+    """The 8B folder's bf16 run at 16 x 1 on an H100 (h100-calls/profile-fused/cr2-bf16sr-mb16):
+    the pre-check, counting gradients beside the forward's 13.2 GiB of activations, said 79.0 GiB;
+    the run peaked at 66.78. With one micro-batch a step the peak is the backward's end or the
+    update: the gradients plus the largest one's making (the embedding's, 1.16 GiB) or the
+    update's scratch."""
+    model = meta_model("qwen3_vl").to(torch.bfloat16)
+    run = {"tokens": 16 * 700, "patches": 16 * 4 * 220, "labelled": 16 * 60, "stochastic_update": True}
+    logged = {"activations": int(13.2 * GIB)}  # the run's log: activations 13.2 GiB
+    accumulating = dataclasses.replace(estimate(model, checkpointing=True, **run), **logged)
+    single = dataclasses.replace(estimate(model, checkpointing=True, accumulating=False, **run), **logged)
+    assert round(accumulating.total / GIB, 1) == 79.0
+    assert single.largest_gradient == model.model.language_model.embed_tokens.weight.numel() * 2
+    static = single.weights + single.gradients + single.optimizer + single.workspace
+    assert single.total == static + single.largest_gradient
+    assert 66.78 < single.total / GIB < 67.1
+    # activations above the gradients make the forward side the peak
+    heavy = dataclasses.replace(single, activations=40 * GIB)
+    assert heavy.total == heavy.weights + heavy.optimizer + heavy.workspace + 40 * GIB + heavy.largest_gradient

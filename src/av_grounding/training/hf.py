@@ -362,7 +362,7 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
                       4 * largest([t.input_ids.count(image_pad) for t in texts]),
                       largest([sum(label != IGNORE for label in t.labels) for t in texts]),
                       autocast=params.bf16, stochastic_update=params.precision == "bf16_stochastic",
-                      checkpoint_fraction=params.checkpoint_fraction)
+                      checkpoint_fraction=params.checkpoint_fraction, accumulating=params.grad_accum > 1)
     check_fits(needed, torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
     print(f"train: estimated peak memory {needed.describe()}", file=sys.stderr)
 
