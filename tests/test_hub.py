@@ -262,3 +262,18 @@ def test_the_train_profile_benchmark_profiles_the_stages_steps_and_saves_no_mode
     assert sources and sum(s["calls"] for s in sources) <= sum(profile["host_sync_calls"].values())
     assert all(s["stack"] and not s["stack"][0].startswith("torch/") for s in sources)
     assert any("av_grounding/" in line or "transformers/" in line for s in sources for line in s["stack"])
+
+
+def test_the_profiles_update_check_compares_compiled_and_plain_updates_and_the_noise():
+    """profile_train.py's ``--check-update`` on a CPU: the compiled update against the plain one
+    on the same noise, and the noise made on the device, plain and compiled, against the CPU's
+    (here the CPU itself: equal, and no stored value differs)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks/hub_checkpoints/profile_train.py"
+    spec = importlib.util.spec_from_file_location("profile_train", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    check = module.compiled_update_check("cpu", n=4096)
+    assert check["noise_equals_cpu"] is True and check["elements"] == 4096
+    assert {name: check[name]["differing"] for name in ("weight", "exp_avg", "exp_avg_sq")} == \
+        {"weight": 0, "exp_avg": 0, "exp_avg_sq": 0}

@@ -85,7 +85,7 @@ def test_bf16_weights_have_no_casts_and_the_stochastic_update_needs_scratch_afte
 def test_the_stochastic_update_of_the_8b_shape_needs_one_piece_of_scratch():
     """The first bf16 stochastic-rounding run of the 8B folder (one H100, batch 2, checkpointing)
     was refused at 84.4 GiB: 19.1 GiB of it the scratch of updating the 622M-element embedding
-    at once. Updated in pieces of ``UPDATE_CHUNK`` elements, the scratch is half a GiB."""
+    at once. Updated in pieces of ``UPDATE_CHUNK`` elements, the scratch is 0.75 GiB."""
     model = meta_model("qwen3_vl").to(torch.bfloat16)
     needed = estimate(model, checkpointing=True, tokens=2 * 1078, patches=2 * 4 * 441, labelled=2 * 200,
                       stochastic_update=True)
@@ -185,3 +185,22 @@ def test_one_micro_batch_a_step_holds_no_gradients_during_its_forward():
     # activations above the gradients make the forward side the peak
     heavy = dataclasses.replace(single, activations=40 * GIB)
     assert heavy.total == heavy.weights + heavy.optimizer + heavy.workspace + 40 * GIB + heavy.largest_gradient
+
+
+def test_the_plain_update_allocates_at_most_its_counted_scratch():
+    """``adamw_piece`` unfused on a bf16 piece, its allocations and frees from torch's profiler
+    in time order: the peak above the inputs stays within ``UPDATE_SCRATCH_BYTES`` an element."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from av_grounding.training.optim import adamw_piece, noise_key
+
+    n = 1 << 18
+    weight, grad, exp_avg, exp_avg_sq = (torch.randn(n).bfloat16() for _ in range(4))
+    exp_avg_sq.abs_()
+    scalars = torch.tensor([1.0, 0.1, 0.999, 0.001, 1.0, 1e-8, -1e-3])
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        adamw_piece(weight, grad, exp_avg, exp_avg_sq, noise_key(0, 0, 1), 0, scalars)
+    changes = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+                     for e in prof.events() if e.name == "[memory]" or e.self_cpu_memory_usage > 0)
+    levels = list(itertools.accumulate(change for _, change in changes))
+    assert 16 * n < max(levels) <= UPDATE_SCRATCH_BYTES * n  # at least the fp32 copies, at most the count

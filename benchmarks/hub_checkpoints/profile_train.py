@@ -118,8 +118,9 @@ def timed_optimizer_steps(device: str, plain_update: bool) -> tuple[list[float],
 def compiled_update_check(device: str, n: int = 1 << 22) -> dict:
     """``adamw_piece`` compiled against plain on ``n`` random bf16 weights (one step from random
     moments, the same noise): how many stored values differ and by how much (fp32 rounding that
-    turns a stochastic rounding the other way)."""
-    from av_grounding.training.optim import adamw_piece
+    turns a stochastic rounding the other way); and whether the rounding noise made on
+    ``device``, plain and compiled, equals the CPU's (the same integer hash everywhere)."""
+    from av_grounding.training.optim import ROWS, adamw_piece, noise_key, rounding_noise
 
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -127,16 +128,21 @@ def compiled_update_check(device: str, n: int = 1 << 22) -> dict:
         g = generator.manual_seed(0)
         w, grad, m = (torch.randn(n, device=device, generator=g).mul(s).bfloat16() for s in (0.02, 1.0, 1e-3))
         v = torch.rand(n, device=device, generator=g).mul(1e-6).bfloat16()
-        return w, grad, m, v, torch.randint(0, 1 << 16, (3, n), dtype=torch.int32, device=device, generator=g)
+        return w, grad, m, v
 
+    key = noise_key(0, 0, 3)
     scalars = torch.tensor([1 - 2e-7 * 0.01, 0.1, 0.999, 0.001, (1 - 0.999**3) ** 0.5, 1e-8, -2e-7 / (1 - 0.9**3)],
                            device=device)
     plain, fused = inputs(), inputs()
-    adamw_piece(*plain, scalars)
-    torch.compile(adamw_piece, dynamic=True)(*fused, scalars)
-    out = {"elements": n}
+    adamw_piece(*plain, key, 0, scalars)
+    torch.compile(adamw_piece, dynamic=True)(*fused, key, 0, scalars)
+    out: dict = {"elements": n}
     for name, a, b in zip(("weight", "exp_avg", "exp_avg_sq"), plain, fused):
         out[name] = {"differing": int((a != b).sum()), "max_abs_difference": float((a.float() - b.float()).abs().max())}
+    compiled_noise = torch.compile(rounding_noise, dynamic=True)
+    out["noise_equals_cpu"] = all(
+        torch.equal(make(key, 5, n, row, device).cpu(), rounding_noise(key, 5, n, row))
+        for row in range(ROWS) for make in (rounding_noise, compiled_noise))
     return out
 
 

@@ -18,11 +18,14 @@ both moments then all stay bf16: 8 bytes a parameter.
 
 ``StochasticAdamW`` computes each step in fp32 exactly as ``torch.optim.AdamW`` does (decoupled
 weight decay, bias-corrected moments; Loshchilov & Hutter 2019) and rounds the new weight and
-both moments stochastically into their bf16 storage. The rounding noise comes from the
-optimizer's own generator on the parameters' device, seeded from ``train.seed`` and kept in
-``state_dict()`` by device type, so a resumed run draws the same noise as an uninterrupted one;
-in data parallel every process draws the same noise (same seed, same stream), so the replicas
-stay equal, and every process resumes from rank 0's saved state. fp32 parameters get the plain
+both moments stochastically into their bf16 storage. The rounding noise is counter-based (as
+Philox is, Salmon et al. 2011): a 32-bit integer hash (two multiply-xorshift rounds) of each
+element's index, keyed by ``train.seed``, the parameter's place in the optimizer and the step.
+It is computed inside the update's kernel (no noise tensor is drawn, stored or read: 12 bytes an
+element less traffic, and the compiled update is one kernel a piece), it is the same on every
+device and CPU, so the compiled and plain updates and a CPU and a GPU round alike, and a resumed
+run continues with the same noise from the step count alone; in data parallel every process
+computes the same noise, so the replicas stay equal. fp32 parameters get the plain
 update (no rounding): then it equals ``torch.optim.AdamW``. A tensor is updated in pieces of
 ``UPDATE_CHUNK`` elements, so the scratch stays under 1 GiB whatever the largest tensor
 (Cosmos-Reason2-8B's 622M-element embedding would otherwise need 19 GiB of it at once).
@@ -30,6 +33,7 @@ update (no rounding): then it equals ``torch.optim.AdamW``. A tensor is updated 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +43,9 @@ import torch
 UPDATE_CHUNK = 1 << 24  # elements a step updates at a time (training/memory.py counts its scratch)
 _LOW_BITS = 1 << 16  # the fp32 mantissa bits that bf16 drops
 _HIGH_MASK = -_LOW_BITS  # 0xFFFF0000 as a signed 32-bit integer
+_LOW_MASK = _LOW_BITS - 1  # the low 16 bits: a right shift by 16 made logical
+_MULTIPLIER = 0x45D9F3B  # the multiply-xorshift hash's constant (an odd one: each round is a bijection)
+ROWS = 3  # noise rows a parameter's element draws a step: the weight, the first and the second moment
 
 
 def _compiler_errors() -> tuple[type[Exception], ...]:
@@ -50,16 +57,46 @@ def _compiler_errors() -> tuple[type[Exception], ...]:
     return torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError
 
 
-def stochastic_round(value: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def noise_key(seed: int, parameter: int, step: int) -> int:
+    """The 32-bit key of one parameter's rounding noise at one optimizer step (1-based), as a
+    signed integer (the int32 ``rounding_noise`` computes in): BLAKE2b of the three numbers, so
+    keys of neighbouring seeds, parameters or steps are unrelated."""
+    digest = hashlib.blake2b(f"{seed}:{parameter}:{step}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def rounding_noise(key: int, start: int, count: int, row: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Noise for stochastic rounding: ``count`` integers in [0, 2^16) (int32), for the elements
+    ``start`` .. ``start + count - 1`` of a parameter and noise row ``row`` (0 to ``ROWS`` - 1),
+    under ``key`` (``noise_key``): the top 16 bits of a 32-bit integer hash (two rounds of
+    xorshift 16 and multiply, then a last xorshift: a bijection of 32-bit words whose every
+    output bit depends on every input bit) of the element's counter (``ROWS`` x index + row)
+    xor the key. Words are int32, whose products wrap modulo 2^32 (on CPUs and in Triton);
+    shifts are made logical by masking. (int64 words cut to int32 at the end came out wrong
+    from torch 2.13's compiled AVX2 code in 8 of every 16 elements; eager and AVX-512 were
+    right.) The same integers on every device. Computed in place
+    (4 bytes an element and one shift's temporary, when not compiled). ``ValueError`` past 2^31
+    elements."""
+    if start + count > 2**31:
+        raise ValueError(f"rounding_noise: elements up to {start + count} pass int32 counters (2^31)")
+    word = torch.arange(start, start + count, dtype=torch.int32, device=device)
+    word.mul_(ROWS).add_(row).bitwise_xor_(key)
+    for _ in range(2):
+        word.bitwise_xor_((word >> 16) & _LOW_MASK).mul_(_MULTIPLIER)
+    return word.bitwise_xor_((word >> 16) & _LOW_MASK).bitwise_right_shift_(16).bitwise_and_(_LOW_MASK)
+
+
+def stochastic_round(value: torch.Tensor, key: int = 0, start: int = 0) -> torch.Tensor:
     """``value`` (fp32, any shape) rounded to bf16, up or down at random with the probability
     that makes the expectation exact: adding a uniform 16-bit integer to the low bits of the
     fp32 pattern, then cutting them, rounds the magnitude up with probability (low bits) / 2^16.
-    Values representable in bf16 come back unchanged; infinities and NaN stay so; a finite value
-    above the largest finite bf16 can round up to infinity. Returns a bf16 tensor of
-    the same shape on the same device. Raises ``TypeError`` for a tensor that is not fp32."""
+    The integers are ``rounding_noise(key, start, ...)`` of row 0, one per element in row-major
+    order. Values representable in bf16 come back unchanged; infinities and NaN stay so; a finite
+    value above the largest finite bf16 can round up to infinity. Returns a bf16 tensor of the
+    same shape on the same device. Raises ``TypeError`` for a tensor that is not fp32."""
     if value.dtype != torch.float32:
         raise TypeError(f"stochastic_round takes float32 values, not {value.dtype}")
-    noise = torch.randint(0, _LOW_BITS, value.shape, dtype=torch.int32, device=value.device, generator=generator)
+    noise = rounding_noise(key, start, value.numel(), 0, value.device).view(value.shape)
     return _rounded(value.contiguous(), noise)
 
 
@@ -72,31 +109,39 @@ def _rounded(value: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def adamw_piece(weight: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                noise: torch.Tensor | None, scalars: torch.Tensor) -> None:
+                key: int, start: int, scalars: torch.Tensor) -> None:
     """One AdamW update of a piece, in place: ``torch.optim.AdamW``'s single-tensor update
     (decoupled weight decay, bias-corrected moments; Loshchilov & Hutter 2019) computed in fp32,
-    each result stored with stochastic rounding where its storage is bf16 (``noise``: (3, *shape)
-    int32 in [0, 2^16), one row for the weight, the first and the second moment; None when
-    nothing is bf16) and as it is otherwise. weight, grad, exp_avg, exp_avg_sq: one shape.
+    each result stored with stochastic rounding where its storage is bf16 (``rounding_noise``
+    under ``key`` for the piece's elements from ``start`` on, row 0 for the weight, 1 for the
+    first and 2 for the second moment) and as it is otherwise. weight, grad, exp_avg,
+    exp_avg_sq: one 1-D shape (a flat piece) or any shape (a whole tensor, ``start`` 0).
     (At the recipe's rates the decay factor 1 - lr x weight_decay is 1.0 in fp32, 1 - 2e-9: no
     decay, as in torch's AdamW on fp32 weights.)
     ``scalars`` (fp32, on their device): 1 - lr x weight_decay, 1 - beta1, beta2, 1 - beta2,
     the square root of the second moment's bias correction, eps, -lr / (the first moment's bias
     correction); tensors, so a compiled update serves every step's learning rate. Pure tensor
-    operations: ``torch.compile`` fuses the whole of it into one kernel (``StochasticAdamW``)."""
+    operations: ``torch.compile`` fuses the whole of it, the noise included, into one kernel
+    (``StochasticAdamW``)."""
     decay, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step_size = scalars.unbind()
     g = grad.float()
     m = exp_avg.float().lerp(g, one_minus_beta1)
     v = exp_avg_sq.float() * beta2 + g * g * one_minus_beta2
     w = weight.float() * decay + step_size * m / (v.sqrt() / bias2_sqrt + eps)
     for row, (stored, value) in enumerate(((weight, w), (exp_avg, m), (exp_avg_sq, v))):
-        stored.copy_(_rounded(value, noise[row]) if noise is not None and stored.dtype == torch.bfloat16 else value)
+        if stored.dtype == torch.bfloat16:
+            noise = rounding_noise(key, start, value.numel(), row, value.device)
+            stored.copy_(_rounded(value, noise.view(value.shape)))
+        else:
+            stored.copy_(value)
 
 
 class StochasticAdamW(torch.optim.Optimizer):
     """AdamW whose bf16 parameters and moments are updated in fp32 and stored with stochastic
     rounding (module docstring). Same hyperparameters and update as ``torch.optim.AdamW``
-    (``lr``, ``betas``, ``eps``, ``weight_decay``); ``seed`` seeds the rounding noise.
+    (``lr``, ``betas``, ``eps``, ``weight_decay``); ``seed`` keys the rounding noise
+    (``noise_key``: with the parameter's place among all groups' parameters and its step count,
+    which the optimizer state keeps, so a resumed run draws the same noise on any device).
 
     ``compiled``: None compiles each piece's update into one kernel on CUDA devices
     (``torch.compile``), True on every device, False never (``_fused``). Where compilation fails
@@ -116,20 +161,6 @@ class StochasticAdamW(torch.optim.Optimizer):
         self.seed = seed
         self.compiled = compiled  # ``_fused``
         self._compiled: Any = None
-        self._rounding: torch.Generator | None = None  # made at the first step, on the parameters' device
-        self._saved: dict[str, Any] | None = None  # a loaded generator state, applied when it is made
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """The rounding generator (one per optimizer: its parameters share a device)."""
-        if self._rounding is None:
-            self._rounding = torch.Generator(device=device)
-            self._rounding.manual_seed(self.seed)
-            if self._saved is not None:
-                if self._saved["device_type"] != device.type:
-                    raise ValueError(f"StochasticAdamW: the rounding state was saved on {self._saved['device_type']} "
-                                     f"and cannot continue on {device.type}: resume on the checkpoint's device type")
-                self._rounding.set_state(self._saved["state"])
-        return self._rounding
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -138,9 +169,11 @@ class StochasticAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        place = 0  # the parameter's place among all groups' parameters: part of its noise key
         for group in self.param_groups:
             scalars: dict[tuple[torch.device, int], torch.Tensor] = {}  # one copy to the device per step count
             for p in group["params"]:
+                place += 1
                 if p.grad is None:
                     continue
                 state = self.state[p]
@@ -152,7 +185,7 @@ class StochasticAdamW(torch.optim.Optimizer):
                 key = (p.device, state["step"])
                 if key not in scalars:
                     scalars[key] = self._scalars(group, state["step"], p.device)
-                self._update(p, state, scalars[key])
+                self._update(p, state, noise_key(self.seed, place - 1, state["step"]), scalars[key])
         return loss
 
     @staticmethod
@@ -165,35 +198,30 @@ class StochasticAdamW(torch.optim.Optimizer):
                                -lr / (1 - beta1**step)], dtype=torch.float32, pin_memory=device.type == "cuda")
         return values.to(device, non_blocking=True)
 
-    def _update(self, p: torch.Tensor, state: dict[str, Any], scalars: torch.Tensor) -> None:
+    def _update(self, p: torch.Tensor, state: dict[str, Any], key: int, scalars: torch.Tensor) -> None:
         """``torch.optim.AdamW``'s single-tensor update in fp32, stored back with stochastic
-        rounding where the storage is bf16: in pieces of ``UPDATE_CHUNK`` elements where the
-        parameter is contiguous (a gradient with other strides is copied contiguous first), the
-        whole tensor at once otherwise."""
+        rounding (noise under ``key``) where the storage is bf16: in pieces of ``UPDATE_CHUNK``
+        elements where the parameter is contiguous (a gradient with other strides is copied
+        contiguous first), the whole tensor at once otherwise."""
         assert p.grad is not None  # step() updates only parameters with a gradient
         grad = p.grad if p.grad.is_contiguous() or not p.is_contiguous() else p.grad.contiguous()
         tensors = [p, grad, state["exp_avg"], state["exp_avg_sq"]]
         if all(t.is_contiguous() for t in tensors):  # else no flat views: the whole tensor at once
             tensors = [t.view(-1) for t in tensors]
         piece = UPDATE_CHUNK if tensors[0].dim() == 1 else p.numel()
-        rounded = torch.bfloat16 in (p.dtype, state["exp_avg"].dtype, state["exp_avg_sq"].dtype)
         for start in range(0, p.numel(), piece):
             weight, gradient, exp_avg, exp_avg_sq = (t[start:start + piece] if piece < p.numel() else t
                                                      for t in tensors)
-            noise = None
-            if rounded:
-                noise = torch.randint(0, _LOW_BITS, (3, weight.numel()), dtype=torch.int32, device=p.device,
-                                      generator=self._generator(p.device)).view(3, *weight.shape)
-            self._fused(p.device)(weight, gradient, exp_avg, exp_avg_sq, noise, scalars)
+            self._fused(p.device)(weight, gradient, exp_avg, exp_avg_sq, key, start, scalars)
 
     def _fused(self, device: torch.device) -> Callable[..., None]:
         """``adamw_piece`` compiled by ``torch.compile`` where ``compiled`` says (None: on CUDA
         devices, True: everywhere): one kernel a piece in place of about twenty, each reading and
         writing fp32 copies (the update of Cosmos-Reason2-8B's 8.77B bf16 weights took 1.44 s a
-        step on an H100 unfused, 0.30 s compiled). Compiled and plain updates agree up to fp32
-        rounding, which can turn a stochastic rounding the other way (about 1e-4 of the elements
-        after three steps of the CPU test; none of 4M on the H100). Returns the function to call
-        with ``adamw_piece``'s arguments."""
+        step on an H100 unfused, 0.30 s compiled, with the noise then still drawn apart). Compiled
+        and plain updates use the same noise and agree up to fp32 rounding, which can turn a
+        stochastic rounding the other way (no weight and 12 of 100,003 first moments after three
+        steps of the CPU test). Returns the function to call with ``adamw_piece``'s arguments."""
         if self.compiled is False or (self.compiled is None and device.type != "cuda"):
             return adamw_piece
         if self._compiled is None:
@@ -217,17 +245,7 @@ class StochasticAdamW(torch.optim.Optimizer):
             self.compiled = False
             adamw_piece(*args)
 
-    def state_dict(self) -> dict[str, Any]:
-        """torch's optimizer state plus the rounding generator's state and device type (an exact
-        resume; none before the first step)."""
-        rounding = None if self._rounding is None else {"device_type": self._rounding.device.type,
-                                                        "state": self._rounding.get_state()}
-        return {**super().state_dict(), "rounding": rounding if rounding is not None else self._saved}
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores what ``state_dict`` saved; the rounding generator continues from the saved
-        state on whichever device index the parameters are (``ValueError`` at the next step
-        when that device's type is not the saved one)."""
-        state_dict = dict(state_dict)
-        self._saved, self._rounding = state_dict.pop("rounding", None), None
-        super().load_state_dict(state_dict)
+        """torch's, also of a state saved when the noise came from a generator (its
+        ``rounding`` entry is dropped: the noise now follows from the seed and the step)."""
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "rounding"})
