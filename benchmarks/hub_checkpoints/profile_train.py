@@ -184,8 +184,8 @@ def main() -> None:
                         help="StochasticAdamW unfused (compiled=False; needs train.precision bf16_stochastic)")
     parser.add_argument("--check-update", action="store_true", help="also compare the compiled update with the plain")
     parser.add_argument("--device-positions", action="store_true",
-                        help="rotary positions and logit columns computed in the forward, on the device (the step "
-                             "before it computed them on the host copy of each micro-batch), for comparison")
+                        help="rotary positions, vision inputs and logit columns computed in the forward, on the device "
+                             "(the step before it computed them on the host copy of each micro-batch), for comparison")
     parser.add_argument("--stacks", action="store_true",
                         help="record Python stacks: where the host reads device values (slows the profiled steps)")
     parser.add_argument("--out", required=True, help="the JSON file written")

@@ -14,6 +14,11 @@ launch overhead, not the arithmetic, sets the pace.
     (segments x heads x longest x head_dim) for one ``scaled_dot_product_attention`` call with a
     key-padding mask (no mask when all segments have one length, the usual case).
 The result equals the per-segment computation up to floating-point rounding (tests check it).
+The padded path reads nothing on the host when given the longest segment (transformers passes
+``max_length_q``; ``models.inputs.vision_inputs`` computes it on the host): the layout comes from
+shapes, and the tokens are gathered back by indices (``torch.nonzero_static``, whose count is the
+token count) instead of a boolean mask, which on a GPU waits for the device in the forward and
+again in the backward of every vision layer.
 
 transformers sends ``cu_seqlens`` to an attention implementation only when its name contains
 "flash" (``is_flash_attention_requested``), hence the registered name ``PACKED``. It is set on
@@ -36,12 +41,13 @@ def _varlen():
     return varlen_attn
 
 
-def segment_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_layout(cu_seqlens: torch.Tensor, longest: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For segments given by boundaries ``cu_seqlens`` (n + 1,), the (n, longest) index of each
     (segment, position) into the packed sequence (padding points at 0) and the (n, longest)
-    validity mask."""
+    validity mask. ``longest``: the longest segment's length (read from ``cu_seqlens`` when None,
+    a wait on a GPU)."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    longest = int(lengths.max())
+    longest = int(lengths.max()) if longest is None else longest
     positions = torch.arange(longest, device=cu_seqlens.device)
     valid = positions[None, :] < lengths[:, None]
     index = torch.where(valid, cu_seqlens[:-1, None] + positions[None, :], 0)
@@ -49,17 +55,20 @@ def segment_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def padded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
-                     scale: float | None) -> torch.Tensor:
+                     scale: float | None, longest: int | None = None) -> torch.Tensor:
     """Attention within segments, one SDPA call over the padded segments.
 
-    query, key, value: (heads, tokens, head_dim); cu_seqlens: (segments + 1,) int boundaries.
-    Returns (tokens, heads, head_dim)."""
-    index, valid = segment_layout(cu_seqlens)
+    query, key, value: (heads, tokens, head_dim); cu_seqlens: (segments + 1,) int boundaries;
+    longest: the longest segment's length (``segment_layout``). Returns (tokens, heads, head_dim)."""
+    index, valid = segment_layout(cu_seqlens, longest)
+    segments, longest = valid.shape
+    tokens = query.shape[1]
     # (segments, heads, longest, dim) each
     q, k, v = (t[:, index].transpose(0, 1) for t in (query, key, value))
-    mask = None if bool(valid.all()) else valid[:, None, None, :]
+    mask = None if segments * longest == tokens else valid[:, None, None, :]  # every segment full: no padding
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (segments, heads, longest, dim)
-    return out.transpose(1, 2)[valid]  # (tokens, heads, dim), segments in order
+    kept = torch.nonzero_static(valid.flatten(), size=tokens).squeeze(1)  # (tokens,) segments in order
+    return out.transpose(1, 2).flatten(0, 1).index_select(0, kept)
 
 
 def packed_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None,
@@ -70,13 +79,14 @@ def packed_attention(module, query, key, value, attention_mask=None, dropout: fl
     if cu_seq_lens_q is None or is_causal or (dropout and module.training):
         raise ValueError(f"{PACKED} serves the vision towers' packed segments only")
     q, k, v = query[0], key[0], value[0]
+    longest = None if max_length_q is None else int(max_length_q)  # transformers' host int: no wait
     varlen = _varlen()
     if varlen is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         cu = cu_seq_lens_q.to(torch.int32)
-        longest = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
+        longest = int((cu[1:] - cu[:-1]).max()) if longest is None else longest
         out = varlen(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, cu, longest, longest, scale=scaling)
     else:
-        out = padded_attention(q, k, v, cu_seq_lens_q, scaling)
+        out = padded_attention(q, k, v, cu_seq_lens_q, scaling, longest)
     return out.unsqueeze(0), None
 
 

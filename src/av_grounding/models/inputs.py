@@ -169,7 +169,44 @@ def rope_index_owner(model) -> Any:
     return next((module for module in model.modules() if hasattr(module, "get_rope_index")), None)
 
 
-def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = False) -> dict[str, torch.Tensor]:
+def vision_inputs(owner: Any, grid: torch.Tensor) -> dict[str, Any]:
+    """What the vision tower of ``owner`` (from ``rope_index_owner``) derives from the (images, 3)
+    patch grid in its forward, computed here on the host copy of the grid by the same functions
+    of ``transformers.vision_utils``, with the same settings, as the ``image_``-prefixed keywords
+    the model's forward takes instead (``accepts_precomputed_kwargs``, transformers 5.17):
+
+    - both: the rotary positions of the patches, the images' boundaries ``cu_seqlens`` and the
+      longest image ``max_seqlen`` (a Python int, kept only where the attention takes one);
+    - Qwen2.5-VL: the window order ``window_index``, the windows' boundaries and the longest;
+    - Qwen3-VL: the taps and weights that resample its learned position grid.
+
+    On a GPU the forward computes them from the device copy of the grid, with ``repeat_interleave``
+    without output size, ``.tolist()``, ``unique_consecutive`` and ``.item()``, each a wait for the
+    device: a CPU trace counts 10 host reads a forward on Qwen3-VL and 6 on Qwen2.5-VL, besides the
+    ``.tolist()`` calls it does not show. Empty for another model type. The keys and the forward's
+    use of them are transformers 5.17's; ``tests/test_host_reads.py`` checks the reads are gone."""
+    from transformers import vision_utils
+    from transformers.utils.generic import get_max_seqlen
+
+    visual, kind = owner.visual, owner.config.model_type
+    if kind not in ("qwen2_5_vl", "qwen3_vl"):
+        return {}
+    cu_seqlens = vision_utils.get_vision_cu_seqlens(grid)
+    out: dict[str, Any] = {"position_ids": vision_utils.get_vision_position_ids(grid, visual.spatial_merge_size),
+                           "cu_seqlens": cu_seqlens, "max_seqlen": get_max_seqlen(cu_seqlens, visual.config)}
+    if kind == "qwen2_5_vl":
+        window_index, cu_window_seqlens = vision_utils.get_vision_window_index(
+            grid, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+        out.update(window_index=window_index, cu_window_seqlens=cu_window_seqlens,
+                   max_window_seqlen=get_max_seqlen(cu_window_seqlens, visual.config))
+    else:
+        out["interp_indices"], out["interp_weights"] = vision_utils.get_vision_interpolation_indices_and_weights(
+            grid, visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+    return {f"image_{k}": v for k, v in out.items() if v is not None}
+
+
+def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = False) -> dict[str, Any]:
     """``batch`` (``collate``'s dict of host tensors, images only: no video grid) with the
     positions its forward would otherwise compute on the device, each read there on the host:
 
@@ -178,17 +215,22 @@ def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = 
       row's text and image spans reading values on the host: on GPU tensors a synchronisation
       per read in the middle of the forward (8 a sample in a CPU trace of the tiny Qwen3-VL
       model). Left out when ``owner`` is None, the batch has no image or already has them.
+    - the vision tower's inputs derived from the image grid (``vision_inputs``), under the same
+      conditions.
     - ``logit_positions``: (n,) the columns where some row has a label, the positions
       ``answer_loss`` computes logits at (on the device, a ``nonzero`` before the forward).
 
     ``pin``: the new tensors in pinned memory, so their copy to a GPU does not wait (the loader
-    pins the rest)."""
+    pins the rest); Python ints (the longest image or window) stay as they are."""
     added = {"logit_positions": logit_columns(batch["labels"])}
     if owner is not None and batch["image_grid_thw"].numel() and "position_ids" not in batch:
         added["position_ids"], _ = owner.get_rope_index(
             batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
             attention_mask=batch["attention_mask"])
-    return {**batch, **({k: v.pin_memory() for k, v in added.items()} if pin else added)}
+        added.update(vision_inputs(owner, batch["image_grid_thw"]))
+    if pin:
+        added = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in added.items()}
+    return {**batch, **added}
 
 
 def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,8 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
     """A model folder or hub id with its tokenizer and image processor. ``device=None`` leaves
     the weights where loading put them (sharded under DeepSpeed ZeRO-3). ``vision_attention``:
     ``packed`` (one attention call per vision layer, ``models.attention``) or ``per_segment``
-    (transformers' own: one call per window or image)."""
+    (transformers' own: one call per window or image). Qwen3-VL's deepstack additions go by
+    index (``models.deepstack``: the same values without waiting for a GPU)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -69,6 +70,9 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
         from .attention import use_packed_vision_attention
 
         use_packed_vision_attention(model)
+    from .deepstack import use_indexed_deepstack
+
+    use_indexed_deepstack(model)
     if device is not None:
         # transformers wraps PreTrainedModel.to in a decorator whose stub drops the bound self
         model = model.to(device)  # type: ignore[arg-type]

@@ -170,8 +170,9 @@ class Setup:
         return total, recomputed
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    """The batch's tensors on ``device``; other values (``vision_inputs``' ints) as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _tokens(batch: dict[str, torch.Tensor]) -> int:
