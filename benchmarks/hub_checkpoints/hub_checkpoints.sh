@@ -263,15 +263,14 @@ PY
   batchsync)  # item 6 on an H100: what the host still waits for in the 8B step at 16 x 1 (bf16 with
     # stochastic rounding, checkpointing, Liger): the profile as the stage runs it (positions and
     # vision inputs on the host; with the compiled update checked against the plain one), with
-    # positions and vision inputs computed in the forward on the device as before, with Python
-    # stacks naming each host read's source, and with 6 of the 36 decoder layers unchecked; then
-    # the train stage itself at 16 x 1
+    # Python stacks naming each host read's source, and with 6 of the 36 decoder layers unchecked;
+    # then the train stage itself at 16 x 1 (profile_train.py --device-positions compares with the
+    # positions computed in the forward, as transformers does)
     self=$(realpath "$0")
     "$self" setup || { echo "batch failed: setup"; exit 1; }
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
     export MODEL=Cosmos-Reason2-8B EXTRA="-S train.precision=bf16_stochastic -S train.fused_kernels=liger"
     MICRO=16 ARGS=--check-update "$self" profile
-    FORMAT=0 MICRO=16 ARGS=--device-positions NAME=device-positions "$self" profile
     FORMAT=0 MICRO=16 ARGS=--stacks NAME=stacks "$self" profile
     FORMAT=0 MICRO=16 ARGS="-S train.checkpoint_fraction=0.85" NAME=ckpt85 "$self" profile
     PRESET=null TAG=cr2-bf16sr-mb16 TARGET=train STEPS=6 EXTRA="$(preset_args cr2-qwen-finetune) $EXTRA \

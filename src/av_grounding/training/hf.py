@@ -345,11 +345,12 @@ class ZeRO3Trainer(Trainer):
         self.step = client_state["step"]
 
 
-def check_memory(model, params: TrainParams, examples, device) -> None:
+def check_memory(model, params: TrainParams, examples, device, world: int = 1) -> None:
     """``ParamsError`` before the first step when the estimated peak of the largest micro-batch
     (``training.memory``) exceeds the GPU's memory. Its language-model positions are padded as
     ``collate`` pads them: ``batch_size`` rows of the longest sample, rounded up to
-    ``train.pad_to_multiple_of``."""
+    ``train.pad_to_multiple_of``. Gradients count as held through the forward with several
+    micro-batches a step or ``world`` > 1 processes (data parallel's gradient buckets)."""
     from .memory import check_fits, estimate
 
     def largest(values: list[int]) -> int:
@@ -363,7 +364,8 @@ def check_memory(model, params: TrainParams, examples, device) -> None:
                       4 * largest([t.input_ids.count(image_pad) for t in texts]),
                       largest([sum(label != IGNORE for label in t.labels) for t in texts]),
                       autocast=params.bf16, stochastic_update=params.precision == "bf16_stochastic",
-                      checkpoint_fraction=params.checkpoint_fraction, accumulating=params.grad_accum > 1)
+                      checkpoint_fraction=params.checkpoint_fraction,
+                      accumulating=params.grad_accum > 1 or world > 1)
     check_fits(needed, torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
     print(f"train: estimated peak memory {needed.describe()}", file=sys.stderr)
 
@@ -437,7 +439,7 @@ def _setup_optimizer(model, params: TrainParams, process: Process, examples: lis
     number of steps and the learning-rate schedule; ``ParamsError`` when a step needs more
     samples than fit the budget."""
     if process.device != "cpu" and not process.zero3:
-        check_memory(model, params, examples, process.device)
+        check_memory(model, params, examples, process.device, process.world)
     if params.lr is None:
         raise ValueError("train.lr is null: train_hf takes resolved params (training.config.resolved)")
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -36,15 +36,18 @@ WORKSPACE_BYTES = GIB // 2  # beside the counted parts: the measured peaks ran 0
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a training step needs on one device, by part. Weights, optimizer state and the
-    workspace are held throughout. With ``accumulating`` (several micro-batches a step) the
-    gradients are held throughout too, beside the activations and weight casts at the end of a
-    forward or the update's scratch during the optimizer step: the peak takes the larger of the
-    two. With one micro-batch a step the gradients do not exist during the forward (the step
-    frees them after its update); the backward makes them as it frees the activations, one
-    tensor at a time (at most ``largest_gradient`` bytes), and the update's scratch comes on top
-    of all of them. The 8B folder's bf16 run at 16 samples a micro-batch on an H100 peaked at
-    66.78 GiB: 1.5 GiB above its weights, gradients and AdamW state, in the backward's end or the
-    update, where this rule puts 1.7 (the largest gradient, the embedding's, and the workspace)."""
+    workspace are held throughout. With ``accumulating`` (several micro-batches a step, or
+    data parallel, whose gradient buckets stay allocated) the gradients are held throughout too,
+    beside the activations and weight casts at the end of a forward or the update's scratch
+    during the optimizer step: the peak takes the larger of the two. With one micro-batch a step
+    in one process the gradients do not exist during the forward (the step frees them after its
+    update); the backward makes them as it frees the activations: one tensor at a time on top of
+    the activations (at most ``largest_gradient`` bytes), and at its end, with the language
+    model's gradients made, the vision tower's activations (``vision_activations``, part of
+    ``activations``) are still held while its backward runs; the update's scratch comes on top of
+    all the gradients. The 8B folder's bf16 run at 16 samples a micro-batch on an H100 peaked at
+    66.78 GiB: 1.5 GiB above its weights, gradients and AdamW state, where this rule puts 3.0 (the
+    vision tower's held inputs, counted in fp32 where that run's were bf16, and the workspace)."""
 
     weights: int
     gradients: int
@@ -55,6 +58,7 @@ class MemoryEstimate:
     workspace: int = 0
     accumulating: bool = True
     largest_gradient: int = 0
+    vision_activations: int = 0
 
     @property
     def total(self) -> int:
@@ -62,14 +66,17 @@ class MemoryEstimate:
         forward = self.activations + self.casts
         if self.accumulating:
             return held + self.gradients + max(forward, self.update_scratch)
-        return held + max(forward + self.largest_gradient,
-                          self.gradients + max(self.largest_gradient, self.update_scratch))
+        after_forward = max(self.largest_gradient, self.update_scratch, self.vision_activations)
+        return held + max(forward + self.largest_gradient, self.gradients + after_forward)
 
     def describe(self) -> str:
-        names = ("weights", "gradients", "optimizer", "activations", "casts", "update_scratch", "workspace")
+        names = ["weights", "gradients", "optimizer", "activations", "casts", "update_scratch", "workspace"]
+        if not self.accumulating:
+            names += ["largest_gradient", "vision_activations"]
         parts = ", ".join(f"{name.replace('_', ' ')} {getattr(self, name) / GIB:.1f}" for name in names
                           if getattr(self, name) or name in names[:4])
-        return f"{self.total / GIB:.1f} GiB ({parts} GiB)"
+        step = "" if self.accumulating else "; one micro-batch a step: no gradients held in the forward"
+        return f"{self.total / GIB:.1f} GiB ({parts} GiB{step})"
 
 
 def _block_bytes(hidden: int, mlp: int) -> int:
@@ -90,16 +97,32 @@ def activation_bytes(config, tokens: int, patches: int, labelled: int, checkpoin
     ``models.checkpointing.checkpointed_layers``) keeps its fp32 input (4 x hidden) instead, and
     the largest recomputed block's working set comes on top. ValueError for a share outside
     [0, 1]."""
-    text, vision = config.text_config, config.vision_config
+    text = config.text_config
     text_block = _block_bytes(text.hidden_size, text.intermediate_size) * tokens
-    vision_block = _block_bytes(vision.hidden_size, vision.intermediate_size) * patches
     logits = 10 * text.vocab_size * labelled
     if not checkpointing:
-        return text_block * text.num_hidden_layers + vision_block * vision.depth + logits
+        return text_block * text.num_hidden_layers + vision_activation_bytes(config, patches, False) + logits
     recomputed = len(checkpointed_layers(text.num_hidden_layers, checkpoint_fraction))
+    vision_inputs = vision_activation_bytes(config, patches, True) - _vision_block(config, patches)
     kept = (4 * text.hidden_size * tokens * recomputed + text_block * (text.num_hidden_layers - recomputed)
-            + 4 * vision.hidden_size * patches * vision.depth + max(text_block if recomputed else 0, vision_block))
+            + vision_inputs + max(text_block if recomputed else 0, _vision_block(config, patches)))
     return kept + logits
+
+
+def _vision_block(config, patches: int) -> int:
+    """Bytes one vision block keeps for the backward over ``patches`` patches (``_block_bytes``)."""
+    vision = config.vision_config
+    return _block_bytes(vision.hidden_size, vision.intermediate_size) * patches
+
+
+def vision_activation_bytes(config, patches: int, checkpointing: bool) -> int:
+    """The vision tower's share of ``activation_bytes``, held until its backward ends (after the
+    language model's): every block's activations, or under ``checkpointing`` every block's fp32
+    input plus one block's working set while it is recomputed."""
+    vision = config.vision_config
+    if not checkpointing:
+        return _vision_block(config, patches) * vision.depth
+    return 4 * vision.hidden_size * patches * vision.depth + _vision_block(config, patches)
 
 
 def _fp32_matmul_weights(module) -> int:
@@ -130,10 +153,10 @@ def cast_bytes(model, checkpointing: bool, checkpoint_fraction: float = 1.0) -> 
 
 
 # adamw_piece unfused (the plain path, the fallback of a failed compilation): fp32 gradient,
-# moments and weight (4 x 4), a rounding's noise (its int64 counters and one shift's temporary,
-# 2 x 8) and the rounding's own temporaries: 48 bytes an element at the peak that
-# tests/test_memory.py measures; compiled, the noise is computed in the kernel and nothing is
-# allocated
+# moments and weight (4 x 4), the temporaries of the weight's expression, a rounding's noise
+# (its int32 counters and one shift's temporary) and the rounding's own: 48 bytes an element at
+# the peak that tests/test_memory.py measures; compiled, the noise is computed in the kernel and
+# nothing is allocated
 UPDATE_SCRATCH_BYTES = 48
 
 
@@ -163,7 +186,8 @@ def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: in
                                            checkpoint_fraction),
                           cast_bytes(model, checkpointing, checkpoint_fraction) if autocast else 0,
                           update_scratch_bytes(model) if stochastic_update else 0, WORKSPACE_BYTES,
-                          accumulating, max((p.numel() * p.element_size() for p in trainable), default=0))
+                          accumulating, max((p.numel() * p.element_size() for p in trainable), default=0),
+                          vision_activation_bytes(model.config, patches, checkpointing))
 
 
 def check_fits(needed: MemoryEstimate, available: int, device: str) -> None:
