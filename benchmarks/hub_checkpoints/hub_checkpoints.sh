@@ -265,7 +265,8 @@ PY
     # vision inputs on the host; with the compiled update checked against the plain one), with
     # Python stacks naming each host read's source, and with 6 of the 36 decoder layers unchecked;
     # then the train stage itself at 16 x 1 (profile_train.py --device-positions compares with the
-    # positions computed in the forward, as transformers does); STACKS=0 skips the stacks profile
+    # positions computed in the forward, as transformers does); STACKS=0 skips the stacks
+    # profile, STAGE=0 the train stage
     self=$(realpath "$0")
     "$self" setup || { echo "batch failed: setup"; exit 1; }
     MODEL=Cosmos-Reason2-8B "$self" build || { echo "batch failed: build"; exit 1; }
@@ -273,8 +274,8 @@ PY
     MICRO=16 ARGS=--check-update "$self" profile
     [ "${STACKS:-1}" = 1 ] && FORMAT=0 MICRO=16 ARGS=--stacks NAME=stacks "$self" profile
     FORMAT=0 MICRO=16 ARGS="-S train.checkpoint_fraction=0.85" NAME=ckpt85 "$self" profile
-    PRESET=null TAG=cr2-bf16sr-mb16 TARGET=train STEPS=6 EXTRA="$(preset_args cr2-qwen-finetune) $EXTRA \
-      -S train.batch_size=16 -S train.grad_accum=1" "$self" run
+    [ "${STAGE:-1}" = 1 ] && PRESET=null TAG=cr2-bf16sr-mb16 TARGET=train STEPS=6 \
+      EXTRA="$(preset_args cr2-qwen-finetune) $EXTRA -S train.batch_size=16 -S train.grad_accum=1" "$self" run
     echo "batch done"
     ;;
   batch200)  # what needs an H200 (141 GB; call with needs_h200): item 5's 8B full fine-tuning in fp32
