@@ -29,7 +29,6 @@ from ..params import FormatParams, ParamsError, RLParams
 from ..sources import code_digest
 from ..storage import dumps_json, folder_digest, remove_partials, write_json
 from .outputs import Manifest, read_run, write_report
-from .reporting import rl_callbacks
 
 INPUTS = "inputs.json"
 MADE = ("trainer", "checkpoints", "model", "run.json")  # what an earlier run made
@@ -97,6 +96,7 @@ def rl(params: RLParams, fmt: FormatParams, dataset: Path, train: Path, output: 
         empty_curve(live)
     else:
         from ..training.grpo import train_grpo
+        from .reporting import rl_callbacks  # transformers' trainer and peft: 4 s of imports a run with no step
 
         run = train_grpo(params, fmt, train / "model", dataset, output, rl_callbacks(live, timing))
         curve = run.pop("curve")
