@@ -22,6 +22,7 @@ from av_grounding.training.memory import (
     cast_bytes,
     check_fits,
     estimate,
+    vision_activation_bytes,
 )
 from av_grounding.training.optim import UPDATE_CHUNK
 
@@ -180,11 +181,12 @@ def test_one_micro_batch_a_step_holds_no_gradients_during_its_forward():
     assert round(accumulating.total / GIB, 1) == 79.0
     assert single.largest_gradient == model.model.language_model.embed_tokens.weight.numel() * 2
     static = single.weights + single.gradients + single.optimizer + single.workspace
-    # the backward's end: the vision tower's held inputs (fp32 counted; these weights are bf16)
-    # above the largest gradient, with every language-model gradient made
-    assert single.vision_activations > max(single.largest_gradient, single.update_scratch)
-    assert single.total == static + single.vision_activations
-    assert 66.78 < single.total / GIB < 68.5
+    # the backward's end: the first decoder layer's recomputation and the vision tower's held
+    # inputs (fp32 counted; these weights are bf16) above the largest gradient, with every
+    # gradient made but the vision tower's and the embedding's
+    assert single.backward_end > max(single.largest_gradient, single.update_scratch)
+    assert single.total == static + single.backward_end
+    assert 66.78 < single.total / GIB < 69
     # activations above the gradients make the forward side the peak
     heavy = dataclasses.replace(single, activations=40 * GIB)
     assert heavy.total == heavy.weights + heavy.optimizer + heavy.workspace + 40 * GIB + heavy.largest_gradient
@@ -209,12 +211,12 @@ def test_the_plain_update_allocates_at_most_its_counted_scratch():
     assert 16 * n < max(levels) <= UPDATE_SCRATCH_BYTES * n  # at least the fp32 copies, at most the count
 
 
-def test_data_parallel_and_vision_backward_keep_the_gradients_counted(monkeypatch):
+def test_data_parallel_and_the_backwards_end_keep_the_gradients_counted(monkeypatch):
     """One micro-batch a step in one process holds no gradients in its forward; in data parallel
     (world 2) DistributedDataParallel's gradient buckets stay allocated, so ``check_memory``
-    counts them as held. And when the vision tower's held activations exceed the largest
-    gradient, the backward's end (every language-model gradient made, the vision backward still
-    to run) is what the estimate takes."""
+    counts them as held. And when what the backward's end holds (the first decoder layer's
+    backward, the vision tower's still to run) exceeds the largest gradient, that is what the
+    estimate takes."""
     from av_grounding.params import TrainParams
     from av_grounding.training import hf, memory
 
@@ -231,6 +233,35 @@ def test_data_parallel_and_vision_backward_keep_the_gradients_counted(monkeypatc
     single, parallel = seen
     assert not single.accumulating and parallel.accumulating
     assert parallel == dataclasses.replace(single, accumulating=True) and parallel.total > single.total
-    more_vision = dataclasses.replace(single, vision_activations=single.vision_activations + GIB)
-    assert more_vision.total == single.total + GIB  # the backward's end is the peak here
+    later = dataclasses.replace(single, backward_end=single.backward_end + GIB)
+    assert later.total == single.total + GIB  # the backward's end is the peak here
     assert "one micro-batch a step" in single.describe() and "largest gradient 1.2" in single.describe()
+
+
+def test_the_backwards_end_counts_the_gradients_not_yet_made():
+    """``backward_end_bytes``: the gradients of the vision tower and the input embedding are made
+    after the first decoder layer's backward, so freezing them raises what that moment holds
+    beside the gradients by exactly their bytes; the layer's fp32 weight casts count under
+    autocast only, and its fp32 input under checkpointing only."""
+    from av_grounding.training.memory import backward_end_bytes
+
+    model = meta_model("qwen3_vl").to(torch.bfloat16)
+    shape = {"tokens": 16 * 1078, "patches": 16 * 4 * 441}  # enough for more than the late gradients
+    trained = backward_end_bytes(model, checkpointing=True, autocast=True, **shape)
+    late = [p for name, p in model.named_parameters() if ".visual." in f".{name}"]
+    late += list(model.get_input_embeddings().parameters())
+    for p in late:
+        p.requires_grad_(False)
+    frozen = backward_end_bytes(model, checkpointing=True, autocast=True, **shape)
+    assert frozen - trained == sum(p.numel() * p.element_size() for p in late) > 0 and trained > 0
+    hidden = model.config.text_config.hidden_size
+    assert frozen - backward_end_bytes(model, checkpointing=False, autocast=True, **shape) == (
+        4 * hidden * shape["tokens"] + vision_activation_bytes(model.config, shape["patches"], True)
+        - vision_activation_bytes(model.config, shape["patches"], False))
+    assert backward_end_bytes(model, checkpointing=True, autocast=False, **shape) == frozen  # bf16: no casts
+    fp32 = meta_model("qwen3_vl")
+    for p in fp32.parameters():
+        p.requires_grad_(False)
+    casts = 2 * sum(m.weight.numel() for m in fp32.get_decoder().layers[0].modules() if isinstance(m, torch.nn.Linear))
+    assert (backward_end_bytes(fp32, checkpointing=True, autocast=True, **shape)
+            - backward_end_bytes(fp32, checkpointing=True, autocast=False, **shape)) == casts > 0

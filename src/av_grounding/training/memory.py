@@ -42,12 +42,12 @@ class MemoryEstimate:
     during the optimizer step: the peak takes the larger of the two. With one micro-batch a step
     in one process the gradients do not exist during the forward (the step frees them after its
     update); the backward makes them as it frees the activations: one tensor at a time on top of
-    the activations (at most ``largest_gradient`` bytes), and at its end, with the language
-    model's gradients made, the vision tower's activations (``vision_activations``, part of
-    ``activations``) are still held while its backward runs; the update's scratch comes on top of
-    all the gradients. The 8B folder's bf16 run at 16 samples a micro-batch on an H100 peaked at
-    66.78 GiB: 1.5 GiB above its weights, gradients and AdamW state, where this rule puts 3.0 (the
-    vision tower's held inputs, counted in fp32 where that run's were bf16, and the workspace)."""
+    the forward's activations and casts (at most ``largest_gradient`` bytes), and near its end,
+    with nearly every gradient made, the first decoder layer's backward and the vision tower's
+    still hold ``backward_end`` bytes (``backward_end_bytes``); the update's scratch comes on top
+    of all the gradients. The 8B folder's bf16 run at 16 samples a micro-batch on an H100 peaked
+    at 66.78 GiB: 1.5 GiB above its weights, gradients and AdamW state, where this rule puts 3.2
+    (the backward's end, 2.7, and the workspace)."""
 
     weights: int
     gradients: int
@@ -58,7 +58,7 @@ class MemoryEstimate:
     workspace: int = 0
     accumulating: bool = True
     largest_gradient: int = 0
-    vision_activations: int = 0
+    backward_end: int = 0
 
     @property
     def total(self) -> int:
@@ -66,13 +66,13 @@ class MemoryEstimate:
         forward = self.activations + self.casts
         if self.accumulating:
             return held + self.gradients + max(forward, self.update_scratch)
-        after_forward = max(self.largest_gradient, self.update_scratch, self.vision_activations)
+        after_forward = max(self.largest_gradient, self.update_scratch, self.backward_end)
         return held + max(forward + self.largest_gradient, self.gradients + after_forward)
 
     def describe(self) -> str:
         names = ["weights", "gradients", "optimizer", "activations", "casts", "update_scratch", "workspace"]
         if not self.accumulating:
-            names += ["largest_gradient", "vision_activations"]
+            names += ["largest_gradient", "backward_end"]
         parts = ", ".join(f"{name.replace('_', ' ')} {getattr(self, name) / GIB:.1f}" for name in names
                           if getattr(self, name) or name in names[:4])
         step = "" if self.accumulating else "; one micro-batch a step: no gradients held in the forward"
@@ -123,6 +123,24 @@ def vision_activation_bytes(config, patches: int, checkpointing: bool) -> int:
     if not checkpointing:
         return _vision_block(config, patches) * vision.depth
     return 4 * vision.hidden_size * patches * vision.depth + _vision_block(config, patches)
+
+
+def backward_end_bytes(model, tokens: int, patches: int, checkpointing: bool, autocast: bool) -> int:
+    """Bytes held beside the gradients made so far while the first decoder layer's backward
+    runs, the language model's last before the vision tower's: that layer's activations over
+    ``tokens`` positions (its working set, recomputed under ``checkpointing``, and then its fp32
+    input), its bf16 weight casts under ``autocast``, and the vision tower's activations over
+    ``patches`` patches (``vision_activation_bytes``), less the gradients not made yet (the
+    vision tower's and the input embedding's, as far as they train); at least 0."""
+    text = model.config.text_config
+    first = model.get_decoder().layers[0]
+    held_input = 4 * text.hidden_size if checkpointing else 0  # the recomputed layer's fp32 input
+    layer = (_block_bytes(text.hidden_size, text.intermediate_size) + held_input) * tokens
+    casts = 2 * _fp32_matmul_weights(first) if autocast else 0
+    embedding = {id(p) for p in model.get_input_embeddings().parameters()}
+    pending = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                  if p.requires_grad and (id(p) in embedding or ".visual." in f".{name}"))
+    return max(0, layer + casts + vision_activation_bytes(model.config, patches, checkpointing) - pending)
 
 
 def _fp32_matmul_weights(module) -> int:
@@ -187,7 +205,7 @@ def estimate(model, checkpointing: bool, tokens: int, patches: int, labelled: in
                           cast_bytes(model, checkpointing, checkpoint_fraction) if autocast else 0,
                           update_scratch_bytes(model) if stochastic_update else 0, WORKSPACE_BYTES,
                           accumulating, max((p.numel() * p.element_size() for p in trainable), default=0),
-                          vision_activation_bytes(model.config, patches, checkpointing))
+                          backward_end_bytes(model, tokens, patches, checkpointing, autocast))
 
 
 def check_fits(needed: MemoryEstimate, available: int, device: str) -> None:
