@@ -152,20 +152,20 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(start
     run's weights; the DVCLive curve and the checkpoints are those of one run."""
     from transformers import TrainerCallback
 
-    from av_grounding.pipeline import rl as stage
+    from av_grounding.pipeline import reporting
 
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 2:
                 raise KeyboardInterrupt
 
-    real = stage.rl_callbacks
-    monkeypatch.setattr(stage, "rl_callbacks", lambda live, timing: [*real(live, timing), Crash()])
+    real = reporting.rl_callbacks  # the stage imports it when it trains a step
+    monkeypatch.setattr(reporting, "rl_callbacks", lambda live, timing: [*real(live, timing), Crash()])
     with pytest.raises(KeyboardInterrupt):
         rl(SHORT, FORMAT, start / "data", start / "train", tmp_path / "cut", None, tmp_path / "live",
            tmp_path / "t.json")
     assert sorted(p.name for p in (tmp_path / "cut" / "trainer").iterdir() if p.is_dir()) == ["checkpoint-1"]
-    monkeypatch.setattr(stage, "rl_callbacks", real)
+    monkeypatch.setattr(reporting, "rl_callbacks", real)
     rl(SHORT, FORMAT, start / "data", start / "train", tmp_path / "cut", None, tmp_path / "live",
        tmp_path / "t.json")
     assert json.loads((tmp_path / "t.json").read_text())["per_step"]["step"] == [2]
