@@ -260,3 +260,32 @@ def test_the_compiled_update_equals_the_plain_one_up_to_fp32_rounding():
         assert int(differ.sum()) <= n // 1_000
         scale = float(plain.float().pow(2).mean().sqrt())
         torch.testing.assert_close(fused.float(), plain.float(), rtol=2**-6, atol=1e-6 * scale)
+
+
+def test_the_compiled_update_gets_its_noise_counters_as_int32_tensors_not_symbolic_integers():
+    """What broke the update's compilation on an H100 (torch 2.11): a Python integer argument of
+    a ``dynamic=True`` compile becomes a 64-bit kernel argument folded into the index arithmetic,
+    so Triton computed the int32 hash in int64 and could not bitcast the result to fp32. The
+    optimizer passes the key and start as an int32 tensor: the only symbolic integers dynamo sees
+    are the pieces' sizes (the CPU compiler cannot show the Triton failure itself)."""
+    import torch._dynamo
+
+    graphs = []
+
+    def capture(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    optimizer = StochasticAdamW([p := torch.nn.Parameter(torch.ones(300, dtype=torch.bfloat16))], lr=1e-2, seed=3,
+                                compiled=True)
+    optimizer._compiled = torch.compile(optim.adamw_piece, dynamic=True, backend=capture)
+    for _ in range(2):  # the second step's key differs: no recompilation either
+        p.grad = torch.full((300,), 0.5, dtype=torch.bfloat16)
+        optimizer.step()
+    assert len(graphs) == 1
+    symbolic = [node.meta["example_value"] for node in graphs[0].graph.nodes
+                if node.op == "placeholder" and isinstance(node.meta.get("example_value"), torch.SymInt)]
+    assert symbolic and all(int(value.node.hint) == 300 for value in symbolic)  # sizes only
+    placeholders = [node.meta["example_value"] for node in graphs[0].graph.nodes if node.op == "placeholder"]
+    assert any(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.shape == (2,) for t in placeholders)

@@ -133,16 +133,18 @@ def compiled_update_check(device: str, n: int = 1 << 22) -> dict:
     key = noise_key(0, 0, 3)
     scalars = torch.tensor([1 - 2e-7 * 0.01, 0.1, 0.999, 0.001, (1 - 0.999**3) ** 0.5, 1e-8, -2e-7 / (1 - 0.9**3)],
                            device=device)
+    counters = torch.tensor([key, 0], dtype=torch.int32, device=device)
     plain, fused = inputs(), inputs()
-    adamw_piece(*plain, key, 0, scalars)
-    torch.compile(adamw_piece, dynamic=True)(*fused, key, 0, scalars)
+    adamw_piece(*plain, counters, scalars)
+    torch.compile(adamw_piece, dynamic=True)(*fused, counters, scalars)
     out: dict = {"elements": n}
     for name, a, b in zip(("weight", "exp_avg", "exp_avg_sq"), plain, fused):
         out[name] = {"differing": int((a != b).sum()), "max_abs_difference": float((a.float() - b.float()).abs().max())}
     compiled_noise = torch.compile(rounding_noise, dynamic=True)
+    key_start = torch.tensor([key, 5], dtype=torch.int32, device=device).unbind()  # as the optimizer passes them
     out["noise_equals_cpu"] = all(
-        torch.equal(make(key, 5, n, row, device).cpu(), rounding_noise(key, 5, n, row))
-        for row in range(ROWS) for make in (rounding_noise, compiled_noise))
+        torch.equal(make(*arguments, n, row, device).cpu(), rounding_noise(key, 5, n, row))
+        for row in range(ROWS) for make in (rounding_noise, compiled_noise) for arguments in ((key, 5), key_start))
     return out
 
 

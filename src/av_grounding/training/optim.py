@@ -65,7 +65,8 @@ def noise_key(seed: int, parameter: int, step: int) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def rounding_noise(key: int, start: int, count: int, row: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def rounding_noise(key: int | torch.Tensor, start: int | torch.Tensor, count: int, row: int,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Noise for stochastic rounding: ``count`` integers in [0, 2^16) (int32), for the elements
     ``start`` .. ``start + count - 1`` of a parameter and noise row ``row`` (0 to ``ROWS`` - 1),
     under ``key`` (``noise_key``): the top 16 bits of a 32-bit integer hash (two rounds of
@@ -75,11 +76,16 @@ def rounding_noise(key: int, start: int, count: int, row: int, device: torch.dev
     shifts are made logical by masking. (int64 words cut to int32 at the end came out wrong
     from torch 2.13's compiled AVX2 code in 8 of every 16 elements; eager and AVX-512 were
     right.) The same integers on every device. Computed in place
-    (4 bytes an element and one shift's temporary, when not compiled). ``ValueError`` past 2^31
-    elements."""
-    if start + count > 2**31:
+    (4 bytes an element and one shift's temporary, when not compiled).
+
+    ``key`` and ``start``: Python integers, or 0-d int32 tensors on ``device`` (what the
+    compiled update passes: Inductor turns integer arguments into 64-bit kernel arguments and
+    folds them into the index arithmetic, and Triton then computes the whole hash in int64:
+    on an H100 with torch 2.11 the kernel did not compile). ``ValueError`` past 2^31 elements
+    (integer ``start``; a caller passing a tensor checks)."""
+    if isinstance(start, int) and start + count > 2**31:
         raise ValueError(f"rounding_noise: elements up to {start + count} pass int32 counters (2^31)")
-    word = torch.arange(start, start + count, dtype=torch.int32, device=device)
+    word = torch.arange(count, dtype=torch.int32, device=device).add_(start)
     word.mul_(ROWS).add_(row).bitwise_xor_(key)
     for _ in range(2):
         word.bitwise_xor_((word >> 16) & _LOW_MASK).mul_(_MULTIPLIER)
@@ -109,12 +115,13 @@ def _rounded(value: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def adamw_piece(weight: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                key: int, start: int, scalars: torch.Tensor) -> None:
+                counters: torch.Tensor, scalars: torch.Tensor) -> None:
     """One AdamW update of a piece, in place: ``torch.optim.AdamW``'s single-tensor update
     (decoupled weight decay, bias-corrected moments; Loshchilov & Hutter 2019) computed in fp32,
     each result stored with stochastic rounding where its storage is bf16 (``rounding_noise``
-    under ``key`` for the piece's elements from ``start`` on, row 0 for the weight, 1 for the
-    first and 2 for the second moment) and as it is otherwise. weight, grad, exp_avg,
+    for the piece's elements, row 0 for the weight, 1 for the first and 2 for the second moment)
+    and as it is otherwise. ``counters``: int32, shape (2,), on the piece's device: the noise's
+    key (``noise_key``) and the piece's first element's index in its parameter (``start``). weight, grad, exp_avg,
     exp_avg_sq: one 1-D shape (a flat piece) or any shape (a whole tensor, ``start`` 0).
     (At the recipe's rates the decay factor 1 - lr x weight_decay is 1.0 in fp32, 1 - 2e-9: no
     decay, as in torch's AdamW on fp32 weights.)
@@ -124,6 +131,7 @@ def adamw_piece(weight: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     operations: ``torch.compile`` fuses the whole of it, the noise included, into one kernel
     (``StochasticAdamW``)."""
     decay, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step_size = scalars.unbind()
+    key, start = counters.unbind()
     g = grad.float()
     m = exp_avg.float().lerp(g, one_minus_beta1)
     v = exp_avg_sq.float() * beta2 + g * g * one_minus_beta2
@@ -209,10 +217,15 @@ class StochasticAdamW(torch.optim.Optimizer):
         if all(t.is_contiguous() for t in tensors):  # else no flat views: the whole tensor at once
             tensors = [t.view(-1) for t in tensors]
         piece = UPDATE_CHUNK if tensors[0].dim() == 1 else p.numel()
-        for start in range(0, p.numel(), piece):
+        starts = range(0, p.numel(), piece)
+        if p.numel() > 2**31:
+            raise ValueError(f"StochasticAdamW: a parameter of {p.numel()} elements passes int32 counters (2^31)")
+        counters = torch.tensor([[key, start] for start in starts], dtype=torch.int32,
+                                pin_memory=p.device.type == "cuda").to(p.device, non_blocking=True)
+        for piece_counters, start in zip(counters, starts):
             weight, gradient, exp_avg, exp_avg_sq = (t[start:start + piece] if piece < p.numel() else t
                                                      for t in tensors)
-            self._fused(p.device)(weight, gradient, exp_avg, exp_avg_sq, key, start, scalars)
+            self._fused(p.device)(weight, gradient, exp_avg, exp_avg_sq, piece_counters, scalars)
 
     def _fused(self, device: torch.device) -> Callable[..., None]:
         """``adamw_piece`` compiled by ``torch.compile`` where ``compiled`` says (None: on CUDA
