@@ -12,7 +12,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
 from common import rescore
-from learning_report import changes, lever_tables, seed_mean
+from learning_report import changes, lever_tables, seed_mean, step_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
@@ -150,3 +150,18 @@ def test_the_rl_report_scores_every_arm_on_the_base_runs_truth(tmp_path):
     scored = bootstraps(run, tmp_path / "work")
     assert scored["SFT model"].intervals["recall"].value == 0.0 == scored["+ more SFT"].intervals["recall"].value
     assert paired_change(scored["+ more SFT"], scored["+ RL"])["recall"].value == 1.0
+
+
+def test_a_run_trained_longer_is_compared_with_the_same_run_of_fewest_steps(tmp_path):
+    """``<name>-<steps>`` runs of one name: each longer one against the shortest, paired; a name
+    with one run, or a base and its levers, make no steps table of their own."""
+    short = run_folder(tmp_path, "small-qwen3_vl-half-pixels-600", 3.0, {"format.max_pixels": 115200})
+    long = run_folder(tmp_path, "small-qwen3_vl-half-pixels-2000", 0.0, {"format.max_pixels": 115200,
+                                                                         "train.steps": 2000})
+    alone = run_folder(tmp_path, "small-qwen3_vl-base-600", 3.0, {})
+    table = step_tables([alone, long, short], tmp_path / "work")
+    assert table.count("## More steps") == 1 and "## More steps: `small-qwen3_vl-half-pixels`" in table
+    rows = [line for line in table.splitlines() if line.startswith("| small")]
+    assert len(rows) == 1 and "train.steps=2000" in rows[0] and "max_pixels" not in rows[0]
+    assert "+1.000 [+1.000, +1.000]" in rows[0]
+    assert "- `small-qwen3_vl-half-pixels-2000`: AP2D50 rises" in table

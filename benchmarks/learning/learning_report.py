@@ -283,52 +283,86 @@ def seconds(folder: Path, stage: str) -> str:
     return f"{timing['wall_s'] if stage == 'train' else sum(c.get('wall_s', 0) for c in timing.values()):.0f}"
 
 
+def paired_row(base: Path, run: Path, label: str, scratch: Path) -> tuple[dict, str]:
+    """One row of a lever or steps table, ``run`` against ``base``: its params' changes, image
+    tokens and times, and for each headline metric the change of the final model's score with
+    its paired clip-bootstrap interval (both scored again on their own truth, ``rescored``, on
+    the same frames and draws: ``bootstrap.paired_change``); and the reading of the row (what
+    rises or falls, or why the run could not be compared: dashes then)."""
+    row = {"run": label, "changes": changes(base, run), "image tokens": f"{image_tokens(run):.0f}",
+           "train s": seconds(run, "train"), "infer s": seconds(run, "infer")}
+    before, after = rescored(base, scratch), rescored(run, scratch)
+    reason = next((r for r in (before, after) if isinstance(r, str)), None)
+    if reason is None:
+        try:
+            change = paired_change(before, after)
+        except ValueError as exc:
+            reason = str(exc)
+    if reason is not None:
+        row.update({NAMES[n]: "-" for n in HEADLINE})
+        return row, f"- `{label}`: {reason}"
+    row.update({NAMES[n]: interval_cell(change[n], sign=True) for n in HEADLINE})
+    moved = [f"{NAMES[n]} {'rises' if change[n].low > 0 else 'falls'}" for n in HEADLINE
+             if change[n].low is not None and (change[n].low > 0 or change[n].high < 0)]
+    return row, f"- `{label}`: " + (", ".join(moved) if moved else "no change outside its interval")
+
+
+def paired_section(title: str, text: str, column: str, pairs: list[tuple[Path, Path, str]],
+                   scratch: Path) -> list[str]:
+    """A section of ``paired_row``s (their labels in a first column named ``column``) under
+    ``title`` and ``text``, the readings below the table."""
+    rows, readings = zip(*(paired_row(base, run, label, scratch) for base, run, label in pairs))
+    table = pd.DataFrame(list(rows)).rename(columns={"run": column})
+    return [f"## {title}\n", text, table.to_markdown(index=False, disable_numparse=True), "", *readings, ""]
+
+
+PAIRED_NOTE = ("scored again on the same held-out frames: change against {against}, with its paired clip-bootstrap "
+               "95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). The intervals cover the evaluation "
+               "clips, not the spread between training seeds, and with five metrics a row about one in twenty "
+               "intervals clears 0 by chance. `train s`: wall time of the training loop (`timing/train.json`); "
+               "`infer s`: of answering the evaluation frames ({base}: {train} and {infer} s).\n")
+
+
 def lever_tables(folders: list[Path], scratch: Path) -> str:
     """For each base run of levers.sh (``<prefix>-base-<steps>``), its lever runs (same prefix
-    and steps, no seed of their own) against it: the final models scored again, each on its own
-    run's truth (``rescored``), on the same held-out frames and bootstrap draws, so each change
-    gets a paired interval (``bootstrap.paired_change``). A run that cannot be scored again, or
-    was not drawn as its base was, is listed with the reason."""
+    and steps, no seed of their own) against it (``paired_row``)."""
     sections = []
     for base in folders:
         match = re.fullmatch(r"(?P<prefix>.+)-base-(?P<steps>\d+)", base.name)
         if not match:
             continue
         pattern = LEVER_RUN.format(prefix=re.escape(match["prefix"]), steps=match["steps"])
-        levers = [f for f in folders if f != base and re.fullmatch(pattern, f.name)]
-        if not levers:
+        levers = [(base, f, re.fullmatch(pattern, f.name)["lever"]) for f in folders
+                  if f != base and re.fullmatch(pattern, f.name)]
+        if levers:
+            sections += paired_section(
+                f"Levers against `{base.name}`",
+                f"Each lever changes the base run's params as listed; the final models after {match['steps']} steps, "
+                + PAIRED_NOTE.format(against="the base", base="base", train=seconds(base, "train"),
+                                     infer=seconds(base, "infer")), "lever", levers, scratch)
+    return "\n".join(sections)
+
+
+def step_tables(folders: list[Path], scratch: Path) -> str:
+    """The steps lever: runs named alike but for their step count (``<name>-<steps>``), each
+    against the one of fewest steps (``paired_row``): the same configuration trained longer
+    (its own schedule, so not the shorter run's checkpoint)."""
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for folder in folders:
+        match = re.fullmatch(r"(?P<name>.+)-(?P<steps>\d+)", folder.name)
+        if match:
+            groups.setdefault(match["name"], []).append((int(match["steps"]), folder))
+    sections = []
+    for name, runs in sorted(groups.items()):
+        if len(runs) < 2:
             continue
-        rows, readings = [], []
-        for run in levers:
-            row = {"lever": re.fullmatch(pattern, run.name)["lever"], "changes": changes(base, run),
-                   "image tokens": f"{image_tokens(run):.0f}", "train s": seconds(run, "train"),
-                   "infer s": seconds(run, "infer")}
-            before, after = rescored(base, scratch), rescored(run, scratch)
-            reason = next((r for r in (before, after) if isinstance(r, str)), None)
-            if reason is None:
-                try:
-                    change = paired_change(before, after)
-                except ValueError as exc:
-                    reason = str(exc)
-            if reason is not None:
-                row.update({NAMES[n]: "-" for n in HEADLINE})
-                readings.append(f"- `{row['lever']}`: {reason}")
-            else:
-                row.update({NAMES[n]: interval_cell(change[n], sign=True) for n in HEADLINE})
-                moved = [f"{NAMES[n]} {'rises' if change[n].low > 0 else 'falls'}" for n in HEADLINE
-                         if change[n].low is not None and (change[n].low > 0 or change[n].high < 0)]
-                readings.append(f"- `{row['lever']}`: " + (", ".join(moved) if moved else
-                                                           "no change outside its interval"))
-            rows.append(row)
-        sections += [f"## Levers against `{base.name}`\n",
-                     (f"Each lever changes the base run's params as listed; the final models after {match['steps']} "
-                      "steps, scored again on the same held-out frames: change against the base, with its paired "
-                      "clip-bootstrap 95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). The intervals "
-                      "cover the evaluation clips, not the spread between training seeds, and with five metrics a "
-                      "lever about one in twenty intervals clears 0 by chance. `train s`: wall time of the "
-                      "training loop (`timing/train.json`); `infer s`: of answering the evaluation frames (base: "
-                      f"{seconds(base, 'train')} and {seconds(base, 'infer')} s).\n"),
-                     pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), "", *readings, ""]
+        (_, base), *longer = sorted(runs)
+        sections += paired_section(
+            f"More steps: `{name}`",
+            f"The same params but the step count (and what follows from it), the final models "
+            + PAIRED_NOTE.format(against=f"`{base.name}`", base=base.name, train=seconds(base, "train"),
+                                 infer=seconds(base, "infer")),
+            "run", [(base, run, run.name) for _, run in longer], scratch)
     return "\n".join(sections)
 
 
@@ -340,7 +374,8 @@ def main() -> None:
     header = (args.root / "README.md").read_text()
     folders = sorted(p for p in args.root.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as scratch:
-        sections = [runs_table(folders, Path(scratch)), lever_tables(folders, Path(scratch))]
+        sections = [runs_table(folders, Path(scratch)), lever_tables(folders, Path(scratch)),
+                    step_tables(folders, Path(scratch))]
     for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))
