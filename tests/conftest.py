@@ -129,3 +129,16 @@ def dataset(curated, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("training") / "dataset"
     format_dataset(TRAINING_FORMAT, curated[0] / "filtered", curated[0] / "extracted", folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def data_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pipeline copy with the shrunk params (``dvc_workspace.SHRUNK_PARAMS``) whose data stages
+    (``DATA_STAGES``) ran and were committed, once per session: tests copy it
+    (``dvc_workspace.copy_workspace``) rather than run the data stages again."""
+    from dvc_workspace import DATA_STAGES, commit_all, dvc, make_workspace
+
+    workspace = make_workspace(tmp_path_factory.mktemp("data-baseline") / "repo")
+    dvc(workspace, "repro", *DATA_STAGES)
+    commit_all(workspace, "Baseline data")
+    return workspace

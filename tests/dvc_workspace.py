@@ -120,6 +120,17 @@ def make_workspace(destination: Path, overrides: dict[str, dict] = SHRUNK_PARAMS
     return destination
 
 
+def copy_workspace(source: Path, destination: Path, overrides: dict[str, dict] | None = None) -> Path:
+    """A copy of the pipeline copy ``source`` (its git history, DVC cache and outputs, all held
+    inside it) at ``destination``, with ``overrides`` written into its params.yaml and committed:
+    tests that need the data stages start from one run of them (``data_baseline``)."""
+    shutil.copytree(source, destination, symlinks=True)
+    if overrides:
+        write_params(destination, overrides)
+        commit_all(destination, "Params of the test")
+    return destination
+
+
 def commit_all(workspace: Path, message: str) -> None:
     git(workspace, "add", "--all")
     git(workspace, "commit", "--quiet", "--no-verify", "-m", message)

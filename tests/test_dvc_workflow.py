@@ -20,16 +20,14 @@ import yaml
 from av_grounding.storage import folder_digest
 
 from dvc_workspace import (
-    DATA_STAGES,
     REPO,
     SHRUNK_PARAMS,
     CommandFailed,
-    commit_all,
+    copy_workspace,
     dvc,
     environment,
     git,
     lock_outputs,
-    make_workspace,
 )
 
 pytestmark = pytest.mark.slow
@@ -69,14 +67,12 @@ def start_exp_run(workspace: Path, log: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs(data_baseline, tmp_path_factory) -> dict:
     """One workspace: the data stages committed; an uninterrupted `dvc exp run` (its dvc.lock
     outputs kept); the workspace reset to the baseline; the same experiment interrupted with
     Ctrl-C after a checkpoint (while it trained, a second `dvc exp run` was tried); the same
     command again."""
-    workspace = make_workspace(tmp_path_factory.mktemp("workflow") / "repo", PARAMS)
-    dvc(workspace, "repro", *DATA_STAGES)
-    commit_all(workspace, "Baseline data")
+    workspace = copy_workspace(data_baseline, tmp_path_factory.mktemp("workflow") / "repo", {"train": PARAMS["train"]})
     dvc(workspace, "exp", "run", "--name", "whole")
     whole = lock_outputs(workspace, MODEL_STAGES)
     whole_headline = (workspace / "metrics" / "headline.json").read_bytes()

@@ -16,7 +16,7 @@ import pytest
 
 from av_grounding.evaluation.table import HEADLINE_METRICS
 
-from dvc_workspace import DATA_STAGES, REPO, CommandFailed, commit_all, dvc, environment, make_workspace, run
+from dvc_workspace import DATA_STAGES, REPO, CommandFailed, copy_workspace, dvc, environment, run
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,10 @@ def wait_for_queue(workspace: Path, names: tuple[str, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory) -> dict:
+def experiments(data_baseline, tmp_path_factory) -> dict:
     """A baseline with the data stages run and committed, one experiment run in the workspace and
     one run through the queue."""
-    workspace = make_workspace(tmp_path_factory.mktemp("experiments") / "repo")
-    dvc(workspace, "repro", *DATA_STAGES)
-    commit_all(workspace, "Baseline data")
+    workspace = copy_workspace(data_baseline, tmp_path_factory.mktemp("experiments") / "repo")
     logs = {FOREGROUND: dvc(workspace, "exp", "run", "--name", FOREGROUND, "-S",
                             f"train.lr={LEARNING_RATES[FOREGROUND]}")}
     for name in QUEUED:

@@ -203,8 +203,9 @@ def test_the_plain_update_allocates_at_most_its_counted_scratch():
     weight, grad, exp_avg, exp_avg_sq = (torch.randn(n).bfloat16() for _ in range(4))
     exp_avg_sq.abs_()
     scalars = torch.tensor([1.0, 0.1, 0.999, 0.001, 1.0, 1e-8, -1e-3])
+    counters = torch.tensor([noise_key(0, 0, 1), 0], dtype=torch.int32)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        adamw_piece(weight, grad, exp_avg, exp_avg_sq, torch.tensor([noise_key(0, 0, 1), 0], dtype=torch.int32), scalars)
+        adamw_piece(weight, grad, exp_avg, exp_avg_sq, counters, scalars)
     changes = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
                      for e in prof.events() if e.name == "[memory]" or e.self_cpu_memory_usage > 0)
     levels = list(itertools.accumulate(change for _, change in changes))

@@ -359,7 +359,7 @@ def step_tables(folders: list[Path], scratch: Path) -> str:
         (_, base), *longer = sorted(runs)
         sections += paired_section(
             f"More steps: `{name}`",
-            f"The same params but the step count (and what follows from it), the final models "
+            "The same params but the step count (and what follows from it), the final models "
             + PAIRED_NOTE.format(against=f"`{base.name}`", base=base.name, train=seconds(base, "train"),
                                  infer=seconds(base, "infer")),
             "run", [(base, run, run.name) for _, run in longer], scratch)
