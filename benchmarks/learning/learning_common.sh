@@ -30,10 +30,13 @@ stamped() {  # each line of the log with the wall-clock time it was written: sta
 }
 
 learning_params() {  # learning_params <arch> <cores>: the benchmark's -S overrides, into the array PARAMS
+  # format.max_pixels 115200 (98 image tokens a frame for Qwen3-VL) since 2026-12-06: the best
+  # measured so far (results/README.md: no worse than 230400 at 600 steps and cheaper; AP2D50
+  # 0.552 at 2,000 steps); the runs before it used 230400 (each run folder's params.yaml).
   PARAMS=(
     -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$2"
     -S extract.skip_frames=1 -S "extract.workers=$2" -S "transform.workers=$2" -S "filter.workers=$2"
-    -S format.eval_clips=12 -S format.max_pixels=230400 -S "format.model_family=$1"
+    -S format.eval_clips=12 -S format.max_pixels=115200 -S "format.model_family=$1"
     -S "train.model=$SIZE-$1" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
     -S train.warmup_ratio=0.05
     -S "synthesize.seed=$SEED" -S "format.split_seed=$SEED" -S "train.seed=$SEED"

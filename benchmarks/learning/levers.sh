@@ -18,6 +18,8 @@
 # Qwen3-VL), in a clone of its own ($WORK-pixels-2x: a lever that changes synthesize gets one, so
 # the others keep theirs): its data stages again, at about 2.25 times their cost, and about twice
 # the training and inference time (an estimate, not measured).
+# The base's image budget is learning.sh's: format.max_pixels 115200 since 2026-12-06 (the
+# half-pixels lever of the runs above, now the default; full-pixels is the budget they had).
 # The order follows the committed run's measurements (results/<run>/depth_errors.md): its depth
 # has no bias by lens (median predicted/true depth 0.97-1.03 on both lens types), while far
 # vehicles are too small to see (35-50 m: 22 px wide, under one image token; 26 % answered within
@@ -29,7 +31,7 @@ declare -A OVERRIDES=(
   [base]=""
   [prompt]="-S format.camera_input=prompt"
   [virtual]="-S format.camera_input=virtual_camera"
-  [half-pixels]="-S format.max_pixels=115200"
+  [full-pixels]="-S format.max_pixels=230400"
   [pixels-2x]="-S synthesize.width=960 -S synthesize.height=540 -S format.max_pixels=518400"
 )
 code=0
