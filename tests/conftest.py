@@ -32,6 +32,14 @@ from av_grounding.pipeline.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every test this session collected (node ids), before -k, -m or --lf deselect any.
+COLLECTED = pytest.StashKey[frozenset[str]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[COLLECTED] = frozenset(item.nodeid for item in items)
+
 SMALL = SynthesizeParams(num_clips=2, cameras=("camera_front_wide_120fov", "camera_cross_left_120fov"),
                          duration_s=1.0, width=320, height=180, num_vehicles=8, num_pedestrians=2,
                          workers=1)
