@@ -289,3 +289,11 @@ def test_the_compiled_update_gets_its_noise_counters_as_int32_tensors_not_symbol
     assert symbolic and all(int(value.node.hint) == 300 for value in symbolic)  # sizes only
     placeholders = [node.meta["example_value"] for node in graphs[0].graph.nodes if node.op == "placeholder"]
     assert any(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.shape == (2,) for t in placeholders)
+
+
+def test_indices_past_the_int32_counters_are_refused_naming_the_caller():
+    with pytest.raises(ValueError, match=r"rounding_noise: elements up to 2147483658 pass int32 counters"):
+        rounding_noise(0, 2**31 - 10, 20, 0)
+    rounding_noise(0, 2**31 - 20, 20, 0)  # the last index 2^31 - 1 still fits
+    with pytest.raises(ValueError, match=r"StochasticAdamW: elements up to 2147483649"):
+        optim.check_counters(2**31 + 1, "StochasticAdamW")

@@ -65,6 +65,13 @@ def noise_key(seed: int, parameter: int, step: int) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def check_counters(end: int, where: str) -> None:
+    """``ValueError`` (naming ``where``) when element indices up to ``end`` pass the noise's int32
+    counters (2^31)."""
+    if end > 2**31:
+        raise ValueError(f"{where}: elements up to {end} pass int32 counters (2^31)")
+
+
 def rounding_noise(key: int | torch.Tensor, start: int | torch.Tensor, count: int, row: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """Noise for stochastic rounding: ``count`` integers in [0, 2^16) (int32), for the elements
@@ -82,9 +89,9 @@ def rounding_noise(key: int | torch.Tensor, start: int | torch.Tensor, count: in
     compiled update passes: Inductor turns integer arguments into 64-bit kernel arguments and
     folds them into the index arithmetic, and Triton then computes the whole hash in int64:
     on an H100 with torch 2.11 the kernel did not compile). ``ValueError`` past 2^31 elements
-    (integer ``start``; a caller passing a tensor checks)."""
-    if isinstance(start, int) and start + count > 2**31:
-        raise ValueError(f"rounding_noise: elements up to {start + count} pass int32 counters (2^31)")
+    (integer ``start``; a caller passing a tensor checks: ``check_counters``)."""
+    if isinstance(start, int):
+        check_counters(start + count, "rounding_noise")
     word = torch.arange(count, dtype=torch.int32, device=device).add_(start)
     word.mul_(ROWS).add_(row).bitwise_xor_(key)
     for _ in range(2):
@@ -218,8 +225,7 @@ class StochasticAdamW(torch.optim.Optimizer):
             tensors = [t.view(-1) for t in tensors]
         piece = UPDATE_CHUNK if tensors[0].dim() == 1 else p.numel()
         starts = range(0, p.numel(), piece)
-        if p.numel() > 2**31:
-            raise ValueError(f"StochasticAdamW: a parameter of {p.numel()} elements passes int32 counters (2^31)")
+        check_counters(p.numel(), "StochasticAdamW")
         counters = torch.tensor([[key, start] for start in starts], dtype=torch.int32,
                                 pin_memory=p.device.type == "cuda").to(p.device, non_blocking=True)
         for piece_counters, start in zip(counters, starts):
