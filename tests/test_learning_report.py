@@ -12,7 +12,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
 from common import rescore
-from learning_report import changes, lever_tables, seed_mean, step_tables
+from learning_report import against_tables, changes, lever_tables, seed_mean, step_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
@@ -152,16 +152,56 @@ def test_the_rl_report_scores_every_arm_on_the_base_runs_truth(tmp_path):
     assert paired_change(scored["+ more SFT"], scored["+ RL"])["recall"].value == 1.0
 
 
-def test_a_run_trained_longer_is_compared_with_the_same_run_of_fewest_steps(tmp_path):
-    """``<name>-<steps>`` runs of one name: each longer one against the shortest, paired; a name
-    with one run, or a base and its levers, make no steps table of their own."""
+def test_a_run_trained_longer_is_compared_with_the_same_run_of_the_next_fewer_steps(tmp_path):
+    """``<name>-<steps>`` runs of one name: each against the one of the next fewer steps, paired;
+    a name with one run, or a base and its levers, make no steps table of their own."""
     short = run_folder(tmp_path, "small-qwen3_vl-half-pixels-600", 3.0, {"format.max_pixels": 115200})
     long = run_folder(tmp_path, "small-qwen3_vl-half-pixels-2000", 0.0, {"format.max_pixels": 115200,
                                                                          "train.steps": 2000})
+    longer = run_folder(tmp_path, "small-qwen3_vl-half-pixels-3000", 3.0, {"format.max_pixels": 115200,
+                                                                           "train.steps": 3000})
     alone = run_folder(tmp_path, "small-qwen3_vl-base-600", 3.0, {})
-    table = step_tables([alone, long, short], tmp_path / "work")
+    table = step_tables([alone, longer, long, short], tmp_path / "work")
     assert table.count("## More steps") == 1 and "## More steps: `small-qwen3_vl-half-pixels`" in table
     rows = [line for line in table.splitlines() if line.startswith("| small")]
-    assert len(rows) == 1 and "train.steps=2000" in rows[0] and "max_pixels" not in rows[0]
-    assert "+1.000 [+1.000, +1.000]" in rows[0]
+    assert len(rows) == 2 and "max_pixels" not in "".join(rows)
+    assert "train.steps=2000" in rows[0] and "+1.000 [+1.000, +1.000]" in rows[0]
+    assert "train.steps=3000" in rows[1] and "-1.000 [-1.000, -1.000]" in rows[1]
     assert "- `small-qwen3_vl-half-pixels-2000`: AP2D50 rises" in table
+    assert "- `small-qwen3_vl-half-pixels-3000`: AP2D50 falls" in table
+    assert "(small-qwen3_vl-half-pixels-600: 75 and 30 s; small-qwen3_vl-half-pixels-2000: 75 and 30 s)" in table
+
+
+def test_a_run_is_compared_with_the_run_its_against_file_names(tmp_path):
+    """``against.txt`` pairs a run with the folder it names, whatever the names; a name that is
+    not a folder beside it stops the report, naming the file."""
+    base = run_folder(tmp_path, "small-qwen3_vl-half-pixels-2000", 3.0, {})
+    more = run_folder(tmp_path, "small-qwen3_vl-clips-424-2000", 0.0, {"synthesize.num_clips": 424})
+    (more / "against.txt").write_text("small-qwen3_vl-half-pixels-2000\n")
+    table = against_tables([base, more], tmp_path / "work")
+    assert table.count("## Against") == 1 and "## Against `small-qwen3_vl-half-pixels-2000`" in table
+    rows = [line for line in table.splitlines() if line.startswith("| small")]
+    assert len(rows) == 1 and "synthesize.num_clips=424" in rows[0] and "+1.000 [+1.000, +1.000]" in rows[0]
+    assert "- `small-qwen3_vl-clips-424-2000`: AP2D50 rises" in table
+    assert against_tables([base], tmp_path / "work") == ""
+    (more / "against.txt").write_text("small-qwen3_vl-gone\n")
+    with pytest.raises(SystemExit, match=r"against\.txt: names 'small-qwen3_vl-gone'"):
+        against_tables([base, more], tmp_path / "work")
+
+
+def test_held_out_ids_are_the_clips_format_holds_out_of_the_smaller_data(data_baseline):
+    """The ids held_out_ids.py prints for the shrunk pipeline's params are the eval clips its
+    format stage wrote, and a larger dataset's first clips are the smaller one's."""
+    from held_out_ids import held_out_ids
+
+    from av_grounding.params import SynthesizeParams
+    from av_grounding.synth.clips import clip_id
+
+    params = yaml.safe_load((data_baseline / "params.yaml").read_text())
+    synth, fmt = params["synthesize"], params["format"]
+    split = json.loads((data_baseline / "data" / "dataset" / "split.json").read_text())
+    assert held_out_ids(synth["seed"], synth["num_clips"], synth["duration_s"], fmt["eval_clips"],
+                        fmt["split_seed"]) == split["eval"]
+    smaller = SynthesizeParams(seed=3, num_clips=2, duration_s=1.5)
+    larger = SynthesizeParams(seed=3, num_clips=5, duration_s=1.5)
+    assert [clip_id(smaller, i) for i in range(2)] == [clip_id(larger, i) for i in range(2)]

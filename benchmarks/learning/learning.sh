@@ -18,6 +18,11 @@
 # (train.seed), and TAG names a lever run: results then go to <size>-<arch>-s<SEED>-<TAG>
 # (each part only when set; SEED 0 adds none), e.g.
 #   SEED=1 TAG=virtual EXTRA="-S format.camera_input=virtual_camera" OUT=/tmp/out benchmarks/learning/learning.sh
+# CLIPS (212) synthesizes more clips; the evaluation then holds out the clips the 212-clip data
+# holds out (format.eval_clip_ids from held_out_ids.py), so the run scores on the same frames as
+# the runs on 212, and every further clip trains. AGAINST names the run folder a run changes
+# (written to against.txt; learning_report.py pairs the two), e.g.
+#   ARCHS=qwen3_vl CLIPS=424 TAG=clips-424-2000 AGAINST=small-qwen3_vl-half-pixels-2000 OUT=/tmp/out benchmarks/learning/learning.sh
 # With at least one GPU per architecture the experiments run at the same time, each on its own GPU,
 # in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
 # run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
@@ -41,9 +46,10 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
   [ -d "$2" ] || git clone --quiet . "$2" || return 1  # what was sent (committed above)
   cd "$2" || return 1
   mkdir -p "$result"
+  if [ -n "${AGAINST:-}" ]; then echo "$AGAINST" > "$result/against.txt"; else rm -f "$result/against.txt"; fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
     > "$result/gpu.txt" 2>/dev/null
-  learning_params "$arch" "$cores"
+  learning_params "$arch" "$cores" || return 1
   local start=$SECONDS name=learning-$SIZE-$arch$SUFFIX
   git checkout --quiet -- params.yaml  # the committed params plus this run's overrides, nothing of a run before
   python3 -m dvc exp remove "$name" >/dev/null 2>&1  # a rerun's name is free again

@@ -1,11 +1,13 @@
 # Sourced from the repository root by benchmarks/learning/learning.sh and
-# benchmarks/rl_vs_sft/rl_vs_sft.sh: the learning benchmark's settings (SIZE, STEPS, SEED, TAG,
+# benchmarks/rl_vs_sft/rl_vs_sft.sh: the learning benchmark's settings (SIZE, STEPS, SEED, CLIPS, TAG,
 # OUT, WORK, EXTRA: see learning.sh), the environment on the device machine, and the helpers both
 # scripts use. Defines SUFFIX (the run name's seed and tag part), `stamped`, `learning_params`
 # and `collect_run`.
 SIZE=${SIZE:-small}
 STEPS=${STEPS:-2000}
 SEED=${SEED:-0}
+BASE_CLIPS=212 EVAL_CLIPS=12 DURATION_S=2.0  # the benchmark's data (learning.sh)
+CLIPS=${CLIPS:-$BASE_CLIPS}
 SUFFIX=$( ((SEED)) && printf -- '-s%s' "$SEED")${TAG:+-$TAG}
 OUT=$(realpath -m "${OUT:-benchmarks/learning/results}")
 WORK=${WORK:-/tmp/learning}
@@ -34,15 +36,21 @@ learning_params() {  # learning_params <arch> <cores>: the benchmark's -S overri
   # measured so far (results/README.md: no worse than 230400 at 600 steps and cheaper; AP2D50
   # 0.552 at 2,000 steps); the runs before it used 230400 (each run folder's params.yaml).
   PARAMS=(
-    -S synthesize.num_clips=212 -S synthesize.duration_s=2.0 -S synthesize.fps=10 -S "synthesize.workers=$2"
+    -S "synthesize.num_clips=$CLIPS" -S "synthesize.duration_s=$DURATION_S" -S synthesize.fps=10 -S "synthesize.workers=$2"
     -S extract.skip_frames=1 -S "extract.workers=$2" -S "transform.workers=$2" -S "filter.workers=$2"
-    -S format.eval_clips=12 -S format.max_pixels=115200 -S "format.model_family=$1"
+    -S "format.eval_clips=$EVAL_CLIPS" -S format.max_pixels=115200 -S "format.model_family=$1"
     -S "train.model=$SIZE-$1" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
     -S train.warmup_ratio=0.05
     -S "synthesize.seed=$SEED" -S "format.split_seed=$SEED" -S "train.seed=$SEED"
     -S infer.batch_size=300 -S infer.max_new_tokens=512 -S rl.steps=0
-    ${EXTRA:-}
   )
+  if [ "$CLIPS" != "$BASE_CLIPS" ]; then  # more clips: evaluate on the base data's held-out ones, paired
+    local held
+    held=$(python3 benchmarks/learning/held_out_ids.py --seed "$SEED" --clips "$BASE_CLIPS" --duration "$DURATION_S" \
+           --eval-clips "$EVAL_CLIPS" --split-seed "$SEED") || return 1
+    PARAMS+=(-S "format.eval_clip_ids=$held")
+  fi
+  PARAMS+=(${EXTRA:-})
 }
 
 collect_run() {  # collect_run <folder>: the experiment in the current clone into <folder>

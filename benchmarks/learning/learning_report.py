@@ -12,14 +12,17 @@ metrics (``eval.json``, or ``rescore/eval.json`` where the predictions were scor
 ``eval_truth.tar.gz`` (the evaluation split's truth; runs made before collect_run kept it lack it).
 The per-run tables come from the evaluate stage's own table builder, so they read exactly like
 ``plots/eval/results_table.md``. Runs that kept their truth are scored again here for the tables
-that compare runs: the mean over seeds with its interval (``bootstrap.mean_over_runs``) and each
-lever of ``levers.sh`` against its base run, paired (``bootstrap.paired_change``).
+that compare runs: the mean over seeds with its interval (``bootstrap.mean_over_runs``), and paired
+(``bootstrap.paired_change``) each lever of ``levers.sh`` against its base run, each run trained
+longer against the same run of the next fewer steps, and each run against the run its
+``against.txt`` names.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import re
@@ -320,7 +323,13 @@ PAIRED_NOTE = ("scored again on the same held-out frames: change against {agains
                "95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). The intervals cover the evaluation "
                "clips, not the spread between training seeds, and with five metrics a row about one in twenty "
                "intervals clears 0 by chance. `train s`: wall time of the training loop (`timing/train.json`); "
-               "`infer s`: of answering the evaluation frames ({base}: {train} and {infer} s).\n")
+               "`infer s`: of answering the evaluation frames ({times}).\n")
+
+
+def base_times(bases: list[tuple[str, Path]]) -> str:
+    """``name: <train> and <infer> s`` of each (name, folder) in ``bases``, joined: the wall
+    times the paired tables' changes in `train s` and `infer s` start from."""
+    return "; ".join(f"{name}: {seconds(folder, 'train')} and {seconds(folder, 'infer')} s" for name, folder in bases)
 
 
 def lever_tables(folders: list[Path], scratch: Path) -> str:
@@ -338,15 +347,16 @@ def lever_tables(folders: list[Path], scratch: Path) -> str:
             sections += paired_section(
                 f"Levers against `{base.name}`",
                 f"Each lever changes the base run's params as listed; the final models after {match['steps']} steps, "
-                + PAIRED_NOTE.format(against="the base", base="base", train=seconds(base, "train"),
-                                     infer=seconds(base, "infer")), "lever", levers, scratch)
+                + PAIRED_NOTE.format(against="the base", times=base_times([("base", base)])),
+                "lever", levers, scratch)
     return "\n".join(sections)
 
 
 def step_tables(folders: list[Path], scratch: Path) -> str:
     """The steps lever: runs named alike but for their step count (``<name>-<steps>``), each
-    against the one of fewest steps (``paired_row``): the same configuration trained longer
-    (its own schedule, so not the shorter run's checkpoint)."""
+    against the run of the next fewer steps (``paired_row``): the same configuration trained
+    longer (its own schedule, so not the shorter run's checkpoint), so a table shows where more
+    steps stop paying."""
     groups: dict[str, list[tuple[int, Path]]] = {}
     for folder in folders:
         match = re.fullmatch(r"(?P<name>.+)-(?P<steps>\d+)", folder.name)
@@ -356,13 +366,38 @@ def step_tables(folders: list[Path], scratch: Path) -> str:
     for name, runs in sorted(groups.items()):
         if len(runs) < 2:
             continue
-        (_, base), *longer = sorted(runs)
+        ordered = [folder for _, folder in sorted(runs)]
+        pairs = list(itertools.pairwise(ordered))
         sections += paired_section(
             f"More steps: `{name}`",
             "The same params but the step count (and what follows from it), the final models "
-            + PAIRED_NOTE.format(against=f"`{base.name}`", base=base.name, train=seconds(base, "train"),
-                                 infer=seconds(base, "infer")),
-            "run", [(base, run, run.name) for _, run in longer], scratch)
+            + PAIRED_NOTE.format(against="the run of the next fewer steps (the row's `train.steps` is its own)",
+                                 times=base_times([(base.name, base) for base, _ in pairs])),
+            "run", [(base, run, run.name) for base, run in pairs], scratch)
+    return "\n".join(sections)
+
+
+def against_tables(folders: list[Path], scratch: Path) -> str:
+    """Runs that name the run they change (``against.txt``, learning.sh's AGAINST: a folder
+    beside them), each against it (``paired_row``), one table per named run. Raises
+    ``SystemExit`` naming the file when the run it names is not among ``folders``."""
+    by_name = {folder.name: folder for folder in folders}
+    groups: dict[str, list[Path]] = {}
+    for folder in folders:
+        path = folder / "against.txt"
+        if path.exists():
+            name = path.read_text().strip()
+            if name not in by_name:
+                raise SystemExit(f"{path}: names '{name}', which is not a run folder beside it")
+            groups.setdefault(name, []).append(folder)
+    sections = []
+    for name, runs in sorted(groups.items()):
+        base = by_name[name]
+        sections += paired_section(
+            f"Against `{name}`",
+            "Runs that change its params as listed (learning.sh's `AGAINST`), the final models "
+            + PAIRED_NOTE.format(against=f"`{name}`", times=base_times([(name, base)])),
+            "run", [(base, run, run.name) for run in runs], scratch)
     return "\n".join(sections)
 
 
@@ -375,7 +410,7 @@ def main() -> None:
     folders = sorted(p for p in args.root.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as scratch:
         sections = [runs_table(folders, Path(scratch)), lever_tables(folders, Path(scratch)),
-                    step_tables(folders, Path(scratch))]
+                    step_tables(folders, Path(scratch)), against_tables(folders, Path(scratch))]
     for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))

@@ -51,6 +51,12 @@ def clip_id_for(rng: np.random.Generator, clip_index: int, duration_s: float, la
     return f"{session}_{start}_{start + round(duration_s * 1e6)}"
 
 
+def clip_id(params: SynthesizeParams, clip_index: int) -> str:
+    """The id ``write_clip`` gives clip ``clip_index`` (the first draw of its generator), without
+    rendering it: the same for every ``num_clips`` that includes the index."""
+    return clip_id_for(clip_rng(params, clip_index), clip_index, params.duration_s, params.layout)
+
+
 def object_labels(scene: Scene, t: float, layout: str = "rdshq") -> dict[str, dict]:
     """``all_object_info`` of one label frame: tracks within range of the ego."""
     ego = scene.ego_pose(t)[:3, 3]
