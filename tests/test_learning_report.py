@@ -2,6 +2,8 @@
 again against its base run on the same frames, paired), and benchmarks/common.py's rescoring."""
 
 import json
+import os
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -205,3 +207,22 @@ def test_held_out_ids_are_the_clips_format_holds_out_of_the_smaller_data(data_ba
     smaller = SynthesizeParams(seed=3, num_clips=2, duration_s=1.5)
     larger = SynthesizeParams(seed=3, num_clips=5, duration_s=1.5)
     assert [clip_id(smaller, i) for i in range(2)] == [clip_id(larger, i) for i in range(2)]
+
+
+def test_held_out_ids_print_a_value_dvc_sets_as_the_list_of_ids(tmp_path):
+    """What held_out_ids.py prints, given to ``dvc exp run -S format.eval_clip_ids=...`` (DVC's
+    own Hydra override), becomes exactly those ids in params.yaml."""
+    from dvc.utils.hydra import apply_overrides
+    from held_out_ids import held_out_ids
+
+    from av_grounding.params import FormatParams, load
+
+    script = ROOT / "benchmarks" / "learning" / "held_out_ids.py"
+    printed = subprocess.run([sys.executable, str(script), "--seed", "1", "--clips", "30", "--duration", "2.0",
+                              "--eval-clips", "3", "--split-seed", "1"], check=True, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout.strip()
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(params, [f"format.eval_clip_ids={printed}"])
+    expected = held_out_ids(1, 30, 2.0, 3, 1)
+    assert len(expected) == 3 and list(load(FormatParams, "format", params).eval_clip_ids) == expected

@@ -26,7 +26,8 @@
 # With at least one GPU per architecture the experiments run at the same time, each on its own GPU,
 # in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
 # run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
-# reruns from `format` on. Nothing else edits a clone's files while it runs. A rerun continues
+# reruns from `format` on; PARALLEL=1 runs them at the same time anyway, sharing the GPUs there
+# are (each run's timings then count the other's load). Nothing else edits a clone's files while it runs. A rerun continues
 # from DVC's cache and the train stage's checkpoints in the clone it finds (delete the clone to run
 # a newer commit). Results
 # (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
@@ -38,7 +39,7 @@ ARCHS=${ARCHS:-"qwen2_5_vl qwen3_vl"}
 source benchmarks/learning/learning_common.sh || exit 1
 archs=($ARCHS)
 gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
-parallel=$(( gpus >= ${#archs[@]} && ${#archs[@]} > 1 ))
+parallel=${PARALLEL:-$(( gpus >= ${#archs[@]} && ${#archs[@]} > 1 ))}
 cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
 
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
@@ -64,7 +65,8 @@ code=0
 if (( parallel )); then
   IFS=, read -ra devices <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((gpus - 1)))}"
   for index in "${!archs[@]}"; do
-    ( export CUDA_VISIBLE_DEVICES=${devices[$index]}; run_arch "${archs[$index]}" "$WORK-${archs[$index]}" ) &
+    ( export CUDA_VISIBLE_DEVICES=${devices[$((index % ${#devices[@]}))]}
+      run_arch "${archs[$index]}" "$WORK-${archs[$index]}" ) &
   done
   for job in $(jobs -p); do wait "$job" || code=1; done
 else
