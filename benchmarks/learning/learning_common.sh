@@ -35,6 +35,8 @@ learning_params() {  # learning_params <arch> <cores>: the benchmark's -S overri
   # format.max_pixels 115200 (98 image tokens a frame for Qwen3-VL) since 2026-12-06: the best
   # measured so far (results/README.md: no worse than 230400 at 600 steps and cheaper; AP2D50
   # 0.552 at 2,000 steps); the runs before it used 230400 (each run folder's params.yaml).
+  # No zero-shot column since 2026-12-06: the random-initialised model's answers were never valid
+  # JSON (0 on every metric in every run before) and cost 94-126 s of 512 tokens a frame.
   PARAMS=(
     -S "synthesize.num_clips=$CLIPS" -S "synthesize.duration_s=$DURATION_S" -S synthesize.fps=10 -S "synthesize.workers=$2"
     -S extract.skip_frames=1 -S "extract.workers=$2" -S "transform.workers=$2" -S "filter.workers=$2"
@@ -42,7 +44,7 @@ learning_params() {  # learning_params <arch> <cores>: the benchmark's -S overri
     -S "train.model=$SIZE-$1" -S "train.max_steps=$STEPS" -S train.batch_size=32 -S "train.save_every=$((STEPS / 5))"
     -S train.warmup_ratio=0.05
     -S "synthesize.seed=$SEED" -S "format.split_seed=$SEED" -S "train.seed=$SEED"
-    -S infer.batch_size=300 -S infer.max_new_tokens=512 -S rl.steps=0
+    -S infer.batch_size=300 -S infer.max_new_tokens=512 -S infer.zero_shot=false -S rl.steps=0
   )
   if [ "$CLIPS" != "$BASE_CLIPS" ]; then  # more clips: evaluate on the base data's held-out ones, paired
     local held

@@ -41,7 +41,7 @@ for lever in ${LEVERS:-base pixels-2x prompt virtual}; do
   work=${WORK:-/tmp/learning}
   [[ ${OVERRIDES[$lever]} == *synthesize.* ]] && work=$work-$lever
   WORK=$work ARCHS=$ARCH TAG="$lever-$STEPS" \
-    EXTRA="-S infer.zero_shot=false -S infer.checkpoints=none -S train.save_every=0 ${OVERRIDES[$lever]} ${EXTRA:-}" \
+    EXTRA="-S infer.checkpoints=none -S train.save_every=0 ${OVERRIDES[$lever]} ${EXTRA:-}" \
     benchmarks/learning/learning.sh || code=1
 done
 exit "$code"

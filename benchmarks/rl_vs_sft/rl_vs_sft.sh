@@ -43,7 +43,7 @@ mkdir -p "$result"
 cd "$WORK" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
 learning_params "$ARCH" "$(nproc)" || exit 1
-BASE=("${PARAMS[@]}" -S infer.zero_shot=false -S infer.checkpoints=none)
+BASE=("${PARAMS[@]}" -S infer.checkpoints=none)
 base_model=$WORK.sft-model
 
 experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run, logged, collected
