@@ -27,7 +27,8 @@
 # in its own clone of the checkout ($WORK-<arch>) with its share of the CPU cores. Otherwise they
 # run one after the other in one clone ($WORK), and the second finds the data stages unchanged and
 # reruns from `format` on; PARALLEL=1 runs them at the same time anyway, sharing the GPUs there
-# are (each run's timings then count the other's load). Nothing else edits a clone's files while it runs. A rerun continues
+# are (each run's timings then count the other's load). Two invocations at once on one machine
+# need a WORK each. Nothing else edits a clone's files while it runs. A rerun continues
 # from DVC's cache and the train stage's checkpoints in the clone it finds (delete the clone to run
 # a newer commit). Results
 # (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout

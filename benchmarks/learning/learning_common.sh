@@ -15,10 +15,14 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
   GIT_COMMITTER_EMAIL=benchmark@localhost
 
+# Benchmarks started at once on one machine (each with its own WORK) install and commit in turn.
+setup_lock=
+command -v flock >/dev/null && exec {setup_lock}>/tmp/benchmark-setup.lock && flock "$setup_lock"
 if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || return 1
 fi
 source benchmarks/env/device_checkout.sh || return 1
+[ -n "$setup_lock" ] && flock -u "$setup_lock"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
 [ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
