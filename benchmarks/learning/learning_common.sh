@@ -8,6 +8,10 @@ STEPS=${STEPS:-2000}
 SEED=${SEED:-0}
 BASE_CLIPS=212 EVAL_CLIPS=12 DURATION_S=2.0  # the benchmark's data (learning.sh)
 CLIPS=${CLIPS:-$BASE_CLIPS}
+if ! [[ $CLIPS =~ ^[0-9]+$ ]] || (( CLIPS < BASE_CLIPS )); then
+  echo "CLIPS=$CLIPS: give at least $BASE_CLIPS clips (runs on more hold out the $BASE_CLIPS-clip data's evaluation clips)" >&2
+  return 1
+fi
 SUFFIX=$( ((SEED)) && printf -- '-s%s' "$SEED")${TAG:+-$TAG}
 OUT=$(realpath -m "${OUT:-benchmarks/learning/results}")
 WORK=${WORK:-/tmp/learning}
