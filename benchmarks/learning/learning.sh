@@ -41,6 +41,12 @@ source benchmarks/learning/learning_common.sh || exit 1
 archs=($ARCHS)
 gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
 parallel=${PARALLEL:-$(( gpus >= ${#archs[@]} && ${#archs[@]} > 1 ))}
+if [[ $parallel != [01] ]] || (( parallel && gpus == 0 )); then
+  echo "PARALLEL=$parallel: 1 (at once, on the GPUs there are: $gpus) or 0 (one after the other)" >&2; exit 2
+fi
+if [ -n "${AGAINST:-}" ] && { (( ${#archs[@]} > 1 )) || [[ $AGAINST == */* ]]; }; then
+  echo "AGAINST=$AGAINST: the name of one run folder beside the results, for one architecture (ARCHS=...)" >&2; exit 2
+fi
 cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
 
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>

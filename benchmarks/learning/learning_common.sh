@@ -8,7 +8,7 @@ STEPS=${STEPS:-2000}
 SEED=${SEED:-0}
 BASE_CLIPS=212 EVAL_CLIPS=12 DURATION_S=2.0  # the benchmark's data (learning.sh)
 CLIPS=${CLIPS:-$BASE_CLIPS}
-if ! [[ $CLIPS =~ ^[0-9]+$ ]] || (( CLIPS < BASE_CLIPS )); then
+if ! [[ $CLIPS =~ ^[1-9][0-9]*$ ]] || (( CLIPS < BASE_CLIPS )); then
   echo "CLIPS=$CLIPS: give at least $BASE_CLIPS clips (runs on more hold out the $BASE_CLIPS-clip data's evaluation clips)" >&2
   return 1
 fi
@@ -19,14 +19,18 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMITTER_NAME=benchmark \
   GIT_COMMITTER_EMAIL=benchmark@localhost
 
-# Benchmarks started at once on one machine (each with its own WORK) install and commit in turn.
-setup_lock=
-command -v flock >/dev/null && exec {setup_lock}>/tmp/benchmark-setup.lock && flock "$setup_lock"
-if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || return 1
-fi
-source benchmarks/env/device_checkout.sh || return 1
-[ -n "$setup_lock" ] && flock -u "$setup_lock"
+# Learning benchmarks started at once on one machine (each with its own WORK) install and commit in
+# turn: the lock is held by this subshell alone and goes with it, whatever way it ends.
+(
+  if command -v flock >/dev/null && ! flock --nonblock 9; then
+    echo "waiting for another benchmark's setup (/tmp/benchmark-setup.lock)" >&2
+    flock 9 || exit 1
+  fi
+  if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
+  fi
+  source benchmarks/env/device_checkout.sh || exit 1
+) 9>/tmp/benchmark-setup.lock || return 1
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
 [ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
