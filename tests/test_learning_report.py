@@ -178,17 +178,20 @@ def test_a_run_is_compared_with_the_run_its_against_file_names(tmp_path):
     """``against.txt`` pairs a run with the folder it names, whatever the names; a name that is
     not a folder beside it stops the report, naming the file."""
     base = run_folder(tmp_path, "small-qwen3_vl-half-pixels-2000", 3.0, {})
-    more = run_folder(tmp_path, "small-qwen3_vl-clips-424-2000", 0.0, {"synthesize.num_clips": 424})
+    more = run_folder(tmp_path, "small-qwen3_vl-clips-424-2000", 0.0,
+                      {"synthesize.num_clips": 424, "format.eval_clip_ids": list(CLIPS)})
     (more / "against.txt").write_text("small-qwen3_vl-half-pixels-2000\n")
     table = against_tables([base, more], tmp_path / "work")
     assert table.count("## Against") == 1 and "## Against `small-qwen3_vl-half-pixels-2000`" in table
     rows = [line for line in table.splitlines() if line.startswith("| small")]
     assert len(rows) == 1 and "synthesize.num_clips=424" in rows[0] and "+1.000 [+1.000, +1.000]" in rows[0]
+    assert "format.eval_clip_ids=[4 items]" in rows[0]  # a long list by its length
     assert "- `small-qwen3_vl-clips-424-2000`: AP2D50 rises" in table
     assert against_tables([base], tmp_path / "work") == ""
-    (more / "against.txt").write_text("small-qwen3_vl-gone\n")
-    with pytest.raises(SystemExit, match=r"against\.txt: names 'small-qwen3_vl-gone'"):
-        against_tables([base, more], tmp_path / "work")
+    for wrong in ("small-qwen3_vl-gone", "small-qwen3_vl-clips-424-2000"):  # missing, itself
+        (more / "against.txt").write_text(wrong + "\n")
+        with pytest.raises(SystemExit, match=rf"against\.txt: names '{wrong}', which is not another run folder"):
+            against_tables([base, more], tmp_path / "work")
 
 
 def test_held_out_ids_are_the_clips_format_holds_out_of_the_smaller_data(data_baseline):
@@ -226,3 +229,10 @@ def test_held_out_ids_print_a_value_dvc_sets_as_the_list_of_ids(tmp_path):
     apply_overrides(params, [f"format.eval_clip_ids={printed}"])
     expected = held_out_ids(1, 30, 2.0, 3, 1)
     assert len(expected) == 3 and list(load(FormatParams, "format", params).eval_clip_ids) == expected
+    # An empty list would mean "choose them" to format: refused, as is what format would refuse.
+    for eval_clips, clips, error in (("0", "30", "give at least one held-out clip"),
+                                     ("30", "30", "must leave at least one of 30 clips for training")):
+        refused = subprocess.run([sys.executable, str(script), "--seed", "1", "--clips", clips, "--duration", "2.0",
+                                  "--eval-clips", eval_clips, "--split-seed", "1"], check=False,
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        assert refused.returncode == 2 and error in refused.stderr and "Traceback" not in refused.stderr

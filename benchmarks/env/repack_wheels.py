@@ -5,7 +5,8 @@ tree) holds .whl/project: the av wheel goes from 35.8 to 26.8 MB, pygit2's from 
 
 Every member keeps its name, bytes, date and permissions, so the RECORD hashes still hold and pip
 installs the wheel as before (it reads LZMA members through the standard zipfile module). Each
-file is written beside the original and moved over it only when complete.
+file is written beside the original and moved over it only when complete and smaller; a wheel
+that cannot be read is left as it was, with nothing beside it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ from pathlib import Path
 
 
 def repack(wheel: Path) -> tuple[int, int]:
-    """Rewrite ``wheel`` with every member LZMA-compressed; returns (bytes before, bytes after)."""
+    """Rewrite ``wheel`` with every member LZMA-compressed, unless that is no smaller; returns
+    (bytes before, bytes after). Raises ``zipfile.BadZipFile`` (a member's CRC, not a zip) or
+    ``OSError`` with the wheel untouched."""
     before = wheel.stat().st_size
     partial = wheel.with_name(wheel.name + ".partial")
-    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(partial, "w", zipfile.ZIP_LZMA) as target:
-        for member in source.infolist():
-            copy = zipfile.ZipInfo(member.filename, member.date_time)
-            copy.external_attr = member.external_attr
-            copy.compress_type = zipfile.ZIP_LZMA
-            target.writestr(copy, source.read(member))
-    os.replace(partial, wheel)
+    try:
+        with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(partial, "w", zipfile.ZIP_LZMA) as target:
+            for member in source.infolist():
+                copy = zipfile.ZipInfo(member.filename, member.date_time)
+                copy.external_attr = member.external_attr
+                copy.compress_type = zipfile.ZIP_LZMA
+                target.writestr(copy, source.read(member))
+        if partial.stat().st_size < before:
+            os.replace(partial, wheel)
+    finally:
+        partial.unlink(missing_ok=True)
     return before, wheel.stat().st_size
 
 

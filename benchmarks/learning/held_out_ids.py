@@ -17,13 +17,18 @@ from __future__ import annotations
 import argparse
 
 from av_grounding.dataset.split import split_clips
-from av_grounding.params import SynthesizeParams
+from av_grounding.params import ParamsError, SynthesizeParams
 from av_grounding.synth.clips import clip_id
 
 
 def held_out_ids(seed: int, clips: int, duration_s: float, eval_clips: int, split_seed: int) -> list[str]:
     """The held-out clip ids of ``clips`` synthetic clips of ``duration_s`` seconds from ``seed``
-    (RDS-HQ layout), ``eval_clips`` of them chosen with ``split_seed``; sorted."""
+    (RDS-HQ layout), ``eval_clips`` of them chosen with ``split_seed``; sorted. Raises
+    ``ParamsError`` for params ``synthesize`` or ``format`` would refuse, and for fewer than one
+    held-out clip (an empty ``format.eval_clip_ids`` means "choose them", not "these")."""
+    if eval_clips < 1 or split_seed < 0:
+        raise ParamsError(f"eval_clips {eval_clips} and split_seed {split_seed}: give at least one held-out clip "
+                          "and a seed of 0 or more")
     params = SynthesizeParams(seed=seed, num_clips=clips, duration_s=duration_s)
     return split_clips([clip_id(params, index) for index in range(clips)], eval_clips, seed=split_seed)[1]
 
@@ -36,7 +41,10 @@ def main() -> None:
     parser.add_argument("--eval-clips", type=int, required=True, help="format.eval_clips of the smaller dataset")
     parser.add_argument("--split-seed", type=int, required=True, help="format.split_seed")
     args = parser.parse_args()
-    ids = held_out_ids(args.seed, args.clips, args.duration, args.eval_clips, args.split_seed)
+    try:
+        ids = held_out_ids(args.seed, args.clips, args.duration, args.eval_clips, args.split_seed)
+    except ParamsError as exc:
+        parser.error(str(exc))
     print("[" + ",".join(f"'{clip}'" for clip in ids) + "]")
 
 

@@ -270,20 +270,29 @@ LEVER_RUN = r"{prefix}-(?!s\d+-)(?P<lever>[^/]+?)-{steps}"  # levers.sh: <size>-
 
 def changes(base: Path, other: Path) -> str:
     """``section.key=value`` for every param of ``other``'s params.yaml that differs from
-    ``base``'s, the worker counts left out."""
+    ``base``'s, the worker counts left out; a list of more than three items by its length
+    (``format.eval_clip_ids=[12 items]``)."""
     before, after = (pd.json_normalize(read(f, "params.yaml")).iloc[0].to_dict() for f in (base, other))
-    return ", ".join(f"{key}={after.get(key)}" for key in sorted(set(before) | set(after))
+
+    def shown(value: object) -> object:
+        return f"[{len(value)} items]" if isinstance(value, list | tuple) and len(value) > 3 else value
+
+    return ", ".join(f"{key}={shown(after.get(key))}" for key in sorted(set(before) | set(after))
                      if before.get(key) != after.get(key) and not NO_EFFECT.search(key)) or "none"
 
 
 def seconds(folder: Path, stage: str) -> str:
     """Wall time of the run's training loop (``timing/train.json``) or of answering its
-    evaluation frames (``timing/infer.json``, every column), ``-`` where the run has none."""
+    evaluation frames with its trained models (``timing/infer.json``, every column but
+    ``zero_shot``, which learning.sh has not answered since 2026-12-06: so runs before and after
+    compare), ``-`` where the run has none."""
     path = folder / "timing" / f"{stage}.json"
     if not path.exists():
         return "-"
     timing = read(folder / "timing", f"{stage}.json")
-    return f"{timing['wall_s'] if stage == 'train' else sum(c.get('wall_s', 0) for c in timing.values()):.0f}"
+    if stage == "train":
+        return f"{timing['wall_s']:.0f}"
+    return f"{sum(c.get('wall_s', 0) for name, c in timing.items() if name != 'zero_shot'):.0f}"
 
 
 def paired_row(base: Path, run: Path, label: str, scratch: Path) -> tuple[dict, str]:
@@ -323,7 +332,8 @@ PAIRED_NOTE = ("scored again on the same held-out frames: change against {agains
                "95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). The intervals cover the evaluation "
                "clips, not the spread between training seeds, and with five metrics a row about one in twenty "
                "intervals clears 0 by chance. `train s`: wall time of the training loop (`timing/train.json`); "
-               "`infer s`: of answering the evaluation frames ({times}).\n")
+               "`infer s`: of answering the evaluation frames with the trained models, zero-shot left out "
+               "({times}).\n")
 
 
 def base_times(bases: list[tuple[str, Path]]) -> str:
@@ -371,7 +381,7 @@ def step_tables(folders: list[Path], scratch: Path) -> str:
         sections += paired_section(
             f"More steps: `{name}`",
             "The same params but the step count (and what follows from it), the final models "
-            + PAIRED_NOTE.format(against="the run of the next fewer steps (the row's `train.steps` is its own)",
+            + PAIRED_NOTE.format(against="the run of the next fewer steps (the row's `train.max_steps` is its own)",
                                  times=base_times([(base.name, base) for base, _ in pairs])),
             "run", [(base, run, run.name) for base, run in pairs], scratch)
     return "\n".join(sections)
@@ -387,8 +397,8 @@ def against_tables(folders: list[Path], scratch: Path) -> str:
         path = folder / "against.txt"
         if path.exists():
             name = path.read_text().strip()
-            if name not in by_name:
-                raise SystemExit(f"{path}: names '{name}', which is not a run folder beside it")
+            if name not in by_name or name == folder.name:
+                raise SystemExit(f"{path}: names '{name}', which is not another run folder beside it")
             groups.setdefault(name, []).append(folder)
     sections = []
     for name, runs in sorted(groups.items()):
@@ -409,8 +419,9 @@ def main() -> None:
     header = (args.root / "README.md").read_text()
     folders = sorted(p for p in args.root.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as scratch:
+        against = against_tables(folders, Path(scratch))  # first: a wrong against.txt stops before the rest
         sections = [runs_table(folders, Path(scratch)), lever_tables(folders, Path(scratch)),
-                    step_tables(folders, Path(scratch)), against_tables(folders, Path(scratch))]
+                    step_tables(folders, Path(scratch)), against]
     for folder in folders:
         image = args.root / f"{folder.name}.png"
         sections.append(run_section(folder, image, os.path.relpath(image, args.out.parent)))
