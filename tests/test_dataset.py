@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given
@@ -22,6 +23,7 @@ from av_grounding.dataset.formats import (
 )
 from av_grounding.dataset.split import split_clips
 from av_grounding.dataset.tokens import count_qwen, image_tokens
+from av_grounding.geometry.cameras import camera_from_record
 from av_grounding.params import FormatParams
 from av_grounding.pipeline.format import RECIPE_SAMPLE_BOX, format_dataset
 from av_grounding.shards import ShardError, ShardReader
@@ -211,3 +213,42 @@ def test_a_budget_that_drops_every_sample_fails_naming_the_shortest(filtered, tm
     fits = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, model_max_length=needed),
                           filtered / "filtered", filtered / "extracted", tmp_path / "fits")
     assert fits["samples"]["train"] >= 1 and fits["samples"]["eval"] >= 1
+
+
+def test_format_adds_one_mirrored_sample_per_training_frame(filtered, tmp_path):
+    plain = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1), filtered / "filtered",
+                           filtered / "extracted", tmp_path / "plain")
+    params = FormatParams(prompts=REPO_PROMPTS, eval_clips=1, mirror_train=True)
+    out = tmp_path / "mirrored"
+    summary = format_dataset(params, filtered / "filtered", filtered / "extracted", out)
+    assert summary["samples"] == {"train": 2 * plain["samples"]["train"], "eval": plain["samples"]["eval"]}
+    assert summary["mirrored_frames"] == plain["samples"]["train"] and plain["mirrored_frames"] == 0
+    assert summary["frames_in"] == plain["frames_in"]
+    assert not any(s.id.endswith("_mirrored") for s in read_cosmos(out / "eval"))
+    samples = {s.id: s for s in read_cosmos(out / "train")}
+    assert [s.id for s in read_qwen(out / "train")] == list(samples)
+    shards = ShardReader(filtered / "extracted")
+    mirrored_ids = [sid for sid in samples if sid.endswith("_mirrored")]
+    assert len(mirrored_ids) == plain["samples"]["train"]
+    for sid in mirrored_ids:
+        original, mirrored = samples[sid.removesuffix("_mirrored")], samples[sid]
+        text, flipped_text = (json.loads((out / "train" / "text" / f"{s.id}.json").read_text())
+                              for s in (original, mirrored))
+        assert flipped_text["mirrored"] is True and "mirrored" not in text
+        lens = camera_from_record(text["camera_model"], text["intrinsics"])
+        np.testing.assert_allclose(flipped_text["intrinsics"], lens.mirrored().to_array())
+        stored = shards.read(f"images/{text['clip_id']}/{text['camera']}.tar", f"{text['frame_id']:06d}.jpg")
+        assert original.image.read_bytes() == stored
+        pixels = [cv2.imread(str(s.image)).astype(int) for s in (original, mirrored)]
+        assert np.abs(pixels[1] - pixels[0][:, ::-1]).mean() < 3.0
+        boxes = np.array([a["bbox_3d"] for a in text["annotations"]]).reshape(-1, 9)
+        flipped = np.array([a["bbox_3d"] for a in flipped_text["annotations"]]).reshape(-1, 9)
+        assert [a["label"] for a in text["annotations"]] == [a["label"] for a in flipped_text["annotations"]]
+        np.testing.assert_allclose(flipped[:, :6], boxes[:, :6] * [-1, 1, 1, 1, 1, 1], atol=0.0101)
+        assert json.loads(mirrored.answer) == [{"bbox_3d": a["bbox_3d"], "label": a["label"]}
+                                               for a in flipped_text["annotations"]]
+    again = format_dataset(params, filtered / "filtered", filtered / "extracted", tmp_path / "again")
+    assert again == summary
+    for path in sorted((out / "train").rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "again" / path.relative_to(out)).read_bytes(), path

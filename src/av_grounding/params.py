@@ -237,6 +237,9 @@ class FormatParams(Checked):
         "virtual_focal (Omni3D's virtual depth), converted back before evaluation (docs/conventions.md)")
     virtual_focal: float = param(1.0, "focal length of the virtual camera in image heights (camera_input: "
                                  "virtual_camera); a lens of this focal length keeps its depths")
+    mirror_train: bool = param(False, "also train on every training frame flipped left to right (image flipped, "
+                               "boxes mirrored x -> -x, principal point moved to width - cx): twice the training "
+                               "samples; evaluation frames never (dataset/mirror.py)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -61,6 +61,22 @@ class Box3D:
         return self.center + body_corners(self.lwh) @ self.rotation.T
 
 
+# The reflection x -> -x of camera RDF (an image flipped left to right), and of the FLU body frame
+# y -> -y (left to right): a box mirrored keeps a proper rotation from the two together.
+MIRROR_RDF = np.diag([-1.0, 1.0, 1.0])
+MIRROR_BODY = np.diag([1.0, -1.0, 1.0])
+
+
+def mirrored_box(box: Box3D) -> Box3D:
+    """``box`` reflected through the camera's y-z plane (``x -> -x``, what flipping the image left
+    to right does to the scene, ``Camera.mirrored``): centre ``(-x, y, z)``, rotation
+    ``MIRROR_RDF @ R @ MIRROR_BODY`` (a proper rotation again: the heading is mirrored, the body's
+    left becomes its right), size unchanged. Its corners are the reflected corners, each corner
+    traded with its left-right partner (0 <-> 1, 2 <-> 3, 4 <-> 5, 6 <-> 7): the order stays the
+    module's. Mirroring twice gives ``box`` back."""
+    return Box3D(MIRROR_RDF @ box.center, MIRROR_RDF @ box.rotation @ MIRROR_BODY, np.array(box.lwh, dtype=np.float64))
+
+
 def ray_box_entry(rays: np.ndarray, box: Box3D, min_distance: float | np.ndarray = 0.0) -> np.ndarray:
     """Distance along each of the (n, 3) rays from the camera centre to where it enters ``box``,
     at least ``min_distance`` (a scalar or one per ray: the camera inside the box, or a ray cut by

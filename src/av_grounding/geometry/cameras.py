@@ -50,6 +50,12 @@ class Camera(Protocol):
         """The same camera for the image scaled to ``width`` x ``height`` pixels."""
         ...
 
+    def mirrored(self) -> Camera:
+        """The camera of the image flipped left to right (column i becomes width - 1 - i): it
+        images the scene mirrored through the camera's y-z plane, ``(x, y, z) -> (-x, y, z)``,
+        at pixel ``(width - u, v)``."""
+        ...
+
     def to_array(self) -> np.ndarray:
         """The intrinsics as RDS-HQ stores them (float64)."""
         ...
@@ -87,6 +93,11 @@ class PinholeCamera:
         """The same camera for an image scaled to ``width`` x ``height`` (pixel-corner convention)."""
         sx, sy = width / self.width, height / self.height
         return PinholeCamera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
+
+    def mirrored(self) -> PinholeCamera:
+        """The camera of the image flipped left to right (``Camera.mirrored``): principal point
+        ``(width - cx, cy)``, from ``width - u = fx * (-x) / z + (width - cx)``."""
+        return replace(self, cx=self.width - self.cx)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(..., 2) pixels ``(u, v)`` of (..., 3) points in camera RDF (metres); meaningful only
@@ -289,6 +300,18 @@ class FThetaCamera:
         c, d, e = self.affine
         affine = (c * sx / sy, d * sx / sy, e)
         values = [self.cx * sx, self.cy * sy, width, height, *poly, float(self.stored_backward)]
+        return FThetaCamera.from_array(np.array(values + ([] if affine == (1.0, 0.0, 0.0) else list(affine))))
+
+    def mirrored(self) -> FThetaCamera:
+        """The camera of the image flipped left to right (``Camera.mirrored``): principal point
+        ``(width - cx, cy)`` and affine ``(c, -d, -e)`` (the radius depends on the angle to the
+        optical axis alone, which mirroring keeps; negating the azimuth's x component and the
+        pixel offset's u component leaves ``A = [[c, d], [e, 1]]`` with its off-diagonal terms
+        negated). The calibrated angle is found again from the flipped image's corners."""
+        c, d, e = self.affine
+        affine = (c, 0.0 - d, 0.0 - e)  # 0.0 - x: no -0.0
+        values = [self.width - self.cx, self.cy, self.width, self.height, *self.stored_polynomial,
+                  float(self.stored_backward)]
         return FThetaCamera.from_array(np.array(values + ([] if affine == (1.0, 0.0, 0.0) else list(affine))))
 
     def to_array(self) -> np.ndarray:

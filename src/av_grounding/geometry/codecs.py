@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .boxes import Box3D
+from .boxes import Box3D, mirrored_box
 from .transforms import FLU_TO_RDF, rot_x, rot_y, rot_z, wrap_angle
 
 
@@ -119,3 +119,13 @@ def get_codec(name: str) -> BoxCodec:
         return CODECS[name]
     except KeyError:
         raise ValueError(f"unknown box codec {name!r}; choose from {sorted(CODECS)}") from None
+
+
+def mirrored_values(values, codec: BoxCodec) -> np.ndarray:
+    """(9,) float64: the nine numbers, in ``codec``'s convention, of the box ``values`` mirrored
+    through the camera's y-z plane (``boxes.mirrored_box``: an image flipped left to right), its
+    heading mirrored too. In the ``cosmos`` codec that is x, pitch and yaw negated, roll kept (up
+    to the angles' wrap at +-pi); in ``qwen3vl`` the same sign changes give the same eight corners
+    with the heading turned half round, so the numbers come from the physical box for every codec
+    (``tests/test_mirror.py``)."""
+    return codec.encode(mirrored_box(codec.decode(values)))

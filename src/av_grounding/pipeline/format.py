@@ -13,7 +13,9 @@ are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extr
 (``push: false``): `dvc repro` rebuilds it from the pulled shards faster than DVC moves one object
 per sample. ``camera_input`` (``dataset.camera_input``) adds the intrinsics to the user prompt, or
 writes the answers' centres in a virtual camera: the record's ``annotations`` stay in the real
-camera and its ``virtual_camera`` block gives the scale.
+camera and its ``virtual_camera`` block gives the scale. ``mirror_train`` adds each training
+frame flipped left to right as a sample of its own (``dataset.mirror``: id ``<id>_mirrored``, its
+record flagged ``mirrored``, with the mirrored camera's intrinsics and boxes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..dataset import tokens
 from ..dataset.answers import AnswerStyle, format_answer, order_boxes, rounded
 from ..dataset.camera_input import frame_scale, user_prompt
 from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
+from ..dataset.mirror import MIRRORED, mirror_record, mirrored_jpeg
 from ..dataset.prompts import load_prompts
 from ..dataset.split import split_clips
 from ..geometry.virtual import VIRTUAL_CAMERA, boxes_to_virtual, virtual_record
@@ -64,8 +67,10 @@ def answer_style(params: FormatParams) -> AnswerStyle:
 
 
 def sample_id(record: dict[str, Any]) -> str:
-    """``<clip_id>_<camera>_<frame_index:06d>``: a frame record's sample id (and image file stem)."""
-    return f"{record['clip_id']}_{record['camera']}_{record['frame_index']:06d}"
+    """``<clip_id>_<camera>_<frame_index:06d>``: a frame record's sample id (and image file stem);
+    ``_mirrored`` appended for a mirrored frame (``dataset.mirror``)."""
+    return f"{record['clip_id']}_{record['camera']}_{record['frame_index']:06d}" + (
+        f"_{MIRRORED}" if record.get(MIRRORED) else "")
 
 
 def annotation_record(record: dict[str, Any], boxes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +83,7 @@ def annotation_record(record: dict[str, Any], boxes: list[dict[str, Any]]) -> di
     return {"frame_id": record["frame_index"], "clip_id": record["clip_id"], "camera": record["camera"],
             "camera_model": record["camera_model"], "camera_params": camera_params, "intrinsics": intrinsics,
             "width": record["width"], "height": record["height"], "box_codec": record["box_codec"],
-            "annotations": boxes}
+            **({MIRRORED: True} if record.get(MIRRORED) else {}), "annotations": boxes}
 
 
 # The answer styles are compared on an evenly spaced sample of at most this many answers: the
@@ -113,9 +118,11 @@ def distribution(values: list[int]) -> dict[str, float]:
 
 @dataclass
 class Counts:
-    """Frames read, and frames, boxes and samples left out, by reason."""
+    """Frames read, mirrored frames added, and frames, boxes and samples left out, by reason
+    (mirrored frames count among the left-out ones like the others)."""
 
     frames_in: int = 0
+    mirrored_frames: int = 0
     empty_frames_skipped: int = 0
     boxes_over_max_boxes: int = 0
     samples_over_max_length: int = 0
@@ -151,8 +158,9 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             given.
 
     Returns:
-        The summary: ``samples`` and ``clips`` per split, ``boxes``, frames in and left out by
-        reason (empty, over ``max_boxes``, over ``model_max_length``), and ``tokens``: answer,
+        The summary: ``samples`` and ``clips`` per split, ``boxes``, frames in, mirrored frames
+        added (``mirror_train``), frames left out by reason (empty, over ``max_boxes``, over
+        ``model_max_length``), and ``tokens``: answer,
         prompt and image tokens per frame or box (mean, p50, p95, max) with the Qwen vocabulary
         and the built-in models' task tokenizer, per answer style.
 
@@ -174,13 +182,16 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     prompt_token_counts: set[int] = set()
     counts = Counts()
     per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
-    image_sources: dict[str, tuple[str, str]] = {}  # sample id -> (shard, member) under ``images``
+    image_sources: dict[str, tuple[str, str, bool]] = {}  # sample id -> (shard, member under ``images``, flipped)
     answer_token_counts: list[int] = []
     image_token_counts: dict[str, list[int]] = {f: [] for f in tokens.MERGE_FACTOR}
     all_answers: list[list[dict[str, Any]]] = []
     shortest_over: dict[str, tuple[int, str]] = {}  # split -> tokens of its shortest sample over the budget
-    for record in sorted(frames, key=sample_id):
-        counts.frames_in += 1
+    for record in with_mirrored(sorted(frames, key=sample_id), split_of, params.mirror_train):
+        if record.get(MIRRORED):
+            counts.mirrored_frames += 1
+        else:
+            counts.frames_in += 1
         objects = order_boxes(record["objects"], params.box_order)
         if params.max_boxes is not None and len(objects) > params.max_boxes:
             counts.boxes_over_max_boxes += len(objects) - params.max_boxes
@@ -214,13 +225,17 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         virtual = {VIRTUAL_CAMERA: virtual_record(params.virtual_focal, scale)} if scale is not None else {}
         per_split[split].append((sample, {**annotation_record(record, boxes), **virtual, "tokens": budget},
                                  conversation(f"images/{sid}.jpg", system, user, answer)))
-        image_sources[sid] = (record["image_shard"], record["image_member"])
+        image_sources[sid] = (record["image_shard"], record["image_member"], bool(record.get(MIRRORED)))
     check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)
     with atomic_folder(output) as staging:  # replaced whole: no stale samples, no half-written ones
         for split, entries in per_split.items():
             for sample, _, _ in entries:
-                atomic_write_bytes(staging / sample.image.relative_to(output), shards.read(*image_sources[sample.id]))
+                shard, member, mirrored = image_sources[sample.id]
+                image = shards.read(shard, member)
+                if mirrored:
+                    image = mirrored_jpeg(image, f"{images / shard}:{member}")
+                atomic_write_bytes(staging / sample.image.relative_to(output), image)
             write_cosmos(staging / split, [(s.id, record, messages) for s, record, messages in entries])
             write_qwen(staging / split, [s for s, _, _ in entries])
         write_json(staging / "split.json", {"train": train_clips, "eval": eval_clips,
@@ -239,10 +254,12 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         "clips": {"train": len(train_clips), "eval": len(eval_clips)},
         "boxes": sum(len(a) for a in all_answers),
         "frames_in": counts.frames_in,
+        "mirrored_frames": counts.mirrored_frames,
         "empty_frames_skipped": counts.empty_frames_skipped,
         "boxes_over_max_boxes": counts.boxes_over_max_boxes,
         "samples_over_max_length": counts.samples_over_max_length,
-        "share_over_max_length": round(counts.samples_over_max_length / max(counts.frames_in, 1), 4),
+        "share_over_max_length": round(counts.samples_over_max_length
+                                       / max(counts.frames_in + counts.mirrored_frames, 1), 4),
         "tokens": {
             "vocabulary": "qwen2 (qwen.tiktoken, 151643 ranks)",
             "chat_template": f"trl/chat_templates/{params.model_family}.jinja",
@@ -268,6 +285,15 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     tokens.print_image_budget({(r["width"], r["height"]) for r in frames}, params.model_family, params.min_pixels,
                               params.max_pixels)
     return summary
+
+
+def with_mirrored(records: list[dict[str, Any]], split_of: dict[str, str], mirror_train: bool):
+    """``records`` in order, each training frame followed by its mirrored copy
+    (``dataset.mirror.mirror_record``) when ``mirror_train``; evaluation frames alone."""
+    for record in records:
+        yield record
+        if mirror_train and split_of[record["clip_id"]] == "train":
+            yield mirror_record(record)
 
 
 @functools.cache

@@ -1,0 +1,125 @@
+"""Mirrored training frames (``format.mirror_train``, ``dataset/mirror.py``): the box, the camera
+and the image flip together, so a mirrored box projects through the mirrored camera exactly onto
+the flipped image's pixels, with both codecs and both lens models; mirroring twice is the identity.
+``format``'s mirrored samples: ``test_dataset.py``."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from av_grounding.dataset.mirror import mirror_record, mirrored_jpeg
+from av_grounding.geometry.boxes import MIRROR_RDF, Box3D, mirrored_box, projected_rectangle
+from av_grounding.geometry.cameras import FThetaCamera, PinholeCamera, camera_from_record
+from av_grounding.geometry.codecs import CODECS, mirrored_values
+
+FTHETA = FThetaCamera.from_array(np.array([957.0, 760.0, 1920, 1080, 0.0, 1.06e-3, 2.0e-10, -1.5e-11, 3.0e-15,
+                                           -1.0e-19, 1.0]))
+CAMERAS = {"pinhole_120": PinholeCamera(184.75, 184.75, 318.0, 190.0, 640, 360),
+           "pinhole_70": PinholeCamera(457.0, 455.0, 321.5, 178.0, 640, 360), "ftheta_120": FTHETA,
+           "ftheta_affine": FThetaCamera.from_array(np.array([*FTHETA.to_array(), 1.02, 0.01, -0.015]))}
+# A corner's left-right partner (geometry/boxes.py's order: the +w corners are 0, 3, 4 and 7).
+PARTNER = [1, 0, 3, 2, 5, 4, 7, 6]
+
+boxes = st.builds(
+    lambda c, q, s: Box3D(np.array(c), Rotation.from_quat(q).as_matrix(), np.array(s)),
+    st.tuples(st.floats(-30, 30), st.floats(-3, 3), st.floats(2, 80)),
+    st.tuples(*[st.floats(-1, 1)] * 4).filter(lambda q: np.linalg.norm(q) > 0.1),
+    st.tuples(st.floats(0.5, 12), st.floats(0.5, 3), st.floats(0.5, 4)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(box=boxes)
+def test_a_mirrored_box_has_the_reflected_corners_and_mirrors_back(box):
+    mirrored = mirrored_box(box)
+    np.testing.assert_allclose(mirrored.corners(), (box.corners() @ MIRROR_RDF)[PARTNER], atol=1e-12)
+    assert np.linalg.det(mirrored.rotation) == pytest.approx(1.0)
+    twice = mirrored_box(mirrored)
+    np.testing.assert_allclose(twice.corners(), box.corners(), atol=1e-12)
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+@settings(max_examples=60, deadline=None)
+@given(box=boxes)
+def test_mirrored_numbers_decode_to_the_mirrored_box_and_mirror_back(codec, box):
+    values = CODECS[codec].encode(box)
+    mirrored = mirrored_values(values, CODECS[codec])
+    np.testing.assert_allclose(CODECS[codec].decode(mirrored).corners(), mirrored_box(box).corners(), atol=1e-9)
+    np.testing.assert_allclose(CODECS[codec].decode(mirrored_values(mirrored, CODECS[codec])).corners(),
+                               box.corners(), atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(box=boxes)
+def test_in_the_cosmos_codec_mirroring_negates_x_pitch_and_yaw(box):
+    values = CODECS["cosmos"].encode(box)
+    change = mirrored_values(values, CODECS["cosmos"]) - values * [-1, 1, 1, 1, 1, 1, 1, -1, -1]
+    np.testing.assert_allclose(change[:6], 0.0, atol=1e-9)
+    turns = change[6:] / (2 * np.pi)  # an angle may come back wrapped by a full turn
+    np.testing.assert_allclose(turns, np.round(turns), atol=1e-9)
+
+
+@pytest.mark.parametrize("camera", sorted(CAMERAS))
+def test_the_mirrored_camera_sees_the_mirrored_point_at_the_flipped_pixel(camera):
+    lens = CAMERAS[camera]
+    points = np.random.default_rng(0).uniform([-20, -3, 1], [20, 3, 60], (500, 3))
+    mirror = lens.mirrored()
+    inside = lens.valid(points) & mirror.valid(points @ MIRROR_RDF)
+    assert inside.mean() > 0.5
+    u, v = lens.project(points[inside]).T
+    np.testing.assert_allclose(mirror.project(points[inside] @ MIRROR_RDF), np.stack([lens.width - u, v], 1),
+                               atol=1e-6)
+    np.testing.assert_allclose(mirror.mirrored().to_array(), lens.to_array(), atol=1e-12)
+    np.testing.assert_allclose(mirror.unproject(np.array([[lens.width - 100.5, 40.5]])) @ MIRROR_RDF,
+                               lens.unproject(np.array([[100.5, 40.5]])), atol=1e-9)
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+@pytest.mark.parametrize("camera", sorted(CAMERAS))
+@settings(max_examples=30, deadline=None)
+@given(box=boxes)
+def test_a_mirrored_box_projects_onto_the_flipped_rectangle(codec, camera, box):
+    lens = CAMERAS[camera]
+    # Past the calibrated angle an f-theta lens extends linearly from an edge found at its corner
+    # pixels, which a flip moves by a pixel (FThetaCamera.mirrored): compared inside it only.
+    assume(isinstance(lens, PinholeCamera) or lens.valid(box.corners()).all())
+    rect = projected_rectangle(box.corners(), lens)
+    mirrored = CODECS[codec].decode(mirrored_values(CODECS[codec].encode(box), CODECS[codec]))
+    flipped = projected_rectangle(mirrored.corners(), lens.mirrored())
+    if rect is None:
+        assert flipped is None
+        return
+    np.testing.assert_allclose(flipped, [lens.width - rect[2], rect[1], lens.width - rect[0], rect[3]], atol=1e-5)
+
+
+def test_a_mirrored_record_keeps_distance_and_order_fields_and_is_flagged():
+    lens = CAMERAS["pinhole_70"]
+    box = Box3D(np.array([4.0, 1.0, 20.0]), Rotation.from_euler("y", 0.4).as_matrix(), np.array([4.5, 1.9, 1.5]))
+    record = {"camera_model": "pinhole", "intrinsics": lens.to_array().tolist(), "box_codec": "cosmos",
+              "width": 640, "height": 360, "objects": [
+                  {"track_id": 7, "label": "car", "distance_m": 20.4, "center": box.center.tolist(),
+                   "bbox_3d": CODECS["cosmos"].encode(box).tolist(), "object_to_world": "unflipped scene"}]}
+    mirrored = mirror_record(record)
+    assert mirrored["mirrored"] is True and "mirrored" not in record
+    assert mirrored["intrinsics"] == [457.0, 455.0, 640 - 321.5, 178.0, 640, 360]
+    (obj,) = mirrored["objects"]
+    assert obj["center"] == [-4.0, 1.0, 20.0] and obj["distance_m"] == 20.4 and obj["track_id"] == 7
+    assert set(obj) == {"track_id", "label", "distance_m", "center", "bbox_3d"}
+    assert camera_from_record("pinhole", mirrored["intrinsics"]) == lens.mirrored()
+
+
+def test_the_flipped_jpeg_is_the_image_flipped_and_bad_bytes_name_their_source():
+    gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    image = np.stack([gradient, np.flipud(gradient), np.full_like(gradient, 90)], axis=-1)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    flipped = cv2.imdecode(np.frombuffer(mirrored_jpeg(jpeg.tobytes(), "x"), np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    assert np.abs(flipped.astype(int) - original[:, ::-1].astype(int)).mean() < 2.0
+    assert mirrored_jpeg(jpeg.tobytes(), "x") == mirrored_jpeg(jpeg.tobytes(), "x")
+    with pytest.raises(ValueError, match=r"shard\.tar:000001\.jpg: not a JPEG image"):
+        mirrored_jpeg(b"not an image", "shard.tar:000001.jpg")
