@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ from av_grounding.dataset.tokens import count_qwen, image_tokens
 from av_grounding.geometry.cameras import camera_from_record
 from av_grounding.params import FormatParams
 from av_grounding.pipeline.format import RECIPE_SAMPLE_BOX, format_dataset
-from av_grounding.shards import ShardError, ShardReader
+from av_grounding.shards import ShardError, ShardReader, member_table
 
 REPO_PROMPTS = "prompts/av_grounding.yaml"
 
@@ -252,3 +253,17 @@ def test_format_adds_one_mirrored_sample_per_training_frame(filtered, tmp_path):
     for path in sorted((out / "train").rglob("*")):
         if path.is_file():
             assert path.read_bytes() == (tmp_path / "again" / path.relative_to(out)).read_bytes(), path
+
+
+def test_a_frame_that_does_not_decode_stops_mirroring_naming_its_shard(filtered, tmp_path):
+    images = tmp_path / "extracted"
+    shutil.copytree(filtered / "extracted", images, symlinks=False)
+    for shard in (images / "images").rglob("*.tar"):
+        with open(shard, "r+b") as handle:
+            for offset, size in member_table(shard).values():
+                handle.seek(offset)
+                handle.write(bytes(size))  # zeros: no JPEG
+    params = FormatParams(prompts=REPO_PROMPTS, eval_clips=1, mirror_train=True)
+    with pytest.raises(DatasetError, match=r"extracted/images/.+\.tar:\d{6}\.jpg: not a JPEG image"):
+        format_dataset(params, filtered / "filtered", images, tmp_path / "dataset")
+    assert not (tmp_path / "dataset").exists()

@@ -19,6 +19,7 @@ import numpy as np
 from ..geometry.boxes import MIRROR_RDF
 from ..geometry.cameras import camera_from_record
 from ..geometry.codecs import get_codec, mirrored_values
+from .formats import DatasetError
 
 MIRRORED = "mirrored"  # a mirrored record's flag, and its sample id's suffix
 # Quality of the flipped frames' JPEG (the image is decoded, flipped and encoded again): high, so
@@ -43,11 +44,12 @@ def mirror_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def mirrored_jpeg(data: bytes, source: str) -> bytes:
     """The JPEG ``data`` flipped left to right (decoded, flipped, encoded at ``JPEG_QUALITY``).
-    ``ValueError`` naming ``source`` for bytes that are not an image."""
+    ``DatasetError`` (a ``ValueError``; the stage reports it in one line) naming ``source`` for
+    bytes that are not an image."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{source}: not a JPEG image")
+        raise DatasetError(f"{source}: not a JPEG image")
     ok, flipped = cv2.imencode(".jpg", cv2.flip(image, 1), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
-        raise ValueError(f"{source}: the flipped image could not be encoded")
+        raise DatasetError(f"{source}: the flipped image could not be encoded")
     return flipped.tobytes()
