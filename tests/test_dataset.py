@@ -267,3 +267,27 @@ def test_a_frame_that_does_not_decode_stops_mirroring_naming_its_shard(filtered,
     with pytest.raises(DatasetError, match=r"extracted/images/.+\.tar:\d{6}\.jpg: not a JPEG image"):
         format_dataset(params, filtered / "filtered", images, tmp_path / "dataset")
     assert not (tmp_path / "dataset").exists()
+
+
+def test_the_sky_crop_cuts_train_and_eval_frames_and_their_cameras_alike(filtered, tmp_path):
+    params = FormatParams(prompts=REPO_PROMPTS, eval_clips=1, crop_above_deg=20.0, mirror_train=True)
+    out = tmp_path / "cropped"
+    summary = format_dataset(params, filtered / "filtered", filtered / "extracted", out)
+    shards = ShardReader(filtered / "extracted")
+    tops = set()
+    for name in ("train", "eval"):
+        for sample in read_cosmos(out / name):
+            text = json.loads((out / name / "text" / f"{sample.id}.json").read_text())
+            stored = cv2.imdecode(np.frombuffer(shards.read(f"images/{text['clip_id']}/{text['camera']}.tar",
+                                                            f"{text['frame_id']:06d}.jpg"), np.uint8), cv2.IMREAD_COLOR)
+            top = text["crop_top"]
+            tops.add((text["camera"], top))
+            lens = camera_from_record(text["camera_model"], text["intrinsics"])
+            size = (stored.shape[1], stored.shape[0] - top)
+            assert (lens.width, lens.height) == (text["width"], text["height"]) == size
+            expected = stored[top:, ::-1] if text.get("mirrored") else stored[top:]
+            view = cv2.imread(str(sample.image)).astype(int)
+            assert view.shape == expected.shape and np.abs(view - expected).mean() < 3.0
+    cameras = [camera for camera, _ in tops]
+    assert all(top > 0 for _, top in tops) and len(cameras) == len(set(cameras))  # one crop per camera
+    assert summary["samples"]["eval"] > 0 and summary["mirrored_frames"] == summary["samples"]["train"] // 2

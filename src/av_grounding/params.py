@@ -237,9 +237,13 @@ class FormatParams(Checked):
         "virtual_focal (Omni3D's virtual depth), converted back before evaluation (docs/conventions.md)")
     virtual_focal: float = param(1.0, "focal length of the virtual camera in image heights (camera_input: "
                                  "virtual_camera); a lens of this focal length keeps its depths")
+    crop_above_deg: float | None = param(None, "cut off the image rows more than this many degrees above the optical "
+                                         "axis (the sky over a level camera's horizon), train and eval frames alike, "
+                                         "so max_pixels covers the road at a higher resolution; null: whole frames "
+                                         "(dataset/views.py)")
     mirror_train: bool = param(False, "also train on every training frame flipped left to right (image flipped, "
                                "boxes mirrored x -> -x, principal point moved to width - cx): twice the training "
-                               "samples; evaluation frames never (dataset/mirror.py)")
+                               "samples; evaluation frames never (dataset/views.py)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -247,6 +251,9 @@ class FormatParams(Checked):
             raise ParamsError(f"format.virtual_focal = {self.virtual_focal}: the virtual camera's focal length must "
                               "be a number of image heights of at least 0.01 (below, the scale the records keep to 6 "
                               "decimals loses its precision)")
+        if self.crop_above_deg is not None and not 0.0 < self.crop_above_deg < 90.0:
+            raise ParamsError(f"format.crop_above_deg = {self.crop_above_deg}: give an angle between 0 and 90 degrees "
+                              "above the optical axis (null keeps whole frames)")
         if self.min_pixels > self.max_pixels:
             raise ParamsError(f"format.min_pixels ({self.min_pixels}) exceeds format.max_pixels ({self.max_pixels})")
         if self.eval_clips < 1 and not self.eval_clip_ids:

@@ -56,6 +56,11 @@ class Camera(Protocol):
         at pixel ``(width - u, v)``."""
         ...
 
+    def cropped(self, top: int) -> Camera:
+        """The same camera for the image without its first ``top`` rows (``0 <= top < height``):
+        every pixel ``(u, v)`` moves to ``(u, v - top)``."""
+        ...
+
     def to_array(self) -> np.ndarray:
         """The intrinsics as RDS-HQ stores them (float64)."""
         ...
@@ -98,6 +103,13 @@ class PinholeCamera:
         """The camera of the image flipped left to right (``Camera.mirrored``): principal point
         ``(width - cx, cy)``, from ``width - u = fx * (-x) / z + (width - cx)``."""
         return replace(self, cx=self.width - self.cx)
+
+    def cropped(self, top: int) -> PinholeCamera:
+        """The camera of the image without its first ``top`` rows (``Camera.cropped``): principal
+        point ``(cx, cy - top)``, height ``height - top``. ``ValueError`` for ``top`` outside
+        [0, height)."""
+        _check_crop(top, self.height)
+        return replace(self, cy=self.cy - top, height=self.height - top)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(..., 2) pixels ``(u, v)`` of (..., 3) points in camera RDF (metres); meaningful only
@@ -314,12 +326,29 @@ class FThetaCamera:
                   float(self.stored_backward)]
         return FThetaCamera.from_array(np.array(values + ([] if affine == (1.0, 0.0, 0.0) else list(affine))))
 
+    def cropped(self, top: int) -> FThetaCamera:
+        """The camera of the image without its first ``top`` rows (``Camera.cropped``): principal
+        point ``(cx, cy - top)``, height ``height - top``, the polynomials and affine unchanged;
+        the calibrated angle is found again from the cropped image's corners (a smaller one: the
+        linear extension then starts nearer the axis). ``ValueError`` for ``top`` outside
+        [0, height)."""
+        _check_crop(top, self.height)
+        values = self.to_array()
+        values[1], values[3] = self.cy - top, self.height - top
+        return FThetaCamera.from_array(values)
+
     def to_array(self) -> np.ndarray:
         """The RDS-HQ array: 11 values, 14 where the affine is not the identity."""
         values = [self.cx, self.cy, self.width, self.height, *self.stored_polynomial, float(self.stored_backward)]
         if self.affine != (1.0, 0.0, 0.0):
             values += list(self.affine)
         return np.array(values, dtype=np.float64)
+
+
+def _check_crop(top: int, height: int) -> None:
+    """``ValueError`` unless ``top`` rows can be cut from an image ``height`` rows high, leaving one."""
+    if not 0 <= top < height:
+        raise ValueError(f"cannot crop {top} rows off an image {height} rows high")
 
 
 def camera_from_record(model: str, intrinsics: list[float] | np.ndarray) -> Camera:

@@ -127,5 +127,5 @@ def mirrored_values(values, codec: BoxCodec) -> np.ndarray:
     heading mirrored too. In the ``cosmos`` codec that is x, pitch and yaw negated, roll kept (up
     to the angles' wrap at +-pi); in ``qwen3vl`` the same sign changes give the same eight corners
     with the heading turned half round, so the numbers come from the physical box for every codec
-    (``tests/test_mirror.py``)."""
+    (``tests/test_views.py``)."""
     return codec.encode(mirrored_box(codec.decode(values)))

@@ -13,9 +13,10 @@ are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extr
 (``push: false``): `dvc repro` rebuilds it from the pulled shards faster than DVC moves one object
 per sample. ``camera_input`` (``dataset.camera_input``) adds the intrinsics to the user prompt, or
 writes the answers' centres in a virtual camera: the record's ``annotations`` stay in the real
-camera and its ``virtual_camera`` block gives the scale. ``mirror_train`` adds each training
-frame flipped left to right as a sample of its own (``dataset.mirror``: id ``<id>_mirrored``, its
-record flagged ``mirrored``, with the mirrored camera's intrinsics and boxes).
+camera and its ``virtual_camera`` block gives the scale. ``crop_above_deg`` cuts every
+frame's sky off, and ``mirror_train`` adds each training frame flipped left to right as a sample of
+its own (``dataset.views``: id ``<id>_mirrored``, its record flagged ``mirrored``, with the
+mirrored camera's intrinsics and boxes).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from ..dataset import tokens
 from ..dataset.answers import AnswerStyle, format_answer, order_boxes, rounded
 from ..dataset.camera_input import frame_scale, user_prompt
 from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
-from ..dataset.mirror import MIRRORED, mirror_record, mirrored_jpeg
 from ..dataset.prompts import load_prompts
 from ..dataset.split import split_clips
+from ..dataset.views import CROP_TOP, MIRRORED, cropped_record, mirror_record, view_jpeg
 from ..geometry.virtual import VIRTUAL_CAMERA, boxes_to_virtual, virtual_record
 from ..models.builtin import task_tokenizer
 from ..models.hub import build_tokenizer
@@ -68,7 +69,7 @@ def answer_style(params: FormatParams) -> AnswerStyle:
 
 def sample_id(record: dict[str, Any]) -> str:
     """``<clip_id>_<camera>_<frame_index:06d>``: a frame record's sample id (and image file stem);
-    ``_mirrored`` appended for a mirrored frame (``dataset.mirror``)."""
+    ``_mirrored`` appended for a mirrored frame (``dataset.views``)."""
     return f"{record['clip_id']}_{record['camera']}_{record['frame_index']:06d}" + (
         f"_{MIRRORED}" if record.get(MIRRORED) else "")
 
@@ -76,14 +77,15 @@ def sample_id(record: dict[str, Any]) -> str:
 def annotation_record(record: dict[str, Any], boxes: list[dict[str, Any]]) -> dict[str, Any]:
     """A sample's Cosmos-RL record: frame, clip and camera, the camera model with its
     ``camera_params`` (pinhole ``fx, fy, cx, cy``; f-theta ``cx, cy``; pixels) and RDS-HQ
-    ``intrinsics``, the image size in pixels, the box codec and ``boxes`` as ``annotations``."""
+    ``intrinsics``, the image size in pixels, the box codec, the view's ``crop_top`` and
+    ``mirrored`` where set (``dataset.views``) and ``boxes`` as ``annotations``."""
     intrinsics = record["intrinsics"]
     camera_params = ({"fx": intrinsics[0], "fy": intrinsics[1], "cx": intrinsics[2], "cy": intrinsics[3]}
                      if record["camera_model"] == "pinhole" else {"cx": intrinsics[0], "cy": intrinsics[1]})
     return {"frame_id": record["frame_index"], "clip_id": record["clip_id"], "camera": record["camera"],
             "camera_model": record["camera_model"], "camera_params": camera_params, "intrinsics": intrinsics,
             "width": record["width"], "height": record["height"], "box_codec": record["box_codec"],
-            **({MIRRORED: True} if record.get(MIRRORED) else {}), "annotations": boxes}
+            **{key: record[key] for key in (CROP_TOP, MIRRORED) if key in record}, "annotations": boxes}
 
 
 # The answer styles are compared on an evenly spaced sample of at most this many answers: the
@@ -182,12 +184,14 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     prompt_token_counts: set[int] = set()
     counts = Counts()
     per_split: dict[str, list[tuple[Sample, dict[str, Any], list]]] = {"train": [], "eval": []}
-    image_sources: dict[str, tuple[str, str, bool]] = {}  # sample id -> (shard, member under ``images``, flipped)
+    # sample id -> (shard, member under ``images``, rows cropped off the top, flipped)
+    image_sources: dict[str, tuple[str, str, int, bool]] = {}
+    image_sizes: set[tuple[int, int]] = set()
     answer_token_counts: list[int] = []
     image_token_counts: dict[str, list[int]] = {f: [] for f in tokens.MERGE_FACTOR}
     all_answers: list[list[dict[str, Any]]] = []
     shortest_over: dict[str, tuple[int, str]] = {}  # split -> tokens of its shortest sample over the budget
-    for record in with_mirrored(sorted(frames, key=sample_id), split_of, params.mirror_train):
+    for record in frame_views(sorted(frames, key=sample_id), split_of, params):
         if record.get(MIRRORED):
             counts.mirrored_frames += 1
         else:
@@ -204,6 +208,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         scale = round(frame_scale(record, params.virtual_focal), 6) if params.camera_input == "virtual_camera" else None
         answer = format_answer(exact if scale is None else boxes_to_virtual(exact, scale), style)
         user = user_prompt(prompts.user, record, params.camera_input, style)
+        image_sizes.add((record["width"], record["height"]))
         for family in tokens.MERGE_FACTOR:
             image_token_counts[family].append(tokens.image_tokens(record["width"], record["height"], family,
                                                                   params.min_pixels, params.max_pixels))
@@ -225,16 +230,15 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         virtual = {VIRTUAL_CAMERA: virtual_record(params.virtual_focal, scale)} if scale is not None else {}
         per_split[split].append((sample, {**annotation_record(record, boxes), **virtual, "tokens": budget},
                                  conversation(f"images/{sid}.jpg", system, user, answer)))
-        image_sources[sid] = (record["image_shard"], record["image_member"], bool(record.get(MIRRORED)))
+        image_sources[sid] = (record["image_shard"], record["image_member"], record.get(CROP_TOP, 0),
+                              bool(record.get(MIRRORED)))
     check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)
     with atomic_folder(output) as staging:  # replaced whole: no stale samples, no half-written ones
         for split, entries in per_split.items():
             for sample, _, _ in entries:
-                shard, member, mirrored = image_sources[sample.id]
-                image = shards.read(shard, member)
-                if mirrored:
-                    image = mirrored_jpeg(image, f"{images / shard}:{member}")
+                shard, member, top, mirrored = image_sources[sample.id]
+                image = view_jpeg(shards.read(shard, member), f"{images / shard}:{member}", top, mirrored)
                 atomic_write_bytes(staging / sample.image.relative_to(output), image)
             write_cosmos(staging / split, [(s.id, record, messages) for s, record, messages in entries])
             write_qwen(staging / split, [s for s, _, _ in entries])
@@ -282,18 +286,20 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     write_report(metrics, summary)
     if plots:
         plot_answer_tokens(answer_token_counts, plots)
-    tokens.print_image_budget({(r["width"], r["height"]) for r in frames}, params.model_family, params.min_pixels,
+    tokens.print_image_budget(image_sizes, params.model_family, params.min_pixels,
                               params.max_pixels)
     return summary
 
 
-def with_mirrored(records: list[dict[str, Any]], split_of: dict[str, str], mirror_train: bool):
-    """``records`` in order, each training frame followed by its mirrored copy
-    (``dataset.mirror.mirror_record``) when ``mirror_train``; evaluation frames alone."""
+def frame_views(records: list[dict[str, Any]], split_of: dict[str, str], params: FormatParams):
+    """The views ``format`` writes of ``records``, in order (``dataset.views``): each frame
+    without its sky where ``params.crop_above_deg`` is set (else as it is), a training frame
+    followed by its mirrored copy where ``params.mirror_train``."""
     for record in records:
-        yield record
-        if mirror_train and split_of[record["clip_id"]] == "train":
-            yield mirror_record(record)
+        view = record if params.crop_above_deg is None else cropped_record(record, params.crop_above_deg)
+        yield view
+        if params.mirror_train and split_of[record["clip_id"]] == "train":
+            yield mirror_record(view)
 
 
 @functools.cache

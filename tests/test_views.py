@@ -1,7 +1,7 @@
-"""Mirrored training frames (``format.mirror_train``, ``dataset/mirror.py``): the box, the camera
-and the image flip together, so a mirrored box projects through the mirrored camera exactly onto
-the flipped image's pixels, with both codecs and both lens models; mirroring twice is the identity.
-``format``'s mirrored samples: ``test_dataset.py``."""
+"""Views of a frame (``dataset/views.py``): the sky crop (``format.crop_above_deg``) and mirrored
+training frames (``format.mirror_train``). The box, the camera and the image change together, so
+a box projects through the view's camera exactly onto the view's pixels, with both codecs and both
+lens models; mirroring twice is the identity. ``format``'s views: ``test_dataset.py``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from av_grounding.dataset.mirror import mirror_record, mirrored_jpeg
+from av_grounding.dataset.views import cropped_record, mirror_record, sky_rows, view_jpeg
 from av_grounding.geometry.boxes import MIRROR_RDF, Box3D, mirrored_box, projected_rectangle
 from av_grounding.geometry.cameras import FThetaCamera, PinholeCamera, camera_from_record
 from av_grounding.geometry.codecs import CODECS, mirrored_values
+from av_grounding.params import FormatParams, ParamsError
 
 FTHETA = FThetaCamera.from_array(np.array([957.0, 760.0, 1920, 1080, 0.0, 1.06e-3, 2.0e-10, -1.5e-11, 3.0e-15,
                                            -1.0e-19, 1.0]))
@@ -112,14 +113,58 @@ def test_a_mirrored_record_keeps_distance_and_order_fields_and_is_flagged():
     assert camera_from_record("pinhole", mirrored["intrinsics"]) == lens.mirrored()
 
 
-def test_the_flipped_jpeg_is_the_image_flipped_and_bad_bytes_name_their_source():
+def test_the_view_jpeg_is_the_image_cropped_then_flipped_and_bad_bytes_name_their_source():
     gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
     image = np.stack([gradient, np.flipud(gradient), np.full_like(gradient, 90)], axis=-1)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
-    flipped = cv2.imdecode(np.frombuffer(mirrored_jpeg(jpeg.tobytes(), "x"), np.uint8), cv2.IMREAD_COLOR)
-    original = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
-    assert np.abs(flipped.astype(int) - original[:, ::-1].astype(int)).mean() < 2.0
-    assert mirrored_jpeg(jpeg.tobytes(), "x") == mirrored_jpeg(jpeg.tobytes(), "x")
+    original = cv2.imdecode(jpeg, cv2.IMREAD_COLOR).astype(int)
+    assert view_jpeg(jpeg.tobytes(), "x") == jpeg.tobytes()  # no view: the bytes as extracted
+    for top, mirrored in ((0, True), (10, False), (10, True)):
+        view = cv2.imdecode(np.frombuffer(view_jpeg(jpeg.tobytes(), "x", top, mirrored), np.uint8), cv2.IMREAD_COLOR)
+        expected = original[top:, ::-1] if mirrored else original[top:]
+        assert view.shape == expected.shape and np.abs(view.astype(int) - expected).mean() < 2.0
+        assert view_jpeg(jpeg.tobytes(), "x", top, mirrored) == view_jpeg(jpeg.tobytes(), "x", top, mirrored)
     with pytest.raises(ValueError, match=r"shard\.tar:000001\.jpg: not a JPEG image"):
-        mirrored_jpeg(b"not an image", "shard.tar:000001.jpg")
+        view_jpeg(b"not an image", "shard.tar:000001.jpg", 0, True)
+    with pytest.raises(ValueError, match="x: 48 rows, fewer than the 48 to crop and one to keep"):
+        view_jpeg(jpeg.tobytes(), "x", 48)
+
+
+@pytest.mark.parametrize("camera", sorted(CAMERAS))
+def test_the_cropped_camera_sees_every_point_one_crop_higher(camera):
+    lens = CAMERAS[camera]
+    cropped = lens.cropped(100)
+    assert (cropped.width, cropped.height) == (lens.width, lens.height - 100)
+    points = np.random.default_rng(1).uniform([-20, -3, 1], [20, 3, 60], (500, 3))
+    inside = lens.valid(points) & cropped.valid(points)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(cropped.project(points[inside]), lens.project(points[inside]) - [0, 100], atol=1e-6)
+    np.testing.assert_array_equal(type(lens).from_array(cropped.to_array()).to_array(), cropped.to_array())
+    assert lens.cropped(0).to_array().tolist() == lens.to_array().tolist()
+    for bad in (-1, lens.height):
+        with pytest.raises(ValueError, match="cannot crop"):
+            lens.cropped(bad)
+
+
+def test_sky_rows_by_hand():
+    pinhole = CAMERAS["pinhole_70"]  # fy 455, cy 178: the ray 20 degrees up crosses row 178 - 455 tan 20
+    assert sky_rows(pinhole, 20.0) == int(np.floor(178.0 - 455.0 * np.tan(np.radians(20))))  # 12
+    assert sky_rows(pinhole, 60.0) == 0  # above the image: nothing cut
+    radius = FTHETA.radius_of(np.radians(15.0))  # f-theta: the row cy - r(15 degrees)
+    assert sky_rows(FTHETA, 15.0) == int(np.floor(760.0 - radius))
+    for bad in (0.0, 90.0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 90"):
+            sky_rows(pinhole, bad)
+        with pytest.raises(ParamsError, match="crop_above_deg"):
+            FormatParams(crop_above_deg=bad)
+
+
+def test_a_cropped_record_keeps_its_boxes_and_names_the_rows_cut():
+    lens = CAMERAS["pinhole_70"]
+    record = {"camera_model": "pinhole", "intrinsics": lens.to_array().tolist(), "width": 640, "height": 360,
+              "objects": [{"bbox_3d": [1.0] * 9}]}
+    cropped = cropped_record(record, 20.0)
+    assert cropped["crop_top"] == 12 and cropped["height"] == 348 and cropped["objects"] == record["objects"]
+    assert cropped["intrinsics"] == [457.0, 455.0, 321.5, 166.0, 640, 348]
+    assert cropped_record(record, 60.0)["crop_top"] == 0 and cropped_record(record, 60.0)["height"] == 360
