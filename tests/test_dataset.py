@@ -248,6 +248,15 @@ def test_format_adds_one_mirrored_sample_per_training_frame(filtered, tmp_path):
         np.testing.assert_allclose(flipped[:, :6], boxes[:, :6] * [-1, 1, 1, 1, 1, 1], atol=0.0101)
         assert json.loads(mirrored.answer) == [{"bbox_3d": a["bbox_3d"], "label": a["label"]}
                                                for a in flipped_text["annotations"]]
+    budget = int(plain["tokens"]["answer_per_frame"]["p50"]) + 200
+    dropping = format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, mirror_train=True,
+                                           keep_empty_frames=False, model_max_length=budget),
+                              filtered / "filtered", filtered / "extracted", tmp_path / "dropping")
+    left_out = dropping["empty_frames_skipped"] + dropping["samples_over_max_length"]
+    assert dropping["empty_frames_skipped"] and dropping["samples_over_max_length"]  # copies left out like frames
+    assert dropping["frames_in"] + dropping["mirrored_frames"] == sum(dropping["samples"].values()) + left_out
+    assert dropping["share_over_max_length"] == round(dropping["samples_over_max_length"] / (
+        dropping["frames_in"] + dropping["mirrored_frames"]), 4)
     again = format_dataset(params, filtered / "filtered", filtered / "extracted", tmp_path / "again")
     assert again == summary
     for path in sorted((out / "train").rglob("*")):

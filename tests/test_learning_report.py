@@ -14,7 +14,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
 from common import rescore
-from learning_report import against_tables, changes, lever_tables, seed_mean, step_tables
+from learning_report import against_tables, changes, lever_tables, seed_mean, step_tables, training_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
@@ -236,3 +236,10 @@ def test_held_out_ids_print_a_value_dvc_sets_as_the_list_of_ids(tmp_path):
                                   "--eval-clips", eval_clips, "--split-seed", "1"], check=False,
                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         assert refused.returncode == 2 and error in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_mirrored_copies_are_counted_as_samples_not_frames():
+    assert training_samples({"samples": {"train": 20000}, "mirrored_frames": 0}) == "20,000 training frames"
+    assert training_samples({"samples": {"train": 20000}}) == "20,000 training frames"  # runs before the key
+    assert training_samples({"samples": {"train": 39998}, "mirrored_frames": 20000}) == \
+        "39,998 training samples (of them mirrored copies: up to 20,000)"

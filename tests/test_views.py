@@ -114,8 +114,9 @@ def test_a_mirrored_record_keeps_distance_and_order_fields_and_is_flagged():
 
 
 def test_the_view_jpeg_is_the_image_cropped_then_flipped_and_bad_bytes_name_their_source():
-    gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
-    image = np.stack([gradient, np.flipud(gradient), np.full_like(gradient, 90)], axis=-1)
+    across = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    down = np.tile(np.linspace(0, 255, 48, dtype=np.uint8)[:, None], (1, 64))  # a flip upside down shows
+    image = np.stack([across, down, np.full_like(across, 90)], axis=-1)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
     original = cv2.imdecode(jpeg, cv2.IMREAD_COLOR).astype(int)

@@ -134,7 +134,7 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     peak_memory = f"; peak GPU memory {train['peak_gpu_memory_gib']} GiB" if train["peak_gpu_memory_gib"] else ""
     lines = [
         f"## {ARCHITECTURES.get(architecture, architecture)}: `{folder.name}`\n",
-        (f"- Data: {dataset['samples']['train']:,} training frames from {dataset['clips']['train']} clips, "
+        (f"- Data: {training_samples(dataset)} from {dataset['clips']['train']} clips, "
          f"{dataset['samples']['eval']:,} evaluation frames from {dataset['clips']['eval']} held-out clips; "
          f"{dataset['boxes']:,} boxes in all; rendered at "
          f"{params['synthesize']['width']}x{params['synthesize']['height']}, "
@@ -162,6 +162,14 @@ def run_section(folder: Path, image: Path, link: str) -> str:
     if notes.exists():
         lines.append(notes.read_text())
     return "\n".join(lines)
+
+
+def training_samples(dataset: dict) -> str:
+    """``N training frames``, or ``N training samples (M of them mirrored frames)`` where
+    ``format.mirror_train`` made copies (``dataset`` is format's summary)."""
+    samples, mirrored = dataset["samples"]["train"], dataset.get("mirrored_frames", 0)
+    return f"{samples:,} training samples (of them mirrored copies: up to {mirrored:,})" if mirrored else \
+        f"{samples:,} training frames"
 
 
 def depth_section(path: Path) -> str:

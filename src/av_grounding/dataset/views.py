@@ -67,9 +67,10 @@ def mirror_record(record: dict[str, Any]) -> dict[str, Any]:
     """The frame record (filter's output: ``camera_model``, ``intrinsics``, ``box_codec``,
     ``objects`` with ``bbox_3d``, ``center``, ``distance_m``, ``track_id``, ``label``) of the
     frame flipped left to right: the mirrored camera's intrinsics, each object's box and centre
-    mirrored, ``mirrored`` set. The objects keep only those fields (the others, poses in the
-    world and render references, describe the unflipped scene). ``ValueError`` for intrinsics
-    ``camera_from_record`` refuses or an unknown codec."""
+    mirrored, ``mirrored`` set. The objects keep only those fields, the ones ``format`` reads;
+    the record's other keys (its pose in the world, the image's place in extract's shards) are
+    the unflipped frame's, and ``format`` reads only the shard place. ``ValueError`` for
+    intrinsics ``camera_from_record`` refuses or an unknown codec."""
     camera = _camera(record).mirrored()
     codec = get_codec(record["box_codec"])
     objects = [{"track_id": o["track_id"], "label": o["label"], "distance_m": o["distance_m"],

@@ -12,6 +12,7 @@ physical ``Box3D`` in camera RDF; ``decode(encode(box))`` gives back the same 8 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -121,7 +122,7 @@ def get_codec(name: str) -> BoxCodec:
         raise ValueError(f"unknown box codec {name!r}; choose from {sorted(CODECS)}") from None
 
 
-def mirrored_values(values, codec: BoxCodec) -> np.ndarray:
+def mirrored_values(values: Sequence[float] | np.ndarray, codec: BoxCodec) -> np.ndarray:
     """(9,) float64: the nine numbers, in ``codec``'s convention, of the box ``values`` mirrored
     through the camera's y-z plane (``boxes.mirrored_box``: an image flipped left to right), its
     heading mirrored too. In the ``cosmos`` codec that is x, pitch and yaw negated, roll kept (up
