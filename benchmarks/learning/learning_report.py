@@ -165,7 +165,7 @@ def run_section(folder: Path, image: Path, link: str) -> str:
 
 
 def training_samples(dataset: dict) -> str:
-    """``N training frames``, or ``N training samples (M of them mirrored frames)`` where
+    """``N training frames``, or ``N training samples (of them mirrored copies: up to M)`` where
     ``format.mirror_train`` made copies (``dataset`` is format's summary)."""
     samples, mirrored = dataset["samples"]["train"], dataset.get("mirrored_frames", 0)
     return f"{samples:,} training samples (of them mirrored copies: up to {mirrored:,})" if mirrored else \
