@@ -30,7 +30,10 @@ FIRST = {"OPENBLAS_CORETYPE": "Haswell", "PYTHONHASHSEED": "1", "ATEN_CPU_CAPABI
 SECOND = {"OPENBLAS_CORETYPE": "Sandybridge", "PYTHONHASHSEED": "2", "ATEN_CPU_CAPABILITY": "default",
           "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "AVX2",
           "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "JSIMD_FORCESSE2": "1"}
-WORKERS = ({"synthesize": {"num_clips": 3, "workers": 2}, "extract": {"workers": 2}},
+# The first machine's params (which the clone inherits) also turn format's views on: their JPEGs
+# are decoded and encoded again (dataset/views.py), under libjpeg-turbo's AVX2 and SSE2 code.
+WORKERS = ({"synthesize": {"num_clips": 3, "workers": 2}, "extract": {"workers": 2},
+            "format": {"crop_above_deg": 20.0, "mirror_train": True}},
            {"synthesize": {"workers": 1}, "extract": {"workers": 1}, "transform": {"workers": 1},
             "filter": {"workers": 1}})
 
