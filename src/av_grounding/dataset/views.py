@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..geometry.boxes import MIRROR_RDF
@@ -86,6 +85,8 @@ def view_jpeg(data: bytes, source: str, top: int = 0, mirrored: bool = False) ->
     bytes that are not an image or an image of at most ``top`` rows."""
     if not top and not mirrored:
         return data
+    import cv2  # here: every format run imports this module, few make views
+
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"{source}: not a JPEG image")
