@@ -31,11 +31,12 @@
 # training loss kept falling while the held-out scores stayed, the reading of a model that fits its
 # training clips; more clips (learning.sh's CLIPS) is the other lever for it.
 # sky (format.crop_above_deg 20) cuts the rows more than 20 degrees above the optical axis off
-# every frame: 142 of the 360 rows of a 120-degree camera (principal point 252 rows down, about
-# 315 px a radian), 1 of a 70-degree one (186 rows down, 524 px a radian).
-# The same budget then renders the road 1.29 times finer (640x218 scaled by 0.909 against 640x360
-# by 0.707), for vehicles at 35-50 m that are 22 px wide at full size (results/README.md). A
-# 3.5 m truck nearer than about 6 m loses its top.
+# every frame: on the benchmark's pinhole frames (640x360) 137 rows of the front camera
+# (principal point 252 rows down, fy 315 px), 134 of the cross cameras', none of the 70-degree
+# ones' (186 rows down, fy 524: the ray lies above the image). The half budget then shows a front
+# frame at 544x192 pixels instead of 448x224 (1.21 times wider, 1.38 times taller; 102 image
+# tokens against 98), for vehicles at 35-50 m that are 22 px wide at full size
+# (results/README.md). A 3.5 m truck nearer than about 5.4 m loses its top.
 set -uo pipefail
 ARCH=${ARCH:-qwen3_vl}
 export STEPS=${STEPS:-600}
