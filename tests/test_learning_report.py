@@ -230,7 +230,7 @@ def test_held_out_ids_print_a_value_dvc_sets_as_the_list_of_ids(tmp_path):
     expected = held_out_ids(1, 30, 2.0, 3, 1)
     assert len(expected) == 3 and list(load(FormatParams, "format", params).eval_clip_ids) == expected
     # An empty list would mean "choose them" to format: refused, as is what format would refuse.
-    for eval_clips, clips, error in (("0", "30", "give at least one held-out clip"),
+    for eval_clips, clips, error in (("0", "30", "the eval split must hold at least one clip"),
                                      ("30", "30", "must leave at least one of 30 clips for training")):
         refused = subprocess.run([sys.executable, str(script), "--seed", "1", "--clips", clips, "--duration", "2.0",
                                   "--eval-clips", eval_clips, "--split-seed", "1"], check=False,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from av_grounding.dataset.split import split_clips
-from av_grounding.params import ParamsError, SynthesizeParams
+from av_grounding.params import FormatParams, ParamsError, SynthesizeParams
 from av_grounding.synth.clips import clip_id
 
 
@@ -26,9 +26,7 @@ def held_out_ids(seed: int, clips: int, duration_s: float, eval_clips: int, spli
     (RDS-HQ layout), ``eval_clips`` of them chosen with ``split_seed``; sorted. Raises
     ``ParamsError`` for params ``synthesize`` or ``format`` would refuse, and for fewer than one
     held-out clip (an empty ``format.eval_clip_ids`` means "choose them", not "these")."""
-    if eval_clips < 1 or split_seed < 0:
-        raise ParamsError(f"eval_clips {eval_clips} and split_seed {split_seed}: give at least one held-out clip "
-                          "and a seed of 0 or more")
+    FormatParams(eval_clips=eval_clips, split_seed=split_seed)  # format's own checks of the two
     params = SynthesizeParams(seed=seed, num_clips=clips, duration_s=duration_s)
     return split_clips([clip_id(params, index) for index in range(clips)], eval_clips, seed=split_seed)[1]
 

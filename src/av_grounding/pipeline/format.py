@@ -123,8 +123,8 @@ def distribution(values: list[int]) -> dict[str, float]:
 
 @dataclass
 class Counts:
-    """Frames read, mirrored frames added, and frames, boxes and samples left out, by reason
-    (mirrored frames count among the left-out ones like the others)."""
+    """Frames read, mirrored copies made (``mirror_train``), and frames, boxes and samples left
+    out, by reason (a mirrored copy is left out as any frame is)."""
 
     frames_in: int = 0
     mirrored_frames: int = 0
@@ -165,8 +165,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     Returns:
         The summary: ``samples`` and ``clips`` per split, ``boxes``, frames in, mirrored copies
         made (``mirror_train``; each then kept or left out like any frame), frames left out by
-        reason (empty, over ``max_boxes``, over
-        ``model_max_length``), and ``tokens``: answer,
+        reason (empty, over ``max_boxes``, over ``model_max_length``), and ``tokens``: answer,
         prompt and image tokens per frame or box (mean, p50, p95, max) with the Qwen vocabulary
         and the built-in models' task tokenizer, per answer style.
 
