@@ -149,9 +149,35 @@ def test_the_rl_report_scores_every_arm_on_the_base_runs_truth(tmp_path):
     (run / "rl").mkdir()
     with tarfile.open(run / "rl" / "predictions.tar.gz", "w:gz") as tar:
         tar.add(renamed / "data", arcname="data")
+    (run / "rl" / "columns.json").write_text(json.dumps({"final": 600, "rl_final": 8}))
     scored = bootstraps(run, tmp_path / "work")
     assert scored["SFT model"].intervals["recall"].value == 0.0 == scored["+ more SFT"].intervals["recall"].value
     assert paired_change(scored["+ more SFT"], scored["+ RL"])["recall"].value == 1.0
+
+
+def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the_others(tmp_path):
+    """An arm whose ``dvc exp run`` failed (rl_vs_sft.sh leaves its log and ``failed.txt``) gets a
+    row of dashes and its reason; the arms that ran are still scored and compared, and the goal
+    is said to be unmeasured."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "rl_vs_sft"))
+    from rl_vs_sft_report import bootstraps, run_section
+
+    run = tmp_path / "small-qwen3_vl"
+    for arm, shift in (("base", 3.0), ("sft", 0.0)):
+        folder = run_folder(run, arm, shift, {})
+        (folder / "eval.json").write_text(json.dumps({"final": {"reward": {"total": 0.5, "predicted": 4}}}))
+    (run / "sft" / "timing" / "train.json").write_text(json.dumps({"step_seconds": 130.0, "steps_run": 1000}))
+    (run / "plan.json").write_text(json.dumps({"more_sft_steps": 1000, "sft_step_s": 0.13, "rl_time_budget_s": 130.0}))
+    (run / "rl").mkdir()
+    (run / "rl" / "failed.txt").write_text("dvc exp run exit 255\nModuleNotFoundError: No module named 'datasets'\n")
+    scored = bootstraps(run, tmp_path / "work")
+    assert set(scored) == {"SFT model", "+ more SFT"}
+    section = run_section(run, scored, tmp_path / "curves.png", "curves.png")
+    assert "`+ RL` has no model: dvc exp run exit 255; ModuleNotFoundError: No module named 'datasets'" in section
+    assert "| + RL       | -" in section
+    assert "+ more SFT minus SFT model | +0.000" not in section and "+ more SFT minus SFT model" in section
+    assert "+ RL minus" not in section
+    assert "The goal is not measured" in section and "no equal-time comparison" in section
 
 
 def test_a_run_trained_longer_is_compared_with_the_same_run_of_the_next_fewer_steps(tmp_path):

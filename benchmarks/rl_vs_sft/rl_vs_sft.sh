@@ -24,6 +24,7 @@
 #   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing, predictions and the
 #                     evaluation split's truth (learning_common.sh's collect_run; the report
 #                     scores the arms on base's, paired); base is the SFT model alone
+#                     (an arm whose run fails keeps only its log and failed.txt, the reason)
 #   plan.json         the equal-time plan: SFT step time, the GRPO time budget
 # then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
 #
@@ -56,8 +57,11 @@ experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run
   python3 -m dvc exp run -n "$name" "$@" 2>&1 | stamped > "$folder/dvc-exp-run.log"
   local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$folder/dvc-exp-run.log"
-  collect_run "$folder"
-  (( code == 0 )) || { echo "$name failed (exit $code): $folder/dvc-exp-run.log" >&2; tail -20 "$folder/dvc-exp-run.log" >&2; }
+  rm -f "$folder/failed.txt"
+  if (( code == 0 )); then collect_run "$folder"; return 0; fi
+  # a failed arm keeps its log and the reason only: the clone's metrics are another arm's
+  { echo "dvc exp run exit $code"; grep -E "Error|ERROR" "$folder/dvc-exp-run.log" | tail -2; } > "$folder/failed.txt"
+  echo "$name failed (exit $code): $folder/dvc-exp-run.log" >&2; tail -20 "$folder/dvc-exp-run.log" >&2
   return "$code"
 }
 

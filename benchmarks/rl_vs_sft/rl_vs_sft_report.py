@@ -5,7 +5,8 @@ benchmarks/rl_vs_sft/rl_vs_sft.sh fills.
 
 Each folder under the root is one run (``<size>-<arch>[-s<seed>][-<tag>]``) with ``base/``,
 ``sft/`` and ``rl/`` (each a learning-benchmark run folder: metrics, params, curves, timing,
-``predictions.tar.gz``, and ``eval_truth.tar.gz``) and ``plan.json``. The three arms are scored
+``predictions.tar.gz``, and ``eval_truth.tar.gz``; an arm whose run failed holds its log and
+``failed.txt`` instead, and is listed with that reason) and ``plan.json``. The arms are scored
 again here on the same held-out frames with the evaluator's own clip bootstrap, so every comparison is
 paired (``evaluation.bootstrap.paired_change``), and the mean over seeds of each change gets its
 interval from the runs' replicates (``bootstrap.mean_change``).
@@ -58,20 +59,38 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def failure(run: Path, arm: str) -> str | None:
+    """Why ``arm`` of ``run`` has no model to score (its ``failed.txt``, which rl_vs_sft.sh writes
+    when the arm's ``dvc exp run`` fails, or its column missing), or None when it has one."""
+    folder, column = ARMS[arm]
+    failed = run / folder / "failed.txt"
+    if failed.exists():
+        return "; ".join(" ".join(line.split()) for line in failed.read_text().splitlines() if line.strip())
+    columns = run / folder / "columns.json"
+    if not columns.exists() or column not in read_json(columns):
+        return f"no column {column!r} in {folder}/columns.json"
+    return None
+
+
 def bootstraps(run: Path, scratch: Path) -> dict[str, BootstrapResult]:
-    """Each arm's model scored again on the run's evaluation truth (``base/eval_truth.tar.gz``)
-    with the evaluator's clip bootstrap under the run's ``evaluate`` params: the same draws for
-    all (``common.rescore``)."""
+    """Each arm's model that exists scored again on the run's evaluation truth
+    (``base/eval_truth.tar.gz``) with the evaluator's clip bootstrap under the run's ``evaluate``
+    params: the same draws for all (``common.rescore``)."""
     truth = run / "base" / "eval_truth.tar.gz"
     return {arm: rescore(run / "base" / "params.yaml", truth, run / folder / "predictions.tar.gz", column,
-                         scratch / folder) for arm, (folder, column) in ARMS.items()}
+                         scratch / folder) for arm, (folder, column) in ARMS.items() if failure(run, arm) is None}
 
 
 def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
     """Per arm: the headline metrics with intervals, the duplicate share of its boxes and its mean
-    reward (the evaluate stage's ``reward`` of that column), its steps and step time."""
-    rows, base_steps = [], read_json(run / "base" / "columns.json")["final"]
+    reward (the evaluate stage's ``reward`` of that column), its steps and step time; an arm that
+    failed, a line under the table with the reason."""
+    rows, notes, base_steps = [], [], read_json(run / "base" / "columns.json")["final"]
     for arm, (folder, column) in ARMS.items():
+        if arm not in scored:
+            rows.append({"model": arm, "steps": "-", **{NAMES[name]: "-" for name in HEADLINE}})
+            notes.append(f"`{arm}` has no model: {failure(run, arm)} ({folder}/dvc-exp-run.log).\n")
+            continue
         metrics = read_json(run / folder / "eval.json")[column]
         reward = metrics.get("reward", {})
         predicted = reward.get("predicted") or 0
@@ -83,7 +102,8 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
                      "duplicate share": "-" if not predicted else f"{reward.get('duplicates', 0) / predicted:.3f}",
                      "mean reward": "-" if reward.get("total") is None else f"{reward['total']:.3f}",
                      "time of its steps (s)": "-" if seconds is None else f"{seconds:.0f}"})
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
+    table = pd.DataFrame(rows).fillna("-").to_markdown(index=False, disable_numparse=True) + "\n"
+    return "\n".join([table, *notes])
 
 
 def change_table(changes: dict[tuple[str, str], dict[str, Interval]]) -> str:
@@ -118,18 +138,22 @@ def timing_line(run: Path) -> str:
     """The card, the equal-time plan and what each arm's steps took (a difference of more than
     ``TIME_TOLERANCE`` between the arms is flagged)."""
     plan = read_json(run / "plan.json")
-    rl_timing = read_json(run / "rl" / "timing" / "rl.json")
-    sft_timing = read_json(run / "sft" / "timing" / "train.json")
     gpu = (run / "gpu.txt").read_text().strip() if (run / "gpu.txt").exists() else ""
-    sft_s, rl_s = sft_timing["step_seconds"], rl_timing["step_seconds"]
+    line = (f"Card: {gpu or 'none (nvidia-smi found no GPU)'}. Plan: {plan['more_sft_steps']} more SFT steps at "
+            f"{plan['sft_step_s']:.3f} s each (the mean step of the SFT model's own training, its first left out) "
+            f"= a GRPO budget of {plan['rl_time_budget_s']:.0f} s of steps.")
+    timings = {arm: read_json(run / folder / "timing" / name) for arm, folder, name in
+               (("+ more SFT", "sft", "train.json"), ("+ RL", "rl", "rl.json")) if failure(run, arm) is None}
+    measured = [f"{'more SFT' if arm == '+ more SFT' else 'GRPO'} {t['step_seconds']:.0f} s of steps "
+                f"({t['steps_run']} steps of {t['step_seconds'] / max(t['steps_run'], 1):.2f} s)"
+                for arm, t in timings.items()]
+    if len(timings) < 2:
+        return f"{line} Measured: {', '.join(measured) or 'no arm ran'}; no equal-time comparison.\n"
+    sft_s, rl_s = (timings[arm]["step_seconds"] for arm in ("+ more SFT", "+ RL"))
     apart = abs(rl_s - sft_s) / max(sft_s, 1e-9)
     flag = (f" **The arms' step times differ by {apart:.0%}: not equal GPU time.**" if apart > TIME_TOLERANCE
             else f" The arms' step times agree within {TIME_TOLERANCE:.0%}.")
-    return (f"Card: {gpu or 'none (nvidia-smi found no GPU)'}. Plan: {plan['more_sft_steps']} more SFT steps at "
-            f"{plan['sft_step_s']:.3f} s each (the mean step of the SFT model's own training, its first left out) "
-            f"= a GRPO budget of {plan['rl_time_budget_s']:.0f} s of steps. Measured: more SFT {sft_s:.0f} s of "
-            f"steps ({sft_timing['steps_run']} steps), GRPO {rl_s:.0f} s ({rl_timing['steps_run']} steps of "
-            f"{rl_timing['step_seconds'] / max(rl_timing['steps_run'], 1):.2f} s).{flag}\n")
+    return f"{line} Measured: {', '.join(measured)}.{flag}\n"
 
 
 def plot(run: Path, image: Path) -> None:
@@ -156,11 +180,14 @@ def plot(run: Path, image: Path) -> None:
 
 def run_section(run: Path, scored: dict[str, BootstrapResult], image: Path, link: str) -> str:
     plot(run, image)
-    changes = {(a, b): paired_change(scored[b], scored[a]) for a, b in COMPARISONS}
+    changes = {(a, b): paired_change(scored[b], scored[a]) for a, b in COMPARISONS if a in scored and b in scored}
+    goal = (goal_lines(changes[COMPARISONS[0]]) if COMPARISONS[0] in changes
+            else ["- The goal is not measured: the run has no `+ RL` and `+ more SFT` pair."])
     return "\n".join([
         f"## {run.name}\n", timing_line(run),
         arm_table(run, scored), "Paired changes (the same clip resamplings for every model):\n",
-        change_table(changes), *goal_lines(changes[COMPARISONS[0]]), "", f"![curves]({link})\n"])
+        change_table(changes) if changes else "none: fewer than two models to compare.\n",
+        *goal, "", f"![curves]({link})\n"])
 
 
 def main() -> None:
@@ -178,7 +205,8 @@ def main() -> None:
             scored = bootstraps(run, Path(scratch) / run.name)
             image = args.out.parent / f"{run.name}.png"
             sections.append(run_section(run, scored, image, os.path.relpath(image, args.out.parent)))
-            groups.setdefault(seed_group(run.name), []).append((scored["+ more SFT"], scored["+ RL"]))
+            if "+ more SFT" in scored and "+ RL" in scored:
+                groups.setdefault(seed_group(run.name), []).append((scored["+ more SFT"], scored["+ RL"]))
     for group, pairs in groups.items():
         if len(pairs) > 1:
             change = mean_change(pairs)
