@@ -170,11 +170,14 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
     (run / "plan.json").write_text(json.dumps({"more_sft_steps": 1000, "sft_step_s": 0.13, "rl_time_budget_s": 130.0}))
     (run / "rl").mkdir()
     (run / "rl" / "failed.txt").write_text("dvc exp run exit 255\nModuleNotFoundError: No module named 'datasets'\n")
+    (run / "rl-static-failed").mkdir()
+    (run / "rl-static-failed" / "failed.txt").write_text("dvc exp run exit 255\n  InductorError:   boom\n")
     scored = bootstraps(run, tmp_path / "work")
     assert set(scored) == {"SFT model", "+ more SFT"}
     section = run_section(run, scored, tmp_path / "curves.png", "curves.png")
     assert "`+ RL` has no model: dvc exp run exit 255; ModuleNotFoundError: No module named 'datasets'" in section
     assert "| + RL       | -" in section
+    assert "the first, with the static one, failed: dvc exp run exit 255; InductorError: boom" in section
     assert "+ more SFT minus SFT model | +0.000" not in section and "+ more SFT minus SFT model" in section
     assert "+ RL minus" not in section
     assert "The goal is not measured" in section and "no equal-time comparison" in section

@@ -177,6 +177,20 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(start
     assert curve[1:] == (whole[2] / "plots" / "metrics" / "rl" / "reward.tsv").read_text().splitlines()[1:]
 
 
+def test_the_dynamic_cache_samples_what_the_static_one_does_on_a_cpu(start, whole, tmp_path):
+    """rl.kv_cache: TRL generates with the cache asked for (the default static one in ``whole``),
+    and on a CPU, where nothing is compiled, a dynamic cache samples the same answers, so the run
+    ends at the same weights to the bit."""
+    from av_grounding.training.grpo import grpo_config
+
+    assert grpo_config(SHORT, tmp_path, "cpu").cache_implementation == "static" == RLParams().kv_cache
+    dynamic = dataclasses.replace(SHORT, kv_cache="dynamic")
+    rl(dynamic, FORMAT, start / "data", start / "train", tmp_path / "rl", None, tmp_path / "live", tmp_path / "t.json")
+    sampled_static, sampled_dynamic = _weights(whole[0] / "model"), _weights(tmp_path / "rl" / "model")
+    for name, value in sampled_static.items():
+        torch.testing.assert_close(sampled_dynamic[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_a_time_budget_stops_the_run_after_the_step_that_reaches_it(start, tmp_path):
     """A budget far below one step's time: the first step completes and the run stops there (of 3);
     the summary, run.json (which numbers infer's column) and the timing file say one step, and

@@ -59,13 +59,18 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def reason(failed: Path) -> str:
+    """A ``failed.txt`` on one line: its lines, spaces squeezed, joined by semicolons."""
+    return "; ".join(" ".join(line.split()) for line in failed.read_text().splitlines() if line.strip())
+
+
 def failure(run: Path, arm: str) -> str | None:
     """Why ``arm`` of ``run`` has no model to score (its ``failed.txt``, which rl_vs_sft.sh writes
     when the arm's ``dvc exp run`` fails, or its column missing), or None when it has one."""
     folder, column = ARMS[arm]
     failed = run / folder / "failed.txt"
     if failed.exists():
-        return "; ".join(" ".join(line.split()) for line in failed.read_text().splitlines() if line.strip())
+        return reason(failed)
     columns = run / folder / "columns.json"
     if not columns.exists() or column not in read_json(columns):
         return f"no column {column!r} in {folder}/columns.json"
@@ -102,6 +107,10 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
                      "duplicate share": "-" if not predicted else f"{reward.get('duplicates', 0) / predicted:.3f}",
                      "mean reward": "-" if reward.get("total") is None else f"{reward['total']:.3f}",
                      "time of its steps (s)": "-" if seconds is None else f"{seconds:.0f}"})
+    retried = run / "rl-static-failed" / "failed.txt"  # rl_vs_sft.sh's second try with the dynamic cache
+    if retried.exists():
+        notes.append("`+ RL` is the second try, with the dynamic KV cache: the first, with the static one, failed: "
+                     + reason(retried) + " (rl-static-failed/dvc-exp-run.log).\n")
     table = pd.DataFrame(rows).fillna("-").to_markdown(index=False, disable_numparse=True) + "\n"
     return "\n".join([table, *notes])
 

@@ -95,8 +95,8 @@ def grpo_config(params: RLParams, output: Path, device: str) -> Any:
     """TRL's ``GRPOConfig`` of ``params``: ``prompts_per_step`` frames x ``group_size`` answers a
     step, one optimizer step per generation (no reuse of old samples, so GRPO's ratio is 1 and
     ``kl`` alone holds the policy near the start), a constant learning rate, checkpoints every
-    ``save_every`` steps (the newest kept), bf16 on a GPU, no reporting integrations (the stage
-    logs through its callbacks)."""
+    ``save_every`` steps (the newest kept), the answers' KV cache ``kv_cache``, bf16 on a GPU, no
+    reporting integrations (the stage logs through its callbacks)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -104,6 +104,7 @@ def grpo_config(params: RLParams, output: Path, device: str) -> Any:
         per_device_train_batch_size=params.prompts_per_step * params.group_size,
         num_generations=params.group_size, max_completion_length=params.max_answer_tokens,
         temperature=params.temperature, beta=params.kl, learning_rate=params.lr, lr_scheduler_type="constant",
+        cache_implementation=params.kv_cache,
         gradient_checkpointing=params.gradient_checkpointing, logging_steps=1, report_to=[],
         save_strategy="steps" if params.save_every else "no", save_steps=params.save_every or 1, save_total_limit=1,
         use_cpu=device == "cpu", bf16=device != "cpu", disable_tqdm=not sys.stderr.isatty())
@@ -205,6 +206,9 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
                           args=grpo_config(params, output, device), train_dataset=rows, processing_class=processor,
                           callbacks=[_export_callback(loaded, base, output), *callbacks,
                                      *([_time_budget_callback(params.time_budget_s)] if params.time_budget_s else [])])
+    # TRL turns generate()'s compilation of the decoding step off; with a static cache on CUDA it
+    # is what makes the cache pay (infer.kv_cache), and transformers compiles nothing on a CPU.
+    trainer.generation_config.disable_compile = params.kv_cache != "static"
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     save_folder(trainer.model, loaded.tokenizer, loaded.image_processor, output / "model", source=str(base))
     # The resumable state is only needed by a crashed run; its trainer_state.json holds wall times.
