@@ -168,6 +168,7 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
         (folder / "eval.json").write_text(json.dumps({"final": {"reward": {"total": 0.5, "predicted": 4}}}))
     (run / "sft" / "timing" / "train.json").write_text(json.dumps({"step_seconds": 130.0, "steps_run": 1000}))
     (run / "plan.json").write_text(json.dumps({"more_sft_steps": 1000, "sft_step_s": 0.13, "rl_time_budget_s": 130.0}))
+    (run / "versions.txt").write_text("python 3.12.3\ntorch 2.11.0\n")
     (run / "rl").mkdir()
     (run / "rl" / "failed.txt").write_text("dvc exp run exit 255\nModuleNotFoundError: No module named 'datasets'\n")
     (run / "rl-static-failed").mkdir()
@@ -181,6 +182,7 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
     assert "+ more SFT minus SFT model | +0.000" not in section and "+ more SFT minus SFT model" in section
     assert "+ RL minus" not in section
     assert "The goal is not measured" in section and "no equal-time comparison" in section
+    assert "Versions: python 3.12.3, torch 2.11.0. Plan:" in section
 
 
 def test_a_run_trained_longer_is_compared_with_the_same_run_of_the_next_fewer_steps(tmp_path):

@@ -57,6 +57,7 @@ run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $
   if [ -n "${AGAINST:-}" ]; then echo "$AGAINST" > "$result/against.txt"; else rm -f "$result/against.txt"; fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i "${CUDA_VISIBLE_DEVICES:-0}" \
     > "$result/gpu.txt" 2>/dev/null
+  versions "$result/versions.txt"
   learning_params "$arch" "$cores" || return 1
   local start=$SECONDS name=learning-$SIZE-$arch$SUFFIX
   git checkout --quiet -- params.yaml  # the committed params plus this run's overrides, nothing of a run before

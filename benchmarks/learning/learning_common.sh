@@ -45,6 +45,14 @@ if ! command -v python >/dev/null; then  # dvc.yaml's commands call `python`
   export PATH=/tmp/bin:$PATH
 fi
 
+versions() {  # versions <file>: the Python packages a run's numbers depend on, one "name version" a line
+  python3 -c "import importlib.metadata as m, platform
+print('python', platform.python_version())
+for name in ('torch', 'transformers', 'trl', 'accelerate', 'peft', 'liger-kernel', 'dvc', 'av'):
+    try: print(name, m.version(name))
+    except m.PackageNotFoundError: print(name, 'not installed')" > "$1"
+}
+
 stamped() {  # each line of the log with the wall-clock time it was written: stage times
   local line
   while IFS= read -r line || [ -n "$line" ]; do printf '%(%T)T %s\n' -1 "$line"; done

@@ -30,6 +30,7 @@
 #                     scores the arms on base's, paired); base is the SFT model alone
 #                     (an arm whose run fails keeps only its log and failed.txt, the reason)
 #   plan.json         the equal-time plan: SFT step time, the GRPO time budget
+#   gpu.txt, versions.txt  the card; Python and the packages the numbers depend on
 # then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
 #
 # Order matters: the train stage keeps one model (its outputs persist and are not restored from
@@ -48,6 +49,7 @@ mkdir -p "$result"
 [ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
 cd "$WORK" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
+versions "$result/versions.txt"
 learning_params "$ARCH" "$(nproc)" || exit 1
 BASE=("${PARAMS[@]}" -S infer.checkpoints=none)
 base_model=$WORK.sft-model

@@ -148,9 +148,13 @@ def timing_line(run: Path) -> str:
     ``TIME_TOLERANCE`` between the arms is flagged)."""
     plan = read_json(run / "plan.json")
     gpu = (run / "gpu.txt").read_text().strip() if (run / "gpu.txt").exists() else ""
-    line = (f"Card: {gpu or 'none (nvidia-smi found no GPU)'}. Plan: {plan['more_sft_steps']} more SFT steps at "
-            f"{plan['sft_step_s']:.3f} s each (the mean step of the SFT model's own training, its first left out) "
-            f"= a GRPO budget of {plan['rl_time_budget_s']:.0f} s of steps.")
+    recorded = run / "versions.txt"
+    versions = (", ".join(recorded.read_text().splitlines()) if recorded.exists()
+                else "not recorded (versions.txt: runs after 2026-12-06)")
+    line = (f"Card: {gpu or 'none (nvidia-smi found no GPU)'}. Versions: {versions}. "
+            f"Plan: {plan['more_sft_steps']} more SFT steps at {plan['sft_step_s']:.3f} s each (the mean step of "
+            f"the SFT model's own training, its first left out) = a GRPO budget of {plan['rl_time_budget_s']:.0f} s "
+            "of steps.")
     timings = {arm: read_json(run / folder / "timing" / name) for arm, folder, name in
                (("+ more SFT", "sft", "train.json"), ("+ RL", "rl", "rl.json")) if failure(run, arm) is None}
     measured = [f"{'more SFT' if arm == '+ more SFT' else 'GRPO'} {t['step_seconds']:.0f} s of steps "
