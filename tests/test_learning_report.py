@@ -150,6 +150,8 @@ def test_the_rl_report_scores_every_arm_on_the_base_runs_truth(tmp_path):
     with tarfile.open(run / "rl" / "predictions.tar.gz", "w:gz") as tar:
         tar.add(renamed / "data", arcname="data")
     (run / "rl" / "columns.json").write_text(json.dumps({"final": 600, "rl_final": 8}))
+    for arm in ("base", "sft", "rl"):
+        (run / arm / "eval.json").write_text("{}")  # what failure() asks of an arm that ran
     scored = bootstraps(run, tmp_path / "work")
     assert scored["SFT model"].intervals["recall"].value == 0.0 == scored["+ more SFT"].intervals["recall"].value
     assert paired_change(scored["+ more SFT"], scored["+ RL"])["recall"].value == 1.0
@@ -167,7 +169,8 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
         folder = run_folder(run, arm, shift, {})
         (folder / "eval.json").write_text(json.dumps({"final": {"reward": {"total": 0.5, "predicted": 4}}}))
     (run / "sft" / "timing" / "train.json").write_text(json.dumps({"step_seconds": 130.0, "steps_run": 1000}))
-    (run / "plan.json").write_text(json.dumps({"more_sft_steps": 1000, "sft_step_s": 0.13, "rl_time_budget_s": 130.0}))
+    (run / "plan.json").write_text(json.dumps({"more_sft_steps": 1000, "sft_step_s": 0.13, "rl_time_budget_s": 130.0,
+                                                "sft_lr": "1e-4", "rl_lr": "1e-4"}))
     (run / "versions.txt").write_text("python 3.12.3\ntorch 2.11.0\n")
     (run / "rl").mkdir()
     (run / "rl" / "failed.txt").write_text("dvc exp run exit 255\nModuleNotFoundError: No module named 'datasets'\n")
@@ -183,6 +186,7 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
     assert "+ RL minus" not in section
     assert "The goal is not measured" in section and "no equal-time comparison" in section
     assert "Versions: python 3.12.3, torch 2.11.0. Plan:" in section
+    assert "learning rates: more SFT 1e-4, GRPO 1e-4." in section
 
 
 def test_a_run_trained_longer_is_compared_with_the_same_run_of_the_next_fewer_steps(tmp_path):

@@ -57,14 +57,13 @@ base_model=$WORK.sft-model
 experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run, logged, collected
   local name=rlvs-$1-$SIZE-$ARCH$SUFFIX folder=$2 start=$SECONDS
   shift 2
-  mkdir -p "$folder"
+  rm -rf "$folder" && mkdir -p "$folder"  # nothing of an earlier invocation into the same OUT
   echo "$(date +%T) $name: dvc exp run $*" >&2
   git checkout --quiet -- params.yaml  # every run from the committed params plus its own overrides
   python3 -m dvc exp remove "$name" >/dev/null 2>&1  # a rerun's name is free again
   python3 -m dvc exp run -n "$name" "$@" 2>&1 | stamped > "$folder/dvc-exp-run.log"
   local code=${PIPESTATUS[0]}
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$folder/dvc-exp-run.log"
-  rm -f "$folder/failed.txt"
   if (( code == 0 )); then collect_run "$folder"; return 0; fi
   # a failed arm keeps its log and the reason only: the clone's metrics are another arm's
   { echo "dvc exp run exit $code"; grep -E "Error|ERROR" "$folder/dvc-exp-run.log" | tail -2; } > "$folder/failed.txt"
@@ -76,13 +75,14 @@ mean_step() {  # mean_step <timing.json>: the mean seconds of the steps it lists
   python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['per_step']['seconds'][1:]; print(sum(s) / len(s))" "$1"
 }
 
+rm -rf "$result/plan.json" "$result/rl-static-failed"
 experiment base "$result/base" "${BASE[@]}" || exit 1
 rm -rf "$base_model" && cp -r data/train/model "$base_model" || exit 1
 
 sft_step=$(mean_step "$result/base/timing/train.json") || exit 1
 budget=$(python3 -c "print(round($MORE * $sft_step, 2))")
-printf '{"more_sft_steps": %s, "sft_step_s": %s, "rl_time_budget_s": %s, "rl_max_steps": %s, "sft_lr": "%s"}\n' \
-  "$MORE" "$sft_step" "$budget" "$RL_MAX_STEPS" "$SFT_LR" > "$result/plan.json"
+printf '{"more_sft_steps": %s, "sft_step_s": %s, "rl_time_budget_s": %s, "rl_max_steps": %s, "sft_lr": "%s", "rl_lr": "%s"}\n' \
+  "$MORE" "$sft_step" "$budget" "$RL_MAX_STEPS" "$SFT_LR" "$RL_LR" > "$result/plan.json"
 echo "$(date +%T) plan: $(cat "$result/plan.json")" >&2
 
 code=0

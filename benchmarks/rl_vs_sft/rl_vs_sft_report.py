@@ -71,8 +71,11 @@ def failure(run: Path, arm: str) -> str | None:
     failed = run / folder / "failed.txt"
     if failed.exists():
         return reason(failed)
-    columns = run / folder / "columns.json"
-    if not columns.exists() or column not in read_json(columns):
+    for needed in (run / folder / "columns.json", run / folder / "eval.json", run / folder / "predictions.tar.gz",
+                   run / "base" / "eval_truth.tar.gz", run / "base" / "params.yaml"):
+        if not needed.exists():
+            return f"no {needed.relative_to(run)}"
+    if column not in read_json(run / folder / "columns.json"):
         return f"no column {column!r} in {folder}/columns.json"
     return None
 
@@ -90,7 +93,7 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
     """Per arm: the headline metrics with intervals, the duplicate share of its boxes and its mean
     reward (the evaluate stage's ``reward`` of that column), its steps and step time; an arm that
     failed, a line under the table with the reason."""
-    rows, notes, base_steps = [], [], read_json(run / "base" / "columns.json")["final"]
+    rows, notes = [], []
     for arm, (folder, column) in ARMS.items():
         if arm not in scored:
             rows.append({"model": arm, "steps": "-", **{NAMES[name]: "-" for name in HEADLINE}})
@@ -101,7 +104,9 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
         predicted = reward.get("predicted") or 0
         timing = run / folder / "timing" / ("rl.json" if folder == "rl" else "train.json")
         seconds = read_json(timing).get("step_seconds") if timing.exists() and folder != "base" else None
-        steps = read_json(run / folder / "columns.json")[column] + (base_steps if folder == "sft" else 0)
+        steps = read_json(run / folder / "columns.json")[column]
+        if folder == "sft" and "SFT model" in scored:  # counted from the SFT model's steps
+            steps += read_json(run / "base" / "columns.json")["final"]
         rows.append({"model": arm, "steps": steps,
                      **{NAMES[name]: interval_cell(scored[arm].intervals[name]) for name in HEADLINE},
                      "duplicate share": "-" if not predicted else f"{reward.get('duplicates', 0) / predicted:.3f}",
@@ -154,9 +159,10 @@ def timing_line(run: Path) -> str:
     line = (f"Card: {gpu or 'none (nvidia-smi found no GPU)'}. Versions: {versions}. "
             f"Plan: {plan['more_sft_steps']} more SFT steps at {plan['sft_step_s']:.3f} s each (the mean step of "
             f"the SFT model's own training, its first left out) = a GRPO budget of {plan['rl_time_budget_s']:.0f} s "
-            "of steps.")
+            f"of steps; learning rates: more SFT {plan['sft_lr']}, GRPO {plan.get('rl_lr', 'not recorded')}.")
     timings = {arm: read_json(run / folder / "timing" / name) for arm, folder, name in
-               (("+ more SFT", "sft", "train.json"), ("+ RL", "rl", "rl.json")) if failure(run, arm) is None}
+               (("+ more SFT", "sft", "train.json"), ("+ RL", "rl", "rl.json"))
+               if failure(run, arm) is None and (run / folder / "timing" / name).exists()}
     measured = [f"{'more SFT' if arm == '+ more SFT' else 'GRPO'} {t['step_seconds']:.0f} s of steps "
                 f"({t['steps_run']} steps of {t['step_seconds'] / max(t['steps_run'], 1):.2f} s)"
                 for arm, t in timings.items()]
