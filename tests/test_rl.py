@@ -4,6 +4,7 @@ and becomes `infer` columns."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -124,17 +125,36 @@ def _weights(folder):
     return load_model(folder).model.state_dict()
 
 
+@contextlib.contextmanager
+def generation_settings():
+    """The ``(cache_implementation, disable_compile)`` of the generation config of every
+    ``generate()`` call made inside (TRL's sampling of the answers), as a list filled meanwhile."""
+    from transformers.generation.utils import GenerationMixin
+
+    seen, real = [], GenerationMixin.generate
+
+    def spy(self, *args, generation_config=None, **kwargs):
+        seen.append((generation_config.cache_implementation, generation_config.disable_compile))
+        return real(self, *args, generation_config=generation_config, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GenerationMixin, "generate", spy)
+        yield seen
+
+
 @pytest.fixture(scope="module")
 def whole(start, tmp_path_factory):
-    """An uninterrupted run of SHORT: (its folder, its summary, its DVCLive folder)."""
+    """An uninterrupted run of SHORT: (its folder, its summary, its DVCLive folder, its
+    ``generation_settings``)."""
     root = tmp_path_factory.mktemp("whole")
-    summary = rl(SHORT, FORMAT, start / "data", start / "train", root / "rl", root / "rl.json", root / "live",
-                 root / "timing.json")
-    return root / "rl", summary, root / "live"
+    with generation_settings() as generated:
+        summary = rl(SHORT, FORMAT, start / "data", start / "train", root / "rl", root / "rl.json", root / "live",
+                     root / "timing.json")
+    return root / "rl", summary, root / "live", generated
 
 
 def test_a_run_moves_the_policy_and_logs_every_reward_term(start, whole):
-    folder, summary, live = whole
+    folder, summary, live, _ = whole
     assert summary["steps"] == 2 and summary["answers_per_step"] == 2 and summary["frames"] == 2
     base, policy = _weights(start / "train" / "model"), _weights(folder / "model")
     assert any(not torch.equal(base[name], value) for name, value in policy.items()), "GRPO changed no weight"
@@ -178,14 +198,15 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(start
 
 
 def test_the_dynamic_cache_samples_what_the_static_one_does_on_a_cpu(start, whole, tmp_path):
-    """rl.kv_cache: TRL generates with the cache asked for (the default static one in ``whole``),
-    and on a CPU, where nothing is compiled, a dynamic cache samples the same answers, so the run
-    ends at the same weights to the bit."""
-    from av_grounding.training.grpo import grpo_config
-
-    assert grpo_config(SHORT, tmp_path, "cpu").cache_implementation == "static" == RLParams().kv_cache
+    """rl.kv_cache: TRL samples every answer with the cache asked for, compilation allowed for the
+    static one (the default, ``whole``) and not for the dynamic one; on a CPU, where transformers
+    compiles nothing, both sample the same answers, so the runs end at the same weights to the bit."""
+    assert RLParams().kv_cache == "static" and set(whole[3]) == {("static", False)}
     dynamic = dataclasses.replace(SHORT, kv_cache="dynamic")
-    rl(dynamic, FORMAT, start / "data", start / "train", tmp_path / "rl", None, tmp_path / "live", tmp_path / "t.json")
+    with generation_settings() as generated:
+        rl(dynamic, FORMAT, start / "data", start / "train", tmp_path / "rl", None, tmp_path / "live",
+           tmp_path / "t.json")
+    assert set(generated) == {("dynamic", True)}
     sampled_static, sampled_dynamic = _weights(whole[0] / "model"), _weights(tmp_path / "rl" / "model")
     for name, value in sampled_static.items():
         torch.testing.assert_close(sampled_dynamic[name], value, rtol=0, atol=0, msg=name)
