@@ -8,17 +8,15 @@
 #   rl:  GRPO (the `rl` stage) from the same model for the GPU time that the MORE SFT steps take
 #        (32 frames x 8 answers of up to 512 tokens a step, lr RL_LR constant (default SFT_LR: the
 #        same step size as the SFT arm's peak; at 1e-5 four GPU steps moved the policy to a KL of
-#        6e-4 only, results/README.md), KL 0.04, the answers' static KV cache compiled on the GPU:
-#        RL_PARAMS; should that arm fail, it runs once more with the dynamic cache, the failed
-#        attempt kept as rl-static-failed/).
+#        6e-4 only, results/README.md), KL 0.04: RL_PARAMS).
 # Equal time: the SFT steps' time is planned as MORE times the mean step time of the SFT model's
 # own training (same model, batch and data, alone on the GPU; its first step, with the warm-up,
 # left out), and GRPO ends at the step boundary nearest that budget of its steps' own time
 # (`rl.time_budget_s`: generation, loss and update, whatever length the answers grow to). The report
 # sets the arms' measured step times side by side (timing/*.json of each arm) and flags a
-# difference of more than 10 %. GRPO's first step, with its start-up and the compilation of the
-# decoding step (36 s of 83 in four uncompiled steps on an H100), counts in its budget, while the
-# plan leaves SFT's first step out: what is left of the difference favours SFT.
+# difference of more than 10 %. GRPO's first step, with its start-up (36 s of 83 in four steps on
+# an H100), counts in its budget, while the plan leaves SFT's first step out: what is left of the
+# difference favours SFT.
 #
 # Usage, on a GPU machine, from the repository root (one architecture and seed per call):
 #   ARCH=qwen3_vl SEED=0 OUT=/tmp/out benchmarks/rl_vs_sft/rl_vs_sft.sh
@@ -30,7 +28,8 @@
 #   base/ sft/ rl/    each arm's metrics, params, dvc.lock, curves, timing, predictions and the
 #                     evaluation split's truth (learning_common.sh's collect_run; the report
 #                     scores the arms on base's, paired); base is the SFT model alone
-#                     (an arm whose run fails keeps only its log and failed.txt, the reason)
+#                     (an arm whose run fails keeps only its log and failed.txt: the exit
+#                     code and the first traceback's exception line)
 #   plan.json         the equal-time plan: SFT step time, the GRPO time budget
 #   gpu.txt, versions.txt  the card; Python and the packages the numbers depend on
 # then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
@@ -68,16 +67,23 @@ experiment() {  # experiment <name> <folder> <dvc exp run arguments...>: one run
   echo "dvc exp run exit $code after $((SECONDS - start)) s" >> "$folder/dvc-exp-run.log"
   if (( code == 0 )); then collect_run "$folder"; return 0; fi
   # a failed arm keeps its log and the reason only: the clone's metrics are another arm's
-  { echo "dvc exp run exit $code"; grep -E "Error|ERROR" "$folder/dvc-exp-run.log" | tail -2; } > "$folder/failed.txt"
+  { echo "dvc exp run exit $code"; first_exception "$folder/dvc-exp-run.log"; } > "$folder/failed.txt"
   echo "$name failed (exit $code): $folder/dvc-exp-run.log" >&2; tail -20 "$folder/dvc-exp-run.log" >&2
   return "$code"
+}
+
+first_exception() {  # first_exception <log>: the exception line that ends its first traceback (the
+  # cause; later ones are often the interpreter's shutdown), else its last line naming an error
+  awk '/Traceback \(most recent call last\)/ { inside = 1 }
+       inside && /^[0-9:]* *[A-Za-z_.]*(Error|Exception|Interrupt)(:|$)/ { print; found = 1; exit }
+       /Error|ERROR/ { last = $0 } END { if (!found && last != "") print last }' "$1"
 }
 
 mean_step() {  # mean_step <timing.json>: the mean seconds of the steps it lists, the first left out
   python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['per_step']['seconds'][1:]; print(sum(s) / len(s))" "$1"
 }
 
-rm -rf "$result/plan.json" "$result/rl-static-failed"
+rm -rf "$result/plan.json"
 experiment base "$result/base" "${BASE[@]}" || exit 1
 rm -rf "$base_model" && cp -r data/train/model "$base_model" || exit 1
 
@@ -88,11 +94,8 @@ printf '{"more_sft_steps": %s, "sft_step_s": %s, "rl_time_budget_s": %s, "rl_max
 echo "$(date +%T) plan: $(cat "$result/plan.json")" >&2
 
 code=0
-rl_arm=("${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$RL_MAX_STEPS" -S "rl.time_budget_s=$budget")
-if ! experiment rl "$result/rl" "${rl_arm[@]}"; then
-  rm -rf "$result/rl-static-failed" && mv "$result/rl" "$result/rl-static-failed"
-  experiment rl "$result/rl" "${rl_arm[@]}" -S rl.kv_cache=dynamic || code=1
-fi
+experiment rl "$result/rl" "${BASE[@]}" "${RL_PARAMS[@]}" -S "rl.steps=$RL_MAX_STEPS" -S "rl.time_budget_s=$budget" \
+  || code=1
 experiment sft "$result/sft" "${BASE[@]}" -S "train.model=$base_model" -S "train.max_steps=$MORE" -S train.save_every=0 \
   -S "train.lr=$SFT_LR" ${SFT_EXTRA:-} || code=1
 echo "rl against sft done, exit $code"

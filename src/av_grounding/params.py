@@ -401,9 +401,6 @@ class RLParams(Checked):
     save_every: int = param(0, "checkpoint (and infer column) every N steps (0: only the final model)", minimum=0)
     seed: int = param(0, "seed of frame order and sampling", minimum=0)
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
-    kv_cache: KVCache = param("static", "the answers' KV cache, as infer.kv_cache: static (preallocated; on CUDA the "
-                                        "decoding step is then compiled, which TRL leaves off) or dynamic (TRL's "
-                                        "default, grows per token); on CPU both sample the same answers")
     time_budget_s: float = param(
         0.0, "end at the step boundary nearest this many seconds of the steps' own time (TRL's step_time: "
         "generation, loss, update), before rl.steps (0: no budget). For comparisons at equal GPU time "

@@ -4,7 +4,11 @@ The policy starts from the train stage's final model and answers the training fr
 ``group_size`` samples per frame; each answer is scored by ``training.rewards.GroundingReward``
 (the project's matching, ``evaluation/reward.py``) and GRPO pushes the policy toward the answers
 that beat their group's mean, with a KL term against the starting model (TRL's ``beta``).
-Generation is TRL's plain ``generate`` (no vLLM), so it runs on a CPU as on a GPU.
+Generation is TRL's plain ``generate`` (no vLLM), so it runs on a CPU as on a GPU, with the
+dynamic KV cache: on a GPU the policy keeps fp32 weights under bf16 autocast, where Qwen3-VL's
+keys come out of its fp32 key norm in fp32 and its values out of a bf16 matmul, and a static
+cache, allocated in the first key's dtype, refuses the values (H100, 2026-12-06,
+benchmarks/rl_vs_sft/results/README.md).
 
 The prompts are the dataset's own (system, user with the image), rendered by the model folder's
 chat template through a Qwen processor that holds the image processor at ``format``'s pixel
@@ -91,11 +95,11 @@ def grpo_dataset(samples: list[Sample]) -> Any:
     return Dataset.from_list(rows).cast_column("image", ImageFeature(mode="RGB"))
 
 
-def grpo_config(params: RLParams, output: Path, device: str) -> Any:
+def grpo_config(params: RLParams, output: Path, device: str, bf16: bool) -> Any:
     """TRL's ``GRPOConfig`` of ``params``: ``prompts_per_step`` frames x ``group_size`` answers a
     step, one optimizer step per generation (no reuse of old samples, so GRPO's ratio is 1 and
     ``kl`` alone holds the policy near the start), a constant learning rate, checkpoints every
-    ``save_every`` steps (the newest kept), the answers' KV cache ``kv_cache``, bf16 on a GPU, no
+    ``save_every`` steps (the newest kept), bf16 autocast over fp32 weights if ``bf16``, no
     reporting integrations (the stage logs through its callbacks)."""
     from trl import GRPOConfig
 
@@ -104,10 +108,9 @@ def grpo_config(params: RLParams, output: Path, device: str) -> Any:
         per_device_train_batch_size=params.prompts_per_step * params.group_size,
         num_generations=params.group_size, max_completion_length=params.max_answer_tokens,
         temperature=params.temperature, beta=params.kl, learning_rate=params.lr, lr_scheduler_type="constant",
-        cache_implementation=params.kv_cache,
         gradient_checkpointing=params.gradient_checkpointing, logging_steps=1, report_to=[],
         save_strategy="steps" if params.save_every else "no", save_steps=params.save_every or 1, save_total_limit=1,
-        use_cpu=device == "cpu", bf16=device != "cpu", disable_tqdm=not sys.stderr.isatty())
+        use_cpu=device == "cpu", bf16=bf16, disable_tqdm=not sys.stderr.isatty())
 
 
 def latest_trainer_checkpoint(output: Path) -> Path | None:
@@ -202,13 +205,11 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     samples = read_cosmos(dataset / "train")
     rows = grpo_dataset(samples)
     reward = GroundingReward(config, eos_token_ids=end_ids(loaded))
-    trainer = _trainer_class()(model=loaded.model, reward_funcs=[reward],
-                          args=grpo_config(params, output, device), train_dataset=rows, processing_class=processor,
+    args = grpo_config(params, output, device, bf16=device != "cpu")
+    trainer = _trainer_class()(model=loaded.model, reward_funcs=[reward], args=args, train_dataset=rows,
+                          processing_class=processor,
                           callbacks=[_export_callback(loaded, base, output), *callbacks,
                                      *([_time_budget_callback(params.time_budget_s)] if params.time_budget_s else [])])
-    # TRL turns generate()'s compilation of the decoding step off; with a static cache on CUDA it
-    # is what makes the cache pay (infer.kv_cache), and transformers compiles nothing on a CPU.
-    trainer.generation_config.disable_compile = params.kv_cache != "static"
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     save_folder(trainer.model, loaded.tokenizer, loaded.image_processor, output / "model", source=str(base))
     # The resumable state is only needed by a crashed run; its trainer_state.json holds wall times.
