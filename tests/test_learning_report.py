@@ -277,3 +277,31 @@ def test_mirrored_copies_are_counted_as_samples_not_frames():
     assert training_samples({"samples": {"train": 20000}}) == "20,000 training frames"  # runs before the key
     assert training_samples({"samples": {"train": 39998}, "mirrored_frames": 20000}) == \
         "39,998 training samples (of them mirrored copies: up to 20,000)"
+
+
+def test_collected_archives_hold_the_same_bytes_for_the_same_files(tmp_path):
+    """learning_common.sh's ``archive`` (predictions and truth of every collected run): files
+    written again later, in another order, give the same .tar.gz bytes, which unpack to them."""
+    def write(order):
+        for name in order:
+            (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "data" / name).write_text(name * 3)
+
+    common = (ROOT / "benchmarks" / "learning" / "learning_common.sh").read_text()
+    start = common.index("archive() {")
+    function = common[start:common.index("\n}\n", start) + 3]  # sourcing the file would set up a device machine
+
+    def archive(out):
+        subprocess.run(["bash", "-c", f'set -o pipefail; {function} archive "{out}" data'], cwd=tmp_path, check=True)
+        return (tmp_path / out).read_bytes()
+
+    write(["b/2.json", "a.json", "b/1.json"])
+    first = archive("one.tar.gz")
+    for path in (tmp_path / "data").rglob("*"):
+        os.utime(path, (1e9, 1e9))
+    write(["b/1.json", "a.json", "b/2.json"])
+    os.chmod(tmp_path / "data" / "a.json", 0o600)
+    assert archive("two.tar.gz") == first
+    with tarfile.open(tmp_path / "one.tar.gz") as tar:
+        assert sorted(m.name for m in tar.getmembers() if m.isfile()) == ["data/a.json", "data/b/1.json", "data/b/2.json"]
+        assert tar.extractfile("data/b/1.json").read() == b"b/1.json" * 3

@@ -1,8 +1,8 @@
 # Sourced from the repository root by benchmarks/learning/learning.sh and
 # benchmarks/rl_vs_sft/rl_vs_sft.sh: the learning benchmark's settings (SIZE, STEPS, SEED, CLIPS, TAG,
 # OUT, WORK, EXTRA: see learning.sh), the environment on the device machine, and the helpers both
-# scripts use. Defines SUFFIX (the run name's seed and tag part), `stamped`, `learning_params`
-# and `collect_run`.
+# scripts use. Defines SUFFIX (the run name's seed and tag part), `stamped`, `learning_params`,
+# `archive` and `collect_run`.
 SIZE=${SIZE:-small}
 STEPS=${STEPS:-2000}
 SEED=${SEED:-0}
@@ -82,6 +82,10 @@ learning_params() {  # learning_params <arch> <cores>: the benchmark's -S overri
   PARAMS+=(${EXTRA:-})
 }
 
+archive() {  # archive <file.tar.gz> <folder>: the same bytes for the same files (sorted; no times, owners or umask)
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode=a+rX,u+w,go-w -cf - "$2" | gzip -n > "$1"
+}
+
 collect_run() {  # collect_run <folder>: the experiment in the current clone into <folder>
   local result=$1
   mkdir -p "$result/curves" "$result/timing" "$result/plots"
@@ -94,10 +98,10 @@ collect_run() {  # collect_run <folder>: the experiment in the current clone int
   fi
   cp metrics/timing/*.json "$result/timing/" 2>/dev/null  # the run's wall times and rates
   python3 benchmarks/tools/timing_curve.py metrics/timing/train.json samples_per_s > "$result/curves/samples_per_s.tsv"
-  tar -czf "$result/predictions.tar.gz" data/predictions 2>/dev/null
+  archive "$result/predictions.tar.gz" data/predictions 2>/dev/null
   # the evaluation split's truth: reports score runs on the same frames again, paired (common.rescore)
   rm -f "$result/eval_truth.tar.gz"
-  [ -d data/dataset/eval/text ] && { tar -czf "$result/eval_truth.tar.gz" data/dataset/eval/text \
+  [ -d data/dataset/eval/text ] && { archive "$result/eval_truth.tar.gz" data/dataset/eval/text \
     || rm -f "$result/eval_truth.tar.gz"; }
   rm -f "$result/depth_errors.md"
   local last  # the model trained longest (rl_final after RL): found and depth by camera and distance
