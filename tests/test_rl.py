@@ -198,6 +198,36 @@ def test_the_gpu_precision_samples_and_trains_qwen3_vl(start, tmp_path, monkeypa
     assert all(value.dtype == torch.float32 for value in _weights(tmp_path / "rl" / "model").values())
 
 
+def test_a_bf16_stochastic_policy_samples_with_the_compiled_static_cache(start, tmp_path, monkeypatch):
+    """rl.precision bf16_stochastic with Qwen3-VL (whose static cache fails under autocast): the
+    answers are sampled with the static cache, compilation allowed; every step's update goes
+    through StochasticAdamW; the written policy is bf16."""
+    from transformers.generation.utils import GenerationMixin
+
+    from av_grounding.training import optim
+
+    sampled, real_generate = [], GenerationMixin.generate
+
+    def spy(self, *args, generation_config=None, **kwargs):
+        sampled.append((generation_config.cache_implementation, generation_config.disable_compile))
+        return real_generate(self, *args, generation_config=generation_config, **kwargs)
+
+    updates, real_step = [], optim.StochasticAdamW.step
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    monkeypatch.setattr(optim.StochasticAdamW, "step",
+                        lambda self, *args, **kwargs: updates.append(1) or real_step(self, *args, **kwargs))
+    _train_folder(tmp_path / "train", "tiny-qwen3_vl")
+    params = dataclasses.replace(SHORT, steps=1, save_every=0, precision="bf16_stochastic")
+    summary = rl(params, dataclasses.replace(FORMAT, model_family="qwen3_vl"), start / "data", tmp_path / "train",
+                 tmp_path / "rl", None, tmp_path / "live", tmp_path / "t.json")
+    assert summary["steps"] == len(updates) == 1
+    assert sampled and set(sampled) == {("static", False)}
+    from safetensors.torch import load_file
+
+    stored = [load_file(f) for f in (tmp_path / "rl" / "model").glob("*.safetensors")]
+    assert stored and {value.dtype for part in stored for value in part.values()} == {torch.bfloat16}
+
+
 def test_a_time_budget_stops_the_run_after_the_step_that_reaches_it(start, tmp_path):
     """A budget far below one step's time: the first step completes and the run stops there (of 3);
     the summary, run.json (which numbers infer's column) and the timing file say one step, and

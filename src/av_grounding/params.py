@@ -401,6 +401,11 @@ class RLParams(Checked):
     save_every: int = param(0, "checkpoint (and infer column) every N steps (0: only the final model)", minimum=0)
     seed: int = param(0, "seed of frame order and sampling", minimum=0)
     gradient_checkpointing: bool = param(False, "recompute activations to save memory")
+    precision: Precision = param(
+        "fp32", "fp32: fp32 policy (bf16 autocast on a GPU), answers sampled with the dynamic KV cache (a static one "
+        "fails under autocast with Qwen3-VL); bf16_stochastic: bf16 policy and reference, AdamW updates computed "
+        "in fp32 and stochastically rounded (train.precision), answers sampled with a static KV cache whose "
+        "decoding step transformers compiles on CUDA (what makes infer 3-20x faster there)")
     time_budget_s: float = param(
         0.0, "end at the step boundary nearest this many seconds of the steps' own time (TRL's step_time: "
         "generation, loss, update), before rl.steps (0: no budget). For comparisons at equal GPU time "

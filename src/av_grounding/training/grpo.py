@@ -4,11 +4,14 @@ The policy starts from the train stage's final model and answers the training fr
 ``group_size`` samples per frame; each answer is scored by ``training.rewards.GroundingReward``
 (the project's matching, ``evaluation/reward.py``) and GRPO pushes the policy toward the answers
 that beat their group's mean, with a KL term against the starting model (TRL's ``beta``).
-Generation is TRL's plain ``generate`` (no vLLM), so it runs on a CPU as on a GPU, with the
-dynamic KV cache: on a GPU the policy keeps fp32 weights under bf16 autocast, where Qwen3-VL's
-keys come out of its fp32 key norm in fp32 and its values out of a bf16 matmul, and a static
-cache, allocated in the first key's dtype, refuses the values (H100, 2026-12-06,
-benchmarks/rl_vs_sft/results/README.md).
+Generation is TRL's plain ``generate`` (no vLLM), so it runs on a CPU as on a GPU. Precision
+(``rl.precision``): ``fp32`` keeps fp32 weights, under bf16 autocast on a GPU, and samples with
+the dynamic KV cache: under autocast Qwen3-VL's keys come out of its fp32 key norm in fp32 and
+its values out of a bf16 matmul, and a static cache, allocated in the first key's dtype, refuses
+the values (H100, 2026-12-06, benchmarks/rl_vs_sft/results/README.md). ``bf16_stochastic`` keeps
+the policy (and so TRL's reference model) in bf16 without autocast, updates it with
+``StochasticAdamW`` and samples with a static cache, whose decoding step transformers compiles on
+CUDA (TRL turns that compilation off; the stage turns it back on).
 
 The prompts are the dataset's own (system, user with the image), rendered by the model folder's
 chat template through a Qwen processor that holds the image processor at ``format``'s pixel
@@ -35,6 +38,7 @@ from ..geometry.virtual import VIRTUAL_CAMERA, scale_of
 from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, RLParams
 from .loop import save_folder, step_folder
+from .optim import StochasticAdamW
 from .rewards import CODEC_COLUMN, SCALE_COLUMN, TRUTH_COLUMN, GroundingReward
 
 TRAINER = "trainer"  # TRL's checkpoint-N folders (optimizer, scheduler, RNG: what resuming needs)
@@ -99,8 +103,9 @@ def grpo_config(params: RLParams, output: Path, device: str, bf16: bool) -> Any:
     """TRL's ``GRPOConfig`` of ``params``: ``prompts_per_step`` frames x ``group_size`` answers a
     step, one optimizer step per generation (no reuse of old samples, so GRPO's ratio is 1 and
     ``kl`` alone holds the policy near the start), a constant learning rate, checkpoints every
-    ``save_every`` steps (the newest kept), bf16 autocast over fp32 weights if ``bf16``, no
-    reporting integrations (the stage logs through its callbacks)."""
+    ``save_every`` steps (the newest kept), bf16 autocast over fp32 weights if ``bf16``, the KV
+    cache of ``params.precision`` (module docstring), no reporting integrations (the stage logs
+    through its callbacks)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -108,6 +113,7 @@ def grpo_config(params: RLParams, output: Path, device: str, bf16: bool) -> Any:
         per_device_train_batch_size=params.prompts_per_step * params.group_size,
         num_generations=params.group_size, max_completion_length=params.max_answer_tokens,
         temperature=params.temperature, beta=params.kl, learning_rate=params.lr, lr_scheduler_type="constant",
+        cache_implementation="static" if params.precision == "bf16_stochastic" else "dynamic",
         gradient_checkpointing=params.gradient_checkpointing, logging_steps=1, report_to=[],
         save_strategy="steps" if params.save_every else "no", save_steps=params.save_every or 1, save_total_limit=1,
         use_cpu=device == "cpu", bf16=bf16, disable_tqdm=not sys.stderr.isatty())
@@ -155,6 +161,19 @@ def _time_budget_callback(budget_s: float) -> Any:
     return TimeBudget()
 
 
+def _optimizer(loaded: LoadedModel, params: RLParams) -> tuple[Any, Any]:
+    """``GRPOTrainer``'s ``optimizers``: for ``bf16_stochastic`` a ``StochasticAdamW`` with
+    TrainingArguments' AdamW defaults (betas 0.9 / 0.999, eps 1e-8, no weight decay) at the
+    constant ``params.lr``, keyed by ``params.seed``; else (None, None), TRL's own AdamW."""
+    import torch
+
+    if params.precision != "bf16_stochastic":
+        return None, None
+    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
+    optimizer = StochasticAdamW(trainable, lr=params.lr, weight_decay=0.0, seed=params.seed)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
 def end_ids(loaded: LoadedModel) -> set[int]:
     """The token ids that end an answer, as GRPOTrainer gathers them: the generation config's
     ``eos_token_id`` (one id or a list: the published Qwen2.5-VL's holds ``<|im_end|>`` and
@@ -198,18 +217,19 @@ def train_grpo(params: RLParams, fmt: FormatParams, base: Path, dataset: Path, o
     # The policy of a resumed run comes from its exported folder: TRL's checkpoint holds the
     # weights under the hub's key names, which Trainer's own resume does not map back.
     start = step_folder(output / "checkpoints", int(resume.name.split("-")[1])) if resume else base
-    loaded = load_model(start, "float32", device)
+    loaded = load_model(start, "bfloat16" if params.precision == "bf16_stochastic" else "float32", device)
     # TRL builds the KL reference from the policy config's name_or_path: always the starting model.
     loaded.model.config._name_or_path = str(base)
     processor = image_text_processor(loaded, fmt)
     samples = read_cosmos(dataset / "train")
     rows = grpo_dataset(samples)
     reward = GroundingReward(config, eos_token_ids=end_ids(loaded))
-    args = grpo_config(params, output, device, bf16=device != "cpu")
+    args = grpo_config(params, output, device, bf16=device != "cpu" and params.precision == "fp32")
     trainer = _trainer_class()(model=loaded.model, reward_funcs=[reward], args=args, train_dataset=rows,
-                          processing_class=processor,
+                          processing_class=processor, optimizers=_optimizer(loaded, params),
                           callbacks=[_export_callback(loaded, base, output), *callbacks,
                                      *([_time_budget_callback(params.time_budget_s)] if params.time_budget_s else [])])
+    trainer.generation_config.disable_compile = args.cache_implementation != "static"
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     save_folder(trainer.model, loaded.tokenizer, loaded.image_processor, output / "model", source=str(base))
     # The resumable state is only needed by a crashed run; its trainer_state.json holds wall times.
