@@ -186,6 +186,10 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
     assert "The goal is not measured" in section and "no equal-time comparison" in section
     assert "Versions: python 3.12.3, torch 2.11.0. Plan:" in section
     assert "learning rates: more SFT 1e-4, GRPO 1e-4." in section
+    assert "Command: not recorded (command.txt)." in section
+    (run / "command.txt").write_text("ARCH=qwen3_vl SEED=1 benchmarks/rl_vs_sft/rl_vs_sft.sh\ntree 26a7da3\n")
+    assert ("(tree 26a7da3): `OUT=FOLDER ARCH=qwen3_vl SEED=1 benchmarks/rl_vs_sft/rl_vs_sft.sh`"
+            in run_section(run, scored, tmp_path / "curves.png", "curves.png"))
 
 
 def test_a_run_trained_longer_is_compared_with_the_same_run_of_the_next_fewer_steps(tmp_path):

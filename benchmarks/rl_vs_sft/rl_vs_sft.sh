@@ -31,12 +31,23 @@
 #                     (an arm whose run fails keeps only its log and failed.txt: the exit
 #                     code and the first traceback's exception line)
 #   plan.json         the equal-time plan: SFT step time, the GRPO time budget
+#   command.txt       this command (the settings given, without OUT and WORK) and the tree it ran
 #   gpu.txt, versions.txt  the card; Python and the packages the numbers depend on
 # then: python benchmarks/rl_vs_sft/rl_vs_sft_report.py $OUT --out benchmarks/rl_vs_sft/results/rl.md
 #
 # Order matters: the train stage keeps one model (its outputs persist and are not restored from
 # DVC's run cache), so the rl arm, which needs the SFT model, comes before the SFT arm.
 set -uo pipefail
+# the command as called (the settings the caller gave, not OUT or WORK, which are paths), written
+# to the run folder with the tree it ran, before the defaults below fill the rest
+given() {
+  local name line=""
+  for name in ARCH SEED SIZE STEPS CLIPS TAG EXTRA MORE SFT_LR RL_LR RL_MAX_STEPS RL_EXTRA SFT_EXTRA; do
+    [ -n "${!name:-}" ] && line+="$name=$(printf %q "${!name}") "
+  done
+  echo "${line}benchmarks/rl_vs_sft/rl_vs_sft.sh"
+}
+COMMAND=$(given)
 ARCH=${ARCH:-qwen3_vl}
 MORE=${MORE:-1000}
 RL_MAX_STEPS=${RL_MAX_STEPS:-10000}  # an upper bound: the time budget ends the run
@@ -51,6 +62,7 @@ mkdir -p "$result"
 cd "$WORK" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$result/gpu.txt" 2>/dev/null
 versions "$result/versions.txt"
+printf "%s\ntree %s\n" "$COMMAND" "$(git rev-parse --short=7 HEAD)" > "$result/command.txt"
 learning_params "$ARCH" "$(nproc)" || exit 1
 BASE=("${PARAMS[@]}" -S infer.checkpoints=none)
 base_model=$WORK.sft-model

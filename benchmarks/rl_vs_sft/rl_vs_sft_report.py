@@ -193,13 +193,24 @@ def plot(run: Path, image: Path) -> None:
     plt.close(figure)
 
 
+def command_line(run: Path) -> str:
+    """The command that made ``run`` and its tree, from ``command.txt`` (runs after 2026-12-06
+    write it; earlier folders got it by hand from their logs)."""
+    recorded = run / "command.txt"
+    if not recorded.exists():
+        return "Command: not recorded (command.txt).\n"
+    command, *rest = recorded.read_text().splitlines()
+    tree = next((line.split(" ", 1)[1] for line in rest if line.startswith("tree ")), "not recorded")
+    return f"Command, from the repository root on the GPU machine (tree {tree}): `OUT=FOLDER {command}`\n"
+
+
 def run_section(run: Path, scored: dict[str, BootstrapResult], image: Path, link: str) -> str:
     plot(run, image)
     changes = {(a, b): paired_change(scored[b], scored[a]) for a, b in COMPARISONS if a in scored and b in scored}
     goal = (goal_lines(changes[COMPARISONS[0]]) if COMPARISONS[0] in changes
             else ["- The goal is not measured: the run has no `+ RL` and `+ more SFT` pair."])
     return "\n".join([
-        f"## {run.name}\n", timing_line(run),
+        f"## {run.name}\n", command_line(run), timing_line(run),
         arm_table(run, scored), "Paired changes (the same clip resamplings for every model):\n",
         change_table(changes) if changes else "none: fewer than two models to compare.\n",
         *goal, "", f"![curves]({link})\n"])
