@@ -208,42 +208,41 @@ def test_exports_are_placed_where_infer_loads_models(dataset, base, tmp_path):
 LOGITS = """
 import json, sys, torch, transformers
 from transformers import AutoModelForImageTextToText, AutoTokenizer
-model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.float32,
-                                                    attn_implementation="eager").eval()
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
-ids = tokenizer.apply_chat_template([{"role": "user", "content": "a car at [1.5, 2]"}], add_generation_prompt=True)
-ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-with torch.no_grad():
-    logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-print(json.dumps({"version": transformers.__version__, "architectures": model.config.architectures,
-                  "ids": list(ids), "top": logits.topk(5).indices.tolist(), "logits": logits[:50].tolist()}))
+for folder in sys.argv[1:]:
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "a car at [1.5, 2]"}], add_generation_prompt=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    print(json.dumps({"version": transformers.__version__, "architectures": model.config.architectures,
+                      "ids": list(ids), "top": logits.topk(5).indices.tolist(), "logits": logits[:50].tolist()}))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", TINY)
-def test_tiny_models_are_the_same_model_under_cosmos_rls_transformers_4(model, tmp_path, tmp_path_factory):
-    """cosmos-rl runs transformers 4.57, the project 5.x: the saved tiny model must load as the same
-    tokenizer and the same network in both (rotary sections, tied head, architectures)."""
-    side = tmp_path_factory.getbasetemp() / "transformers4"
-    if not (side / "transformers").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(side),
-                        "transformers==4.57.6", "tokenizers==0.22.2", "huggingface_hub==0.36.2"],
-                       check=True, timeout=600)
+def test_tiny_models_are_the_same_model_under_cosmos_rls_transformers_4(tmp_path):
+    """cosmos-rl runs transformers 4.57, the project 5.x: each saved tiny model must load as the
+    same tokenizer and the same network in both (rotary sections, tied head, architectures). One
+    process per version reads both architectures' folders."""
+    side = tmp_path / "transformers4"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(side),
+                    "transformers==4.57.6", "tokenizers==0.22.2", "huggingface_hub==0.36.2"], check=True, timeout=600)
     prompts = load_prompts(FORMAT.prompts)
-    folder = build_builtin(model, tmp_path / model, 0, prompts.system, prompts.user, FORMAT.min_pixels,
-                           FORMAT.max_pixels)
+    folders = [str(build_builtin(model, tmp_path / model, 0, prompts.system, prompts.user, FORMAT.min_pixels,
+                                 FORMAT.max_pixels)) for model in TINY]
     outputs = []
     for extra_path in ("", str(side)):
         env = {**os.environ, "PYTHONPATH": extra_path, "PYTHONWARNINGS": "ignore"}
-        run = subprocess.run([sys.executable, "-c", LOGITS, str(folder)], env=env, check=False, capture_output=True,
+        run = subprocess.run([sys.executable, "-c", LOGITS, *folders], env=env, check=False, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
-        outputs.append(json.loads(run.stdout.strip().splitlines()[-1]))
-    new, old = outputs
-    assert (new["version"][0], old["version"]) == ("5", "4.57.6")
-    assert old["architectures"] == new["architectures"] and old["ids"] == new["ids"] and old["top"] == new["top"]
-    assert old["logits"] == pytest.approx(new["logits"], abs=1e-5)
+        outputs.append([json.loads(line) for line in run.stdout.strip().splitlines()[-len(folders):]])
+    for model, new, old in zip(TINY, *outputs):
+        assert (new["version"][0], old["version"]) == ("5", "4.57.6"), model
+        assert old["architectures"] == new["architectures"] and old["ids"] == new["ids"], model
+        assert old["top"] == new["top"], model
+        assert old["logits"] == pytest.approx(new["logits"], abs=1e-5), model
 
 
 def test_dataset_script_names_the_file_and_item_of_a_malformed_conversation(dataset, base, tmp_path):

@@ -350,7 +350,7 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
     command = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
-               "--dataset", str(few), "--max-steps", "16", "--save-every", "3", "--batch-size", "1",
+               "--dataset", str(few), "--max-steps", "10", "--save-every", "3", "--batch-size", "1",
                "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "timing.json")]
     subprocess.run(command + ["--output", str(tmp_path / "straight"), "--live", str(tmp_path / "live1")],
                    check=True, capture_output=True)
