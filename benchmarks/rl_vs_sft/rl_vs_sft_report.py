@@ -199,7 +199,10 @@ def command_line(run: Path) -> str:
     recorded = run / "command.txt"
     if not recorded.exists():
         return "Command: not recorded (command.txt).\n"
-    command, *rest = recorded.read_text().splitlines()
+    lines = recorded.read_text().splitlines()
+    if not lines or not lines[0].strip():
+        raise SystemExit(f"{recorded}: empty; its first line must be the command rl_vs_sft.sh ran")
+    command, *rest = lines
     tree = next((line.split(" ", 1)[1] for line in rest if line.startswith("tree ")), "not recorded")
     return f"Command, from the repository root on the GPU machine (tree {tree}): `OUT=FOLDER {command}`\n"
 
