@@ -188,7 +188,7 @@ def test_the_rl_report_lists_an_arm_that_failed_with_its_reason_and_compares_the
     assert "learning rates: more SFT 1e-4, GRPO 1e-4." in section
     assert "Command: not recorded (command.txt)." in section
     (run / "command.txt").write_text("")
-    with pytest.raises(SystemExit, match="command.txt: empty"):
+    with pytest.raises(SystemExit, match=r"command\.txt: empty"):
         run_section(run, scored, tmp_path / "curves.png", "curves.png")
     (run / "command.txt").write_text("ARCH=qwen3_vl SEED=1 benchmarks/rl_vs_sft/rl_vs_sft.sh\ntree 26a7da3\n")
     assert ("(tree 26a7da3): `OUT=FOLDER ARCH=qwen3_vl SEED=1 benchmarks/rl_vs_sft/rl_vs_sft.sh`"
