@@ -95,6 +95,18 @@ def test_changes_lists_differing_params_but_not_worker_counts(tmp_path):
     assert changes(base, base) == "none"
 
 
+def test_a_param_one_run_lacks_is_a_change_only_off_its_default(tmp_path):
+    """A run older than a param has no key for it: the newer run at the default changed nothing."""
+    old = run_folder(tmp_path, "a-old-10", 0.0, {})
+    params = yaml.safe_load((old / "params.yaml").read_text())
+    del params["format"]["mirror_train"], params["rl"]["precision"]
+    (old / "params.yaml").write_text(yaml.safe_dump(params))
+    new = run_folder(tmp_path, "a-new-10", 0.0, {"format.mirror_train": False})
+    mirrored = run_folder(tmp_path, "a-mirror-10", 0.0, {"format.mirror_train": True})
+    assert changes(old, new) == changes(new, old) == "none"
+    assert changes(old, mirrored) == "format.mirror_train=True"
+
+
 def test_rescore_names_a_missing_column(tmp_path):
     run = run_folder(tmp_path, "r-base-1", 0.0, {})
     scored = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", "final",

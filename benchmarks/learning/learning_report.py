@@ -21,6 +21,7 @@ longer against the same run of the next fewer steps, and each run against the ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -39,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 from common import HEADLINE_NAMES as NAMES
 from common import interval_cell, rescore, seed_group
 
+from av_grounding.cli import STAGES
 from av_grounding.evaluation.bootstrap import HEADLINE, BootstrapResult, Interval, mean_over_runs, paired_change
 from av_grounding.evaluation.frames import EvaluationError
 from av_grounding.evaluation.table import lookup, results_markdown
+from av_grounding.params import coerce, field_default
 from av_grounding.storage import atomic_write_bytes
 
 # The goal of issue 26 for each headline metric of the final model (at least this much; the
@@ -276,17 +279,37 @@ NO_EFFECT = re.compile(r"\.workers$")
 LEVER_RUN = r"{prefix}-(?!s\d+-)(?P<lever>[^/]+?)-{steps}"  # levers.sh: <size>-<arch>[-s<seed>]-<lever>-<steps>
 
 
+def at_default(key: str, value: object) -> bool:
+    """Whether ``value`` is the built-in default of the stage param ``key`` (``section.name``;
+    False for a key that names no stage param)."""
+    section, _, name = key.partition(".")
+    spec = STAGES.get(section)
+    field = next((f for f in dataclasses.fields(spec.params_cls) if f.name == name), None) if spec else None
+    if field is None:
+        return False
+    return coerce(spec.params_cls, name, value, f"params.yaml:{section}") == field_default(field)
+
+
 def changes(base: Path, other: Path) -> str:
     """``section.key=value`` for every param of ``other``'s params.yaml that differs from
     ``base``'s, the worker counts left out; a list of more than three items by its length
-    (``format.eval_clip_ids=[12 items]``)."""
+    (``format.eval_clip_ids=[12 items]``). A param only one of the two files holds was added
+    after the other run (a params.yaml lists every param of its day): at its default it is no
+    change, since params are added with defaults that keep what the code did before."""
     before, after = (pd.json_normalize(read(f, "params.yaml")).iloc[0].to_dict() for f in (base, other))
 
     def shown(value: object) -> object:
         return f"[{len(value)} items]" if isinstance(value, list | tuple) and len(value) > 3 else value
 
+    def changed(key: str) -> bool:
+        if NO_EFFECT.search(key) or before.get(key) == after.get(key):
+            return False
+        if key in before and key in after:
+            return True
+        return not at_default(key, before[key] if key in before else after[key])
+
     return ", ".join(f"{key}={shown(after.get(key))}" for key in sorted(set(before) | set(after))
-                     if before.get(key) != after.get(key) and not NO_EFFECT.search(key)) or "none"
+                     if changed(key)) or "none"
 
 
 def seconds(folder: Path, stage: str) -> str:

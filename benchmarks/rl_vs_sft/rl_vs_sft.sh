@@ -20,7 +20,8 @@
 #
 # Usage, on a GPU machine, from the repository root (one architecture and seed per call):
 #   ARCH=qwen3_vl SEED=0 OUT=/tmp/out benchmarks/rl_vs_sft/rl_vs_sft.sh
-# SIZE, STEPS, SEED, CLIPS, TAG, EXTRA, WORK as in learning.sh (a learning run of the same settings and
+# SIZE, STEPS, SEED, CLIPS, TAG, EXTRA, WORK as in learning.sh, but CLIPS defaults to 212 here, the data of
+# the committed comparison (a learning run of the same settings and
 # architecture in the same clone, $WORK, is reused, not retrained: learning.sh uses $WORK when it
 # runs one architecture); RL_EXTRA (more -S overrides of the rl section, word-split) and SFT_EXTRA
 # (of the SFT arm) change the arms. Every run starts from the committed params.yaml. Results go to
