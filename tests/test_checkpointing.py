@@ -78,7 +78,7 @@ def trained_step(name: str, folder, checkpointing: bool, fraction: float = 1.0):
     for index, layer in enumerate(layers):
         layer.self_attn.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
     model.train()
-    loss, _ = answer_loss(model, batch_of(model.config, "edge_windows_padded"))
+    loss = answer_loss(model, batch_of(model.config, "edge_windows_padded"))
     loss.backward()
     return model, calls, loss.detach(), {key: p.grad for key, p in model.named_parameters() if p.grad is not None}
 

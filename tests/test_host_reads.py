@@ -115,7 +115,7 @@ def stage_model(request, dataset, tmp_path_factory):
 
 def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    loss, _ = answer_loss(model, batch)
+    loss = answer_loss(model, batch)
     loss.backward()
     return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 

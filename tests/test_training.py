@@ -150,6 +150,41 @@ def test_left_padding_for_generation(tiny, few):
     assert int(batch["mm_token_type_ids"].sum()) == sum(e.input_ids.count(encoder.image_pad) for e in encoded)
 
 
+def test_answer_loss_equals_the_cross_entropy_of_full_logits(tiny, few):
+    """Logits at the labelled pairs only give the mean cross-entropy that every position's logits
+    give with the unlabelled ones ignored, and the same gradients, also through a peft wrapper
+    and a ``module`` wrapper (as DDP and DeepSpeed wrap); the output layer keeps no hook."""
+    from peft import LoraConfig, get_peft_model
+
+    from av_grounding.models.inputs import output_layer
+
+    loaded = load_model(tiny)
+    encoder = Encoder(loaded.tokenizer, loaded.image_processor, FORMAT.min_pixels, FORMAT.max_pixels, 4096)
+    batch = collate([encoder.encode(s) for s in read_cosmos(few / "train")], loaded.tokenizer.pad_token_id,
+                    encoder.image_pad)
+    assert len({int((row != IGNORE).sum()) for row in batch["labels"]}) > 1  # answers of different lengths
+
+    def full(model) -> torch.Tensor:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                                 ignore_index=IGNORE)
+
+    def gradient(loss_of) -> torch.Tensor:
+        loaded.model.zero_grad(set_to_none=True)
+        loss_of(loaded.model).backward()
+        return loaded.model.get_output_embeddings().weight.grad.clone()
+
+    torch.testing.assert_close(answer_loss(loaded.model, batch), full(loaded.model), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gradient(lambda m: answer_loss(m, batch)), gradient(full), rtol=1e-4, atol=1e-7)
+    assert not output_layer(loaded.model)._forward_pre_hooks
+    wrapped = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"]))  # B = 0: the same model
+    holder = torch.nn.Module()
+    holder.module = wrapped
+    assert output_layer(holder) is output_layer(wrapped) is loaded.model.get_output_embeddings()
+    with torch.no_grad():
+        torch.testing.assert_close(answer_loss(wrapped, batch), full(wrapped), rtol=1e-5, atol=1e-6)
+
+
 def test_positions_computed_on_the_host_are_the_models_own(tiny, few):
     """``with_host_positions`` (what the training step adds to each micro-batch before it goes to
     the device) gives the rotary positions and logit columns the forward computes itself, hence
@@ -170,13 +205,17 @@ def test_positions_computed_on_the_host_are_the_models_own(tiny, few):
         assert given["position_ids"].shape == (3, *batch["input_ids"].shape)
         labelled = (batch["labels"][:, 1:] != IGNORE).any(dim=0)  # independent of logit_columns
         assert labelled[given["logit_positions"]].all() and len(given["logit_positions"]) == int(labelled.sum())
+        pairs = [(row, column) for row in range(len(encoded)) for column in range(batch["input_ids"].shape[1] - 1)
+                 if batch["labels"][row, column + 1] != IGNORE]
+        columns = given["logit_positions"].tolist()
+        assert given["logit_pairs"].tolist() == [row * len(columns) + columns.index(c) for row, c in pairs]
         wrong = {**given, "position_ids": torch.zeros_like(given["position_ids"])}  # the model reads what it gets
         with torch.no_grad():
-            own, host, other = (answer_loss(loaded.model, b)[0] for b in (batch, given, wrong))
+            own, host, other = (answer_loss(loaded.model, b) for b in (batch, given, wrong))
         assert torch.equal(own, host) and not torch.equal(own, other)
     wrapped = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert rope_index_owner(wrapped) is owner
-    assert set(with_host_positions(None, batch)) == set(batch) | {"logit_positions"}
+    assert set(with_host_positions(None, batch)) == set(batch) | {"logit_positions", "logit_pairs"}
     assert with_host_positions(owner, given)["position_ids"] is given["position_ids"]
 
 
@@ -197,8 +236,7 @@ def test_padding_to_a_multiple_changes_neither_the_loss_nor_the_model_flops(tiny
     assert (padded["labels"][:, width:] == IGNORE).all()
     with torch.no_grad():
         losses = [answer_loss(loaded.model, batch) for batch in (plain, padded)]
-    assert losses[0][1] == losses[1][1]
-    torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     config = loaded.model.config
     model_flops = [training_flops(config, counts_of_batch(b, padding=False)).total for b in (plain, padded)]
     assert model_flops[0] == model_flops[1] < training_flops(config, counts_of_batch(padded)).total

@@ -108,7 +108,7 @@ def built_in_model(folder: Path) -> dict[str, object]:
     encoder = Encoder(loaded.tokenizer, loaded.image_processor, 3136, 40960, 4096)
     encoded = [encoder.encode(sample) for sample in read_cosmos(Path("data/dataset/train"))[:4]]
     out["pixels"] = digest(torch.cat([e.pixel_values for e in encoded]))
-    loss, _ = answer_loss(loaded.model, collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad))
+    loss = answer_loss(loaded.model, collate(encoded, loaded.tokenizer.pad_token_id, encoder.image_pad))
     loss.backward()
     out["loss"] = float(loss.detach())
     out.update({f"grad:{name}": digest(p.grad) for name, p in sorted(loaded.model.named_parameters())

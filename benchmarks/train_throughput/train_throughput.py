@@ -158,7 +158,7 @@ def build(shape: str, variant: Variant, device: str):
 
 def step(model, optimizer, inputs, autocast: bool, device: str) -> tuple[float, float]:
     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-        loss, _ = answer_loss(model, inputs)
+        loss = answer_loss(model, inputs)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()

@@ -5,7 +5,7 @@ counted from the operations that run, not as 6 x parameters x tokens.
 patches (four per image token, and it never sees text), the language model on its tokens, and
 the output layer (hidden x 152k vocabulary: 0.55B of Cosmos-Reason1-7B's 8.29B parameters, most
 of a small model's) only at the positions whose logits are computed: ``models.inputs.answer_loss``
-keeps the positions where some row of the batch has a label. Counted here, per part (shapes from the transformers
+computes them at the labelled (row, position) pairs alone. Counted here, per part (shapes from the transformers
 modeling files of ``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration``):
 
 vision (per image of t x h x w patches, hidden ``d``, MLP width ``i``, ``p = t*h*w`` patches):
@@ -100,8 +100,8 @@ class StepCounts:
     grids: (t, h, w) in patches per image, as the rows of ``image_grid_thw``;
     tokens: per row of the language model's batch, the length it runs on (image tokens included;
     padding included: a padded row computes on its padding too);
-    output_positions: (row, position) pairs whose logits are computed (``answer_loss``: every
-    row x the positions where some row has a label)."""
+    output_positions: (row, position) pairs whose logits are computed (``answer_loss``: the
+    labelled ones)."""
 
     grids: tuple[tuple[int, int, int], ...]
     tokens: tuple[int, ...]
@@ -114,14 +114,14 @@ def counts_of_batch(inputs, padding: bool = True) -> StepCounts:
     (images, 3)), with the output positions ``answer_loss`` computes logits at. ``padding``:
     each row counts the batch's width (the work the device does, as FlopCounterMode counts it);
     False: its own tokens only (the model FLOPs of MFU: padding is work, not model FLOPs)."""
-    from .inputs import logit_columns
+    from .inputs import IGNORE
 
     ids, labels = inputs["input_ids"], inputs["labels"]
     rows, width = ids.shape
-    positions = len(logit_columns(labels))
+    positions = int((labels[:, 1:] != IGNORE).sum())
     grids = tuple((int(t), int(h), int(w)) for t, h, w in inputs["image_grid_thw"].tolist())
     tokens = (width,) * rows if padding else tuple(int(n) for n in inputs["attention_mask"].sum(dim=1).tolist())
-    return StepCounts(grids, tokens, rows * positions)
+    return StepCounts(grids, tokens, positions)
 
 
 def _architecture(config) -> str:

@@ -12,6 +12,8 @@ the labels would train on it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,8 +154,42 @@ def within_budget(encoder: Encoder, samples: list[Sample]) -> tuple[list[tuple[S
 
 def logit_columns(labels: torch.Tensor) -> torch.Tensor:
     """(n,) the columns of the (rows, width) ``labels`` whose next token some row has a label
-    for: where ``answer_loss`` computes logits (on a device tensor, a ``nonzero`` that waits)."""
+    for: the positions the model's forward keeps for its output layer (``answer_loss``; on a
+    device tensor, a ``nonzero`` that waits)."""
     return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+def labelled_pairs(labels: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(m,) the (row, column) pairs of the (rows, width) ``labels`` at ``columns``
+    (``logit_columns``) whose next token has a label, as flat indices into the (rows,
+    len(columns)) block, row-major: where ``answer_loss`` computes logits (on a device tensor, a
+    ``nonzero`` that waits)."""
+    return (labels[:, 1:][:, columns] != IGNORE).flatten().nonzero().squeeze(1)
+
+
+def output_layer(model) -> torch.nn.Module:
+    """The output layer (``get_output_embeddings``, the ``lm_head``) of ``model``: a transformers
+    model, a peft wrapper of one, or a ``DistributedDataParallel`` or DeepSpeed wrapper of either
+    (unwrapped through ``module``)."""
+    while not hasattr(model, "get_output_embeddings") and hasattr(model, "module"):
+        model = model.module
+    return model.get_output_embeddings()
+
+
+@contextlib.contextmanager
+def output_rows(head: torch.nn.Module, pairs: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``head`` (``output_layer``) computes only the rows ``pairs`` of its
+    (rows, positions, hidden) input, flattened to (rows x positions, hidden): its output is
+    (len(pairs), vocabulary). A forward pre-hook, removed on leaving; ``index_select`` takes a
+    device tensor without reading it on the host."""
+    def select(_module, args):
+        return (args[0].flatten(0, 1).index_select(0, pairs), *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def padded_width(longest: int, multiple: int) -> int:
@@ -217,12 +253,14 @@ def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = 
       model). Left out when ``owner`` is None, the batch has no image or already has them.
     - the vision tower's inputs derived from the image grid (``vision_inputs``), under the same
       conditions.
-    - ``logit_positions``: (n,) the columns where some row has a label, the positions
-      ``answer_loss`` computes logits at (on the device, a ``nonzero`` before the forward).
+    - ``logit_positions``: (n,) the columns where some row has a label (``logit_columns``), and
+      ``logit_pairs``: the labelled (row, column) pairs among them (``labelled_pairs``), where
+      ``answer_loss`` computes logits (on the device, each a ``nonzero`` before the forward).
 
     ``pin``: the new tensors in pinned memory, so their copy to a GPU does not wait (the loader
     pins the rest); Python ints (the longest image or window) stay as they are."""
-    added = {"logit_positions": logit_columns(batch["labels"])}
+    columns = logit_columns(batch["labels"])
+    added = {"logit_positions": columns, "logit_pairs": labelled_pairs(batch["labels"], columns)}
     if owner is not None and batch["image_grid_thw"].numel() and "position_ids" not in batch:
         added["position_ids"], _ = owner.get_rope_index(
             batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
@@ -233,23 +271,30 @@ def with_host_positions(owner: Any, batch: dict[str, torch.Tensor], pin: bool = 
     return {**batch, **added}
 
 
-def answer_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the labelled (assistant) tokens, and their count (a 0-d tensor on
-    the inputs' device: reading it waits for the device).
+def answer_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the labelled (assistant) tokens of ``inputs`` (``collate``'s
+    batch, optionally with ``with_host_positions``' keys): a 0-d tensor.
 
-    Logits are computed only at positions where some row has a label (``logit_positions`` when
-    the inputs hold them, ``with_host_positions``): with a vocabulary of 152k entries the full
-    logits tensor dominates time and memory, and prompts (system, user, image tokens) make up
-    most of every sequence."""
-    targets = inputs["labels"][:, 1:]
-    positions = inputs.get("logit_positions")
-    if positions is None:
-        positions = logit_columns(inputs["labels"])
-    forward = {k: v for k, v in inputs.items() if k not in ("labels", "logit_positions")}
-    logits = model(**forward, logits_to_keep=positions).logits
-    chosen = targets[:, positions]
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), chosen.flatten(), ignore_index=IGNORE)
-    return loss, (chosen != IGNORE).sum()
+    Logits are computed only at the labelled (row, position) pairs: the forward keeps the
+    columns where some row has a label (``logits_to_keep``, ``logit_columns``) and the output
+    layer takes only the labelled pairs among them (``output_rows``, ``labelled_pairs``). With a
+    vocabulary of 152k entries the logits dominate a small model's time and memory, prompts
+    (system, user, image tokens) make up most of every sequence, and answers of different
+    lengths leave many of a batch's columns unlabelled in most rows. ``inputs``' own
+    ``logit_positions`` and ``logit_pairs`` are used when present (computed on the host: no
+    ``nonzero`` on the device)."""
+    labels = inputs["labels"]
+    columns = inputs.get("logit_positions")
+    if columns is None:
+        columns = logit_columns(labels)
+    pairs = inputs.get("logit_pairs")
+    if pairs is None:
+        pairs = labelled_pairs(labels, columns)
+    forward = {k: v for k, v in inputs.items() if k not in ("labels", "logit_positions", "logit_pairs")}
+    with output_rows(output_layer(model), pairs):
+        logits = model(**forward, logits_to_keep=columns).logits
+    targets = labels[:, 1:][:, columns].flatten().index_select(0, pairs)
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
 
 
 def collate(batch: list[Encoded], pad_id: int, image_pad_id: int, left_pad: bool = False,

@@ -219,7 +219,7 @@ class SingleProcessTrainer(Trainer):
                 # the cache off adds no cast, since no weight is used twice in a forward.
                 with torch.autocast(device_type=s.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast,
                                     cache_enabled=False):
-                    loss, _ = answer_loss(self.forward_model, batch)
+                    loss = answer_loss(self.forward_model, batch)
                 (loss / len(micro_batches)).backward()
             losses.append(loss.detach())
         mean_loss, samples, tokens = self.over_processes(torch.stack(losses).float().mean(), samples, tokens)
@@ -306,7 +306,7 @@ class ZeRO3Trainer(Trainer):
         losses = []
         tokens, samples = sum(map(_tokens, micro_batches)), sum(len(b["input_ids"]) for b in micro_batches)
         for batch in micro_batches:
-            loss, _ = answer_loss(self.engine, _to_device(with_host_positions(self.rope_owner, batch, pin=self.pin),
+            loss = answer_loss(self.engine, _to_device(with_host_positions(self.rope_owner, batch, pin=self.pin),
                                                           s.device))
             self.engine.backward(loss)  # scales by 1/grad_accum; steps, clips and schedules at the boundary
             self.engine.step()
