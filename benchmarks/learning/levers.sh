@@ -11,8 +11,8 @@
 #   LEVERS="base prompt" ARCH=qwen2_5_vl SEED=1 OUT=/tmp/out benchmarks/learning/levers.sh
 #   AGAINST=small-qwen3_vl-half-pixels-600 LEVERS=mirror OUT=/tmp/out benchmarks/learning/levers.sh
 # LEVERS names the levers to run, in order, from the table below (default: base pixels-2x prompt
-# virtual); EXTRA (added to every lever) and SIZE, SEED, WORK and AGAINST (a run folder every lever
-# is also paired with) as in learning.sh.
+# virtual); EXTRA (added to every lever) and SIZE, SEED, CLIPS (212 here), WORK and AGAINST (a run
+# folder every lever is also paired with) as in learning.sh.
 # Measured on one H100 (2026-12-05, results/small-qwen3_vl-*-600): the base lever 6.2 minutes with
 # the data stages (synthesize 78 s, format 52 s, train 124 s of which 75 s of 600 steps, infer
 # 46 s), each further lever of the same data about 4 minutes (3.6-4.3). pixels-2x renders the
@@ -40,6 +40,9 @@
 set -uo pipefail
 ARCH=${ARCH:-qwen3_vl}
 export STEPS=${STEPS:-600}
+# 212 clips: the data of the lever table's runs (learning.sh's default is 424 since 2026-12-06);
+# CLIPS=424 ranks levers on the larger data, against a base lever run on it
+export CLIPS=${CLIPS:-212}
 declare -A OVERRIDES=(
   [base]=""
   [prompt]="-S format.camera_input=prompt"
