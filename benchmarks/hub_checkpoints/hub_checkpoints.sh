@@ -15,6 +15,8 @@
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
+#   LORA=true STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos  # ... with LoRA: fits an 80 GB H100
+#     (full fine-tuning keeps fp32 master weights, gradients and AdamW state: about 132 GB for the 7B)
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100 (LoRA, sweep)
 #   MICRO="4 8 16" OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh sweep  # train's rate by micro-batch (item 6)
@@ -163,7 +165,8 @@ PY
     [ -d "$HUB/Cosmos-Reason1-7B" ] || MODEL=Cosmos-Reason1-7B "$self" build || exit 1
     # cosmos-rl writes a resumable checkpoint (weights and AdamW state, about 100 GB for the 7B) at
     # the last step whatever save_freq says; its log keeps the step times if the disk runs out.
-    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-cosmos-rl EXTRA="-S train.backend=cosmos-rl \
+    MODEL=Cosmos-Reason1-7B PRESET=cr1-cosmos-rl TAG=cr1-cosmos-rl$([ "${LORA:-false}" = true ] && echo -lora) \
+      EXTRA="-S train.backend=cosmos-rl \
       -S train.cosmos_rl_executable=$COSMOS_RL ${EXTRA:-}" "$self" run
     ;;
   batch)  # every run of item 5, the most wanted first; one folder on disk at a time
