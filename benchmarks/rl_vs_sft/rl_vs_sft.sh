@@ -56,7 +56,7 @@ SFT_LR=${SFT_LR:-1e-4}
 RL_LR=${RL_LR:-$SFT_LR}
 RL_PARAMS=(-S rl.prompts_per_step=32 -S rl.group_size=8 -S rl.max_answer_tokens=512 -S rl.lr=$RL_LR -S rl.kl=0.04
            -S rl.save_every=0 ${RL_EXTRA:-})
-source benchmarks/learning/learning_common.sh || exit 1
+RL_STAGE=1 source benchmarks/learning/learning_common.sh || exit 1  # its rl stage runs TRL's GRPOTrainer
 result=$OUT/$SIZE-$ARCH$SUFFIX
 mkdir -p "$result"
 [ -d "$WORK" ] || git clone --quiet . "$WORK" || exit 1
