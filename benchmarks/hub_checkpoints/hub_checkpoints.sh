@@ -15,7 +15,7 @@
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
-#   LORA=true STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos  # ... with LoRA: fits an 80 GB H100
+#   LORA=true STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos  # ... with LoRA: should fit an 80 GB H100
 #     (full fine-tuning keeps fp32 master weights, gradients and AdamW state: about 132 GB for the 7B)
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100 (LoRA, sweep)
