@@ -105,6 +105,8 @@ def test_a_param_one_run_lacks_is_a_change_only_off_its_default(tmp_path):
     mirrored = run_folder(tmp_path, "a-mirror-10", 0.0, {"format.mirror_train": True})
     assert changes(old, new) == changes(new, old) == "none"
     assert changes(old, mirrored) == "format.mirror_train=True"
+    odd = run_folder(tmp_path, "a-odd-10", 0.0, {"rl.precision": "fp8"})  # a value no params take
+    assert changes(old, odd) == "rl.precision=fp8"  # a change, not an error
 
 
 def test_rescore_names_a_missing_column(tmp_path):

@@ -114,11 +114,11 @@ def counts_of_batch(inputs, padding: bool = True) -> StepCounts:
     (images, 3)), with the output positions ``answer_loss`` computes logits at. ``padding``:
     each row counts the batch's width (the work the device does, as FlopCounterMode counts it);
     False: its own tokens only (the model FLOPs of MFU: padding is work, not model FLOPs)."""
-    from .inputs import IGNORE
+    from .inputs import labelled_pairs, logit_columns
 
     ids, labels = inputs["input_ids"], inputs["labels"]
     rows, width = ids.shape
-    positions = int((labels[:, 1:] != IGNORE).sum())
+    positions = len(labelled_pairs(labels, logit_columns(labels)))
     grids = tuple((int(t), int(h), int(w)) for t, h, w in inputs["image_grid_thw"].tolist())
     tokens = (width,) * rows if padding else tuple(int(n) for n in inputs["attention_mask"].sum(dim=1).tolist())
     return StepCounts(grids, tokens, positions)
