@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from av_grounding.dataset.formats import Sample, read_cosmos
 from av_grounding.dataset.tokens import qwen_vocabulary
 from av_grounding.models import hub
-from av_grounding.models.inputs import IGNORE, Encoder, TemplateError
+from av_grounding.models.inputs import IGNORE, IMAGE_PAD, Encoder, TemplateError
 from av_grounding.models.loading import load_model
 from av_grounding.params import ParamsError, TrainParams
 from av_grounding.pipeline.format import format_dataset, published_tokenizer
@@ -118,12 +118,17 @@ def test_formats_token_budgets_equal_the_published_tokenizers_count_of_every_sam
     hub.write_tokenizer(family, folder)
     from transformers import AutoTokenizer
 
-    encoder = Encoder(AutoTokenizer.from_pretrained(folder), None, fmt.min_pixels, fmt.max_pixels, 10**9)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = Encoder(tokenizer, None, fmt.min_pixels, fmt.max_pixels, 10**9)
     for split in ("train", "eval"):
         for sample in read_cosmos(tmp_path / "dataset" / split):
             budget = json.loads((tmp_path / "dataset" / split / "text" / f"{sample.id}.json").read_text())["tokens"]
             assert (sample.system == "") != system_prompt
             text = encoder.text(sample, budget["image"])
+            # The encoder tokenizes one placeholder and repeats its id: the tokenizer's own ids of
+            # the text with every image token written out are the reference.
+            written_out = encoder.render(sample, True).replace(IMAGE_PAD, IMAGE_PAD * budget["image"])
+            assert text.input_ids == tokenizer(written_out, add_special_tokens=False)["input_ids"]
             assert len(text.input_ids) == sum(budget.values())
             assert sum(label != IGNORE for label in text.labels) == budget["answer"]
             assert text.input_ids.count(encoder.image_pad) == budget["image"]

@@ -109,24 +109,53 @@ class Encoder:
                                 "<|im_end|>: labels would train on what it adds")
         return full
 
-    def _ids(self, text: str, image_tokens: int) -> list[int]:
-        return self.tokenizer(text.replace(IMAGE_PAD, IMAGE_PAD * image_tokens), add_special_tokens=False)["input_ids"]
+    def _ids(self, texts: list[str], image_tokens: list[int]) -> list[list[int]]:
+        """Token ids of rendered texts, each holding one image placeholder, expanded to its image's
+        token count. The placeholder is a special token, which the tokenizer splits off before it
+        tokenizes the text around it: repeating its id gives exactly the ids of the expanded text.
+        The texts go to the tokenizer as one batch, which a fast tokenizer spreads over the cores."""
+        expanded = []
+        for text, ids, count in zip(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"], image_tokens,
+                                    strict=True):
+            if ids.count(self.image_pad) != 1:
+                raise TemplateError(f"{ids.count(self.image_pad)} image placeholders, expected 1, in {text[:200]!r}")
+            at = ids.index(self.image_pad)
+            expanded.append(ids[:at] + [self.image_pad] * count + ids[at + 1:])
+        return expanded
+
+    def texts(self, samples: list[Sample], image_tokens: list[int], with_answer: bool = True) -> list[Text]:
+        """Token ids and labels of each sample with its image's token count, as ``text`` gives
+        them but without the ``max_length`` check: prompts that render alike are tokenized once,
+        the full texts as one batch."""
+        if not samples:
+            return []
+        prompts = [(self.render(sample, False), count) for sample, count in zip(samples, image_tokens, strict=True)]
+        unique = list(dict.fromkeys(prompts))
+        prompt_ids = dict(zip(unique, self._ids([text for text, _ in unique], [count for _, count in unique])))
+        if not with_answer:
+            return [Text(prompt_ids[key], [IGNORE] * len(prompt_ids[key])) for key in prompts]
+        full_ids = self._ids([self.render(sample, True) for sample in samples], image_tokens)
+        return [self._labelled(sample, prompt_ids[key], ids) for sample, key, ids in zip(samples, prompts, full_ids)]
+
+    def _labelled(self, sample: Sample, prompt: list[int], ids: list[int]) -> Text:
+        """``ids`` of the full text, labelled from the end of ``prompt`` (a prefix of them)
+        through the assistant's closing ``<|im_end|>``."""
+        if ids[: len(prompt)] != prompt or self.im_end not in ids[len(prompt):]:
+            raise TemplateError(f"sample {sample.id}: the tokens of the prompt are not a prefix of the full text's")
+        end = ids.index(self.im_end, len(prompt))
+        return Text(ids, [IGNORE] * len(prompt) + ids[len(prompt): end + 1] + [IGNORE] * (len(ids) - end - 1))
+
+    def check_budget(self, sample: Sample, text: Text, image_tokens: int) -> None:
+        """BudgetError when ``text`` is longer than ``max_length``."""
+        if len(text.input_ids) > self.max_length:
+            raise BudgetError(f"sample {sample.id}: {len(text.input_ids)} tokens ({image_tokens} image) > "
+                              f"model_max_length {self.max_length}")
 
     def text(self, sample: Sample, image_tokens: int, with_answer: bool = True) -> Text:
         """Token ids and labels; BudgetError when longer than ``max_length``."""
-        prompt = self._ids(self.render(sample, False), image_tokens)
-        if not with_answer:
-            ids, labels = prompt, [IGNORE] * len(prompt)
-        else:
-            ids = self._ids(self.render(sample, True), image_tokens)
-            if ids[: len(prompt)] != prompt or self.im_end not in ids[len(prompt):]:
-                raise TemplateError(f"sample {sample.id}: the tokens of the prompt are not a prefix of the full text's")
-            end = ids.index(self.im_end, len(prompt))  # the assistant's closing <|im_end|>
-            labels = [IGNORE] * len(prompt) + ids[len(prompt): end + 1] + [IGNORE] * (len(ids) - end - 1)
-        if len(ids) > self.max_length:
-            raise BudgetError(f"sample {sample.id}: {len(ids)} tokens ({image_tokens} image) > model_max_length "
-                              f"{self.max_length}")
-        return Text(ids, labels)
+        (text,) = self.texts([sample], [image_tokens], with_answer)
+        self.check_budget(sample, text, image_tokens)
+        return text
 
     def with_pixels(self, sample: Sample, text: Text) -> Encoded:
         """The text encoding completed with the image's pixels."""
@@ -143,10 +172,12 @@ class Encoder:
 def within_budget(encoder: Encoder, samples: list[Sample]) -> tuple[list[tuple[Sample, Text]], list[str]]:
     """The samples whose prompt + image + answer fit ``model_max_length`` (with their text
     encodings), and one message per sample that does not. Both backends check with this."""
+    counts = [encoder.image_tokens(sample.image) for sample in samples]
     kept, over = [], []
-    for sample in samples:
+    for sample, text, count in zip(samples, encoder.texts(samples, counts), counts):
         try:
-            kept.append((sample, encoder.text(sample, encoder.image_tokens(sample.image))))
+            encoder.check_budget(sample, text, count)
+            kept.append((sample, text))
         except BudgetError as exc:
             over.append(str(exc))
     return kept, over

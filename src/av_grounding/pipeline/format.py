@@ -196,6 +196,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     image_token_counts: dict[str, list[int]] = {f: [] for f in tokens.MERGE_FACTOR}
     all_answers: list[list[dict[str, Any]]] = []
     shortest_over: dict[str, tuple[int, str]] = {}  # split -> tokens of its shortest sample over the budget
+    candidates = []  # (record, sample, exact boxes, virtual-camera scale) of every frame with boxes
     for record in frame_views(sorted(frames, key=sample_id), split_of, params):
         if record.get(MIRRORED):
             counts.mirrored_frames += 1
@@ -218,10 +219,12 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             image_token_counts[family].append(tokens.image_tokens(record["width"], record["height"], family,
                                                                   params.min_pixels, params.max_pixels))
         sid = sample_id(record)
+        sample = Sample(sid, output / split_of[record["clip_id"]] / "images" / f"{sid}.jpg", system, user, answer)
+        candidates.append((record, sample, exact, scale))
+    budgets = sample_tokens(encoder, [sample for _, sample, _, _ in candidates],
+                            image_token_counts[params.model_family])
+    for (record, sample, exact, scale), budget in zip(candidates, budgets, strict=True):
         split = split_of[record["clip_id"]]
-        sample = Sample(sid, output / split / "images" / f"{sid}.jpg", system, user, answer)
-        image_count = image_token_counts[params.model_family][-1]
-        budget = sample_tokens(encoder, sample, image_count)
         total = sum(budget.values())
         prompt_token_counts.add(budget["prompt"])
         if total > params.model_max_length:
@@ -234,9 +237,9 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
         virtual = {VIRTUAL_CAMERA: virtual_record(params.virtual_focal, scale)} if scale is not None else {}
         per_split[split].append((sample, {**annotation_record(record, boxes), **virtual, "tokens": budget},
-                                 conversation(f"images/{sid}.jpg", system, user, answer)))
-        image_sources[sid] = (record["image_shard"], record["image_member"], record.get(CROP_TOP, 0),
-                              bool(record.get(MIRRORED)))
+                                 conversation(f"images/{sample.id}.jpg", system, sample.user, sample.answer)))
+        image_sources[sample.id] = (record["image_shard"], record["image_member"], record.get(CROP_TOP, 0),
+                                    bool(record.get(MIRRORED)))
     check_every_split_keeps_a_sample(params, per_split, shortest_over)
     shards = ShardReader(images)
     with atomic_folder(output) as staging:  # replaced whole: no stale samples, no half-written ones
@@ -319,13 +322,15 @@ def published_tokenizer(model_family: str):
     return build_tokenizer(model_family)
 
 
-def sample_tokens(encoder: Encoder, sample: Sample, image_tokens: int) -> dict[str, int]:
-    """A sample's tokens as the model sees them: ``prompt`` (chat template, system and user text,
-    vision markers, the newline after the answer), ``image`` and ``answer`` (the labelled tokens:
-    the answer and its ``<|im_end|>``)."""
-    text = encoder.text(sample, image_tokens)
-    answer = sum(label != IGNORE for label in text.labels)
-    return {"prompt": len(text.input_ids) - image_tokens - answer, "image": image_tokens, "answer": answer}
+def sample_tokens(encoder: Encoder, samples: list[Sample], image_tokens: list[int]) -> list[dict[str, int]]:
+    """Each sample's tokens as the model sees them, given its image's token count: ``prompt``
+    (chat template, system and user text, vision markers, the newline after the answer),
+    ``image`` and ``answer`` (the labelled tokens: the answer and its ``<|im_end|>``)."""
+    budgets = []
+    for text, count in zip(encoder.texts(samples, image_tokens), image_tokens, strict=True):
+        answer = sum(label != IGNORE for label in text.labels)
+        budgets.append({"prompt": len(text.input_ids) - count - answer, "image": count, "answer": answer})
+    return budgets
 
 
 def plot_answer_tokens(counts: list[int], folder: Path) -> None:
