@@ -97,6 +97,33 @@ THINKING_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_batch_of_texts_is_the_tokenizers_ids_of_each_text_written_out(family, tmp_path):
+    """``Encoder.texts`` (one batch, each distinct prompt tokenized once, one placeholder a text
+    repeated) gives each sample the ids the tokenizer gives its text with every image token
+    written out, with and without the answer, for prompts and image sizes that differ; an answer
+    holding a placeholder of its own is refused, naming the sample."""
+    tokenizer = published_tokenizer(family)
+    encoder = Encoder(tokenizer, None, 3136, 40960, 10**9)
+    samples = [Sample(f"s{i}", tmp_path / f"s{i}.jpg", system, user, answer)
+               for i, (system, user, answer) in enumerate([
+                   ("", "Find the vehicles.", "[]"),
+                   ("You ground vehicles.", "Find the vehicles.", '[{"label":"car","bbox_3d":[1.5,-0.25,12]}]'),
+                   ("", "Find the vehicles. fx 315.2", '[{"label":"truck","bbox_3d":[-3,0.5,41.75]}]'),
+                   ("", "Find the vehicles.", '[{"label":"bus","bbox_3d":[0,1,7]}]')])]
+    counts = [12, 12, 30, 12]
+    for with_answer in (True, False):
+        batch = encoder.texts(samples, counts, with_answer)
+        for sample, count, text in zip(samples, counts, batch):
+            written_out = encoder.render(sample, with_answer).replace(IMAGE_PAD, IMAGE_PAD * count)
+            assert text.input_ids == tokenizer(written_out, add_special_tokens=False)["input_ids"], sample.id
+            assert text == encoder.text(sample, count, with_answer)
+        assert all(label == IGNORE for text in batch for label in text.labels) != with_answer
+    stray = dataclasses.replace(samples[1], id="stray", answer=f'["{IMAGE_PAD}"]')
+    with pytest.raises(TemplateError, match=r"sample stray: 2 image placeholders"):
+        encoder.texts([samples[0], stray], [12, 12])
+
+
 def test_a_template_that_writes_into_the_assistant_turn_is_refused(tmp_path):
     """An empty <think> block before the answer would be trained on: the encoder refuses it."""
     tokenizer = hub.build_tokenizer("qwen3_vl")

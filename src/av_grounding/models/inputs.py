@@ -109,16 +109,19 @@ class Encoder:
                                 "<|im_end|>: labels would train on what it adds")
         return full
 
-    def _ids(self, texts: list[str], image_tokens: list[int]) -> list[list[int]]:
-        """Token ids of rendered texts, each holding one image placeholder, expanded to its image's
-        token count. The placeholder is a special token, which the tokenizer splits off before it
-        tokenizes the text around it: repeating its id gives exactly the ids of the expanded text.
-        The texts go to the tokenizer as one batch, which a fast tokenizer spreads over the cores."""
+    def _ids(self, samples: list[Sample], texts: list[str], image_tokens: list[int]) -> list[list[int]]:
+        """Token ids of each sample's rendered text, whose one image placeholder is expanded to the
+        image's token count. The placeholder is a special token, which the tokenizer splits off
+        before it tokenizes the text around it: repeating its id gives exactly the ids of the
+        expanded text. The texts go to the tokenizer as one batch, which a fast tokenizer spreads
+        over the cores. ``TemplateError`` naming the sample when a text holds another number of
+        placeholders (an answer that contains one, say)."""
         expanded = []
-        for text, ids, count in zip(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"], image_tokens,
-                                    strict=True):
+        for sample, ids, count in zip(samples, self.tokenizer(texts, add_special_tokens=False)["input_ids"],
+                                      image_tokens, strict=True):
             if ids.count(self.image_pad) != 1:
-                raise TemplateError(f"{ids.count(self.image_pad)} image placeholders, expected 1, in {text[:200]!r}")
+                raise TemplateError(f"sample {sample.id}: {ids.count(self.image_pad)} image placeholders "
+                                    f"({IMAGE_PAD}) in its text, expected 1")
             at = ids.index(self.image_pad)
             expanded.append(ids[:at] + [self.image_pad] * count + ids[at + 1:])
         return expanded
@@ -130,11 +133,14 @@ class Encoder:
         if not samples:
             return []
         prompts = [(self.render(sample, False), count) for sample, count in zip(samples, image_tokens, strict=True)]
-        unique = list(dict.fromkeys(prompts))
-        prompt_ids = dict(zip(unique, self._ids([text for text, _ in unique], [count for _, count in unique])))
+        first: dict[tuple[str, int], Sample] = {}  # each distinct prompt's first sample (named in errors)
+        for key, sample in zip(prompts, samples):
+            first.setdefault(key, sample)
+        prompt_ids = dict(zip(first, self._ids(list(first.values()), [text for text, _ in first],
+                                               [count for _, count in first])))
         if not with_answer:
             return [Text(prompt_ids[key], [IGNORE] * len(prompt_ids[key])) for key in prompts]
-        full_ids = self._ids([self.render(sample, True) for sample in samples], image_tokens)
+        full_ids = self._ids(samples, [self.render(sample, True) for sample in samples], image_tokens)
         return [self._labelled(sample, prompt_ids[key], ids) for sample, key, ids in zip(samples, prompts, full_ids)]
 
     def _labelled(self, sample: Sample, prompt: list[int], ids: list[int]) -> Text:
