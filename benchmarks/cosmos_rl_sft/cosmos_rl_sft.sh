@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/cosmos_rl_sft/results}
 mkdir -p "$OUT"
 source benchmarks/env/cosmos_rl_env.sh
-[ -n "$COSMOS_RL" ] || { echo "no cosmos-rl: fetch its wheels into .whl/cosmos"; exit 1; }
+[ -n "$COSMOS_RL" ] || { echo "$COSMOS_RL_MISSING"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/proj .whl/project/*.whl || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 for model in tiny-qwen2_5_vl tiny-qwen3_vl; do

@@ -157,10 +157,10 @@ PY
     python3 benchmarks/infer_throughput/infer_throughput.py --model "$HUB/${MODEL:?}" --dataset data/dataset \
       --frames 16 --batch-sizes 1,8 --max-new-tokens 64 --decodings dynamic --out "$OUT/infer-$MODEL.json"
     ;;
-  cosmos)  # the cosmos-rl backend on the 7B folder, in its own environment (.whl/cosmos, carried in a
+  cosmos)  # the cosmos-rl backend on the 7B folder, in its own environment (.whl/cosmos and .whl/cosmos-boto, each carried in a
     # call of its own: with .whl/project it passes the carry limit); needs setup's clone
     source benchmarks/env/cosmos_rl_env.sh
-    [ -n "$COSMOS_RL" ] || { echo "no cosmos-rl: fetch its wheels into .whl/cosmos"; exit 1; }
+    [ -n "$COSMOS_RL" ] || { echo "$COSMOS_RL_MISSING"; exit 1; }
     self=$(realpath "$0")
     [ -d "$HUB/Cosmos-Reason1-7B" ] || MODEL=Cosmos-Reason1-7B "$self" build || exit 1
     # cosmos-rl writes a resumable checkpoint (weights and AdamW state, about 100 GB for the 7B) at
