@@ -18,6 +18,13 @@ true boxes' image rectangles (px), which says how many image tokens a vehicle co
 cameras of different lenses says the model cannot tell the lenses apart (camera-aware input is the
 lever); a ratio near 1 everywhere with a spread growing with distance says the image resolution or
 the answer's precision limits depth (the pixel budget is the lever).
+
+Then, per distance band, why the true boxes not found in 2D were missed, each in exactly one way:
+the answer ended first (it holds no more boxes than the truth's rank in nearest-first order, the
+order of `format.box_order: nearest`: the model stopped before it would have reached the vehicle),
+a box overlapped it too little (largest image-rectangle IoU with any answered box in [0.1, 0.5)),
+or none did (below 0.1). An answer that ends first points at the stop decision or the box order;
+overlaps under 0.5 at localisation (for a 20 px vehicle, a few pixels); no overlap at not seeing it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from av_grounding.evaluation.iou import iou_2d_matrix
 
 BANDS_M = (0.0, 10.0, 20.0, 35.0, 50.0, np.inf)
 MIN_IOU = 0.5
+NEAR_MISS_IOU = 0.1  # a box overlapping a missed truth at least this much overlapped it too little
 LOOSE_RANGE_SHARE = 0.15
 
 
@@ -70,31 +78,61 @@ def loose_truths(frame: Frame) -> set[int]:
     return {int(c) for r, c in zip(rows, cols) if within[r, c]}
 
 
+def nearest_ranks(centres: np.ndarray) -> np.ndarray:
+    """Each of N true boxes' place (0 first) in nearest-first order: by the distance of its
+    centre (m) from the camera, ties in input order. ``centres``: an Nx3 matrix."""
+    ranks = np.empty(len(centres), dtype=int)
+    ranks[np.argsort(np.linalg.norm(centres, axis=1), kind="stable")] = np.arange(len(centres))
+    return ranks
+
+
 def table(frames: list[Frame]) -> pd.DataFrame:
     """One row per true box in front of the camera: camera, focal length (px), true depth (m),
     the width of its image rectangle (px), whether a prediction overlaps it in 2D (and that
-    prediction's depth) and whether one is near it in 3D (``loose_truths``)."""
+    prediction's depth), whether one is near it in 3D (``loose_truths``), its nearest-first rank
+    among the frame's true boxes, the number of boxes the answer held (emitted, dropped ones
+    included) and the largest 2D IoU of any answered box with it."""
     rows = []
     for frame in frames:
         found, loose = {truth: prediction for prediction, truth in pairs(frame)}, loose_truths(frame)
         widths = frame.gt.rectangles[:, 2] - frame.gt.rectangles[:, 0]
+        ranks = nearest_ranks(frame.gt.centres)
+        overlap = (iou_2d_matrix(frame.pred.rectangles, frame.gt.rectangles).max(axis=0) if len(frame.pred)
+                   else np.zeros(len(frame.gt)))
         for index, centre in enumerate(frame.gt.centres):
             if centre[2] <= 0:
                 continue
             predicted = frame.pred.centres[found[index]][2] if index in found else np.nan
             rows.append({"camera": camera_name(frame), "focal_px": focal_px(frame),
                          "z_m": float(centre[2]), "width_px": float(widths[index]), "found": index in found,
-                         "loose": index in loose, "z_pred_m": float(predicted)})
+                         "loose": index in loose, "z_pred_m": float(predicted), "rank": int(ranks[index]),
+                         "answered": max(frame.emitted, len(frame.pred)), "best_iou": float(overlap[index])})
     return pd.DataFrame(rows)
+
+
+def banded(boxes: pd.DataFrame) -> pd.DataFrame:
+    """``boxes`` with the distance band of each true depth (``BANDS_M``, m) as ``band``."""
+    labels = [f"{low:g}-{high:g}" for low, high in itertools.pairwise(BANDS_M)]
+    return boxes.assign(band=pd.cut(boxes["z_m"], BANDS_M, right=False, labels=labels))
+
+
+def misses(boxes: pd.DataFrame) -> pd.DataFrame:
+    """Per distance band, the true boxes not found in 2D and the share of them missed each way
+    (the module docstring): the answer ended first, overlapped under ``MIN_IOU``, or not at all."""
+    missed = banded(boxes[~boxes["found"]])
+    ended = missed["answered"] <= missed["rank"]
+    ways = ["answer ended first", f"overlapped, IoU {NEAR_MISS_IOU:g}-{MIN_IOU:g}",
+            f"no overlap (IoU < {NEAR_MISS_IOU:g})"]
+    way = np.where(ended, ways[0], np.where(missed["best_iou"] >= NEAR_MISS_IOU, ways[1], ways[2]))
+    shares = pd.crosstab(missed["band"], way, normalize="index").reindex(columns=ways, fill_value=0.0).round(3)
+    return pd.concat([missed.groupby("band", observed=True).size().rename("missed in 2D"), shares], axis=1)
 
 
 def summary(boxes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per camera, per distance band, and per both: true boxes, median image width, share found
     in 2D and in 3D (loose), median depth ratio and median absolute relative depth error of those
     found in 2D."""
-    labels = [f"{low:g}-{high:g}" for low, high in itertools.pairwise(BANDS_M)]
-    boxes = boxes.assign(band=pd.cut(boxes["z_m"], BANDS_M, right=False, labels=labels),
-                         ratio=boxes["z_pred_m"] / boxes["z_m"])
+    boxes = banded(boxes).assign(ratio=boxes["z_pred_m"] / boxes["z_m"])
     boxes["relative_error"] = (boxes["ratio"] - 1).abs()
 
     def describe(group: pd.DataFrame) -> pd.Series:
@@ -118,7 +156,8 @@ def main() -> None:
     parser.add_argument("--codec", default="cosmos")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     args = parser.parse_args()
-    per_camera, per_band, overall = summary(table(load_frames(args.truth, args.predictions, args.codec)))
+    boxes = table(load_frames(args.truth, args.predictions, args.codec))
+    per_camera, per_band, overall = summary(boxes)
     args.out.write_text("\n\n".join([
         (f"# Depth errors of the column `{args.predictions.name}`\n\nWritten by "
          "`benchmarks/learning/depth_errors.py` (its docstring defines every column). Found in 2D: paired by "
@@ -126,6 +165,7 @@ def main() -> None:
          f"{LOOSE_RANGE_SHARE:.0%} of the true range; ratio: predicted / true depth (camera z) of the 2D pairs."),
         "## Per camera\n\n" + per_camera.to_markdown(),
         "## All cameras, per distance band (m)\n\n" + overall.to_markdown(),
+        "## Missed in 2D, per distance band (m): how\n\n" + misses(boxes).to_markdown(),
         "## Per camera and distance band (m)\n\n" + per_band.to_markdown()]) + "\n")
 
 

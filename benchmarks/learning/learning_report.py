@@ -177,15 +177,28 @@ def training_samples(dataset: dict) -> str:
 
 def depth_section(path: Path) -> str:
     """The distance-band table of a run's ``depth_errors.md`` (benchmarks/learning/depth_errors.py)
-    under a heading of this report, with a link to the whole file."""
+    under a heading of this report, with a link to the whole file, and the table of how the
+    vehicles not found in 2D were missed where the file has it. ValueError naming the file when it
+    has no distance-band table."""
     text = path.read_text()
     column = text.splitlines()[0].rsplit(" ", 1)[-1]
-    band = text.split("## All cameras, per distance band (m)", 1)[1].split("\n## ", 1)[0].strip()
-    return "\n".join([f"### Found and depth by distance, column {column}\n",
-                       ("True vehicles by distance (m): how many were answered at all (a ground-plane centre within "
-                        "15 % of the range), found in 2D (image rectangles at IoU 0.5), and the depth of those found; "
-                        f"per camera in [{path.parent.name}/depth_errors.md]({path.parent.name}/depth_errors.md).\n"),
-                       band, ""])
+
+    def section(heading: str) -> str | None:
+        return text.split(heading, 1)[1].split("\n## ", 1)[0].strip() if heading in text else None
+
+    band = section("## All cameras, per distance band (m)")
+    if band is None:
+        raise ValueError(f"{path}: no '## All cameras, per distance band (m)' table")
+    lines = [f"### Found and depth by distance, column {column}\n",
+             ("True vehicles by distance (m): how many were answered at all (a ground-plane centre within "
+              "15 % of the range), found in 2D (image rectangles at IoU 0.5), and the depth of those found; "
+              f"per camera in [{path.parent.name}/depth_errors.md]({path.parent.name}/depth_errors.md).\n"),
+             band, ""]
+    missed = section("## Missed in 2D, per distance band (m): how")
+    if missed:  # written by depth_errors.py since 2026-12-07
+        lines += [("Those not found in 2D, by how they were missed: the answer ended before the vehicle's place in "
+                   "nearest-first order, a box overlapped it at IoU 0.1-0.5, or none overlapped it.\n"), missed, ""]
+    return "\n".join(lines)
 
 
 # (column title, path in a column's metrics, key in its intervals_95) of the table of every run.
