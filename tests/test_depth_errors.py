@@ -38,25 +38,26 @@ def test_nearest_ranks_order_by_distance_from_the_camera_ties_in_input_order():
 
 
 def test_each_missed_truth_is_counted_in_the_one_way_it_was_missed(tmp_path):
-    """Band 35-50 m holds five true cars: one found, two after the end of a one-box answer, one
-    under a box shifted to IoU 0.1-0.5, one with the only box elsewhere in the image."""
+    """Band 35-50 m holds six true cars: one found, two after the end of a one-box answer, one
+    under a box shifted to IoU 0.1-0.5, one both (overlapped counts first), one with the only box
+    elsewhere in the image. The near car of the last frame but one is missed with nothing on it."""
     near, far = car(-3.0, 15.0), car(2.0, 40.0)
     shifted = car(2.0 + 0.8, 40.0)  # about 13 of 17 px wide at 40 m: overlaps, IoU under 0.5
     built = frames(tmp_path, {"ended": ([near, far, car(-6.0, 45.0)], [near]),
                               "overlap": ([far], [shifted]),
+                              "overlap-and-ended": ([near, far], [shifted]),
                               "elsewhere": ([far], [car(-12.0, 40.0)]),
                               "found": ([far], [far])})
-    boxes = table(built)  # frames in name order; a frame id without a camera names its camera column
+    boxes = table(built)  # a frame id without a camera names its camera column
     of = {name: boxes[boxes["camera"] == name] for name in ("ended", "overlap", "elsewhere", "found")}
     assert 0.1 <= of["overlap"]["best_iou"].item() < 0.5 and of["elsewhere"]["best_iou"].item() < 0.1, boxes
-    assert boxes["found"].sum() == 2 and of["found"]["found"].item()  # the near car and the found far one
+    assert boxes["found"].sum() == 2 and of["found"]["found"].item()  # the first near car and the found far one
     assert of["ended"]["rank"].tolist() == [0, 1, 2] and of["ended"]["answered"].tolist() == [1, 1, 1]
     result = misses(boxes)
-    assert result.index.tolist() == ["35-50"]
-    row = result.loc["35-50"]
-    assert row["missed in 2D"] == 4
-    assert row.drop("missed in 2D").tolist() == pytest.approx([0.5, 0.25, 0.25])
-    assert list(row.index[1:]) == ["answer ended first", "overlapped, IoU 0.1-0.5", "no overlap (IoU < 0.1)"]
+    assert list(result.columns) == ["missed in 2D", "overlapped (IoU >= 0.1), not paired", "else: answer ended first",
+                                    "else: no overlap"]
+    assert result.loc["35-50"].tolist() == pytest.approx([5, 0.4, 0.4, 0.2])
+    assert result.loc["10-20"].tolist() == pytest.approx([1, 0.0, 0.0, 1.0])
 
 
 def test_the_learning_report_quotes_both_band_tables_and_names_a_file_without_them(tmp_path, monkeypatch):
@@ -68,7 +69,8 @@ def test_the_learning_report_quotes_both_band_tables_and_names_a_file_without_th
     main()
     section = depth_section(out)
     assert section.startswith("### Found and depth by distance, column `pred`")
-    assert "| 35-50  |              1 |                    1 |" in section  # missed once, after the answer's end
+    (row,) = [line for line in section.split("Those not found in 2D")[1].splitlines() if line.startswith("| 35-50")]
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "1", "0", "1", "0"]  # after the end
     out.write_text("# Depth errors of the column `final`\n\n## Per camera\n\n| a |\n")
     with pytest.raises(ValueError, match=re.escape("depth_errors.md: no '## All cameras")):
         depth_section(out)

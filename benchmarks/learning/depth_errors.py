@@ -19,12 +19,14 @@ cameras of different lenses says the model cannot tell the lenses apart (camera-
 lever); a ratio near 1 everywhere with a spread growing with distance says the image resolution or
 the answer's precision limits depth (the pixel budget is the lever).
 
-Then, per distance band, why the true boxes not found in 2D were missed, each in exactly one way:
-the answer ended first (it holds no more boxes than the truth's rank in nearest-first order, the
-order of `format.box_order: nearest`: the model stopped before it would have reached the vehicle),
-a box overlapped it too little (largest image-rectangle IoU with any answered box in [0.1, 0.5)),
-or none did (below 0.1). An answer that ends first points at the stop decision or the box order;
-overlaps under 0.5 at localisation (for a 20 px vehicle, a few pixels); no overlap at not seeing it.
+Then, per distance band, how the true boxes not found in 2D were missed, each counted one way,
+in this order: a box overlapped it (image-rectangle IoU at least 0.1 with some answered box, but no
+box paired with it at 0.5; the box may be paired with another vehicle), else the answer ended
+first (it holds no more boxes than the truth's rank in nearest-first order, the order of
+`format.box_order: nearest`: a count, consistent with the model stopping before it reached the
+vehicle, not proof of it), else the answer went on and nothing overlapped it. Overlaps point at
+localisation or size (for a 20 px vehicle a few pixels decide IoU 0.5); an answer that ends
+first at the stop decision or the box order; the rest at not seeing it.
 """
 
 from __future__ import annotations
@@ -117,13 +119,14 @@ def banded(boxes: pd.DataFrame) -> pd.DataFrame:
 
 
 def misses(boxes: pd.DataFrame) -> pd.DataFrame:
-    """Per distance band, the true boxes not found in 2D and the share of them missed each way
-    (the module docstring): the answer ended first, overlapped under ``MIN_IOU``, or not at all."""
+    """Per distance band, the true boxes not found in 2D and the share of them missed each way, in
+    the module docstring's order: a box overlapped it (IoU at least ``NEAR_MISS_IOU``), else the
+    answer ended first, else nothing overlapped it."""
     missed = banded(boxes[~boxes["found"]])
-    ended = missed["answered"] <= missed["rank"]
-    ways = ["answer ended first", f"overlapped, IoU {NEAR_MISS_IOU:g}-{MIN_IOU:g}",
-            f"no overlap (IoU < {NEAR_MISS_IOU:g})"]
-    way = np.where(ended, ways[0], np.where(missed["best_iou"] >= NEAR_MISS_IOU, ways[1], ways[2]))
+    ways = [f"overlapped (IoU >= {NEAR_MISS_IOU:g}), not paired", "else: answer ended first",
+            "else: no overlap"]
+    way = np.where(missed["best_iou"] >= NEAR_MISS_IOU, ways[0],
+                   np.where(missed["answered"] <= missed["rank"], ways[1], ways[2]))
     shares = pd.crosstab(missed["band"], way, normalize="index").reindex(columns=ways, fill_value=0.0).round(3)
     return pd.concat([missed.groupby("band", observed=True).size().rename("missed in 2D"), shares], axis=1)
 

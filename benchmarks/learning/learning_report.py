@@ -196,8 +196,9 @@ def depth_section(path: Path) -> str:
              band, ""]
     missed = section("## Missed in 2D, per distance band (m): how")
     if missed:  # written by depth_errors.py since 2026-12-07
-        lines += [("Those not found in 2D, by how they were missed: the answer ended before the vehicle's place in "
-                   "nearest-first order, a box overlapped it at IoU 0.1-0.5, or none overlapped it.\n"), missed, ""]
+        lines += [("Those not found in 2D, by how they were missed: a box overlapped it (IoU at least 0.1) but none "
+                   "was paired with it at 0.5; else the answer ended before the vehicle's place in nearest-first "
+                   "order; else nothing overlapped it.\n"), missed, ""]
     return "\n".join(lines)
 
 
