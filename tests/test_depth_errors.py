@@ -40,7 +40,7 @@ def test_nearest_ranks_order_by_distance_from_the_camera_ties_in_input_order():
 def test_each_missed_truth_is_counted_in_the_one_way_it_was_missed(tmp_path):
     """Band 35-50 m holds six true cars: one found, two after the end of a one-box answer, one
     under a box shifted to IoU 0.1-0.5, one both (overlapped counts first), one with the only box
-    elsewhere in the image. The near car of the last frame but one is missed with nothing on it."""
+    elsewhere in the image. The near car of `overlap-and-ended` is missed with nothing on it."""
     near, far = car(-3.0, 15.0), car(2.0, 40.0)
     shifted = car(2.0 + 0.8, 40.0)  # about 13 of 17 px wide at 40 m: overlaps, IoU under 0.5
     built = frames(tmp_path, {"ended": ([near, far, car(-6.0, 45.0)], [near]),
