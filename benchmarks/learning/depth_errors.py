@@ -41,6 +41,7 @@ from scipy.optimize import linear_sum_assignment
 
 from av_grounding.evaluation.frames import Frame, load_frames
 from av_grounding.evaluation.iou import iou_2d_matrix
+from av_grounding.storage import atomic_write_bytes
 
 BANDS_M = (0.0, 10.0, 20.0, 35.0, 50.0, np.inf)
 MIN_IOU = 0.5
@@ -161,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     boxes = table(load_frames(args.truth, args.predictions, args.codec))
     per_camera, per_band, overall = summary(boxes)
-    args.out.write_text("\n\n".join([
+    atomic_write_bytes(args.out, ("\n\n".join([
         (f"# Depth errors of the column `{args.predictions.name}`\n\nWritten by "
          "`benchmarks/learning/depth_errors.py` (its docstring defines every column). Found in 2D: paired by "
          f"image-rectangle IoU >= {MIN_IOU}; found in 3D (loose): a ground-plane centre within "
@@ -169,7 +170,7 @@ def main() -> None:
         "## Per camera\n\n" + per_camera.to_markdown(),
         "## All cameras, per distance band (m)\n\n" + overall.to_markdown(),
         "## Missed in 2D, per distance band (m): how\n\n" + misses(boxes).to_markdown(),
-        "## Per camera and distance band (m)\n\n" + per_band.to_markdown()]) + "\n")
+        "## Per camera and distance band (m)\n\n" + per_band.to_markdown()]) + "\n").encode())
 
 
 if __name__ == "__main__":
