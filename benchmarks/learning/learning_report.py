@@ -204,6 +204,7 @@ def depth_section(path: Path) -> str:
 
 # (column title, path in a column's metrics, key in its intervals_95) of the table of every run.
 SUMMARY = (("AP2D50", ("ap2d", "ap50"), "ap2d50"), ("AP3D", ("ap3d", "ap"), "ap3d"),
+           ("AP3D far", ("ap3d", "far"), "ap3d_far"),
            ("centre mAP", ("center_distance", "map"), "center_distance_map"),
            ("recall", ("matching", "recall"), "recall"), ("precision", ("matching", "precision"), "precision"))
 
@@ -378,7 +379,7 @@ def paired_section(title: str, text: str, column: str, pairs: list[tuple[Path, P
 
 PAIRED_NOTE = ("scored again on the same held-out frames: change against {against}, with its paired clip-bootstrap "
                "95 % interval (docs/metrics.md#intervals-how-sure-a-number-is). The intervals cover the evaluation "
-               "clips, not the spread between training seeds, and with five metrics a row about one in twenty "
+               "clips, not the spread between training seeds, and with six metrics a row about one in twenty "
                "intervals clears 0 by chance. `train s`: wall time of the training loop (`timing/train.json`); "
                "`infer s`: of answering the evaluation frames with the trained models, zero-shot left out "
                "({times}).\n")

@@ -1,4 +1,5 @@
-"""Clip-bootstrap 95 % intervals of the headline metrics: AP2D50, AP3D (0.05:0.50), centre-distance
+"""Clip-bootstrap 95 % intervals of the headline metrics: AP2D50, AP3D (0.05:0.50), AP3D of the far
+depth bin (truth beyond ``evaluate.depth_bins_m``'s last limit, 35 m by default), centre-distance
 mAP, recall and precision.
 
 The frames of one clip are not independent samples (the same scene seen by five cameras, tenths
@@ -27,11 +28,11 @@ import numpy as np
 
 from .ap import ClassHits, accumulate, class_hits, distance_ap_of_hits, match_images
 from .config import EvaluationConfig
-from .evaluate import distance_images, images_2d, images_3d
+from .evaluate import distance_images, images_2d, images_3d, in_depth_range
 from .frames import EvaluationWarning, Frame
 from .matching import match_centres
 
-HEADLINE = ("ap2d50", "ap3d", "center_distance_map", "recall", "precision")
+HEADLINE = ("ap2d50", "ap3d", "ap3d_far", "center_distance_map", "recall", "precision")
 LEVEL = 0.95
 
 
@@ -59,7 +60,11 @@ def metric_functions(frames: list[Frame], config: EvaluationConfig) -> dict[str,
     (``frames.load_frames``)."""
     labels = sorted({label for f in frames for label in f.gt.labels})
     matches_2d = match_images(images_2d(frames), labels, [0.5], config.max_detections)
-    matches_3d = match_images(images_3d(frames), labels, list(config.ap3d_thresholds), config.max_detections)
+    thresholds_3d = list(config.ap3d_thresholds)
+    boxes_3d = images_3d(frames)
+    matches_3d = match_images(boxes_3d, labels, thresholds_3d, config.max_detections)
+    matches_far = match_images(in_depth_range(frames, boxes_3d, *config.depth_ranges["far"]), labels, thresholds_3d,
+                               config.max_detections)
     distance = distance_images(frames)
     hits: dict[tuple[float, str], ClassHits] = {
         (t, label): class_hits(distance, label, t) for t in config.distance_thresholds_m for label in labels}
@@ -82,7 +87,8 @@ def metric_functions(frames: list[Frame], config: EvaluationConfig) -> dict[str,
         return float(matched[chosen].sum() / total) if total else None
 
     return {"ap2d50": lambda chosen: accumulate(matches_2d, [0.5], chosen).ap,
-            "ap3d": lambda chosen: accumulate(matches_3d, list(config.ap3d_thresholds), chosen).ap,
+            "ap3d": lambda chosen: accumulate(matches_3d, thresholds_3d, chosen).ap,
+            "ap3d_far": lambda chosen: accumulate(matches_far, thresholds_3d, chosen).ap,
             "center_distance_map": centre_map, "recall": recall, "precision": precision}
 
 

@@ -74,19 +74,24 @@ def images_2d(frames: list[Frame]) -> list[ImageBoxes]:
                        _unseen(f.gt.rectangles), _unseen(f.pred.rectangles)) for f in frames]
 
 
+def in_depth_range(frames: list[Frame], images: list[ImageBoxes], low: float, high: float) -> list[ImageBoxes]:
+    """``images`` (one per frame, ``images_3d``) restricted to the depth range [low, high)
+    (camera z of the box centre, metres): truth outside it is ignored, and predictions outside
+    it are ignored unless matched (COCO's area ranges)."""
+    ranged = []
+    for frame, image in zip(frames, images):
+        gt_depth, dt_depth = frame.gt.centres[:, 2], frame.pred.centres[:, 2]
+        ranged.append(ImageBoxes(image.gt_labels, image.dt_labels, image.dt_scores, image.overlap,
+                                 (gt_depth < low) | (gt_depth >= high), (dt_depth < low) | (dt_depth >= high)))
+    return ranged
+
+
 def ap3d_by_depth(frames: list[Frame], images: list[ImageBoxes], labels: list[str],
                   config: EvaluationConfig) -> dict[str, float | None]:
-    """AP3D per depth bin (camera z of the box centre, metres): truth outside the bin and
-    unmatched predictions outside it are ignored (COCO's area ranges). None for an empty bin."""
-    out = {}
-    for name, (low, high) in config.depth_ranges.items():
-        ranged = []
-        for frame, image in zip(frames, images):
-            gt_depth, dt_depth = frame.gt.centres[:, 2], frame.pred.centres[:, 2]
-            ranged.append(ImageBoxes(image.gt_labels, image.dt_labels, image.dt_scores, image.overlap,
-                                     (gt_depth < low) | (gt_depth >= high), (dt_depth < low) | (dt_depth >= high)))
-        out[name] = coco_ap(ranged, labels, list(config.ap3d_thresholds), config.max_detections).ap
-    return out
+    """AP3D per depth bin (``config.depth_ranges``, ``in_depth_range``). None for an empty bin."""
+    return {name: coco_ap(in_depth_range(frames, images, low, high), labels, list(config.ap3d_thresholds),
+                          config.max_detections).ap
+            for name, (low, high) in config.depth_ranges.items()}
 
 
 def distance_images(frames: list[Frame]) -> list[DistanceImage]:

@@ -18,6 +18,7 @@ HEADLINE: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("AP2D50", ("ap2d", "ap50"), "ap2d50"),
     ("AP3D (IoU 0.05:0.50)", ("ap3d", "ap"), "ap3d"),
     ("AP3D25", ("ap3d", "ap25"), None),
+    ("AP3D far", ("ap3d", "far"), None),
     ("centre-distance mAP", ("center_distance", "map"), "cd_map"),
     ("recall", ("matching", "recall"), "recall"),
     ("precision", ("matching", "precision"), "precision"),
@@ -93,14 +94,15 @@ def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
                f"{any_column['gt_boxes']} true boxes ({any_column['gt_boxes'] / any_column['frames']:.2f} per frame). "
                "Rows named \"recipe\" follow the recipe's "
                "definitions with two bugs removed; the last rows are signals that move early in training "
-               "(`AP3D near`: vehicles closer than the first depth limit). A dash: nothing to measure.\n\n")
+               "(`AP3D far` and `near`: vehicles beyond the last depth limit and closer than the first, "
+               "`evaluate.depth_bins_m`). A dash: nothing to measure.\n\n")
     cells = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None only
     return (heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n" + intervals_markdown(results, steps)
             + changes_markdown(results, steps))
 
 
 # Rows of the intervals table: (row label, key in a column's ``intervals_95``).
-INTERVAL_ROWS = (("AP2D50", "ap2d50"), ("AP3D (IoU 0.05:0.50)", "ap3d"),
+INTERVAL_ROWS = (("AP2D50", "ap2d50"), ("AP3D (IoU 0.05:0.50)", "ap3d"), ("AP3D far", "ap3d_far"),
                  ("centre-distance mAP", "center_distance_map"), ("recall", "recall"), ("precision", "precision"))
 
 
