@@ -1,5 +1,6 @@
-"""benchmarks/learning/depth_errors.py: how the true boxes not found in 2D were missed, on frames
-built by hand (one way each), and learning_report.py's quote of its tables."""
+"""benchmarks/learning/depth_errors.py: how the true boxes not found in 2D were missed and what one
+repair of the overlapping box would pair, on frames built by hand (one way each), and
+learning_report.py's quote of its tables."""
 
 import json
 import re
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
-from depth_errors import main, misses, nearest_ranks, table
+from depth_errors import REPAIRS, main, misses, nearest_ranks, repair_shares, repaired, repairs, table
 from learning_report import depth_section
 
 from av_grounding.evaluation.frames import load_frames
+from av_grounding.geometry.codecs import get_codec
 
 CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
 
@@ -60,8 +62,50 @@ def test_each_missed_truth_is_counted_in_the_one_way_it_was_missed(tmp_path):
     assert result.loc["10-20"].tolist() == pytest.approx([1, 0.0, 0.0, 1.0])
 
 
-def test_the_learning_report_quotes_both_band_tables_and_names_a_file_without_them(tmp_path, monkeypatch):
-    frames(tmp_path, {"ended": ([car(-3.0, 15.0), car(2.0, 40.0)], [car(-3.0, 15.0)])})
+def test_each_repair_replaces_one_property_and_keeps_the_others():
+    decode = get_codec("cosmos").decode
+    pred = decode([3.0, 0.5, 30.0, 4.0, 1.8, 1.5, 0.0, 0.0, 0.2])
+    truth = decode([1.0, 0.7, 42.0, 4.6, 1.9, 1.6, 0.0, 0.0, 0.0])
+    depth = repaired(pred, truth, "depth")  # along its own ray, to the truth's range
+    assert np.linalg.norm(depth.center) == pytest.approx(np.linalg.norm(truth.center))
+    assert np.cross(depth.center, pred.center) == pytest.approx(np.zeros(3), abs=1e-12)
+    place = repaired(pred, truth, "place in the image")  # on the truth's ray, at its own range
+    assert np.linalg.norm(place.center) == pytest.approx(np.linalg.norm(pred.center))
+    assert np.cross(place.center, truth.center) == pytest.approx(np.zeros(3), abs=1e-12)
+    assert (repaired(pred, truth, "size").lwh == truth.lwh).all()
+    assert (repaired(pred, truth, "orientation").rotation == truth.rotation).all()
+    for what in REPAIRS:
+        fixed = repaired(pred, truth, what)
+        kept = [name for name, a, b in (("centre", fixed.center, pred.center), ("size", fixed.lwh, pred.lwh),
+                                        ("orientation", fixed.rotation, pred.rotation)) if np.array_equal(a, b)]
+        assert len(kept) == 2, (what, kept)
+    with pytest.raises(ValueError, match="'colour' is none of"):
+        repaired(pred, truth, "colour")
+
+
+def test_a_box_off_in_one_property_is_paired_by_that_repair_alone(tmp_path):
+    """Three far cars, each answered by a box that overlaps it under IoU 0.5 for one reason: 0.8 m
+    to the side (its place in the image), 30 % too near along its own ray (its depth: the same
+    place, a larger rectangle), 1.6 times too large (its size). Each is paired by its own repair
+    and, here, by no other; a found car and a car with no overlapping box are left out."""
+    far = car(2.0, 40.0)
+    too_near = {"label": "car", "bbox_3d": [2.0 * 0.7, 0.7 * 0.7, 40.0 * 0.7, 4.5, 1.9, 1.6, 0.0, 0.0, 0.0]}
+    too_large = {"label": "car", "bbox_3d": [2.0, 0.7, 40.0, 4.5 * 1.6, 1.9 * 1.6, 1.6 * 1.6, 0.0, 0.0, 0.0]}
+    built = frames(tmp_path, {"aside": ([far], [car(2.8, 40.0)]), "near": ([far], [too_near]),
+                              "large": ([far], [too_large]), "found": ([far], [far]),
+                              "elsewhere": ([far], [car(-12.0, 40.0)])})
+    rows = repairs(built)
+    assert len(rows) == 3 and ((rows["iou"] >= 0.1) & (rows["iou"] < 0.5)).all(), rows
+    # frames load by name: aside, large, near
+    assert rows[list(REPAIRS)].to_numpy().tolist() == [[False, True, False, False], [False, False, True, False],
+                                                      [True, False, False, False]], rows
+    shares = repair_shares(rows)
+    assert shares.loc["35-50"].tolist() == [3, round(rows["iou"].median(), 3), 0.333, 0.333, 0.333, 0.0]
+
+
+def test_the_learning_report_quotes_the_band_tables_and_names_a_file_without_them(tmp_path, monkeypatch):
+    frames(tmp_path, {"ended": ([car(-3.0, 15.0), car(2.0, 40.0)], [car(-3.0, 15.0)]),
+                      "aside": ([car(2.0, 40.0)], [car(2.8, 40.0)])})
     out = tmp_path / "run" / "depth_errors.md"
     out.parent.mkdir()
     monkeypatch.setattr(sys, "argv", ["depth_errors.py", "--truth", str(tmp_path / "gt"), "--predictions",
@@ -69,8 +113,12 @@ def test_the_learning_report_quotes_both_band_tables_and_names_a_file_without_th
     main()
     section = depth_section(out)
     assert section.startswith("### Found and depth by distance, column `pred`")
-    (row,) = [line for line in section.split("Those not found in 2D")[1].splitlines() if line.startswith("| 35-50")]
-    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "1", "0", "1", "0"]  # after the end
+    missed, repaired_table = section.split("Those not found in 2D")[1].split("Those overlapped by a box")
+    (row,) = [line for line in missed.splitlines() if line.startswith("| 35-50")]
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "2", "0.5", "0.5", "0"]
+    (row,) = [line for line in repaired_table.splitlines() if line.startswith("| 35-50")]
+    # one car overlapped at IoU 0.461, paired by a repair of its place in the image alone
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "1", "0.461", "0", "1", "0", "0"]
     out.write_text("# Depth errors of the column `final`\n\n## Per camera\n\n| a |\n")
     with pytest.raises(ValueError, match=re.escape("depth_errors.md: no '## All cameras")):
         depth_section(out)

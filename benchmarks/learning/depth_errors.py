@@ -27,6 +27,15 @@ first (it holds no more boxes than the truth's rank in nearest-first order, the 
 vehicle, not proof of it), else the answer went on and nothing overlapped it. Overlaps point at
 localisation or size (for a 20 px vehicle a few pixels decide IoU 0.5); an answer that ends
 first at the stop decision or the box order; the rest at not seeing it.
+
+Last, per distance band, what the overlapping box got wrong, for each missed truth whose
+best-overlapping answered box stays under IoU 0.5 with it: that box with one property replaced
+by the truth's, projected again (``repaired``), and whether its rectangle then reaches IoU 0.5:
+its depth (its centre moved along its own ray to the truth's range: the rectangle keeps its
+place and scales), its place in the image (its centre moved onto the truth's ray at its own
+range), its size, its orientation. A property whose repair alone pairs most of them is what
+limits the far band: the place in the image points at the image budget (finer image tokens),
+depth and size at the 3D estimate.
 """
 
 from __future__ import annotations
@@ -39,8 +48,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from av_grounding.evaluation.frames import Frame, load_frames
+from av_grounding.evaluation.frames import Frame, image_rectangle, load_frames
 from av_grounding.evaluation.iou import iou_2d_matrix
+from av_grounding.geometry.boxes import Box3D
 from av_grounding.storage import atomic_write_bytes
 
 BANDS_M = (0.0, 10.0, 20.0, 35.0, 50.0, np.inf)
@@ -113,6 +123,59 @@ def table(frames: list[Frame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+REPAIRS = ("depth", "place in the image", "size", "orientation")
+
+
+def repaired(pred: Box3D, truth: Box3D, what: str) -> Box3D:
+    """``pred`` with one property (``REPAIRS``) replaced by ``truth``'s: ``depth`` scales its
+    centre along its own ray to the truth's range (m), ``place in the image`` puts its centre on
+    the truth's ray at its own range, ``size`` takes the truth's (length, width, height),
+    ``orientation`` its rotation. Raises ``ValueError`` for another ``what``."""
+    own, true = np.linalg.norm(pred.center), np.linalg.norm(truth.center)
+    if what == "depth":
+        return Box3D(pred.center * (true / own), pred.rotation, pred.lwh)
+    if what == "place in the image":
+        return Box3D(truth.center * (own / true), pred.rotation, pred.lwh)
+    if what == "size":
+        return Box3D(pred.center, pred.rotation, truth.lwh)
+    if what == "orientation":
+        return Box3D(pred.center, truth.rotation, pred.lwh)
+    raise ValueError(f"repaired: {what!r} is none of {REPAIRS}")
+
+
+def repairs(frames: list[Frame]) -> pd.DataFrame:
+    """One row per true box in front of the camera that no answered box pairs with in 2D and whose
+    best-overlapping answered box overlaps it with IoU in [``NEAR_MISS_IOU``, ``MIN_IOU``): its
+    true depth (m), that IoU, and for each of ``REPAIRS`` whether the box so repaired
+    (``repaired``) reaches IoU ``MIN_IOU`` with it."""
+    rows = []
+    for frame in frames:
+        if not len(frame.pred):
+            continue
+        found = {truth for _, truth in pairs(frame)}
+        overlap = iou_2d_matrix(frame.pred.rectangles, frame.gt.rectangles)
+        for index, truth in enumerate(frame.gt.boxes):
+            best = int(np.argmax(overlap[:, index]))
+            if index in found or truth.center[2] <= 0 or not NEAR_MISS_IOU <= overlap[best, index] < MIN_IOU:
+                continue
+            row = {"z_m": float(truth.center[2]), "iou": float(overlap[best, index])}
+            for what in REPAIRS:
+                rect = image_rectangle(repaired(frame.pred.boxes[best], truth, what), frame.camera, frame.width,
+                                       frame.height)
+                row[what] = float(iou_2d_matrix(rect[None], frame.gt.rectangles[index][None])[0, 0]) >= MIN_IOU
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["z_m", "iou", *REPAIRS])
+
+
+def repair_shares(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per distance band: how many ``repairs`` rows, their median IoU, and for each property the
+    share that its repair alone pairs at IoU ``MIN_IOU``."""
+    grouped = banded(rows).groupby("band", observed=True)
+    return pd.concat([grouped.size().rename("overlapped, IoU under 0.5"),
+                      grouped["iou"].median().round(3).rename("median IoU"),
+                      grouped[list(REPAIRS)].mean().round(3).add_prefix("paired if repaired: ")], axis=1)
+
+
 def banded(boxes: pd.DataFrame) -> pd.DataFrame:
     """``boxes`` with the distance band of each true depth (``BANDS_M``, m) as ``band``."""
     labels = [f"{low:g}-{high:g}" for low, high in itertools.pairwise(BANDS_M)]
@@ -160,7 +223,8 @@ def main() -> None:
     parser.add_argument("--codec", default="cosmos")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     args = parser.parse_args()
-    boxes = table(load_frames(args.truth, args.predictions, args.codec))
+    frames = load_frames(args.truth, args.predictions, args.codec)
+    boxes = table(frames)
     per_camera, per_band, overall = summary(boxes)
     atomic_write_bytes(args.out, ("\n\n".join([
         (f"# Depth errors of the column `{args.predictions.name}`\n\nWritten by "
@@ -170,6 +234,8 @@ def main() -> None:
         "## Per camera\n\n" + per_camera.to_markdown(),
         "## All cameras, per distance band (m)\n\n" + overall.to_markdown(),
         "## Missed in 2D, per distance band (m): how\n\n" + misses(boxes).to_markdown(),
+        "## Overlapped but missed, per distance band (m): what one repair of the box would pair\n\n"
+        + repair_shares(repairs(frames)).to_markdown(),
         "## Per camera and distance band (m)\n\n" + per_band.to_markdown()]) + "\n").encode())
 
 

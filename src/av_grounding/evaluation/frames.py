@@ -140,16 +140,21 @@ def pinhole_parameters(record: dict[str, Any]) -> dict[str, float] | None:
     return None
 
 
+def image_rectangle(box: Box3D, camera: Camera, width: int, height: int) -> np.ndarray:
+    """(4,) ``[x0, y0, x1, y1]`` (pixels): the rectangle around ``box``'s projected edges (curved
+    under f-theta) clipped to the ``width`` x ``height`` image; all zero when the box lies wholly
+    behind the camera's near plane."""
+    rect = projected_rectangle(box.corners(), camera,
+                               edge_segments("pinhole" if isinstance(camera, PinholeCamera) else "ftheta"))
+    return np.zeros(4) if rect is None else clip_rectangle(rect, width, height)
+
+
 def box_set(labels: list[str], values: list[list[float]], scores: list[float] | np.ndarray, codec: str,
             camera: Camera, width: int, height: int) -> BoxSet:
     """Decode N boxes (nine numbers each, in ``codec``'s convention) once: see ``BoxSet``."""
     decoder = get_codec(codec)
     boxes = [decoder.decode(v) for v in values]
-    segments = edge_segments("pinhole" if isinstance(camera, PinholeCamera) else "ftheta")
-    rectangles = []
-    for box in boxes:
-        rect = projected_rectangle(box.corners(), camera, segments)
-        rectangles.append(np.zeros(4) if rect is None else clip_rectangle(rect, width, height))
+    rectangles = [image_rectangle(box, camera, width, height) for box in boxes]
     forward = np.array([b.rotation[:, 0] for b in boxes]).reshape(-1, 3)
     return BoxSet(list(labels), np.asarray(values, float).reshape(-1, 9), boxes,
                   np.array([b.center for b in boxes]).reshape(-1, 3), np.arctan2(forward[:, 0], forward[:, 2]),
