@@ -122,8 +122,8 @@ def intervals_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]
                                                             for _, key in INTERVAL_ROWS] for name in order},
                          index=[label for label, _ in INTERVAL_ROWS])
     return (f"\n95 % intervals: clip bootstrap, {first['replicates']} resamplings of {first['clips']} clips "
-            "(docs/metrics.md#intervals-how-sure-a-number-is). A dash: no interval (one clip, or nothing to "
-            "measure).\n\n" + frame.to_markdown() + "\n")
+            "(docs/metrics.md#intervals-how-sure-a-number-is). A dash: no interval (one clip, nothing to "
+            "measure, or a column scored before the metric had one).\n\n" + frame.to_markdown() + "\n")
 
 
 # Fewest clips for which the table calls a change "rises" or "falls": a bootstrap over fewer
