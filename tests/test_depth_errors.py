@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
-from depth_errors import REPAIRS, main, misses, nearest_ranks, repair_shares, repaired, repairs, table
+from depth_errors import REPAIRS, main, misses, nearest_ranks, occlusion, repair_shares, repaired, repairs, table
 from learning_report import depth_section
 
 from av_grounding.evaluation.frames import load_frames
@@ -62,6 +63,19 @@ def test_each_missed_truth_is_counted_in_the_one_way_it_was_missed(tmp_path):
     assert result.loc["10-20"].tolist() == pytest.approx([1, 0.0, 0.0, 1.0])
 
 
+def test_a_far_car_behind_a_near_one_is_covered_and_the_band_table_sorts_by_outcome(tmp_path):
+    """A car at 40 m on the ray of a car at 15 m lies wholly behind it in the image: covered 1; the
+    near car 0; a car beside both 0. The band table's medians and shares, computed by hand."""
+    near, behind, beside = car(0.75, 15.0), car(2.0, 40.0), car(-12.0, 40.0)
+    boxes = table(frames(tmp_path, {"a": ([near, behind, beside], [near])}))
+    assert boxes.sort_values("z_m")["covered"].tolist()[0] == 0.0
+    assert sorted(boxes.loc[boxes["z_m"] == 40.0, "covered"].tolist()) == [0.0, 1.0]
+    built = pd.DataFrame({"z_m": [40.0, 41.0, 42.0, 43.0, 44.0], "found": [True, False, False, False, False],
+                          "best_iou": [0.9, 0.3, 0.2, 0.0, 0.05], "covered": [0.1, 0.6, 0.8, 0.4, 1.0]})
+    row = occlusion(built).loc["35-50"]
+    assert row.tolist() == [0.1, 0.7, 0.7, 0.6]  # found 0.1; overlapped 0.6 and 0.8; others 0.4 and 1.0; 3 of 5 > 0.5
+
+
 def test_each_repair_replaces_one_property_and_keeps_the_others():
     decode = get_codec("cosmos").decode
     pred = decode([3.0, 0.5, 30.0, 4.0, 1.8, 1.5, 0.0, 0.0, 0.2])
@@ -99,8 +113,12 @@ def test_a_box_off_in_one_property_is_paired_by_that_repair_alone(tmp_path):
     # frames load by name: aside, large, near
     assert rows[list(REPAIRS)].to_numpy().tolist() == [[False, True, False, False], [False, False, True, False],
                                                       [True, False, False, False]], rows
+    # 0.8 m aside at 40 m under a 300 px focal length: 6 px; the other two stay within a pixel of the truth's place
+    assert rows["offset_px"].tolist() == pytest.approx([6.0, 0.0, 0.0], abs=0.8)
     shares = repair_shares(rows)
-    assert shares.loc["35-50"].tolist() == [3, round(rows["iou"].median(), 3), 0.333, 0.333, 0.333, 0.0]
+    width = rows["width_px"].iloc[0]
+    assert shares.loc["35-50"].tolist() == [3, round(rows["iou"].median(), 3), round(rows["offset_px"].median(), 1),
+                                            round(rows["offset_px"].median() / width, 2), 0.333, 0.333, 0.333, 0.0]
 
 
 def test_the_learning_report_quotes_the_band_tables_and_names_a_file_without_them(tmp_path, monkeypatch):
@@ -113,12 +131,17 @@ def test_the_learning_report_quotes_the_band_tables_and_names_a_file_without_the
     main()
     section = depth_section(out)
     assert section.startswith("### Found and depth by distance, column `pred`")
-    missed, repaired_table = section.split("Those not found in 2D")[1].split("Those overlapped by a box")
+    missed, rest = section.split("Those not found in 2D")[1].split("How much of the true boxes' image rectangles")
+    covered_table, repaired_table = rest.split("Those overlapped by a box")
+    (row,) = [line for line in covered_table.splitlines() if line.startswith("| 35-50")]
+    # the far car of `ended` found nothing over it, `aside`'s was overlapped; nothing nearer covers either
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "nan", "0", "0", "0"]
     (row,) = [line for line in missed.splitlines() if line.startswith("| 35-50")]
     assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "2", "0.5", "0.5", "0"]
     (row,) = [line for line in repaired_table.splitlines() if line.startswith("| 35-50")]
-    # one car overlapped at IoU 0.461, paired by a repair of its place in the image alone
-    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "1", "0.461", "0", "1", "0", "0"]
+    # one car overlapped at IoU 0.461, 6 px (0.38 of its width) aside: paired by a repair of its place alone
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["35-50", "1", "0.461", "6", "0.38", "0", "1",
+                                                                   "0", "0"]
     out.write_text("# Depth errors of the column `final`\n\n## Per camera\n\n| a |\n")
     with pytest.raises(ValueError, match=re.escape("depth_errors.md: no '## All cameras")):
         depth_section(out)

@@ -28,14 +28,22 @@ vehicle, not proof of it), else the answer went on and nothing overlapped it. Ov
 localisation or size (for a 20 px vehicle a few pixels decide IoU 0.5); an answer that ends
 first at the stop decision or the box order; the rest at not seeing it.
 
+Then, per distance band, how much of each true box's image rectangle the rectangles of nearer
+true boxes cover (the `filter` stage's occlusion measure, ``covered_fraction``; the recipe keeps
+boxes up to 95 % covered), for those found and those missed: a vehicle mostly hidden shows the
+model a part of it, while its true rectangle is the whole box's.
+
 Last, per distance band, what the overlapping box got wrong, for each missed truth whose
-best-overlapping answered box stays under IoU 0.5 with it: that box with one property replaced
-by the truth's, projected again (``repaired``), and whether its rectangle then reaches IoU 0.5:
-its depth (its centre moved along its own ray to the truth's range: the rectangle keeps its
-place and scales), its place in the image (its centre moved onto the truth's ray at its own
+best-overlapping answered box stays under IoU 0.5 with it: how far the box's rectangle centre
+lies from the truth's (px, and in widths of the true rectangle), and that box with one property
+replaced by the truth's, projected again (``repaired``), and whether its rectangle then reaches
+IoU 0.5: its depth (its centre moved along its own ray to the truth's range: the rectangle keeps
+its place and scales), its place in the image (its centre moved onto the truth's ray at its own
 range), its size, its orientation. A property whose repair alone pairs most of them is what
-limits the far band: the place in the image points at the image budget (finer image tokens),
-depth and size at the 3D estimate.
+limits finding the vehicles in 2D: the place in the image points at the image budget (finer
+image tokens), the answer's form or what the model can see of the vehicle; depth and size at
+the 3D estimate (a depth error along the ray only rescales the rectangle, so 2D pairing barely
+sees it).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from av_grounding.curation.filters import covered_fraction
 from av_grounding.evaluation.frames import Frame, image_rectangle, load_frames
 from av_grounding.evaluation.iou import iou_2d_matrix
 from av_grounding.geometry.boxes import Box3D
@@ -104,12 +113,15 @@ def table(frames: list[Frame]) -> pd.DataFrame:
     the width of its image rectangle (px), whether a prediction overlaps it in 2D (and that
     prediction's depth), whether one is near it in 3D (``loose_truths``), its nearest-first rank
     among the frame's true boxes, the number of boxes the answer held (emitted, dropped ones
-    included) and the largest 2D IoU of any answered box with it."""
+    included), the largest 2D IoU of any answered box with it, and the share of its rectangle
+    that the rectangles of nearer true boxes cover (``covered``: the `filter` stage's occlusion
+    measure, ``curation.filters.covered_fraction``, over the boxes the truth kept)."""
     rows = []
     for frame in frames:
         found, loose = {truth: prediction for prediction, truth in pairs(frame)}, loose_truths(frame)
         widths = frame.gt.rectangles[:, 2] - frame.gt.rectangles[:, 0]
         ranks = nearest_ranks(frame.gt.centres)
+        distance = np.linalg.norm(frame.gt.centres, axis=1)
         overlap = (iou_2d_matrix(frame.pred.rectangles, frame.gt.rectangles).max(axis=0) if len(frame.pred)
                    else np.zeros(len(frame.gt)))
         for index, centre in enumerate(frame.gt.centres):
@@ -119,7 +131,9 @@ def table(frames: list[Frame]) -> pd.DataFrame:
             rows.append({"camera": camera_name(frame), "focal_px": focal_px(frame),
                          "z_m": float(centre[2]), "width_px": float(widths[index]), "found": index in found,
                          "loose": index in loose, "z_pred_m": float(predicted), "rank": int(ranks[index]),
-                         "answered": max(frame.emitted, len(frame.pred)), "best_iou": float(overlap[index])})
+                         "answered": max(frame.emitted, len(frame.pred)), "best_iou": float(overlap[index]),
+                         "covered": covered_fraction(frame.gt.rectangles[index],
+                                                     list(frame.gt.rectangles[distance < distance[index]]))})
     return pd.DataFrame(rows)
 
 
@@ -146,7 +160,8 @@ def repaired(pred: Box3D, truth: Box3D, what: str) -> Box3D:
 def repairs(frames: list[Frame]) -> pd.DataFrame:
     """One row per true box in front of the camera that no answered box pairs with in 2D and whose
     best-overlapping answered box overlaps it with IoU in [``NEAR_MISS_IOU``, ``MIN_IOU``): its
-    true depth (m), that IoU, and for each of ``REPAIRS`` whether the box so repaired
+    true depth (m), that IoU, the distance between the two rectangles' centres and the true
+    rectangle's width (px), and for each of ``REPAIRS`` whether the box so repaired
     (``repaired``) reaches IoU ``MIN_IOU`` with it."""
     rows = []
     for frame in frames:
@@ -158,21 +173,27 @@ def repairs(frames: list[Frame]) -> pd.DataFrame:
             best = int(np.argmax(overlap[:, index]))
             if index in found or truth.center[2] <= 0 or not NEAR_MISS_IOU <= overlap[best, index] < MIN_IOU:
                 continue
-            row = {"z_m": float(truth.center[2]), "iou": float(overlap[best, index])}
+            true_rect, answered = frame.gt.rectangles[index], frame.pred.rectangles[best]
+            offset = (answered[:2] + answered[2:]) / 2 - (true_rect[:2] + true_rect[2:]) / 2
+            row = {"z_m": float(truth.center[2]), "iou": float(overlap[best, index]),
+                   "offset_px": float(np.hypot(*offset)), "width_px": float(true_rect[2] - true_rect[0])}
             for what in REPAIRS:
-                rect = image_rectangle(repaired(frame.pred.boxes[best], truth, what), frame.camera, frame.width,
-                                       frame.height)
-                row[what] = float(iou_2d_matrix(rect[None], frame.gt.rectangles[index][None])[0, 0]) >= MIN_IOU
+                fixed = image_rectangle(repaired(frame.pred.boxes[best], truth, what), frame.camera, frame.width,
+                                        frame.height)
+                row[what] = float(iou_2d_matrix(fixed[None], true_rect[None])[0, 0]) >= MIN_IOU
             rows.append(row)
-    return pd.DataFrame(rows, columns=["z_m", "iou", *REPAIRS])
+    return pd.DataFrame(rows, columns=["z_m", "iou", "offset_px", "width_px", *REPAIRS])
 
 
 def repair_shares(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per distance band: how many ``repairs`` rows, their median IoU, and for each property the
+    """Per distance band: how many ``repairs`` rows, their median IoU, the median distance of the
+    box's rectangle centre from the truth's (px, and in true widths), and for each property the
     share that its repair alone pairs at IoU ``MIN_IOU``."""
-    grouped = banded(rows).groupby("band", observed=True)
+    grouped = banded(rows.assign(offset_widths=rows["offset_px"] / rows["width_px"])).groupby("band", observed=True)
     return pd.concat([grouped.size().rename("overlapped, IoU under 0.5"),
                       grouped["iou"].median().round(3).rename("median IoU"),
+                      grouped["offset_px"].median().round(1).rename("median centre offset (px)"),
+                      grouped["offset_widths"].median().round(2).rename("in true widths"),
                       grouped[list(REPAIRS)].mean().round(3).add_prefix("paired if repaired: ")], axis=1)
 
 
@@ -180,6 +201,20 @@ def banded(boxes: pd.DataFrame) -> pd.DataFrame:
     """``boxes`` with the distance band of each true depth (``BANDS_M``, m) as ``band``."""
     labels = [f"{low:g}-{high:g}" for low, high in itertools.pairwise(BANDS_M)]
     return boxes.assign(band=pd.cut(boxes["z_m"], BANDS_M, right=False, labels=labels))
+
+
+def occlusion(boxes: pd.DataFrame) -> pd.DataFrame:
+    """Per distance band: the median share of the true boxes' rectangles covered by nearer true
+    boxes' (``table``'s ``covered``), of those found in 2D, of those missed with an overlapping
+    box and of the other misses; and the share of all true boxes more than half covered."""
+    boxes = banded(boxes)
+    outcome = np.where(boxes["found"], "found in 2D",
+                       np.where(boxes["best_iou"] >= NEAR_MISS_IOU, "missed, overlapped", "missed, other"))
+    medians = boxes.groupby(["band", outcome], observed=True)["covered"].median().unstack().round(2)
+    medians = medians.reindex(columns=["found in 2D", "missed, overlapped", "missed, other"])
+    medians = medians.add_prefix("median covered: ")
+    half = boxes.assign(over=boxes["covered"] > 0.5).groupby("band", observed=True)["over"].mean().round(3)
+    return pd.concat([medians, half.rename("share over half covered")], axis=1)
 
 
 def misses(boxes: pd.DataFrame) -> pd.DataFrame:
@@ -234,6 +269,7 @@ def main() -> None:
         "## Per camera\n\n" + per_camera.to_markdown(),
         "## All cameras, per distance band (m)\n\n" + overall.to_markdown(),
         "## Missed in 2D, per distance band (m): how\n\n" + misses(boxes).to_markdown(),
+        "## Covered by nearer vehicles, per distance band (m)\n\n" + occlusion(boxes).to_markdown(),
         "## Overlapped but missed, per distance band (m): what one repair of the box would pair\n\n"
         + repair_shares(repairs(frames)).to_markdown(),
         "## Per camera and distance band (m)\n\n" + per_band.to_markdown()]) + "\n").encode())

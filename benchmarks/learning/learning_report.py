@@ -178,8 +178,9 @@ def training_samples(dataset: dict) -> str:
 def depth_section(path: Path) -> str:
     """The distance-band table of a run's ``depth_errors.md`` (benchmarks/learning/depth_errors.py)
     under a heading of this report, with a link to the whole file, and the table of how the
-    vehicles not found in 2D were missed and what one repair of an overlapping box would pair,
-    where the file has them. ValueError naming the file when it has no distance-band table."""
+    vehicles not found in 2D were missed, how much nearer vehicles cover the true boxes, and what
+    one repair of an overlapping box would pair, where the file has them. ValueError naming the
+    file when it has no distance-band table."""
     text = path.read_text()
     column = text.splitlines()[0].rsplit(" ", 1)[-1]
 
@@ -199,6 +200,10 @@ def depth_section(path: Path) -> str:
         lines += [("Those not found in 2D, by how they were missed: a box overlapped it (IoU at least 0.1) but none "
                    "was paired with it at 0.5; else the answer ended before the vehicle's place in nearest-first "
                    "order; else nothing overlapped it.\n"), missed, ""]
+    covered = section("## Covered by nearer vehicles, per distance band (m)")
+    if covered:  # since 2026-12-07, evening
+        lines += [("How much of the true boxes' image rectangles nearer true boxes cover (the `filter` stage's "
+                   "occlusion measure), by outcome.\n"), covered, ""]
     repairs = section("## Overlapped but missed, per distance band (m): what one repair of the box would pair")
     if repairs:  # since 2026-12-07, evening
         lines += [("Those overlapped by a box under IoU 0.5: the share that the box would pair at 0.5 with one "
