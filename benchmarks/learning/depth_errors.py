@@ -29,16 +29,16 @@ localisation or size (for a 20 px vehicle a few pixels decide IoU 0.5); an answe
 first at the stop decision or the box order; the rest at not seeing it.
 
 Then, per distance band, how much of each true box's image rectangle the rectangles of nearer
-true boxes cover (the `filter` stage's occlusion measure, ``covered_fraction``; the recipe keeps
-boxes up to 95 % covered), for those found and those missed: a vehicle mostly hidden shows the
-model a part of it, while its true rectangle is the whole box's.
+true boxes cover (the `filter` stage's occlusion measure, ``covered_fraction``, here over the
+kept true boxes only, where the filter also counts the objects it drops; the recipe keeps boxes
+up to 95 % covered), for those found and those missed: a vehicle mostly hidden shows the model a
+part of it, while its true rectangle is the whole box's.
 
 Last, per distance band, what the overlapping box got wrong, for each missed truth whose
-best-overlapping answered box stays under IoU 0.5 with it: how far the box's rectangle centre
-lies from the truth's (px, and in widths of the true rectangle), and that box with one property
-replaced by the truth's, projected again (``repaired``), and whether its rectangle then reaches
-IoU 0.5: its depth (its centre moved along its own ray to the truth's range: the rectangle keeps
-its place and scales), its place in the image (its centre moved onto the truth's ray at its own
+best-overlapping answered box stays under IoU 0.5 with it: that box with one property replaced
+by the truth's, projected again (``repaired``), and whether its rectangle then reaches IoU 0.5:
+its depth (its centre moved along its own ray to the truth's range: the rectangle keeps its
+place and scales), its place in the image (its centre moved onto the truth's ray at its own
 range), its size, its orientation. A property whose repair alone pairs most of them is what
 limits finding the vehicles in 2D: the place in the image points at the image budget (finer
 image tokens), the answer's form or what the model can see of the vehicle; depth and size at
@@ -160,8 +160,7 @@ def repaired(pred: Box3D, truth: Box3D, what: str) -> Box3D:
 def repairs(frames: list[Frame]) -> pd.DataFrame:
     """One row per true box in front of the camera that no answered box pairs with in 2D and whose
     best-overlapping answered box overlaps it with IoU in [``NEAR_MISS_IOU``, ``MIN_IOU``): its
-    true depth (m), that IoU, the distance between the two rectangles' centres and the true
-    rectangle's width (px), and for each of ``REPAIRS`` whether the box so repaired
+    true depth (m), that IoU, and for each of ``REPAIRS`` whether the box so repaired
     (``repaired``) reaches IoU ``MIN_IOU`` with it."""
     rows = []
     for frame in frames:
@@ -173,27 +172,22 @@ def repairs(frames: list[Frame]) -> pd.DataFrame:
             best = int(np.argmax(overlap[:, index]))
             if index in found or truth.center[2] <= 0 or not NEAR_MISS_IOU <= overlap[best, index] < MIN_IOU:
                 continue
-            true_rect, answered = frame.gt.rectangles[index], frame.pred.rectangles[best]
-            offset = (answered[:2] + answered[2:]) / 2 - (true_rect[:2] + true_rect[2:]) / 2
-            row = {"z_m": float(truth.center[2]), "iou": float(overlap[best, index]),
-                   "offset_px": float(np.hypot(*offset)), "width_px": float(true_rect[2] - true_rect[0])}
+            true_rect = frame.gt.rectangles[index]
+            row = {"z_m": float(truth.center[2]), "iou": float(overlap[best, index])}
             for what in REPAIRS:
                 fixed = image_rectangle(repaired(frame.pred.boxes[best], truth, what), frame.camera, frame.width,
                                         frame.height)
                 row[what] = float(iou_2d_matrix(fixed[None], true_rect[None])[0, 0]) >= MIN_IOU
             rows.append(row)
-    return pd.DataFrame(rows, columns=["z_m", "iou", "offset_px", "width_px", *REPAIRS])
+    return pd.DataFrame(rows, columns=["z_m", "iou", *REPAIRS])
 
 
 def repair_shares(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per distance band: how many ``repairs`` rows, their median IoU, the median distance of the
-    box's rectangle centre from the truth's (px, and in true widths), and for each property the
+    """Per distance band: how many ``repairs`` rows, their median IoU, and for each property the
     share that its repair alone pairs at IoU ``MIN_IOU``."""
-    grouped = banded(rows.assign(offset_widths=rows["offset_px"] / rows["width_px"])).groupby("band", observed=True)
+    grouped = banded(rows).groupby("band", observed=True)
     return pd.concat([grouped.size().rename("overlapped, IoU under 0.5"),
                       grouped["iou"].median().round(3).rename("median IoU"),
-                      grouped["offset_px"].median().round(1).rename("median centre offset (px)"),
-                      grouped["offset_widths"].median().round(2).rename("in true widths"),
                       grouped[list(REPAIRS)].mean().round(3).add_prefix("paired if repaired: ")], axis=1)
 
 
