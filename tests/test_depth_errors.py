@@ -65,11 +65,14 @@ def test_each_missed_truth_is_counted_in_the_one_way_it_was_missed(tmp_path):
 
 def test_a_far_car_behind_a_near_one_is_covered_and_the_band_table_sorts_by_outcome(tmp_path):
     """A car at 40 m on the ray of a car at 15 m lies wholly behind it in the image: covered 1; the
-    near car 0; a car beside both 0. The band table's medians and shares, computed by hand."""
-    near, behind, beside = car(0.75, 15.0), car(2.0, 40.0), car(-12.0, 40.0)
-    boxes = table(frames(tmp_path, {"a": ([near, behind, beside], [near])}))
-    assert boxes.sort_values("z_m")["covered"].tolist()[0] == 0.0
+    near car 0; a car beside both 0; a car outside the picture (no rectangle) none. The band
+    table's medians and shares, computed by hand."""
+    near, behind, beside, outside = car(0.75, 15.0), car(2.0, 40.0), car(-12.0, 40.0), car(60.0, 20.0)
+    boxes = table(frames(tmp_path, {"a": ([near, behind, beside, outside], [near])}))
+    assert boxes.loc[boxes["z_m"] == 15.0, "covered"].tolist() == [0.0]
     assert sorted(boxes.loc[boxes["z_m"] == 40.0, "covered"].tolist()) == [0.0, 1.0]
+    assert np.isnan(boxes.loc[boxes["z_m"] == 20.0, "covered"]).all()
+    assert np.isnan(occlusion(boxes).loc["20-35", "share over half covered"])  # no box with a rectangle there
     built = pd.DataFrame({"z_m": [40.0, 41.0, 42.0, 43.0, 44.0], "found": [True, False, False, False, False],
                           "best_iou": [0.9, 0.3, 0.2, 0.0, 0.05], "covered": [0.1, 0.6, 0.8, 0.4, 1.0]})
     row = occlusion(built).loc["35-50"]

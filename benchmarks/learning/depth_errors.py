@@ -115,11 +115,13 @@ def table(frames: list[Frame]) -> pd.DataFrame:
     among the frame's true boxes, the number of boxes the answer held (emitted, dropped ones
     included), the largest 2D IoU of any answered box with it, and the share of its rectangle
     that the rectangles of nearer true boxes cover (``covered``: the `filter` stage's occlusion
-    measure, ``curation.filters.covered_fraction``, over the boxes the truth kept)."""
+    measure, ``curation.filters.covered_fraction``, over the boxes the truth kept; NaN for a
+    rectangle with no area in the image, which that function would call wholly covered)."""
     rows = []
     for frame in frames:
         found, loose = {truth: prediction for prediction, truth in pairs(frame)}, loose_truths(frame)
         widths = frame.gt.rectangles[:, 2] - frame.gt.rectangles[:, 0]
+        heights = frame.gt.rectangles[:, 3] - frame.gt.rectangles[:, 1]
         ranks = nearest_ranks(frame.gt.centres)
         distance = np.linalg.norm(frame.gt.centres, axis=1)
         overlap = (iou_2d_matrix(frame.pred.rectangles, frame.gt.rectangles).max(axis=0) if len(frame.pred)
@@ -133,7 +135,8 @@ def table(frames: list[Frame]) -> pd.DataFrame:
                          "loose": index in loose, "z_pred_m": float(predicted), "rank": int(ranks[index]),
                          "answered": max(frame.emitted, len(frame.pred)), "best_iou": float(overlap[index]),
                          "covered": covered_fraction(frame.gt.rectangles[index],
-                                                     list(frame.gt.rectangles[distance < distance[index]]))})
+                                                     list(frame.gt.rectangles[distance < distance[index]]))
+                         if widths[index] > 0 and heights[index] > 0 else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -200,14 +203,16 @@ def banded(boxes: pd.DataFrame) -> pd.DataFrame:
 def occlusion(boxes: pd.DataFrame) -> pd.DataFrame:
     """Per distance band: the median share of the true boxes' rectangles covered by nearer true
     boxes' (``table``'s ``covered``), of those found in 2D, of those missed with an overlapping
-    box and of the other misses; and the share of all true boxes more than half covered."""
+    box and of the other misses; and the share of the true boxes more than half covered (of those
+    with a rectangle in the image)."""
     boxes = banded(boxes)
     outcome = np.where(boxes["found"], "found in 2D",
                        np.where(boxes["best_iou"] >= NEAR_MISS_IOU, "missed, overlapped", "missed, other"))
     medians = boxes.groupby(["band", outcome], observed=True)["covered"].median().unstack().round(2)
     medians = medians.reindex(columns=["found in 2D", "missed, overlapped", "missed, other"])
     medians = medians.add_prefix("median covered: ")
-    half = boxes.assign(over=boxes["covered"] > 0.5).groupby("band", observed=True)["over"].mean().round(3)
+    over = (boxes["covered"] > 0.5).where(boxes["covered"].notna())
+    half = boxes.assign(over=over.astype(float)).groupby("band", observed=True)["over"].mean().round(3)
     return pd.concat([medians, half.rename("share over half covered")], axis=1)
 
 

@@ -93,9 +93,9 @@ def results_markdown(results: dict[str, dict[str, Any]], steps: dict[str, int]) 
     heading = (f"# Results by training step\n\n{any_column['frames']} evaluation frames, "
                f"{any_column['gt_boxes']} true boxes ({any_column['gt_boxes'] / any_column['frames']:.2f} per frame). "
                "Rows named \"recipe\" follow the recipe's "
-               "definitions with two bugs removed; the last rows are signals that move early in training "
-               "(`AP3D far` and `near`: vehicles beyond the last depth limit and closer than the first, "
-               "`evaluate.depth_bins_m`). A dash: nothing to measure.\n\n")
+               "definitions with two bugs removed; `AP3D far`: vehicles beyond the last depth limit "
+               "(`evaluate.depth_bins_m`); the last rows are signals that move early in training "
+               "(`AP3D near`: vehicles closer than the first depth limit). A dash: nothing to measure.\n\n")
     cells = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None only
     return (heading + cells.to_markdown(floatfmt=".4f", missingval="-") + "\n" + intervals_markdown(results, steps)
             + changes_markdown(results, steps))
