@@ -140,6 +140,14 @@ def test_switches_and_lora_become_freeze_patterns_and_lora_table(dataset, base, 
     assert config["policy"]["lora"]["r"] == 8
 
 
+def test_lora_on_a_base_that_is_not_a_local_folder_stops_before_cosmos_rl_runs(dataset, tmp_path):
+    """Its export is the adapter alone, merged into the base weights afterwards."""
+    params = resolved(TrainParams(backend="cosmos-rl", lora=True))
+    with pytest.raises(CosmosRLError, match=r"train\.model 'nvidia/Cosmos-Reason1-7B': LoRA through cosmos-rl needs"):
+        prepare_run(params, FORMAT, "nvidia/Cosmos-Reason1-7B", dataset, tmp_path)
+    assert not (tmp_path / "cosmos-rl").exists()
+
+
 def _executable(folder: Path, body: str) -> str:
     path = folder / "cosmos-rl"
     path.write_text(f"#!{sys.executable}\n{body}")

@@ -29,6 +29,8 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
         (tmp / "weights").write_text("half of the second")
         raise RuntimeError("killed")
     assert (folder / "weights").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the half-written folder went with the exception
+    (tmp_path / ".model.tmp").mkdir()  # what a killed process leaves
     with atomic_folder(folder) as tmp:  # the rerun clears the crashed attempt's leftover
         tmp.mkdir()
         (tmp / "weights").write_text("second")

@@ -15,7 +15,7 @@
 #   ... LORA=true TAG=cr2-lora ...                            # LoRA, merged into the final folder
 #   MODEL=Cosmos-Reason1-7B OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh speed  # infer at batch 1 and 8
 #   STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos     # the cosmos-rl backend on the 7B folder
-#   LORA=true STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos  # ... with LoRA: should fit an 80 GB H100
+#   LORA=true STEPS=6 OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh cosmos  # ... with LoRA: fits an 80 GB H100
 #     (full fine-tuning keeps fp32 master weights, gradients and AdamW state: about 132 GB for the 7B)
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch         # all of the above, in the order below
 #   OUT=/tmp/out benchmarks/hub_checkpoints/hub_checkpoints.sh batch80       # the 8B runs that fit an H100 (LoRA, sweep)
@@ -157,8 +157,8 @@ PY
     python3 benchmarks/infer_throughput/infer_throughput.py --model "$HUB/${MODEL:?}" --dataset data/dataset \
       --frames 16 --batch-sizes 1,8 --max-new-tokens 64 --decodings dynamic --out "$OUT/infer-$MODEL.json"
     ;;
-  cosmos)  # the cosmos-rl backend on the 7B folder, in its own environment (.whl/cosmos and .whl/cosmos-boto, each carried in a
-    # call of its own: with .whl/project it passes the carry limit); needs setup's clone
+  cosmos)  # the cosmos-rl backend on the 7B folder, in its own environment (.whl/cosmos and .whl/cosmos-boto: the two together
+    # pass the carry limit, so .whl/cosmos-boto comes with setup's .whl/project and .whl/cosmos in this call); needs setup's clone
     source benchmarks/env/cosmos_rl_env.sh
     [ -n "$COSMOS_RL" ] || { echo "$COSMOS_RL_MISSING"; exit 1; }
     self=$(realpath "$0")

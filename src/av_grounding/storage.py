@@ -161,8 +161,9 @@ def dumps_json(obj: Any, compact: bool = False) -> str:
 def atomic_folder(folder: str | Path) -> Iterator[Path]:
     """Fill a temporary sibling folder, then put it in place of ``folder``: readers see the old
     folder or the complete new one. The sibling's name is fixed, so a rerun after a crash clears
-    the leftover instead of adding one. An output that cannot be written there (a read-only file
-    system, a parent that is a file) is a ``StorageError`` naming ``folder``, before it is filled."""
+    the leftover instead of adding one; an exception while filling removes it at once (a model
+    folder's partial shards can be gigabytes). An output that cannot be written there (a read-only
+    file system, a parent that is a file) is a ``StorageError`` naming ``folder``, before it is filled."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -173,7 +174,11 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     except OSError as exc:
         at = f": {exc.filename}" if exc.filename else ""
         raise StorageError(f"{folder}: cannot write the output here ({exc.strerror or exc}{at})") from exc
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from ..errors import PipelineError
 
 
 @dataclass
@@ -52,20 +54,40 @@ def load_tokenizer(source: str | Path):
     return AutoTokenizer.from_pretrained(str(source))
 
 
+class WeightsMismatch(PipelineError, ValueError):
+    """A model folder whose weights are not its configuration's model; the message names the folder."""
+
+
+def check_loaded_weights(source: str | Path, info: dict[str, Any]) -> None:
+    """Raise ``WeightsMismatch`` when loading left weights missing (transformers initialises them
+    at random and goes on) or found weights it does not know. (A weight of another shape is
+    transformers' own error, unless ``ignore_mismatched_sizes`` lists it here.) ``info``: what
+    ``from_pretrained(..., output_loading_info=True)`` returns beside the model."""
+    problems = {kind: sorted(info.get(f"{kind}_keys") or ()) for kind in ("missing", "unexpected", "mismatched")}
+    if any(problems.values()):
+        shown = "; ".join(f"{len(keys)} {kind} (" + ", ".join(map(str, keys[:3])) + (", ..." if len(keys) > 3 else "")
+                          + ")" for kind, keys in problems.items() if keys)
+        raise WeightsMismatch(f"{source}: the weights do not fit the model its config.json describes: {shown}")
+
+
 def load_model(source: str | Path, dtype: str = "float32", device: str | None = "cpu",
                attn_implementation: str | None = "sdpa", vision_attention: str = "packed") -> LoadedModel:
     """A model folder or hub id with its tokenizer and image processor. ``device=None`` leaves
     the weights where loading put them (sharded under DeepSpeed ZeRO-3). ``vision_attention``:
     ``packed`` (one attention call per vision layer, ``models.attention``) or ``per_segment``
     (transformers' own: one call per window or image). Qwen3-VL's deepstack additions go by
-    index (``models.deepstack``: the same values without waiting for a GPU)."""
+    index (``models.deepstack``: the same values without waiting for a GPU). Raises
+    ``WeightsMismatch`` when the weights are not the configured model's (``check_loaded_weights``)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     kwargs = {"dtype": getattr(torch, dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
+    # with output_loading_info the stub's return type (the model alone) is wrong: (model, info)
+    loaded = AutoModelForImageTextToText.from_pretrained(str(source), output_loading_info=True, **kwargs)
+    model, info = cast(Any, loaded)
+    check_loaded_weights(source, info)
     if vision_attention == "packed":
         from .attention import use_packed_vision_attention
 
@@ -74,8 +96,7 @@ def load_model(source: str | Path, dtype: str = "float32", device: str | None = 
 
     use_indexed_deepstack(model)
     if device is not None:
-        # transformers wraps PreTrainedModel.to in a decorator whose stub drops the bound self
-        model = model.to(device)  # type: ignore[arg-type]
+        model = model.to(device)
     return LoadedModel(model, load_tokenizer(source), load_image_processor(source), str(source))
 
 

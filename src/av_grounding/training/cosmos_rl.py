@@ -13,8 +13,9 @@ runs ``cosmos-rl --config run.toml cosmos_rl_dataset.py`` inside it, then checks
 safetensors (its exit code does not show a crashed worker), logs the loss curve it printed to
 DVCLive like the `hf` backend does, and places the exports where the `hf`
 backend puts its models: the last export in ``model/``, earlier ones in ``checkpoints/step_N/``,
-each completed with the tokenizer and image processor of the base model, so `infer` does not
-care which backend trained. All paths in the run folder are relative: same params, same bytes.
+each a whole model under the published weight names (a LoRA export merged into the base weights:
+``cosmos_rl_export``) completed with the tokenizer and image processor of the base model, so
+`infer` does not care which backend trained. All paths in the run folder are relative: same params, same bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from ..errors import PipelineError
 from ..models.inputs import BudgetError, Encoder, within_budget
 from ..params import FormatParams, TrainParams
 from ..processes import signal_on_parent_death
-from ..storage import atomic_folder, atomic_write_bytes
+from ..storage import atomic_write_bytes
+from .cosmos_rl_export import place_export
 from .data import global_batch
 from .loop import HookBase, StepResult, step_folder, step_folders
 
@@ -101,7 +103,7 @@ def cosmos_config(params: TrainParams, fmt: FormatParams, base: Path | str, run:
     """The cosmos-rl TOML as a dict. Keys whose cosmos-rl default is a trap are always written."""
     per_step = global_batch(params.batch_size, params.grad_accum, params.gpus)
     freeze = [pattern for switch, pattern in FREEZE_PATTERNS.items() if not getattr(params, switch)]
-    if params.lora:  # adapters on the language model; the LLM weights themselves stay frozen
+    if params.lora:  # adapters on every linear layer (all-linear); train_llm's pattern would freeze the LLM's too
         freeze = [p for p in freeze if p != FREEZE_PATTERNS["train_llm"]]
     train: dict[str, Any] = {
         "epoch": params.epochs,
@@ -169,17 +171,6 @@ def exported_steps(run: Path) -> dict[int, Path]:
             if any(folder.glob("*.safetensors"))}
 
 
-def place_export(export: Path, base: Path | str, destination: Path) -> None:
-    """An exported folder completed with what infer loads besides weights (tokenizer, processor,
-    configs), written atomically."""
-    with atomic_folder(destination) as tmp:
-        shutil.copytree(export, tmp)
-        if Path(base).is_dir():
-            for extra in Path(base).iterdir():
-                if extra.is_file() and not extra.name.endswith(".safetensors") and not (tmp / extra.name).exists():
-                    shutil.copy2(extra, tmp / extra.name)
-
-
 STEP_LINE = re.compile(r"Step: (?P<step>\d+)/\d+, Loss: (?P<loss>\S+), Grad norm: (?P<grad_norm>\S+), "
                        r"Iteration time: (?P<seconds>\S+)s, optimizer/lr_[^:]*: (?P<lr>[^,\s]+)")
 
@@ -241,6 +232,9 @@ def prepare_run(params: TrainParams, fmt: FormatParams, base: Path | str, datase
     ``params`` are resolved already (``training.config.resolved``, called by the train stage)."""
     import tomli_w
 
+    if params.lora and not Path(base).is_dir():  # known before cosmos-rl spends the GPU time
+        raise CosmosRLError(f"train.model {base!r}: LoRA through cosmos-rl needs the base model in a local folder "
+                            "(its export is the adapter alone, merged here into the base weights)")
     run = output / RUN_FOLDER
     run.mkdir(parents=True, exist_ok=True)
     budget = write_conversations(params, fmt, base, dataset, run)
