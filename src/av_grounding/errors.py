@@ -5,8 +5,15 @@ other exception is a bug and shows its traceback.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+
+def some_names(names: Iterable[object], shown: int = 5) -> str:
+    """``names`` sorted as text, the first ``shown`` joined by commas and "and N more" for the rest
+    (for messages that quote what failed without listing thousands)."""
+    listed = sorted(map(str, names))
+    return ", ".join(listed[:shown]) + (f" and {len(listed) - shown} more" if len(listed) > shown else "")
 
 
 class PipelineError(Exception):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..errors import PipelineError, some_names
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
 from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
 from ..geometry.codecs import get_codec
@@ -415,23 +415,19 @@ def load_frames(gt_dir: Path, pred_dir: Path, default_codec: str) -> list[Frame]
     return frames
 
 
-def _names(names: set[str] | list[str]) -> str:
-    listed = sorted(names)
-    return ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
-
-
 def _warn_about(gt_dir: Path, pred_dir: Path, gt_names: set[str], pred_names: set[str], guessed: list[str]) -> None:
     """EvaluationWarnings for what is scored but may be a mistake: frames without a prediction
     file (scored as misses), prediction files no ground truth names (ignored), image sizes taken
     from the principal point (AP2D rectangles are clipped to that size)."""
     if gt_names - pred_names:
         warnings.warn(EvaluationWarning(f"{pred_dir}: no prediction for {len(gt_names - pred_names)} of "
-                                        f"{len(gt_names)} frames, scored as misses: {_names(gt_names - pred_names)}"),
+                                        f"{len(gt_names)} frames, scored as misses: "
+                                        f"{some_names(gt_names - pred_names)}"),
                       stacklevel=3)
     if pred_names - gt_names:
         warnings.warn(EvaluationWarning(f"{pred_dir}: {len(pred_names - gt_names)} file(s) named like no "
-                                        f"ground truth in {gt_dir}, ignored: {_names(pred_names - gt_names)}"),
+                                        f"ground truth in {gt_dir}, ignored: {some_names(pred_names - gt_names)}"),
                       stacklevel=3)
     if guessed:
         warnings.warn(EvaluationWarning(f"{gt_dir}: {len(guessed)} file(s) give no 'width'/'height': image size "
-                                        f"taken as twice the principal point ({_names(guessed)})"), stacklevel=3)
+                                        f"taken as twice the principal point ({some_names(guessed)})"), stacklevel=3)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import PipelineError
+from ..errors import PipelineError, some_names
 
 
 @dataclass
@@ -63,10 +63,9 @@ def check_loaded_weights(source: str | Path, info: dict[str, Any]) -> None:
     at random and goes on) or found weights it does not know. (A weight of another shape is
     transformers' own error, unless ``ignore_mismatched_sizes`` lists it here.) ``info``: what
     ``from_pretrained(..., output_loading_info=True)`` returns beside the model."""
-    problems = {kind: sorted(info.get(f"{kind}_keys") or ()) for kind in ("missing", "unexpected", "mismatched")}
+    problems = {kind: info.get(f"{kind}_keys") or () for kind in ("missing", "unexpected", "mismatched")}
     if any(problems.values()):
-        shown = "; ".join(f"{len(keys)} {kind} (" + ", ".join(map(str, keys[:3])) + (", ..." if len(keys) > 3 else "")
-                          + ")" for kind, keys in problems.items() if keys)
+        shown = "; ".join(f"{len(keys)} {kind} ({some_names(keys, 3)})" for kind, keys in problems.items() if keys)
         raise WeightsMismatch(f"{source}: the weights do not fit the model its config.json describes: {shown}")
 
 

@@ -25,11 +25,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import PipelineError
+from ..errors import PipelineError, some_names
 from ..storage import atomic_folder
 
 INDEX = "model.safetensors.index.json"
@@ -90,7 +89,7 @@ def weight_files(folder: Path) -> dict[str, str]:
             raise ExportError(f"{index}: no weight_map")
         absent = {name for name in files.values() if not (folder / name).is_file()}
         if absent:
-            raise ExportError(f"{index}: names weight files the folder lacks: {_quoted(absent)}")
+            raise ExportError(f"{index}: names weight files the folder lacks: {some_names(absent, SHOWN_KEYS)}")
         return dict(files)
     files = {}
     for path in sorted(folder.glob("*.safetensors")):
@@ -104,19 +103,13 @@ def weight_files(folder: Path) -> dict[str, str]:
     return files
 
 
-def _quoted(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(keys[:SHOWN_KEYS]) + more
-
-
 def check_names(export: Path, found: set[str], expected: set[str]) -> None:
     """Raise ``ExportError`` unless the export's (repaired) weight names are the base's."""
     missing, unexpected = expected - found, found - expected
     if missing or unexpected:
         raise ExportError(f"{export}: the exported weights are not the base model's: "
-                          f"{len(missing)} missing ({_quoted(missing)}), {len(unexpected)} unknown "
-                          f"({_quoted(unexpected)})")
+                          f"{len(missing)} missing ({some_names(missing, SHOWN_KEYS)}), {len(unexpected)} unknown "
+                          f"({some_names(unexpected, SHOWN_KEYS)})")
 
 
 def copy_full_export(export: Path, base: Path | None, destination: Path) -> None:
@@ -174,7 +167,8 @@ def adapter_factors(export: Path, base_names: set[str]) -> dict[str, tuple]:
     unpaired = [name for name, pair in halves.items() if len(pair) != 2]
     if unknown or unpaired:
         raise ExportError(f"{export / ADAPTER_WEIGHTS}: {len(unknown)} adapted weights the base model lacks "
-                          f"({_quoted(unknown)}), {len(unpaired)} factors without their pair ({_quoted(unpaired)})")
+                          f"({some_names(unknown, SHOWN_KEYS)}), {len(unpaired)} factors without their pair "
+                          f"({some_names(unpaired, SHOWN_KEYS)})")
     factors = {name: (pair["A"], pair["B"]) for name, pair in halves.items()}
     for name, (down, up) in factors.items():
         if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
@@ -183,11 +177,10 @@ def adapter_factors(export: Path, base_names: set[str]) -> dict[str, tuple]:
     return factors
 
 
-def merge_lora_export(export: Path, base: Path, destination: Path) -> int:
+def merge_lora_export(export: Path, base: Path, destination: Path) -> None:
     """The base weights with a LoRA export merged, W + scale * B @ A (computed in fp32, stored in
-    W's dtype), written into ``destination`` shard by shard as the base stores them. Returns how
-    many weights the adapter changed. Raises ``ExportError`` (``adapter_factors``; B @ A not of
-    W's shape).
+    W's dtype), written into ``destination`` shard by shard as the base stores them. Raises
+    ``ExportError`` (``adapter_factors``; B @ A not of W's shape).
 
     Stored in bf16 (the published checkpoints' dtype), a change below W's resolution (2^-8 of its
     magnitude) is lost: the merged model is the trained one only to bf16 precision, as it is when
@@ -210,7 +203,6 @@ def merge_lora_export(export: Path, base: Path, destination: Path) -> int:
         save_file(tensors, destination / name, metadata={"format": "pt"})
     if (base / INDEX).is_file():
         shutil.copy2(base / INDEX, destination / INDEX)
-    return len(factors)
 
 
 def place_export(export: Path, base: Path | str, destination: Path) -> None:
