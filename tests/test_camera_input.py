@@ -4,6 +4,7 @@ infer and the evaluator turn back into the real camera (issue: camera-aware inpu
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from av_grounding.dataset.camera_input import camera_sentence, frame_scale
 from av_grounding.dataset.formats import read_cosmos
 from av_grounding.evaluation.frames import EvaluationError
 from av_grounding.evaluation.parse import parse_answer
+from av_grounding.geometry.cameras import camera_from_record
 from av_grounding.geometry.virtual import VIRTUAL_CAMERA
 from av_grounding.params import EvaluateParams, FormatParams, ParamsError
 from av_grounding.pipeline.evaluate import evaluate_folder
@@ -25,9 +27,9 @@ STYLE = AnswerStyle(2, None, True, True)
 
 @pytest.fixture(scope="module")
 def formatted(curated, tmp_path_factory):
-    """The curated frames formatted three ways: camera_input none, prompt, virtual_camera."""
+    """The curated frames formatted four ways: camera_input none, prompt, virtual_camera, image_centre."""
     root = tmp_path_factory.mktemp("camera_input")
-    for kind in ("none", "prompt", "virtual_camera"):
+    for kind in ("none", "prompt", "virtual_camera", "image_centre"):
         format_dataset(FormatParams(prompts=REPO_PROMPTS, eval_clips=1, camera_input=kind), curated[0] / "filtered",
                        curated[0] / "extracted", root / kind)
     return root
@@ -84,6 +86,31 @@ def test_virtual_camera_answers_scale_centres_and_records_keep_the_truth(formatt
             assert virtual[3:] == real[3:]
 
 
+def test_image_centre_answers_give_each_centres_pixel_and_virtual_distance(formatted):
+    plain = {s.id: s for s in read_cosmos(formatted / "none" / "eval")}
+    virtual = {s.id: s.record[VIRTUAL_CAMERA] for s in read_cosmos(formatted / "virtual_camera" / "eval")}
+    for sample in read_cosmos(formatted / "image_centre" / "eval"):
+        record = sample.record
+        assert record["annotations"] == plain[sample.id].record["annotations"]  # truth stays in the real camera
+        block = record[VIRTUAL_CAMERA]
+        assert block == {**virtual[sample.id], "centre": "pixel", "camera_model": record["camera_model"],
+                         "intrinsics": record["intrinsics"]}
+        camera = camera_from_record(record["camera_model"], record["intrinsics"])
+        answer = [b["bbox_3d"] for b in parse_answer(sample.answer).boxes]
+        truth = [b["bbox_3d"] for b in record["annotations"]]
+        assert len(answer) == len(truth) > 0
+        for written, real in zip(answer, truth):
+            # the exact centre's pixel and distance times the scale, to 2 decimals; the truth is the
+            # exact centre to 2 decimals, which moves its pixel by up to `slack`
+            pixel = camera.project(np.array(real[:3]))
+            corners = np.array(real[:3]) + 0.005 * np.array(np.meshgrid(*[[-1, 1]] * 3)).reshape(3, -1).T
+            slack = np.abs(camera.project(corners) - pixel).max()
+            np.testing.assert_allclose(written[:2], pixel, rtol=0, atol=0.005 + slack + 1e-9)
+            assert written[2] == pytest.approx(np.linalg.norm(real[:3]) * block["scale"],
+                                               abs=0.005 + 0.0087 * block["scale"] + 1e-9)
+            assert written[3:] == real[3:]
+
+
 def _write_predictions(folder, samples, with_block: bool):
     """Each sample's own answer as its prediction, as infer writes it (``prediction_record``)."""
     from av_grounding.models.builtin import task_tokenizer
@@ -98,15 +125,16 @@ def _write_predictions(folder, samples, with_block: bool):
     return folder
 
 
-def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_path):
-    """Perfect virtual answers score as perfect real ones once converted back, by infer (the
-    annotations it writes) and by the evaluator (raw_text plus the block; a file without the
-    block is read in the truth's virtual camera, with a warning); read against truth without
-    a block, the scaled boxes score far worse."""
+@pytest.mark.parametrize("kind", ["virtual_camera", "image_centre"])
+def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_path, kind):
+    """Perfect answers in the answer camera score as perfect real ones once converted back, by
+    infer (the annotations it writes) and by the evaluator (raw_text plus the block; a file
+    without the block is read in the truth's answer camera, with a warning); read against truth
+    without a block, the moved boxes score far worse."""
     from av_grounding.evaluation.frames import EvaluationWarning
 
-    samples = read_cosmos(formatted / "virtual_camera" / "eval")
-    gt = formatted / "virtual_camera" / "eval" / "text"
+    samples = read_cosmos(formatted / kind / "eval")
+    gt = formatted / kind / "eval" / "text"
     params = EvaluateParams()
     converted = evaluate_folder(params, gt, _write_predictions(tmp_path / "with", samples, True),
                                 tmp_path / "with.json")
@@ -130,14 +158,23 @@ def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_pat
     assert evaluate_folder(params, gt, only_boxes, tmp_path / "only.json")["ap3d"]["ap"] == converted["ap3d"]["ap"]
 
 
-@pytest.mark.parametrize("block", [{"scale": 0}, {"scale": "2"}, {"focal_per_height": 1.0}, [1.5], None])
-def test_a_bad_virtual_camera_block_is_an_error_naming_the_file(formatted, tmp_path, block):
+@pytest.mark.parametrize("block, problem", [
+    ({"scale": 0}, "must be an object with a positive 'scale'"),
+    ({"scale": "2"}, "must be an object with a positive 'scale'"),
+    ({"focal_per_height": 1.0}, "must be an object with a positive 'scale'"),
+    ([1.5], "must be an object with a positive 'scale'"),
+    (None, "must be an object with a positive 'scale'"),
+    ({"scale": 1.0, "centre": "uv"}, "centre must be 'xyz' or 'pixel'"),
+    ({"scale": 1.0, "centre": "pixel"}, "with pixel centres: needs a 'camera_model' string"),
+    ({"scale": 1.0, "centre": "pixel", "camera_model": "pinhole", "intrinsics": [1.0, 2.0]}, "with pixel centres"),
+    ({"scale": 1.0, "centre": "pixel", "camera_model": "fisheye", "intrinsics": [1.0] * 6}, "unknown camera model"),
+])
+def test_a_bad_virtual_camera_block_is_an_error_naming_the_file(formatted, tmp_path, block, problem):
     sample = read_cosmos(formatted / "virtual_camera" / "eval")[0]
     pred = tmp_path / "pred"
     pred.mkdir()
     (pred / f"{sample.id}.json").write_text(json.dumps({"raw_text": sample.answer, VIRTUAL_CAMERA: block}))
-    with pytest.raises(EvaluationError, match=rf"{sample.id}\.json: 'virtual_camera' must be an object with a "
-                                              "positive 'scale'"):
+    with pytest.raises(EvaluationError, match=rf"{sample.id}\.json: 'virtual_camera'.*{re.escape(problem)}"):
         evaluate_folder(EvaluateParams(), formatted / "virtual_camera" / "eval" / "text", pred, tmp_path / "o.json")
 
 

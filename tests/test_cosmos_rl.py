@@ -23,7 +23,7 @@ from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams, TrainParams
 from av_grounding.pipeline.reporting import report_hooks
 from av_grounding.training.config import resolved
-from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, prepare_run, train_cosmos_rl
+from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, cosmos_config, prepare_run, train_cosmos_rl
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT = TRAINING_FORMAT
@@ -37,7 +37,8 @@ def base(tmp_path_factory):
 
 
 def test_toml_sets_every_trap_explicitly(dataset, base, tmp_path):
-    params = resolved(TrainParams(backend="cosmos-rl", epochs=3, batch_size=2, grad_accum=4, lr=1e-5, save_every=5))
+    params = resolved(TrainParams(backend="cosmos-rl", epochs=3, batch_size=2, grad_accum=4, lr=1e-5, save_every=5,
+                                  keep_checkpoints=3))
     run, budget = prepare_run(params, FORMAT, base, dataset, tmp_path)
     config = tomllib.loads((run / "run.toml").read_text())
     assert config["policy"]["parallelism"]["tp_size"] == 1
@@ -46,6 +47,9 @@ def test_toml_sets_every_trap_explicitly(dataset, base, tmp_path):
     assert config["train"]["ckpt"]["enable_checkpoint"] is True
     assert config["train"]["ckpt"]["export_safetensors"] is True
     assert config["train"]["ckpt"]["save_freq"] == 5
+    assert config["train"]["ckpt"]["max_keep"] == 4  # cosmos-rl counts the final save; deleting one drops its export
+    assert cosmos_config(resolved(TrainParams(backend="cosmos-rl")), FORMAT, base, run, 8)["train"]["ckpt"][
+        "max_keep"] == -1  # keep_checkpoints 0: all
     policy = config["train"]["train_policy"]
     assert (policy["type"], policy["mini_batch"], policy["conversation_column_name"]) == ("sft", 2, "conversations")
     assert config["train"]["train_batch_per_replica"] == 8

@@ -18,6 +18,7 @@ from av_grounding.dataset.formats import conversation, read_cosmos, write_cosmos
 from av_grounding.dataset.prompts import load_prompts
 from av_grounding.evaluation.reward import RewardConfig, column_reward, reward
 from av_grounding.evaluation.table import column_title
+from av_grounding.geometry.virtual import AnswerCamera
 from av_grounding.models.builtin import build_builtin
 from av_grounding.models.inputs import Encoder
 from av_grounding.models.loading import load_model
@@ -55,7 +56,7 @@ def test_the_reward_moves_a_virtual_camera_answer_back_before_matching():
     scaled = json.dumps([{**truth[0], "bbox_3d": [4.0, 2.0, 40.0, *truth[0]["bbox_3d"][3:]]}])
     perfect = reward(real, truth)
     assert perfect.total == pytest.approx(RewardConfig().maximum)
-    assert reward(scaled, truth, virtual_scale=2.0) == perfect
+    assert reward(scaled, truth, answer_camera=AnswerCamera(1.0, 2.0)) == perfect
     assert reward(scaled, truth).matched == 0  # read as real, the box is 20 m off
 
 
@@ -264,8 +265,8 @@ def test_the_cosmos_rl_reward_reads_a_virtual_camera_record():
     record = {"annotations": truth, "virtual_camera": {"focal_per_height": 1.0, "scale": 2.0}}
     scaled = json.dumps([{**truth[0], "bbox_3d": [2.0, 2.0, 40.0, *truth[0]["bbox_3d"][3:]]}])
     assert cosmos_rl_reward(scaled, json.dumps(record))[0] == pytest.approx(RewardConfig().maximum)
-    with pytest.raises(ValueError, match="positive number"):
-        reward(scaled, truth, virtual_scale=0.0)
+    with pytest.raises(ValueError, match="the ground-truth record: 'virtual_camera' must be an object with a positive"):
+        cosmos_rl_reward(scaled, json.dumps({**record, "virtual_camera": {"scale": 0.0}}))
 
 
 def test_a_prediction_without_the_block_is_read_in_the_truths_virtual_camera(tmp_path):

@@ -390,7 +390,8 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"format:\n  prompts: {FORMAT.prompts}\n")
     command = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params_file),
-               "--dataset", str(few), "--max-steps", "10", "--save-every", "3", "--batch-size", "1",
+               "--dataset", str(few), "--max-steps", "10", "--save-every", "3", "--keep-checkpoints", "2",
+               "--batch-size", "1",
                "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "timing.json")]
     subprocess.run(command + ["--output", str(tmp_path / "straight"), "--live", str(tmp_path / "live1")],
                    check=True, capture_output=True)
@@ -413,6 +414,11 @@ def test_killed_run_resumes_to_the_same_weights(few, tmp_path):
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
     assert not [p for p in (tmp_path / "killed").rglob(".*") if is_partial(p)]
+    # Of the checkpoints at steps 3, 6 and 9 the newest two stay, the resumable state in the newest.
+    for folder in ("killed", "straight"):
+        kept = sorted((tmp_path / folder / "checkpoints").iterdir())
+        assert [p.name for p in kept] == ["step_000006", "step_000009"]
+        assert [(p / STATE_FILE).exists() for p in kept] == [False, True]
     # Every other file the same bytes; run.json names its own base folder; the optimizer state
     # the same content (torch.save writes a random serialization id and pickles shared strings
     # by identity, so its bytes differ from save to save).

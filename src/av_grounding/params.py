@@ -63,7 +63,7 @@ Executor = Literal["local", "ray"]
 CodecName = Literal["cosmos", "qwen3vl"]
 BoxOrder = Literal["nearest", "left_to_right", "track"]
 ModelFamily = Literal["qwen2_5_vl", "qwen3_vl"]
-CameraInput = Literal["none", "prompt", "virtual_camera"]
+CameraInput = Literal["none", "prompt", "virtual_camera", "image_centre"]
 Backend = Literal["hf", "cosmos-rl"]
 Preset = Literal["cr1-cosmos-rl", "cr2-cosmos-rl", "cr2-qwen-finetune"]
 Schedule = Literal["cosine", "constant"]
@@ -234,9 +234,11 @@ class FormatParams(Checked):
     camera_input: CameraInput = param(
         "none", "what tells the model which lens took the image: none; prompt: the intrinsics in the user prompt "
         "(in the answers' number style); virtual_camera: answer centres in a virtual camera of focal length "
-        "virtual_focal (Omni3D's virtual depth), converted back before evaluation (docs/conventions.md)")
+        "virtual_focal (Omni3D's virtual depth); image_centre: each centre as its pixel (u, v) in the frame and "
+        "its distance in that virtual camera (Omni3D's projected centre and virtual depth). Both are converted "
+        "back to the real camera before evaluation (docs/conventions.md)")
     virtual_focal: float = param(1.0, "focal length of the virtual camera in image heights (camera_input: "
-                                 "virtual_camera); a lens of this focal length keeps its depths")
+                                 "virtual_camera, image_centre); a lens of this focal length keeps its depths")
     crop_above_deg: float | None = param(None, "cut off the image rows more than this many degrees above the optical "
                                          "axis (the sky over a level camera's horizon), train and eval frames alike, "
                                          "so max_pixels covers the road at a higher resolution; null: whole frames "
@@ -319,6 +321,11 @@ class TrainParams(Checked):
     attn_implementation: Attention = param("sdpa", "sdpa or eager (sdpa measured 2x faster on H200: "
                                            "benchmarks/train_throughput/results/train_throughput_h200.json)")
     save_every: int = param(40, "checkpoint every N steps (0: only the final model)", minimum=0)
+    keep_checkpoints: int = param(
+        0, "intermediate checkpoints kept, the newest (0: all of them): each is a whole model folder (the 7B in "
+        "fp32 is 33 GB), an older one deleted as a newer one is written; only those kept become infer columns. "
+        "cosmos-rl's max_keep is this plus one (its count includes the final export) and also bounds its "
+        "resumable states", minimum=0)
     max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
                                      "counted) before the run stops with an error; ZeRO-3 stops at the first",
                                      minimum=0)
@@ -358,7 +365,7 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
                    "model_max_length": 4096},
         "train": {"lr": 1e-6, "schedule": "constant", "warmup_steps": 20, "weight_decay": 0.01, "grad_clip": 1.0,
                   "epochs": 5, "batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True,
-                  "fsdp_offload": True, "save_every": 50},
+                  "fsdp_offload": True, "save_every": 50, "keep_checkpoints": 2},
     },
     # configs/cr2_av_grounding.sft.toml: lr 2e-7, cosine, warmup 0.03 of the steps, train_batch_per_replica
     # 16 in mini batches of 4, no offload, [custom.vision] max_pixels 40960.
@@ -367,7 +374,7 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
                    "model_max_length": 4096},
         "train": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "warmup_steps": None, "weight_decay": 0.01,
                   "grad_clip": 1.0, "epochs": 2, "batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True,
-                  "fsdp_offload": False, "save_every": 50},
+                  "fsdp_offload": False, "save_every": 50, "keep_checkpoints": 29},
     },
     # scripts/qwen_finetune_script.sh on qwen-vl-finetune: per device 2 x accumulation 8, its default image
     # budget (no --max_pixels), and its converter's data without a system prompt.
@@ -376,7 +383,7 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
                    "model_max_length": 4096},
         "train": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "warmup_steps": None, "weight_decay": 0.01,
                   "grad_clip": 1.0, "epochs": 2, "batch_size": 2, "grad_accum": 8, "gradient_checkpointing": True,
-                  "fsdp_offload": False, "save_every": 20},
+                  "fsdp_offload": False, "save_every": 20, "keep_checkpoints": 20},
     },
 }
 PRESET_SECTIONS: tuple[str, ...] = tuple(sorted({section for preset in PRESETS.values() for section in preset}))

@@ -6,6 +6,9 @@
 - ``virtual_camera``: the answer's box centres in a virtual camera of ``format.virtual_focal``
   image heights (``geometry.virtual``; Omni3D's virtual depth); the record keeps the boxes in the
   real camera and says the scale, and every reader of an answer converts back before scoring.
+- ``image_centre``: each centre as its pixel in the frame and its distance from the camera in
+  that virtual camera (Omni3D's projected centre and virtual depth); the record's block also
+  holds the frame's intrinsics, which turn the pixel back into a ray.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry.cameras import FThetaCamera, PinholeCamera, camera_from_record
-from ..geometry.virtual import focal_length_px, virtual_scale
+from ..geometry.virtual import AnswerCamera, focal_length_px, virtual_scale
 from .answers import AnswerStyle, format_number
 
 
@@ -54,3 +57,15 @@ def user_prompt(user: str, record: dict[str, Any], kind: str, style: AnswerStyle
 def frame_scale(record: dict[str, Any], focal_per_height: float) -> float:
     """The frame's ``geometry.virtual.virtual_scale`` from its record's camera."""
     return virtual_scale(camera_from_record(record["camera_model"], record["intrinsics"]), focal_per_height)
+
+
+def answer_camera(record: dict[str, Any], kind: str, focal_per_height: float) -> AnswerCamera | None:
+    """The camera a frame's answer is written in for ``format.camera_input`` ``kind``: None (the
+    real camera) for ``none`` and ``prompt``. The scale is rounded to 6 decimals, as the record
+    stores it, so that the stored block inverts the answer exactly."""
+    if kind not in ("virtual_camera", "image_centre"):
+        return None
+    scale = round(frame_scale(record, focal_per_height), 6)
+    if kind == "virtual_camera":
+        return AnswerCamera(focal_per_height, scale)
+    return AnswerCamera(focal_per_height, scale, record["camera_model"], tuple(record["intrinsics"]))

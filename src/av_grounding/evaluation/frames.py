@@ -31,7 +31,7 @@ from ..errors import PipelineError, some_names
 from ..geometry.boxes import Box3D, clip_rectangle, edge_segments, projected_rectangle
 from ..geometry.cameras import Camera, PinholeCamera, camera_from_record
 from ..geometry.codecs import get_codec
-from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
+from ..geometry.virtual import VIRTUAL_CAMERA, AnswerCamera
 from .parse import ParsedAnswer, check_box, order_scores, parse_answer, parse_items
 
 ScoreSource = Literal["box", "list", "order"]
@@ -341,8 +341,8 @@ def in_real_camera(parsed: ParsedAnswer, document: dict[str, Any], path: Path,
     """The boxes of an answer written in a virtual camera moved back into the real camera: by the
     prediction file's ``virtual_camera`` block (``dataset.camera_input``), else by the ground-truth
     record's (``truth_block``: the model was trained on answers in that camera; warned); the
-    answer as it is when neither has one. EvaluationError naming the file for a block without a
-    positive scale."""
+    answer as it is when neither has one. EvaluationError naming the file for a block
+    ``AnswerCamera.deserialize`` refuses."""
     if VIRTUAL_CAMERA not in document:
         if truth_block is None:
             return parsed
@@ -350,10 +350,10 @@ def in_real_camera(parsed: ParsedAnswer, document: dict[str, Any], path: Path,
                                         "its raw_text is read in the truth's virtual camera"), stacklevel=2)
         document = {VIRTUAL_CAMERA: truth_block}
     try:
-        scale = scale_of(document[VIRTUAL_CAMERA], str(path))
+        camera = AnswerCamera.deserialize(document[VIRTUAL_CAMERA], str(path))
     except ValueError as exc:
         raise EvaluationError(str(exc)) from None
-    return dataclasses.replace(parsed, boxes=boxes_from_virtual(parsed.boxes, scale))
+    return dataclasses.replace(parsed, boxes=camera.boxes_to_real(parsed.boxes))
 
 
 def read_prediction(path: Path, truth_block: Any = None) -> tuple[ParsedAnswer, list[float], ScoreSource]:

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..geometry.boxes import Box3D
 from ..geometry.codecs import CODECS, get_codec
-from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
+from ..geometry.virtual import VIRTUAL_CAMERA, AnswerCamera
 from .config import ConfigError
 from .frames import EvaluationError, json_files, load_json
 from .iou import iou_3d, iou_3d_matrix
@@ -215,7 +215,7 @@ def _overlong(text: str, n_tokens: int | None, config: RewardConfig) -> bool:
 
 def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig | None = None, *,
            codec: str | None = None, finished: bool = True, n_tokens: int | None = None,
-           virtual_scale: float | None = None) -> RewardBreakdown:
+           answer_camera: AnswerCamera | None = None) -> RewardBreakdown:
     """The reward of the answer ``text`` on a frame whose truth is ``truth`` (module docstring).
 
     ``truth``: the frame's boxes as the ground-truth record's ``annotations`` holds them, a list
@@ -224,22 +224,20 @@ def reward(text: str, truth: Sequence[Mapping[str, Any]], config: RewardConfig |
     ``config.codec``. ``finished``: whether generation stopped at end-of-sequence (False: the
     answer was cut off). ``n_tokens``: the answer's length in tokens, when known. No camera is
     needed: 3D IoU and centre distance are measured in camera RDF metres, whatever the intrinsics.
-    ``virtual_scale``: for a dataset whose answers are in a virtual camera
-    (``format.camera_input: virtual_camera``), the frame's scale (its record's ``virtual_camera``
-    block): the answer's boxes are moved back into the real camera of ``truth`` before matching.
+    ``answer_camera``: for a dataset whose answers are in a virtual camera
+    (``format.camera_input``: ``virtual_camera``, ``image_centre``), the frame's (its record's
+    ``virtual_camera`` block): the answer's boxes are moved back into the real camera of
+    ``truth`` before matching.
 
-    Raises ValueError for an invalid truth box (naming its index and why), an unknown codec or a
-    ``virtual_scale`` that is not a positive number.
+    Raises ValueError for an invalid truth box (naming its index and why) or an unknown codec.
     """
     config = config or RewardConfig()
     codec = codec or config.codec
     gt_boxes = _truth_boxes(truth)
     gt, gt_xz = _decode(gt_boxes, codec)
     parsed = parse_answer(text)
-    if virtual_scale is not None:
-        if not (math.isfinite(virtual_scale) and virtual_scale > 0):
-            raise ValueError(f"virtual_scale {virtual_scale} is not a positive number")
-        parsed = replace(parsed, boxes=boxes_from_virtual(parsed.boxes, virtual_scale))
+    if answer_camera is not None:
+        parsed = replace(parsed, boxes=answer_camera.boxes_to_real(parsed.boxes))
     pred_all, xz_all = _decode(parsed.boxes, codec)
     repeated = _duplicates(pred_all, config.duplicate_iou)
     keep = [i for i, r in enumerate(repeated) if not r]
@@ -283,9 +281,9 @@ def column_reward(gt_dir: Path, pred_dir: Path, codec: str, config: RewardConfig
         raw, boxes = document.get("raw_text"), document.get("annotations")
         text = raw if isinstance(raw, str) else json.dumps(boxes) if isinstance(boxes, list) else ""
         block = document[VIRTUAL_CAMERA] if VIRTUAL_CAMERA in document else record.get(VIRTUAL_CAMERA)
-        scale = scale_of(block, str(pred_path)) if isinstance(raw, str) and (
+        camera = AnswerCamera.deserialize(block, str(pred_path)) if isinstance(raw, str) and (
             VIRTUAL_CAMERA in document or VIRTUAL_CAMERA in record) else None
         breakdowns.append(reward(text, record["annotations"], config, codec=record.get("box_codec") or codec,
-                                 virtual_scale=scale))
+                                 answer_camera=camera))
     numbers = [k for k, v in breakdowns[0].serialize().items() if not isinstance(v, str)] if breakdowns else []
     return {name: sum(float(getattr(b, name)) for b in breakdowns) / len(breakdowns) for name in numbers}

@@ -6,10 +6,10 @@ camera: depth is scaled by ``f_virtual / f``, with focal lengths measured relati
 height, so an object of a given size in image heights has one virtual depth for every lens and
 every image resolution. Here the whole centre is scaled (``x, y, z`` alike), which keeps its ray
 and so its pixel under any central camera model; sizes and angles stay metric and unchanged. The
-inverse divides by the same factor: ``from_virtual(to_virtual(v, s), s) == v`` to rounding. A
-dataset record or prediction file whose answer is in a virtual camera says so under
-``VIRTUAL_CAMERA`` (``virtual_record``); ``boxes_to_virtual`` / ``boxes_from_virtual`` move the
-answer boxes (dicts with ``bbox_3d``) of such a file.
+inverse divides by the same factor. Or the centre is written as its pixel and its distance
+times that factor (Omni3D's projected centre and virtual depth). ``AnswerCamera`` holds either
+and moves boxes both ways; a dataset record or prediction file whose answer is written so says
+which under ``VIRTUAL_CAMERA`` (``AnswerCamera.serialize``).
 
 The focal length of a lens is taken at its principal point: pinhole ``sqrt(fx * fy)``; f-theta
 ``dr/dtheta`` at ``theta = 0`` (pixels per radian: the pinhole's ``f`` to first order, since
@@ -19,14 +19,18 @@ pinhole's ``sqrt(fx * fy)``).
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .cameras import Camera, FThetaCamera, PinholeCamera
+from .cameras import Camera, FThetaCamera, PinholeCamera, camera_from_record
 
-VIRTUAL_CAMERA = "virtual_camera"  # a record's or prediction file's key: {"focal_per_height", "scale"}
+# A record's or prediction file's key: {"focal_per_height", "scale"} and, for pixel centres,
+# {"centre": "pixel", "camera_model", "intrinsics"} (AnswerCamera.serialize)
+VIRTUAL_CAMERA = "virtual_camera"
 
 
 def focal_length_px(camera: Camera) -> float:
@@ -58,47 +62,121 @@ def virtual_scale(camera: Camera, focal_per_height: float) -> float:
     return focal_per_height * camera.height / focal_length_px(camera)
 
 
-def to_virtual(values: np.ndarray, scale: float) -> np.ndarray:
-    """Nx9 boxes (any codec: the first three numbers are the centre in metres) with their centres
-    multiplied by ``scale`` (``virtual_scale``); sizes and angles unchanged. A new array."""
-    moved = np.array(values, dtype=np.float64).reshape(-1, 9)
-    moved[:, :3] *= scale
-    return moved
+PIXEL = "pixel"  # an ``AnswerCamera`` block's ``centre`` when the centre is (u, v, virtual distance)
 
 
-def from_virtual(values: np.ndarray, scale: float) -> np.ndarray:
-    """The inverse of ``to_virtual``: Nx9 boxes with their centres divided by ``scale``. A new array."""
-    moved = np.array(values, dtype=np.float64).reshape(-1, 9)
-    moved[:, :3] /= scale
-    return moved
+@dataclass(frozen=True)
+class AnswerCamera:
+    """The camera an answer's box centres are written in, and the way back to the real camera.
+
+    ``scale`` (``virtual_scale``) takes a real centre into the virtual camera of
+    ``focal_per_height``. Without ``camera`` the answer's first three numbers are that virtual
+    centre, ``scale * (x, y, z)`` (``format.camera_input: virtual_camera``). With ``camera`` (the
+    frame's ``camera_model`` and ``intrinsics``, as records store them) they are the centre's
+    pixel ``(u, v)`` in the frame's image and its distance from the camera centre times ``scale``
+    (``image_centre``: Omni3D / Cube R-CNN's projected centre and virtual depth, Brazil et al.,
+    CVPR 2023, section 3.2, with the distance along the ray in place of z so that every ray of a
+    wide f-theta lens has one). Sizes and angles stay metric either way.
+
+    ``to_real(to_answer(v))`` gives ``v`` back: exactly, up to rounding, for the virtual centre;
+    for the pixel to within the lens's unprojection (f-theta inverts its polynomial numerically;
+    ``tests/test_virtual_camera.py`` bounds both).
+    """
+
+    focal_per_height: float | None
+    scale: float
+    camera_model: str | None = None
+    intrinsics: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if _positive(self.scale) is None:
+            raise ValueError(f"an answer camera's scale must be a positive number, got {self.scale!r}")
+        if (self.camera_model is None) != (self.intrinsics is None):
+            raise ValueError("an answer camera with pixel centres needs both camera_model and intrinsics")
+
+    @functools.cached_property
+    def camera(self) -> Camera | None:
+        """The lens whose pixels the centres are given in, or None for virtual centres."""
+        if self.camera_model is None or self.intrinsics is None:
+            return None
+        return camera_from_record(self.camera_model, list(self.intrinsics))
+
+    def to_answer(self, values: np.ndarray) -> np.ndarray:
+        """Nx9 boxes (any codec: the first three numbers are the centre in camera RDF metres) as
+        the answer writes them. A new float64 array."""
+        moved = np.array(values, dtype=np.float64).reshape(-1, 9)
+        camera = self.camera
+        if camera is None:
+            moved[:, :3] *= self.scale
+        elif len(moved):
+            centres = moved[:, :3].copy()
+            moved[:, :2] = camera.project(centres)
+            moved[:, 2] = np.linalg.norm(centres, axis=-1) * self.scale
+        return moved
+
+    def to_real(self, values: np.ndarray) -> np.ndarray:
+        """The inverse of ``to_answer``: Nx9 boxes as an answer wrote them, centres back in the
+        real camera's metres. A new float64 array (non-finite where an answer's numbers are)."""
+        moved = np.array(values, dtype=np.float64).reshape(-1, 9)
+        camera = self.camera
+        if camera is None:
+            moved[:, :3] /= self.scale
+        elif len(moved):
+            rays = camera.unproject(moved[:, :2])  # unit rays
+            moved[:, :3] = rays * (moved[:, 2:3] / self.scale)
+        return moved
+
+    def boxes_to_answer(self, boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Boxes (``bbox_3d`` of nine numbers, ``label``, ...) with their centres as the answer writes them."""
+        return _moved(boxes, self.to_answer)
+
+    def boxes_to_real(self, boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The inverse of ``boxes_to_answer``: boxes read from an answer, back in the real camera."""
+        return _moved(boxes, self.to_real)
+
+    def serialize(self) -> dict[str, Any]:
+        """What a record or prediction file says about its answer's camera (under ``VIRTUAL_CAMERA``)."""
+        block: dict[str, Any] = {"focal_per_height": self.focal_per_height, "scale": self.scale}
+        if self.focal_per_height is None:
+            del block["focal_per_height"]
+        if self.camera_model is not None and self.intrinsics is not None:
+            block.update(centre=PIXEL, camera_model=self.camera_model, intrinsics=list(self.intrinsics))
+        return block
+
+    @classmethod
+    def deserialize(cls, block: Any, source: str) -> AnswerCamera:
+        """The answer camera a ``VIRTUAL_CAMERA`` block describes (``serialize``); ``ValueError``
+        naming ``source`` unless it is an object whose ``scale`` is a positive finite number and
+        whose pixel camera, when ``centre`` says ``pixel``, ``camera_from_record`` accepts."""
+        scale = _positive(block.get("scale")) if isinstance(block, dict) else None
+        if scale is None:
+            raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' must be an object with a positive 'scale' (the answer's "
+                             f"centres are the real ones times it); found {block!r:.300}")
+        assert isinstance(block, dict)
+        focal = _positive(block.get("focal_per_height"))  # informative only: the scale already holds it
+        centre = block.get("centre", "xyz")
+        if centre == "xyz":
+            return cls(focal, scale)
+        if centre != PIXEL:
+            raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' centre must be 'xyz' or {PIXEL!r}, found {centre!r}")
+        model, intrinsics = block.get("camera_model"), block.get("intrinsics")
+        try:
+            if not isinstance(model, str) or not isinstance(intrinsics, list):
+                raise ValueError("needs a 'camera_model' string and an 'intrinsics' list")
+            camera_from_record(model, intrinsics)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' with pixel centres: {exc}") from None
+        return cls(focal, scale, model, tuple(float(v) for v in intrinsics))
 
 
-def boxes_to_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
-    """Answer boxes (``bbox_3d`` of nine numbers, ``label``) with their centres in the virtual camera."""
+def _positive(value: Any) -> float | None:
+    """``value`` as a float if it is a positive finite number (not a bool), else None."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
+def _moved(boxes: list[dict[str, Any]], move) -> list[dict[str, Any]]:
     if not boxes:
         return []
-    moved = to_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
+    moved = move(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64))
     return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
-
-
-def boxes_from_virtual(boxes: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
-    """The inverse of ``boxes_to_virtual``: boxes read from an answer, back in the real camera."""
-    if not boxes:
-        return []
-    moved = from_virtual(np.array([b["bbox_3d"] for b in boxes], dtype=np.float64), scale)
-    return [{**box, "bbox_3d": values.tolist()} for box, values in zip(boxes, moved)]
-
-
-def virtual_record(focal_per_height: float, scale: float) -> dict[str, float]:
-    """What a record or prediction file says about its answer's camera (under ``VIRTUAL_CAMERA``)."""
-    return {"focal_per_height": focal_per_height, "scale": scale}
-
-
-def scale_of(block: Any, source: str) -> float:
-    """The scale of a ``VIRTUAL_CAMERA`` block; ``ValueError`` naming ``source`` unless it is an
-    object whose ``scale`` is a positive finite number."""
-    scale = block.get("scale") if isinstance(block, dict) else None
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' must be an object with a positive 'scale' (the answer's "
-                         f"centres are the real ones times it); found {block!r}")
-    return float(scale)

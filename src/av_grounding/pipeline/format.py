@@ -13,7 +13,8 @@ are kept in its Cosmos-RL record under ``tokens``. Images are copied out of extr
 (``push: false``): `dvc repro` rebuilds it from the pulled shards faster than DVC moves one object
 per sample. ``camera_input`` (``dataset.camera_input``) adds the intrinsics to the user prompt, or
 writes the answers' centres in a virtual camera: the record's ``annotations`` stay in the real
-camera and its ``virtual_camera`` block gives the scale. ``crop_above_deg`` cuts every
+camera and its ``virtual_camera`` block says how the answer's centres are written (a scale, and
+for ``image_centre`` the frame's intrinsics). ``crop_above_deg`` cuts every
 frame's sky off, and ``mirror_train`` adds each training frame flipped left to right as a sample of
 its own (``dataset.views``: id ``<id>_mirrored``, its record flagged ``mirrored``, with the
 mirrored camera's intrinsics and boxes).
@@ -36,12 +37,12 @@ import numpy as np
 from ..curation.records import iter_records
 from ..dataset import tokens
 from ..dataset.answers import AnswerStyle, format_answer, order_boxes, rounded
-from ..dataset.camera_input import frame_scale, user_prompt
+from ..dataset.camera_input import answer_camera, user_prompt
 from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
 from ..dataset.prompts import load_prompts
 from ..dataset.split import split_clips
 from ..dataset.views import CROP_TOP, MIRRORED, cropped_record, mirror_record, view_jpeg
-from ..geometry.virtual import VIRTUAL_CAMERA, boxes_to_virtual, virtual_record
+from ..geometry.virtual import VIRTUAL_CAMERA
 from ..models.builtin import task_tokenizer
 from ..models.hub import build_tokenizer
 from ..models.inputs import IGNORE, Encoder
@@ -196,7 +197,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
     image_token_counts: dict[str, list[int]] = {f: [] for f in tokens.MERGE_FACTOR}
     all_answers: list[list[dict[str, Any]]] = []
     shortest_over: dict[str, tuple[int, str]] = {}  # split -> tokens of its shortest sample over the budget
-    candidates = []  # (record, sample, exact boxes, virtual-camera scale) of every frame with boxes
+    candidates = []  # (record, sample, exact boxes, the answer's camera) of every frame with boxes
     for record in frame_views(sorted(frames, key=sample_id), split_of, params):
         if record.get(MIRRORED):
             counts.mirrored_frames += 1
@@ -210,9 +211,8 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             counts.empty_frames_skipped += 1
             continue
         exact = [{"bbox_3d": o["bbox_3d"], "label": o["label"]} for o in objects]
-        # Rounded as the record stores it, so that dividing by the stored scale is the exact inverse.
-        scale = round(frame_scale(record, params.virtual_focal), 6) if params.camera_input == "virtual_camera" else None
-        answer = format_answer(exact if scale is None else boxes_to_virtual(exact, scale), style)
+        camera = answer_camera(record, params.camera_input, params.virtual_focal)
+        answer = format_answer(exact if camera is None else camera.boxes_to_answer(exact), style)
         user = user_prompt(prompts.user, record, params.camera_input, style)
         image_sizes.add((record["width"], record["height"]))
         for family in tokens.MERGE_FACTOR:
@@ -220,10 +220,10 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
                                                                   params.min_pixels, params.max_pixels))
         sid = sample_id(record)
         sample = Sample(sid, output / split_of[record["clip_id"]] / "images" / f"{sid}.jpg", system, user, answer)
-        candidates.append((record, sample, exact, scale))
+        candidates.append((record, sample, exact, camera))
     budgets = sample_tokens(encoder, [sample for _, sample, _, _ in candidates],
                             image_token_counts[params.model_family])
-    for (record, sample, exact, scale), budget in zip(candidates, budgets, strict=True):
+    for (record, sample, exact, camera), budget in zip(candidates, budgets, strict=True):
         split = split_of[record["clip_id"]]
         total = sum(budget.values())
         prompt_token_counts.add(budget["prompt"])
@@ -235,7 +235,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         answer_token_counts.append(budget["answer"])
         all_answers.append(exact)
         boxes = [{"label": b["label"], "bbox_3d": rounded(b["bbox_3d"], style)} for b in exact]
-        virtual = {VIRTUAL_CAMERA: virtual_record(params.virtual_focal, scale)} if scale is not None else {}
+        virtual = {VIRTUAL_CAMERA: camera.serialize()} if camera is not None else {}
         per_split[split].append((sample, {**annotation_record(record, boxes), **virtual, "tokens": budget},
                                  conversation(f"images/{sample.id}.jpg", system, sample.user, sample.answer)))
         image_sources[sample.id] = (record["image_shard"], record["image_member"], record.get(CROP_TOP, 0),

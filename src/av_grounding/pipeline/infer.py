@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .. import numerics
 from ..dataset.formats import read_cosmos
 from ..evaluation.parse import box_scores, parse_answer
-from ..geometry.virtual import VIRTUAL_CAMERA, boxes_from_virtual, scale_of
+from ..geometry.virtual import VIRTUAL_CAMERA, AnswerCamera
 from ..models.generate import generate
 from ..models.inputs import Encoder
 from ..models.loading import load_model
@@ -74,7 +74,7 @@ def columns(train: Path, params: InferParams, run: dict[str, Any]) -> list[tuple
 
 def prediction_record(text: str, token_ids: list[int], logprobs: list[float], tokenizer,
                       reasoning: dict[str, Any] | None = None,
-                      virtual: dict[str, float] | None = None) -> dict[str, Any]:
+                      virtual: dict[str, Any] | None = None) -> dict[str, Any]:
     """One frame's prediction file: the boxes parsed from ``text`` (a reasoning draft is never
     read, ``evaluation.parse``) in the real camera, each box's confidence from the
     log-probabilities of the tokens of its text (answer tokens only), ``reasoning``, what the
@@ -83,7 +83,7 @@ def prediction_record(text: str, token_ids: list[int], logprobs: list[float], to
     parsed = parse_answer(text)
     boxes = [{"label": b["label"], "bbox_3d": b["bbox_3d"]} for b in parsed.boxes]
     if virtual is not None:
-        boxes = boxes_from_virtual(boxes, scale_of(virtual, "the evaluation record"))
+        boxes = AnswerCamera.deserialize(virtual, "the evaluation record").boxes_to_real(boxes)
     ends = [len(tokenizer.decode(token_ids[: i + 1], skip_special_tokens=False)) for i in range(len(token_ids))]
     record = {"annotations": boxes, "raw_text": text, "scores": box_scores(parsed, text, ends, logprobs),
               "parse_status": parsed.status}

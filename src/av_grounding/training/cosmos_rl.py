@@ -130,7 +130,8 @@ def cosmos_config(params: TrainParams, fmt: FormatParams, base: Path | str, run:
             "export_safetensors": True,
             "save_freq": params.save_every or max(1, samples * params.epochs // per_step),
             "save_mode": "sync",
-            "max_keep": 2,  # resumable state; the exported safetensors are kept apart from this
+            # its saves, the final one included; deleting a save deletes its export too
+            "max_keep": params.keep_checkpoints + 1 if params.keep_checkpoints else -1,
         },
         "train_policy": {
             "type": "sft",

@@ -34,12 +34,12 @@ from typing import Any
 
 from ..dataset.formats import Sample, read_cosmos
 from ..evaluation.reward import RewardConfig
-from ..geometry.virtual import VIRTUAL_CAMERA, scale_of
+from ..geometry.virtual import VIRTUAL_CAMERA, AnswerCamera
 from ..models.loading import LoadedModel, load_model
 from ..params import FormatParams, RLParams
 from .loop import save_folder, step_folder
 from .optim import StochasticAdamW
-from .rewards import CODEC_COLUMN, SCALE_COLUMN, TRUTH_COLUMN, GroundingReward
+from .rewards import CAMERA_COLUMN, CODEC_COLUMN, TRUTH_COLUMN, GroundingReward
 
 TRAINER = "trainer"  # TRL's checkpoint-N folders (optimizer, scheduler, RNG: what resuming needs)
 # What the summary keeps of TRL's per-step log: reward mean and spread, KL, answer lengths.
@@ -80,8 +80,9 @@ def prompt_messages(sample: Sample) -> list[dict[str, Any]]:
 def grpo_dataset(samples: list[Sample]) -> Any:
     """A ``datasets.Dataset`` of one TRL row per sample: ``prompt``, ``image`` (the file, decoded
     when a batch reads it: 80k frames are never in memory at once), and the reward's columns
-    ``annotations`` (the truth, JSON text), ``box_codec`` and ``virtual_scale``. ``ValueError``
-    naming a sample read without its record (the Qwen-VL layout has no truth)."""
+    ``annotations`` (the truth, JSON text), ``box_codec`` and ``virtual_camera`` (the answer's
+    camera block as JSON text, or None). ``ValueError`` naming a sample read without its record
+    (the Qwen-VL layout has no truth) or with a camera block ``AnswerCamera`` refuses."""
     import json
 
     from datasets import Dataset
@@ -92,10 +93,12 @@ def grpo_dataset(samples: list[Sample]) -> Any:
         if sample.record is None:
             raise ValueError(f"sample {sample.id}: no annotation record (read the Cosmos-RL layout)")
         block = sample.record.get(VIRTUAL_CAMERA)
+        if block is not None:
+            AnswerCamera.deserialize(block, f"sample {sample.id}")  # refused here, before the GPU time
         rows.append({"prompt": prompt_messages(sample), "image": str(sample.image),
                      TRUTH_COLUMN: json.dumps(sample.record.get(TRUTH_COLUMN, [])),
                      CODEC_COLUMN: sample.record.get(CODEC_COLUMN),
-                     SCALE_COLUMN: None if block is None else scale_of(block, f"sample {sample.id}")})
+                     CAMERA_COLUMN: None if block is None else json.dumps(block)})
     return Dataset.from_list(rows).cast_column("image", ImageFeature(mode="RGB"))
 
 

@@ -469,8 +469,9 @@ def _setup_trainer(params: TrainParams, setup: Setup, process: Process, total: i
     the two resumes from the checkpoint before and its curve has no gap), resumed from
     ``resume_from`` when there is one."""
     bf16 = process.ds_config["bf16"]["enabled"] if process.ds_config else process.device != "cpu" and params.bf16
+    checkpoints = CheckpointHook(output / "checkpoints", params.save_every, params.keep_checkpoints)
     common = dict(grad_accum=params.grad_accum, total=total, max_nonfinite_steps=params.max_nonfinite_steps,
-                  hooks=[*hooks, CheckpointHook(output / "checkpoints", params.save_every), ProgressHook()],
+                  hooks=[*hooks, checkpoints, ProgressHook()],
                   rank=process.rank, device=process.device, bf16=bf16)
     trainer: Trainer
     if process.ds_config is not None:

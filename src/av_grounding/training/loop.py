@@ -225,10 +225,11 @@ class Trainer(abc.ABC):
 
 class CheckpointHook(HookBase):
     """A checkpoint every ``every`` steps (not at the last step: the final model is saved
-    instead); only the newest keeps the resumable state, older ones stay as models to evaluate."""
+    instead); only the newest keeps the resumable state, older ones stay as models to evaluate,
+    the newest ``keep`` of them (0: all; ``train.keep_checkpoints``)."""
 
-    def __init__(self, root: Path, every: int):
-        self.root, self.every = root, every
+    def __init__(self, root: Path, every: int, keep: int = 0):
+        self.root, self.every, self.keep = root, every, keep
 
     def after_step(self, trainer: RunState, result: StepResult) -> None:
         assert isinstance(trainer, Trainer), "checkpoints are written by this package's trainers"
@@ -238,10 +239,14 @@ class CheckpointHook(HookBase):
         trainer.save_checkpoint(folder)
         trainer.last_checkpoint = folder
         if trainer.rank == 0:
-            for older in step_folders(self.root).values():
-                if older != folder:
-                    (older / STATE_FILE).unlink(missing_ok=True)
-                    shutil.rmtree(older / "deepspeed", ignore_errors=True)
+            older = [path for path in step_folders(self.root).values() if path != folder]
+            dropped = older[:max(0, len(older) + 1 - self.keep)] if self.keep else []
+            for path in older:
+                if path in dropped:
+                    shutil.rmtree(path)
+                else:
+                    (path / STATE_FILE).unlink(missing_ok=True)
+                    shutil.rmtree(path / "deepspeed", ignore_errors=True)
 
 
 class ProgressHook(HookBase):

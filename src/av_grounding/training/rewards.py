@@ -26,17 +26,29 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from ..evaluation.reward import RewardBreakdown, RewardConfig, reward
-from ..geometry.virtual import VIRTUAL_CAMERA, scale_of
+from ..geometry.virtual import VIRTUAL_CAMERA, AnswerCamera
 
 TRUTH_COLUMN = "annotations"  # the ground-truth record's key: [{"label", "bbox_3d"}], or its JSON text
 CODEC_COLUMN = "box_codec"  # the ground-truth record's key; absent or None: RewardConfig.codec
-SCALE_COLUMN = "virtual_scale"  # the answer's virtual-camera scale (geometry.virtual); absent or None: real camera
+# The answer's camera (geometry.virtual.AnswerCamera's block, or its JSON text); absent or None: the real camera
+CAMERA_COLUMN = VIRTUAL_CAMERA
 COSMOS_RL_CONFIG_KEY = "grounding_reward"  # the TOML table [custom.grounding_reward] holds RewardConfig fields
 METRIC_PREFIX = "grounding/"
 
 
-def read_truth(value: Any) -> tuple[list[dict[str, Any]], str | None, float | None]:
-    """(truth boxes, box codec or None, virtual-camera scale or None) of a truth value: a list of
+def answer_camera(value: Any, source: str) -> AnswerCamera | None:
+    """The ``AnswerCamera`` of a ``virtual_camera`` block, or of its JSON text; None for None.
+    ValueError naming ``source`` for anything ``AnswerCamera.deserialize`` refuses."""
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {VIRTUAL_CAMERA!r} is not JSON: {exc}") from None
+    return None if value is None else AnswerCamera.deserialize(value, source)
+
+
+def read_truth(value: Any) -> tuple[list[dict[str, Any]], str | None, AnswerCamera | None]:
+    """(truth boxes, box codec or None, the answer's camera or None) of a truth value: a list of
     ``{"label", "bbox_3d"}`` boxes, a ground-truth record (an object with ``annotations`` and
     optionally ``box_codec`` and a ``virtual_camera`` block: a ``text/<id>.json`` file of the
     Cosmos-RL dataset), or the JSON text of either. ValueError for anything else."""
@@ -48,8 +60,7 @@ def read_truth(value: Any) -> tuple[list[dict[str, Any]], str | None, float | No
     if isinstance(value, Mapping):
         boxes, codec = value.get(TRUTH_COLUMN), value.get(CODEC_COLUMN)
         if isinstance(boxes, list) and (codec is None or isinstance(codec, str)):
-            block = value.get(VIRTUAL_CAMERA)
-            return boxes, codec, None if block is None else scale_of(block, "the ground-truth record")
+            return boxes, codec, answer_camera(value.get(VIRTUAL_CAMERA), "the ground-truth record")
     elif isinstance(value, list):
         return value, None, None
     raise ValueError(f"truth must be a list of boxes or a record with an {TRUTH_COLUMN!r} list, got {value!r:.200}")
@@ -106,11 +117,12 @@ class GroundingReward:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  completion_ids: Sequence[Sequence[int]] | None = None, *, annotations: Sequence[Any] | None = None,
-                 box_codec: Sequence[str | None] | None = None, virtual_scale: Sequence[float | None] | None = None,
+                 box_codec: Sequence[str | None] | None = None, virtual_camera: Sequence[Any] | None = None,
                  log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
         """One total reward per completion. ``annotations[i]``, ``box_codec[i]``: the truth
-        columns of completion i's frame (``read_truth``); ``virtual_scale[i]``: its answer's
-        virtual-camera scale (``reward``; None or no column: the real camera); ``completion_ids[i]``: its token ids
+        columns of completion i's frame (``read_truth``); ``virtual_camera[i]``: its answer's
+        camera block or its JSON text (``answer_camera``; None or no column: the real camera, or the
+        truth record's block); ``completion_ids[i]``: its token ids
         (without them neither truncation nor the token limit is judged). ``log_metric`` (TRL's):
         receives ``component_means`` of the batch. Other columns and TRL's keywords are ignored.
         ValueError for a missing ``annotations`` column, a bad truth value or a bad completion."""
@@ -118,12 +130,14 @@ class GroundingReward:
             raise ValueError(f"the dataset needs a {TRUTH_COLUMN!r} column: each frame's truth boxes (read_truth)")
         breakdowns = []
         for i, completion in enumerate(completions):
-            boxes, codec, record_scale = read_truth(annotations[i])
+            boxes, codec, camera = read_truth(annotations[i])
+            if virtual_camera is not None and virtual_camera[i] is not None:
+                camera = answer_camera(virtual_camera[i], f"completion {i}")
             finished, n_tokens = self._generation(completion_ids[i] if completion_ids is not None else None)
             breakdowns.append(reward(completion_text(completion), boxes, self.config,
                                      codec=(box_codec[i] if box_codec is not None else None) or codec,
                                      finished=finished, n_tokens=n_tokens,
-                                     virtual_scale=virtual_scale[i] if virtual_scale is not None else record_scale))
+                                     answer_camera=camera))
         self.last = breakdowns
         if log_metric is not None:
             for name, value in component_means(breakdowns).items():
@@ -137,14 +151,14 @@ def _cosmos_rl_config(config: Any) -> RewardConfig:
     return RewardConfig.from_mapping(custom.get(COSMOS_RL_CONFIG_KEY) or {})
 
 
-def _cosmos_rl_one(text: str, boxes: list[dict[str, Any]], codec: str | None, scale: float | None,
+def _cosmos_rl_one(text: str, boxes: list[dict[str, Any]], codec: str | None, camera: AnswerCamera | None,
                    settings: RewardConfig, config: Any, tokenizer: Any) -> tuple[float, dict[str, float]]:
     n_tokens, finished = None, True
     if tokenizer is not None:
         n_tokens = len(tokenizer.encode(text, add_special_tokens=False))
         limit = getattr(getattr(config, "rollout", None), "max_response_length", None)
         finished = limit is None or n_tokens < limit
-    result = reward(text, boxes, settings, codec=codec, finished=finished, n_tokens=n_tokens, virtual_scale=scale)
+    result = reward(text, boxes, settings, codec=codec, finished=finished, n_tokens=n_tokens, answer_camera=camera)
     return result.total, component_means([result])
 
 
@@ -170,9 +184,9 @@ def cosmos_rl_reward(to_be_evaluated: str | Sequence[str], reference: str | None
     """
     if reference is None:
         raise ValueError("cosmos_rl_reward needs the frame's ground-truth record as reference (get_reference_answer)")
-    boxes, codec, scale = read_truth(reference)
+    boxes, codec, camera = read_truth(reference)
     settings = _cosmos_rl_config(config)
     if isinstance(to_be_evaluated, str):
-        return _cosmos_rl_one(to_be_evaluated, boxes, codec, scale, settings, config, tokenizer)
-    results = [_cosmos_rl_one(text, boxes, codec, scale, settings, config, tokenizer) for text in to_be_evaluated]
+        return _cosmos_rl_one(to_be_evaluated, boxes, codec, camera, settings, config, tokenizer)
+    results = [_cosmos_rl_one(text, boxes, codec, camera, settings, config, tokenizer) for text in to_be_evaluated]
     return [total for total, _ in results], [metrics for _, metrics in results]
