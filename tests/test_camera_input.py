@@ -111,6 +111,23 @@ def test_image_centre_answers_give_each_centres_pixel_and_virtual_distance(forma
             assert written[3:] == real[3:]
 
 
+def test_a_box_the_parser_would_drop_is_left_out_of_the_answer_and_counted(curated, tmp_path, monkeypatch):
+    """A centre whose pixel passes the parser's bound (a vehicle almost beside a pinhole camera)
+    cannot be answered: shown here with the bound lowered to 400, which many pixels pass."""
+    from av_grounding.evaluation import parse
+
+    monkeypatch.setattr(parse, "MAX_ABS_VALUE", 400.0)
+    params = FormatParams(prompts=REPO_PROMPTS, eval_clips=1, camera_input="image_centre")
+    summary = format_dataset(params, curated[0] / "filtered", curated[0] / "extracted", tmp_path / "out")
+    left_out = 0
+    for split in ("train", "eval"):
+        for sample in read_cosmos(tmp_path / "out" / split):
+            answer = parse_answer(sample.answer).boxes
+            assert all(abs(v) <= 400 for box in answer for v in box["bbox_3d"])
+            left_out += len(sample.record["annotations"]) - len(answer)  # the truth keeps them all
+    assert summary["boxes_unanswerable"] == left_out > 0
+
+
 def _write_predictions(folder, samples, with_block: bool):
     """Each sample's own answer as its prediction, as infer writes it (``prediction_record``)."""
     from av_grounding.models.builtin import task_tokenizer
@@ -168,6 +185,14 @@ def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_pat
     ({"scale": 1.0, "centre": "pixel"}, "with pixel centres: needs a 'camera_model' string"),
     ({"scale": 1.0, "centre": "pixel", "camera_model": "pinhole", "intrinsics": [1.0, 2.0]}, "with pixel centres"),
     ({"scale": 1.0, "centre": "pixel", "camera_model": "fisheye", "intrinsics": [1.0] * 6}, "unknown camera model"),
+    ({"scale": 1.0, "centre": "pixel", "camera_model": "pinhole", "intrinsics": [None, 315, 320, 180, 640, 360]},
+     "intrinsics must be finite numbers"),
+    ({"scale": 1.0, "centre": "pixel", "camera_model": "pinhole", "intrinsics": [True, 315, 320, 180, 640, 360]},
+     "intrinsics must be finite numbers"),
+    ({"scale": 1.0, "centre": "pixel", "camera_model": "pinhole", "intrinsics": [0, 315, 320, 180, 640, 360]},
+     "focal length"),
+    ({"scale": 1.0, "centre": "pixel", "camera_model": "pinhole", "intrinsics": [315, 315, 320, 180, 0, 360]},
+     "image size 0x360 is not positive"),
 ])
 def test_a_bad_virtual_camera_block_is_an_error_naming_the_file(formatted, tmp_path, block, problem):
     sample = read_cosmos(formatted / "virtual_camera" / "eval")[0]

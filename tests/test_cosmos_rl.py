@@ -23,7 +23,14 @@ from av_grounding.models.loading import load_model
 from av_grounding.params import FormatParams, TrainParams
 from av_grounding.pipeline.reporting import report_hooks
 from av_grounding.training.config import resolved
-from av_grounding.training.cosmos_rl import FREEZE_PATTERNS, CosmosRLError, cosmos_config, prepare_run, train_cosmos_rl
+from av_grounding.training.cosmos_rl import (
+    FREEZE_PATTERNS,
+    OUTPUTS,
+    CosmosRLError,
+    cosmos_config,
+    prepare_run,
+    train_cosmos_rl,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT = TRAINING_FORMAT
@@ -47,6 +54,9 @@ def test_toml_sets_every_trap_explicitly(dataset, base, tmp_path):
     assert config["train"]["ckpt"]["enable_checkpoint"] is True
     assert config["train"]["ckpt"]["export_safetensors"] is True
     assert config["train"]["ckpt"]["save_freq"] == 5
+    # cosmos-rl's resume looks in every folder beside output_dir for <folder>/checkpoints/step_N
+    root, name = os.path.split(config["train"]["output_dir"])
+    assert root and run / root / name == run / OUTPUTS
     assert config["train"]["ckpt"]["max_keep"] == 4  # cosmos-rl counts the final save; deleting one drops its export
     assert cosmos_config(resolved(TrainParams(backend="cosmos-rl")), FORMAT, base, run, 8)["train"]["ckpt"][
         "max_keep"] == -1  # keep_checkpoints 0: all

@@ -33,7 +33,7 @@ TABLE = [
     ("train", "gradient_checkpointing", True, True, True),
     ("train", "fsdp_offload", True, False, False),
     ("train", "save_every", 50, 50, 20),
-    ("train", "keep_checkpoints", 2, 29, 20),  # max_keep 3 and 30 count the final save; save_total_limit 20
+    ("train", "keep_checkpoints", 2, 29, 19),  # max_keep 3 and 30, save_total_limit 20: each counts the final save
     ("format", "model_family", "qwen2_5_vl", "qwen3_vl", "qwen3_vl"),
     ("format", "system_prompt", True, True, False),  # the Qwen converter drops the system prompt
     ("format", "min_pixels", 3136, 4096, 12544),  # qwen-vl-utils' 4 tokens; qwen-vl-finetune's 28*28*16

@@ -14,6 +14,7 @@ from av_grounding.storage import (
     atomic_write_bytes,
     canonical,
     dumps_json,
+    remove_folder,
     remove_partials,
     write_json,
 )
@@ -36,6 +37,30 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
         (tmp / "weights").write_text("second")
     assert (folder / "weights").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_removed_folder_is_gone_whole_or_left_under_a_partial_name(tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "checkpoints" / "step_000003"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_text("weights")
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):  # the deletion dies half way: one file gone, the folder left
+        if not path.exists():
+            return
+        (path / "model.safetensors").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_folder(folder)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert not folder.exists()  # no reader finds a half-deleted step_000003
+    assert remove_partials(tmp_path) == [tmp_path / "checkpoints" / ".step_000003.partial"]
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+    remove_folder(folder)  # absent: nothing to do
 
 
 def test_stored_floats_have_fixed_decimals_and_no_negative_zero():

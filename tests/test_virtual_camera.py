@@ -108,6 +108,17 @@ def test_pixel_centres_by_hand():
     assert answer_camera.to_answer(np.zeros((0, 9))).shape == (0, 9)  # no boxes: nothing to move
 
 
+def test_a_pinhole_centre_behind_the_camera_is_written_with_a_negative_distance():
+    """A long vehicle beside the camera can show its front while its centre is behind the image
+    plane: its pixel is that of the mirrored point, so the distance takes the sign that inverts."""
+    lens = PinholeCamera(315.0, 315.0, 320.0, 252.0, 640, 360)
+    answer_camera = pixel_camera(lens, 1.0)
+    box = np.array([[-3.0, 0.5, -0.3, 6.0, 2.0, 1.6, 0.0, 0.2, 0.0]])
+    written = answer_camera.to_answer(box)
+    assert written[0, 2] == pytest.approx(-np.linalg.norm(box[0, :3]) * answer_camera.scale)
+    np.testing.assert_allclose(answer_camera.to_real(written), box, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("bad", [0.0, -2.0, float("nan"), True])
 def test_an_answer_camera_without_a_positive_scale_is_refused(bad):
     with pytest.raises(ValueError, match="positive number"):

@@ -324,8 +324,9 @@ class TrainParams(Checked):
     keep_checkpoints: int = param(
         0, "intermediate checkpoints kept, the newest (0: all of them): each is a whole model folder (the 7B in "
         "fp32 is 33 GB), an older one deleted as a newer one is written; only those kept become infer columns. "
-        "cosmos-rl's max_keep is this plus one (its count includes the final export) and also bounds its "
-        "resumable states", minimum=0)
+        "cosmos-rl's max_keep is this plus one (its count includes the final export; 0: -1, all) and also bounds "
+        "its resumable states (weights and AdamW state, about 100 GB each for the 7B in full fine-tuning)",
+        minimum=0)
     max_nonfinite_steps: int = param(0, "steps with a non-finite loss or gradient norm to skip (update dropped, "
                                      "counted) before the run stops with an error; ZeRO-3 stops at the first",
                                      minimum=0)
@@ -383,7 +384,7 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
                    "model_max_length": 4096},
         "train": {"lr": 2e-7, "schedule": "cosine", "warmup_ratio": 0.03, "warmup_steps": None, "weight_decay": 0.01,
                   "grad_clip": 1.0, "epochs": 2, "batch_size": 2, "grad_accum": 8, "gradient_checkpointing": True,
-                  "fsdp_offload": False, "save_every": 20, "keep_checkpoints": 20},
+                  "fsdp_offload": False, "save_every": 20, "keep_checkpoints": 19},
     },
 }
 PRESET_SECTIONS: tuple[str, ...] = tuple(sorted({section for preset in PRESETS.values() for section in preset}))

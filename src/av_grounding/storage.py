@@ -179,8 +179,22 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_folder(folder)
     tmp.rename(folder)
+
+
+def remove_folder(folder: str | Path) -> None:
+    """Delete ``folder`` (if there) so that no reader ever sees it half deleted: it is renamed
+    to a partial name (``is_partial``) first, which ``remove_partials`` clears should the
+    deletion be killed."""
+    folder = Path(folder)
+    doomed = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        folder.rename(doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed)
 
 
 def stored_json(path: str | Path) -> Any | None:

@@ -76,7 +76,9 @@ class AnswerCamera:
     pixel ``(u, v)`` in the frame's image and its distance from the camera centre times ``scale``
     (``image_centre``: Omni3D / Cube R-CNN's projected centre and virtual depth, Brazil et al.,
     CVPR 2023, section 3.2, with the distance along the ray in place of z so that every ray of a
-    wide f-theta lens has one). Sizes and angles stay metric either way.
+    wide f-theta lens has one). The distance is negative for a centre on the far side of the ray
+    ``camera.unproject`` gives for its pixel: a pinhole's centre behind the camera (a long vehicle
+    beside it whose front is in view). Sizes and angles stay metric either way.
 
     ``to_real(to_answer(v))`` gives ``v`` back: exactly, up to rounding, for the virtual centre;
     for the pixel to within the lens's unprojection (f-theta inverts its polynomial numerically;
@@ -110,8 +112,10 @@ class AnswerCamera:
             moved[:, :3] *= self.scale
         elif len(moved):
             centres = moved[:, :3].copy()
-            moved[:, :2] = camera.project(centres)
-            moved[:, 2] = np.linalg.norm(centres, axis=-1) * self.scale
+            pixels = camera.project(centres)
+            side = np.sign(np.einsum("ij,ij->i", camera.unproject(pixels), centres))
+            moved[:, :2] = pixels
+            moved[:, 2] = np.where(side < 0, -1.0, 1.0) * np.linalg.norm(centres, axis=-1) * self.scale
         return moved
 
     def to_real(self, values: np.ndarray) -> np.ndarray:
@@ -146,8 +150,9 @@ class AnswerCamera:
     @classmethod
     def deserialize(cls, block: Any, source: str) -> AnswerCamera:
         """The answer camera a ``VIRTUAL_CAMERA`` block describes (``serialize``); ``ValueError``
-        naming ``source`` unless it is an object whose ``scale`` is a positive finite number and
-        whose pixel camera, when ``centre`` says ``pixel``, ``camera_from_record`` accepts."""
+        naming ``source`` unless it is an object whose ``scale`` is a positive finite number and,
+        when ``centre`` says ``pixel``, whose ``camera_model`` and ``intrinsics`` (finite numbers)
+        ``camera_from_record`` reads into a camera of positive size and focal length."""
         scale = _positive(block.get("scale")) if isinstance(block, dict) else None
         if scale is None:
             raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' must be an object with a positive 'scale' (the answer's "
@@ -163,7 +168,13 @@ class AnswerCamera:
         try:
             if not isinstance(model, str) or not isinstance(intrinsics, list):
                 raise ValueError("needs a 'camera_model' string and an 'intrinsics' list")
-            camera_from_record(model, intrinsics)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in intrinsics):
+                raise ValueError(f"intrinsics must be finite numbers, found {intrinsics!r:.200}")
+            camera = camera_from_record(model, intrinsics)
+            if camera.width <= 0 or camera.height <= 0:
+                raise ValueError(f"image size {camera.width}x{camera.height} is not positive")
+            focal_length_px(camera)  # ValueError unless positive
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: '{VIRTUAL_CAMERA}' with pixel centres: {exc}") from None
         return cls(focal, scale, model, tuple(float(v) for v in intrinsics))

@@ -42,6 +42,7 @@ from ..dataset.formats import Sample, conversation, write_cosmos, write_qwen
 from ..dataset.prompts import load_prompts
 from ..dataset.split import split_clips
 from ..dataset.views import CROP_TOP, MIRRORED, cropped_record, mirror_record, view_jpeg
+from ..evaluation.parse import check_box
 from ..geometry.virtual import VIRTUAL_CAMERA
 from ..models.builtin import task_tokenizer
 from ..models.hub import build_tokenizer
@@ -131,6 +132,7 @@ class Counts:
     mirrored_frames: int = 0
     empty_frames_skipped: int = 0
     boxes_over_max_boxes: int = 0
+    boxes_unanswerable: int = 0
     samples_over_max_length: int = 0
 
 
@@ -212,7 +214,11 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
             continue
         exact = [{"bbox_3d": o["bbox_3d"], "label": o["label"]} for o in objects]
         camera = answer_camera(record, params.camera_input, params.virtual_focal)
-        answer = format_answer(exact if camera is None else camera.boxes_to_answer(exact), style)
+        written = exact if camera is None else camera.boxes_to_answer(exact)
+        # A box the parser would drop (an image_centre pixel past its bound) is no target: left out, counted.
+        answerable = [box for box in written if check_box(box)[0] is not None]
+        counts.boxes_unanswerable += len(written) - len(answerable)
+        answer = format_answer(answerable, style)
         user = user_prompt(prompts.user, record, params.camera_input, style)
         image_sizes.add((record["width"], record["height"]))
         for family in tokens.MERGE_FACTOR:
@@ -274,6 +280,7 @@ def format_dataset(params: FormatParams, input: Path, images: Path, output: Path
         "mirrored_frames": counts.mirrored_frames,
         "empty_frames_skipped": counts.empty_frames_skipped,
         "boxes_over_max_boxes": counts.boxes_over_max_boxes,
+        "boxes_unanswerable": counts.boxes_unanswerable,
         "samples_over_max_length": counts.samples_over_max_length,
         "share_over_max_length": round(counts.samples_over_max_length
                                        / max(counts.frames_in + counts.mirrored_frames, 1), 4),

@@ -46,7 +46,9 @@ RUN_FOLDER = "cosmos-rl"
 # With an explicit timestamp cosmos-rl writes straight into output_dir (<output_dir>/safetensors/
 # step_N, <output_dir>/checkpoints); left empty it would add a clock-named folder to output_dir.
 TIMESTAMP = "run"
-OUTPUTS = "outputs"
+# A resumed run finds its checkpoints under os.path.dirname(output_dir)/*/checkpoints (cosmos-rl
+# 0.4.7, utils/checkpoint.py, _root_output_dir): "outputs" would give "" and find none.
+OUTPUTS = "./outputs"
 SCRIPT = "cosmos_rl_dataset.py"
 CONVERSATIONS = "conversations.jsonl"
 LOG = "cosmos-rl.log"

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..errors import PipelineError
 from ..models.loading import make_portable
-from ..storage import atomic_folder
+from ..storage import atomic_folder, remove_folder
 
 STATE_FILE = "trainer_state.pt"
 _STEP_FOLDER = re.compile(r"step_(\d+)")
@@ -243,7 +243,7 @@ class CheckpointHook(HookBase):
             dropped = older[:max(0, len(older) + 1 - self.keep)] if self.keep else []
             for path in older:
                 if path in dropped:
-                    shutil.rmtree(path)
+                    remove_folder(path)
                 else:
                     (path / STATE_FILE).unlink(missing_ok=True)
                     shutil.rmtree(path / "deepspeed", ignore_errors=True)
