@@ -175,6 +175,34 @@ def test_evaluation_scores_virtual_answers_in_the_real_camera(formatted, tmp_pat
     assert evaluate_folder(params, gt, only_boxes, tmp_path / "only.json")["ap3d"]["ap"] == converted["ap3d"]["ap"]
 
 
+@pytest.mark.parametrize("kind", ["virtual_camera", "image_centre"])
+def test_a_zero_shot_column_is_read_in_the_real_camera(formatted, tmp_path, kind):
+    """The base model never learned the answer camera: its answers (here the plain dataset's,
+    in the real camera) are written with the real camera said outright, and score as they are
+    without the evaluator's fallback to the truth's block."""
+    import warnings
+
+    from av_grounding.models.builtin import task_tokenizer
+    from av_grounding.pipeline.infer import answer_block
+
+    plain = {s.id: s.answer for s in read_cosmos(formatted / "none" / "eval")}
+    samples = read_cosmos(formatted / kind / "eval")
+    tokenizer = task_tokenizer("system", "user")
+    (tmp_path / "zero").mkdir()
+    for sample in samples:
+        assert answer_block(sample, trained=True) == sample.record[VIRTUAL_CAMERA]
+        ids = tokenizer(plain[sample.id], add_special_tokens=False)["input_ids"]
+        record = prediction_record(plain[sample.id], ids, [-0.1] * len(ids), tokenizer, None,
+                                   answer_block(sample, trained=False))
+        assert record[VIRTUAL_CAMERA] == {"scale": 1.0}
+        (tmp_path / "zero" / f"{sample.id}.json").write_text(json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = evaluate_folder(EvaluateParams(), formatted / kind / "eval" / "text", tmp_path / "zero",
+                                 tmp_path / "zero.json")
+    assert scores["ap3d"]["ap"] > 0.95 and scores["center_distance"]["map"] > 0.95
+
+
 @pytest.mark.parametrize("block, problem", [
     ({"scale": 0}, "must be an object with a positive 'scale'"),
     ({"scale": "2"}, "must be an object with a positive 'scale'"),

@@ -126,13 +126,24 @@ def keep_only(output: Path, names: set[str], ids: set[str]) -> None:
                 stale.unlink()
 
 
+def answer_block(sample: Any, trained: bool) -> dict[str, Any] | None:
+    """The ``virtual_camera`` block of a sample's prediction file: the dataset's (``format.camera_input``)
+    for a model trained on its answers; for one that never was (the zero-shot column), the real
+    camera said outright (scale 1), so that neither infer nor the evaluator reads its answer in
+    the dataset's answer camera; None where the dataset has no block."""
+    block = (sample.record or {}).get(VIRTUAL_CAMERA)
+    return block if trained or block is None else AnswerCamera(None, 1.0).serialize()
+
+
 def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: str, folder: Path,
-                 expected: dict[str, Any], device: str, reasoning: dict[str, Any] | None = None) -> dict[str, Any]:
+                 expected: dict[str, Any], device: str, reasoning: dict[str, Any] | None = None,
+                 trained: bool = True) -> dict[str, Any]:
     """Answer ``samples`` (their prompts as sent, reasoning instruction included) with the model
     at ``source`` into ``folder``, in fixed batches (the same batches after a resume, so resumed
     answers equal uninterrupted ones); a batch whose every answer exists from a run with the same
-    inputs (``expected``) is not redone. ``reasoning``: recorded in every prediction file. Returns
-    this run's timing: frames resumed, wall time, images/s and generated tokens/s."""
+    inputs (``expected``) is not redone. ``reasoning``: recorded in every prediction file;
+    ``trained``: whether the model learned the dataset's answers (``answer_block``). Returns this
+    run's timing: frames resumed, wall time, images/s and generated tokens/s."""
     manifest = Manifest(folder.parent / MANIFESTS / f"{folder.name}.json", expected)
     if not manifest.matches():
         manifest.reset(folder)
@@ -153,7 +164,7 @@ def infer_column(params: InferParams, fmt: FormatParams, samples: list, source: 
                 tokens += len(result.token_ids)
                 write_json(folder / f"{sample.id}.json",
                            prediction_record(result.text, result.token_ids, result.token_logprobs, loaded.tokenizer,
-                                             reasoning, (sample.record or {}).get(VIRTUAL_CAMERA)))
+                                             reasoning, answer_block(sample, trained)))
     elapsed = time.perf_counter() - started
     generated = sum(len(batch) for batch in pending)
     return {"frames_resumed": len(samples) - generated, "wall_s": round(elapsed, 2),
@@ -212,7 +223,8 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
     for column, source, step in chosen:
         expected = column_inputs(params, fmt, dataset, runs[column], column, step, instructions[column])
         times[column] = infer_column(params, fmt, prompted[column], source, output / column, expected, device,
-                                     reasoning_record(params.reasoning, instructions[column], with_text=False))
+                                     reasoning_record(params.reasoning, instructions[column], with_text=False),
+                                     trained=column != "zero_shot")
         summary[column] = {"step": step, "frames": len(samples)}
     write_report(metrics, summary)
     write_report(timing, times)
