@@ -28,6 +28,13 @@ boxes = st.builds(
     st.tuples(st.floats(0.5, 12), st.floats(0.5, 3), st.floats(0.5, 4)))
 
 
+
+def every_codec_and_lens(test):
+    """Run ``test(codec, camera, box, focal)`` for every codec and lens, on 60 random boxes and
+    virtual focal lengths (0.2 to 5 image heights) each."""
+    test = settings(max_examples=60, deadline=None)(given(box=boxes, focal=st.floats(0.2, 5.0))(test))
+    return pytest.mark.parametrize("codec", sorted(CODECS))(pytest.mark.parametrize("camera", sorted(CAMERAS))(test))
+
 def test_focal_lengths_by_hand():
     assert focal_length_px(CAMERAS["pinhole_70"]) == pytest.approx(np.sqrt(457.0 * 455.0))
     assert focal_length_px(FTHETA) == pytest.approx(1 / 1.06e-3)  # dr/dtheta = 1 / (dtheta/dr) at the axis
@@ -45,10 +52,7 @@ def test_a_focal_length_that_is_not_positive_is_refused(bad):
         focal_length_px(PinholeCamera(bad, 100.0, 320, 180, 640, 360))
 
 
-@pytest.mark.parametrize("codec", sorted(CODECS))
-@pytest.mark.parametrize("camera", sorted(CAMERAS))
-@settings(max_examples=60, deadline=None)
-@given(box=boxes, focal=st.floats(0.2, 5.0))
+@every_codec_and_lens
 def test_the_inverse_is_exact_and_the_centre_keeps_its_pixel(codec, camera, box, focal):
     lens = CAMERAS[camera]
     values = CODECS[codec].encode(box)[None]
@@ -69,10 +73,7 @@ def pixel_camera(lens, focal: float) -> AnswerCamera:
     return AnswerCamera(focal, virtual_scale(lens, focal), model, tuple(lens.to_array()))
 
 
-@pytest.mark.parametrize("codec", sorted(CODECS))
-@pytest.mark.parametrize("camera", sorted(CAMERAS))
-@settings(max_examples=60, deadline=None)
-@given(box=boxes, focal=st.floats(0.2, 5.0))
+@every_codec_and_lens
 def test_pixel_centres_invert_and_give_the_centres_pixel_and_virtual_distance(codec, camera, box, focal):
     lens = CAMERAS[camera]
     values = CODECS[codec].encode(box)[None]
