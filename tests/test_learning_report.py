@@ -1,5 +1,6 @@
 """benchmarks/learning/learning_report.py: the lever table of levers.sh's runs (each lever scored
-again against its base run on the same frames, paired), and benchmarks/common.py's rescoring."""
+again against its base run on the same frames, paired), benchmarks/common.py's rescoring, and
+benchmarks/learning/stopped_run.py (a run stopped during `infer`, scored on its complete columns)."""
 
 import json
 import os
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "learning"))
 from common import rescore
 from learning_report import against_tables, changes, lever_tables, seed_mean, step_tables, training_samples
+from stopped_run import paired_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA = {"fx": 300.0, "fy": 300.0, "cx": 320.0, "cy": 180.0}  # a 640x360 image
@@ -327,3 +329,36 @@ def test_collected_archives_hold_the_same_bytes_for_the_same_files(tmp_path):
         names = sorted(m.name for m in tar.getmembers() if m.isfile())
         assert names == ["data/a.json", "data/b/1.json", "data/b/2.json"]
         assert tar.extractfile("data/b/1.json").read() == b"b/1.json" * 3
+
+
+def stopped_folder(root: Path, name: str, shift: float, answered: dict[str, int]) -> Path:
+    """A run folder as collect_run writes it for a run stopped during `infer`: the truth of
+    ``run_folder`` and, per column, the car moved ``shift`` metres in the first ``answered[column]``
+    frames."""
+    folder = run_folder(root, name, shift, {})
+    answer = {"annotations": [{"label": "car", "bbox_3d": [CAR[0] + shift, *CAR[1:]]}]}
+    frames = [f"{clip}_000000" for clip in CLIPS]
+    scratch = root / "scratch" / name / "columns"
+    for column, count in answered.items():
+        for frame in frames[:count]:
+            path = scratch / "data" / "predictions" / column / f"{frame}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(answer))
+    with tarfile.open(folder / "predictions.tar.gz", "w:gz") as tar:
+        tar.add(scratch / "data", arcname="data")
+    return folder
+
+
+def test_a_stopped_run_is_scored_on_its_complete_columns_against_the_same_columns_of_its_base(tmp_path):
+    base = stopped_folder(tmp_path, "base", 3.0, {"step_000400": 4, "step_000800": 4})
+    run = stopped_folder(tmp_path, "run", 0.0, {"step_000400": 4, "step_000800": 2})
+    table = paired_table(run, base, tmp_path / "work")
+    rows = [line for line in table.splitlines() if line.startswith("| step")]
+    assert len(rows) == 1 and rows[0].startswith("| step_000400 ") and "+1.000 [+1.000, +1.000]" in rows[0], table
+    assert "- `step_000800`: 2 of 4 frames answered when the run stopped; not scored." in table
+    nothing = stopped_folder(tmp_path, "nothing", 0.0, {"step_000400": 3})
+    with pytest.raises(SystemExit, match="no prediction column answered all 4 evaluation frames"):
+        paired_table(nothing, base, tmp_path / "work")
+    (nothing / "eval_truth.tar.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"nothing/eval_truth\.tar\.gz: missing"):
+        paired_table(nothing, base, tmp_path / "work")

@@ -220,7 +220,9 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
     write_json(output / "columns.json", {column: step for column, _, step in chosen})
     summary: dict[str, Any] = {}
     times: dict[str, Any] = {}
-    for column, source, step in chosen:
+    # The longest-trained model first: a run stopped part way (a GPU lease that ends) has the
+    # answers of the model it exists for; the files do not depend on the order.
+    for column, source, step in sorted(chosen, key=lambda c: (-c[2], c[0] not in ("final", "rl_final"))):
         expected = column_inputs(params, fmt, dataset, runs[column], column, step, instructions[column])
         times[column] = infer_column(params, fmt, prompted[column], source, output / column, expected, device,
                                      reasoning_record(params.reasoning, instructions[column], with_text=False),
