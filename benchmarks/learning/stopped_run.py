@@ -69,12 +69,12 @@ def paired_table(run: Path, against: Path, scratch: Path) -> str:
         after = rescore(run / "params.yaml", run / "eval_truth.tar.gz", run / "predictions.tar.gz", column,
                         scratch / "run" / column)
         change = paired_change(before, after)
-        rows.append({"column": column, **{f"{NAMES[n]}": interval_cell(after.intervals[n]) for n in HEADLINE},
+        rows.append({"column": column, **{NAMES[n]: interval_cell(after.intervals[n]) for n in HEADLINE},
                      **{f"{NAMES[n]} change": interval_cell(change[n], sign=True) for n in HEADLINE}})
-    lines = [f"`{run.name}` against `{against.name}`: each column the run answered in full, scored again on "
-             f"the same {frames} held-out frames, with its change against the base's column of the same name and "
-             "the paired clip-bootstrap 95 % interval (docs/metrics.md#intervals-how-sure-a-number-is).", "",
-             pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+    heading = (f"`{run.name}` against `{against.name}`: each column the run answered in full, scored again on "
+               f"the same {frames} held-out frames, with its change against the base's column of the same name and "
+               "the paired clip-bootstrap 95 % interval (docs/metrics.md#intervals-how-sure-a-number-is).")
+    lines = [heading, "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
     lines += [f"- `{name}`: {count} of {frames} frames answered when the run stopped; not scored."
               for name, count in columns.items() if count != frames]
     return "\n".join(lines) + "\n"
