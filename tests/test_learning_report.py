@@ -339,6 +339,9 @@ def stopped_folder(root: Path, name: str, shift: float, answered: dict[str, int]
     answer = {"annotations": [{"label": "car", "bbox_3d": [CAR[0] + shift, *CAR[1:]]}]}
     frames = [f"{clip}_000000" for clip in CLIPS]
     scratch = root / "scratch" / name / "columns"
+    manifest = scratch / "data" / "predictions" / "manifests" / "step_000400.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("{}")
     for column, count in answered.items():
         for frame in frames[:count]:
             path = scratch / "data" / "predictions" / column / f"{frame}.json"
@@ -356,6 +359,12 @@ def test_a_stopped_run_is_scored_on_its_complete_columns_against_the_same_column
     rows = [line for line in table.splitlines() if line.startswith("| step")]
     assert len(rows) == 1 and rows[0].startswith("| step_000400 ") and "+1.000 [+1.000, +1.000]" in rows[0], table
     assert "- `step_000800`: 2 of 4 frames answered when the run stopped; not scored." in table
+    assert "manifests" not in table  # infer's manifests folder is not a column
+    for name, base_columns in (("missing", {"step_000800": 4}), ("part", {"step_000400": 3})):
+        wrong = stopped_folder(tmp_path, name, 3.0, base_columns)
+        with pytest.raises(SystemExit, match=rf"{name}/predictions\.tar\.gz: column 'step_000400' answered "
+                                             rf"{base_columns.get('step_000400', 0)} of 4"):
+            paired_table(run, wrong, tmp_path / "work")
     nothing = stopped_folder(tmp_path, "nothing", 0.0, {"step_000400": 3})
     with pytest.raises(SystemExit, match="no prediction column answered all 4 evaluation frames"):
         paired_table(nothing, base, tmp_path / "work")

@@ -109,9 +109,11 @@ collect_run() {  # collect_run <folder>: the experiment in the current clone int
   [ -d data/dataset/eval/text ] && { archive "$result/eval_truth.tar.gz" data/dataset/eval/text \
     || rm -f "$result/eval_truth.tar.gz"; }
   rm -f "$result/depth_errors.md"
-  local last  # the model trained longest (rl_final after RL): found and depth by camera and distance
+  local last  # the model trained longest (rl_final after RL): found and depth by camera and distance,
+  # where it answered every evaluation frame (a run stopped during infer has it in part)
   last=$(python3 -c "import json; c = json.load(open('data/predictions/columns.json')); print(max(c, key=lambda n: (c[n], n)))" \
          2>/dev/null) && [ -d "data/predictions/$last" ] &&
+    [ "$(ls data/predictions/"$last" | grep -c '\.json$')" = "$(ls data/dataset/eval/text | grep -c '\.json$')" ] &&
     python3 benchmarks/learning/depth_errors.py --truth data/dataset/eval/text --predictions "data/predictions/$last" \
       --codec "$(python3 -c "import yaml; print(yaml.safe_load(open('params.yaml'))['evaluate']['codec'])")" \
       --out "$result/depth_errors.md"

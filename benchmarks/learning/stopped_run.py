@@ -56,12 +56,19 @@ def answered(run: Path) -> tuple[int, dict[str, int]]:
 def paired_table(run: Path, against: Path, scratch: Path) -> str:
     """Markdown: one row per complete column of ``run`` (its scores and their change against
     ``against``'s column of the same name, with the paired 95 % interval), then a line for each
-    incomplete column. Raises ``SystemExit`` when no column is complete, ``KeyError`` when the
-    base lacks a column, ``ValueError`` when the two were not scored on the same frames."""
+    incomplete column. Raises ``SystemExit`` when no column is complete or the base lacks one
+    of the complete columns or holds it in part, ``ValueError`` when the two were not scored on
+    the same frames."""
     frames, columns = answered(run)
     complete = [name for name, count in columns.items() if count == frames]
     if not complete:
         raise SystemExit(f"{run}: no prediction column answered all {frames} evaluation frames ({columns})")
+    base_frames, base_columns = answered(against)
+    for column in complete:
+        if base_frames != frames or base_columns.get(column) != frames:
+            raise SystemExit(f"{against / 'predictions.tar.gz'}: column '{column}' answered "
+                             f"{base_columns.get(column, 0)} of {base_frames} evaluation frames; the stopped run's "
+                             f"answered all {frames}: the base must hold the same column whole")
     rows = []
     for column in complete:
         before = rescore(against / "params.yaml", against / "eval_truth.tar.gz", against / "predictions.tar.gz",

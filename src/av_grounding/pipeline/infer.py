@@ -193,7 +193,9 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
             after the SFT ones (``rl_columns``), when given and it trained.
 
     Returns:
-        Per column the metrics and the timing together.
+        Per column (in ``columns.json``'s order: zero-shot, SFT steps, RL steps) the metrics and
+        the timing together. The columns are answered longest-trained first, so a run stopped
+        part way holds the final model's answers.
 
     Raises:
         MissingInputError: ``run.json`` is missing or unreadable.
@@ -230,4 +232,4 @@ def infer(params: InferParams, fmt: FormatParams, dataset: Path, train: Path, ou
         summary[column] = {"step": step, "frames": len(samples)}
     write_report(metrics, summary)
     write_report(timing, times)
-    return {column: {**summary[column], **times[column]} for column in summary}
+    return {column: {**summary[column], **times[column]} for column, _, _ in chosen}
