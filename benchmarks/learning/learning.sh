@@ -36,6 +36,15 @@
 # a newer commit). Results
 # (metrics, curves, predictions, logs) go to $OUT/<size>-<arch>/, in the layout
 # benchmarks/learning/learning_report.py reads.
+# COLLECT=1 with the run's own ARCHS, SEED, TAG, OUT and WORK adds what a run still going (or
+# killed) has made so far to its result folder (beside the log, gpu.txt and against.txt the run
+# wrote there when it started), in the same layout, without the metrics it has not written yet:
+# for the last call of a GPU lease that ends before the run does (the run started in the
+# background with setsid; results/README.md, "The centre as a pixel at 2,000 steps"), e.g.
+#   COLLECT=1 ARCHS=qwen3_vl TAG=centre-424-2000 OUT=/tmp/out/learn benchmarks/learning/learning.sh
+#   cp -r /tmp/out/learn "$OUT/"   # the device tool's return folder
+# Its complete prediction columns are then scored against the run it changes by
+# benchmarks/learning/stopped_run.py.
 # On the device machine of this workplace the project's dependencies come as wheels in
 # .whl/project (benchmarks/env/device_project_wheels.txt); elsewhere `pip install -e .` suffices.
 set -uo pipefail
@@ -53,8 +62,21 @@ if [ -n "${AGAINST:-}" ] && { (( ${#archs[@]} > 1 )) || [[ $AGAINST == */* ]]; }
 fi
 cores=$(( $(nproc) / (parallel ? ${#archs[@]} : 1) ))
 
+collect_stopped() {  # collect_stopped <clone> <folder>: what the run in <clone> has made so far, into <folder>
+  [ -d "$1/.dvc" ] || { echo "COLLECT=1: no learning run in $1 (WORK names the clone of the run)" >&2; return 1; }
+  cd "$1" || return 1
+  mkdir -p "$2"
+  collect_run "$2"
+  local file  # a metrics file the run has not written yet is the commit's, not the run's
+  for file in metrics/*.json metrics/timing/*.json; do
+    git diff --quiet HEAD -- "$file" 2>/dev/null && rm -f "$2/${file#metrics/}"
+  done
+  echo "collected the run in $1 into $2 (a stopped run: benchmarks/learning/stopped_run.py scores it)"
+}
+
 run_arch() {  # run_arch <arch> <clone>: one experiment in <clone>; results to $OUT/<size>-<arch>
   local arch=$1 result=$OUT/$SIZE-$1$SUFFIX
+  if [ "${COLLECT:-0}" = 1 ]; then collect_stopped "$2" "$result"; return; fi
   [ -d "$2" ] || git clone --quiet . "$2" || return 1  # what was sent (committed above)
   cd "$2" || return 1
   mkdir -p "$result"
