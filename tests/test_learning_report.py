@@ -302,6 +302,14 @@ def test_mirrored_copies_are_counted_as_samples_not_frames():
         "39,998 training samples (of them mirrored copies: up to 20,000)"
 
 
+def shell_function(script: str, name: str) -> str:
+    """The text of the bash function ``name`` in benchmarks/learning/``script`` (sourcing the
+    script would set up a device machine)."""
+    text = (ROOT / "benchmarks" / "learning" / script).read_text()
+    start = text.index(f"{name}() {{")
+    return text[start:text.index("\n}\n", start) + 3]
+
+
 def test_collected_archives_hold_the_same_bytes_for_the_same_files(tmp_path):
     """learning_common.sh's ``archive`` (predictions and truth of every collected run): files
     written again later, in another order, give the same .tar.gz bytes, which unpack to them."""
@@ -310,9 +318,7 @@ def test_collected_archives_hold_the_same_bytes_for_the_same_files(tmp_path):
             (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / "data" / name).write_text(name * 3)
 
-    common = (ROOT / "benchmarks" / "learning" / "learning_common.sh").read_text()
-    start = common.index("archive() {")
-    function = common[start:common.index("\n}\n", start) + 3]  # sourcing the file would set up a device machine
+    function = shell_function("learning_common.sh", "archive")
 
     def archive(out):
         subprocess.run(["bash", "-c", f'set -o pipefail; {function} archive "{out}" data'], cwd=tmp_path, check=True)
@@ -371,3 +377,48 @@ def test_a_stopped_run_is_scored_on_its_complete_columns_against_the_same_column
     (nothing / "eval_truth.tar.gz").unlink()
     with pytest.raises(FileNotFoundError, match=r"nothing/eval_truth\.tar\.gz: missing"):
         paired_table(nothing, base, tmp_path / "work")
+
+
+def test_collect_adds_a_stopped_runs_files_without_the_commits_stale_metrics(tmp_path):
+    """learning.sh's COLLECT=1 (``collect_stopped``) on a clone whose run wrote train.json and
+    part of the final column: the predictions and truth archived, the metrics the run wrote kept,
+    the committed ones it has not rewritten yet (eval.json, timing/infer.json) left out, no
+    depth_errors.md of a partial column; no clone is an error naming the folder."""
+    clone = tmp_path / "clone"
+    files = {"metrics/eval.json": "{}", "metrics/train.json": "{}", "metrics/timing/infer.json": "{}",
+             "metrics/timing/train.json": "{}", "params.yaml": "evaluate:\n  codec: x\n", "dvc.lock": "",
+             ".dvc/config": "",
+             # stands in for the clone's depth_errors.py: writes the file it is given (--out)
+             "benchmarks/learning/depth_errors.py": "import sys; open(sys.argv[-1], 'w').write('depth')\n"}
+    for name, text in files.items():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    for command in (["init", "--quiet"], ["add", "-A"], ["commit", "--quiet", "-m", "base"]):
+        subprocess.run([*git, *command], cwd=clone, check=True)
+    for name in ("metrics/train.json", "metrics/timing/train.json"):  # what the run wrote so far
+        (clone / name).write_text('{"run": 1}')
+    (clone / "data" / "dataset" / "eval" / "text").mkdir(parents=True)
+    (clone / "data" / "predictions" / "final").mkdir(parents=True)
+    for frame in ("a", "b"):
+        (clone / "data" / "dataset" / "eval" / "text" / f"{frame}.json").write_text("{}")
+    (clone / "data" / "predictions" / "final" / "a.json").write_text("{}")
+    (clone / "data" / "predictions" / "columns.json").write_text('{"final": 4}')
+    functions = "".join(shell_function(script, name) for script, name in (
+        ("learning_common.sh", "archive"), ("learning_common.sh", "collect_run"), ("learning.sh", "collect_stopped")))
+
+    def collect(source: Path, result: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f'{functions} collect_stopped "{source}" "{result}"'], cwd=tmp_path,
+                              capture_output=True, text=True, check=False)
+
+    assert collect(clone, tmp_path / "out").returncode == 0
+    kept = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert "eval.json" not in kept and "timing/infer.json" not in kept and "depth_errors.md" not in kept, kept
+    assert {"train.json", "timing/train.json", "columns.json", "predictions.tar.gz", "eval_truth.tar.gz"} <= set(kept)
+    assert json.loads((tmp_path / "out" / "train.json").read_text()) == {"run": 1}
+    with tarfile.open(tmp_path / "out" / "predictions.tar.gz") as tar:
+        assert "data/predictions/final/a.json" in tar.getnames()
+    (clone / "data" / "predictions" / "final" / "b.json").write_text("{}")  # the column whole: its depth errors
+    assert collect(clone, tmp_path / "whole").returncode == 0 and (tmp_path / "whole" / "depth_errors.md").exists()
+    missing = collect(tmp_path / "gone", tmp_path / "other")
+    assert missing.returncode != 0 and f"no learning run in {tmp_path / 'gone'}" in missing.stderr

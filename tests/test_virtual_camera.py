@@ -28,12 +28,12 @@ boxes = st.builds(
     st.tuples(st.floats(0.5, 12), st.floats(0.5, 3), st.floats(0.5, 4)))
 
 
-
 def every_codec_and_lens(test):
     """Run ``test(codec, camera, box, focal)`` for every codec and lens, on 60 random boxes and
     virtual focal lengths (0.2 to 5 image heights) each."""
     test = settings(max_examples=60, deadline=None)(given(box=boxes, focal=st.floats(0.2, 5.0))(test))
     return pytest.mark.parametrize("codec", sorted(CODECS))(pytest.mark.parametrize("camera", sorted(CAMERAS))(test))
+
 
 def test_focal_lengths_by_hand():
     assert focal_length_px(CAMERAS["pinhole_70"]) == pytest.approx(np.sqrt(457.0 * 455.0))
