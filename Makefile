@@ -40,8 +40,8 @@ repro: $(INSTALLED)
 
 # Two worker processes, each taking whole modules (--dist loadscope: a module's fixtures, such as
 # the DVC workspaces of test_dvc_workflow.py, are built once): CI's 2 cores. In fresh clones on a
-# 2-core machine: 14.7 minutes (2026-12-07) against 15.2-16.0 in one process (2026-12-06/07); the
-# stages' own threads already keep both cores partly busy, so the gain is small.
+# 2-core machine: 13.9-15.2 minutes (2026-12-07) against 15.2-16.0 in one process (2026-12-06/07);
+# the stages' own threads already keep both cores partly busy, so the gain is small.
 test: $(INSTALLED) test-tools
 	pytest -n 2 --dist loadscope
 
